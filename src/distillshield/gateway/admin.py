@@ -1,0 +1,132 @@
+"""The admin API (FastAPI, mounted at /admin): accounts, keys, audit-log checks.
+
+It has its own credential: a bearer token whose sha256 is in the config (admin.token_sha256), compared
+in constant time. With no admin token configured the admin API answers 403 to everything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from distillshield.config import LimitSet
+from distillshield.store.database import TIERS, VERIFICATION_LEVELS, StoreError
+
+
+class AccountIn(BaseModel):
+    id: str = Field(..., min_length=1, max_length=64)
+    org_id: str = Field("default", min_length=1, max_length=64)
+    name: str = ""
+    tier: str = Field("standard", description=f"one of {', '.join(TIERS)}")
+    verification: str = Field("none", description=f"one of {', '.join(VERIFICATION_LEVELS)}")
+    limits: LimitSet | None = None
+
+
+class KeyIn(BaseModel):
+    account_id: str = Field(..., min_length=1)
+    name: str = ""
+    limits: LimitSet | None = None
+
+
+def admin_token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def build_admin_app(state: Any) -> FastAPI:
+    """`state` is the gateway's AppState (store, auth, limiter, audit, settings)."""
+    app = FastAPI(title="DistillShield admin API", docs_url="/docs", openapi_url="/openapi.json")
+    adm = state.settings.admin
+    expected = adm.token_sha256 or (admin_token_digest(adm.token) if adm.token else None)
+
+    async def require_admin(request: Request) -> None:
+        if expected is None:
+            raise HTTPException(403, "the admin API is disabled: set admin.token_sha256 (see `distillshield init`)")
+        auth = request.headers.get("authorization", "")
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise HTTPException(401, "missing admin token: send 'Authorization: Bearer <admin token>'")
+        if not hmac.compare_digest(admin_token_digest(token.strip()), expected):
+            raise HTTPException(401, "invalid admin token")
+
+    @app.exception_handler(StoreError)
+    async def _store_error(_request: Request, exc: StoreError) -> JSONResponse:
+        status = 404 if "does not exist" in str(exc) else 409 if "already" in str(exc) else 400
+        return JSONResponse({"detail": str(exc)}, status_code=status)
+
+    deps = [Depends(require_admin)]
+
+    @app.get("/accounts", dependencies=deps)
+    async def list_accounts(org_id: str | None = None) -> dict[str, Any]:
+        return {"accounts": [a.__dict__ for a in await state.store.list_accounts(org_id)]}
+
+    @app.post("/accounts", status_code=201, dependencies=deps)
+    async def create_account(body: AccountIn) -> dict[str, Any]:
+        limits = body.limits.model_dump(exclude_none=True) if body.limits else None
+        acct = await state.store.create_account(
+            body.id, body.org_id, name=body.name, tier=body.tier, verification=body.verification, limits=limits
+        )
+        return acct.__dict__
+
+    @app.get("/accounts/{account_id}", dependencies=deps)
+    async def show_account(account_id: str) -> dict[str, Any]:
+        acct = await state.store.get_account(account_id)
+        if acct is None:
+            raise HTTPException(404, f"account '{account_id}' does not exist")
+        return {
+            **acct.__dict__,
+            "keys": [k.public() for k in await state.store.list_keys(account_id)],
+            "usage": await state.store.account_usage(account_id),
+            "in_flight": await state.limiter.in_flight(f"account:{account_id}"),
+        }
+
+    @app.post("/accounts/{account_id}/suspend", dependencies=deps)
+    async def suspend(account_id: str) -> dict[str, str]:
+        await state.store.set_account_status(account_id, "suspended")
+        state.auth.invalidate(account_id=account_id)
+        return {"id": account_id, "status": "suspended"}
+
+    @app.post("/accounts/{account_id}/activate", dependencies=deps)
+    async def activate(account_id: str) -> dict[str, str]:
+        await state.store.set_account_status(account_id, "active")
+        state.auth.invalidate(account_id=account_id)
+        return {"id": account_id, "status": "active"}
+
+    @app.get("/keys", dependencies=deps)
+    async def list_keys(account_id: str | None = None) -> dict[str, Any]:
+        return {"keys": [k.public() for k in await state.store.list_keys(account_id)]}
+
+    @app.post("/keys", status_code=201, dependencies=deps)
+    async def create_key(body: KeyIn) -> dict[str, Any]:
+        limits = body.limits.model_dump(exclude_none=True) if body.limits else None
+        key, plaintext = await state.store.create_key(body.account_id, body.name, limits)
+        return {**key.public(), "key": plaintext, "note": "store this key now: it is not shown again"}
+
+    @app.delete("/keys/{key_id}", dependencies=deps)
+    async def revoke_key(key_id: str) -> dict[str, Any]:
+        key = await state.store.revoke_key(key_id)
+        state.auth.invalidate(key_id=key_id)
+        return key.public()
+
+    @app.get("/limits/{kind}/{scope_id}", dependencies=deps)
+    async def limits_state(kind: str, scope_id: str) -> dict[str, Any]:
+        if kind not in ("key", "account", "org"):
+            raise HTTPException(400, "kind must be key, account or org")
+        return {"scope": f"{kind}:{scope_id}", "in_flight": await state.limiter.in_flight(f"{kind}:{scope_id}")}
+
+    @app.post("/audit/flush", dependencies=deps)
+    async def audit_flush() -> dict[str, Any]:
+        await state.audit.flush()
+        seq, head = await state.store.chain_head()
+        return {"written": state.audit.written, "head_seq": seq, "head_hash": head}
+
+    @app.get("/audit/verify", dependencies=deps)
+    async def audit_verify() -> dict[str, Any]:
+        await state.audit.flush()
+        return (await state.store.verify_chain()).as_dict()
+
+    return app

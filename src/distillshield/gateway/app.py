@@ -1,0 +1,143 @@
+"""ASGI assembly and lifespan: routes, the admin API, health, metrics, start-up and graceful drain.
+
+Start-up opens the store, loads the upstream and starts the audit writer; shutdown (SIGTERM under
+uvicorn) waits for in-flight requests, then drains the audit queue before closing the store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Mount, Route
+
+from distillshield.config import Settings
+from distillshield.gateway.admin import build_admin_app
+from distillshield.gateway.audit import AuditWriter
+from distillshield.gateway.auth import Authenticator
+from distillshield.gateway.errors import ApiError
+from distillshield.gateway.limits import MemoryRateLimiter, RateLimiter
+from distillshield.gateway.metrics import GatewayMetrics
+from distillshield.gateway.pipeline import Gateway
+from distillshield.gateway.upstream import Upstream, build_upstream
+from distillshield.store import Store
+
+log = logging.getLogger("distillshield.gateway")
+_JSON = "application/json"
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    store: Store
+    upstream: Upstream
+    limiter: RateLimiter
+    auth: Authenticator
+    audit: AuditWriter
+    metrics: GatewayMetrics
+    gateway: Gateway
+
+
+def build_state(
+    settings: Settings,
+    *,
+    upstream: Upstream | None = None,
+    store: Store | None = None,
+    limiter: RateLimiter | None = None,
+) -> AppState:
+    store = store or Store(settings.store.url)
+    upstream = upstream or build_upstream(settings)
+    limiter = limiter or MemoryRateLimiter()
+    auth = Authenticator(store, settings.auth.cache_ttl_s)
+    audit = AuditWriter(store, settings.audit.batch_size, settings.audit.flush_interval_ms / 1000.0)
+    metrics = GatewayMetrics()
+    metrics.bind_audit(lambda: audit.pending, lambda: audit.written)
+    gateway = Gateway(settings, upstream, limiter, auth, audit, metrics)
+    return AppState(settings, store, upstream, limiter, auth, audit, metrics, gateway)
+
+
+def build_app(settings: Settings, **components: Any) -> Starlette:
+    """The gateway as an ASGI app. `components` may replace the upstream, store or limiter (tests)."""
+    state = build_state(settings, **components)
+    gw = state.gateway
+
+    async def chat(request: Request) -> Any:
+        return await gw.handle(request, "chat")
+
+    async def completions(request: Request) -> Any:
+        return await gw.handle(request, "completions")
+
+    async def messages(request: Request) -> Any:
+        return await gw.handle(request, "messages")
+
+    async def models(request: Request) -> Response:
+        try:
+            await state.auth.authenticate(request.headers)
+        except ApiError as exc:
+            return Response(exc.openai_body(), exc.status, media_type=_JSON)
+        now = int(time.time())
+        data = [{"id": m, "object": "model", "created": now, "owned_by": "distillshield"} for m in state.upstream.models()]
+        return Response(orjson.dumps({"object": "list", "data": data}), media_type=_JSON)
+
+    async def healthz(_request: Request) -> Response:
+        return Response(b'{"status":"ok"}', media_type=_JSON)
+
+    async def readyz(_request: Request) -> Response:
+        checks = {"upstream": state.upstream.ready(), "store": await state.store.ping()}
+        ok = all(checks.values())
+        return Response(orjson.dumps({"ready": ok, "checks": checks}), 200 if ok else 503, media_type=_JSON)
+
+    async def metrics(_request: Request) -> Response:
+        return Response(state.metrics.render(), media_type=state.metrics.content_type)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        msg = {404: f"no such endpoint: {request.method} {request.url.path}",
+               405: f"method {request.method} is not allowed on {request.url.path}"}.get(exc.status_code, str(exc.detail))  # fmt: skip
+        return Response(ApiError(exc.status_code, msg).openai_body(), exc.status_code, media_type=_JSON)
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s", request.url.path)
+        body = ApiError(500, "internal error in the gateway; it has been logged").openai_body()
+        return Response(body, 500, media_type=_JSON)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        await state.store.init()
+        await state.upstream.start()
+        await state.audit.start()
+        log.info("gateway ready: upstream=%s store=%s", state.upstream.name, state.store.safe_url)
+        try:
+            yield
+        finally:
+            await state.audit.stop()  # every accepted request reaches the log before we exit
+            await state.upstream.close()
+            await state.limiter.close()
+            await state.store.close()
+
+    routes = [
+        Route("/v1/chat/completions", chat, methods=["POST"]),
+        Route("/v1/completions", completions, methods=["POST"]),
+        Route("/v1/messages", messages, methods=["POST"]),
+        Route("/v1/models", models, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Mount("/admin", app=build_admin_app(state)),
+    ]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: http_error, Exception: server_error},
+    )
+    app.state.ds = state
+    return app

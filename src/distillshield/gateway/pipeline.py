@@ -1,0 +1,365 @@
+"""The request path, in order: auth -> parse -> limits -> upstream -> response -> audit.
+
+`Gateway.handle` takes one API call through every stage. Every exit path (success, 4xx, upstream
+failure, client disconnect mid-stream) settles and releases the rate-limit reservation and hands one
+row to the audit writer; nothing on this path waits for the database.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+
+from distillshield.config import LimitSet, Settings
+from distillshield.gateway.audit import AuditWriter
+from distillshield.gateway.auth import Authenticator
+from distillshield.gateway.errors import ApiError, UpstreamError, bad_request
+from distillshield.gateway.limits import LimitExceeded, RateLimiter, Reservation, Scope, estimate_tokens
+from distillshield.gateway.metrics import GatewayMetrics
+from distillshield.gateway.protocols import anthropic, openai
+from distillshield.gateway.streaming import SSEResponse
+from distillshield.gateway.upstream.base import GenRequest, Upstream
+from distillshield.store.database import KeyContext
+
+ENDPOINT_OF = {"chat": "/v1/chat/completions", "completions": "/v1/completions", "messages": "/v1/messages"}
+CLIENT_CLOSED = 499  # nginx's convention, used in the audit log for streams the client abandoned
+_JSON = "application/json"
+
+
+@dataclass
+class Call:
+    """One API call on its way through the stages."""
+
+    api: str  # chat | completions | messages
+    request_id: str
+    started: float  # wall clock, for the audit log
+    t0: float  # perf counter, for latency
+    row: dict[str, Any]
+    gen: GenRequest | None = None
+    reservation: Reservation | None = None
+
+    @property
+    def anthropic(self) -> bool:
+        return self.api == "messages"
+
+
+class Gateway:
+    """The stages of the hot path, wired together."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        upstream: Upstream,
+        limiter: RateLimiter,
+        auth: Authenticator,
+        audit: AuditWriter,
+        metrics: GatewayMetrics,
+    ) -> None:
+        self.settings = settings
+        self.upstream = upstream
+        self.limiter = limiter
+        self.auth = auth
+        self.audit = audit
+        self.metrics = metrics
+        self._scopes: dict[int, tuple[KeyContext, tuple[Scope, ...]]] = {}
+
+    # -- entry point ----------------------------------------------------------------------------------
+
+    async def handle(self, request: Request, api: str) -> Response | SSEResponse:
+        call = self._start(request, api)
+        handed_to_stream = False
+        try:
+            ctx = await self.auth.authenticate(request.headers)
+            call.row.update(account_id=ctx.account.id, org_id=ctx.org.id, key_id=ctx.key.id)
+            body = self._parse_body(await self._read_body(request, call))
+            call.gen = gen = self._parse_api(api, body)
+            call.row.update(model=gen.model, stream=gen.stream)
+            self._check_model(gen.model)
+            n_messages = len(gen.body.get("messages") or ()) or 1
+            est = estimate_tokens(gen.prompt_text, gen.max_tokens, gen.n, n_messages)
+            call.reservation = await self.limiter.reserve(self._scopes_for(ctx), est)
+            self.metrics.in_flight.inc()
+            if gen.stream:
+                response = await self._stream(call)
+                handed_to_stream = True
+                return response
+            return await self._complete(call)
+        except LimitExceeded as exc:
+            self.metrics.rate_limited.labels(exc.scope.kind, exc.limit).inc()
+            return self._error(call, ApiError(429, exc.message, code=f"rate_limit_{exc.limit}", headers=exc.headers()))
+        except UpstreamError as exc:
+            return self._error(call, exc.to_api_error())
+        except ApiError as exc:
+            return self._error(call, exc)
+        finally:
+            if not handed_to_stream and call.reservation is not None:
+                await self._release(call)
+
+    # -- stages ---------------------------------------------------------------------------------------
+
+    def _start(self, request: Request, api: str) -> Call:
+        headers = request.headers
+        ip = request.client.host if request.client else None
+        if self.settings.server.trust_forwarded_for and "x-forwarded-for" in headers:
+            ip = headers["x-forwarded-for"].split(",")[0].strip()
+        rid = uuid.uuid4().hex
+        row: dict[str, Any] = {
+            "ts": time.time(), "request_id": rid, "endpoint": ENDPOINT_OF[api], "ip": ip,
+            "user_agent": headers.get("user-agent"), "stream": False,
+        }  # fmt: skip
+        return Call(api, rid, row["ts"], time.perf_counter(), row)
+
+    async def _read_body(self, request: Request, call: Call) -> bytes:
+        limit = self.settings.server.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise ApiError(413, f"request body is {declared} bytes; the limit is {limit} bytes", code="body_too_large")
+        parts, size = [], 0
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise ApiError(413, f"request body exceeds the limit of {limit} bytes", code="body_too_large")
+                parts.append(chunk)
+        except ClientDisconnect:
+            raise ApiError(400, "the client closed the connection before sending the whole body") from None
+        raw = b"".join(parts)
+        max_chars = self.settings.audit.max_body_chars
+        call.row["request"] = raw[:max_chars].decode("utf-8", "replace")
+        return raw
+
+    @staticmethod
+    def _parse_body(raw: bytes) -> dict[str, Any]:
+        if not raw:
+            raise bad_request("request body is empty; send a JSON object", code="invalid_json")
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise bad_request(f"request body is not valid UTF-8 (bad byte at offset {exc.start})",
+                              code="invalid_encoding") from None  # fmt: skip
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise bad_request(f"request body is not valid JSON: {exc}", code="invalid_json") from None
+        if not isinstance(body, dict):
+            raise bad_request(f"request body must be a JSON object, got {openai._type_name(body)}", code="invalid_json")
+        return body
+
+    def _parse_api(self, api: str, body: dict[str, Any]) -> GenRequest:
+        s = self.settings.server
+        if api == "chat":
+            return openai.parse_chat(body, s.default_max_tokens, s.max_max_tokens)
+        if api == "completions":
+            return openai.parse_completion(body, s.default_max_tokens, s.max_max_tokens)
+        return anthropic.parse_messages(body, s.max_max_tokens)
+
+    def _check_model(self, model: str) -> None:
+        served = self.upstream.models()
+        if served and model not in served:
+            raise ApiError(404, f"model '{model}' is not served here; GET /v1/models lists the models "
+                                f"({', '.join(served)})", code="model_not_found", param="model")  # fmt: skip
+
+    def _scopes_for(self, ctx: KeyContext) -> tuple[Scope, ...]:
+        cached = self._scopes.get(id(ctx))
+        if cached is not None and cached[0] is ctx:
+            return cached[1]
+        lim = self.settings.limits
+        tier = lim.tiers.get(ctx.account.tier)
+
+        def merged(kind: str, base: LimitSet, own: dict[str, Any] | None) -> LimitSet:
+            tier_set = getattr(tier, kind) if tier else None
+            out = base.merged(tier_set.model_dump(exclude_unset=True) if tier_set else None)
+            return out.merged(own)
+
+        scopes = (
+            Scope("key", ctx.key.id, merged("key", lim.key, ctx.key.limits)),
+            Scope("account", ctx.account.id, merged("account", lim.account, ctx.account.limits)),
+            Scope("org", ctx.org.id, merged("org", lim.org, ctx.org.limits)),
+        )
+        if len(self._scopes) > 100_000:
+            self._scopes.clear()
+        self._scopes[id(ctx)] = (ctx, scopes)
+        return scopes
+
+    async def _complete(self, call: Call) -> Response:
+        gen = call.gen
+        assert gen is not None and call.reservation is not None
+        resp = await self.upstream.complete(gen)
+        text, finish = openai.response_text(gen.api, resp)
+        usage = resp.get("usage") or {}
+        prompt, completion = _usage(usage, gen, text)
+        await self.limiter.settle(call.reservation, prompt + completion)
+        if call.anthropic:
+            payload = anthropic.to_message(resp, gen.model, call.request_id)
+            payload["usage"] = {"input_tokens": prompt, "output_tokens": completion}
+        else:
+            payload = resp
+        call.row.update(response_text=text, finish_reason=finish, prompt_tokens=prompt, completion_tokens=completion)
+        self._finish(call, 200)
+        return Response(orjson.dumps(payload), 200, self._headers(call), media_type=_JSON)
+
+    async def _stream(self, call: Call) -> SSEResponse:
+        gen = call.gen
+        assert gen is not None
+        chunks = self.upstream.stream(gen)
+        # Wait for the first chunk before answering 200, so an upstream that is down or slow to start
+        # gets a proper 502/504 JSON error instead of a broken stream.
+        try:
+            first = await anext(chunks)
+        except StopAsyncIteration:
+            first = None
+        state = _StreamState()
+        include_usage = bool((gen.body.get("stream_options") or {}).get("include_usage"))
+        body = (
+            self._anthropic_events(call, chunks, first, state)
+            if call.anthropic
+            else self._openai_events(call, chunks, first, state, include_usage)
+        )
+
+        async def on_close(client_gone: bool) -> None:
+            try:
+                await chunks.aclose()
+            finally:
+                await self._close_stream(call, state, client_gone)
+
+        return SSEResponse(body, self._headers(call), on_close)
+
+    async def _openai_events(
+        self, call: Call, chunks: AsyncIterator[dict[str, Any]], first: dict[str, Any] | None,
+        state: _StreamState, include_usage: bool,
+    ) -> AsyncGenerator[bytes, None]:  # fmt: skip
+        api = call.gen.api if call.gen else "chat"
+        try:
+            chunk = first
+            while chunk is not None:
+                if chunk.get("usage"):
+                    state.usage = chunk["usage"]
+                if chunk.get("choices") or include_usage:
+                    text, finish = openai.chunk_text(api, chunk)
+                    state.add(text, finish)
+                    if not include_usage and "usage" in chunk:
+                        chunk = {k: v for k, v in chunk.items() if k != "usage"}
+                    yield openai.sse(chunk)
+                chunk = await anext(chunks, None)
+            state.complete = True
+            yield openai.DONE
+        except UpstreamError as exc:
+            state.error = exc
+            yield b"data: " + orjson.dumps({"error": {"message": exc.message, "type": "upstream_error",
+                                                      "code": exc.to_api_error().code}}) + b"\n\n"  # fmt: skip
+
+    async def _anthropic_events(
+        self, call: Call, chunks: AsyncIterator[dict[str, Any]], first: dict[str, Any] | None, state: _StreamState
+    ) -> AsyncGenerator[bytes, None]:
+        gen = call.gen
+        assert gen is not None and call.reservation is not None
+        ms = anthropic.MessageStream(gen.model, call.request_id, call.reservation.tokens - gen.max_tokens)
+        yield ms.start()
+        try:
+            chunk = first
+            while chunk is not None:
+                if chunk.get("usage"):
+                    state.usage = chunk["usage"]
+                text, finish = openai.chunk_text("chat", chunk)
+                state.add(text, finish)
+                if text:
+                    yield ms.delta(text)
+                chunk = await anext(chunks, None)
+            prompt, completion = _usage(state.usage or {}, gen, state.text())
+            state.complete = True
+            yield ms.finish(state.finish, completion)
+        except UpstreamError as exc:
+            state.error = exc
+            yield ms.error("api_error", exc.message)
+
+    async def _close_stream(self, call: Call, state: _StreamState, client_gone: bool) -> None:
+        gen = call.gen
+        assert gen is not None and call.reservation is not None
+        text = state.text()
+        prompt, completion = _usage(state.usage or {}, gen, text)
+        try:
+            await self.limiter.settle(call.reservation, prompt + completion)
+        finally:
+            await self._release(call)
+        if state.complete:
+            status, error = 200, None
+        elif state.error is not None:
+            status, error = state.error.status, state.error.message
+        else:
+            status, error = CLIENT_CLOSED, "client closed the stream before it finished" if client_gone else "stream ended early"
+        call.row.update(
+            response_text=text, finish_reason=state.finish if state.complete else "cancelled",
+            prompt_tokens=prompt, completion_tokens=completion, error=error,
+        )  # fmt: skip
+        self._finish(call, status)
+
+    async def _release(self, call: Call) -> None:
+        assert call.reservation is not None
+        if not call.reservation.released:
+            await self.limiter.release(call.reservation)
+            self.metrics.in_flight.dec()
+
+    # -- responses and the audit row --------------------------------------------------------------------
+
+    def _headers(self, call: Call) -> dict[str, str]:
+        h = {"x-request-id": call.request_id, "request-id": call.request_id}
+        if call.reservation is not None:
+            h.update(call.reservation.headers)
+        return h
+
+    def _error(self, call: Call, err: ApiError) -> Response:
+        call.row["error"] = err.message
+        self._finish(call, err.status)
+        headers = {"x-request-id": call.request_id, "request-id": call.request_id, **err.headers}
+        body = err.anthropic_body() if call.anthropic else err.openai_body()
+        return Response(body, err.status, headers, media_type=_JSON)
+
+    def _finish(self, call: Call, status: int) -> None:
+        row = call.row
+        elapsed = time.perf_counter() - call.t0
+        row["status"] = status
+        row["latency_ms"] = round(elapsed * 1000.0, 3)
+        text = row.get("response_text")
+        if text and len(text) > self.settings.audit.max_body_chars:
+            row["response_text"] = text[: self.settings.audit.max_body_chars]
+        self.metrics.observe(row["endpoint"], status, elapsed, row.get("prompt_tokens") or 0,
+                             row.get("completion_tokens") or 0)  # fmt: skip
+        self.audit.submit(row)
+
+
+class _StreamState:
+    __slots__ = ("parts", "finish", "usage", "complete", "error")
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.finish: str | None = None
+        self.usage: dict[str, Any] | None = None
+        self.complete = False
+        self.error: UpstreamError | None = None
+
+    def add(self, text: str, finish: str | None) -> None:
+        if text:
+            self.parts.append(text)
+        if finish:
+            self.finish = finish
+
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+def _usage(usage: dict[str, Any], gen: GenRequest, text: str) -> tuple[int, int]:
+    """Real usage when the upstream reported it; otherwise the same estimate the reservation used."""
+    prompt = usage.get("prompt_tokens")
+    completion = usage.get("completion_tokens")
+    if prompt is None:
+        prompt = estimate_tokens(gen.prompt_text, 0, 1, len(gen.body.get("messages") or ()) or 1)
+    if completion is None:
+        completion = -(-len(text.encode("utf-8")) // 3)
+    return int(prompt), int(completion)

@@ -1,0 +1,69 @@
+"""An ASGI response for server-sent events that always cleans up.
+
+Starlette's StreamingResponse leaves a half-read body iterator to the garbage collector when the client
+goes away, which is how gateways leak concurrency slots on cancelled streams. This response watches
+for the disconnect itself, cancels the stream at once, closes the iterator and calls `on_close` on
+every path: finished, client gone, upstream failure, server shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Awaitable, Callable
+
+from starlette.types import Receive, Scope, Send
+
+
+class SSEResponse:
+    media_type = b"text/event-stream"
+
+    def __init__(
+        self,
+        chunks: AsyncGenerator[bytes, None],
+        headers: dict[str, str],
+        on_close: Callable[[bool], Awaitable[None]],
+    ) -> None:
+        self.chunks = chunks
+        self.on_close = on_close
+        self.raw_headers = [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"cache-control", b"no-cache"),
+            (b"x-accel-buffering", b"no"),
+        ] + [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        client_gone = False
+        finished = False
+
+        async def watch_disconnect() -> None:
+            nonlocal client_gone
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    if not finished:
+                        client_gone = True
+                        task.cancel()
+                    return
+
+        watcher = asyncio.create_task(watch_disconnect())
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            async for chunk in self.chunks:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            finished = True
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if not client_gone:
+                raise
+            task.uncancel()
+        except OSError:  # writing to a connection the client already closed
+            client_gone = True
+        finally:
+            finished = True
+            watcher.cancel()
+            try:
+                await self.chunks.aclose()
+            finally:
+                await self.on_close(client_gone)

