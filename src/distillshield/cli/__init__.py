@@ -1,0 +1,48 @@
+"""The command-line front door: `distillshield COMMAND --help` documents every command with an example."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from distillshield.cli import accounts, keys, logs, serve
+from distillshield.cli.common import CliError, set_config_path
+from distillshield.config import ConfigError
+from distillshield.store.database import StoreError
+
+app = typer.Typer(
+    name="distillshield",
+    help="DistillShield: a gateway and toolkit that defends model APIs against distillation.\n\n"
+    "Example: distillshield init && distillshield serve",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.callback()
+def _global(
+    config: str = typer.Option(
+        None, "--config", "-c", envvar="DISTILLSHIELD_CONFIG", help="YAML config file (default ./distillshield.yaml)"
+    ),
+) -> None:
+    set_config_path(config)
+
+
+serve.register(app)
+app.add_typer(accounts.app, name="accounts")
+app.add_typer(keys.app, name="keys")
+app.add_typer(logs.app, name="logs")
+
+
+def main() -> None:
+    """Console entry point: user errors print one line and exit non-zero, never a traceback."""
+    try:
+        app(standalone_mode=True)
+    except (CliError, ConfigError, StoreError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)

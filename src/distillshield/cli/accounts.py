@@ -1,0 +1,107 @@
+"""`distillshield accounts create|list|show|suspend|activate`."""
+
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from distillshield.cli.common import CliError, console, fmt_ts, print_json, with_store
+from distillshield.store import Store
+
+app = typer.Typer(help="Accounts (each belongs to an org). Example: distillshield accounts list", no_args_is_help=True)
+
+
+@app.command("create")
+def create(
+    account_id: str = typer.Argument(..., help="account id, 1-64 characters"),
+    org: str = typer.Option("default", "--org", help="org id (created when missing)"),
+    name: str = typer.Option("", help="display name"),
+    tier: str = typer.Option("standard", help="free, standard, pro or enterprise"),
+    verification: str = typer.Option("none", help="none, email, phone, id or business"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+) -> None:
+    """Create an account.
+
+    Example: distillshield accounts create alice --org acme --tier pro
+    """
+
+    async def go(store: Store):
+        return await store.create_account(account_id, org, name=name, tier=tier, verification=verification)
+
+    acct = with_store(go)
+    if as_json:
+        print_json(acct.__dict__)
+    else:
+        console.print(f"created account [bold]{acct.id}[/bold] in org {acct.org_id} (tier {acct.tier})")
+
+
+@app.command("list")
+def list_(
+    org: str = typer.Option(None, "--org", help="only this org"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+) -> None:
+    """List accounts.
+
+    Example: distillshield accounts list --org acme --json
+    """
+    accts = with_store(lambda store: store.list_accounts(org))
+    if as_json:
+        print_json([a.__dict__ for a in accts])
+        return
+    t = Table("account", "org", "tier", "verification", "status", "created (UTC)")
+    for a in accts:
+        t.add_row(a.id, a.org_id, a.tier, a.verification, a.status, fmt_ts(a.created_at))
+    console.print(t)
+
+
+@app.command("show")
+def show(
+    account_id: str = typer.Argument(...),
+    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+) -> None:
+    """Show one account: its keys and its usage from the audit log.
+
+    Example: distillshield accounts show alice
+    """
+
+    async def go(store: Store):
+        acct = await store.get_account(account_id)
+        if acct is None:
+            raise CliError(f"account '{account_id}' does not exist")
+        return acct, await store.list_keys(account_id), await store.account_usage(account_id)
+
+    acct, keys, usage = with_store(go)
+    if as_json:
+        print_json({**acct.__dict__, "keys": [k.public() for k in keys], "usage": usage})
+        return
+    console.print(f"[bold]{acct.id}[/bold]  org={acct.org_id} tier={acct.tier} verification={acct.verification} "
+                  f"status={acct.status} created={fmt_ts(acct.created_at)}")  # fmt: skip
+    console.print(f"usage: {usage['requests']} requests, {usage['prompt_tokens']} prompt + "
+                  f"{usage['completion_tokens']} completion tokens, last {fmt_ts(usage['last_request_ts'])}")  # fmt: skip
+    t = Table("key", "name", "created (UTC)", "revoked (UTC)")
+    for k in keys:
+        t.add_row(k.id, k.name, fmt_ts(k.created_at), fmt_ts(k.revoked_at))
+    console.print(t)
+
+
+def _set_status(account_id: str, status: str) -> None:
+    with_store(lambda store: store.set_account_status(account_id, status))
+    console.print(f"account {account_id} is now {status} (a running gateway notices within auth.cache_ttl_s)")
+
+
+@app.command("suspend")
+def suspend(account_id: str = typer.Argument(...)) -> None:
+    """Suspend an account: its keys get 403.
+
+    Example: distillshield accounts suspend mallory
+    """
+    _set_status(account_id, "suspended")
+
+
+@app.command("activate")
+def activate(account_id: str = typer.Argument(...)) -> None:
+    """Re-activate a suspended account.
+
+    Example: distillshield accounts activate mallory
+    """
+    _set_status(account_id, "active")

