@@ -23,6 +23,8 @@ import uvicorn
 from distillshield.config import Settings, load_settings
 from distillshield.gateway.app import build_app
 
+os.environ.pop("DISTILLSHIELD_CONFIG", None)  # tests never read a user's config
+os.environ["COLUMNS"] = "250"  # Rich wraps CLI output at the terminal width; keep lines whole in tests
 ADMIN_TOKEN = "test-admin-token"
 PG_URL = os.environ.get("DISTILLSHIELD_TEST_PG", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("DISTILLSHIELD_TEST_REDIS", "redis://127.0.0.1:6379/0")
@@ -59,8 +61,13 @@ class RunningGateway:
         return self.app.state.ds
 
     def admin(self, method: str, path: str, **kw: Any) -> httpx.Response:
-        return httpx.request(method, f"{self.base}/admin{path}", headers={"authorization": f"Bearer {ADMIN_TOKEN}"},
-                             timeout=30, **kw)  # fmt: skip
+        return httpx.request(
+            method,
+            f"{self.base}/admin{path}",
+            headers={"authorization": f"Bearer {ADMIN_TOKEN}"},
+            timeout=30,
+            **kw,
+        )
 
     def create_key(self, account: str, org: str = "default", **account_fields: Any) -> str:
         r = self.admin("GET", f"/accounts/{account}")
@@ -93,8 +100,15 @@ def start_gateway(settings: Settings, **components: Any) -> RunningGateway:
     app = build_app(settings, **components)
     port = settings.server.port
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", loop="asyncio", http="httptools",
-                       timeout_graceful_shutdown=10)  # fmt: skip
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            loop="asyncio",
+            http="httptools",
+            timeout_graceful_shutdown=10,
+        )
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -109,6 +123,7 @@ def start_gateway(settings: Settings, **components: Any) -> RunningGateway:
 
 
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     base = {
         "store__url": f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}",
         "admin__token": ADMIN_TOKEN,
@@ -124,3 +139,26 @@ def local_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningG
     gw = start_gateway(make_settings(tmp_path_factory.mktemp("local")))
     yield gw
     gw.stop()
+
+
+@pytest.fixture
+def gateway_factory(tmp_path: Path) -> Iterator[Any]:
+    """Start gateways with given settings overrides and components; all are stopped after the test."""
+    started: list[RunningGateway] = []
+
+    def factory(components: dict[str, Any] | None = None, **overrides: Any) -> RunningGateway:
+        gw = start_gateway(make_settings(tmp_path / f"gw{len(started)}", **overrides), **(components or {}))
+        started.append(gw)
+        return gw
+
+    yield factory
+    for gw in started:
+        gw.stop()
+
+
+@pytest.fixture
+def fake_gateway(gateway_factory: Any) -> RunningGateway:
+    """A gateway on a fast in-process fake upstream (model name 'fake-model')."""
+    from tests.fakes import FakeUpstream
+
+    return gateway_factory({"upstream": FakeUpstream()})

@@ -195,17 +195,24 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
         try:
             text = cfg_path.read_text(encoding="utf-8")
         except FileNotFoundError:
-            raise ConfigError(f"config file {cfg_path} not found (create one with `distillshield init`)") from None
+            raise ConfigError(
+                f"config file {cfg_path} not found (create one with `distillshield init`)"
+            ) from None
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read config file {cfg_path}: {exc}") from None
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {cfg_path} is not valid YAML: {exc}") from None
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"config file {cfg_path} is not valid YAML: {problem}{where}") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {cfg_path} must be a mapping of sections, got {type(loaded).__name__}")
+            raise ConfigError(
+                f"config file {cfg_path} must be a mapping of sections, got {type(loaded).__name__}"
+            )
         data = loaded
     for dotted, value in overrides.items():
         node = data

@@ -58,8 +58,12 @@ class TrafficRecord(BaseModel):
     response: ResponseInfo | None = None
     status: int | None = Field(None, ge=100, le=599)
     latency_ms: float | None = Field(None, ge=0)
-    label: str | None = Field(None, description="simulator ground truth, e.g. 'attack:hydra'; ignored by analysis")
-    label_meta: dict[str, Any] | None = Field(None, description="ground-truth metadata: cluster_id, campaign_id...")
+    label: str | None = Field(
+        None, description="simulator ground truth, e.g. 'attack:hydra'; ignored by analysis"
+    )
+    label_meta: dict[str, Any] | None = Field(
+        None, description="ground-truth metadata: cluster_id, campaign_id..."
+    )
 
     @field_validator("ts")
     @classmethod

@@ -25,7 +25,11 @@ app = typer.Typer(
 @app.callback()
 def _global(
     config: str = typer.Option(
-        None, "--config", "-c", envvar="DISTILLSHIELD_CONFIG", help="YAML config file (default ./distillshield.yaml)"
+        None,
+        "--config",
+        "-c",
+        envvar="DISTILLSHIELD_CONFIG",
+        help="YAML config file (default ./distillshield.yaml)",
     ),
 ) -> None:
     set_config_path(config)

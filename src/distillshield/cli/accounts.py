@@ -8,7 +8,9 @@ from rich.table import Table
 from distillshield.cli.common import CliError, console, fmt_ts, print_json, with_store
 from distillshield.store import Store
 
-app = typer.Typer(help="Accounts (each belongs to an org). Example: distillshield accounts list", no_args_is_help=True)
+app = typer.Typer(
+    help="Accounts (each belongs to an org). Example: distillshield accounts list", no_args_is_help=True
+)
 
 
 @app.command("create")
@@ -74,10 +76,14 @@ def show(
     if as_json:
         print_json({**acct.__dict__, "keys": [k.public() for k in keys], "usage": usage})
         return
-    console.print(f"[bold]{acct.id}[/bold]  org={acct.org_id} tier={acct.tier} verification={acct.verification} "
-                  f"status={acct.status} created={fmt_ts(acct.created_at)}")  # fmt: skip
-    console.print(f"usage: {usage['requests']} requests, {usage['prompt_tokens']} prompt + "
-                  f"{usage['completion_tokens']} completion tokens, last {fmt_ts(usage['last_request_ts'])}")  # fmt: skip
+    console.print(
+        f"[bold]{acct.id}[/bold]  org={acct.org_id} tier={acct.tier} verification={acct.verification} "
+        f"status={acct.status} created={fmt_ts(acct.created_at)}"
+    )
+    console.print(
+        f"usage: {usage['requests']} requests, {usage['prompt_tokens']} prompt + "
+        f"{usage['completion_tokens']} completion tokens, last {fmt_ts(usage['last_request_ts'])}"
+    )
     t = Table("key", "name", "created (UTC)", "revoked (UTC)")
     for k in keys:
         t.add_row(k.id, k.name, fmt_ts(k.created_at), fmt_ts(k.revoked_at))

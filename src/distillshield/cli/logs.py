@@ -27,10 +27,14 @@ def verify(as_json: bool = typer.Option(False, "--json", help="print JSON")) -> 
     if as_json:
         print_json(report.as_dict())
     elif report.ok:
-        console.print(f"[green]intact[/green]: {report.rows} rows, head seq {report.head_seq} hash {report.head_hash}")
+        console.print(
+            f"[green]intact[/green]: {report.rows} rows, head seq {report.head_seq} hash {report.head_hash}"
+        )
     else:
-        console.print(f"[red]BROKEN[/red] at row {report.first_bad_seq}: {report.problem} "
-                      f"({report.rows} rows verified before it)")  # fmt: skip
+        console.print(
+            f"[red]BROKEN[/red] at row {report.first_bad_seq}: {report.problem} "
+            f"({report.rows} rows verified before it)"
+        )
     raise typer.Exit(0 if report.ok else 1)
 
 
@@ -49,16 +53,23 @@ def export(
     Example: distillshield logs export --out traffic.jsonl --since 1767225600
     """
 
+    to_stdout = str(out) == "-"
+    try:
+        fh = sys.stdout.buffer if to_stdout else open(out, "wb")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise CliError(f"cannot write {out}: {exc.strerror}") from None
+
     async def go(store: Store) -> tuple[int, int]:
         head, _ = await store.chain_head()
-        fh = sys.stdout.buffer if str(out) == "-" else open(out, "wb")  # noqa: SIM115
         written = skipped = 0
         try:
             with progress() as bar:
                 task = bar.add_task("exporting", total=head)
                 async for row in store.iter_audit():
                     bar.advance(task)
-                    if (since is not None and row["ts"] < since) or (until is not None and row["ts"] >= until):
+                    if (since is not None and row["ts"] < since) or (
+                        until is not None and row["ts"] >= until
+                    ):
                         continue
                     if account is not None and row["account_id"] != account:
                         continue
@@ -69,12 +80,15 @@ def export(
                     fh.write(rec.to_json() + b"\n")
                     written += 1
         finally:
-            if fh is not sys.stdout.buffer:
+            if not to_stdout:
                 fh.close()
         return written, skipped
 
     written, skipped = with_store(go)
-    err_console.print(f"exported {written} requests to {out}" + (f"; skipped {skipped} (no account or body)" if skipped else ""))
+    err_console.print(
+        f"exported {written} requests to {out}"
+        + (f"; skipped {skipped} (no account or body)" if skipped else "")
+    )
 
 
 @app.command("import")
@@ -114,6 +128,8 @@ def import_(
         err_console.print(f"[yellow]skipped[/yellow] {path}:{e}")
     if len(errors) > 20:
         err_console.print(f"... and {len(errors) - 20} more bad lines")
-    console.print(f"imported {n} requests from {path}" + (f"; {len(errors)} bad lines skipped" if errors else ""))
+    console.print(
+        f"imported {n} requests from {path}" + (f"; {len(errors)} bad lines skipped" if errors else "")
+    )
     if n == 0 and errors:
         raise typer.Exit(1)

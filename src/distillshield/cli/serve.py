@@ -80,11 +80,15 @@ def write_config(
     token = "dsadmin-" + secrets.token_hex(24)
     path.write_text(
         CONFIG_TEMPLATE.format(
-            host=host, port=port, admin_sha=admin_token_digest(token), store_url=store_url,
-            upstream_kind=upstream_kind, upstream_url=upstream_url,
+            host=host,
+            port=port,
+            admin_sha=admin_token_digest(token),
+            store_url=store_url,
+            upstream_kind=upstream_kind,
+            upstream_url=upstream_url,
         ),
         encoding="utf-8",
-    )  # fmt: skip
+    )
     load_settings(path)  # the template must always validate
     return token
 
@@ -106,11 +110,15 @@ def register(app: typer.Typer) -> None:
         if path.exists() and not force:
             raise CliError(f"{path} already exists; pass --force to overwrite it")
         token = write_config(
-            path, store_url=store_url, upstream_kind="http" if upstream_url else "local",
+            path,
+            store_url=store_url,
+            upstream_kind="http" if upstream_url else "local",
             upstream_url=upstream_url or "http://127.0.0.1:8000/v1",
-        )  # fmt: skip
+        )
         console.print(f"wrote [bold]{path}[/bold]")
-        console.print(f"admin token (shown once, only its sha256 is stored): [bold yellow]{token}[/bold yellow]")
+        console.print(
+            f"admin token (shown once, only its sha256 is stored): [bold yellow]{token}[/bold yellow]"
+        )
 
     @app.command("serve")
     def serve(
@@ -128,7 +136,9 @@ def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo(
         port: int = typer.Option(8787, help="port for the demo gateway"),
-        directory: Path = typer.Option(Path(".distillshield-demo"), "--dir", help="where the demo keeps its files"),
+        directory: Path = typer.Option(
+            Path(".distillshield-demo"), "--dir", help="where the demo keeps its files"
+        ),
         once: bool = typer.Option(False, "--once", help="check the demo works, then stop (for scripts)"),
     ) -> None:
         """Start the gateway on the embedded model and SQLite, create a demo key, print working examples.
@@ -144,9 +154,15 @@ def run_server(s: Settings, host: str, port: int, log_level: str = "info") -> No
     from distillshield.gateway.app import build_app
 
     uvicorn.run(
-        build_app(s), host=host, port=port, loop="uvloop", http="httptools", log_level=log_level,
-        timeout_graceful_shutdown=int(s.server.graceful_timeout_s), access_log=False,
-    )  # fmt: skip
+        build_app(s),
+        host=host,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        log_level=log_level,
+        timeout_graceful_shutdown=int(s.server.graceful_timeout_s),
+        access_log=False,
+    )
 
 
 def run_demo(port: int, directory: Path, once: bool) -> None:
@@ -158,7 +174,9 @@ def run_demo(port: int, directory: Path, once: bool) -> None:
     cfg = directory / "distillshield.yaml"
     token_file = directory / "admin-token"
     if not cfg.exists():
-        token = write_config(cfg, store_url=f"sqlite+aiosqlite:///{directory.resolve() / 'demo.db'}", port=port)
+        token = write_config(
+            cfg, store_url=f"sqlite+aiosqlite:///{directory.resolve() / 'demo.db'}", port=port
+        )
         token_file.write_text(token + "\n", encoding="utf-8")
         token_file.chmod(0o600)
     s = load_settings(cfg, server__port=port)
@@ -177,7 +195,9 @@ def run_demo(port: int, directory: Path, once: bool) -> None:
     base = f"http://127.0.0.1:{port}"
     admin_token = token_file.read_text(encoding="utf-8").strip()
     if _http(base, "/admin/accounts/demo", admin_token, None) is None:
-        _http(base, "/admin/accounts", admin_token, {"id": "demo", "org_id": "demo-org", "name": "Demo account"})
+        _http(
+            base, "/admin/accounts", admin_token, {"id": "demo", "org_id": "demo-org", "name": "Demo account"}
+        )
     created = _http(base, "/admin/keys", admin_token, {"account_id": "demo", "name": "demo key"})
     assert created is not None
     key = created["key"]
@@ -189,19 +209,26 @@ def run_demo(port: int, directory: Path, once: bool) -> None:
     console.print("\n[bold]curl[/bold]")
     console.print(
         f"curl -s {base}/v1/chat/completions -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n"
-        f"  -d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Say hello\"}}], \"max_tokens\": 32}}'",
-        markup=False, highlight=False, soft_wrap=True,
-    )  # fmt: skip
+        f'  -d \'{{"model": "{model}", "messages": [{{"role": "user", "content": "Say hello"}}], "max_tokens": 32}}\'',
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
     console.print("\n[bold]openai SDK[/bold]")
     console.print(
         "from openai import OpenAI\n"
-        f"client = OpenAI(base_url=\"{base}/v1\", api_key=\"{key}\")\n"
-        f"r = client.chat.completions.create(model=\"{model}\", max_tokens=32,\n"
-        "    messages=[{\"role\": \"user\", \"content\": \"Say hello\"}])\n"
+        f'client = OpenAI(base_url="{base}/v1", api_key="{key}")\n'
+        f'r = client.chat.completions.create(model="{model}", max_tokens=32,\n'
+        '    messages=[{"role": "user", "content": "Say hello"}])\n'
         "print(r.choices[0].message.content)",
-        markup=False, highlight=False, soft_wrap=True,
-    )  # fmt: skip
-    console.print("\n[bold]anthropic SDK[/bold]: anthropic.Anthropic(base_url=\"" + base + "\", api_key=KEY)", markup=False)
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+    console.print(
+        '\n[bold]anthropic SDK[/bold]: anthropic.Anthropic(base_url="' + base + '", api_key=KEY)',
+        markup=False,
+    )
     reply = _check(base, key, model)
     console.print(f"\n[green]checked:[/green] the gateway answered a real request: {reply!r}")
     console.print(f"audit log: distillshield -c {cfg} logs verify   |   metrics: {base}/metrics")
@@ -244,7 +271,9 @@ def _check(base: str, key: str, model: str) -> str:
 
     req = urllib.request.Request(
         f"{base}/v1/chat/completions",
-        data=json.dumps({"model": model, "max_tokens": 24, "messages": [{"role": "user", "content": "Say hello"}]}).encode(),
+        data=json.dumps(
+            {"model": model, "max_tokens": 24, "messages": [{"role": "user", "content": "Say hello"}]}
+        ).encode(),
         headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
     )
     with urllib.request.urlopen(req, timeout=120) as resp:  # noqa: S310 - loopback only

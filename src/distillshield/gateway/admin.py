@@ -45,7 +45,9 @@ def build_admin_app(state: Any) -> FastAPI:
 
     async def require_admin(request: Request) -> None:
         if expected is None:
-            raise HTTPException(403, "the admin API is disabled: set admin.token_sha256 (see `distillshield init`)")
+            raise HTTPException(
+                403, "the admin API is disabled: set admin.token_sha256 (see `distillshield init`)"
+            )
         auth = request.headers.get("authorization", "")
         scheme, _, token = auth.partition(" ")
         if scheme.lower() != "bearer" or not token:
@@ -68,7 +70,12 @@ def build_admin_app(state: Any) -> FastAPI:
     async def create_account(body: AccountIn) -> dict[str, Any]:
         limits = body.limits.model_dump(exclude_none=True) if body.limits else None
         acct = await state.store.create_account(
-            body.id, body.org_id, name=body.name, tier=body.tier, verification=body.verification, limits=limits
+            body.id,
+            body.org_id,
+            name=body.name,
+            tier=body.tier,
+            verification=body.verification,
+            limits=limits,
         )
         return acct.__dict__
 
@@ -116,7 +123,10 @@ def build_admin_app(state: Any) -> FastAPI:
     async def limits_state(kind: str, scope_id: str) -> dict[str, Any]:
         if kind not in ("key", "account", "org"):
             raise HTTPException(400, "kind must be key, account or org")
-        return {"scope": f"{kind}:{scope_id}", "in_flight": await state.limiter.in_flight(f"{kind}:{scope_id}")}
+        return {
+            "scope": f"{kind}:{scope_id}",
+            "in_flight": await state.limiter.in_flight(f"{kind}:{scope_id}"),
+        }
 
     @app.post("/audit/flush", dependencies=deps)
     async def audit_flush() -> dict[str, Any]:

@@ -85,7 +85,10 @@ def build_app(settings: Settings, **components: Any) -> Starlette:
         except ApiError as exc:
             return Response(exc.openai_body(), exc.status, media_type=_JSON)
         now = int(time.time())
-        data = [{"id": m, "object": "model", "created": now, "owned_by": "distillshield"} for m in state.upstream.models()]
+        data = [
+            {"id": m, "object": "model", "created": now, "owned_by": "distillshield"}
+            for m in state.upstream.models()
+        ]
         return Response(orjson.dumps({"object": "list", "data": data}), media_type=_JSON)
 
     async def healthz(_request: Request) -> Response:
@@ -101,8 +104,10 @@ def build_app(settings: Settings, **components: Any) -> Starlette:
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        msg = {404: f"no such endpoint: {request.method} {request.url.path}",
-               405: f"method {request.method} is not allowed on {request.url.path}"}.get(exc.status_code, str(exc.detail))  # fmt: skip
+        msg = {
+            404: f"no such endpoint: {request.method} {request.url.path}",
+            405: f"method {request.method} is not allowed on {request.url.path}",
+        }.get(exc.status_code, str(exc.detail))
         return Response(ApiError(exc.status_code, msg).openai_body(), exc.status_code, media_type=_JSON)
 
     async def server_error(request: Request, exc: Exception) -> Response:

@@ -73,16 +73,35 @@ class AuditWriter:
                 self._queue.task_done()
 
     async def _write(self, batch: list[dict[str, Any]]) -> None:
-        for start in range(0, len(batch), self.batch_size * 4):
-            part = batch[start : start + self.batch_size * 4]
-            delay = 0.1
-            while True:
-                try:
-                    await self.store.append_audit(part)
-                    self.written += len(part)
-                    break
-                except Exception as exc:  # noqa: BLE001 - the database may be briefly away: keep the rows, retry
-                    self.failed_batches += 1
-                    log.error("audit write of %d rows failed (%s); retrying in %.1f s", len(part), exc, delay)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
+        """Write a batch; retry while the database is away, isolate rows it refuses."""
+        delay = 0.1
+        while True:
+            try:
+                await self.store.append_audit(batch)
+                self.written += len(batch)
+                return
+            except Exception as exc:  # noqa: BLE001 - classified below; the writer must never die
+                if await self.store.ping():
+                    break  # the database is up but refuses this data: isolate the bad row below
+                # The database is unreachable: keep the rows and retry with backoff.
+                self.failed_batches += 1
+                log.error("audit write of %d rows failed (%s); retrying in %.1f s", len(batch), exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        if len(batch) > 1:
+            mid = len(batch) // 2
+            await self._write(batch[:mid])
+            await self._write(batch[mid:])
+            return
+        log.error(
+            "audit row %s refused by the database; storing it without its texts", batch[0].get("request_id")
+        )
+        stripped = {
+            **batch[0],
+            "request": None,
+            "response_text": None,
+            "user_agent": None,
+            "error": "audit row could not be stored in full (the database refused its text)",
+        }
+        if stripped != batch[0]:
+            await self._write([stripped])

@@ -49,8 +49,11 @@ class Authenticator:
             )
         parts = split_key(presented)
         if parts is None:
-            raise ApiError(401, "invalid API key: not a DistillShield key (they look like ds-k...-...)",
-                           code="invalid_api_key")  # fmt: skip
+            raise ApiError(
+                401,
+                "invalid API key: not a DistillShield key (they look like ds-k...-...)",
+                code="invalid_api_key",
+            )
         key_id, secret = parts
         ctx = await self._lookup(key_id)
         if ctx is None or not secret_matches(ctx.key, secret):

@@ -7,17 +7,33 @@ from typing import Any
 import orjson
 
 _OPENAI_TYPES = {
-    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
-    405: "invalid_request_error", 413: "invalid_request_error", 415: "invalid_request_error",
-    422: "invalid_request_error", 429: "rate_limit_error", 502: "upstream_error", 503: "service_unavailable",
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    502: "upstream_error",
+    503: "service_unavailable",
     504: "upstream_timeout",
-}  # fmt: skip
+}
 _ANTHROPIC_TYPES = {
-    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
-    405: "invalid_request_error", 413: "request_too_large", 415: "invalid_request_error",
-    422: "invalid_request_error", 429: "rate_limit_error", 502: "api_error", 503: "overloaded_error",
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "request_too_large",
+    415: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    502: "api_error",
+    503: "overloaded_error",
     504: "api_error",
-}  # fmt: skip
+}
 
 
 class ApiError(Exception):
@@ -52,7 +68,10 @@ class ApiError(Exception):
         )
 
     def anthropic_body(self) -> bytes:
-        err: dict[str, Any] = {"type": _ANTHROPIC_TYPES.get(self.status, "api_error"), "message": self.message}
+        err: dict[str, Any] = {
+            "type": _ANTHROPIC_TYPES.get(self.status, "api_error"),
+            "message": self.message,
+        }
         if self.code:
             err["code"] = self.code
         return orjson.dumps({"type": "error", "error": err})

@@ -16,14 +16,30 @@ class GatewayMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("distillshield_requests", "API requests by endpoint and status", ["endpoint", "status"], registry=r)
-        self.latency = Histogram("distillshield_request_seconds", "Request latency (to last byte)", ["endpoint"],
-                                 buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
+        self.requests = Counter(
+            "distillshield_requests",
+            "API requests by endpoint and status",
+            ["endpoint", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "distillshield_request_seconds",
+            "Request latency (to last byte)",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.tokens = Counter("distillshield_tokens", "Tokens served", ["kind"], registry=r)
-        self.rate_limited = Counter("distillshield_rate_limited", "Requests refused by a limit", ["scope", "limit"], registry=r)
+        self.rate_limited = Counter(
+            "distillshield_rate_limited", "Requests refused by a limit", ["scope", "limit"], registry=r
+        )
         self.in_flight = Gauge("distillshield_in_flight", "Requests in flight", registry=r)
-        self.audit_pending = Gauge("distillshield_audit_queue", "Audit rows waiting to be written", registry=r)
-        self.audit_written = Gauge("distillshield_audit_written", "Audit rows written since start", registry=r)
+        self.audit_pending = Gauge(
+            "distillshield_audit_queue", "Audit rows waiting to be written", registry=r
+        )
+        self.audit_written = Gauge(
+            "distillshield_audit_written", "Audit rows written since start", registry=r
+        )
         self._prompt = self.tokens.labels("prompt")
         self._completion = self.tokens.labels("completion")
 

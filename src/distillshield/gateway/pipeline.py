@@ -93,7 +93,9 @@ class Gateway:
             return await self._complete(call)
         except LimitExceeded as exc:
             self.metrics.rate_limited.labels(exc.scope.kind, exc.limit).inc()
-            return self._error(call, ApiError(429, exc.message, code=f"rate_limit_{exc.limit}", headers=exc.headers()))
+            return self._error(
+                call, ApiError(429, exc.message, code=f"rate_limit_{exc.limit}", headers=exc.headers())
+            )
         except UpstreamError as exc:
             return self._error(call, exc.to_api_error())
         except ApiError as exc:
@@ -111,22 +113,30 @@ class Gateway:
             ip = headers["x-forwarded-for"].split(",")[0].strip()
         rid = uuid.uuid4().hex
         row: dict[str, Any] = {
-            "ts": time.time(), "request_id": rid, "endpoint": ENDPOINT_OF[api], "ip": ip,
-            "user_agent": headers.get("user-agent"), "stream": False,
-        }  # fmt: skip
+            "ts": time.time(),
+            "request_id": rid,
+            "endpoint": ENDPOINT_OF[api],
+            "ip": ip,
+            "user_agent": headers.get("user-agent"),
+            "stream": False,
+        }
         return Call(api, rid, row["ts"], time.perf_counter(), row)
 
     async def _read_body(self, request: Request, call: Call) -> bytes:
         limit = self.settings.server.max_body_bytes
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
-            raise ApiError(413, f"request body is {declared} bytes; the limit is {limit} bytes", code="body_too_large")
+            raise ApiError(
+                413, f"request body is {declared} bytes; the limit is {limit} bytes", code="body_too_large"
+            )
         parts, size = [], 0
         try:
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > limit:
-                    raise ApiError(413, f"request body exceeds the limit of {limit} bytes", code="body_too_large")
+                    raise ApiError(
+                        413, f"request body exceeds the limit of {limit} bytes", code="body_too_large"
+                    )
                 parts.append(chunk)
         except ClientDisconnect:
             raise ApiError(400, "the client closed the connection before sending the whole body") from None
@@ -142,14 +152,17 @@ class Gateway:
         try:
             raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise bad_request(f"request body is not valid UTF-8 (bad byte at offset {exc.start})",
-                              code="invalid_encoding") from None  # fmt: skip
+            raise bad_request(
+                f"request body is not valid UTF-8 (bad byte at offset {exc.start})", code="invalid_encoding"
+            ) from None
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             raise bad_request(f"request body is not valid JSON: {exc}", code="invalid_json") from None
         if not isinstance(body, dict):
-            raise bad_request(f"request body must be a JSON object, got {openai._type_name(body)}", code="invalid_json")
+            raise bad_request(
+                f"request body must be a JSON object, got {openai._type_name(body)}", code="invalid_json"
+            )
         return body
 
     def _parse_api(self, api: str, body: dict[str, Any]) -> GenRequest:
@@ -163,8 +176,12 @@ class Gateway:
     def _check_model(self, model: str) -> None:
         served = self.upstream.models()
         if served and model not in served:
-            raise ApiError(404, f"model '{model}' is not served here; GET /v1/models lists the models "
-                                f"({', '.join(served)})", code="model_not_found", param="model")  # fmt: skip
+            raise ApiError(
+                404,
+                f"model '{model}' is not served here; GET /v1/models lists the models ({', '.join(served)})",
+                code="model_not_found",
+                param="model",
+            )
 
     def _scopes_for(self, ctx: KeyContext) -> tuple[Scope, ...]:
         cached = self._scopes.get(id(ctx))
@@ -201,7 +218,9 @@ class Gateway:
             payload["usage"] = {"input_tokens": prompt, "output_tokens": completion}
         else:
             payload = resp
-        call.row.update(response_text=text, finish_reason=finish, prompt_tokens=prompt, completion_tokens=completion)
+        call.row.update(
+            response_text=text, finish_reason=finish, prompt_tokens=prompt, completion_tokens=completion
+        )
         self._finish(call, 200)
         return Response(orjson.dumps(payload), 200, self._headers(call), media_type=_JSON)
 
@@ -232,9 +251,13 @@ class Gateway:
         return SSEResponse(body, self._headers(call), on_close)
 
     async def _openai_events(
-        self, call: Call, chunks: AsyncIterator[dict[str, Any]], first: dict[str, Any] | None,
-        state: _StreamState, include_usage: bool,
-    ) -> AsyncGenerator[bytes, None]:  # fmt: skip
+        self,
+        call: Call,
+        chunks: AsyncIterator[dict[str, Any]],
+        first: dict[str, Any] | None,
+        state: _StreamState,
+        include_usage: bool,
+    ) -> AsyncGenerator[bytes, None]:
         api = call.gen.api if call.gen else "chat"
         try:
             chunk = first
@@ -252,11 +275,26 @@ class Gateway:
             yield openai.DONE
         except UpstreamError as exc:
             state.error = exc
-            yield b"data: " + orjson.dumps({"error": {"message": exc.message, "type": "upstream_error",
-                                                      "code": exc.to_api_error().code}}) + b"\n\n"  # fmt: skip
+            yield (
+                b"data: "
+                + orjson.dumps(
+                    {
+                        "error": {
+                            "message": exc.message,
+                            "type": "upstream_error",
+                            "code": exc.to_api_error().code,
+                        }
+                    }
+                )
+                + b"\n\n"
+            )
 
     async def _anthropic_events(
-        self, call: Call, chunks: AsyncIterator[dict[str, Any]], first: dict[str, Any] | None, state: _StreamState
+        self,
+        call: Call,
+        chunks: AsyncIterator[dict[str, Any]],
+        first: dict[str, Any] | None,
+        state: _StreamState,
     ) -> AsyncGenerator[bytes, None]:
         gen = call.gen
         assert gen is not None and call.reservation is not None
@@ -293,11 +331,17 @@ class Gateway:
         elif state.error is not None:
             status, error = state.error.status, state.error.message
         else:
-            status, error = CLIENT_CLOSED, "client closed the stream before it finished" if client_gone else "stream ended early"
+            status, error = (
+                CLIENT_CLOSED,
+                "client closed the stream before it finished" if client_gone else "stream ended early",
+            )
         call.row.update(
-            response_text=text, finish_reason=state.finish if state.complete else "cancelled",
-            prompt_tokens=prompt, completion_tokens=completion, error=error,
-        )  # fmt: skip
+            response_text=text,
+            finish_reason=state.finish if state.complete else "cancelled",
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            error=error,
+        )
         self._finish(call, status)
 
     async def _release(self, call: Call) -> None:
@@ -329,8 +373,9 @@ class Gateway:
         text = row.get("response_text")
         if text and len(text) > self.settings.audit.max_body_chars:
             row["response_text"] = text[: self.settings.audit.max_body_chars]
-        self.metrics.observe(row["endpoint"], status, elapsed, row.get("prompt_tokens") or 0,
-                             row.get("completion_tokens") or 0)  # fmt: skip
+        self.metrics.observe(
+            row["endpoint"], status, elapsed, row.get("prompt_tokens") or 0, row.get("completion_tokens") or 0
+        )
         self.audit.submit(row)
 
 

@@ -16,10 +16,27 @@ import orjson
 
 GENESIS = "0" * 64
 CHAINED_FIELDS = (
-    "seq", "ts", "request_id", "account_id", "org_id", "key_id", "ip", "user_agent", "endpoint", "model",
-    "stream", "status", "latency_ms", "request", "response_text", "finish_reason", "prompt_tokens",
-    "completion_tokens", "decision", "error",
-)  # fmt: skip
+    "seq",
+    "ts",
+    "request_id",
+    "account_id",
+    "org_id",
+    "key_id",
+    "ip",
+    "user_agent",
+    "endpoint",
+    "model",
+    "stream",
+    "status",
+    "latency_ms",
+    "request",
+    "response_text",
+    "finish_reason",
+    "prompt_tokens",
+    "completion_tokens",
+    "decision",
+    "error",
+)
 
 
 def canonical(row: Mapping[str, Any]) -> bytes:
@@ -48,9 +65,13 @@ class ChainReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "ok": self.ok, "rows": self.rows, "head_seq": self.head_seq, "head_hash": self.head_hash,
-            "first_bad_seq": self.first_bad_seq, "problem": self.problem,
-        }  # fmt: skip
+            "ok": self.ok,
+            "rows": self.rows,
+            "head_seq": self.head_seq,
+            "head_hash": self.head_hash,
+            "first_bad_seq": self.first_bad_seq,
+            "problem": self.problem,
+        }
 
 
 class ChainVerifier:
@@ -98,7 +119,9 @@ class ChainVerifier:
             if head_seq > last_seq:
                 self._fail(last_seq + 1, f"rows {last_seq + 1}-{head_seq} are missing at the end of the log")
             elif head_seq < last_seq:
-                self._fail(head_seq + 1, f"row {head_seq + 1} lies beyond the recorded chain head (appended?)")
+                self._fail(
+                    head_seq + 1, f"row {head_seq + 1} lies beyond the recorded chain head (appended?)"
+                )
             elif head_hash != self.prev_hash and last_seq > 0:
                 self._fail(last_seq, f"row {last_seq} does not match the recorded chain head")
         return ChainReport(
@@ -119,7 +142,9 @@ def verify_rows(rows: Iterable[Mapping[str, Any]], head: tuple[int, str] | None 
     return v.finish(head)
 
 
-async def averify_rows(rows: AsyncIterable[Mapping[str, Any]], head: tuple[int, str] | None = None) -> ChainReport:
+async def averify_rows(
+    rows: AsyncIterable[Mapping[str, Any]], head: tuple[int, str] | None = None
+) -> ChainReport:
     v = ChainVerifier()
     async for row in rows:
         if not v.feed(row):

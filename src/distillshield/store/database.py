@@ -70,9 +70,13 @@ class ApiKey:
     def public(self) -> dict[str, Any]:
         """Everything except the salt and hash: safe to print or return from the admin API."""
         return {
-            "id": self.id, "account_id": self.account_id, "name": self.name, "created_at": self.created_at,
-            "revoked_at": self.revoked_at, "limits": self.limits,
-        }  # fmt: skip
+            "id": self.id,
+            "account_id": self.account_id,
+            "name": self.name,
+            "created_at": self.created_at,
+            "revoked_at": self.revoked_at,
+            "limits": self.limits,
+        }
 
 
 @dataclass
@@ -101,6 +105,22 @@ def split_key(presented: str) -> tuple[str, str] | None:
 
 def secret_matches(key: ApiKey, secret: str) -> bool:
     return hmac.compare_digest(hash_secret(key.salt, secret), key.secret_hash)
+
+
+_AUDIT_LENGTHS = {
+    c.name: c.type.length for c in audit_log.c if isinstance(c.type, sa.String) and c.type.length
+}
+
+
+def _storable(v: Any, length: int | None) -> Any:
+    # Client-controlled strings must fit every back end, and be stored exactly as hashed: PostgreSQL
+    # text cannot hold NUL, and VARCHAR(n) refuses longer values (SQLite would silently keep them).
+    if isinstance(v, str):
+        if "\x00" in v:
+            v = v.replace("\x00", "\ufffd")
+        if length is not None and len(v) > length:
+            v = v[:length]
+    return v
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -191,7 +211,14 @@ class Store:
                 f"unknown verification level '{verification}'; choose one of {', '.join(VERIFICATION_LEVELS)}"
             )
         acct = Account(
-            account_id, org_id, name or account_id, created_at or time.time(), tier, verification, "active", limits
+            account_id,
+            org_id,
+            name or account_id,
+            created_at or time.time(),
+            tier,
+            verification,
+            "active",
+            limits,
         )
         try:
             async with self.engine.begin() as conn:
@@ -204,7 +231,9 @@ class Store:
 
     async def get_account(self, account_id: str) -> Account | None:
         async with self.engine.connect() as conn:
-            row = (await conn.execute(accounts.select().where(accounts.c.id == account_id))).mappings().first()
+            row = (
+                (await conn.execute(accounts.select().where(accounts.c.id == account_id))).mappings().first()
+            )
         return Account(**row) if row else None
 
     async def list_accounts(self, org_id: str | None = None) -> list[Account]:
@@ -216,7 +245,9 @@ class Store:
 
     async def set_account_status(self, account_id: str, status: str) -> None:
         async with self.engine.begin() as conn:
-            res = await conn.execute(accounts.update().where(accounts.c.id == account_id).values(status=status))
+            res = await conn.execute(
+                accounts.update().where(accounts.c.id == account_id).values(status=status)
+            )
         if res.rowcount == 0:
             raise StoreError(f"account '{account_id}' does not exist")
 
@@ -230,7 +261,12 @@ class Store:
         ).where(audit_log.c.account_id == account_id, audit_log.c.ts >= since)
         async with self.engine.connect() as conn:
             n, pt, ct, last = (await conn.execute(q)).one()
-        return {"requests": int(n), "prompt_tokens": int(pt), "completion_tokens": int(ct), "last_request_ts": last}
+        return {
+            "requests": int(n),
+            "prompt_tokens": int(pt),
+            "completion_tokens": int(ct),
+            "last_request_ts": last,
+        }
 
     # -- keys ---------------------------------------------------------------------------------------
 
@@ -318,14 +354,16 @@ class Store:
                 await conn.execute(chain_head.update().where(chain_head.c.id == 1).values(id=1))
             head = (
                 await conn.execute(
-                    sa.select(chain_head.c.seq, chain_head.c.hash).where(chain_head.c.id == 1).with_for_update()
+                    sa.select(chain_head.c.seq, chain_head.c.hash)
+                    .where(chain_head.c.id == 1)
+                    .with_for_update()
                 )
             ).one()
             seq, prev = head.seq, head.hash
             out = []
             for r in rows:
                 seq += 1
-                rec = {k: r.get(k) for k in chain.CHAINED_FIELDS}
+                rec = {k: _storable(r.get(k), _AUDIT_LENGTHS.get(k)) for k in chain.CHAINED_FIELDS}
                 rec["seq"] = seq
                 rec["prev_hash"] = prev
                 rec["hash"] = prev = chain.link(prev, rec)
@@ -336,7 +374,9 @@ class Store:
 
     async def chain_head(self) -> tuple[int, str]:
         async with self.engine.connect() as conn:
-            row = (await conn.execute(sa.select(chain_head.c.seq, chain_head.c.hash).where(chain_head.c.id == 1))).first()
+            row = (
+                await conn.execute(sa.select(chain_head.c.seq, chain_head.c.hash).where(chain_head.c.id == 1))
+            ).first()
         return (int(row.seq), row.hash) if row else (0, chain.GENESIS)
 
     async def iter_audit(

@@ -25,13 +25,26 @@ def row_to_record(row: dict[str, Any]) -> TrafficRecord | None:
     if row.get("response_text") is not None or row.get("finish_reason") is not None:
         usage = None
         if row.get("prompt_tokens") is not None or row.get("completion_tokens") is not None:
-            usage = Usage(prompt_tokens=row.get("prompt_tokens") or 0, completion_tokens=row.get("completion_tokens") or 0)
-        response = ResponseInfo(text=row.get("response_text") or "", finish_reason=row.get("finish_reason"), usage=usage)
+            usage = Usage(
+                prompt_tokens=row.get("prompt_tokens") or 0,
+                completion_tokens=row.get("completion_tokens") or 0,
+            )
+        response = ResponseInfo(
+            text=row.get("response_text") or "", finish_reason=row.get("finish_reason"), usage=usage
+        )
     return TrafficRecord(
-        ts=row["ts"], account_id=row["account_id"], endpoint=row["endpoint"], request=body,
-        org_id=row.get("org_id"), key_id=row.get("key_id"), ip=row.get("ip"), user_agent=row.get("user_agent"),
-        response=response, status=row.get("status"), latency_ms=row.get("latency_ms"),
-    )  # fmt: skip
+        ts=row["ts"],
+        account_id=row["account_id"],
+        endpoint=row["endpoint"],
+        request=body,
+        org_id=row.get("org_id"),
+        key_id=row.get("key_id"),
+        ip=row.get("ip"),
+        user_agent=row.get("user_agent"),
+        response=response,
+        status=row.get("status"),
+        latency_ms=row.get("latency_ms"),
+    )
 
 
 def record_to_row(rec: TrafficRecord) -> dict[str, Any]:

@@ -49,7 +49,9 @@ class Reservation:
 class LimitExceeded(Exception):
     """A limit stops this request. retry_after is None when waiting cannot help (request too large)."""
 
-    def __init__(self, scope: Scope, limit: str, limit_value: int, retry_after: float | None, message: str) -> None:
+    def __init__(
+        self, scope: Scope, limit: str, limit_value: int, retry_after: float | None, message: str
+    ) -> None:
         super().__init__(message)
         self.scope = scope
         self.limit = limit
@@ -97,7 +99,9 @@ def estimate_tokens(prompt_text: str, max_tokens: int, n: int = 1, messages: int
     return prompt + max_tokens * n
 
 
-def rate_headers(scopes: tuple[Scope, ...], remaining: dict[str, tuple[int | None, int | None]]) -> dict[str, str]:
+def rate_headers(
+    scopes: tuple[Scope, ...], remaining: dict[str, tuple[int | None, int | None]]
+) -> dict[str, str]:
     """OpenAI-style x-ratelimit-* headers for the tightest scope."""
     best_req: tuple[int, int] | None = None
     best_tok: tuple[int, int] | None = None

@@ -96,23 +96,40 @@ class MemoryRateLimiter:
             st.in_flight += 1
             st.day_tokens += tokens
             entries.append((st, entry))
-        return Reservation(scopes, tokens, rate_headers(scopes, remaining), _Handle(entries, states[0].day if states else 0))
+        return Reservation(
+            scopes, tokens, rate_headers(scopes, remaining), _Handle(entries, states[0].day if states else 0)
+        )
 
     def _check(self, scope: Scope, st: _State, tokens: int, now: float, wall: float) -> None:
         lim = scope.limits
         who = f"{scope.kind} {scope.id}"
         if lim.concurrent is not None and st.in_flight >= lim.concurrent:
-            raise LimitExceeded(scope, "concurrent", lim.concurrent, 1.0,
-                                f"{who} has {st.in_flight} requests in flight; the limit is {lim.concurrent}")  # fmt: skip
+            raise LimitExceeded(
+                scope,
+                "concurrent",
+                lim.concurrent,
+                1.0,
+                f"{who} has {st.in_flight} requests in flight; the limit is {lim.concurrent}",
+            )
         if lim.rpm is not None and len(st.requests) >= lim.rpm:
             oldest_needed = st.requests[len(st.requests) - lim.rpm]
-            raise LimitExceeded(scope, "requests", lim.rpm, oldest_needed + WINDOW_S - now,
-                                f"{who} reached its limit of {lim.rpm} requests per minute")  # fmt: skip
+            raise LimitExceeded(
+                scope,
+                "requests",
+                lim.rpm,
+                oldest_needed + WINDOW_S - now,
+                f"{who} reached its limit of {lim.rpm} requests per minute",
+            )
         if lim.tpm is not None:
             if tokens > lim.tpm:
-                raise LimitExceeded(scope, "tokens", lim.tpm, None,
-                                    f"this request may use up to {tokens} tokens (prompt estimate + max_tokens), "
-                                    f"more than {who}'s limit of {lim.tpm} tokens per minute; lower max_tokens")  # fmt: skip
+                raise LimitExceeded(
+                    scope,
+                    "tokens",
+                    lim.tpm,
+                    None,
+                    f"this request may use up to {tokens} tokens (prompt estimate + max_tokens), "
+                    f"more than {who}'s limit of {lim.tpm} tokens per minute; lower max_tokens",
+                )
             if st.token_sum + tokens > lim.tpm:
                 need = st.token_sum + tokens - lim.tpm
                 wait = WINDOW_S
@@ -121,13 +138,23 @@ class MemoryRateLimiter:
                     if need <= 0:
                         wait = e.ts + WINDOW_S - now
                         break
-                raise LimitExceeded(scope, "tokens", lim.tpm, wait,
-                                    f"{who} reached its limit of {lim.tpm} tokens per minute "
-                                    f"({st.token_sum} used or reserved, this request needs up to {tokens})")  # fmt: skip
+                raise LimitExceeded(
+                    scope,
+                    "tokens",
+                    lim.tpm,
+                    wait,
+                    f"{who} reached its limit of {lim.tpm} tokens per minute "
+                    f"({st.token_sum} used or reserved, this request needs up to {tokens})",
+                )
         if lim.tpd is not None and st.day_tokens + tokens > lim.tpd:
             wait = (st.day + 1) * DAY_S - wall
-            raise LimitExceeded(scope, "tokens_per_day", lim.tpd, wait,
-                                f"{who} reached its quota of {lim.tpd} tokens per day (resets at 00:00 UTC)")  # fmt: skip
+            raise LimitExceeded(
+                scope,
+                "tokens_per_day",
+                lim.tpd,
+                wait,
+                f"{who} reached its quota of {lim.tpd} tokens per day (resets at 00:00 UTC)",
+            )
 
     async def settle(self, reservation: Reservation, tokens_used: int) -> None:
         if reservation.settled:
@@ -155,4 +182,3 @@ class MemoryRateLimiter:
 
     async def close(self) -> None:
         self._states.clear()
-

@@ -15,14 +15,21 @@ from distillshield.gateway.errors import bad_request
 from distillshield.gateway.protocols.openai import _bool, _int, _model, _num, _stop, _type_name
 from distillshield.gateway.upstream.base import GenRequest
 
-STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal"}
+STOP_REASONS = {
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "tool_calls": "tool_use",
+    "content_filter": "refusal",
+}
 
 
 def _blocks_text(content: Any, where: str) -> str:
     if isinstance(content, str):
         return content
     if not isinstance(content, list):
-        raise bad_request(f"'{where}' must be a string or an array of content blocks, got {_type_name(content)}")
+        raise bad_request(
+            f"'{where}' must be a string or an array of content blocks, got {_type_name(content)}"
+        )
     out = []
     for j, block in enumerate(content):
         if not isinstance(block, dict):
@@ -121,16 +128,23 @@ class MessageStream:
     def start(self) -> bytes:
         self.started = True
         message = {
-            "id": self.id, "type": "message", "role": "assistant", "model": self.model, "content": [],
-            "stop_reason": None, "stop_sequence": None,
+            "id": self.id,
+            "type": "message",
+            "role": "assistant",
+            "model": self.model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
             "usage": {"input_tokens": self.input_tokens, "output_tokens": 0},
-        }  # fmt: skip
+        }
         return (
             _event("message_start", {"type": "message_start", "message": message})
-            + _event("content_block_start", {"type": "content_block_start", "index": 0,
-                                             "content_block": {"type": "text", "text": ""}})
+            + _event(
+                "content_block_start",
+                {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+            )
             + _event("ping", {"type": "ping"})
-        )  # fmt: skip
+        )
 
     def delta(self, text: str) -> bytes:
         return _event(
@@ -141,12 +155,19 @@ class MessageStream:
     def finish(self, finish_reason: str | None, output_tokens: int) -> bytes:
         return (
             _event("content_block_stop", {"type": "content_block_stop", "index": 0})
-            + _event("message_delta", {"type": "message_delta",
-                                       "delta": {"stop_reason": STOP_REASONS.get(finish_reason or "stop", "end_turn"),
-                                                 "stop_sequence": None},
-                                       "usage": {"output_tokens": output_tokens}})
+            + _event(
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {
+                        "stop_reason": STOP_REASONS.get(finish_reason or "stop", "end_turn"),
+                        "stop_sequence": None,
+                    },
+                    "usage": {"output_tokens": output_tokens},
+                },
+            )
             + _event("message_stop", {"type": "message_stop"})
-        )  # fmt: skip
+        )
 
     @staticmethod
     def error(kind: str, message: str) -> bytes:

@@ -92,14 +92,18 @@ def content_text(content: Any, where: str) -> str:
         out = []
         for j, part in enumerate(content):
             if not isinstance(part, dict):
-                raise bad_request(f"'{where}[{j}]' must be an object, got {_type_name(part)}", f"{where}[{j}]")
+                raise bad_request(
+                    f"'{where}[{j}]' must be an object, got {_type_name(part)}", f"{where}[{j}]"
+                )
             if part.get("type") == "text":
                 text = part.get("text")
                 if not isinstance(text, str):
                     raise bad_request(f"'{where}[{j}].text' must be a string", f"{where}[{j}].text")
                 out.append(text)
         return "\n".join(out)
-    raise bad_request(f"'{where}' must be a string or an array of content parts, got {_type_name(content)}", where)
+    raise bad_request(
+        f"'{where}' must be a string or an array of content parts, got {_type_name(content)}", where
+    )
 
 
 def parse_chat(body: dict[str, Any], default_max_tokens: int, max_max_tokens: int) -> GenRequest:
@@ -119,7 +123,8 @@ def parse_chat(body: dict[str, Any], default_max_tokens: int, max_max_tokens: in
         role = m.get("role")
         if role not in CHAT_ROLES:
             raise bad_request(
-                f"'messages[{i}].role' must be one of {', '.join(CHAT_ROLES)}, got {role!r}", f"messages[{i}].role"
+                f"'messages[{i}].role' must be one of {', '.join(CHAT_ROLES)}, got {role!r}",
+                f"messages[{i}].role",
             )
         if "content" not in m and role != "assistant":
             raise bad_request(f"'messages[{i}].content' is required", f"messages[{i}].content")
@@ -133,7 +138,9 @@ def parse_chat(body: dict[str, Any], default_max_tokens: int, max_max_tokens: in
     _int(body, "top_logprobs", 0, 20)
     _bool(body, "logprobs")
     stream = _bool(body, "stream")
-    max_tokens = _max_tokens(body, ("max_completion_tokens", "max_tokens"), default_max_tokens, max_max_tokens)
+    max_tokens = _max_tokens(
+        body, ("max_completion_tokens", "max_tokens"), default_max_tokens, max_max_tokens
+    )
     upstream_body = dict(body)
     if "max_completion_tokens" not in body:
         upstream_body["max_tokens"] = max_tokens
@@ -208,7 +215,12 @@ def chat_response(rid: str, model: str, text: str, finish: str, usage: dict[str,
         "created": int(time.time()),
         "model": model,
         "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None, "finish_reason": finish}
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": None,
+                "finish_reason": finish,
+            }
         ],
         "usage": {**usage, "total_tokens": usage["prompt_tokens"] + usage["completion_tokens"]},
     }

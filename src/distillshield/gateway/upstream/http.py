@@ -36,7 +36,9 @@ class HttpUpstream:
             self._headers["authorization"] = f"Bearer {cfg.api_key}"
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=self.cfg.max_connections, ttl_dns_cache=300, keepalive_timeout=30)
+        connector = aiohttp.TCPConnector(
+            limit=self.cfg.max_connections, ttl_dns_cache=300, keepalive_timeout=30
+        )
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=self.cfg.connect_timeout_s, sock_read=self.cfg.read_timeout_s
         )
@@ -48,8 +50,12 @@ class HttpUpstream:
                 async with self._session.get(f"{self.cfg.base_url}/models") as resp:
                     data = orjson.loads(await resp.read())
                 self._models = [m["id"] for m in data.get("data", []) if isinstance(m, dict) and "id" in m]
-            except (aiohttp.ClientError, asyncio.TimeoutError, orjson.JSONDecodeError, AttributeError) as exc:
-                log.warning("could not list models at %s/models (%s); any model name is passed on", self.cfg.base_url, exc)
+            except (TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError, AttributeError) as exc:
+                log.warning(
+                    "could not list models at %s/models (%s); any model name is passed on",
+                    self.cfg.base_url,
+                    exc,
+                )
 
     async def close(self) -> None:
         if self._session is not None:
@@ -68,11 +74,16 @@ class HttpUpstream:
     def _fail(self, exc: BaseException) -> UpstreamError:
         if isinstance(exc, asyncio.TimeoutError):
             return UpstreamError(
-                504, f"the model server at {self.cfg.base_url} did not answer within {self.cfg.read_timeout_s:g} s"
+                504,
+                f"the model server at {self.cfg.base_url} did not answer within {self.cfg.read_timeout_s:g} s",
             )
         if isinstance(exc, aiohttp.ClientConnectorError):
-            return UpstreamError(502, f"cannot connect to the model server at {self.cfg.base_url}: {exc.os_error}")
-        return UpstreamError(502, f"the model server at {self.cfg.base_url} failed: {type(exc).__name__}: {exc}")
+            return UpstreamError(
+                502, f"cannot connect to the model server at {self.cfg.base_url}: {exc.os_error}"
+            )
+        return UpstreamError(
+            502, f"the model server at {self.cfg.base_url} failed: {type(exc).__name__}: {exc}"
+        )
 
     async def _check_status(self, resp: aiohttp.ClientResponse) -> None:
         if resp.status < 400:
@@ -85,7 +96,9 @@ class HttpUpstream:
             detail = raw[:200].decode("utf-8", "replace")
         if resp.status in _PASSED_4XX:
             raise UpstreamError(resp.status, f"the model server rejected the request: {detail}")
-        raise UpstreamError(502, f"the model server at {self.cfg.base_url} returned HTTP {resp.status}: {detail}")
+        raise UpstreamError(
+            502, f"the model server at {self.cfg.base_url} returned HTTP {resp.status}: {detail}"
+        )
 
     async def complete(self, req: GenRequest) -> dict[str, Any]:
         assert self._session is not None, "upstream not started"
@@ -95,12 +108,14 @@ class HttpUpstream:
                 raw = await resp.read()
         except UpstreamError:
             raise
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise self._fail(exc) from None
         try:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError:
-            raise UpstreamError(502, f"the model server at {self.cfg.base_url} answered with invalid JSON") from None
+            raise UpstreamError(
+                502, f"the model server at {self.cfg.base_url} answered with invalid JSON"
+            ) from None
         if not isinstance(data, dict):
             raise UpstreamError(502, f"the model server at {self.cfg.base_url} answered with a non-object")
         return data
@@ -124,9 +139,11 @@ class HttpUpstream:
                     try:
                         chunk = orjson.loads(payload)
                     except orjson.JSONDecodeError:
-                        raise UpstreamError(502, "the model server sent a stream chunk that is not JSON") from None
+                        raise UpstreamError(
+                            502, "the model server sent a stream chunk that is not JSON"
+                        ) from None
                     yield chunk
         except UpstreamError:
             raise
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise self._fail(exc) from None

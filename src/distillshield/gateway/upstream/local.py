@@ -56,7 +56,11 @@ class LocalUpstream:
         from llama_cpp import Llama
 
         return Llama(
-            model_path=path, n_ctx=self.cfg.n_ctx, n_threads=self.cfg.n_threads, seed=self.cfg.seed, verbose=False
+            model_path=path,
+            n_ctx=self.cfg.n_ctx,
+            n_threads=self.cfg.n_threads,
+            seed=self.cfg.seed,
+            verbose=False,
         )
 
     async def close(self) -> None:
@@ -77,7 +81,10 @@ class LocalUpstream:
         kw["max_tokens"] = req.max_tokens
         if req.api == "chat":
             kw["messages"] = [
-                {"role": "system" if m["role"] == "developer" else m["role"], "content": _text(m.get("content"))}
+                {
+                    "role": "system" if m["role"] == "developer" else m["role"],
+                    "content": _text(m.get("content")),
+                }
                 for m in body["messages"]
             ]
             if body.get("logprobs"):
@@ -154,8 +161,13 @@ class LocalUpstream:
                     yield item
                 elif kind == "end":
                     usage = {**item, "total_tokens": item["prompt_tokens"] + item["completion_tokens"]}
-                    yield {"id": rid, "object": "chat.completion.chunk" if req.api == "chat" else "text_completion",
-                           "model": req.model, "choices": [], "usage": usage}  # fmt: skip
+                    yield {
+                        "id": rid,
+                        "object": "chat.completion.chunk" if req.api == "chat" else "text_completion",
+                        "model": req.model,
+                        "choices": [],
+                        "usage": usage,
+                    }
                     return
                 else:
                     if isinstance(item, UpstreamError):
@@ -167,7 +179,9 @@ class LocalUpstream:
 
 def _text(content: Any) -> str:
     if isinstance(content, list):
-        return "\n".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+        return "\n".join(
+            p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"
+        )
     return content or ""
 
 

@@ -1,0 +1,5 @@
+"""python -m distillshield"""
+
+from distillshield.cli import main
+
+main()

@@ -1,0 +1,221 @@
+"""Test doubles: an in-process Upstream and a real HTTP OpenAI-compatible mock server."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from distillshield.gateway.upstream.base import GenRequest
+
+
+class FakeUpstream:
+    """Answers with `words` (one stream chunk per word); usage = prompt_tokens + one token per word."""
+
+    name = "fake"
+
+    def __init__(
+        self, words: int = 8, chunk_delay: float = 0.0, prompt_tokens: int = 10, model: str = "fake-model"
+    ) -> None:
+        self.words = words
+        self.chunk_delay = chunk_delay
+        self.prompt_tokens = prompt_tokens
+        self.model = model
+        self.calls = 0
+        self.closed_streams = 0
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    def ready(self) -> bool:
+        return True
+
+    def models(self) -> list[str]:
+        return [self.model]
+
+    def _n(self, req: GenRequest) -> int:
+        return min(self.words, req.max_tokens)
+
+    async def complete(self, req: GenRequest) -> dict[str, Any]:
+        self.calls += 1
+        n = self._n(req)
+        text = " ".join(f"w{i}" for i in range(n))
+        usage = {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": n,
+            "total_tokens": self.prompt_tokens + n,
+        }
+        if req.api == "chat":
+            choice = {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": "length",
+            }
+            return {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": req.model,
+                "choices": [choice],
+                "usage": usage,
+            }
+        return {
+            "id": "cmpl-fake",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": req.model,
+            "choices": [{"index": 0, "text": text, "finish_reason": "length"}],
+            "usage": usage,
+        }
+
+    async def stream(self, req: GenRequest) -> AsyncIterator[dict[str, Any]]:
+        self.calls += 1
+        n = self._n(req)
+        try:
+            for i in range(n):
+                if self.chunk_delay:
+                    await asyncio.sleep(self.chunk_delay)
+                if req.api == "chat":
+                    choice = {"index": 0, "delta": {"content": f"w{i} "}, "finish_reason": None}
+                else:
+                    choice = {"index": 0, "text": f"w{i} ", "finish_reason": None}
+                yield {
+                    "id": "x",
+                    "object": "chat.completion.chunk",
+                    "created": 0,
+                    "model": req.model,
+                    "choices": [choice],
+                }
+            last = (
+                {"index": 0, "delta": {}, "finish_reason": "length"}
+                if req.api == "chat"
+                else {"index": 0, "text": "", "finish_reason": "length"}
+            )
+            yield {
+                "id": "x",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": req.model,
+                "choices": [last],
+            }
+            yield {
+                "id": "x",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": req.model,
+                "choices": [],
+                "usage": {
+                    "prompt_tokens": self.prompt_tokens,
+                    "completion_tokens": n,
+                    "total_tokens": self.prompt_tokens + n,
+                },
+            }
+        finally:
+            self.closed_streams += 1
+
+
+class MockOpenAIServer:
+    """A real aiohttp server speaking the OpenAI API, in a thread. `delay` makes it slow."""
+
+    def __init__(self, port: int, delay: float = 0.0, status: int = 200) -> None:
+        self.port = port
+        self.delay = delay
+        self.status = status
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner: web.AppRunner | None = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.status != 200:
+            return web.json_response({"error": {"message": "mock failure"}}, status=self.status)
+        usage = {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+        if not body.get("stream"):
+            return web.json_response(
+                {
+                    "id": "chatcmpl-mock",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": body["model"],
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": "a b c"},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                    "usage": usage,
+                }
+            )
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await resp.prepare(request)
+        for tok in ("a ", "b ", "c"):
+            chunk = {
+                "id": "c",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": body["model"],
+                "choices": [{"index": 0, "delta": {"content": tok}, "finish_reason": None}],
+            }
+            await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+        await resp.write(
+            b'data: {"id":"c","object":"chat.completion.chunk","created":0,"model":"m","choices":'
+            b'[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n'
+        )
+        if (body.get("stream_options") or {}).get("include_usage"):
+            await resp.write(
+                b"data: "
+                + orjson.dumps(
+                    {
+                        "id": "c",
+                        "object": "chat.completion.chunk",
+                        "created": 0,
+                        "model": "m",
+                        "choices": [],
+                        "usage": usage,
+                    }
+                )
+                + b"\n\n"
+            )
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
+
+    async def _models(self, _request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "mock-model", "object": "model"}]})
+
+    def _run(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._models)
+        self._runner = web.AppRunner(app)
+        self._loop.run_until_complete(self._runner.setup())
+        self._loop.run_until_complete(web.TCPSite(self._runner, "127.0.0.1", self.port).start())
+        self._ready.set()
+        self._loop.run_forever()
+
+    def start(self) -> MockOpenAIServer:
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        assert self._loop is not None and self._runner is not None
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)

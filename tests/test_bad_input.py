@@ -1,0 +1,174 @@
+"""Bad input gets a 4xx JSON error that names the problem; never a 500."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.conftest import RunningGateway
+
+GOOD_CHAT = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.fixture
+def key(fake_gateway: RunningGateway) -> str:
+    return fake_gateway.create_key("bad-input")
+
+
+def send(gw: RunningGateway, key: str, content: bytes, path: str = "/v1/chat/completions") -> httpx.Response:
+    return httpx.post(
+        f"{gw.base}{path}",
+        content=content,
+        timeout=30,
+        headers={"authorization": f"Bearer {key}", "content-type": "application/json"},
+    )
+
+
+CASES = [
+    (b"{not json", 400, "not valid JSON"),
+    (b"", 400, "empty"),
+    (b"[1, 2]", 400, "must be a JSON object"),
+    (
+        b'{"model": "fake-model", "messages": [{"role": "user", "content": "caf\xe9"}]}',
+        400,
+        "not valid UTF-8",
+    ),
+    (b'{"model": "fake-model"}', 400, "'messages' is required"),
+    (b'{"model": "fake-model", "messages": []}', 400, "at least one message"),
+    (b'{"model": "fake-model", "messages": "hi"}', 400, "'messages' must be an array"),
+    (b'{"model": "fake-model", "messages": [{"role": "wizard", "content": "x"}]}', 400, "messages[0].role"),
+    (b'{"model": "fake-model", "messages": [{"role": "user"}]}', 400, "messages[0].content"),
+    (b'{"messages": [{"role": "user", "content": "x"}]}', 400, "'model' is required"),
+    (
+        b'{"model": 7, "messages": [{"role": "user", "content": "x"}]}',
+        400,
+        "'model' must be a non-empty string",
+    ),
+    (
+        b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}], "max_tokens": "ten"}',
+        400,
+        "'max_tokens' must be an integer",
+    ),
+    (
+        b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0}',
+        400,
+        "'max_tokens' must be at least 1",
+    ),
+    (
+        b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}], "temperature": 9}',
+        400,
+        "'temperature' must be between 0 and 2",
+    ),
+    (
+        b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}], "stream": "yes"}',
+        400,
+        "'stream' must be a boolean",
+    ),
+    (
+        b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}], "max_tokens": 999999}',
+        400,
+        "at most 4096",
+    ),
+    (
+        b'{"model": "gpt-nope", "messages": [{"role": "user", "content": "x"}]}',
+        404,
+        "model 'gpt-nope' is not served",
+    ),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "needle"), CASES)
+def test_chat_bad_input(
+    fake_gateway: RunningGateway, key: str, body: bytes, status: int, needle: str
+) -> None:
+    r = send(fake_gateway, key, body)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert needle in err["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        (
+            b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}]}',
+            "'max_tokens' is required",
+        ),
+        (b'{"model": "fake-model", "max_tokens": 5}', "'messages' is required"),
+        (
+            b'{"model": "fake-model", "max_tokens": 5, "messages": [{"role": "system", "content": "x"}]}',
+            "'user' or 'assistant'",
+        ),
+        (
+            b'{"model": "fake-model", "max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "image"}]}]}',
+            "text content blocks only",
+        ),
+        (
+            b'{"model": "fake-model", "max_tokens": 5, "temperature": 1.5, '
+            b'"messages": [{"role": "user", "content": "x"}]}',
+            "'temperature' must be between 0 and 1",
+        ),
+    ],
+)
+def test_messages_bad_input_has_anthropic_shape(
+    fake_gateway: RunningGateway, key: str, body: bytes, needle: str
+) -> None:
+    r = send(fake_gateway, key, body, "/v1/messages")
+    assert r.status_code == 400, r.text
+    assert r.json()["type"] == "error"
+    assert r.json()["error"]["type"] == "invalid_request_error"
+    assert needle in r.json()["error"]["message"]
+
+
+def test_completions_bad_prompt(fake_gateway: RunningGateway, key: str) -> None:
+    r = send(fake_gateway, key, b'{"model": "fake-model", "prompt": 42}', "/v1/completions")
+    assert r.status_code == 400 and "'prompt'" in r.json()["error"]["message"]
+
+
+def test_oversized_body_is_413(gateway_factory) -> None:
+    from tests.fakes import FakeUpstream
+
+    gw = gateway_factory({"upstream": FakeUpstream()}, server__max_body_bytes=4096)
+    key = gw.create_key("big")
+    body = b'{"model": "fake-model", "messages": [{"role": "user", "content": "' + b"a" * 10_000 + b'"}]}'
+    r = send(gw, key, body)
+    assert r.status_code == 413
+    assert "limit is 4096 bytes" in r.json()["error"]["message"]
+
+    def chunks():  # no content-length: the limit is enforced while reading
+        yield body[:3000]
+        yield body[3000:]
+
+    r = httpx.post(
+        f"{gw.base}/v1/chat/completions",
+        content=chunks(),
+        timeout=30,
+        headers={"authorization": f"Bearer {key}"},
+    )
+    assert r.status_code == 413 and "exceeds the limit of 4096 bytes" in r.json()["error"]["message"]
+
+
+def test_unknown_route_and_method_are_json(fake_gateway: RunningGateway) -> None:
+    r = httpx.get(f"{fake_gateway.base}/v1/nothing", timeout=10)
+    assert r.status_code == 404 and "no such endpoint" in r.json()["error"]["message"]
+    r = httpx.get(f"{fake_gateway.base}/v1/chat/completions", timeout=10)
+    assert r.status_code == 405 and "not allowed" in r.json()["error"]["message"]
+
+
+def test_rejected_requests_are_audited_and_nothing_is_lost(fake_gateway: RunningGateway, key: str) -> None:
+    for body, _status, _needle in CASES:
+        send(fake_gateway, key, body)
+    ok = send(
+        fake_gateway, key, b'{"model": "fake-model", "messages": [{"role": "user", "content": "fine"}]}'
+    )
+    assert ok.status_code == 200
+    fake_gateway.flush_audit()
+    rows = fake_gateway.run(_rows(fake_gateway))
+    statuses = [r["status"] for r in rows]
+    assert len(rows) == len(CASES) + 1
+    assert 500 not in statuses and statuses[-1] == 200
+    assert all(r["error"] for r in rows[:-1])
+
+
+async def _rows(gw: RunningGateway) -> list[dict]:
+    return [r async for r in gw.state.store.iter_audit()]

@@ -1,0 +1,176 @@
+"""The CLI front door and the configuration: errors are one line with a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from typer.testing import CliRunner
+
+from distillshield.cli import app
+from distillshield.config import ConfigError, load_settings
+
+runner = CliRunner()
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "distillshield", *args], capture_output=True, text=True, cwd=cwd, timeout=120
+    )
+
+
+def test_init_writes_a_valid_commented_config_and_shows_the_admin_token_once(tmp_path: Path) -> None:
+    cfg = tmp_path / "d.yaml"
+    r = runner.invoke(app, ["init", "--path", str(cfg)])
+    assert r.exit_code == 0, r.output
+    token = r.output.split("stored): ")[1].split()[0]
+    text = cfg.read_text()
+    assert token not in text and "# " in text
+    s = load_settings(cfg)
+    import hashlib
+
+    assert s.admin.token_sha256 == hashlib.sha256(token.encode()).hexdigest()
+    assert runner.invoke(app, ["init", "--path", str(cfg)]).exit_code != 0  # no silent overwrite
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "needle"),
+    [
+        ("server:\n  port: abc\n", "server.port"),
+        ("server:\n  prot: 80\n", "server.prot: unknown key"),
+        ("limits:\n  account: {rpm: -5}\n", "limits.account.rpm"),
+        ("store:\n  url: mysql://x\n", "store.url"),
+        ("upstream:\n  kind: magic\n", "upstream.kind"),
+        ("- just\n- a list\n", "must be a mapping"),
+        ("server: [unclosed\n", "not valid YAML"),
+    ],
+)
+def test_bad_config_names_the_key(tmp_path: Path, yaml_text: str, needle: str) -> None:
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(yaml_text)
+    with pytest.raises(ConfigError) as exc:
+        load_settings(cfg)
+    assert needle in str(exc.value) and str(cfg) in str(exc.value)
+    r = cli("-c", str(cfg), "accounts", "list")
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and needle in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("server:\n  port: 9000\n")
+    monkeypatch.setenv("DISTILLSHIELD_SERVER__PORT", "9100")
+    assert load_settings(cfg).server.port == 9100
+    monkeypatch.setenv("DISTILLSHIELD_SERVER__PORT", "nope")
+    with pytest.raises(ConfigError, match="server.port"):
+        load_settings(cfg)
+
+
+def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
+    r = cli("-c", str(tmp_path / "nope.yaml"), "keys", "list")
+    assert r.returncode == 2 and "not found" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_accounts_and_keys_lifecycle_with_json_output(tmp_path: Path) -> None:
+    cfg = tmp_path / "k.yaml"
+    assert (
+        runner.invoke(
+            app, ["init", "--path", str(cfg), "--store-url", f"sqlite+aiosqlite:///{tmp_path / 'k.db'}"]
+        ).exit_code
+        == 0
+    )
+    r = runner.invoke(app, ["-c", str(cfg), "accounts", "create", "alice", "--org", "acme", "--tier", "pro"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["-c", str(cfg), "keys", "create", "--account", "alice", "--json"])
+    created = json.loads(r.output)
+    assert created["key"].startswith(f"ds-{created['id']}-")
+    listed = json.loads(runner.invoke(app, ["-c", str(cfg), "keys", "list", "--json"]).output)
+    assert (
+        [k["id"] for k in listed] == [created["id"]]
+        and "key" not in listed[0]
+        and "secret_hash" not in listed[0]
+    )
+    shown = json.loads(runner.invoke(app, ["-c", str(cfg), "accounts", "show", "alice", "--json"]).output)
+    assert shown["org_id"] == "acme" and shown["tier"] == "pro" and shown["usage"]["requests"] == 0
+    assert runner.invoke(app, ["-c", str(cfg), "keys", "revoke", created["id"]]).exit_code == 0
+    listed = json.loads(runner.invoke(app, ["-c", str(cfg), "keys", "list", "--json"]).output)
+    assert listed[0]["revoked_at"] is not None
+    # errors: one line, exit 2
+    for args, needle in [
+        (["keys", "revoke", created["id"]], "already revoked"),
+        (["keys", "create", "--account", "ghost"], "does not exist"),
+        (["accounts", "create", "alice"], "already exists"),
+        (["accounts", "create", "bob", "--tier", "platinum"], "unknown tier"),
+        (["accounts", "show", "ghost"], "does not exist"),
+    ]:
+        r = cli("-c", str(cfg), *args)
+        assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+
+
+def test_logs_verify_exit_codes_and_names_the_row(tmp_path: Path) -> None:
+    import asyncio
+
+    from distillshield.store import Store
+    from distillshield.store.tables import audit_log
+    from tests.test_audit_chain import row
+
+    db = tmp_path / "v.db"
+    cfg = tmp_path / "v.yaml"
+    runner.invoke(app, ["init", "--path", str(cfg), "--store-url", f"sqlite+aiosqlite:///{db}"])
+
+    async def fill(tamper: bool) -> None:
+        s = Store(f"sqlite+aiosqlite:///{db}")
+        await s.init()
+        if tamper:
+            async with s.engine.begin() as conn:
+                await conn.execute(audit_log.update().where(audit_log.c.seq == 2).values(status=201))
+        else:
+            await s.append_audit([row(i) for i in range(3)])
+        await s.close()
+
+    asyncio.run(fill(False))
+    r = cli("-c", str(cfg), "logs", "verify", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["ok"] is True
+    asyncio.run(fill(True))
+    r = cli("-c", str(cfg), "logs", "verify")
+    assert r.returncode == 1 and "row 2" in r.stdout and "edited" in r.stdout
+
+
+def test_every_command_has_help_with_an_example() -> None:
+    commands = [
+        ["init"],
+        ["serve"],
+        ["demo"],
+        ["accounts", "create"],
+        ["accounts", "list"],
+        ["accounts", "show"],
+        ["accounts", "suspend"],
+        ["accounts", "activate"],
+        ["keys", "create"],
+        ["keys", "list"],
+        ["keys", "revoke"],
+        ["logs", "verify"],
+        ["logs", "export"],
+        ["logs", "import"],
+    ]
+    for cmd in commands:
+        r = runner.invoke(app, [*cmd, "--help"], env={"COLUMNS": "200"})
+        assert r.exit_code == 0 and "Example: distillshield" in r.output, cmd
+
+
+def test_demo_once_serves_a_real_request(tmp_path: Path) -> None:
+    port = __import__("tests.conftest", fromlist=["free_port"]).free_port()
+    r = cli("demo", "--once", "--port", str(port), "--dir", str(tmp_path / "demo"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "checked: the gateway answered a real request" in r.stdout
+    assert "curl -s" in r.stdout and "OpenAI(base_url=" in r.stdout
+    assert cli("-c", str(tmp_path / "demo" / "distillshield.yaml"), "logs", "verify").returncode == 0
+    eng = sa.create_engine(f"sqlite:///{tmp_path / 'demo' / 'demo.db'}")
+    with eng.connect() as conn:
+        assert conn.execute(sa.text("select count(*) from audit_log where status = 200")).scalar() == 1
+    assert os.path.exists(tmp_path / "demo" / "admin-token")
