@@ -120,6 +120,10 @@ class TierLimits(_Strict):
 
 
 class LimitsSettings(_Strict):
+    backend: Literal["memory", "redis"] = Field(
+        "memory", description="memory: one process; redis: limits shared exactly by every gateway replica"
+    )
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="used when backend is redis")
     key: LimitSet = LimitSet(rpm=600, tpm=200_000, concurrent=32)
     account: LimitSet = LimitSet(rpm=1200, tpm=400_000, concurrent=64, tpd=20_000_000)
     org: LimitSet = LimitSet()

@@ -52,6 +52,8 @@ upstream:
 # Limits per scope; null = unlimited. rpm/tpm are exact sliding 60 s windows, tpd is per UTC day,
 # concurrent counts requests in flight. Token limits reserve prompt estimate + max_tokens up front.
 limits:
+  backend: memory                # memory: this process only; redis: shared exactly by all gateway replicas
+  redis_url: redis://127.0.0.1:6379/0
   key:     {{rpm: 600,  tpm: 200000, concurrent: 32, tpd: null}}
   account: {{rpm: 1200, tpm: 400000, concurrent: 64, tpd: 20000000}}
   org:     {{rpm: null, tpm: null,   concurrent: null, tpd: null}}

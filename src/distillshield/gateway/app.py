@@ -25,7 +25,7 @@ from distillshield.gateway.admin import build_admin_app
 from distillshield.gateway.audit import AuditWriter
 from distillshield.gateway.auth import Authenticator
 from distillshield.gateway.errors import ApiError
-from distillshield.gateway.limits import MemoryRateLimiter, RateLimiter
+from distillshield.gateway.limits import RateLimiter, build_limiter
 from distillshield.gateway.metrics import GatewayMetrics
 from distillshield.gateway.pipeline import Gateway
 from distillshield.gateway.upstream import Upstream, build_upstream
@@ -56,7 +56,7 @@ def build_state(
 ) -> AppState:
     store = store or Store(settings.store.url)
     upstream = upstream or build_upstream(settings)
-    limiter = limiter or MemoryRateLimiter()
+    limiter = limiter or build_limiter(settings.limits)
     auth = Authenticator(store, settings.auth.cache_ttl_s)
     audit = AuditWriter(store, settings.audit.batch_size, settings.audit.flush_interval_ms / 1000.0)
     metrics = GatewayMetrics()
