@@ -19,4 +19,13 @@ def build_limiter(settings: LimitsSettings) -> RateLimiter:
         return RedisRateLimiter(settings.redis_url)
     return MemoryRateLimiter()
 
-__all__ = ["LimitExceeded", "MemoryRateLimiter", "build_limiter", "RateLimiter", "Reservation", "Scope", "estimate_tokens"]
+
+__all__ = [
+    "LimitExceeded",
+    "MemoryRateLimiter",
+    "build_limiter",
+    "RateLimiter",
+    "Reservation",
+    "Scope",
+    "estimate_tokens",
+]
