@@ -19,9 +19,7 @@ def key(local_gateway: RunningGateway) -> str:
 
 def test_openai_chat_non_stream(local_gateway: RunningGateway, key: str) -> None:
     client = openai.OpenAI(base_url=f"{local_gateway.base}/v1", api_key=key)
-    r = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Say hello"}], max_tokens=12
-    )
+    r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Say hello"}], max_tokens=12)
     assert r.model == MODEL
     assert r.choices[0].message.role == "assistant"
     assert r.choices[0].message.content
@@ -106,9 +104,7 @@ def test_models_endpoint_lists_embedded_model(local_gateway: RunningGateway, key
 
 def test_sdk_calls_are_audited_with_response_text(local_gateway: RunningGateway, key: str) -> None:
     client = openai.OpenAI(base_url=f"{local_gateway.base}/v1", api_key=key)
-    r = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "audit me"}], max_tokens=8
-    )
+    r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "audit me"}], max_tokens=8)
     local_gateway.flush_audit()
 
     async def last_rows():
@@ -130,3 +126,46 @@ def test_health_ready_metrics(local_gateway: RunningGateway) -> None:
     assert ready.status_code == 200 and ready.json()["ready"] is True
     text = httpx.get(f"{local_gateway.base}/metrics").text
     assert "distillshield_requests_total" in text and "distillshield_request_seconds_bucket" in text
+
+
+def test_logits_hook_steers_the_embedded_model_per_account(local_gateway: RunningGateway) -> None:
+    """The per-request logits hook (the watermark's entry point) reaches llama.cpp for chosen accounts."""
+    import numpy as np
+
+    llm = local_gateway.state.upstream._llm
+    forced = llm.tokenize(b" banana", add_bos=False)[0]
+
+    def force(_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        out = np.full_like(scores, -1e9)
+        out[forced] = 0.0
+        return out
+
+    gw = local_gateway.state.gateway
+    gw.logits_hook_factory = lambda ctx, gen: force if ctx.account.id == "hooked" else None
+    try:
+        hooked = openai.OpenAI(base_url=f"{local_gateway.base}/v1", api_key=local_gateway.create_key("hooked"))
+        plain = openai.OpenAI(base_url=f"{local_gateway.base}/v1", api_key=local_gateway.create_key("plain"))
+        msgs = [{"role": "user", "content": "Name a colour."}]
+        a = hooked.chat.completions.create(model=MODEL, messages=msgs, max_tokens=4, temperature=0)
+        b = plain.chat.completions.create(model=MODEL, messages=msgs, max_tokens=4, temperature=0)
+        s = "".join(c.choices[0].delta.content or "" for c in hooked.chat.completions.create(
+            model=MODEL, messages=msgs, max_tokens=3, stream=True) if c.choices)  # fmt: skip
+    finally:
+        gw.logits_hook_factory = None
+    assert a.choices[0].message.content.split() == ["banana"] * 4
+    assert "banana" not in b.choices[0].message.content
+    assert s.split() == ["banana"] * 3
+
+
+def test_audit_rows_record_the_decision(local_gateway: RunningGateway, key: str) -> None:
+    client = openai.OpenAI(base_url=f"{local_gateway.base}/v1", api_key=key)
+    client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "decide"}], max_tokens=2)
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "decide2"}])
+    local_gateway.flush_audit()
+
+    async def rows():
+        return [r async for r in local_gateway.state.store.iter_audit() if "decide" in (r["request"] or "")]
+
+    got = local_gateway.run(rows())
+    assert [r["decision"] for r in got] == ["allow", "refuse:model_not_found"]

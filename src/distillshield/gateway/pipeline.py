@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +25,7 @@ from distillshield.gateway.limits import LimitExceeded, RateLimiter, Reservation
 from distillshield.gateway.metrics import GatewayMetrics
 from distillshield.gateway.protocols import anthropic, openai
 from distillshield.gateway.streaming import SSEResponse
-from distillshield.gateway.upstream.base import GenRequest, Upstream
+from distillshield.gateway.upstream.base import GenRequest, LogitsHook, Upstream
 from distillshield.store.database import KeyContext
 
 ENDPOINT_OF = {"chat": "/v1/chat/completions", "completions": "/v1/completions", "messages": "/v1/messages"}
@@ -69,6 +69,9 @@ class Gateway:
         self.audit = audit
         self.metrics = metrics
         self._scopes: dict[int, tuple[KeyContext, tuple[Scope, ...]]] = {}
+        # Extension point for generation-time behaviour per account (the watermark uses it): returns
+        # a logits hook for this caller and request, or None. Only in-process upstreams honour it.
+        self.logits_hook_factory: Callable[[KeyContext, GenRequest], LogitsHook | None] | None = None
 
     # -- entry point ----------------------------------------------------------------------------------
 
@@ -85,6 +88,9 @@ class Gateway:
             n_messages = len(gen.body.get("messages") or ()) or 1
             est = estimate_tokens(gen.prompt_text, gen.max_tokens, gen.n, n_messages)
             call.reservation = await self.limiter.reserve(self._scopes_for(ctx), est)
+            call.row["decision"] = "allow"
+            if self.logits_hook_factory is not None:
+                gen.logits_hook = self.logits_hook_factory(ctx, gen)
             self.metrics.in_flight.inc()
             if gen.stream:
                 response = await self._stream(call)
@@ -93,9 +99,7 @@ class Gateway:
             return await self._complete(call)
         except LimitExceeded as exc:
             self.metrics.rate_limited.labels(exc.scope.kind, exc.limit).inc()
-            return self._error(
-                call, ApiError(429, exc.message, code=f"rate_limit_{exc.limit}", headers=exc.headers())
-            )
+            return self._error(call, ApiError(429, exc.message, code=f"rate_limit_{exc.limit}", headers=exc.headers()))
         except UpstreamError as exc:
             return self._error(call, exc.to_api_error())
         except ApiError as exc:
@@ -126,17 +130,13 @@ class Gateway:
         limit = self.settings.server.max_body_bytes
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
-            raise ApiError(
-                413, f"request body is {declared} bytes; the limit is {limit} bytes", code="body_too_large"
-            )
+            raise ApiError(413, f"request body is {declared} bytes; the limit is {limit} bytes", code="body_too_large")
         parts, size = [], 0
         try:
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > limit:
-                    raise ApiError(
-                        413, f"request body exceeds the limit of {limit} bytes", code="body_too_large"
-                    )
+                    raise ApiError(413, f"request body exceeds the limit of {limit} bytes", code="body_too_large")
                 parts.append(chunk)
         except ClientDisconnect:
             raise ApiError(400, "the client closed the connection before sending the whole body") from None
@@ -160,9 +160,7 @@ class Gateway:
         except orjson.JSONDecodeError as exc:
             raise bad_request(f"request body is not valid JSON: {exc}", code="invalid_json") from None
         if not isinstance(body, dict):
-            raise bad_request(
-                f"request body must be a JSON object, got {openai._type_name(body)}", code="invalid_json"
-            )
+            raise bad_request(f"request body must be a JSON object, got {openai._type_name(body)}", code="invalid_json")
         return body
 
     def _parse_api(self, api: str, body: dict[str, Any]) -> GenRequest:
@@ -218,9 +216,7 @@ class Gateway:
             payload["usage"] = {"input_tokens": prompt, "output_tokens": completion}
         else:
             payload = resp
-        call.row.update(
-            response_text=text, finish_reason=finish, prompt_tokens=prompt, completion_tokens=completion
-        )
+        call.row.update(response_text=text, finish_reason=finish, prompt_tokens=prompt, completion_tokens=completion)
         self._finish(call, 200)
         return Response(orjson.dumps(payload), 200, self._headers(call), media_type=_JSON)
 
@@ -360,6 +356,7 @@ class Gateway:
 
     def _error(self, call: Call, err: ApiError) -> Response:
         call.row["error"] = err.message
+        call.row["decision"] = f"refuse:{err.code or err.status}"
         self._finish(call, err.status)
         headers = {"x-request-id": call.request_id, "request-id": call.request_id, **err.headers}
         body = err.anthropic_body() if call.anthropic else err.openai_body()
