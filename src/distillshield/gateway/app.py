@@ -25,6 +25,7 @@ from distillshield.gateway.admin import build_admin_app
 from distillshield.gateway.audit import AuditWriter
 from distillshield.gateway.auth import Authenticator
 from distillshield.gateway.errors import ApiError
+from distillshield.gateway.extensions import Extension, extension_factories
 from distillshield.gateway.limits import RateLimiter, build_limiter
 from distillshield.gateway.metrics import GatewayMetrics
 from distillshield.gateway.pipeline import Gateway
@@ -45,6 +46,7 @@ class AppState:
     audit: AuditWriter
     metrics: GatewayMetrics
     gateway: Gateway
+    extensions: list[Extension]
 
 
 def build_state(
@@ -62,7 +64,8 @@ def build_state(
     metrics = GatewayMetrics()
     metrics.bind_audit(lambda: audit.pending, lambda: audit.written)
     gateway = Gateway(settings, upstream, limiter, auth, audit, metrics)
-    return AppState(settings, store, upstream, limiter, auth, audit, metrics, gateway)
+    extensions = [ext for factory in extension_factories() if (ext := factory(settings)) is not None]
+    return AppState(settings, store, upstream, limiter, auth, audit, metrics, gateway, extensions)
 
 
 def build_app(settings: Settings, **components: Any) -> Starlette:
@@ -120,10 +123,14 @@ def build_app(settings: Settings, **components: Any) -> Starlette:
         await state.store.init()
         await state.upstream.start()
         await state.audit.start()
+        for ext in state.extensions:
+            await ext.start(state)
         log.info("gateway ready: upstream=%s store=%s", state.upstream.name, state.store.safe_url)
         try:
             yield
         finally:
+            for ext in reversed(state.extensions):
+                await ext.stop()
             await state.audit.stop()  # every accepted request reaches the log before we exit
             await state.upstream.close()
             await state.limiter.close()

@@ -72,6 +72,8 @@ class Gateway:
         # Extension point for generation-time behaviour per account (the watermark uses it): returns
         # a logits hook for this caller and request, or None. Only in-process upstreams honour it.
         self.logits_hook_factory: Callable[[KeyContext, GenRequest], LogitsHook | None] | None = None
+        # Called with every finished audit row (see gateway/extensions.py); must be cheap.
+        self.observers: list[Callable[[dict[str, Any]], None]] = []
 
     # -- entry point ----------------------------------------------------------------------------------
 
@@ -374,6 +376,8 @@ class Gateway:
             row["endpoint"], status, elapsed, row.get("prompt_tokens") or 0, row.get("completion_tokens") or 0
         )
         self.audit.submit(row)
+        for observe in self.observers:
+            observe(row)
 
 
 class _StreamState:
