@@ -7,6 +7,7 @@ row to the audit writer; nothing on this path waits for the database.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
@@ -28,6 +29,7 @@ from distillshield.gateway.streaming import SSEResponse
 from distillshield.gateway.upstream.base import GenRequest, LogitsHook, Upstream
 from distillshield.store.database import KeyContext
 
+log = logging.getLogger("distillshield.gateway")
 ENDPOINT_OF = {"chat": "/v1/chat/completions", "completions": "/v1/completions", "messages": "/v1/messages"}
 CLIENT_CLOSED = 499  # nginx's convention, used in the audit log for streams the client abandoned
 _JSON = "application/json"
@@ -377,7 +379,10 @@ class Gateway:
         )
         self.audit.submit(row)
         for observe in self.observers:
-            observe(row)
+            try:
+                observe(row)
+            except Exception:  # noqa: BLE001 - a failing observer must not fail the request
+                log.exception("gateway observer %r failed", observe)
 
 
 class _StreamState:
