@@ -148,8 +148,11 @@ def test_logits_hook_steers_the_embedded_model_per_account(local_gateway: Runnin
         msgs = [{"role": "user", "content": "Name a colour."}]
         a = hooked.chat.completions.create(model=MODEL, messages=msgs, max_tokens=4, temperature=0)
         b = plain.chat.completions.create(model=MODEL, messages=msgs, max_tokens=4, temperature=0)
-        s = "".join(c.choices[0].delta.content or "" for c in hooked.chat.completions.create(
-            model=MODEL, messages=msgs, max_tokens=3, stream=True) if c.choices)  # fmt: skip
+        s = "".join(
+            c.choices[0].delta.content or ""
+            for c in hooked.chat.completions.create(model=MODEL, messages=msgs, max_tokens=3, stream=True)
+            if c.choices
+        )
     finally:
         gw.logits_hook_factory = None
     assert a.choices[0].message.content.split() == ["banana"] * 4
@@ -169,3 +172,17 @@ def test_audit_rows_record_the_decision(local_gateway: RunningGateway, key: str)
 
     got = local_gateway.run(rows())
     assert [r["decision"] for r in got] == ["allow", "refuse:model_not_found"]
+
+
+def test_prompt_longer_than_the_context_is_400(local_gateway: RunningGateway, key: str) -> None:
+    client = openai.OpenAI(base_url=f"{local_gateway.base}/v1", api_key=key, max_retries=0)
+    long = "word " * 5000  # far beyond the 2,048-token context
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": long}], max_tokens=4)
+    assert "too long for the model" in str(exc.value)
+    with pytest.raises(openai.BadRequestError):
+        list(
+            client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": long}], max_tokens=4, stream=True
+            )
+        )

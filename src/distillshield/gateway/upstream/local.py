@@ -115,8 +115,8 @@ class LocalUpstream:
             resp = await loop.run_in_executor(self._executor, self._call, req, kw, False)
         except UpstreamError:
             raise
-        except Exception as exc:  # noqa: BLE001 - llama.cpp errors (context overflow...) become 502s
-            raise UpstreamError(502, f"the embedded model failed: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - llama.cpp errors become 400 (prompt too long) or 502
+            raise _model_error(exc) from None
         resp["model"] = req.model
         return resp
 
@@ -170,18 +170,21 @@ class LocalUpstream:
                     }
                     return
                 else:
-                    if isinstance(item, UpstreamError):
-                        raise item
-                    raise UpstreamError(502, f"the embedded model failed: {item}")
+                    raise item if isinstance(item, UpstreamError) else _model_error(item)
         finally:
             cancel.set()
 
 
+def _model_error(exc: BaseException) -> UpstreamError:
+    msg = str(exc)
+    if "exceed context window" in msg:  # llama.cpp: "Requested tokens (N) exceed context window of M"
+        return UpstreamError(400, f"the prompt is too long for the model: {msg}; shorten the messages")
+    return UpstreamError(502, f"the embedded model failed: {type(exc).__name__}: {msg}")
+
+
 def _text(content: Any) -> str:
     if isinstance(content, list):
-        return "\n".join(
-            p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"
-        )
+        return "\n".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
     return content or ""
 
 
