@@ -29,6 +29,7 @@ from distillshield.gateway.extensions import Extension, extension_factories
 from distillshield.gateway.limits import RateLimiter, build_limiter
 from distillshield.gateway.metrics import GatewayMetrics
 from distillshield.gateway.pipeline import Gateway
+from distillshield.gateway.risk import RiskBoard
 from distillshield.gateway.upstream import Upstream, build_upstream
 from distillshield.store import Store
 
@@ -47,6 +48,7 @@ class AppState:
     metrics: GatewayMetrics
     gateway: Gateway
     extensions: list[Extension]
+    risk: RiskBoard
 
 
 def build_state(
@@ -65,7 +67,7 @@ def build_state(
     metrics.bind_audit(lambda: audit.pending, lambda: audit.written)
     gateway = Gateway(settings, upstream, limiter, auth, audit, metrics)
     extensions = [ext for factory in extension_factories() if (ext := factory(settings)) is not None]
-    return AppState(settings, store, upstream, limiter, auth, audit, metrics, gateway, extensions)
+    return AppState(settings, store, upstream, limiter, auth, audit, metrics, gateway, extensions, RiskBoard())
 
 
 def build_app(settings: Settings, **components: Any) -> Starlette:
