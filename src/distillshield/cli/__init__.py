@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from distillshield.cli import accounts, keys, logs, serve
+from distillshield.cli import accounts, evaluate, keys, logs, serve
 from distillshield.cli.common import CliError, set_config_path
 from distillshield.config import ConfigError
 from distillshield.store.database import StoreError
@@ -36,6 +36,7 @@ def _global(
 
 
 serve.register(app)
+evaluate.register(app)
 app.add_typer(accounts.app, name="accounts")
 app.add_typer(keys.app, name="keys")
 app.add_typer(logs.app, name="logs")
