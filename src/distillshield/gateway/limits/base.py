@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from distillshield.config import LimitSet
 
@@ -49,9 +49,7 @@ class Reservation:
 class LimitExceeded(Exception):
     """A limit stops this request. retry_after is None when waiting cannot help (request too large)."""
 
-    def __init__(
-        self, scope: Scope, limit: str, limit_value: int, retry_after: float | None, message: str
-    ) -> None:
+    def __init__(self, scope: Scope, limit: str, limit_value: int, retry_after: float | None, message: str) -> None:
         super().__init__(message)
         self.scope = scope
         self.limit = limit
@@ -65,6 +63,63 @@ class LimitExceeded(Exception):
             h["retry-after"] = str(max(1, math.ceil(self.retry_after)))
             h["retry-after-ms"] = str(max(1, int(self.retry_after * 1000)))
         return h
+
+
+Reason = Literal["concurrent", "requests", "too_large", "tokens", "tokens_per_day"]
+
+
+def limit_exceeded(
+    scope: Scope,
+    reason: Reason,
+    retry_after: float | None,
+    *,
+    tokens: int = 0,
+    in_flight: int = 0,
+    token_sum: int = 0,
+) -> LimitExceeded:
+    """The LimitExceeded every back end raises for `reason`, so the messages are the same everywhere.
+
+    tokens: what the refused request asked for; in_flight and token_sum: the scope's state when refused.
+    """
+    lim = scope.limits
+    who = f"{scope.kind} {scope.id}"
+    if reason == "concurrent":
+        return LimitExceeded(
+            scope,
+            "concurrent",
+            lim.concurrent or 0,
+            retry_after,
+            f"{who} has {in_flight} requests in flight; the limit is {lim.concurrent}",
+        )
+    if reason == "requests":
+        return LimitExceeded(
+            scope, "requests", lim.rpm or 0, retry_after, f"{who} reached its limit of {lim.rpm} requests per minute"
+        )
+    if reason == "too_large":
+        return LimitExceeded(
+            scope,
+            "tokens",
+            lim.tpm or 0,
+            None,
+            f"this request may use up to {tokens} tokens (prompt estimate + max_tokens), "
+            f"more than {who}'s limit of {lim.tpm} tokens per minute; lower max_tokens",
+        )
+    if reason == "tokens":
+        return LimitExceeded(
+            scope,
+            "tokens",
+            lim.tpm or 0,
+            retry_after,
+            f"{who} reached its limit of {lim.tpm} tokens per minute "
+            f"({token_sum} used or reserved, this request needs up to {tokens})",
+        )
+    return LimitExceeded(
+        scope,
+        "tokens_per_day",
+        lim.tpd or 0,
+        retry_after,
+        f"{who} reached its quota of {lim.tpd} tokens per day (resets at 00:00 UTC)",
+    )
 
 
 class RateLimiter(Protocol):
@@ -99,9 +154,7 @@ def estimate_tokens(prompt_text: str, max_tokens: int, n: int = 1, messages: int
     return prompt + max_tokens * n
 
 
-def rate_headers(
-    scopes: tuple[Scope, ...], remaining: dict[str, tuple[int | None, int | None]]
-) -> dict[str, str]:
+def rate_headers(scopes: tuple[Scope, ...], remaining: dict[str, tuple[int | None, int | None]]) -> dict[str, str]:
     """OpenAI-style x-ratelimit-* headers for the tightest scope."""
     best_req: tuple[int, int] | None = None
     best_tok: tuple[int, int] | None = None

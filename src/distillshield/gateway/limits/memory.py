@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from distillshield.gateway.limits.base import (
     DAY_S,
     WINDOW_S,
-    LimitExceeded,
     Reservation,
     Scope,
+    limit_exceeded,
     rate_headers,
 )
 
@@ -102,34 +102,14 @@ class MemoryRateLimiter:
 
     def _check(self, scope: Scope, st: _State, tokens: int, now: float, wall: float) -> None:
         lim = scope.limits
-        who = f"{scope.kind} {scope.id}"
         if lim.concurrent is not None and st.in_flight >= lim.concurrent:
-            raise LimitExceeded(
-                scope,
-                "concurrent",
-                lim.concurrent,
-                1.0,
-                f"{who} has {st.in_flight} requests in flight; the limit is {lim.concurrent}",
-            )
+            raise limit_exceeded(scope, "concurrent", 1.0, in_flight=st.in_flight)
         if lim.rpm is not None and len(st.requests) >= lim.rpm:
             oldest_needed = st.requests[len(st.requests) - lim.rpm]
-            raise LimitExceeded(
-                scope,
-                "requests",
-                lim.rpm,
-                oldest_needed + WINDOW_S - now,
-                f"{who} reached its limit of {lim.rpm} requests per minute",
-            )
+            raise limit_exceeded(scope, "requests", oldest_needed + WINDOW_S - now)
         if lim.tpm is not None:
             if tokens > lim.tpm:
-                raise LimitExceeded(
-                    scope,
-                    "tokens",
-                    lim.tpm,
-                    None,
-                    f"this request may use up to {tokens} tokens (prompt estimate + max_tokens), "
-                    f"more than {who}'s limit of {lim.tpm} tokens per minute; lower max_tokens",
-                )
+                raise limit_exceeded(scope, "too_large", None, tokens=tokens)
             if st.token_sum + tokens > lim.tpm:
                 need = st.token_sum + tokens - lim.tpm
                 wait = WINDOW_S
@@ -138,23 +118,9 @@ class MemoryRateLimiter:
                     if need <= 0:
                         wait = e.ts + WINDOW_S - now
                         break
-                raise LimitExceeded(
-                    scope,
-                    "tokens",
-                    lim.tpm,
-                    wait,
-                    f"{who} reached its limit of {lim.tpm} tokens per minute "
-                    f"({st.token_sum} used or reserved, this request needs up to {tokens})",
-                )
+                raise limit_exceeded(scope, "tokens", wait, tokens=tokens, token_sum=st.token_sum)
         if lim.tpd is not None and st.day_tokens + tokens > lim.tpd:
-            wait = (st.day + 1) * DAY_S - wall
-            raise LimitExceeded(
-                scope,
-                "tokens_per_day",
-                lim.tpd,
-                wait,
-                f"{who} reached its quota of {lim.tpd} tokens per day (resets at 00:00 UTC)",
-            )
+            raise limit_exceeded(scope, "tokens_per_day", (st.day + 1) * DAY_S - wall)
 
     async def settle(self, reservation: Reservation, tokens_used: int) -> None:
         if reservation.settled:
