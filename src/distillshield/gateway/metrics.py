@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -42,14 +43,23 @@ class GatewayMetrics:
         )
         self._prompt = self.tokens.labels("prompt")
         self._completion = self.tokens.labels("completion")
+        # labels() takes a lock and builds a key on every call; there are few label sets, so keep them.
+        self._by_status: dict[tuple[str, int], Any] = {}
+        self._by_endpoint: dict[str, Any] = {}
 
     def bind_audit(self, pending: Callable[[], float], written: Callable[[], float]) -> None:
         self.audit_pending.set_function(pending)
         self.audit_written.set_function(written)
 
     def observe(self, endpoint: str, status: int, seconds: float, prompt: int, completion: int) -> None:
-        self.requests.labels(endpoint, str(status)).inc()
-        self.latency.labels(endpoint).observe(seconds)
+        requests = self._by_status.get((endpoint, status))
+        if requests is None:
+            requests = self._by_status[(endpoint, status)] = self.requests.labels(endpoint, str(status))
+        latency = self._by_endpoint.get(endpoint)
+        if latency is None:
+            latency = self._by_endpoint[endpoint] = self.latency.labels(endpoint)
+        requests.inc()
+        latency.observe(seconds)
         if prompt:
             self._prompt.inc(prompt)
         if completion:
