@@ -107,20 +107,32 @@ def secret_matches(key: ApiKey, secret: str) -> bool:
     return hmac.compare_digest(hash_secret(key.salt, secret), key.secret_hash)
 
 
-_AUDIT_LENGTHS = {
-    c.name: c.type.length for c in audit_log.c if isinstance(c.type, sa.String) and c.type.length
-}
+_AUDIT_LENGTHS = {c.name: c.type.length for c in audit_log.c if isinstance(c.type, sa.String) and c.type.length}
+_AUDIT_TEXT = tuple(c.name for c in audit_log.c if isinstance(c.type, sa.String) and c.name in chain.CHAINED_FIELDS)
+# Statements built once: SQLAlchemy caches their compiled form, and the writer runs them per batch.
+_LOCK_HEAD = chain_head.update().where(chain_head.c.id == 1).values(id=1)
+_READ_HEAD = sa.select(chain_head.c.seq, chain_head.c.hash).where(chain_head.c.id == 1).with_for_update()
+_INSERT_AUDIT = audit_log.insert()
 
 
-def _storable(v: Any, length: int | None) -> Any:
-    # Client-controlled strings must fit every back end, and be stored exactly as hashed: PostgreSQL
-    # text cannot hold NUL, and VARCHAR(n) refuses longer values (SQLite would silently keep them).
-    if isinstance(v, str):
+def _storable_row(r: Mapping[str, Any]) -> dict[str, Any]:
+    """The row as it will be stored and hashed.
+
+    Client-controlled strings must fit every back end and be stored exactly as hashed: PostgreSQL text
+    cannot hold NUL, and VARCHAR(n) refuses longer values (SQLite would silently keep them).
+    """
+    rec = {k: r.get(k) for k in chain.CHAINED_FIELDS}
+    for k in _AUDIT_TEXT:
+        v = rec[k]
+        if v is None:
+            continue
         if "\x00" in v:
             v = v.replace("\x00", "\ufffd")
+        length = _AUDIT_LENGTHS.get(k)
         if length is not None and len(v) > length:
             v = v[:length]
-    return v
+        rec[k] = v
+    return rec
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -351,24 +363,18 @@ class Store:
         async with self.engine.begin() as conn:
             if self.is_sqlite:
                 # Take the write lock before reading the head so two processes cannot fork the chain.
-                await conn.execute(chain_head.update().where(chain_head.c.id == 1).values(id=1))
-            head = (
-                await conn.execute(
-                    sa.select(chain_head.c.seq, chain_head.c.hash)
-                    .where(chain_head.c.id == 1)
-                    .with_for_update()
-                )
-            ).one()
+                await conn.execute(_LOCK_HEAD)
+            head = (await conn.execute(_READ_HEAD)).one()
             seq, prev = head.seq, head.hash
             out = []
             for r in rows:
                 seq += 1
-                rec = {k: _storable(r.get(k), _AUDIT_LENGTHS.get(k)) for k in chain.CHAINED_FIELDS}
+                rec = _storable_row(r)
                 rec["seq"] = seq
                 rec["prev_hash"] = prev
                 rec["hash"] = prev = chain.link(prev, rec)
                 out.append(rec)
-            await conn.execute(audit_log.insert(), out)
+            await conn.execute(_INSERT_AUDIT, out)
             await conn.execute(chain_head.update().where(chain_head.c.id == 1).values(seq=seq, hash=prev))
         return seq
 
