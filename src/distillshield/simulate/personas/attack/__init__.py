@@ -1,0 +1,1 @@
+"""Attack personas: distillation campaigns."""

@@ -1,0 +1,1 @@
+"""Honest personas: the traffic false positives come from."""

@@ -1,0 +1,333 @@
+"""Each persona's documented signature is present in the traffic it generates (docs/simulator.md)."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter, defaultdict
+from difflib import SequenceMatcher
+from typing import Any
+
+import numpy as np
+import pytest
+
+from distillshield.simulate import netid
+from tests.test_simulate import ALL_PERSONAS, all_personas_bytes, all_personas_records  # noqa: F401
+
+DAY = 86400.0
+START = 1772409600.0  # ALL_PERSONAS starts 2026-03-02T00:00:00Z
+RELEASE = START + 12 * 3600
+LIMITS = ALL_PERSONAS["limits"]
+CJK = re.compile(r"[\u3040-\u30ff\u4e00-\u9fff]")
+COT_MARKERS = (
+    "step by step",
+    "chain of thought",
+    "<thinking>",
+    "逐步",
+    "思考过程",
+    "一歩ずつ",
+    "段階的",
+    "пошагово",
+    "paso a paso",
+    "Schritt für Schritt",
+    "단계별",
+    "étape par étape",
+)
+CLOUD = {f"{a}.{b}." for a, b in netid.CLOUD_BLOCKS}
+
+
+Records = list[dict[str, Any]]
+
+
+@pytest.fixture(scope="module")
+def by_persona(all_personas_records: Records) -> dict[str, Records]:  # noqa: F811
+    out: dict[str, Records] = defaultdict(list)
+    for rec in all_personas_records:
+        out[rec["label_meta"]["persona"]].append(rec)
+    return out
+
+
+def accounts(records: Records) -> dict[str, Records]:
+    out: dict[str, Records] = defaultdict(list)
+    for r in records:
+        out[r["account_id"]].append(r)
+    return out
+
+
+def last_user_text(rec: dict[str, Any]) -> str:
+    req = rec["request"]
+    if "prompt" in req:
+        return req["prompt"]
+    for m in reversed(req["messages"]):
+        if m["role"] == "user":
+            return m["content"]
+    return ""
+
+
+def first_user_text(rec: dict[str, Any]) -> str:
+    return next(m["content"] for m in rec["request"]["messages"] if m["role"] == "user")
+
+
+def max_per_window(ts: list[float], window: float) -> int:
+    arr = np.sort(np.asarray(ts))
+    return int((np.searchsorted(arr, arr + window, side="left") - np.arange(arr.size)).max())
+
+
+def quietest_share(ts: list[float], hours: int = 6) -> float:
+    """Share of an account's requests in its quietest `hours`-long daily window (time-zone free)."""
+    h = np.bincount(((np.asarray(ts) % DAY) // 3600).astype(int), minlength=24)
+    circ = np.concatenate([h, h[: hours - 1]])
+    return float(min(circ[i : i + hours].sum() for i in range(24)) / h.sum())
+
+
+def hours_active(ts: list[float]) -> int:
+    return len({int((t % DAY) // 3600) for t in ts})
+
+
+# -- honest personas ---------------------------------------------------------------------------------------
+
+
+def test_casual_chat_conversations_carry_previous_turns_on_a_human_day(by_persona: dict[str, Records]) -> None:
+    recs = by_persona["casual_chat"]
+    later = [r for r in recs if r["sim"]["turn"] >= 2]
+    assert len(later) > 0.2 * len(recs)
+    for r in later:
+        msgs = r["request"]["messages"]
+        roles = [m["role"] for m in msgs if m["role"] != "system"]
+        assert roles[-1] == "user" and roles.count("assistant") == r["sim"]["turn"] - 1
+        assert roles[:2] == ["user", "assistant"]
+    busy = [a for a in accounts(recs).values() if len(a) >= 12]
+    assert busy and np.median([quietest_share([r["ts"] for r in a]) for a in busy]) < 0.08
+
+
+def test_coding_assistant_sends_bursts_of_large_code_contexts(by_persona: dict[str, Records]) -> None:
+    recs = by_persona["coding_assistant"]
+    fresh = [
+        r for r in recs if "messages" in r["request"] and r["request"]["messages"][-1]["content"].count("```") >= 2
+    ]
+    assert np.median([len(last_user_text(r)) for r in fresh]) > 2000
+    gaps = []
+    for burst in accounts([dict(r, account_id=r["sim"]["conversation_id"]) for r in recs]).values():
+        gaps += np.diff([r["ts"] for r in burst]).tolist()
+    assert np.median(gaps) < 120
+    # IDE autocompletions (fill-in-the-middle) from every developer on the OpenAI API.
+    for acct in accounts(recs).values():
+        if any(r["endpoint"] == "/v1/chat/completions" for r in acct):
+            fim = [r for r in acct if r["endpoint"] == "/v1/completions"]
+            assert fim and all("suffix" in r["request"] and r["request"]["max_tokens"] <= 64 for r in fim)
+
+
+def test_batch_pipeline_reuses_one_template_with_machine_regular_timing(by_persona: dict[str, Records]) -> None:
+    for acct in accounts(by_persona["batch_pipeline"]).values():
+        assert len({r["sim"]["template_id"] for r in acct}) == 1
+        assert len({last_user_text(r) for r in acct}) == len(acct)  # the documents differ
+        gaps = np.diff([r["ts"] for r in acct])
+        assert gaps.std() / gaps.mean() < 0.1
+        assert hours_active([r["ts"] for r in acct]) == 24
+        assert {r["request"].get("temperature") for r in acct} == {0.0}
+        assert len({r["ip"] for r in acct}) == 1 and len({r["user_agent"] for r in acct}) == 1
+
+
+def test_eval_run_sends_a_whole_benchmark_in_one_burst(by_persona: dict[str, Records]) -> None:
+    runs: dict[str, Records] = defaultdict(list)
+    for r in by_persona["eval_run"]:
+        runs[r["sim"]["conversation_id"].rsplit(":", 1)[0]].append(r)
+    assert runs
+    for run in runs.values():
+        ts = [r["ts"] for r in run]
+        assert len(run) >= 80 and max(ts) - min(ts) < 2 * 3600
+        assert len({r["sim"]["template_id"] for r in run}) == 1
+    cot = sum(
+        "step by step" in last_user_text(r) or "step by step" in first_user_text(r) for r in by_persona["eval_run"]
+    )
+    assert cot > 0.5 * len(by_persona["eval_run"])
+    # Benchmarking a new model within a day of its release is normal for researchers.
+    new = [r["ts"] for r in by_persona["eval_run"] if r["request"]["model"] == "frontier-2"]
+    assert new and min(new) - RELEASE < DAY
+
+
+def test_agent_runs_long_tool_loops_with_growing_transcripts(by_persona: dict[str, Records]) -> None:
+    loops = accounts([dict(r, account_id=r["sim"]["conversation_id"]) for r in by_persona["agent"]])
+    assert max(len(v) for v in loops.values()) >= 5
+    for loop in loops.values():
+        assert all(r["request"].get("tools") for r in loop)
+        sizes = [len(r["request"]["messages"]) for r in loop]
+        assert sizes == list(range(sizes[0], sizes[0] + 2 * len(loop), 2))
+        for r in loop[1:]:
+            assert r["request"]["messages"][-1]["role"] == "tool"
+
+
+def test_rag_support_serves_many_end_users_with_one_system_prompt(by_persona: dict[str, Records]) -> None:
+    for acct in accounts(by_persona["rag_support"]).values():
+        assert len({r["sim"]["end_user"] for r in acct}) >= 50
+        systems = [r["request"].get("system") or r["request"]["messages"][0]["content"] for r in acct]
+        assert all(s.startswith("You are the customer support assistant for") for s in systems)
+        assert acct[0]["label_meta"]["end_users"] >= 50
+
+
+def test_multilingual_users_write_in_japanese_on_a_utc9_day(by_persona: dict[str, Records]) -> None:
+    recs = by_persona["multilingual"]
+    assert sum(bool(CJK.search(last_user_text(r))) for r in recs) > 0.6 * len(recs)
+    local_hours = Counter(int(((r["ts"] + 9 * 3600) % DAY) // 3600) for r in recs)
+    night = sum(local_hours[h] for h in (2, 3, 4, 5))
+    assert night < 0.06 * len(recs)
+
+
+def test_corporate_nat_accounts_share_egress_ips(by_persona: dict[str, Records]) -> None:
+    recs = by_persona["corporate_nat"]
+    accts = accounts(recs)
+    assert len(accts) >= 10
+    assert len({r["org_id"] for r in recs}) == 1
+    assert len({r["ip"] for r in recs}) <= 2
+    assert all(r["label_meta"]["end_user"] for r in recs)
+    assert len({r["label_meta"]["end_user"] for r in recs}) == len(accts)
+
+
+def test_education_classes_ask_the_same_problem_together(by_persona: dict[str, Records]) -> None:
+    classes: dict[str, Records] = defaultdict(list)
+    for r in by_persona["education"]:
+        cid = r["sim"]["conversation_id"]
+        if ":class" in cid and r["sim"]["turn"] == 1:
+            classes[cid.rsplit(":", 1)[0]].append(r)
+    big = [c for c in classes.values() if len({r["sim"]["end_user"] for r in c}) >= 15]
+    assert big
+    for c in big:
+        ts = [r["ts"] for r in c]
+        assert max(ts) - min(ts) < 3600
+        texts = [first_user_text(r) for r in c]
+        shared = [
+            SequenceMatcher(None, texts[0], t).find_longest_match(0, len(texts[0]), 0, len(t)).size for t in texts
+        ]
+        assert np.median(shared) >= 30  # the assigned problem, inside each student's own wording
+
+
+def test_reseller_relays_hundreds_of_end_users_around_the_clock(by_persona: dict[str, Records]) -> None:
+    recs = by_persona["reseller"]
+    users = {r["sim"]["end_user"] for r in recs}
+    assert len(users) >= 100
+    assert hours_active([r["ts"] for r in recs]) == 24
+    assert all(r["request"].get("user") == r["sim"]["end_user"] for r in recs if "messages" in r["request"])
+    assert len({r["user_agent"] for r in recs}) == 1
+    assert all(r["ip"][: r["ip"].rindex(".", 0, r["ip"].rindex(".")) + 1] in CLOUD for r in recs)
+
+
+# -- attack personas ---------------------------------------------------------------------------------------
+
+
+def test_bulk_harvester_runs_near_its_rpm_limit_around_the_clock(by_persona: dict[str, Records]) -> None:
+    (acct,) = accounts(by_persona["bulk_harvester"]).values()
+    ts = [r["ts"] for r in acct]
+    assert max_per_window(ts, 60) <= LIMITS["rpm"] * 0.9
+    assert len(acct) > 0.9 * 1800 * 2
+    assert hours_active(ts) == 24 and quietest_share(ts) > 0.2
+    assert len({r["sim"]["template_id"] for r in acct}) == 1
+    assert len({r["sim"]["capability"] for r in acct}) >= 5
+
+
+def test_cot_harvester_coerces_reasoning_in_many_languages(by_persona: dict[str, Records]) -> None:
+    recs = by_persona["cot_harvester"]
+    assert sum(any(m in last_user_text(r) for m in COT_MARKERS) for r in recs) >= 0.95 * len(recs)
+    non_en = sum(r["sim"]["lang"] != "en" for r in recs) / len(recs)
+    assert 0.35 < non_en < 0.65
+    assert len({r["sim"]["lang"] for r in recs}) >= 6
+    assert len({r["label_meta"]["campaign_id"] for r in recs}) == 1
+
+
+def test_capability_sweep_covers_capabilities_in_blocks(by_persona: dict[str, Records]) -> None:
+    recs = by_persona["capability_sweep"]
+    caps = [r["sim"]["capability"] for r in recs]
+    counts = Counter(caps)
+    assert len(counts) >= 6 and max(counts.values()) < 3 * min(counts.values())
+    switches = sum(a != b for a, b in zip(caps, caps[1:], strict=False))
+    assert switches <= len(caps) / 40 + 1
+    agentic = [r for r in recs if r["sim"]["capability"] == "agentic"]
+    assert agentic and all(r["request"].get("tools") and len(r["request"]["messages"]) == 1 for r in agentic)
+
+
+def test_rubric_grader_asks_for_grades(by_persona: dict[str, Records]) -> None:
+    recs = by_persona["rubric_grader"]
+    markers = ("Score the response", "Compare the two responses", "Grade the student answer", "Apply the rubric")
+    assert sum(any(m in last_user_text(r) for m in markers) for r in recs) >= 0.95 * len(recs)
+
+
+def test_hydra_cluster_spreads_under_per_account_limits(by_persona: dict[str, Records]) -> None:
+    recs = by_persona["hydra"]
+    clusters: dict[str, Records] = defaultdict(list)
+    for r in recs:
+        clusters[r["label_meta"]["cluster_id"]].append(r)
+    assert len(clusters) == 2
+    for members in clusters.values():
+        accts = accounts(members)
+        assert len(accts) >= 10
+        for acct in accts.values():
+            ts = [r["ts"] for r in acct]
+            assert max_per_window(ts, 60) <= LIMITS["rpm"] * 0.25
+            assert max(Counter(int(t // DAY) for t in ts).values()) <= LIMITS["rpd"] * 0.4
+        # ...while the cluster as a whole sends more than one account may.
+        per_day = Counter(int(r["ts"] // DAY) for r in members)
+        assert max(per_day.values()) > LIMITS["rpd"]
+        # Shared templates: every template is used by several accounts.
+        users = defaultdict(set)
+        for r in members:
+            users[r["sim"]["template_id"]].add(r["account_id"])
+        assert min(len(u) for u in users.values()) >= 3
+        # Partly shared proxy IPs.
+        ip_users = defaultdict(set)
+        for r in members:
+            ip_users[r["ip"]].add(r["account_id"])
+        sharing = {a for u in ip_users.values() if len(u) > 1 for a in u}
+        assert 0.3 * len(accts) <= len(sharing) < len(accts)
+        # Accounts created in a few bursts, shortly before the campaign.
+        created = sorted({r["label_meta"]["account_created_at"] for r in members})
+        bursts = 1 + sum(b - a > 1800 for a, b in zip(created, created[1:], strict=False))
+        assert bursts <= 4 and START - created[0] < 13 * DAY
+        # Staggered: members start at different times.
+        firsts = [min(r["ts"] for r in a) for a in accts.values()]
+        assert max(firsts) - min(firsts) > 3600
+
+
+def test_logprobs_harvester_probes_distributions_with_logit_bias_sweeps(by_persona: dict[str, Records]) -> None:
+    recs = by_persona["logprobs_harvester"]
+    asks = [r for r in recs if r["request"].get("logprobs") or r["request"].get("top_logprobs")]
+    assert len(asks) == len(recs)
+    assert all(r["request"]["max_tokens"] <= 16 for r in recs)
+    chat = [r for r in recs if r["endpoint"] == "/v1/chat/completions"]
+    assert chat and all(r["request"]["top_logprobs"] == 20 for r in chat)
+    firsts = [min(int(k) for k in r["request"]["logit_bias"]) for r in recs if "logit_bias" in r["request"]]
+    steps = np.diff(firsts) % 100_000
+    assert len(firsts) > 0.4 * len(recs) and np.median(steps) == 4  # walks the vocabulary in order
+
+
+def test_model_pivot_steps_to_the_new_model_within_a_day(by_persona: dict[str, Records]) -> None:
+    recs = by_persona["model_pivot"]
+    assert not any(r["request"]["model"] == "frontier-2" for r in recs if r["ts"] < RELEASE)
+    after = [r for r in recs if r["ts"] >= RELEASE + DAY]
+    share = sum(r["request"]["model"] == "frontier-2" for r in after) / len(after)
+    assert 0.35 < share < 0.65
+    # Honest users adopt gradually: a day after the release few of their requests use it.
+    casual_after = [r for r in by_persona["casual_chat"] if RELEASE <= r["ts"] < RELEASE + DAY]
+    assert sum(r["request"]["model"] == "frontier-2" for r in casual_after) < 0.15 * len(casual_after)
+
+
+def test_reseller_mix_hides_harvesting_among_real_customers(by_persona: dict[str, Records]) -> None:
+    recs = by_persona["reseller_mix"]
+    harvest = [r for r in recs if r["sim"]["harvest"]]
+    assert 0.2 < len(harvest) / len(recs) < 0.42
+    assert len({r["sim"]["end_user"] for r in recs}) >= 60
+    assert len({r["sim"]["end_user"] for r in harvest}) <= 3
+    assert all(r["label"] == "attack:reseller_mix" for r in recs)
+
+
+def test_adaptive_attacker_paraphrases_pads_and_hides_in_cover(by_persona: dict[str, Records]) -> None:
+    recs = by_persona["adaptive"]
+    harvest = [last_user_text(r) for r in recs if r["sim"]["harvest"]]
+    assert len(set(harvest)) >= 0.95 * len(harvest)
+    convs = accounts([dict(r, account_id=r["sim"]["conversation_id"]) for r in recs])
+    cover = [c for c in convs.values() if not any(r["sim"]["harvest"] for r in c)]
+    attack = [c for c in convs.values() if any(r["sim"]["harvest"] for r in c)]
+    assert 0.15 < len(cover) / len(convs) < 0.55
+    padded = [c for c in attack if c[0]["sim"]["source"] == "chatter"]
+    assert len(padded) >= 0.3 * len(attack)
+    assert all(r["ip"][: r["ip"].rindex(".", 0, r["ip"].rindex(".")) + 1] not in CLOUD for r in recs)
+    busy = [a for a in accounts(recs).values() if len(a) >= 20]
+    assert busy and np.median([quietest_share([r["ts"] for r in a]) for a in busy]) < 0.1
+    assert len({r["label_meta"]["cluster_id"] for r in recs}) == 1
