@@ -1,0 +1,228 @@
+"""`distillshield analyze`: per-account and cross-account extraction detection over a traffic file or the audit log."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from distillshield.cli.common import CliError, console, err_console, print_json, progress, with_store
+
+ENCODER_HELP = "sentence encoder: use (packaged, offline), hashing (no model), st:<model name or path>, or none"
+
+
+def load_encoder_or_exit(spec: str) -> Any:
+    if spec == "none":
+        return None
+    from distillshield.detect.embeddings import load_encoder
+
+    try:
+        return load_encoder(spec)
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise CliError(f"--encoder {spec}: {exc}") from None
+
+
+def load_model_or_exit(path: Path | None) -> Any:
+    from distillshield.detect.scoring import DetectionModel, ModelError
+
+    try:
+        return DetectionModel.load(path)
+    except ModelError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _export_log(dest: Path) -> int:
+    """Write the configured audit log as traffic JSONL (what `logs export` does), for analysis."""
+    from distillshield.store import Store
+    from distillshield.store.export import row_to_record
+
+    async def go(store: Store) -> int:
+        n = 0
+        with open(dest, "wb") as fh:  # noqa: ASYNC230 - a local temp file, written in order as rows arrive
+            async for row in store.iter_audit():
+                rec = row_to_record(row)
+                if rec is not None:
+                    fh.write(rec.to_json() + b"\n")
+                    n += 1
+        return n
+
+    return with_store(go)
+
+
+def analyze_command(
+    traffic: Path = typer.Argument(None, help="traffic JSONL (docs/traffic-format.md); omit with --from-log"),
+    out: Path = typer.Option(None, "--out", "-o", help="write the report JSON here"),
+    from_log: bool = typer.Option(False, "--from-log", help="analyse the configured gateway's audit log"),
+    model: Path = typer.Option(None, "--model", help="trained model artefact (default: the one shipped)"),
+    encoder: str = typer.Option(
+        "none", "--encoder", help=ENCODER_HELP + " (the model must have been trained with embeddings)"
+    ),
+    top: int = typer.Option(15, "--top", help="flagged accounts to list in the terminal"),
+    workers: int = typer.Option(2, "--workers", min=1, max=64, help="processes that read and extract the traffic"),
+    as_json: bool = typer.Option(False, "--json", help="print the report summary as JSON instead of tables"),
+) -> None:
+    """Score every account for distillation (extraction) and find coordinated account clusters (hydras).
+
+    Works on unlabelled traffic: labels in the file are ignored. Malformed lines are reported with their
+    line numbers and skipped. The report lists every account once with risk (0..1), verdict
+    (benign / suspicious / extraction), cluster and reasons, then the clusters; see docs/detection.md.
+
+    Example: distillshield analyze traffic.jsonl --out report.json
+    """
+    from distillshield.detect.analyze import analyze_file
+
+    if from_log == (traffic is not None):
+        raise CliError("give a traffic file or --from-log (the configured audit log), not both or neither")
+    if traffic is not None and not traffic.is_file():
+        raise CliError(f"traffic file {traffic} does not exist or is not a file")
+    if out is not None and not out.parent.is_dir():
+        raise CliError(f"cannot write {out}: folder {out.parent} does not exist")
+    det_model = load_model_or_exit(model)
+    enc = load_encoder_or_exit(encoder)
+    from distillshield.detect.scoring import ModelError
+
+    try:
+        det_model.combiner(enc is not None)
+    except ModelError as exc:
+        raise CliError(str(exc)) from None
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = traffic
+        if from_log:
+            path = Path(tmp) / "audit.jsonl"
+            n = _export_log(path)
+            err_console.print(f"read {n} requests from the audit log")
+        assert path is not None
+        with progress() as bar:
+            tasks: dict[str, Any] = {}
+
+            def on_progress(phase: str, done: int, total: int | None) -> None:
+                if phase not in tasks:
+                    tasks[phase] = bar.add_task(phase, total=total)
+                bar.update(tasks[phase], completed=done, total=total)
+
+            analysis = analyze_file(path, model=det_model, encoder=enc, progress=on_progress, workers=workers)
+            if "reading traffic" in tasks:
+                t = tasks["reading traffic"]
+                bar.update(t, total=bar.tasks[t].completed or 1, completed=bar.tasks[t].completed or 1)
+    report = analysis.report
+    for e in analysis.errors.kept[:20]:
+        err_console.print(f"[yellow]skipped[/yellow] {traffic or 'audit log'}:{e}")
+    if analysis.errors.count > 20:
+        err_console.print(f"... and {analysis.errors.count - 20} more malformed lines")
+    if out is not None:
+        out.write_text(json.dumps(report, separators=(",", ":")), encoding="utf-8")
+    if as_json:
+        print_json(report["summary"])
+        return
+    print_tables(report, top)
+    if out is not None:
+        console.print(f"wrote the report ({report['summary']['accounts']} accounts) to {out}")
+
+
+def print_tables(report: dict[str, Any], top: int = 15) -> None:
+    """The flagged accounts and the clusters, with their strongest reasons."""
+    s = report["summary"]
+    v = s["verdicts"]
+    console.print(
+        f"[bold]{s['accounts']} accounts, {s['requests']} requests[/bold]: {v['extraction']} extraction, "
+        f"{v['suspicious']} suspicious, {v['benign']} benign; {s['clusters']} flagged clusters "
+        f"({s['linked_groups']} other template-linked groups); model {s['model_version']}, encoder {s['encoder']}"
+    )
+    flagged = sorted((a for a in report["accounts"] if a["verdict"] != "benign"), key=lambda a: -a["risk"])
+    if flagged:
+        t = Table("account", "risk", "verdict", "cluster", "requests", "top reasons", title="Flagged accounts")
+        for a in flagged[:top]:
+            reasons = "\n".join(f"[{r['signal']}] {r['detail']}" for r in a["reasons"][:3])
+            colour = "red" if a["verdict"] == "extraction" else "yellow"
+            t.add_row(
+                a["account_id"],
+                f"{a['risk']:.2f}",
+                f"[{colour}]{a['verdict']}[/{colour}]",
+                a["cluster_id"] or "-",
+                str(a.get("requests", "")),
+                reasons,
+            )
+        console.print(t)
+        if len(flagged) > top:
+            console.print(f"... and {len(flagged) - top} more flagged accounts in the report")
+    if report["clusters"]:
+        t = Table("cluster", "risk", "accounts", "why", title="Clusters")
+        for c in report["clusters"][:top]:
+            t.add_row(c["cluster_id"], f"{c['risk']:.2f}", str(len(c["accounts"])), c["reasons"][0]["detail"])
+        console.print(t)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("analyze")(analyze_command)
+
+
+# -- the demo's detection act (called by `distillshield demo`) --------------------------------------------
+
+DEMO_SCENARIO: dict[str, Any] = {
+    "name": "demo-live",
+    "description": "Honest chat users and a distillation campaign (a CoT harvester and a small hydra cluster).",
+    "split": "dev",
+    "start": "2026-03-02T09:00:00Z",
+    "duration": "2h",
+    "models": {"primary": "frontier-1", "secondary": []},
+    "personas": [
+        {"persona": "casual_chat", "accounts": 6, "knobs": {"requests_per_day": 150}},
+        {"persona": "cot_harvester", "accounts": 1, "knobs": {"requests_per_day": 600}},
+        {"persona": "hydra", "accounts": 5, "knobs": {"clusters": 1, "requests_per_day": 300, "active_days": 0.1}},
+    ],
+}
+
+
+def run_live_demo(base: str, admin_token: str, model: str, state: Any, loop: Any, requests: int) -> None:
+    """Replay a short simulation through the running gateway (loopback), let online detection fold it in,
+    and print the accounts and clusters with their verdicts and reasons."""
+    import asyncio
+    import io
+
+    from distillshield.simulate import engine, live, scenario
+
+    ext = getattr(state, "detection", None)
+    if ext is None:
+        console.print("[yellow]online detection is disabled (detection.enabled: false); skipping its demo[/yellow]")
+        return
+    sc = scenario.build(DEMO_SCENARIO, "the demo scenario", 3)
+    records = [r for _, r in zip(range(requests), engine.iter_records(sc, 3), strict=False)]
+    console.rule("[bold]Detection: a short live simulation")
+    console.print(
+        f"sending {len(records)} simulated requests (honest chat users, a chain-of-thought harvester and a "
+        f"5-account hydra cluster) to {base} with max_tokens 8 ..."
+    )
+    opts = live.LiveOptions(target=base, admin_token=admin_token, concurrency=4, max_tokens=8, model=model)
+    stats = asyncio.run(live.replay(iter(records), opts, io.BytesIO()))
+    statuses = ", ".join(f"{n} x {code}" for code, n in sorted(stats.by_status.items()))
+    console.print(f"served {stats.served} of {stats.sent} requests in {stats.elapsed_s:.1f} s (status: {statuses})")
+    if any(code in ("403", "429") for code in stats.by_status):
+        console.print("(403/429: the policy stage acting on detection verdicts while the campaign ran)")
+    deadline = time.monotonic() + 60
+    while ext.engine is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    asyncio.run_coroutine_threadsafe(ext.flush(), loop).result(120)
+    report = ext.report()
+    demo_ids = {r["account_id"] for r in records}
+    report["accounts"] = [a for a in report["accounts"] if a["account_id"] in demo_ids]
+    t = Table("account", "risk", "verdict", "cluster", "requests", "top reasons", title="Accounts (online detection)")
+    for a in sorted(report["accounts"], key=lambda a: -a["risk"]):
+        reasons = "\n".join(f"[{r['signal']}] {r['detail'][:110]}" for r in a["reasons"][:2])
+        colour = {"extraction": "red", "suspicious": "yellow"}.get(a["verdict"], "green")
+        cluster = a["cluster_id"] or a.get("linked_group") or "-"
+        verdict = f"[{colour}]{a['verdict']}[/{colour}]"
+        t.add_row(a["account_id"], f"{a['risk']:.2f}", verdict, cluster, str(a["requests"]), reasons)
+    console.print(t)
+    groups = report["clusters"] + report.get("linked_groups", [])
+    if groups:
+        t = Table("cluster", "risk", "accounts", "why", title="Clusters")
+        for c in groups:
+            t.add_row(c["cluster_id"], f"{c['risk']:.2f}", str(len(c["accounts"])), c["reasons"][0]["detail"])
+        console.print(t)
+    console.print("the same verdicts: GET /admin/risk, GET /admin/accounts/ID (field 'detection')")

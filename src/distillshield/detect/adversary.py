@@ -1,0 +1,240 @@
+"""Evasive variants of attack traffic, for adversarial training rounds (`distillshield train --rounds`).
+
+Each transform takes labelled traffic records (dicts in the public format) and rewrites the attack
+accounts only, the way an adaptive attacker would after being caught: paraphrase the prompts, jitter
+and stretch the timing to look human, mix in benign cover traffic, and spread the campaign over more
+accounts. Benign records pass through untouched. Strength grows with the round number.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+OPENERS = (
+    "",
+    "hey, ",
+    "Quick question: ",
+    "So I was wondering, ",
+    "For a class I'm taking: ",
+    "Hmm. ",
+    "Could you help with this? ",
+    "ok so ",
+    "I'm revising for an exam. ",
+    "My colleague asked me this: ",
+)
+CLOSERS = ("", " thanks!", " Thanks in advance.", " (no rush)", " cheers", " ty", " Appreciate it.")
+SWAPS = (
+    ("step by step", "one step at a time"),
+    ("Explain", "Walk me through"),
+    ("reasoning", "thinking"),
+    ("Solve", "Work out"),
+    ("following", "next"),
+    ("answer", "result"),
+    ("detailed", "careful"),
+    ("complete", "whole"),
+    ("Show", "Lay out"),
+    ("problem", "question"),
+)
+
+
+def is_attack(rec: dict[str, Any]) -> bool:
+    return str(rec.get("label", "")).startswith("attack:")
+
+
+def _rewrite(r: random.Random, text: str, strength: float) -> str:
+    for a, b in SWAPS:
+        if a in text and r.random() < strength:
+            text = text.replace(a, b)
+    if r.random() < strength:
+        parts = text.split("\n\n")
+        if len(parts) > 1 and r.random() < 0.5:
+            parts = parts[1:] + parts[:1]  # move the instruction to the other end
+        text = "\n\n".join(parts)
+    return (OPENERS[r.randrange(len(OPENERS))] + text + CLOSERS[r.randrange(len(CLOSERS))]).strip()
+
+
+def paraphrase(records: Iterable[dict[str, Any]], seed: int, strength: float = 0.5) -> list[dict[str, Any]]:
+    """Reword each attack prompt's last user turn (openers, closers, synonym swaps, instruction moved)."""
+    r = random.Random(seed)
+    out = []
+    for rec in records:
+        if is_attack(rec):
+            rec = {**rec, "request": dict(rec["request"])}
+            req = rec["request"]
+            if isinstance(req.get("messages"), list) and req["messages"]:
+                msgs = [dict(m) if isinstance(m, dict) else m for m in req["messages"]]
+                for m in reversed(msgs):
+                    if isinstance(m, dict) and m.get("role") == "user" and isinstance(m.get("content"), str):
+                        m["content"] = _rewrite(r, m["content"], strength)
+                        break
+                req["messages"] = msgs
+            elif isinstance(req.get("prompt"), str):
+                req["prompt"] = _rewrite(r, req["prompt"], strength)
+        out.append(rec)
+    return out
+
+
+def jitter(records: Iterable[dict[str, Any]], seed: int, stretch: float = 2.0) -> list[dict[str, Any]]:
+    """Human-looking timing: each attack account's requests are spread `stretch` times wider from its first
+    request, with log-normal gaps instead of a regular beat (order within the account is kept)."""
+    r = random.Random(seed)
+    by_acct: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    out = []
+    for rec in records:
+        (by_acct[rec["account_id"]] if is_attack(rec) else out).append(rec)
+    for recs in by_acct.values():
+        recs.sort(key=lambda x: x["ts"])
+        t = recs[0]["ts"]
+        mean_gap = (recs[-1]["ts"] - t) / max(len(recs) - 1, 1) * stretch
+        for rec in recs:
+            out.append({**rec, "ts": t})
+            t += mean_gap * r.lognormvariate(-0.5, 1.0)
+    return out
+
+
+def cover(records: list[dict[str, Any]], seed: int, share: float = 0.3) -> list[dict[str, Any]]:
+    """Benign cover traffic: each attack account also replays benign prompts (taken from benign accounts)
+    so that `share` of its requests look honest."""
+    r = random.Random(seed)
+    benign = [x for x in records if not is_attack(x)]
+    if not benign:
+        return list(records)
+    extra = []
+    for rec in records:
+        if is_attack(rec) and r.random() < share / (1 - share):
+            donor = benign[r.randrange(len(benign))]
+            extra.append(
+                {
+                    **donor,
+                    "account_id": rec["account_id"],
+                    "ts": rec["ts"] + r.uniform(1, 120),
+                    "label": rec["label"],
+                    "label_meta": rec.get("label_meta"),
+                    "ip": rec.get("ip"),
+                    "user_agent": rec.get("user_agent"),
+                    "org_id": rec.get("org_id"),
+                }
+            )
+    return list(records) + extra
+
+
+def spread(records: Iterable[dict[str, Any]], seed: int, factor: int = 3) -> list[dict[str, Any]]:
+    """Spread each attack account over `factor` accounts (round-robin), as a hydra adds members to stay
+    under per-account volume thresholds."""
+    r = random.Random(seed)
+    counters: dict[str, int] = defaultdict(int)
+    suffix: dict[str, list[str]] = {}
+    out = []
+    for rec in records:
+        if is_attack(rec):
+            aid = rec["account_id"]
+            names = suffix.setdefault(aid, [f"{aid}-s{r.randrange(16**6):06x}" for _ in range(factor)])
+            i = counters[aid]
+            counters[aid] += 1
+            rec = {**rec, "account_id": names[i % factor]}
+        out.append(rec)
+    return out
+
+
+ASKS = (
+    "Can you explain how you got there?",
+    "Walk me through it.",
+    "I'd like to see the reasoning, not just the answer.",
+    "How would you think about this?",
+    "Go through it slowly please.",
+    "What's the logic behind it?",
+    "Show me how you'd work it out.",
+    "Break it down for me.",
+    "",
+)
+CHATTER = ("hi there!", "hey, how's it going?", "good evening", "hello, I have a question", "quick one for you",
+           "hope you're well :)", "ok so I'm studying", "hiya")  # fmt: skip
+REPLIES = ("Hi! How can I help?", "Sure, go ahead.", "Hello! What's your question?", "Happy to help.")
+
+
+INSTRUCTION_WORDS = ("step by step", "step-by-step", "reasoning", "final answer", "explain", "solution", "think")
+
+
+def _strip_frame(text: str) -> str:
+    """Drop the instruction paragraphs of a templated prompt and keep the question: the longest paragraph
+    without instruction words (else the longest)."""
+    parts = [p for p in text.split("\n\n") if p.strip()]
+    if not parts:
+        return text
+    plain = [p for p in parts if not any(w in p.lower() for w in INSTRUCTION_WORDS)]
+    return max(plain or parts, key=len)
+
+
+def humanize(
+    records: Iterable[dict[str, Any]], seed: int, converse_share: float = 0.5, ask_share: float = 1.0
+) -> list[dict[str, Any]]:
+    """The adaptive attacker: every prompt reworded afresh around its question (no shared frame survives),
+    small talk opening half the conversations, a human day with think times, and home IP addresses."""
+    r = random.Random(seed)
+    by_acct: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    out = []
+    for rec in records:
+        (by_acct[rec["account_id"]] if is_attack(rec) else out).append(rec)
+    for recs in by_acct.values():
+        recs.sort(key=lambda x: x["ts"])
+        tz = r.uniform(-8, 9)
+        ips = [f"{r.choice((24, 73, 86, 98, 174))}.{r.randrange(256)}.{r.randrange(256)}.{r.randrange(1, 255)}"
+               for _ in range(1 + r.randrange(2))]  # fmt: skip
+        day0 = recs[0]["ts"] // 86400 * 86400
+        t = day0 + (9 - tz) % 24 * 3600 + r.uniform(0, 3600)
+        for rec in recs:
+            t += r.lognormvariate(4.0, 1.2)  # think time: a minute or two, sometimes much longer
+            local_hour = (t / 3600 + tz) % 24
+            if local_hour < 8 or local_hour > 23:
+                t += (32 - local_hour) % 24 * 3600  # asleep: resume next morning
+            rec = {**rec, "ts": t, "ip": r.choice(ips), "user_agent": "Mozilla/5.0 (Windows NT 10.0; Win64; x64)",
+                   "request": dict(rec["request"])}  # fmt: skip
+            req = rec["request"]
+            msgs = req.get("messages")
+            if (
+                isinstance(msgs, list)
+                and msgs
+                and isinstance(msgs[-1], dict)
+                and isinstance(msgs[-1].get("content"), str)
+            ):
+                q = _strip_frame(msgs[-1]["content"])
+                ask = ASKS[r.randrange(len(ASKS))] if r.random() < ask_share else ""
+                body = f"{OPENERS[r.randrange(len(OPENERS))]}{q} {ask}{CLOSERS[r.randrange(len(CLOSERS))]}".strip()
+                new = [{"role": "user", "content": body}]
+                if r.random() < converse_share:
+                    new = [{"role": "user", "content": r.choice(CHATTER)},
+                           {"role": "assistant", "content": r.choice(REPLIES)}] + new  # fmt: skip
+                req["messages"] = new
+                req.pop("system", None)
+                req.pop("max_tokens", None)
+            out.append(rec)
+    return out
+
+
+def evasive(records: list[dict[str, Any]], round_no: int, seed: int) -> list[dict[str, Any]]:
+    """Evasions at the strength of `round_no`, sorted by time.
+
+    Round 1: paraphrase, timing jitter, 15% cover traffic, each account spread over two.
+    Round 2: the adaptive attacker (humanize: fresh rewording around the bare question with a reasoning
+    ask, small talk, a human day, home IPs) with 30% cover traffic, spread over three accounts.
+    Round 3 and later: the same with a reasoning ask on only 60% of the prompts, 50% cover traffic,
+    spread over four accounts.
+    """
+    if round_no <= 1:
+        out = paraphrase(records, seed, strength=0.3)
+        out = jitter(out, seed + 1, stretch=2.0)
+        out = cover(out, seed + 2, share=0.15)
+        out = spread(out, seed + 3, factor=2)
+    elif round_no == 2:
+        out = humanize(records, seed, ask_share=1.0)
+        out = cover(out, seed + 2, share=0.3)
+        out = spread(out, seed + 3, factor=3)
+    else:
+        out = humanize(records, seed, ask_share=0.6)
+        out = cover(out, seed + 2, share=0.5)
+        out = spread(out, seed + 3, factor=4)
+    out.sort(key=lambda x: x["ts"])
+    return out

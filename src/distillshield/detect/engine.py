@@ -1,0 +1,355 @@
+"""The detection engine: per-account states, population-wide state, clusters and scoring, in one place
+that both batch analysis and the gateway drive.
+
+`observe(obs)` folds one request into its account's signal states and the population's indexes
+(which accounts use which template, IP range and model); it is O(1). `rescore(account)` turns an
+account's state into features, a risk, a verdict and reasons. `recluster()` rebuilds the hydra clusters
+from the accounts' heavy-hitter templates. Batch analysis replays a file in time order and rescores
+at checkpoints, so a first flag in a report is the moment an online engine would have raised it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from distillshield.detect.base import AccountScore, Reason
+from distillshield.detect.cluster import CLUSTER_FEATURES, Cluster, HydraClusterDetector
+from distillshield.detect.corpus import Obs
+from distillshield.detect.scoring import RISK_EXTRACTION, RISK_SUSPICIOUS, Combiner
+from distillshield.detect.signals.behaviour import Behaviour, BehaviourState
+from distillshield.detect.signals.cot import CotElicitation, CotState
+from distillshield.detect.signals.coverage import CapabilityCoverage
+from distillshield.detect.signals.distribution import DistributionTest, EmbeddingReference, EmbedState
+from distillshield.detect.signals.templates import TemplateReuse, TemplateState
+
+NEW_MODEL_AFTER = 12 * 3600.0  # a model first seen this long after traffic began counts as a new release
+MEMBER_CAP = 512  # distinct accounts remembered per template / IP range (counts saturate there)
+MIN_EVIDENCE = 8  # fewer requests than this flag an account only through a flagged cluster
+LSH_THRESHOLD = 0.5
+NUM_PERM = 64
+
+
+def checkpoints(limit: int = 1 << 30) -> list[int]:
+    """Request counts at which an account is rescored: dense early (detection delay), then geometric."""
+    out = [4, 8, 12, 16, 24, 32, 48, 64, 80, 100, 128, 160, 200]
+    while out[-1] < limit:
+        out.append(int(out[-1] * 1.25))
+    return out
+
+
+CHECKPOINTS = frozenset(checkpoints(10_000_000))
+
+
+class _Members:
+    """Distinct accounts per key (template, family, IP range) with a memory cap: exact up to MEMBER_CAP."""
+
+    __slots__ = ("first", "multi")
+
+    def __init__(self) -> None:
+        self.first: dict[Any, str] = {}
+        self.multi: dict[Any, set[str]] = {}
+
+    def add(self, key: Any, account: str) -> None:
+        f = self.first.get(key)
+        if f is None:
+            self.first[key] = account
+        elif f != account:
+            s = self.multi.get(key)
+            if s is None:
+                self.multi[key] = {f, account}
+            elif len(s) < MEMBER_CAP:
+                s.add(account)
+
+    def count(self, key: Any) -> int:
+        s = self.multi.get(key)
+        if s is not None:
+            return len(s)
+        return 1 if key in self.first else 0
+
+    def prune_singletons(self) -> int:
+        """Forget keys seen by one account only (bounded memory for a long-running gateway)."""
+        gone = [k for k in self.first if k not in self.multi]
+        for k in gone:
+            del self.first[k]
+        return len(gone)
+
+
+class Population:
+    """Population-wide state: who shares which template, family and IP range; models and time span."""
+
+    def __init__(self) -> None:
+        self.frames = _Members()
+        self.prompts = _Members()
+        self.families = _Members()
+        self.ips = _Members()
+        self.model_first: dict[str, float] = {}
+        self.first_ts = math.inf
+        self.last_ts = -math.inf
+
+    def frame_accounts(self, h: int) -> int:
+        return self.frames.count(h)
+
+    def prompt_accounts(self, raw_hash: int) -> int:
+        return self.prompts.count(raw_hash)
+
+    def family_accounts(self, fid: int) -> int:
+        return self.families.count(fid)
+
+    def ip_accounts(self, ip24: str) -> int:
+        return self.ips.count(ip24)
+
+    def new_models(self) -> dict[str, float]:
+        cut = self.first_ts + NEW_MODEL_AFTER
+        return {m: t for m, t in self.model_first.items() if t > cut}
+
+
+@dataclass
+class Context:
+    """What a signal may look at beyond its own account: the population and the account's cluster."""
+
+    population: Population
+    cluster: Cluster | None = None
+
+
+@dataclass
+class AccountState:
+    """Everything detection keeps about one account: bounded, whatever its volume."""
+
+    account_id: str
+    templates: TemplateState = field(default_factory=TemplateState)
+    cot: CotState = field(default_factory=CotState)
+    behaviour: BehaviourState = field(default_factory=BehaviourState)
+    embed: EmbedState = field(default_factory=EmbedState)
+    org: str = ""
+    ips: Counter[str] = field(default_factory=Counter)
+    uas: Counter[str] = field(default_factory=Counter)
+    score: AccountScore | None = None
+    features: dict[str, float] = field(default_factory=dict)
+    cluster_id: str | None = None
+    dirty: bool = True
+
+    @property
+    def n(self) -> int:
+        return self.behaviour.n
+
+    @property
+    def top_ip(self) -> str:
+        return self.ips.most_common(1)[0][0] if self.ips else ""
+
+    @property
+    def top_ua(self) -> str:
+        return self.uas.most_common(1)[0][0] if self.uas else ""
+
+
+def _minhash_lsh() -> Any:
+    from datasketch import MinHashLSH
+
+    return MinHashLSH(threshold=LSH_THRESHOLD, num_perm=NUM_PERM)
+
+
+class MinHasher:
+    """MinHash signatures (datasketch, affine32 scheme, crc32 shingle hash): callable on shingles."""
+
+    def __init__(self, num_perm: int = NUM_PERM, seed: int = 1) -> None:
+        import zlib
+
+        from datasketch import MinHash
+
+        self._proto = MinHash(num_perm=num_perm, seed=seed)
+        self._hash = zlib.crc32
+        self.num_perm = num_perm
+
+    def __call__(self, shingles: list[bytes]) -> np.ndarray:
+        from datasketch import MinHash
+
+        m = MinHash(
+            num_perm=self.num_perm, hashfunc=self._hash, permutations=self._proto.permutations, scheme="affine32"
+        )
+        m.update_batch(shingles)
+        return m.hashvalues
+
+    def lean(self, hashvalues: np.ndarray) -> Any:
+        from datasketch import LeanMinHash
+
+        return LeanMinHash(seed=1, hashvalues=hashvalues, scheme="affine32")
+
+
+class Engine:
+    """Per-account detection state, population state, clusters, and scoring with one combiner."""
+
+    def __init__(self, combiner: Combiner, reference: EmbeddingReference | None = None) -> None:
+        self.combiner = combiner
+        self.population = Population()
+        self.accounts: dict[str, AccountState] = {}
+        self.templates = TemplateReuse()
+        self.cot = CotElicitation()
+        self.behaviour = Behaviour()
+        self.distribution = DistributionTest()
+        self.coverage = CapabilityCoverage()
+        self.reference = reference
+        if reference is not None:
+            self.distribution.fit(reference)
+        self.hydra = HydraClusterDetector()
+        self.clusters: dict[str, Cluster] = {}
+        self._lsh = _minhash_lsh()
+        self._hasher: MinHasher | None = None
+        self._family_of: dict[int, int] = {}
+        self._next_family = 1
+        self.now = -math.inf
+        self.observed = 0
+        self.snapshots: list[tuple[str, int, dict[str, float]]] | None = None  # training: features per rescore
+
+    # -- observing ------------------------------------------------------------------------------------
+
+    def _family(self, hashvalues: np.ndarray) -> int:
+        """The near-duplicate family of a MinHash signature (LSH query; a new family when nothing is close)."""
+        if self._hasher is None:
+            self._hasher = MinHasher()
+        lean = self._hasher.lean(hashvalues)
+        hits = self._lsh.query(lean)
+        if hits:
+            return self._family_of[min(hits)]
+        fid = self._next_family
+        self._next_family += 1
+        self._lsh.insert(fid, lean)
+        self._family_of[fid] = fid
+        return fid
+
+    def observe(self, obs: Obs) -> AccountState:
+        acc = self.accounts.get(obs.account)
+        if acc is None:
+            acc = self.accounts[obs.account] = AccountState(obs.account, org=obs.org)
+        pop = self.population
+        self.observed += 1
+        self.now = max(self.now, obs.ts)
+        pop.first_ts = min(pop.first_ts, obs.ts)
+        pop.last_ts = max(pop.last_ts, obs.ts)
+        if obs.model not in pop.model_first:
+            pop.model_first[obs.model] = obs.ts
+        if obs.head:
+            pop.frames.add(obs.head, obs.account)
+            pop.frames.add(obs.tail, obs.account)
+        if obs.raw_hash:
+            pop.prompts.add(obs.raw_hash, obs.account)
+        if obs.ip24:
+            if len(acc.ips) < 16 or obs.ip24 in acc.ips:
+                acc.ips[obs.ip24] += 1
+            pop.ips.add(obs.ip24, obs.account)
+        if len(acc.uas) < 8 or obs.ua in acc.uas:
+            acc.uas[obs.ua] += 1
+        self.templates.update(acc.templates, obs)
+        self.cot.update(acc.cot, obs)
+        self.behaviour.update(acc.behaviour, obs)
+        if obs.minhash is not None:
+            fid = self._family(obs.minhash)
+            pop.families.add(fid, obs.account)
+            self.templates.add_family(acc.templates, fid)
+        if obs.emb is not None and self.reference is not None:
+            e = obs.emb[None, :]
+            self.distribution.update_embeddings(acc.embed, e, self.reference.features(e), self.reference.topics(e))
+        acc.dirty = True
+        return acc
+
+    # -- clusters and scores --------------------------------------------------------------------------
+
+    def recluster(self) -> dict[str, Cluster]:
+        self.clusters = self.hydra.find(self.accounts, self.population)
+        member_of = {m: cid for cid, c in self.clusters.items() for m in c.accounts}
+        for aid, acc in self.accounts.items():
+            cid = member_of.get(aid)
+            if cid != acc.cluster_id:
+                acc.cluster_id = cid
+                acc.dirty = True
+        return self.clusters
+
+    def features(self, acc: AccountState) -> tuple[dict[str, float], list[Any]]:
+        cluster = self.clusters.get(acc.cluster_id) if acc.cluster_id else None
+        ctx = Context(self.population, cluster)
+        sigs = [
+            self.templates.score(acc.templates, ctx),
+            self.cot.score(acc.cot, ctx),
+            self.behaviour.score(acc.behaviour, ctx),
+        ]
+        if self.reference is not None:
+            sigs.append(self.distribution.score(acc.embed, ctx))
+            sigs.append(self.coverage.score(acc.embed, ctx))
+        feats: dict[str, float] = {}
+        for s in sigs:
+            feats.update(s.features)
+        ip_k = self.population.ip_accounts(acc.top_ip) if acc.top_ip else 1
+        feats["ip_shared"] = math.log1p(max(ip_k - 1, 0))
+        for name in CLUSTER_FEATURES:
+            feats[name] = cluster.features.get(name, 0.0) if cluster else 0.0
+        return feats, sigs
+
+    def rescore(self, acc: AccountState) -> AccountScore:
+        feats, sigs = self.features(acc)
+        if self.snapshots is not None:
+            self.snapshots.append((acc.account_id, acc.n, feats))
+        x = self.combiner.vector(feats)
+        logit, contrib = self.combiner.explain(x)
+        risk = self.combiner.risk(logit)
+        cluster = self.clusters.get(acc.cluster_id) if acc.cluster_id else None
+        thin = acc.n < MIN_EVIDENCE and (cluster is None or cluster.risk < RISK_SUSPICIOUS)
+        if thin:
+            # A handful of requests is too little to accuse an account on its own evidence.
+            risk = min(risk, RISK_SUSPICIOUS * 0.98)
+        verdict = "extraction" if risk >= RISK_EXTRACTION else "suspicious" if risk >= RISK_SUSPICIOUS else "benign"
+        reasons = self._reasons(sigs, contrib, cluster, acc)
+        if thin:
+            reasons.append(Reason("evidence", 0.0, f"only {acc.n} requests: not flagged on its own evidence yet"))
+        prev = acc.score
+        sc = AccountScore(acc.account_id, risk, verdict, acc.cluster_id, reasons, acc.n)  # type: ignore[arg-type]
+        if prev is not None and prev.first_flag_ts is not None:
+            sc.first_flag_ts, sc.first_flag_index = prev.first_flag_ts, prev.first_flag_index
+        elif verdict != "benign":
+            sc.first_flag_ts, sc.first_flag_index = self.now, acc.n - 1
+        acc.score = sc
+        acc.features = feats
+        acc.dirty = False
+        return sc
+
+    def _reasons(
+        self, sigs: list[Any], contrib: dict[str, float], cluster: Cluster | None, acc: AccountState
+    ) -> list[Reason]:
+        """Signals ordered by how much they pushed the risk up; each with its score and what it saw."""
+        out: list[tuple[float, Reason]] = []
+        for s in sigs:
+            out.append((contrib.get(s.signal, 0.0), s.reason()))
+        coord = contrib.get("coordination", 0.0)
+        if cluster is not None:
+            score = min(1.0, max(0.0, 0.5 + coord / 8))
+            out.append(
+                (coord, Reason("coordination", score, f"member of cluster {cluster.cluster_id}: " + cluster.detail()))
+            )
+        elif acc.top_ip and self.population.ip_accounts(acc.top_ip) > 5:
+            k = self.population.ip_accounts(acc.top_ip)
+            out.append((coord, Reason("coordination", 0.2, f"IP range {acc.top_ip} is shared with {k - 1} accounts")))
+        out.sort(key=lambda t: -t[0])
+        return [r for c, r in out if c > 0.05] or [out[0][1]] if out else []
+
+    def finalise(self) -> None:
+        """Recluster, rescore every account, set cluster risks, then rescore the thin members of flagged
+        clusters (they may be flagged through their cluster)."""
+        self.recluster()
+        for acc in self.accounts.values():
+            self.rescore(acc)
+        for c in self.clusters.values():
+            c.risk = self.cluster_risk(c)
+        for c in self.clusters.values():
+            if c.risk >= RISK_SUSPICIOUS:
+                for m in c.accounts:
+                    if self.accounts[m].n < MIN_EVIDENCE:
+                        self.rescore(self.accounts[m])
+
+    def cluster_risk(self, c: Cluster) -> float:
+        scores = [self.accounts[m].score for m in c.accounts]
+        risks = sorted((s.risk for s in scores if s is not None), reverse=True)
+        if not risks:
+            return 0.0
+        return float(np.median(risks))

@@ -1,0 +1,255 @@
+"""Online detection: the gateway extension that keeps per-account detection state beside the hot path.
+
+The request path pays one deque append per finished request (the observer). A background task wakes
+every `interval_s`, takes the queued audit rows, and in a worker thread turns them into observations,
+folds them into the engine's per-account sketches (the same engine as batch analysis, so the same
+verdicts), rescoring accounts at their checkpoints and re-clustering periodically. Verdicts go to the
+gateway's RiskBoard (`state.risk`), where the policy stage and the admin API read them.
+
+A request never waits for detection: nothing here runs on the request path but the append, and the
+queue is bounded (the oldest rows are dropped and counted when detection falls behind).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from distillshield.detect.base import AccountScore
+
+if TYPE_CHECKING:
+    from distillshield.config import Settings
+    from distillshield.detect.engine import Engine
+
+log = logging.getLogger("distillshield.detect")
+
+
+class DetectionExtension:
+    """Gateway extension: observer + background rescoring + RiskBoard updates."""
+
+    name = "detection"
+
+    def __init__(
+        self,
+        *,
+        interval_s: float = 2.0,
+        queue_max: int = 200_000,
+        recluster_every: int = 2000,
+        encoder: str = "none",
+        model_path: str | None = None,
+        prune_above: int = 2_000_000,
+    ) -> None:
+        self.interval_s = interval_s
+        self.recluster_every = recluster_every
+        self.encoder_spec = encoder
+        self.model_path = model_path
+        self.prune_above = prune_above
+        self.queue: deque[dict[str, Any]] = deque(maxlen=queue_max)
+        self.dropped = 0
+        self.processed = 0
+        self.engine: Engine | None = None
+        self._extractor: Any = None
+        self._encoder: Any = None
+        self._state: Any = None
+        self._task: asyncio.Task[None] | None = None
+        self._since_recluster = 0
+        self.last_run_s = 0.0
+        self.model_version: str | None = None
+
+    # -- the hot path: one append ---------------------------------------------------------------------
+
+    def observe(self, row: dict[str, Any]) -> None:
+        if len(self.queue) == self.queue.maxlen:
+            self.dropped += 1
+        self.queue.append(row)
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+
+    async def start(self, state: Any) -> None:
+        self._state = state
+        state.gateway.observers.append(self.observe)
+        state.detection = self
+        self._task = asyncio.create_task(self._loop(), name="detection-rescoring")
+
+    def _load(self) -> None:
+        from distillshield.detect.corpus import Extractor
+        from distillshield.detect.embeddings import load_encoder
+        from distillshield.detect.engine import Engine, MinHasher
+        from distillshield.detect.reference import embedding_reference
+        from distillshield.detect.scoring import DetectionModel
+        from distillshield.detect.signals.cot import PromptClassifier
+
+        model = DetectionModel.load(self.model_path)
+        reference = None
+        if self.encoder_spec != "none":
+            self._encoder = load_encoder(self.encoder_spec)
+            reference = embedding_reference(self._encoder)
+        self.engine = Engine(model.combiner(self._encoder is not None), reference)  # type: ignore[arg-type]
+        self._extractor = Extractor(PromptClassifier.from_dict(model.classifier), MinHasher())
+        self.model_version = model.version
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._state is not None:
+            with contextlib.suppress(ValueError):
+                self._state.gateway.observers.remove(self.observe)
+
+    async def _loop(self) -> None:
+        try:
+            # Loaded here, not in start(): the gateway is serving meanwhile (requests only queue).
+            await asyncio.to_thread(self._load)
+        except Exception:  # noqa: BLE001 - a broken model disables detection, never the gateway
+            log.exception("detection disabled: the model could not be loaded")
+            return
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                await self.run_once()
+            except Exception:  # noqa: BLE001 - detection must never take the gateway down
+                log.exception("detection rescoring failed")
+
+    async def run_once(self) -> int:
+        """Process everything queued now (in a worker thread); returns how many rows were processed."""
+        if self.engine is None:
+            return 0
+        rows = []
+        while self.queue:
+            rows.append(self.queue.popleft())
+        if not rows:
+            return 0
+        changed = await asyncio.to_thread(self._process, rows)
+        self._publish(changed)
+        return len(rows)
+
+    async def flush(self) -> int:
+        """Process everything queued, then re-cluster and rescore every account (the demo and tests use it
+        to see verdicts now instead of at the next interval)."""
+        n = await self.run_once()
+        if self.engine is not None:
+            changed = await asyncio.to_thread(self._rescore_all)
+            self._publish(changed)
+        return n
+
+    def _rescore_all(self) -> list[AccountScore]:
+        assert self.engine is not None
+        self.engine.finalise()
+        return [acc.score for acc in self.engine.accounts.values() if acc.score is not None]
+
+    def report(self) -> dict[str, Any]:
+        """The analyser report format for everything seen so far (as `distillshield analyze` writes it)."""
+        from distillshield.detect.analyze import build_report
+        from distillshield.detect.corpus import LineErrors
+
+        assert self.engine is not None
+        meta = {"source": "online", "model_version": self.model_version, "encoder": self.encoder_spec}
+        return build_report(self.engine, LineErrors(), meta)
+
+    # -- the background work ----------------------------------------------------------------------------
+
+    def _process(self, rows: list[dict[str, Any]]) -> list[AccountScore]:
+        from distillshield.detect.engine import CHECKPOINTS
+        from distillshield.store.export import row_to_record
+
+        assert self.engine is not None and self._extractor is not None
+        t0 = time.perf_counter()
+        engine = self.engine
+        records = [r for r in (row_to_record(row) for row in rows) if r is not None]
+        obs = list(self._extractor.extract(records))
+        if self._encoder is not None:
+            sampled = [o for o in obs if o.embed and o.text is not None]
+            if sampled:
+                for o, v in zip(sampled, self._encoder.encode([o.text or "" for o in sampled]), strict=True):
+                    o.emb = v
+        obs.sort(key=lambda o: o.ts)
+        touched: dict[str, Any] = {}
+        for o in obs:
+            acc = engine.observe(o)
+            o.emb = None
+            touched[acc.account_id] = acc
+            if acc.n in CHECKPOINTS or acc.score is None:
+                engine.rescore(acc)
+        self._since_recluster += len(obs)
+        if self._since_recluster >= self.recluster_every:
+            self._since_recluster = 0
+            engine.recluster()
+            for c in engine.clusters.values():
+                for m in c.accounts:
+                    touched[m] = engine.accounts[m]
+            pop = engine.population
+            for index in (pop.frames, pop.prompts, pop.families):
+                if len(index.first) > self.prune_above:
+                    index.prune_singletons()  # bounded memory: keys only one account ever used go first
+        changed = []
+        for acc in touched.values():
+            if acc.dirty:
+                engine.rescore(acc)
+            changed.append(acc.score)
+        for c in engine.clusters.values():
+            c.risk = engine.cluster_risk(c)
+        self.processed += len(rows)
+        self.last_run_s = time.perf_counter() - t0
+        return changed
+
+    def _publish(self, scores: list[AccountScore]) -> None:
+        board = getattr(self._state, "risk", None)
+        if board is None:
+            return
+        from distillshield.gateway.risk import AccountRisk
+
+        board.update_many(
+            AccountRisk(
+                s.account_id,
+                s.risk,
+                s.verdict,
+                s.cluster_id,
+                {r.signal: r.score for r in s.reasons},
+                tuple(r.as_dict() for r in s.reasons),
+                "online",
+            )
+            for s in scores
+        )
+
+    # -- reads (admin API, CLI) ---------------------------------------------------------------------------
+
+    def account(self, account_id: str) -> dict[str, Any] | None:
+        """The account's latest detection verdict with reasons, or None when it has not been seen."""
+        if self.engine is None:
+            return None
+        acc = self.engine.accounts.get(account_id)
+        if acc is None or acc.score is None:
+            return None
+        return {**acc.score.as_dict(), "model_version": self.model_version}
+
+    def status(self) -> dict[str, Any]:
+        eng = self.engine
+        return {
+            "processed": self.processed,
+            "queued": len(self.queue),
+            "dropped": self.dropped,
+            "accounts": len(eng.accounts) if eng else 0,
+            "clusters": len(eng.clusters) if eng else 0,
+            "last_run_s": round(self.last_run_s, 4),
+        }
+
+
+def detection_extension(settings: Settings) -> DetectionExtension | None:
+    """The factory registered in gateway/extensions.py: on unless `detection.enabled` is false."""
+    cfg = getattr(settings, "detection", None)
+    if cfg is None:
+        return DetectionExtension()
+    if not cfg.enabled:
+        return None
+    return DetectionExtension(
+        interval_s=cfg.interval_s,
+        queue_max=cfg.queue_max,
+        recluster_every=cfg.recluster_every,
+        encoder=cfg.encoder,
+        model_path=cfg.model_path,
+    )

@@ -1,0 +1,1 @@
+"""One module per detection signal; each follows detect.base.Signal."""
