@@ -1,0 +1,110 @@
+"""The policy's admin API (mounted under /admin with the admin token): policy, risk reports, review queue.
+
+    GET  /admin/policy                      the active policy, mode, decision counts, standing blocks
+    POST /admin/policy/reload               {"path"?, "mode"?}: reload; 400 names the bad rule, the old policy stays
+    POST /admin/risk                        an analyser REPORT.json: loads every account's verdict into the risk board
+    GET  /admin/review?status=&kind=        the queue, open items first, riskiest first
+    GET  /admin/review/{ref}                one item: evidence, decisions, recent requests, live state
+    POST /admin/review/{ref}/decide         {"decision": confirm|clear|allowlist, "note", "reviewer", "org"}
+    POST /admin/review/scan                 queue what the risk board flags now (instead of waiting a poll)
+
+`ref` is an item id, or kind:subject (account:alice, cluster:c3, org:acme), or a bare account id.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import FastAPI, HTTPException
+from pydantic import BaseModel, Field
+
+from distillshield.gateway.policy.rules import PolicyError
+from distillshield.gateway.risk import risks_from_report
+from distillshield.store.review import ReviewStore
+
+
+class ReloadIn(BaseModel):
+    path: str | None = Field(None, description="another policy file; default: the one loaded")
+    mode: Literal["enforce", "shadow"] | None = Field(None, description="switch mode too")
+
+
+class DecideIn(BaseModel):
+    decision: Literal["confirm", "clear", "allowlist"]
+    note: str = ""
+    reviewer: str = ""
+    org: bool = Field(False, description="allowlist: the account's whole org instead of the account")
+
+
+def register_policy_routes(app: FastAPI, state: Any, deps: list[Any]) -> None:
+    """Add the policy endpoints to the admin app."""
+
+    def stage() -> Any:
+        if state.policy is None:
+            raise HTTPException(409, "the policy stage is disabled (policy.enabled: false in the config)")
+        return state.policy
+
+    @app.get("/policy", dependencies=deps)
+    async def policy_show() -> dict[str, Any]:
+        return stage().describe()
+
+    @app.post("/policy/reload", dependencies=deps)
+    async def policy_reload(body: ReloadIn | None = None) -> dict[str, Any]:
+        st = stage()
+        body = body or ReloadIn()
+        try:
+            compiled = st.reload(body.path, body.mode)
+        except PolicyError as exc:
+            raise HTTPException(400, f"{exc} (the previous policy from {st.policy.source} stays active)") from None
+        return {"loaded": compiled.source, "rules": len(compiled.rules), "mode": st.engine.mode}
+
+    @app.post("/risk", dependencies=deps)
+    async def risk_load(report: dict[str, Any]) -> dict[str, Any]:
+        """Load an analyser report (`distillshield analyze` REPORT.json) into the risk board."""
+        try:
+            risks = risks_from_report(report)
+        except ValueError as exc:
+            raise HTTPException(400, str(exc)) from None
+        state.risk.update_many(risks)
+        queued = 0
+        if state.policy is not None and state.policy.review is not None:
+            queued = await state.policy.scan()  # queue the flagged accounts now, not at the next poll
+        flagged = sum(1 for r in risks if r.verdict != "benign")
+        return {"loaded": len(risks), "flagged": flagged, "queued": queued}
+
+    @app.get("/review", dependencies=deps)
+    async def review_list(status: str | None = None, kind: str | None = None, limit: int = 200) -> dict[str, Any]:
+        items = await ReviewStore(state.store).list_items(status, kind, limit)
+        return {"items": [i.as_dict() for i in items]}
+
+    @app.post("/review/scan", dependencies=deps)
+    async def review_scan() -> dict[str, Any]:
+        st = stage()
+        queued = await st.scan()
+        await st.refresh()
+        return {"queued": queued}
+
+    @app.get("/review/{ref}", dependencies=deps)
+    async def review_show(ref: str) -> dict[str, Any]:
+        return await review_detail(state, ref)
+
+    @app.post("/review/{ref}/decide", dependencies=deps)
+    async def review_decide(ref: str, body: DecideIn) -> dict[str, Any]:
+        result = await stage().decide(ref, body.decision, reviewer=body.reviewer, note=body.note, org=body.org)
+        return result.as_dict()
+
+
+async def review_detail(state: Any, ref: str) -> dict[str, Any]:
+    """An item with its decisions, its accounts' latest requests and (in a gateway) their live state."""
+    store = ReviewStore(state.store)
+    item = await store.get(ref)
+    if item is None:
+        raise HTTPException(404, f"review item '{ref}' does not exist; GET /admin/review lists the queue")
+    members = [item.subject] if item.kind == "account" else list((item.evidence or {}).get("members") or [])
+    out: dict[str, Any] = {
+        "item": item.as_dict(),
+        "decisions": [d.as_dict() for d in await store.decisions(item.id)],
+        "recent_requests": await store.recent_requests(members, 10),
+    }
+    if getattr(state, "policy", None) is not None and item.kind == "account":
+        out["live"] = state.policy.live(item.subject)
+    return out

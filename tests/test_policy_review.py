@@ -1,0 +1,73 @@
+"""The review queue's store on SQLite and PostgreSQL: flag, re-open, decide, expand cluster decisions."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from distillshield.store import Store
+from distillshield.store.database import StoreError
+from distillshield.store.review import Flag, ReviewStore
+from tests.conftest import PG_URL, require_service
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def review(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ReviewStore]:
+    if request.param == "postgresql":
+        require_service("PostgreSQL", "127.0.0.1", 5432)
+        store = Store(PG_URL)
+    else:
+        store = Store(f"sqlite+aiosqlite:///{tmp_path / 'review.db'}")
+    await store.init()
+    try:
+        yield ReviewStore(store)
+    finally:
+        await store.close()
+
+
+async def test_flag_decide_and_reopen(review: ReviewStore) -> None:
+    run = uuid.uuid4().hex[:8]
+    a, b, c = f"a-{run}", f"b-{run}", f"c-{run}"
+    await review.store.create_account(a, f"org-{run}")
+    opened = await review.flag(
+        [
+            Flag("account", a, "suspicious", 0.6, f"cl-{run}", {"reasons": [{"signal": "cot", "score": 0.7}]}),
+            Flag("cluster", f"cl-{run}", "extraction", 0.9, f"cl-{run}", {"members": [a, b, c]}),
+        ]
+    )
+    assert {i.ref for i in opened} == {f"account:{a}", f"cluster:{f'cl-{run}'}"}
+    assert await review.flag([Flag("account", a, "suspicious", 0.65)]) == []  # an update, not a new item
+    item = await review.get(a)
+    assert item is not None and item.status == "open" and item.risk == 0.65
+
+    result = await review.decide(f"cluster:cl-{run}", "clear", reviewer="ana", note="batch job")
+    assert result.accounts == [a, b, c] and result.status == "cleared" and result.cluster_id == f"cl-{run}"
+    assert {(await review.get(x)).status for x in (a, b, c)} == {"cleared"}  # type: ignore[union-attr]
+    decisions = await review.decisions(result.item.id)
+    assert [(d.decision, d.reviewer, d.members) for d in decisions] == [("clear", "ana", [a, b, c])]
+
+    # the verdict a clear was made on (a member gets its cluster's) does not re-open it; a worse one does
+    assert await review.flag([Flag("account", b, "extraction", 0.95)]) == []
+    d = f"d-{run}"
+    await review.flag([Flag("account", d, "suspicious", 0.55)])
+    await review.decide(d, "clear")
+    assert await review.flag([Flag("account", d, "suspicious", 0.7)]) == []
+    assert [i.ref for i in await review.flag([Flag("account", d, "extraction", 0.95)])] == [f"account:{d}"]
+
+    org = await review.decide(a, "allowlist", org=True)
+    assert org.orgs == [f"org-{run}"] and (await review.get(f"org:org-{run}")).status == "allowlisted"  # type: ignore[union-attr]
+    changed = {i.ref for i in await review.changed_since(result.item.updated_at)}
+    assert {f"account:{b}", f"org:org-{run}"} <= changed
+    assert any(i.ref == f"account:{d}" for i in await review.list_items(status="open"))
+
+
+async def test_unknown_items_and_decisions_are_clear_errors(review: ReviewStore) -> None:
+    with pytest.raises(StoreError, match="does not exist"):
+        await review.decide("account:nobody-" + uuid.uuid4().hex, "clear")
+    with pytest.raises(StoreError, match="unknown decision 'ban'"):
+        await review.decide("1", "ban")
+    with pytest.raises(StoreError, match="unknown status"):
+        await review.list_items(status="pending")
