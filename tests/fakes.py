@@ -219,3 +219,70 @@ class MockOpenAIServer:
         asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+
+
+class ReasoningUpstream(FakeUpstream):
+    """Answers like a reasoning model: a `reasoning_content` field, a <think> block in the text (split
+    across stream chunks, the tags cut in two) and logprobs when asked. Keeps each request body seen."""
+
+    REASONING = "Let me work it out: 6 times 7."
+    CHUNKS = ("<thi", "nk>secret chain ", "of thought</th", "ink>\n\nThe answer", " is 42.")
+    TEXT = "".join(CHUNKS)
+    ANSWER = "The answer is 42."
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.bodies: list[dict[str, Any]] = []
+
+    async def complete(self, req: GenRequest) -> dict[str, Any]:
+        self.calls += 1
+        self.bodies.append(dict(req.body))
+        n = int(req.body.get("n") or 1)
+        usage = {"prompt_tokens": self.prompt_tokens, "completion_tokens": 12, "total_tokens": self.prompt_tokens + 12}
+        lp = {"content": [{"token": "The", "logprob": -0.1, "bytes": None, "top_logprobs": []}]}
+        if req.api == "chat":
+            choices = [
+                {
+                    "index": i,
+                    "message": {"role": "assistant", "content": self.TEXT, "reasoning_content": self.REASONING},
+                    "logprobs": lp if req.body.get("logprobs") else None,
+                    "finish_reason": "stop",
+                }
+                for i in range(n)
+            ]
+            return {"id": "chatcmpl-r", "object": "chat.completion", "created": int(time.time()),
+                    "model": req.model, "choices": choices, "usage": usage}  # fmt: skip
+        choices = [{"index": i, "text": self.TEXT, "logprobs": None, "finish_reason": "stop"} for i in range(n)]
+        return {"id": "cmpl-r", "object": "text_completion", "created": int(time.time()),
+                "model": req.model, "choices": choices, "usage": usage}  # fmt: skip
+
+    async def stream(self, req: GenRequest) -> AsyncIterator[dict[str, Any]]:
+        self.calls += 1
+        self.bodies.append(dict(req.body))
+        base = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": req.model}
+        try:
+            if req.api == "chat":
+                role = {"role": "assistant", "content": ""}
+                yield {**base, "choices": [{"index": 0, "delta": role, "finish_reason": None}]}
+                for part in ("Let me work it out: ", "6 times 7."):
+                    delta = {"reasoning_content": part}
+                    yield {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+            for part in self.CHUNKS:
+                if self.chunk_delay:
+                    await asyncio.sleep(self.chunk_delay)
+                choice = (
+                    {"index": 0, "delta": {"content": part}, "finish_reason": None}
+                    if req.api == "chat"
+                    else {"index": 0, "text": part, "finish_reason": None}
+                )
+                yield {**base, "choices": [choice]}
+            last = (
+                {"index": 0, "delta": {}, "finish_reason": "stop"}
+                if req.api == "chat"
+                else {"index": 0, "text": "", "finish_reason": "stop"}
+            )
+            yield {**base, "choices": [last]}
+            usage = {"prompt_tokens": self.prompt_tokens, "completion_tokens": 12}
+            yield {**base, "choices": [], "usage": {**usage, "total_tokens": self.prompt_tokens + 12}}
+        finally:
+            self.closed_streams += 1

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 DEFAULT_CONFIG_NAME = "distillshield.yaml"
@@ -140,6 +140,86 @@ class AuthSettings(_Strict):
     cache_ttl_s: float = Field(5.0, ge=0, description="how long a key lookup is cached")
 
 
+class WatermarkSettings(_Strict):
+    """Per-account output watermarks (src/distillshield/watermark/, docs/watermark.md)."""
+
+    secret: SecretStr | None = Field(
+        None,
+        description="server secret every account key is derived from (HMAC-SHA256); prefer env "
+        "DISTILLSHIELD_WATERMARK__SECRET; never logged; changing it makes old outputs undetectable",
+    )
+    mode: Literal["off", "on", "strong"] = Field(
+        "off", description="default for accounts the policy has not set: off, on (delta) or strong (strong_delta)"
+    )
+    scheme: Literal["kgw", "gumbel"] = Field(
+        "kgw", description="kgw: keyed green-list bias; gumbel: distortion-free keyed Gumbel-max sampling"
+    )
+    gamma: float = Field(0.25, gt=0, le=0.9, description="kgw: share of the vocabulary in each green list")
+    delta: float = Field(2.0, gt=0, le=20, description="kgw: logit bias added to green tokens in mode on")
+    strong_delta: float = Field(4.0, gt=0, le=20, description="kgw: logit bias in mode strong")
+    context_width: int = Field(
+        1, ge=1, le=8, description="previous tokens that seed each green list (kgw) or draw (gumbel)"
+    )
+    key_scope: Literal["account", "cluster"] = Field(
+        "account", description="key per account, or per detected cluster when the risk board names one"
+    )
+    z_threshold: float = Field(4.0, gt=0, description="detection: a text counts as watermarked at z >= this")
+    upstream_xargs: bool = Field(
+        False,
+        description="http upstream: send the key label in vllm_xargs for distillshield.watermark.vllm",
+    )
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _yaml_bool(cls, v: Any) -> Any:
+        # YAML 1.1 reads a bare `off`/`on` as a boolean; accept what the user meant.
+        return {False: "off", True: "on"}.get(v, v) if isinstance(v, bool) else v
+
+    @field_validator("secret")
+    @classmethod
+    def _long_enough(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and len(v.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters (use a random string, e.g. `openssl rand -hex 32`)")
+        return v
+
+    @model_validator(mode="after")
+    def _secret_when_on(self) -> WatermarkSettings:
+        if self.mode != "off" and self.secret is None:
+            raise ValueError(
+                f"mode is {self.mode} but no secret is set: set watermark.secret or DISTILLSHIELD_WATERMARK__SECRET"
+            )
+        return self
+
+
+class PolicySettings(_Strict):
+    enabled: bool = Field(True, description="run the policy stage (countermeasures) on every request")
+    file: str | None = Field(
+        None, description="policy YAML; null = the default policy shipped in the package (docs/policy.md)"
+    )
+    mode: Literal["enforce", "shadow"] = Field(
+        "enforce", description="shadow: record every decision in the audit log, enforce none"
+    )
+    verification_url: str = Field(
+        "https://example.com/verify", description="where challenged users verify; quoted in the 403 message"
+    )
+    review_poll_s: float = Field(
+        2.0, gt=0, description="how often the gateway queues newly flagged accounts and picks up review decisions"
+    )
+
+
+class DetectionSettings(_Strict):
+    """Online detection beside the hot path (src/distillshield/detect/, docs/detection.md)."""
+
+    enabled: bool = Field(True, description="keep per-account detection state and rescore in the background")
+    interval_s: float = Field(2.0, gt=0, description="how often queued requests are folded in and rescored")
+    queue_max: int = Field(200_000, ge=100, description="requests queued for detection; beyond, the oldest drop")
+    recluster_every: int = Field(2000, ge=1, description="requests between rebuilds of the hydra clusters")
+    encoder: str = Field(
+        "none", description="sentence encoder for the embedding signals: none, use, hashing, st:<model name or path>"
+    )
+    model_path: str | None = Field(None, description="trained model artefact; null = the one shipped in the package")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="DISTILLSHIELD_", env_nested_delimiter="__", extra="forbid", validate_default=True
@@ -152,6 +232,9 @@ class Settings(BaseSettings):
     limits: LimitsSettings = LimitsSettings()
     audit: AuditSettings = AuditSettings()
     auth: AuthSettings = AuthSettings()
+    policy: PolicySettings = PolicySettings()
+    watermark: WatermarkSettings = WatermarkSettings()
+    detection: DetectionSettings = DetectionSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -6,7 +6,13 @@ import sys
 
 import typer
 
-from distillshield.cli import accounts, evaluate, keys, logs, serve
+from distillshield.cli import accounts, evaluate, keys, logs, review, serve
+from distillshield.cli import analyze as analyze_cli
+from distillshield.cli import audit as audit_cli
+from distillshield.cli import evidence as evidence_cli
+from distillshield.cli import simulate as simulate_cli
+from distillshield.cli import train as train_cli
+from distillshield.cli import watermark as watermark_cli
 from distillshield.cli.common import CliError, set_config_path
 from distillshield.config import ConfigError
 from distillshield.store.database import StoreError
@@ -37,9 +43,16 @@ def _global(
 
 serve.register(app)
 evaluate.register(app)
+simulate_cli.register(app)
+analyze_cli.register(app)
+train_cli.register(app)
+audit_cli.register(app)
+evidence_cli.register(app)
 app.add_typer(accounts.app, name="accounts")
 app.add_typer(keys.app, name="keys")
 app.add_typer(logs.app, name="logs")
+app.add_typer(review.app, name="review")
+app.add_typer(watermark_cli.app, name="watermark")
 
 
 def main() -> None:

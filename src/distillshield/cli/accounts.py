@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from distillshield.cli.common import CliError, console, fmt_ts, print_json, with_store
+from distillshield.cli.common import CliError, console, fmt_ts, print_json, settings, with_store
 from distillshield.store import Store
 
 app = typer.Typer(
@@ -60,8 +60,13 @@ def list_(
 def show(
     account_id: str = typer.Argument(...),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
-) -> None:
-    """Show one account: its keys and its usage from the audit log.
+    admin_token: str = typer.Option(
+        None, "--admin-token", envvar="DISTILLSHIELD_ADMIN_TOKEN",
+        help="admin token of the running gateway, to show its detection verdict (default: admin.token)",
+    ),
+) -> None:  # fmt: skip
+    """Show one account: its keys, its usage from the audit log, and the running gateway's detection
+    verdict (risk, verdict, cluster, reasons) when the gateway is reachable.
 
     Example: distillshield accounts show alice
     """
@@ -73,8 +78,9 @@ def show(
         return acct, await store.list_keys(account_id), await store.account_usage(account_id)
 
     acct, keys, usage = with_store(go)
+    detection, why = _detection(account_id, admin_token)
     if as_json:
-        print_json({**acct.__dict__, "keys": [k.public() for k in keys], "usage": usage})
+        print_json({**acct.__dict__, "keys": [k.public() for k in keys], "usage": usage, "detection": detection})
         return
     console.print(
         f"[bold]{acct.id}[/bold]  org={acct.org_id} tier={acct.tier} verification={acct.verification} "
@@ -88,6 +94,36 @@ def show(
     for k in keys:
         t.add_row(k.id, k.name, fmt_ts(k.created_at), fmt_ts(k.revoked_at))
     console.print(t)
+    if detection is None:
+        console.print(f"detection: not available ({why})")
+    else:
+        colour = {"extraction": "red", "suspicious": "yellow"}.get(detection["verdict"], "green")
+        console.print(f"detection: risk {detection['risk']:.2f} [{colour}]{detection['verdict']}[/{colour}]"
+                      f" cluster {detection.get('cluster_id') or '-'}")  # fmt: skip
+        for r in detection.get("reasons", [])[:5]:
+            console.print(f"  [{r['signal']}] {r['detail']}", markup=False)
+
+
+def _detection(account_id: str, token: str | None) -> tuple[dict | None, str]:
+    """The running gateway's detection verdict for the account (admin API), or None and why not."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    s = settings()
+    token = token or s.admin.token
+    if not token:
+        return None, "pass --admin-token or set DISTILLSHIELD_ADMIN_TOKEN to read it from the running gateway"
+    url = f"http://{s.server.host}:{s.server.port}/admin/accounts/{account_id}"
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310 - the configured gateway
+            found = json.loads(resp.read()).get("detection")
+    except urllib.error.HTTPError as exc:
+        return None, f"the gateway at {url} answered {exc.code}"
+    except OSError as exc:
+        return None, f"no gateway reachable at {s.server.host}:{s.server.port} ({exc.__class__.__name__})"
+    return found, "" if found else "the gateway has not scored this account yet"
 
 
 def _set_status(account_id: str, status: str) -> None:

@@ -66,6 +66,36 @@ audit:
 
 auth:
   cache_ttl_s: 5                 # key lookups are cached this long (admin-API revocation is immediate)
+
+# Countermeasures (docs/policy.md): ordered rules turn detection verdicts into actions.
+policy:
+  enabled: true                  # false: no policy stage at all
+  file: null                     # policy YAML; null = the default policy shipped with DistillShield
+  mode: enforce                  # enforce | shadow (record every decision in the audit log, enforce none)
+  verification_url: https://example.com/verify   # where challenged users verify (quoted in the 403)
+  review_poll_s: 2               # how often flagged accounts are queued and review decisions picked up
+
+# Per-account output watermarks (docs/watermark.md). The policy can switch them per account at run time.
+watermark:
+  secret: null                   # keys derive from it (HMAC); prefer env DISTILLSHIELD_WATERMARK__SECRET
+  mode: "off"                    # default per account: off | on | strong (needs a secret)
+  scheme: kgw                    # kgw: keyed green-list bias; gumbel: distortion-free Gumbel-max sampling
+  gamma: 0.25                    # kgw: share of the vocabulary in each green list
+  delta: 2.0                     # kgw: logit bias for green tokens in mode on
+  strong_delta: 4.0              # kgw: logit bias in mode strong
+  context_width: 1               # previous tokens seeding each green list / draw
+  key_scope: account             # account: key per account; cluster: per detected cluster
+  z_threshold: 4.0               # detection: watermarked at z >= this
+  upstream_xargs: false          # http upstream: pass the key label to the vLLM processor (vllm_xargs)
+
+# Online detection (docs/detection.md): per-account sketches beside the hot path, rescored in the background.
+detection:
+  enabled: true                  # false: no detection state, no verdicts on the risk board
+  interval_s: 2.0                # how often queued requests are folded in and accounts rescored
+  queue_max: 200000              # requests waiting for detection; beyond this the oldest are dropped (counted)
+  recluster_every: 2000          # requests between rebuilds of the hydra (coordinated-account) clusters
+  encoder: none                  # embedding signals: none | use (packaged, offline) | st:<model name or path>
+  model_path: null               # trained model artefact; null = the one shipped with DistillShield
 """
 
 
@@ -234,6 +264,12 @@ def run_demo(port: int, directory: Path, once: bool) -> None:
     reply = _check(base, key, model)
     console.print(f"\n[green]checked:[/green] the gateway answered a real request: {reply!r}")
     console.print(f"audit log: distillshield -c {cfg} logs verify   |   metrics: {base}/metrics")
+    from distillshield.cli.analyze import run_live_demo
+
+    if once:  # scripts and tests: keep --once quick and its audit log to the one checked request
+        console.print("detection demo: run `distillshield demo` without --once to watch a live campaign get flagged")
+    else:
+        run_live_demo(base, admin_token, model, state, server.servers[0].get_loop(), 100)
     if once:
         server.should_exit = True
         thread.join(30)

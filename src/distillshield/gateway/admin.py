@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from distillshield.config import LimitSet
+from distillshield.gateway.policy.admin import register_policy_routes
 from distillshield.store.database import TIERS, VERIFICATION_LEVELS, StoreError
 
 
@@ -89,7 +90,17 @@ def build_admin_app(state: Any) -> FastAPI:
             "keys": [k.public() for k in await state.store.list_keys(account_id)],
             "usage": await state.store.account_usage(account_id),
             "in_flight": await state.limiter.in_flight(f"account:{account_id}"),
+            "detection": _detection(state, account_id),
         }
+
+    @app.get("/risk", dependencies=deps)
+    async def risk_board(min_risk: float = 0.0, verdict: str | None = None) -> dict[str, Any]:
+        """Every account's latest detection verdict (online or loaded from a report), riskiest first."""
+        board = getattr(state, "risk", None)
+        rows = [r.as_dict() for r in board.all()] if board is not None else []
+        rows = [r for r in rows if r["risk"] >= min_risk and (verdict is None or r["verdict"] == verdict)]
+        det = getattr(state, "detection", None)
+        return {"accounts": sorted(rows, key=lambda r: -r["risk"]), "detection": det.status() if det else None}
 
     @app.post("/accounts/{account_id}/suspend", dependencies=deps)
     async def suspend(account_id: str) -> dict[str, str]:
@@ -139,4 +150,15 @@ def build_admin_app(state: Any) -> FastAPI:
         await state.audit.flush()
         return (await state.store.verify_chain()).as_dict()
 
+    register_policy_routes(app, state, deps)  # /policy, /risk (POST), /review: gateway/policy/admin.py
     return app
+
+
+def _detection(state: Any, account_id: str) -> dict[str, Any] | None:
+    """The account's risk, verdict and reasons from online detection (or the risk board), None if unscored."""
+    det = getattr(state, "detection", None)
+    found = det.account(account_id) if det is not None else None
+    if found is None and getattr(state, "risk", None) is not None:
+        board_entry = state.risk.get(account_id)
+        found = board_entry.as_dict() if board_entry is not None else None
+    return found

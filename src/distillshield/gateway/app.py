@@ -7,6 +7,7 @@ uvicorn) waits for in-flight requests, then drains the audit queue before closin
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -29,6 +30,7 @@ from distillshield.gateway.extensions import Extension, extension_factories
 from distillshield.gateway.limits import RateLimiter, build_limiter
 from distillshield.gateway.metrics import GatewayMetrics
 from distillshield.gateway.pipeline import Gateway
+from distillshield.gateway.policy import PolicyStage
 from distillshield.gateway.risk import RiskBoard
 from distillshield.gateway.upstream import Upstream, build_upstream
 from distillshield.store import Store
@@ -49,6 +51,7 @@ class AppState:
     gateway: Gateway
     extensions: list[Extension]
     risk: RiskBoard
+    policy: PolicyStage | None = None
 
 
 def build_state(
@@ -67,7 +70,12 @@ def build_state(
     metrics.bind_audit(lambda: audit.pending, lambda: audit.written)
     gateway = Gateway(settings, upstream, limiter, auth, audit, metrics)
     extensions = [ext for factory in extension_factories() if (ext := factory(settings)) is not None]
-    return AppState(settings, store, upstream, limiter, auth, audit, metrics, gateway, extensions, RiskBoard())
+    risk = RiskBoard()
+    policy = PolicyStage.from_settings(settings.policy, risk) if settings.policy.enabled else None
+    if policy is not None:
+        gateway.policy = policy
+        extensions.insert(0, policy)  # started first and stopped last: it loads the review book
+    return AppState(settings, store, upstream, limiter, auth, audit, metrics, gateway, extensions, risk, policy)
 
 
 def build_app(settings: Settings, **components: Any) -> Starlette:
@@ -127,6 +135,10 @@ def build_app(settings: Settings, **components: Any) -> Starlette:
         await state.audit.start()
         for ext in state.extensions:
             await ext.start(state)
+        # Start-up objects live for the whole run: keep them out of the cyclic GC, whose full
+        # collections otherwise stall the event loop for ~100 ms under load (visible in p99).
+        gc.collect()
+        gc.freeze()
         log.info("gateway ready: upstream=%s store=%s", state.upstream.name, state.store.safe_url)
         try:
             yield

@@ -36,4 +36,7 @@ ExtensionFactory = Callable[["Settings"], "Extension | None"]
 
 def extension_factories() -> list[ExtensionFactory]:
     """Every extension the gateway knows, in start order (imported lazily: the hot path stays light)."""
-    return []
+    from distillshield.detect.online import detection_extension
+    from distillshield.watermark.gateway import watermark_extension
+
+    return [watermark_extension, detection_extension]

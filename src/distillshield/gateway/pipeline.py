@@ -1,4 +1,4 @@
-"""The request path, in order: auth -> parse -> limits -> upstream -> response -> audit.
+"""The request path, in order: auth -> parse -> policy -> limits -> upstream -> response -> audit.
 
 `Gateway.handle` takes one API call through every stage. Every exit path (success, 4xx, upstream
 failure, client disconnect mid-stream) settles and releases the rate-limit reservation and hands one
@@ -24,8 +24,10 @@ from distillshield.gateway.auth import Authenticator
 from distillshield.gateway.errors import ApiError, UpstreamError, bad_request
 from distillshield.gateway.limits import LimitExceeded, RateLimiter, Reservation, Scope, estimate_tokens
 from distillshield.gateway.metrics import GatewayMetrics
+from distillshield.gateway.policy import Decision, PolicyStage
 from distillshield.gateway.protocols import anthropic, openai
 from distillshield.gateway.streaming import SSEResponse
+from distillshield.gateway.transforms import ResponseTransform
 from distillshield.gateway.upstream.base import GenRequest, LogitsHook, Upstream
 from distillshield.store.database import KeyContext
 
@@ -46,6 +48,8 @@ class Call:
     row: dict[str, Any]
     gen: GenRequest | None = None
     reservation: Reservation | None = None
+    decision: Decision | None = None  # the policy's, when a rule was involved (None: plain allow)
+    transform: ResponseTransform | None = None  # what the response goes through (degrade)
 
     @property
     def anthropic(self) -> bool:
@@ -76,6 +80,8 @@ class Gateway:
         self.logits_hook_factory: Callable[[KeyContext, GenRequest], LogitsHook | None] | None = None
         # Called with every finished audit row (see gateway/extensions.py); must be cheap.
         self.observers: list[Callable[[dict[str, Any]], None]] = []
+        # The policy stage (gateway/policy/): None runs no countermeasures.
+        self.policy: PolicyStage | None = None
 
     # -- entry point ----------------------------------------------------------------------------------
 
@@ -89,10 +95,13 @@ class Gateway:
             call.gen = gen = self._parse_api(api, body)
             call.row.update(model=gen.model, stream=gen.stream)
             self._check_model(gen.model)
+            scopes = self._scopes_for(ctx)
+            if self.policy is not None:  # may refuse (403), cap the request and throttle its scopes
+                scopes, call.transform, call.decision = self.policy.apply(ctx, gen, scopes, call.row)
             n_messages = len(gen.body.get("messages") or ()) or 1
             est = estimate_tokens(gen.prompt_text, gen.max_tokens, gen.n, n_messages)
-            call.reservation = await self.limiter.reserve(self._scopes_for(ctx), est)
-            call.row["decision"] = "allow"
+            call.reservation = await self.limiter.reserve(scopes, est)
+            call.row.setdefault("decision", "allow")
             if self.logits_hook_factory is not None:
                 gen.logits_hook = self.logits_hook_factory(ctx, gen)
             self.metrics.in_flight.inc()
@@ -211,6 +220,8 @@ class Gateway:
         gen = call.gen
         assert gen is not None and call.reservation is not None
         resp = await self.upstream.complete(gen)
+        if call.transform is not None:
+            resp = call.transform.whole(resp)
         text, finish = openai.response_text(gen.api, resp)
         usage = resp.get("usage") or {}
         prompt, completion = _usage(usage, gen, text)
@@ -259,18 +270,24 @@ class Gateway:
         include_usage: bool,
     ) -> AsyncGenerator[bytes, None]:
         api = call.gen.api if call.gen else "chat"
+        tf = call.transform
         try:
-            chunk = first
+            chunk: dict[str, Any] | None = first
             while chunk is not None:
                 if chunk.get("usage"):
                     state.usage = chunk["usage"]
-                if chunk.get("choices") or include_usage:
+                if tf is not None:
+                    chunk = tf.chunk(chunk)  # None: all it carried is withheld
+                if chunk is not None and (chunk.get("choices") or include_usage):
                     text, finish = openai.chunk_text(api, chunk)
                     state.add(text, finish)
                     if not include_usage and "usage" in chunk:
                         chunk = {k: v for k, v in chunk.items() if k != "usage"}
                     yield openai.sse(chunk)
                 chunk = await anext(chunks, None)
+            for extra in tf.tail() if tf is not None else ():
+                state.add(openai.chunk_text(api, extra)[0], None)
+                yield openai.sse(extra)
             state.complete = True
             yield openai.DONE
         except UpstreamError as exc:
@@ -299,17 +316,25 @@ class Gateway:
         gen = call.gen
         assert gen is not None and call.reservation is not None
         ms = anthropic.MessageStream(gen.model, call.request_id, call.reservation.tokens - gen.max_tokens)
+        tf = call.transform
         yield ms.start()
         try:
-            chunk = first
+            chunk: dict[str, Any] | None = first
             while chunk is not None:
                 if chunk.get("usage"):
                     state.usage = chunk["usage"]
-                text, finish = openai.chunk_text("chat", chunk)
-                state.add(text, finish)
-                if text:
-                    yield ms.delta(text)
+                if tf is not None:
+                    chunk = tf.chunk(chunk)
+                if chunk is not None:
+                    text, finish = openai.chunk_text("chat", chunk)
+                    state.add(text, finish)
+                    if text:
+                        yield ms.delta(text)
                 chunk = await anext(chunks, None)
+            for extra in tf.tail() if tf is not None else ():
+                text = openai.chunk_text("chat", extra)[0]
+                state.add(text, None)
+                yield ms.delta(text)
             prompt, completion = _usage(state.usage or {}, gen, state.text())
             state.complete = True
             yield ms.finish(state.finish, completion)
@@ -360,7 +385,10 @@ class Gateway:
 
     def _error(self, call: Call, err: ApiError) -> Response:
         call.row["error"] = err.message
-        call.row["decision"] = f"refuse:{err.code or err.status}"
+        # a policy refusal carries its decision; a later refusal (429 under throttle) keeps the policy's
+        decision = getattr(err, "decision", None) or call.decision
+        code = str(err.code or err.status)
+        call.row["decision"] = decision.audit(refused=code) if decision is not None else f"refuse:{code}"
         self._finish(call, err.status)
         headers = {"x-request-id": call.request_id, "request-id": call.request_id, **err.headers}
         body = err.anthropic_body() if call.anthropic else err.openai_body()

@@ -67,6 +67,10 @@ class RiskBoard:
     def cluster_members(self, cluster_id: str) -> set[str]:
         return set(self._clusters.get(cluster_id, ()))
 
+    def cluster_size(self, cluster_id: str) -> int:
+        """Members of a cluster without copying them (the policy reads it per request)."""
+        return len(self._clusters.get(cluster_id, ()))
+
     def all(self) -> list[AccountRisk]:
         return list(self._accounts.values())
 

@@ -78,3 +78,36 @@ chain_head = sa.Table(
     sa.Column("seq", sa.BigInteger, nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),
 )
+
+# The review queue (store/review.py): one item per flagged account, cluster or allowlisted org, with
+# its current status; every reviewer decision is a row of its own, the record of who decided what.
+review_items = sa.Table(
+    "review_items",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("kind", sa.String(16), nullable=False),  # account | cluster | org
+    sa.Column("subject", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # open | confirmed | cleared | allowlisted
+    sa.Column("verdict", sa.String(16), nullable=True),  # detection's latest verdict
+    sa.Column("risk", sa.Double, nullable=True),
+    sa.Column("cluster_id", sa.String(64), nullable=True),
+    sa.Column("decided_verdict", sa.String(16), nullable=True),  # the verdict a reviewer last decided on
+    sa.Column("evidence", sa.JSON, nullable=True),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("updated_at", sa.Double, nullable=False, index=True),
+    sa.UniqueConstraint("kind", "subject", name="uq_review_items_subject"),
+)
+
+review_decisions = sa.Table(
+    "review_decisions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("item_id", sa.Integer, sa.ForeignKey("review_items.id"), nullable=False, index=True),
+    sa.Column("decision", sa.String(16), nullable=False),  # confirm | clear | allowlist
+    sa.Column("scope", sa.String(16), nullable=False),  # account | cluster | org: what it applies to
+    sa.Column("reviewer", sa.String(64), nullable=False, default=""),
+    sa.Column("note", sa.Text, nullable=False, default=""),
+    sa.Column("verdict", sa.String(16), nullable=True),  # detection's verdict when decided
+    sa.Column("members", sa.JSON, nullable=True),  # the accounts (or orgs) it applied to
+    sa.Column("ts", sa.Double, nullable=False),
+)

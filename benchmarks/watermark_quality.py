@@ -1,0 +1,144 @@
+"""Quality cost of each watermark scheme on the embedded model.
+
+perplexity  each corpus's completions (watermark_corpus.py) scored by the *unwatermarked* model,
+            conditioned on their prompt (chat template applied): median per-text perplexity and
+            token-weighted perplexity. Higher = the watermark pushed the text away from what the
+            model itself prefers.
+task        a small closed-book QA task: "What is the capital of X?" for 60 countries, answered
+            twice each (seeds) at T=1.0 and once at T=0.2 (the embedded model's chat default),
+            with no watermark, KGW (delta 2 and the strong delta 4) and Gumbel; accuracy = the
+            answer names the capital.
+
+  .venv/bin/python benchmarks/watermark_quality.py [--ppl-texts 100] [--json-out quality.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+from typing import Any
+
+import numpy as np
+from watermark_common import SECRET, bench_dir, chat, load_llm, machine, read_jsonl
+
+from distillshield.watermark.gumbel import GumbelWatermark
+from distillshield.watermark.keys import KeyRing
+from distillshield.watermark.kgw import GreenListWatermark
+
+CAPITALS = {
+    "France": "Paris", "Germany": "Berlin", "Italy": "Rome", "Spain": "Madrid", "Portugal": "Lisbon",
+    "United Kingdom": "London", "Ireland": "Dublin", "Netherlands": "Amsterdam", "Belgium": "Brussels",
+    "Austria": "Vienna", "Switzerland": "Bern", "Poland": "Warsaw", "Czech Republic": "Prague",
+    "Hungary": "Budapest", "Greece": "Athens", "Sweden": "Stockholm", "Norway": "Oslo", "Denmark": "Copenhagen",
+    "Finland": "Helsinki", "Russia": "Moscow", "Ukraine": "Kyiv|Kiev", "Turkey": "Ankara", "Egypt": "Cairo",
+    "Kenya": "Nairobi", "Nigeria": "Abuja", "South Africa": "Pretoria|Cape Town", "Morocco": "Rabat",
+    "Ethiopia": "Addis Ababa", "Ghana": "Accra", "Japan": "Tokyo", "China": "Beijing", "India": "New Delhi|Delhi",
+    "South Korea": "Seoul", "Thailand": "Bangkok", "Vietnam": "Hanoi", "Indonesia": "Jakarta",
+    "Philippines": "Manila", "Malaysia": "Kuala Lumpur", "Pakistan": "Islamabad", "Iran": "Tehran",
+    "Iraq": "Baghdad", "Saudi Arabia": "Riyadh", "Israel": "Jerusalem", "United States": "Washington",
+    "Canada": "Ottawa", "Mexico": "Mexico City", "Brazil": "Brasilia|Brasília", "Argentina": "Buenos Aires",
+    "Chile": "Santiago", "Peru": "Lima", "Colombia": "Bogota|Bogotá", "Venezuela": "Caracas", "Cuba": "Havana",
+    "Australia": "Canberra", "New Zealand": "Wellington", "Afghanistan": "Kabul", "Nepal": "Kathmandu",
+    "Bangladesh": "Dhaka", "Sri Lanka": "Colombo|Sri Jayawardenepura Kotte", "Iceland": "Reykjavik|Reykjavík",
+}  # fmt: skip
+
+
+def perplexities(llm: Any, rows: list[dict[str, Any]]) -> list[tuple[float, int]]:
+    """(mean NLL, tokens) of each completion given its prompt, under the unwatermarked model."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    fmt = Jinja2ChatFormatter(
+        llm.metadata["tokenizer.chat_template"],
+        eos_token=llm._model.token_get_text(llm.token_eos()),
+        bos_token=llm._model.token_get_text(llm.token_bos()),
+    )
+    out = []
+    for r in rows:
+        prompt = fmt(messages=[{"role": "user", "content": r["prompt"]}]).prompt
+        p_ids = llm.tokenize(prompt.encode(), add_bos=False, special=True)
+        c_ids = llm.tokenize(r["text"].encode(), add_bos=False, special=False)
+        if not c_ids or len(p_ids) + len(c_ids) > llm.n_ctx():
+            continue
+        llm.reset()
+        llm.eval(p_ids + c_ids)
+        logits = np.asarray(llm.scores[len(p_ids) - 1 : len(p_ids) + len(c_ids) - 1], dtype=np.float64)
+        m = logits.max(axis=1, keepdims=True)
+        logz = (m + np.log(np.exp(logits - m).sum(axis=1, keepdims=True)))[:, 0]
+        nll = float(np.mean(logz - logits[np.arange(len(c_ids)), c_ids]))
+        out.append((nll, len(c_ids)))
+    return out
+
+
+def correct(answer: str, capital: str) -> bool:
+    a = answer.lower()
+    return any(c.lower() in a for c in capital.split("|"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ppl-texts", type=int, default=100)
+    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--parts", default="ppl,task")
+    ap.add_argument("--json-out", default=None)
+    args = ap.parse_args()
+    parts = set(args.parts.split(","))
+    result: dict[str, Any] = {"machine": machine(), "perplexity": {}, "task": {}}
+
+    if "ppl" in parts:
+        ppl(args, result)
+    if "task" in parts:
+        task(args, result)
+    print(json.dumps(result, indent=2))
+    if args.json_out:
+        with open(args.json_out, "w") as fh:
+            json.dump(result, fh, indent=2)
+
+
+def ppl(args: Any, result: dict[str, Any]) -> None:
+    d = bench_dir()
+    llm = load_llm(logits_all=True)
+    corpora = {c: read_jsonl(d / f"{c}.jsonl") for c in ("plain", "kgw", "attacker", "gumbel", "strong")}
+    corpora = {c: rows for c, rows in corpora.items() if rows}
+    # The same prompts for every scheme: perplexity depends on the prompt as much as on the scheme.
+    common = sorted(set.intersection(*({r["i"] for r in rows} for rows in corpora.values())))[: args.ppl_texts]
+    result["perplexity_prompts"] = len(common)
+    for corpus, all_rows in corpora.items():
+        rows = [r for r in all_rows if r["i"] in set(common)]
+        scored = perplexities(llm, rows)
+        tokens = sum(n for _, n in scored)
+        result["perplexity"][corpus] = {
+            "texts": len(scored),
+            "median_ppl": round(statistics.median(math.exp(x) for x, _ in scored), 3),
+            "token_weighted_ppl": round(math.exp(sum(x * n for x, n in scored) / tokens), 3),
+        }
+        print(corpus, result["perplexity"][corpus], flush=True)
+
+
+def task(args: Any, result: dict[str, Any]) -> None:
+    llm = load_llm()
+    ring = KeyRing(SECRET)
+    arms = {
+        "none": lambda k, t: None,
+        "kgw delta=2": lambda k, t: GreenListWatermark(0.25, 2.0, 1).processor(k),
+        "kgw delta=4 (strong)": lambda k, t: GreenListWatermark(0.25, 4.0, 1).processor(k),
+        "gumbel h=4": lambda k, t: GumbelWatermark(4).processor(k, temperature=t),
+    }
+    for temperature, seeds in ((1.0, args.seeds), (0.2, 1)):
+        for arm, make in arms.items():
+            right = total = 0
+            for qi, (country, capital) in enumerate(CAPITALS.items()):
+                for seed in range(seeds):
+                    hook = make(ring.account(f"acct-{qi:04d}"), temperature)
+                    q = f"What is the capital of {country}? Answer with the city name only."
+                    # A seed per question: one seed for all would reuse the same random draws everywhere.
+                    text, _, _ = chat(llm, q, 16, temperature, seed=1000 * seed + qi, hook=hook)
+                    right += correct(text, capital)
+                    total += 1
+            result["task"][f"T={temperature} {arm}"] = {"answers": total, "accuracy": round(right / total, 4)}
+            print(f"T={temperature} {arm}", right, "/", total, flush=True)
+
+
+if __name__ == "__main__":
+    main()

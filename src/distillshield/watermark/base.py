@@ -1,0 +1,106 @@
+"""What every watermark scheme shares: scored (context, token) pairs and the detection result.
+
+Scoring is over de-duplicated (context, token) pairs: a text that repeats a phrase would otherwise
+count the same pseudo-random draw many times, and the z-score's variance assumption (independent
+Bernoulli draws) would be false, inflating z on unwatermarked text (Kirchenbauer et al. 2023,
+Sander et al. 2024).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from distillshield.watermark.keys import WatermarkKey
+from distillshield.watermark.stats import normal_log10_sf, p_from_log10
+
+# (input token ids so far, next-token scores) -> scores: the embedded model's logits hook.
+LogitsHook = Any
+
+
+def scored_pairs(
+    sequences: Sequence[int] | np.ndarray | Iterable[Sequence[int] | np.ndarray],
+    context_width: int,
+    dedup: bool = True,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """(contexts (n, h), tokens (n,), tokens seen) for one token sequence or several.
+
+    The first `h` tokens of each sequence have no context inside it and are not scored. With
+    `dedup`, each distinct (context, token) pair counts once across all sequences.
+    """
+    if isinstance(sequences, np.ndarray) and sequences.ndim == 1:
+        seqs: list[np.ndarray] = [sequences]
+    elif isinstance(sequences, Sequence) and (len(sequences) == 0 or isinstance(sequences[0], (int, np.integer))):
+        seqs = [np.asarray(sequences, dtype=np.int64)]
+    else:
+        seqs = [np.asarray(s, dtype=np.int64) for s in sequences]  # type: ignore[union-attr]
+    h = context_width
+    windows = [np.lib.stride_tricks.sliding_window_view(s, h + 1) for s in seqs if s.size > h]
+    seen = int(sum(s.size for s in seqs))
+    if not windows:
+        return np.empty((0, h), np.int64), np.empty(0, np.int64), seen
+    w = np.concatenate(windows, axis=0)
+    if dedup:
+        w = np.unique(w, axis=0)
+    return w[:, :h], w[:, h], seen
+
+
+@dataclass(frozen=True)
+class Detection:
+    """The outcome of testing one text (or a set of texts) against one key."""
+
+    scheme: str
+    key_label: str
+    tokens: int  # tokens in the input
+    scored: int  # distinct (context, token) pairs tested
+    score: float  # green count (kgw) or sum of -log(1-u) (gumbel)
+    z: float
+    log10_p: float
+    threshold: float = 4.0
+
+    @property
+    def p_value(self) -> float:
+        return p_from_log10(self.log10_p)
+
+    @property
+    def detected(self) -> bool:
+        """z >= threshold, and the exact p-value at most the normal tail of the threshold (3.2e-5 at
+        z = 4): short texts have skewed Binomial/Gamma nulls where z alone overstates the evidence."""
+        return self.scored > 0 and self.z >= self.threshold and self.log10_p <= normal_log10_sf(self.threshold)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "scheme": self.scheme,
+            "key": self.key_label,
+            "tokens": self.tokens,
+            "scored": self.scored,
+            "score": round(self.score, 4),
+            "z": round(self.z, 4),
+            "p_value": self.p_value,
+            "log10_p": round(self.log10_p, 4),
+            "detected": self.detected,
+        }
+
+
+class WatermarkScheme(Protocol):
+    """A scheme: a generation-time processor and a detector that share `keys.prf32`."""
+
+    name: str
+    context_width: int
+
+    def processor(self, key: WatermarkKey, **kwargs: Any) -> LogitsHook: ...
+
+    def score_pairs(
+        self, key: WatermarkKey, contexts: np.ndarray, tokens: np.ndarray, seen: int, threshold: float = 4.0
+    ) -> Detection: ...
+
+    def score_many(
+        self, keys: list[WatermarkKey], contexts: np.ndarray, tokens: np.ndarray, seen: int, threshold: float = 4.0
+    ) -> list[Detection]: ...
+
+    def detect(
+        self, key: WatermarkKey, ids: Sequence[int] | Iterable[Sequence[int]], threshold: float = 4.0
+    ) -> Detection: ...

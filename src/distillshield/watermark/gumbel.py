@@ -1,0 +1,164 @@
+"""The distortion-free Gumbel-max watermark (Aaronson 2022; the family of SynthID-Text's sampler).
+
+Generation: with u_t = prf32(key, context, t) / 2**32 a keyed uniform draw per candidate token,
+pick argmax_t (log p_t + G_t) with G_t = -log(-log u_t): by the Gumbel-max trick this *is* a
+sample from p, so for a random key the output distribution is unchanged (no quality cost in
+expectation). The randomness comes from the key and context instead of the sampler, so the chosen
+tokens have unusually high u. Detection sums s = -log(1 - u) over the distinct (context, token)
+pairs; without the key each term is Exp(1), so the sum is Gamma(n, 1) and
+
+    z = (S - n) / sqrt(n),  p = P(Gamma(n, 1) >= S) (exact).
+
+Costs, honestly: for one key and context the choice is deterministic, so the same prompt gives
+the same answer (less diversity than sampling); a context already seen in this response is sampled
+normally instead (keeps distortion-freeness over the sequence and avoids loops, as in Aaronson's
+and SynthID's repeated-context masking), which weakens detection on repetitive text. Detection
+power depends on the entropy of each step: at low temperature there is little randomness to bend.
+
+p is the distribution the embedded model's sampler would use: llama.cpp's top-k, top-p and min-p
+truncation on the raw logits, then the temperature, so turning the watermark on changes nothing
+else about sampling.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from distillshield.watermark.base import Detection, scored_pairs
+from distillshield.watermark.keys import WatermarkKey, context_seed, fmix32, prf32, prf32_many, token_table
+from distillshield.watermark.stats import gamma_log10_sf
+
+_SUPPRESS = -1.0e9  # finite (no NaN in the samplers downstream), far below any real logit
+_PREFILTER = 15.0  # logits this far below the max have p < 3e-7: never in top-p/min-p candidates
+
+
+def uniforms(values: np.ndarray) -> np.ndarray:
+    """prf32 values -> uniforms in (0, 1), never exactly 0 or 1."""
+    return (values.astype(np.float64) + 0.5) / 2.0**32
+
+
+class GumbelWatermark:
+    """Gumbel-max sampling keyed by (key, previous h tokens)."""
+
+    name = "gumbel"
+
+    def __init__(self, context_width: int = 4) -> None:
+        if context_width < 1:
+            raise ValueError(f"context width must be >= 1, got {context_width}")
+        self.context_width = context_width
+
+    def __repr__(self) -> str:
+        return f"GumbelWatermark(h={self.context_width})"
+
+    def processor(
+        self,
+        key: WatermarkKey,
+        temperature: float = 0.8,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        **_: object,
+    ) -> GumbelProcessor:
+        return GumbelProcessor(self, key, temperature, top_k, top_p, min_p)
+
+    def score_pairs(
+        self, key: WatermarkKey, contexts: np.ndarray, tokens: np.ndarray, seen: int, threshold: float = 4.0
+    ) -> Detection:
+        n = int(tokens.size)
+        total = float(np.sum(-np.log1p(-uniforms(prf32(key, contexts, tokens))))) if n else 0.0
+        return Detection(
+            scheme=self.name,
+            key_label=key.label,
+            tokens=seen,
+            scored=n,
+            score=total,
+            z=(total - n) / math.sqrt(n) if n else 0.0,
+            log10_p=gamma_log10_sf(total, n) if n else 0.0,
+            threshold=threshold,
+        )
+
+    def score_many(
+        self, keys: list[WatermarkKey], contexts: np.ndarray, tokens: np.ndarray, seen: int, threshold: float = 4.0
+    ) -> list[Detection]:
+        n = int(tokens.size)
+        if n == 0:
+            return [self.score_pairs(k, contexts, tokens, seen, threshold) for k in keys]
+        totals = np.sum(-np.log1p(-uniforms(prf32_many(keys, contexts, tokens))), axis=1)
+        return [
+            Detection(self.name, k.label, seen, n, float(s), (float(s) - n) / math.sqrt(n), gamma_log10_sf(float(s), n),
+                      threshold)
+            for k, s in zip(keys, totals, strict=True)
+        ]  # fmt: skip
+
+    def detect(
+        self,
+        key: WatermarkKey,
+        ids: Sequence[int] | Iterable[Sequence[int]],
+        threshold: float = 4.0,
+        dedup: bool = True,
+    ) -> Detection:
+        ctx, tok, seen = scored_pairs(ids, self.context_width, dedup)  # type: ignore[arg-type]
+        return self.score_pairs(key, ctx, tok, seen, threshold)
+
+
+class GumbelProcessor:
+    """Per-request hook: replaces the sampler's random draw by the keyed Gumbel-max choice."""
+
+    def __init__(
+        self,
+        scheme: GumbelWatermark,
+        key: WatermarkKey,
+        temperature: float,
+        top_k: int,
+        top_p: float,
+        min_p: float,
+    ) -> None:
+        self.key = key
+        self.h = scheme.context_width
+        self.temperature = float(temperature)
+        self.top_k = int(top_k)
+        self.top_p = float(top_p)
+        self.min_p = float(min_p)
+        self._seen: set[tuple[int, ...]] = set()
+        self.steps = 0
+        self.skipped = 0
+
+    def candidates(self, scores: np.ndarray) -> np.ndarray:
+        """Token ids llama.cpp's chain (top-k -> top-p -> min-p on raw logits) would keep."""
+        top = float(scores.max())
+        cand = np.flatnonzero(scores >= top - _PREFILTER)
+        logits = scores[cand].astype(np.float64)
+        if 0 < self.top_k < cand.size:  # partial selection first: flat logits can pass the prefilter en masse
+            part = np.argpartition(-logits, self.top_k - 1)[: self.top_k]
+            cand, logits = cand[part], logits[part]
+        order = np.argsort(-logits, kind="stable")
+        cand, logits = cand[order], logits[order]
+        if self.top_p < 1.0:
+            p = np.exp(logits - logits[0])
+            cum = np.cumsum(p / p.sum())
+            keep = int(np.searchsorted(cum, self.top_p)) + 1  # up to and including the crossing token
+            cand, logits = cand[:keep], logits[:keep]
+        if self.min_p > 0.0:
+            cand = cand[logits >= logits[0] + math.log(self.min_p)]
+        return cand
+
+    def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        if len(input_ids) < self.h or self.temperature <= 0.0:
+            return scores
+        ctx = tuple(int(t) for t in input_ids[-self.h :])
+        if ctx in self._seen:  # repeated context: let the sampler draw normally
+            self.skipped += 1
+            return scores
+        self._seen.add(ctx)
+        cand = self.candidates(scores)
+        table = token_table(self.key, scores.shape[-1])
+        u = uniforms(fmix32(table[cand] ^ np.uint32(context_seed(self.key, ctx))))
+        winner = int(cand[np.argmax(scores[cand].astype(np.float64) / self.temperature - np.log(-np.log(u)))])
+        keep = scores[winner]
+        scores[:] = _SUPPRESS
+        scores[winner] = keep
+        self.steps += 1
+        return scores

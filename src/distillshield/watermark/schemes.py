@@ -1,0 +1,38 @@
+"""Build the configured scheme and key ring from settings (one place, used by gateway, CLI, vLLM)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from distillshield.watermark.gumbel import GumbelWatermark
+from distillshield.watermark.keys import KeyRing
+from distillshield.watermark.kgw import GreenListWatermark
+
+if TYPE_CHECKING:
+    from distillshield.config import WatermarkSettings
+
+Scheme = GreenListWatermark | GumbelWatermark
+
+
+def build_scheme(
+    name: str, gamma: float = 0.25, delta: float = 2.0, context_width: int = 1
+) -> GreenListWatermark | GumbelWatermark:
+    if name == "kgw":
+        return GreenListWatermark(gamma, delta, context_width)
+    if name == "gumbel":
+        return GumbelWatermark(context_width)
+    raise ValueError(f"unknown watermark scheme {name!r}; choose kgw or gumbel")
+
+
+def scheme_from_settings(cfg: WatermarkSettings) -> GreenListWatermark | GumbelWatermark:
+    return build_scheme(cfg.scheme, cfg.gamma, cfg.delta, cfg.context_width)
+
+
+def keyring_from_settings(cfg: WatermarkSettings) -> KeyRing:
+    """The key ring, or ValueError naming the setting when no secret is configured."""
+    if cfg.secret is None:
+        raise ValueError(
+            "no watermark secret is configured: set watermark.secret in the config or "
+            "DISTILLSHIELD_WATERMARK__SECRET in the environment"
+        )
+    return KeyRing(cfg.secret.get_secret_value())

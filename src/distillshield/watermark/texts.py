@@ -1,0 +1,79 @@
+"""Reading the texts to test: plain text, JSONL (several shapes), or stdin."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+class TextsError(ValueError):
+    """The input cannot be read; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class Text:
+    id: str
+    text: str
+
+
+def _text_of(obj: dict[str, Any]) -> str | None:
+    """The text in one JSON object: text / completion / output / response.text (traffic format) /
+    choices[0].message.content or choices[0].text (an OpenAI response)."""
+    for k in ("text", "completion", "output", "response_text"):
+        if isinstance(obj.get(k), str):
+            return obj[k]
+    resp = obj.get("response")
+    if isinstance(resp, dict) and isinstance(resp.get("text"), str):
+        return resp["text"]
+    if isinstance(resp, str):
+        return resp
+    choices = obj.get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        c = choices[0]
+        msg = c.get("message")
+        if isinstance(msg, dict) and isinstance(msg.get("content"), str):
+            return msg["content"]
+        if isinstance(c.get("text"), str):
+            return c["text"]
+    return None
+
+
+def read_texts(source: str | Path) -> list[Text]:
+    """Texts from a file ('-' = stdin). A file whose non-blank lines are all JSON objects is JSONL
+    (one text per line); anything else is one text."""
+    name = str(source)
+    if name == "-":
+        raw = sys.stdin.read()
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise TextsError(f"{path} does not exist or is not a file")
+        try:
+            raw = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise TextsError(f"{path} is not UTF-8 text") from None
+    lines = [(i, ln) for i, ln in enumerate(raw.splitlines(), start=1) if ln.strip()]
+    objs: list[tuple[int, Any]] = []
+    for i, ln in lines:
+        s = ln.strip()
+        if not s.startswith("{"):
+            objs = []
+            break
+        try:
+            objs.append((i, json.loads(s)))
+        except json.JSONDecodeError:
+            objs = []
+            break
+    if not objs:
+        return [Text("1" if name == "-" else Path(name).name, raw)] if raw.strip() else []
+    out = []
+    for i, obj in objs:
+        text = _text_of(obj) if isinstance(obj, dict) else None
+        if text is None:
+            raise TextsError(f"{name}:{i}: no text field (expected text, completion, output, response.text or choices)")
+        ident = obj.get("id") if isinstance(obj.get("id"), (str, int)) else None
+        out.append(Text(str(ident) if ident is not None else f"line {i}", text))
+    return out

@@ -1,0 +1,316 @@
+"""The watermark's maths: keys, shared seeding, detection statistics, attribution, the schemes on a
+synthetic language model (fast, no embedded model), the gateway registry and the vLLM processor."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from distillshield.config import ConfigError, Settings, load_settings
+from distillshield.watermark.attribution import attribute
+from distillshield.watermark.base import scored_pairs
+from distillshield.watermark.gateway import Watermarker
+from distillshield.watermark.gumbel import GumbelWatermark
+from distillshield.watermark.keys import KeyRing, context_seed, context_seeds, derive_key, prf32
+from distillshield.watermark.kgw import GreenListProcessor, GreenListWatermark
+from distillshield.watermark.radioactivity import radioactivity_test
+from distillshield.watermark.stats import binomial_log10_sf, gamma_log10_sf, holm_log10, z_score
+from distillshield.watermark.texts import TextsError, read_texts
+
+SECRET = "unit-test-secret-0123456789abcdef"
+V = 3000  # a small vocabulary keeps the synthetic model fast
+
+
+def keys() -> KeyRing:
+    return KeyRing(SECRET)
+
+
+def generate(hook, n: int = 200, seed: int = 0, temperature: float = 1.0) -> list[int]:
+    """A synthetic LM: per-context random logits (fixed by the previous token), sampled at T."""
+    rng = np.random.default_rng(seed)
+    ids = [int(rng.integers(V))]
+    for _ in range(n):
+        ctx_rng = np.random.default_rng(ids[-1] * 7919 + 13)
+        scores = (ctx_rng.standard_normal(V) * 3.0).astype(np.float32)
+        if hook is not None:
+            scores = hook(np.asarray(ids), scores)
+        z = scores.astype(np.float64) / temperature
+        p = np.exp(z - z.max())
+        ids.append(int(rng.choice(V, p=p / p.sum())))
+    return ids
+
+
+# -- keys and seeding ------------------------------------------------------------------------------------
+
+
+def test_keys_are_deterministic_per_account_and_never_printed() -> None:
+    a1, a2, b = derive_key(SECRET, "account:a"), derive_key(SECRET, "account:a"), derive_key(SECRET, "account:b")
+    assert (a1.k0, a1.k1) == (a2.k0, a2.k1) != (b.k0, b.k1)
+    assert derive_key("another-secret-0123456789", "account:a").k0 != a1.k0
+    assert str(a1.k0) not in repr(a1) and SECRET not in repr(keys())
+    assert len(a1.fingerprint) == 16
+
+
+def test_processor_and_detector_share_one_seeding_function() -> None:
+    key = keys().account("alice")
+    ctx = np.array([[5, 9], [1, 2], [40000, 7]])
+    assert list(context_seeds(key, ctx)) == [context_seed(key, c) for c in ctx]
+    wm = GreenListWatermark(gamma=0.25, delta=2.0, context_width=2)
+    out = wm.processor(key)(np.array([3, 1, 2]), np.zeros(V, np.float32))
+    green = np.flatnonzero(out > 1.0)
+    assert abs(len(green) / V - 0.25) < 0.03
+    assert wm.is_green(key, np.tile([1, 2], (V, 1)), np.arange(V)).nonzero()[0].tolist() == green.tolist()
+
+
+# -- statistics ------------------------------------------------------------------------------------------
+
+
+def test_binomial_tail_is_exact() -> None:
+    n, g, gamma = 30, 14, 0.25
+    brute = sum(math.comb(n, k) * gamma**k * (1 - gamma) ** (n - k) for k in range(g, n + 1))
+    assert binomial_log10_sf(g, n, gamma) == pytest.approx(math.log10(brute), abs=1e-9)
+    assert binomial_log10_sf(0, n, gamma) == 0.0
+    assert z_score(int(0.25 * 400), 400, 0.25) == 0.0
+
+
+def test_gamma_tail_matches_the_poisson_identity() -> None:
+    n, s = 5, 9.0
+    expected = sum(math.exp(-s) * s**k / math.factorial(k) for k in range(n))
+    assert gamma_log10_sf(s, n) == pytest.approx(math.log10(expected), abs=1e-9)
+
+
+def test_holm_adjusts_step_down_and_stays_monotone() -> None:
+    adj = holm_log10([math.log10(p) for p in (0.01, 0.04, 0.03, 0.5)])
+    assert [round(10**a, 6) for a in adj] == [0.04, 0.09, 0.09, 0.5]
+
+
+# -- KGW on a synthetic model ----------------------------------------------------------------------------
+
+
+def test_watermarked_text_is_detected_and_plain_text_is_not() -> None:
+    wm, key = GreenListWatermark(0.25, 2.0, 1), keys().account("alice")
+    marked = wm.detect(key, generate(wm.processor(key), seed=1))
+    plain = wm.detect(key, generate(None, seed=1))
+    assert marked.detected and marked.z > 6 and marked.p_value < 1e-9
+    assert not plain.detected and plain.z < 3
+
+
+def test_wrong_key_gives_no_detection() -> None:
+    wm, ring = GreenListWatermark(0.25, 2.0, 1), keys()
+    ids = generate(wm.processor(ring.account("alice")), seed=2)
+    assert wm.detect(ring.account("alice"), ids).detected
+    assert not wm.detect(ring.account("bob"), ids).detected
+    assert not wm.detect(KeyRing("a-different-server-secret-xyz").account("alice"), ids).detected
+
+
+def test_repeated_ngrams_are_scored_once() -> None:
+    wm, key = GreenListWatermark(0.25, 2.0, 1), keys().account("alice")
+    mask = wm.green_mask(key, [7], V)
+    b = int(np.flatnonzero(mask)[0])  # b is green after 7: a loop "7 b 7 b ..." is green half the time
+    loop = [7, b] * 150
+    undeduped = wm.detect(key, loop, dedup=False)
+    deduped = wm.detect(key, loop)
+    assert undeduped.z > 8  # counting the same draw 150 times: a false positive
+    assert deduped.scored == 2 and not deduped.detected
+
+
+def test_null_p_values_are_calibrated() -> None:
+    wm, rng = GreenListWatermark(0.25, 2.0, 1), np.random.default_rng(3)
+    ring = keys()
+    p = [wm.detect(ring.account(f"a{i}"), rng.integers(0, V, 150)).p_value for i in range(600)]
+    assert 0.025 < np.mean(np.array(p) < 0.05) < 0.08
+    assert max(wm.detect(ring.account("z"), rng.integers(0, V, 150)).z for _ in range(300)) < 4.5
+
+
+# -- Gumbel ----------------------------------------------------------------------------------------------
+
+
+def test_gumbel_is_detected_with_its_own_null() -> None:
+    wm, key = GumbelWatermark(context_width=2), keys().account("alice")
+    marked = wm.detect(key, generate(wm.processor(key, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0), seed=4))
+    plain = wm.detect(key, generate(None, seed=4))
+    other = wm.detect(keys().account("bob"), generate(wm.processor(key, temperature=1.0), seed=5))
+    assert marked.detected and not plain.detected and not other.detected
+    rng = np.random.default_rng(6)
+    p = [wm.detect(keys().account(f"n{i}"), rng.integers(0, V, 120)).p_value for i in range(400)]
+    assert 0.02 < np.mean(np.array(p) < 0.05) < 0.09
+
+
+def test_gumbel_sampling_is_distortion_free_over_keys() -> None:
+    """For random keys the keyed choice follows the model's distribution (Gumbel-max trick)."""
+    logits = np.log(np.array([0.5, 0.3, 0.15, 0.05], np.float32))
+    scores = np.full(V, -50.0, np.float32)
+    scores[:4] = logits
+    wm, ring = GumbelWatermark(1), keys()
+    counts = np.zeros(4)
+    for i in range(4000):
+        out = wm.processor(ring.account(f"k{i}"), temperature=1.0, top_k=0, top_p=1.0, min_p=0.0)(
+            np.array([1]), scores.copy()
+        )
+        counts[int(np.argmax(out))] += 1
+    assert np.allclose(counts / counts.sum(), [0.5, 0.3, 0.15, 0.05], atol=0.03)
+
+
+# -- attribution and radioactivity ------------------------------------------------------------------------
+
+
+def test_attribution_names_the_right_account_among_many() -> None:
+    wm, ring = GreenListWatermark(0.25, 2.0, 1), keys()
+    cands = [ring.account(f"acct-{i:03d}") for i in range(200)]
+    ids = generate(wm.processor(ring.account("acct-117")), n=300, seed=7)
+    a = attribute(wm, ids, cands)
+    assert a.best is not None and a.best.label == "account:acct-117"
+    assert [c.label for c in a.attributed] == ["account:acct-117"]
+    none = attribute(wm, generate(None, n=300, seed=7), cands)
+    assert none.attributed == [] and none.keys_tested == 200
+
+
+def test_radioactivity_test_pools_samples_and_deduplicates() -> None:
+    wm, key = GreenListWatermark(0.25, 2.0, 1), keys().account("leaker")
+    marked = [generate(wm.processor(key, delta=0.6), n=120, seed=s) for s in range(12)]
+    plain = [generate(None, n=120, seed=s) for s in range(12)]
+    assert radioactivity_test(wm, key, marked).radioactive
+    r = radioactivity_test(wm, key, plain)
+    assert not r.radioactive and r.samples == 12
+    ctx, tok, seen = scored_pairs(plain + plain, 1)
+    assert tok.size == scored_pairs(plain, 1)[1].size and seen == 2 * sum(map(len, plain))
+
+
+# -- the gateway's registry (the policy's handle) ----------------------------------------------------------
+
+
+def _cfg(**kw: object) -> Settings:
+    return load_settings(None, watermark__secret=SECRET, **{f"watermark__{k}": v for k, v in kw.items()})
+
+
+def test_registry_switches_and_strengthens_per_account() -> None:
+    from distillshield.gateway.upstream.base import GenRequest
+
+    wmr = Watermarker(_cfg().watermark)
+    gen = GenRequest("chat", {"messages": []}, "m", False, 16, "p")
+    assert wmr.hook("a", gen) is None  # default mode off
+    wmr.registry.set("a", "on")
+    on = wmr.hook("a", gen)
+    wmr.registry.set("a", "strong")
+    strong = wmr.hook("a", gen)
+    assert isinstance(on, GreenListProcessor) and on.delta == 2.0 and strong.delta == 4.0
+    wmr.registry.set("b", "on", key_scope="cluster", cluster_id="c7")
+    assert wmr.key_for("b").label == "cluster:c7" and wmr.key_for("a").label == "account:a"
+    wmr.registry.clear("a")
+    assert wmr.registry.mode_for("a") == "off" and wmr.registry.applied == 2
+    with pytest.raises(ValueError, match="mode"):
+        wmr.registry.set("a", "max")
+
+
+def test_gumbel_hook_follows_the_request_temperature() -> None:
+    from distillshield.gateway.upstream.base import GenRequest
+
+    wmr = Watermarker(_cfg(scheme="gumbel", mode="on", context_width=4).watermark)
+    hook = wmr.hook("a", GenRequest("chat", {"temperature": 0.7}, "m", False, 16, "p"))
+    assert hook.temperature == 0.7 and hook.h == 4
+    assert wmr.hook("a", GenRequest("chat", {"temperature": 0}, "m", False, 16, "p")) is None
+    assert wmr.hook("a", GenRequest("completions", {}, "m", False, 16, "p")).temperature == 0.8
+
+
+def test_config_requires_a_secret_to_switch_watermarks_on(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="watermark"):
+        load_settings(None, watermark__mode="on")
+    with pytest.raises(ConfigError, match="watermark.secret"):
+        load_settings(None, watermark__secret="short")
+    cfg = tmp_path / "w.yaml"
+    cfg.write_text(f"watermark:\n  mode: off\n  secret: {SECRET}\n")  # YAML reads a bare off as false
+    s = load_settings(cfg)
+    assert s.watermark.mode == "off" and SECRET not in repr(s) and SECRET not in str(s.watermark)
+
+
+# -- inputs ----------------------------------------------------------------------------------------------
+
+
+def test_texts_are_read_from_jsonl_shapes_or_plain_text(tmp_path) -> None:
+    j = tmp_path / "t.jsonl"
+    j.write_text(
+        '{"id": "a", "text": "one"}\n{"response": {"text": "two"}}\n'
+        '{"choices": [{"message": {"content": "three"}}]}\n\n'
+    )
+    assert [(t.id, t.text) for t in read_texts(j)] == [("a", "one"), ("line 2", "two"), ("line 3", "three")]
+    p = tmp_path / "t.txt"
+    p.write_text("just some prose\nover two lines")
+    assert [t.text for t in read_texts(p)] == ["just some prose\nover two lines"]
+    (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{"nope": 1}\n')
+    with pytest.raises(TextsError, match="bad.jsonl:2"):
+        read_texts(tmp_path / "bad.jsonl")
+
+
+def test_prf_values_are_uniform() -> None:
+    key = keys().account("u")
+    rng = np.random.default_rng(0)
+    v = prf32(key, rng.integers(0, 49152, (20000, 1)), rng.integers(0, 49152, 20000)) / 2**32
+    assert abs(v.mean() - 0.5) < 0.01 and abs((v < 0.25).mean() - 0.25) < 0.01
+
+
+def test_short_texts_need_the_exact_p_value_that_z_promises() -> None:
+    from distillshield.watermark.base import Detection
+    from distillshield.watermark.stats import binomial_log10_sf
+
+    six = Detection("kgw", "k", 7, 6, 6.0, z_score(6, 6, 0.25), binomial_log10_sf(6, 6, 0.25))
+    assert six.z > 4 and six.p_value == pytest.approx(0.25**6) and not six.detected  # skewed null: z overstates
+    eight = Detection("kgw", "k", 9, 8, 8.0, z_score(8, 8, 0.25), binomial_log10_sf(8, 8, 0.25))
+    assert eight.detected
+
+
+def _ext_state(upstream: str) -> object:
+    from types import SimpleNamespace
+
+    from distillshield.gateway.risk import AccountRisk, RiskBoard
+
+    risk = RiskBoard()
+    risk.update(AccountRisk("h1", 0.9, "extraction", cluster_id="c9"))
+    return SimpleNamespace(gateway=SimpleNamespace(logits_hook_factory=None), upstream=SimpleNamespace(name=upstream),
+                           risk=risk)  # fmt: skip
+
+
+def _ctx(account: str) -> object:
+    from types import SimpleNamespace
+
+    return SimpleNamespace(account=SimpleNamespace(id=account))
+
+
+def test_extension_forwards_the_key_label_to_a_vllm_upstream_and_strips_client_choices() -> None:
+    import asyncio
+
+    from distillshield.gateway.upstream.base import GenRequest
+    from distillshield.watermark.gateway import watermark_extension
+
+    ext = watermark_extension(_cfg(upstream_xargs=True))
+    state = _ext_state("http")
+    asyncio.run(ext.start(state))
+    state.watermark.set("a", "strong")
+    gen = GenRequest("chat", {"vllm_xargs": {"distillshield_wm_mode": "off", "other": 1}}, "m", False, 8, "p")
+    assert state.gateway.logits_hook_factory(_ctx("a"), gen) is None  # no logits here: vLLM applies it
+    assert gen.body["vllm_xargs"] == {
+        "other": 1,
+        "distillshield_wm_key": "account:a",
+        "distillshield_wm_mode": "strong",
+    }
+    plain = GenRequest("chat", {"vllm_xargs": {"distillshield_wm_key": "account:x"}}, "m", False, 8, "p")
+    state.gateway.logits_hook_factory(_ctx("b"), plain)  # mode off: nothing forwarded, the client's choice removed
+    assert plain.body["vllm_xargs"] == {}
+    assert watermark_extension(load_settings(None)) is None  # no secret: no extension
+
+
+def test_cluster_scope_keys_by_the_risk_boards_cluster() -> None:
+    import asyncio
+
+    from distillshield.gateway.upstream.base import GenRequest
+    from distillshield.watermark.gateway import watermark_extension
+
+    ext = watermark_extension(_cfg())
+    state = _ext_state("local")
+    asyncio.run(ext.start(state))
+    state.watermark.set("h1", "on", key_scope="cluster")
+    hook = state.gateway.logits_hook_factory(_ctx("h1"), GenRequest("chat", {}, "m", False, 8, "p"))
+    assert hook.key.label == "cluster:c9"
+    asyncio.run(ext.stop())
+    assert state.gateway.logits_hook_factory is None

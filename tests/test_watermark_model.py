@@ -1,0 +1,151 @@
+"""The watermark end to end on the embedded model: a real gateway switches it on per account, the CLI
+detects and attributes it, the suspect-model audit queries a loopback target, the Gumbel scheme
+works through the same hook. Short generations only (the whole file takes a few seconds of model time).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+from typer.testing import CliRunner
+
+from distillshield.cli import app
+from distillshield.watermark.detect import Detector
+from distillshield.watermark.keys import KeyRing
+from distillshield.watermark.kgw import GreenListWatermark
+from distillshield.watermark.tokenizer import default_tokenizer
+from tests.conftest import RunningGateway, make_settings, start_gateway
+
+SECRET = "model-test-secret-0123456789abcdef"
+MODEL = "smollm2-135m-instruct"
+PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def wm_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
+    # One model thread: on a shared 2-core machine two threads spin at barriers and run ~10x slower.
+    gw = start_gateway(
+        make_settings(tmp_path_factory.mktemp("wm"), watermark__secret=SECRET, upstream__local__n_threads=1)
+    )
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture(scope="module")
+def texts(wm_gateway: RunningGateway) -> dict[str, str]:
+    """One watermarked answer (alice, strong) and one plain answer (bob), 96 tokens each, T=1."""
+    wm_gateway.state.watermark.set("wm-alice", "strong")
+    out = {}
+    for account in ("wm-alice", "wm-bob"):
+        client = openai.OpenAI(base_url=f"{wm_gateway.base}/v1", api_key=wm_gateway.create_key(account))
+        r = client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": PROMPT}], max_tokens=96, temperature=1.0, seed=7
+        )
+        out[account] = r.choices[0].message.content
+    for other in ("wm-carol", "wm-dave"):
+        wm_gateway.create_key(other)  # more candidate accounts in the store
+    return out
+
+
+@pytest.fixture(scope="module")
+def config(wm_gateway: RunningGateway, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cfg = tmp_path_factory.mktemp("cfg") / "c.yaml"
+    cfg.write_text(f"store:\n  url: {wm_gateway.settings.store.url}\nwatermark:\n  secret: {SECRET}\n")
+    return cfg
+
+
+def test_gateway_watermarks_only_the_accounts_switched_on(texts: dict[str, str], wm_gateway: RunningGateway) -> None:
+    det = Detector(GreenListWatermark(0.25, 2.0, 1), default_tokenizer())
+    ring = KeyRing(SECRET)
+    alice = det.detect(texts["wm-alice"], ring.account("wm-alice"))
+    assert alice.detected and alice.scored > 40, alice
+    assert not det.detect(texts["wm-alice"], ring.account("wm-bob")).detected
+    assert not det.detect(texts["wm-bob"], ring.account("wm-bob")).detected
+    assert wm_gateway.state.watermark.mode_for("wm-bob") == "off"
+    assert wm_gateway.state.watermark.applied >= 1
+
+
+def test_cli_detects_and_attributes(texts: dict[str, str], config: Path, tmp_path: Path) -> None:
+    f = tmp_path / "outputs.jsonl"
+    f.write_text("\n".join(json.dumps({"id": a, "text": t}) for a, t in texts.items()) + "\n")
+    r = runner.invoke(app, ["-c", str(config), "watermark", "detect", str(f), "--account", "wm-alice", "--json"])
+    assert r.exit_code == 0, r.output
+    res = {x["id"]: x["tests"][0] for x in json.loads(r.stdout)["results"]}
+    assert res["wm-alice"]["detected"] and not res["wm-bob"]["detected"]
+    r = runner.invoke(app, ["-c", str(config), "watermark", "detect", str(f), "--attribute", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    by_id = {x["id"]: x for x in out["results"]}
+    assert out["keys_tested"] >= 4
+    assert by_id["wm-alice"]["attributed"] == ["account:wm-alice"]
+    assert by_id["wm-bob"]["attributed"] == []
+    plain = runner.invoke(app, ["-c", str(config), "watermark", "detect", str(f), "--account", "wm-alice"])
+    assert plain.exit_code == 0 and "wm-alice" in plain.stdout
+
+
+def test_audit_queries_a_loopback_target(wm_gateway: RunningGateway, config: Path, tmp_path: Path) -> None:
+    """The 'suspect' here is our own gateway serving a watermarked account: the audit finds that key."""
+    wm_gateway.state.watermark.set("wm-suspect", "strong")
+    key = wm_gateway.create_key("wm-suspect")
+    probes = tmp_path / "probes.txt"
+    probes.write_text("Describe a busy market in the morning.\nExplain why the sky is blue.\n")
+    args = ["-c", str(config), "audit", "--target", f"{wm_gateway.base}/v1", "--api-key", key, "--prompts",
+            str(probes), "--samples-per-prompt", "1", "--max-tokens", "64", "--json"]  # fmt: skip
+    saved = tmp_path / "suspect.jsonl"
+    r = runner.invoke(app, [*args, "--account", "wm-suspect", "--account", "wm-bob", "--save-samples", str(saved)])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["radioactive_for"] == ["account:wm-suspect"] and out["samples"] == 2
+    assert out["results"][0]["key"] == "account:wm-suspect" and out["results"][0]["p_value"] < 1e-4
+    # Offline, from the saved answers, scoring only contexts of what the log says we served that account.
+    wm_gateway.flush_audit()
+    r = runner.invoke(app, ["-c", str(config), "audit", "--samples", str(saved), "--account", "wm-suspect",
+                            "--reference-from-log", "--json"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["filtered_by_reference"] and out["radioactive_for"] == ["account:wm-suspect"]
+
+
+def test_gumbel_scheme_through_the_gateway(gateway_factory) -> None:
+    gw = gateway_factory(
+        watermark__secret=SECRET, watermark__scheme="gumbel", watermark__context_width=4, upstream__local__n_threads=1
+    )
+    gw.state.watermark.set("g-alice", "on")
+    client = openai.OpenAI(base_url=f"{gw.base}/v1", api_key=gw.create_key("g-alice"))
+    text = (
+        client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": PROMPT}], max_tokens=96, temperature=1.0, seed=3
+        )
+        .choices[0]
+        .message.content
+    )
+    from distillshield.watermark.gumbel import GumbelWatermark
+
+    det = Detector(GumbelWatermark(4), default_tokenizer())
+    assert det.detect(text, KeyRing(SECRET).account("g-alice")).detected
+    assert not det.detect(text, KeyRing(SECRET).account("g-bob")).detected
+
+
+def test_cli_errors_are_one_line(
+    config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from distillshield.cli import main
+
+    f = tmp_path / "t.txt"
+    f.write_text("hello")
+    for args, needle in [
+        (["watermark", "detect", str(f)], "name a key"),
+        (["watermark", "detect", str(tmp_path / "missing.txt"), "--account", "a"], "does not exist"),
+        (["audit", "--account", "a"], "exactly one of --samples"),
+        (["evidence", "--verify", str(tmp_path)], "manifest.json is missing"),
+    ]:
+        monkeypatch.setattr("sys.argv", ["distillshield", "-c", str(config), *args])
+        with pytest.raises(SystemExit) as exc:
+            main()
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
