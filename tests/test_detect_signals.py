@@ -437,3 +437,66 @@ def test_packaged_use_encoder_when_installed() -> None:
     enc = load_encoder("use")
     e = enc.encode(["How do I reverse a list in Python?", "Python: reverse a list", "Best pizza in Naples"])
     assert e.shape == (3, 512) and e[0] @ e[1] > e[0] @ e[2]
+
+
+def test_extraction_threshold_is_set_on_honest_peaks_not_only_final_states() -> None:
+    rng = np.random.default_rng(2)
+    final = rng.normal(size=2000)
+    peaks = final + np.abs(rng.normal(2.0, 1.0, size=2000))  # each account's worst moment is above its end
+    comb = Combiner([], 0.0, [])
+    comb.calibrate(final, 0.01, 0.002)
+    plain_s, plain_e = comb.t_suspicious, comb.t_extraction
+    comb.calibrate(final, 0.01, 0.002, peaks)
+    assert comb.t_suspicious == plain_s  # the suspicious threshold stays on final states
+    assert comb.t_extraction > plain_e
+    assert np.mean(peaks >= comb.t_extraction) <= 0.002  # few honest accounts are *ever* called extraction
+    assert comb.calibration["extraction_on"] == "peak over checkpoints"
+    # recalibrating a trained model raises the extraction threshold only, never lowers it
+    old = comb.t_extraction
+    assert comb.recalibrate_extraction(peaks - 10.0, 0.002, "test") == old and comb.t_extraction == old
+    comb.recalibrate_extraction(peaks + 1.0, 0.002, "test")
+    assert comb.t_extraction > old and comb.t_suspicious == plain_s
+    assert comb.calibration["extraction_recalibrated"]["t_extraction_before"] == old
+    assert comb.risk(comb.t_extraction) == pytest.approx(0.8) and comb.risk(comb.t_suspicious) == pytest.approx(0.5)
+
+
+def test_benign_peaks_skip_thin_checkpoints_and_attacks() -> None:
+    from distillshield.detect.engine import MIN_EVIDENCE
+    from distillshield.detect.train import Samples, _benign_peaks
+
+    s = Samples(
+        rows=[{}] * 5,
+        y=[0, 0, 0, 1, 0],
+        account=["a", "a", "a", "x", "b"],
+        final=[False, False, True, True, True],
+        persona=["benign:p"] * 3 + ["attack:q", "benign:p"],
+        n=[4, MIN_EVIDENCE, 40, 40, 2],
+    )
+    peaks = _benign_peaks(s, np.asarray([9.0, 3.0, 1.0, 7.0, 8.0]))
+    assert peaks is not None and peaks.tolist() == [3.0]  # a's thin 9.0, x (attack) and b (thin) are out
+    s.n = []
+    assert _benign_peaks(s, np.zeros(5)) is None  # rows without counts: final states only
+
+
+def test_cluster_risk_pools_the_members_uncapped_risks() -> None:
+    from distillshield.detect.base import AccountScore
+    from distillshield.detect.cluster import Cluster
+    from distillshield.detect.engine import AccountState
+
+    eng = null_engine()
+    for i in range(5):
+        acc = eng.accounts[f"m{i}"] = AccountState(f"m{i}")
+        acc.own_risk = 0.95  # each member alone looks like extraction, but has too few requests to say so
+        acc.score = AccountScore(f"m{i}", 0.49, "benign", None, [], 4)
+    c = Cluster("cl_x", [f"m{i}" for i in range(5)])
+    assert eng.cluster_risk(c) == pytest.approx(0.95)
+
+
+def test_trace_counts_requests_from_the_first_crossing_on() -> None:
+    from distillshield.detect.train import Trace
+
+    t = Trace("benign", "coding_assistant", requests=100, scores=[(8, -5.0), (12, 1.0), (16, -2.0), (24, 3.0)])
+    assert t.peak == 3.0
+    assert t.after_first(0.5) == 88  # first at or above 0.5 at 12 requests: the 88 after it are acted on
+    assert t.after_first(2.0) == 76 and t.after_first(4.0) == 0
+    assert Trace("benign", "x").peak == -math.inf

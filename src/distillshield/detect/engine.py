@@ -129,6 +129,7 @@ class AccountState:
     ips: Counter[str] = field(default_factory=Counter)
     uas: Counter[str] = field(default_factory=Counter)
     score: AccountScore | None = None
+    own_risk: float = 0.0  # the combiner's risk before the thin-evidence cap (what the cluster pools)
     features: dict[str, float] = field(default_factory=dict)
     cluster_id: str | None = None
     dirty: bool = True
@@ -294,6 +295,7 @@ class Engine:
         x = self.combiner.vector(feats)
         logit, contrib = self.combiner.explain(x)
         risk = self.combiner.risk(logit)
+        acc.own_risk = risk
         cluster = self.clusters.get(acc.cluster_id) if acc.cluster_id else None
         thin = acc.n < MIN_EVIDENCE and (cluster is None or cluster.risk < RISK_SUSPICIOUS)
         if thin:
@@ -348,8 +350,10 @@ class Engine:
                         self.rescore(self.accounts[m])
 
     def cluster_risk(self, c: Cluster) -> float:
-        scores = [self.accounts[m].score for m in c.accounts]
-        risks = sorted((s.risk for s in scores if s is not None), reverse=True)
+        """The median of the members' risks before the thin-evidence cap: a cluster pools its members'
+        evidence, so twenty accounts of five requests each are judged together, not each on five."""
+        members = (self.accounts[m] for m in c.accounts)
+        risks = sorted((a.own_risk for a in members if a.score is not None), reverse=True)
         if not risks:
             return 0.0
         return float(np.median(risks))

@@ -46,6 +46,14 @@ def signal_of(feature: str) -> str:
     return "behaviour"
 
 
+def quantile_above(logits: np.ndarray, fpr: float) -> float:
+    """A threshold just above the benign logits, so that at most `fpr` of them reach it."""
+    b = np.sort(np.asarray(logits, dtype=np.float64))
+    n = len(b)
+    allowed = int(math.floor(fpr * n))  # benign accounts allowed at or above the threshold
+    return float(b[n - 1 - allowed] + 1e-6) if allowed < n else float(b[0])
+
+
 class ModelError(ValueError):
     """The model artefact is missing, of another format version, or inconsistent."""
 
@@ -219,18 +227,43 @@ class Combiner:
             raise ModelError("exported trees disagree with scikit-learn's decision function")
         return comb
 
-    def calibrate(self, benign_logits: np.ndarray, fpr_suspicious: float, fpr_extraction: float) -> None:
-        """Thresholds just above the benign quantiles, so at most the target share of benign is flagged."""
-        b = np.sort(np.asarray(benign_logits, dtype=np.float64))
-        n = len(b)
+    def calibrate(
+        self,
+        benign_logits: np.ndarray,
+        fpr_suspicious: float,
+        fpr_extraction: float,
+        benign_peaks: np.ndarray | None = None,
+    ) -> None:
+        """Thresholds just above the benign quantiles, so at most the target share of benign is flagged.
 
-        def above(fpr: float) -> float:
-            allowed = int(math.floor(fpr * n))  # benign accounts allowed at or above the threshold
-            return float(b[n - 1 - allowed] + 1e-6) if allowed < n else float(b[0])
-
-        self.t_suspicious = above(fpr_suspicious) if n else 0.0
-        self.t_extraction = max(above(fpr_extraction) if n else 2.0, self.t_suspicious + 0.5)
+        `benign_logits`: one per benign account (its final state). `benign_peaks`, when given: each benign
+        account's highest logit over the checkpoints it is scored at with enough evidence. The extraction
+        threshold is then set on those, so that at most `fpr_extraction` of honest accounts is *ever*
+        called extraction while its traffic is scored again and again (what the policy acts on), not
+        only at the end."""
+        n = len(benign_logits)
+        self.t_suspicious = quantile_above(benign_logits, fpr_suspicious) if n else 0.0
+        ext = quantile_above(benign_logits, fpr_extraction) if n else 2.0
+        if benign_peaks is not None and len(benign_peaks):
+            ext = max(ext, quantile_above(benign_peaks, fpr_extraction))
+        self.t_extraction = max(ext, self.t_suspicious + 0.5)
         self.calibration = {"benign_accounts": n, "fpr_suspicious": fpr_suspicious, "fpr_extraction": fpr_extraction}
+        if benign_peaks is not None:
+            self.calibration["extraction_on"] = "peak over checkpoints"
+            self.calibration["benign_peak_accounts"] = len(benign_peaks)
+
+    def recalibrate_extraction(self, benign_peaks: np.ndarray, fpr_extraction: float, source: str) -> float:
+        """Raise (never lower) the extraction threshold so that at most `fpr_extraction` of the given benign
+        accounts' peak logits reach it; the suspicious threshold is untouched. Returns the old threshold."""
+        old = self.t_extraction
+        self.t_extraction = max(old, quantile_above(benign_peaks, fpr_extraction), self.t_suspicious + 0.5)
+        self.calibration["extraction_recalibrated"] = {
+            "on": source,
+            "benign_accounts": len(benign_peaks),
+            "fpr_extraction": fpr_extraction,
+            "t_extraction_before": old,
+        }
+        return old
 
 
 @dataclass

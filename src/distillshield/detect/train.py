@@ -6,7 +6,8 @@
    into train and held-out, so the reported precision/recall is on phrasings the classifier never saw.
 2. Combiner: labelled simulator traffic (dev split only: held-out personas and seeds never tune
    anything) is replayed through the engine; each account's features at each checkpoint are a sample
-   (so early, thin evidence is learned too). Thresholds come from out-of-fold benign risks.
+   (so early, thin evidence is learned too). Thresholds come from out-of-fold benign risks: suspicious
+   on the accounts' final states, extraction on their peaks over all checkpoints (Combiner.calibrate).
 3. Adversarial rounds: evasive variants of the attack traffic (detect.adversary) are scored by the
    current model (robustness before), added to the training data, and the model is refitted
    (robustness after). The per-round table goes into the artefact's metadata.
@@ -31,6 +32,7 @@ import orjson
 from distillshield.detect.analyze import analyze_records
 from distillshield.detect.corpus import LineErrors, read_records
 from distillshield.detect.embeddings import Encoder
+from distillshield.detect.engine import MIN_EVIDENCE
 from distillshield.detect.scoring import Combiner, DetectionModel
 from distillshield.detect.signals.cot import PromptClassifier
 
@@ -207,16 +209,18 @@ def load_dicts(path: str | Path) -> list[dict[str, Any]]:
 
 @dataclass
 class Samples:
-    """Feature rows: one per account checkpoint; `final` marks each account's last row."""
+    """Feature rows: one per account checkpoint; `final` marks each account's last row, `n` is the number of
+    requests the account had sent at that checkpoint."""
 
     rows: list[dict[str, float]] = field(default_factory=list)
     y: list[int] = field(default_factory=list)
     account: list[str] = field(default_factory=list)
     final: list[bool] = field(default_factory=list)
     persona: list[str] = field(default_factory=list)
+    n: list[int] = field(default_factory=list)
 
     def extend(self, other: Samples) -> None:
-        for name in ("rows", "y", "account", "final", "persona"):
+        for name in ("rows", "y", "account", "final", "persona", "n"):
             getattr(self, name).extend(getattr(other, name))
 
 
@@ -225,11 +229,11 @@ def _null_model(classifier: PromptClassifier) -> DetectionModel:
     return DetectionModel("collecting", {"full": comb, "noembed": comb}, classifier.to_dict())
 
 
-def collect(
-    records: list[dict[str, Any]], classifier: PromptClassifier, encoder: Encoder | None, tag: str, split: str = "dev"
-) -> Samples:
-    """Replay labelled records through the engine and keep every checkpoint's features (dev split only)."""
-    labels = read_labels(records)
+def _snapshots(
+    records: list[dict[str, Any]], model: DetectionModel, encoder: Encoder | None, tag: str
+) -> list[tuple[str, int, dict[str, float]]]:
+    """Replay records (labels stripped on reading) through the engine: (account, requests, features) at
+    every rescore, in order."""
     with tempfile.NamedTemporaryFile(suffix=".jsonl") as tmp:
         for rec in records:
             tmp.write(orjson.dumps(rec) + b"\n")
@@ -242,15 +246,24 @@ def collect(
 
         analyze_records(
             read_records(tmp.name, errors),
-            model=_null_model(classifier),
+            model=model,
             encoder=encoder,
             errors=errors,
             on_engine=hook,
             source=tag,
         )
+    return snaps
+
+
+def collect(
+    records: list[dict[str, Any]], classifier: PromptClassifier, encoder: Encoder | None, tag: str, split: str = "dev"
+) -> Samples:
+    """Replay labelled records through the engine and keep every checkpoint's features (dev split only)."""
+    labels = read_labels(records)
+    snaps = _snapshots(records, _null_model(classifier), encoder, tag)
     out = Samples()
     last: dict[str, int] = {}
-    for i, (aid, _n, feats) in enumerate(snaps):
+    for aid, n, feats in snaps:
         lab = labels.get(aid)
         if lab is None or lab[2] != split:
             continue
@@ -260,7 +273,7 @@ def collect(
         out.account.append(f"{tag}/{aid}")
         out.final.append(False)
         out.persona.append(f"{lab[0]}:{lab[1]}")
-        del i
+        out.n.append(n)
     for idx in last.values():
         out.final[idx] = True
     return out
@@ -304,7 +317,7 @@ def fit_combiner(
     comb = Combiner.fit(x, y, features, weight=w, seed=seed)
     final = np.asarray(s.final)
     benign = final & (y == 0) & ~np.isnan(oof)
-    comb.calibrate(oof[benign], fpr_suspicious, fpr_extraction)
+    comb.calibrate(oof[benign], fpr_suspicious, fpr_extraction, _benign_peaks(s, oof))
     attack = final & (y == 1) & ~np.isnan(oof)
     tpr = float(np.mean(oof[attack] >= comb.t_suspicious)) if attack.any() else math.nan
     stats = {
@@ -316,6 +329,59 @@ def fit_combiner(
         "folds": folds,
     }
     return comb, stats
+
+
+def _benign_peaks(s: Samples, logits: np.ndarray) -> np.ndarray | None:
+    """Each benign account's highest logit over its checkpoints with at least MIN_EVIDENCE requests (the
+    engine does not flag an account on fewer on its own evidence); None when the rows carry no counts."""
+    if len(s.n) != len(s.y):
+        return None
+    peak: dict[str, float] = {}
+    for a, yy, n, v in zip(s.account, s.y, s.n, logits, strict=True):
+        if yy == 0 and n >= MIN_EVIDENCE and not math.isnan(v):
+            peak[a] = max(peak.get(a, -math.inf), float(v))
+    return np.asarray(list(peak.values()), dtype=np.float64)
+
+
+@dataclass
+class Trace:
+    """One labelled account replayed through a trained model: its logit at each rescore with at least
+    MIN_EVIDENCE requests, as (requests so far, logit), and how many requests it sent in all."""
+
+    kind: str
+    persona: str
+    requests: int = 0
+    scores: list[tuple[int, float]] = field(default_factory=list)
+
+    @property
+    def peak(self) -> float:
+        return max((v for _, v in self.scores), default=-math.inf)
+
+    def after_first(self, threshold: float) -> int:
+        """Requests the account sent after it was first scored at or above `threshold` (0: never)."""
+        for n, v in self.scores:
+            if v >= threshold:
+                return self.requests - n
+        return 0
+
+
+def streaming_traces(
+    records: list[dict[str, Any]], model: DetectionModel, tag: str, encoder: Encoder | None = None, split: str = "dev"
+) -> dict[str, Trace]:
+    """Replay labelled traffic with a trained model: a Trace per account of `split`."""
+    labels = read_labels(records)
+    out: dict[str, Trace] = {}
+    for rec in records:
+        lab = labels.get(rec.get("account_id"))
+        if lab is not None and lab[2] == split:
+            t = out.setdefault(rec["account_id"], Trace(lab[0], lab[1]))
+            t.requests += 1
+    comb = model.combiner(encoder is not None)
+    for aid, n, feats in _snapshots(records, model, encoder, tag):
+        t = out.get(aid)
+        if t is not None and n >= MIN_EVIDENCE:
+            t.scores.append((n, comb.logit(comb.vector(feats))))
+    return out
 
 
 def _robustness(model_comb: Combiner, s: Samples, features: list[str]) -> dict[str, Any]:
