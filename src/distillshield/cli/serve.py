@@ -257,9 +257,16 @@ def run_demo(port: int, directory: Path, once: bool) -> None:
         highlight=False,
         soft_wrap=True,
     )
+    console.print("\n[bold]anthropic SDK[/bold]")
     console.print(
-        '\n[bold]anthropic SDK[/bold]: anthropic.Anthropic(base_url="' + base + '", api_key=KEY)',
+        "import anthropic\n"
+        f'client = anthropic.Anthropic(base_url="{base}", api_key="{key}")\n'
+        f'r = client.messages.create(model="{model}", max_tokens=32,\n'
+        '    messages=[{"role": "user", "content": "Say hello"}])\n'
+        "print(r.content[0].text)",
         markup=False,
+        highlight=False,
+        soft_wrap=True,
     )
     reply = _check(base, key, model)
     console.print(f"\n[green]checked:[/green] the gateway answered a real request: {reply!r}")
