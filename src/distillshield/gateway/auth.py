@@ -11,8 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-
-from starlette.datastructures import Headers
+from collections.abc import Mapping
 
 from distillshield.gateway.errors import ApiError
 from distillshield.store.database import KeyContext, Store, secret_matches, split_key
@@ -20,7 +19,7 @@ from distillshield.store.database import KeyContext, Store, secret_matches, spli
 _NEGATIVE_CACHE_MAX = 10_000
 
 
-def presented_key(headers: Headers) -> str | None:
+def presented_key(headers: Mapping[str, str]) -> str | None:
     auth = headers.get("authorization")
     if auth:
         scheme, _, value = auth.partition(" ")
@@ -38,7 +37,7 @@ class Authenticator:
         self._unknown: OrderedDict[str, float] = OrderedDict()  # key ids that do not exist, with expiry
         self._loading: dict[str, asyncio.Future[KeyContext | None]] = {}
 
-    async def authenticate(self, headers: Headers) -> KeyContext:
+    async def authenticate(self, headers: Mapping[str, str]) -> KeyContext:
         """The caller's key context, or ApiError 401/403 naming what is wrong (never the key itself)."""
         presented = presented_key(headers)
         if not presented:

@@ -8,15 +8,16 @@ row to the audit writer; nothing on this path waits for the database.
 from __future__ import annotations
 
 import logging
+import os
 import time
-import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from starlette.types import Receive
+from starlette.types import Scope as AsgiScope
 
 from distillshield.config import LimitSet, Settings
 from distillshield.gateway.audit import AuditWriter
@@ -26,15 +27,48 @@ from distillshield.gateway.limits import LimitExceeded, RateLimiter, Reservation
 from distillshield.gateway.metrics import GatewayMetrics
 from distillshield.gateway.policy import Decision, PolicyStage
 from distillshield.gateway.protocols import anthropic, openai
-from distillshield.gateway.streaming import SSEResponse
+from distillshield.gateway.streaming import LastChunk, SSEResponse
 from distillshield.gateway.transforms import ResponseTransform
-from distillshield.gateway.upstream.base import GenRequest, LogitsHook, Upstream
+from distillshield.gateway.upstream.base import ChunkBatch, GenRequest, LogitsHook, Upstream, batches_of
 from distillshield.store.database import KeyContext
 
 log = logging.getLogger("distillshield.gateway")
 ENDPOINT_OF = {"chat": "/v1/chat/completions", "completions": "/v1/completions", "messages": "/v1/messages"}
 CLIENT_CLOSED = 499  # nginx's convention, used in the audit log for streams the client abandoned
 _JSON = "application/json"
+_SSE_DATA = b"data: "
+_SSE_END = b"\n\n"
+
+
+class _RequestIds:
+    """Random 128-bit request ids (32 hex digits, like uuid4().hex) from a pooled os.urandom read.
+
+    uuid.uuid4() makes a getrandom() system call and builds a UUID object per request; one read of
+    4 KiB serves 256 ids, with the same randomness. list.pop() is atomic, so gateways running on
+    several threads' event loops (tests) never get the same id.
+    """
+
+    __slots__ = ("_ids",)
+
+    def __init__(self) -> None:
+        self._ids: list[str] = []
+
+    def __call__(self) -> str:
+        try:
+            return self._ids.pop()
+        except IndexError:
+            pool = os.urandom(4096).hex()
+            self._ids = [pool[i : i + 32] for i in range(0, len(pool), 32)]
+            return self._ids.pop()
+
+
+new_request_id = _RequestIds()
+
+
+def request_headers(scope: AsgiScope) -> dict[str, str]:
+    """The request's headers as a dict (names are lower-case in ASGI); the first of repeated headers wins,
+    as with Starlette's Headers.get. One pass instead of a scan of the header list per lookup."""
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in reversed(scope["headers"])}
 
 
 @dataclass
@@ -85,23 +119,26 @@ class Gateway:
 
     # -- entry point ----------------------------------------------------------------------------------
 
-    async def handle(self, request: Request, api: str) -> Response | SSEResponse:
-        call = self._start(request, api)
+    async def handle(self, scope: AsgiScope, receive: Receive, api: str) -> Response | SSEResponse:
+        """Take one API call (the ASGI scope and receive channel of a POST) through every stage."""
+        headers = request_headers(scope)
+        call = self._start(scope, headers, api)
         handed_to_stream = False
         try:
-            ctx = await self.auth.authenticate(request.headers)
-            call.row.update(account_id=ctx.account.id, org_id=ctx.org.id, key_id=ctx.key.id)
-            body = self._parse_body(await self._read_body(request, call))
+            ctx = await self.auth.authenticate(headers)
+            row = call.row
+            row["account_id"], row["org_id"], row["key_id"] = ctx.account.id, ctx.org.id, ctx.key.id
+            body = self._parse_body(await self._read_body(receive, headers, call))
             call.gen = gen = self._parse_api(api, body)
-            call.row.update(model=gen.model, stream=gen.stream)
+            row["model"], row["stream"] = gen.model, gen.stream
             self._check_model(gen.model)
             scopes = self._scopes_for(ctx)
             if self.policy is not None:  # may refuse (403), cap the request and throttle its scopes
-                scopes, call.transform, call.decision = self.policy.apply(ctx, gen, scopes, call.row)
+                scopes, call.transform, call.decision = self.policy.apply(ctx, gen, scopes, row)
             n_messages = len(gen.body.get("messages") or ()) or 1
             est = estimate_tokens(gen.prompt_text, gen.max_tokens, gen.n, n_messages)
             call.reservation = await self.limiter.reserve(scopes, est)
-            call.row.setdefault("decision", "allow")
+            row.setdefault("decision", "allow")
             if self.logits_hook_factory is not None:
                 gen.logits_hook = self.logits_hook_factory(ctx, gen)
             self.metrics.in_flight.inc()
@@ -123,12 +160,12 @@ class Gateway:
 
     # -- stages ---------------------------------------------------------------------------------------
 
-    def _start(self, request: Request, api: str) -> Call:
-        headers = request.headers
-        ip = request.client.host if request.client else None
+    def _start(self, scope: AsgiScope, headers: Mapping[str, str], api: str) -> Call:
+        client = scope.get("client")
+        ip = client[0] if client else None
         if self.settings.server.trust_forwarded_for and "x-forwarded-for" in headers:
             ip = headers["x-forwarded-for"].split(",")[0].strip()
-        rid = uuid.uuid4().hex
+        rid = new_request_id()
         row: dict[str, Any] = {
             "ts": time.time(),
             "request_id": rid,
@@ -139,21 +176,25 @@ class Gateway:
         }
         return Call(api, rid, row["ts"], time.perf_counter(), row)
 
-    async def _read_body(self, request: Request, call: Call) -> bytes:
+    async def _read_body(self, receive: Receive, headers: Mapping[str, str], call: Call) -> bytes:
         limit = self.settings.server.max_body_bytes
-        declared = request.headers.get("content-length")
+        declared = headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
             raise ApiError(413, f"request body is {declared} bytes; the limit is {limit} bytes", code="body_too_large")
         parts, size = [], 0
-        try:
-            async for chunk in request.stream():
+        while True:  # the ASGI receive loop that starlette's Request.stream() runs, without the wrapper
+            message = await receive()
+            if message["type"] == "http.request":
+                chunk = message.get("body", b"")
                 size += len(chunk)
                 if size > limit:
                     raise ApiError(413, f"request body exceeds the limit of {limit} bytes", code="body_too_large")
                 parts.append(chunk)
-        except ClientDisconnect:
-            raise ApiError(400, "the client closed the connection before sending the whole body") from None
-        raw = b"".join(parts)
+                if not message.get("more_body", False):
+                    break
+            elif message["type"] == "http.disconnect":
+                raise ApiError(400, "the client closed the connection before sending the whole body")
+        raw = parts[0] if len(parts) == 1 else b"".join(parts)
         max_chars = self.settings.audit.max_body_chars
         call.row["request"] = raw[:max_chars].decode("utf-8", "replace")
         return raw
@@ -238,24 +279,27 @@ class Gateway:
     async def _stream(self, call: Call) -> SSEResponse:
         gen = call.gen
         assert gen is not None
-        chunks = self.upstream.stream(gen)
-        # Wait for the first chunk before answering 200, so an upstream that is down or slow to start
+        stream_batches = getattr(self.upstream, "stream_batches", None)
+        batches: AsyncGenerator[ChunkBatch, None] = (
+            stream_batches(gen) if stream_batches is not None else batches_of(self.upstream.stream(gen))
+        )
+        # Wait for the first chunks before answering 200, so an upstream that is down or slow to start
         # gets a proper 502/504 JSON error instead of a broken stream.
         try:
-            first = await anext(chunks)
+            first: ChunkBatch | None = await anext(batches)
         except StopAsyncIteration:
             first = None
         state = _StreamState()
         include_usage = bool((gen.body.get("stream_options") or {}).get("include_usage"))
         body = (
-            self._anthropic_events(call, chunks, first, state)
+            self._anthropic_events(call, batches, first, state)
             if call.anthropic
-            else self._openai_events(call, chunks, first, state, include_usage)
+            else self._openai_events(call, batches, first, state, include_usage)
         )
 
         async def on_close(client_gone: bool) -> None:
             try:
-                await chunks.aclose()
+                await batches.aclose()
             finally:
                 await self._close_stream(call, state, client_gone)
 
@@ -264,32 +308,50 @@ class Gateway:
     async def _openai_events(
         self,
         call: Call,
-        chunks: AsyncIterator[dict[str, Any]],
-        first: dict[str, Any] | None,
+        batches: AsyncGenerator[ChunkBatch, None],
+        first: ChunkBatch | None,
         state: _StreamState,
         include_usage: bool,
     ) -> AsyncGenerator[bytes, None]:
+        """The client's SSE body: one write per batch of upstream chunks.
+
+        A chunk that nothing changes (no transform; no usage to drop) is passed on as the upstream's own
+        JSON bytes; it is still parsed (by the upstream) for the text, finish reason and usage recorded
+        in the audit row and settled with the limiter.
+        """
         api = call.gen.api if call.gen else "chat"
         tf = call.transform
+        chunk_text, sse = openai.chunk_text, openai.sse
         try:
-            chunk: dict[str, Any] | None = first
-            while chunk is not None:
-                if chunk.get("usage"):
-                    state.usage = chunk["usage"]
-                if tf is not None:
-                    chunk = tf.chunk(chunk)  # None: all it carried is withheld
-                if chunk is not None and (chunk.get("choices") or include_usage):
-                    text, finish = openai.chunk_text(api, chunk)
-                    state.add(text, finish)
-                    if not include_usage and "usage" in chunk:
-                        chunk = {k: v for k, v in chunk.items() if k != "usage"}
-                    yield openai.sse(chunk)
-                chunk = await anext(chunks, None)
+            batch = first
+            while batch is not None:
+                out: list[bytes] = []
+                for raw, chunk in batch.chunks:
+                    usage = chunk.get("usage")
+                    if usage:
+                        state.usage = usage
+                    if tf is not None:
+                        chunk, raw = tf.chunk(chunk), None  # None: all it carried is withheld
+                        if chunk is None:
+                            continue
+                    if chunk.get("choices") or include_usage:
+                        text, finish = chunk_text(api, chunk)
+                        state.add(text, finish)
+                        if not include_usage and "usage" in chunk:
+                            chunk, raw = {k: v for k, v in chunk.items() if k != "usage"}, None
+                        out.append(sse(chunk) if raw is None else _SSE_DATA + raw + _SSE_END)
+                if batch.last:
+                    break
+                if out:
+                    yield b"".join(out)
+                    out = []
+                batch = await anext(batches, None)
             for extra in tf.tail() if tf is not None else ():
-                state.add(openai.chunk_text(api, extra)[0], None)
-                yield openai.sse(extra)
+                state.add(chunk_text(api, extra)[0], None)
+                out.append(sse(extra))
             state.complete = True
-            yield openai.DONE
+            out.append(openai.DONE)
+            yield LastChunk(b"".join(out))
         except UpstreamError as exc:
             state.error = exc
             yield (
@@ -309,38 +371,49 @@ class Gateway:
     async def _anthropic_events(
         self,
         call: Call,
-        chunks: AsyncIterator[dict[str, Any]],
-        first: dict[str, Any] | None,
+        batches: AsyncGenerator[ChunkBatch, None],
+        first: ChunkBatch | None,
         state: _StreamState,
     ) -> AsyncGenerator[bytes, None]:
         gen = call.gen
         assert gen is not None and call.reservation is not None
         ms = anthropic.MessageStream(gen.model, call.request_id, call.reservation.tokens - gen.max_tokens)
         tf = call.transform
-        yield ms.start()
+        chunk_text = openai.chunk_text
+        out: list[bytes] = [ms.start()]
         try:
-            chunk: dict[str, Any] | None = first
-            while chunk is not None:
-                if chunk.get("usage"):
-                    state.usage = chunk["usage"]
-                if tf is not None:
-                    chunk = tf.chunk(chunk)
-                if chunk is not None:
-                    text, finish = openai.chunk_text("chat", chunk)
+            batch = first
+            while batch is not None:
+                for _raw, chunk in batch.chunks:
+                    usage = chunk.get("usage")
+                    if usage:
+                        state.usage = usage
+                    if tf is not None:
+                        chunk = tf.chunk(chunk)
+                        if chunk is None:
+                            continue
+                    text, finish = chunk_text("chat", chunk)
                     state.add(text, finish)
                     if text:
-                        yield ms.delta(text)
-                chunk = await anext(chunks, None)
+                        out.append(ms.delta(text))
+                if batch.last:
+                    break
+                if out:
+                    yield b"".join(out)
+                    out = []
+                batch = await anext(batches, None)
             for extra in tf.tail() if tf is not None else ():
-                text = openai.chunk_text("chat", extra)[0]
+                text = chunk_text("chat", extra)[0]
                 state.add(text, None)
-                yield ms.delta(text)
+                out.append(ms.delta(text))
             prompt, completion = _usage(state.usage or {}, gen, state.text())
             state.complete = True
-            yield ms.finish(state.finish, completion)
+            out.append(ms.finish(state.finish, completion))
+            yield LastChunk(b"".join(out))
         except UpstreamError as exc:
             state.error = exc
-            yield ms.error("api_error", exc.message)
+            out.append(ms.error("api_error", exc.message))
+            yield b"".join(out)
 
     async def _close_stream(self, call: Call, state: _StreamState, client_gone: bool) -> None:
         gen = call.gen

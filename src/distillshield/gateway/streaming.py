@@ -14,6 +14,13 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from starlette.types import Receive, Scope, Send
 
 
+class LastChunk(bytes):
+    """The body's final bytes: sent with more_body=False, so the end of the chunked body goes out in the
+    same write instead of a write (and a send through the server) of its own."""
+
+    __slots__ = ()
+
+
 class SSEResponse:
     media_type = b"text/event-stream"
 
@@ -50,10 +57,15 @@ class SSEResponse:
         watcher = asyncio.create_task(watch_disconnect())
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            ended = False
             async for chunk in self.chunks:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                ended = type(chunk) is LastChunk
+                if ended:
+                    finished = True
+                await send({"type": "http.response.body", "body": chunk, "more_body": not ended})
             finished = True
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            if not ended:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
             if not client_gone:
                 raise

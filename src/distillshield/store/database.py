@@ -10,13 +10,16 @@ import asyncio
 import hashlib
 import hmac
 import secrets
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -113,6 +116,36 @@ _AUDIT_TEXT = tuple(c.name for c in audit_log.c if isinstance(c.type, sa.String)
 _LOCK_HEAD = chain_head.update().where(chain_head.c.id == 1).values(id=1)
 _READ_HEAD = sa.select(chain_head.c.seq, chain_head.c.hash).where(chain_head.c.id == 1).with_for_update()
 _INSERT_AUDIT = audit_log.insert()
+_WRITE_HEAD = chain_head.update().where(chain_head.c.id == 1)
+
+
+def _driver_sql(stmt: sa.ClauseElement, dialect: sa.Dialect) -> tuple[str, tuple[str, ...]]:
+    """A statement as the driver's own SQL and the names of its positional parameters, in order."""
+    compiled = stmt.compile(dialect=dialect)
+    assert compiled.positional and compiled.positiontup is not None
+    return compiled.string, tuple(compiled.positiontup)
+
+
+# The same statements as SQLite's own SQL, for the audit thread's plain sqlite3 connection.
+_SQLITE_INSERT = _driver_sql(_INSERT_AUDIT, sqlite_dialect.dialect())
+_SQLITE_READ_HEAD, _names = _driver_sql(
+    sa.select(chain_head.c.seq, chain_head.c.hash).where(chain_head.c.id == 1), sqlite_dialect.dialect()
+)
+assert _names == ("id_1",)
+_SQLITE_WRITE_HEAD, _names = _driver_sql(
+    _WRITE_HEAD.values(seq=sa.bindparam("seq"), hash=sa.bindparam("hash")), sqlite_dialect.dialect()
+)
+assert _names == ("seq", "hash", "id_1")
+del _names
+
+
+def _sqlite_file(url: str) -> str | None:
+    """The database file of a plain SQLite URL; None for in-memory, URI-style or parametrised ones."""
+    u = sa.engine.make_url(url)
+    db = u.database
+    if not db or db == ":memory:" or db.startswith("file:") or u.query:
+        return None
+    return db
 
 
 def _storable_row(r: Mapping[str, Any]) -> dict[str, Any]:
@@ -157,6 +190,11 @@ class Store:
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self._write_lock = asyncio.Lock()
+        self._insert_sql: tuple[str, tuple[str, ...]] | None = None
+        # SQLite audit writes run in a thread of their own, on their own connection (see _append_sqlite).
+        self._audit_file = _sqlite_file(url) if self.is_sqlite else None
+        self._audit_executor: ThreadPoolExecutor | None = None
+        self._audit_conn: sqlite3.Connection | None = None
 
     async def init(self) -> None:
         """Create missing tables and the chain head row. Safe to call on every start."""
@@ -176,7 +214,16 @@ class Store:
         return sa.engine.make_url(self.url).render_as_string(hide_password=True)
 
     async def close(self) -> None:
+        executor, self._audit_executor = self._audit_executor, None
+        if executor is not None:
+            await asyncio.get_running_loop().run_in_executor(executor, self._close_audit_conn)
+            executor.shutdown(wait=False)
         await self.engine.dispose()
+
+    def _close_audit_conn(self) -> None:
+        if self._audit_conn is not None:
+            self._audit_conn.close()
+            self._audit_conn = None
 
     async def ping(self) -> bool:
         try:
@@ -353,29 +400,72 @@ class Store:
             for attempt in range(20):
                 try:
                     return await self._append_once(rows)
-                except OperationalError as exc:  # SQLite "database is locked" under contention: retry
+                except (OperationalError, sqlite3.OperationalError) as exc:  # SQLite "database is locked": retry
                     if attempt == 19 or "locked" not in str(exc).lower():
                         raise
                     await asyncio.sleep(0.05 * (attempt + 1))
         raise AssertionError("unreachable")
 
+    @staticmethod
+    def _chain(
+        rows: Sequence[Mapping[str, Any]], seq: int, prev: str, names: tuple[str, ...]
+    ) -> tuple[list[tuple[Any, ...]], int, str]:
+        """Number and link `rows` after (seq, prev): their parameter tuples, the new head seq and hash."""
+        out = []
+        link = chain.link
+        for r in rows:
+            seq += 1
+            rec = _storable_row(r)
+            rec["seq"] = seq
+            rec["prev_hash"] = prev
+            rec["hash"] = prev = link(prev, rec)
+            out.append(tuple([rec[n] for n in names]))
+        return out, seq, prev
+
     async def _append_once(self, rows: Sequence[Mapping[str, Any]]) -> int:
+        if self._audit_file is not None:
+            if self._audit_executor is None:
+                self._audit_executor = ThreadPoolExecutor(1, thread_name_prefix="distillshield-audit")
+            return await asyncio.get_running_loop().run_in_executor(self._audit_executor, self._append_sqlite, rows)
         async with self.engine.begin() as conn:
+            if self._insert_sql is None:
+                # The driver's own SQL, compiled once: batches go to the driver's executemany as plain
+                # tuples, without SQLAlchemy's per-execution work (cache lookup, per-row parameter
+                # processing). The audit columns are strings, numbers and booleans, taken by every driver.
+                self._insert_sql = _driver_sql(_INSERT_AUDIT, conn.dialect)
+            sql, names = self._insert_sql
             if self.is_sqlite:
                 # Take the write lock before reading the head so two processes cannot fork the chain.
                 await conn.execute(_LOCK_HEAD)
             head = (await conn.execute(_READ_HEAD)).one()
-            seq, prev = head.seq, head.hash
-            out = []
-            for r in rows:
-                seq += 1
-                rec = _storable_row(r)
-                rec["seq"] = seq
-                rec["prev_hash"] = prev
-                rec["hash"] = prev = chain.link(prev, rec)
-                out.append(rec)
-            await conn.execute(_INSERT_AUDIT, out)
-            await conn.execute(chain_head.update().where(chain_head.c.id == 1).values(seq=seq, hash=prev))
+            out, seq, prev = self._chain(rows, head.seq, head.hash, names)
+            await conn.exec_driver_sql(sql, out)
+            await conn.execute(_WRITE_HEAD.values(seq=seq, hash=prev))
+        return seq
+
+    def _append_sqlite(self, rows: Sequence[Mapping[str, Any]]) -> int:
+        """One batch on a SQLite file, in the audit thread: the whole transaction is one hand-off from the
+        event loop instead of one per statement through aiosqlite, and the chaining (hashes, copies) runs
+        here too. BEGIN IMMEDIATE takes the write lock before the head is read, so two writers (threads or
+        processes) cannot fork the chain; a busy database waits busy_timeout, then raises "locked"."""
+        conn = self._audit_conn
+        if conn is None:
+            assert self._audit_file is not None
+            conn = sqlite3.connect(self._audit_file, isolation_level=None)  # transactions are explicit
+            _sqlite_pragmas(conn, None)
+            self._audit_conn = conn
+        sql, names = _SQLITE_INSERT
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            seq, prev = conn.execute(_SQLITE_READ_HEAD, (1,)).fetchone()
+            out, seq, prev = self._chain(rows, seq, prev, names)
+            conn.executemany(sql, out)
+            conn.execute(_SQLITE_WRITE_HEAD, (seq, prev, 1))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
         return seq
 
     async def chain_head(self) -> tuple[int, str]:

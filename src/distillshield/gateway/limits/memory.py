@@ -8,8 +8,8 @@ scope and commits to every scope without awaiting in between.
 from __future__ import annotations
 
 import time
-from collections import deque
-from dataclasses import dataclass, field
+from array import array
+from dataclasses import dataclass
 
 from distillshield.gateway.limits.base import (
     DAY_S,
@@ -20,31 +20,59 @@ from distillshield.gateway.limits.base import (
     rate_headers,
 )
 
-
-@dataclass
-class _Entry:
-    ts: float
-    tokens: int
-    in_window: bool = True
+_COMPACT_AT = 4096  # drop expired entries from the front of the arrays once this many have accumulated
 
 
-@dataclass
 class _State:
-    requests: deque[float] = field(default_factory=deque)  # start times in the window
-    tokens: deque[_Entry] = field(default_factory=deque)  # reservations in the window
-    token_sum: int = 0
-    in_flight: int = 0
-    day: int = -1
-    day_tokens: int = 0
+    """One scope's sliding windows, as arrays of floats and ints with a moving front.
+
+    The windows hold an entry per request of the last minute (tens of thousands per scope on a busy
+    gateway). Kept as objects, or even as floats in a deque, every full garbage collection had to visit
+    each of them and stalled the event loop for tens of milliseconds; `array` buffers are not visited at
+    all. Reservation number k (counted from the scope's first) is at index `tok_front + k - base` while
+    it is in the window, i.e. while k >= base.
+    """
+
+    __slots__ = (
+        "req_ts", "req_front", "tok_ts", "tok_n", "tok_front", "base", "token_sum", "in_flight", "day", "day_tokens"
+    )
+
+    def __init__(self) -> None:
+        self.req_ts = array("d")  # request start times; the window is req_ts[req_front:]
+        self.req_front = 0
+        self.tok_ts = array("d")  # reservations: start times ...
+        self.tok_n = array("q")  # ... and tokens (reserved, or used once settled); window: [tok_front:]
+        self.tok_front = 0
+        self.base = 0  # the number of the reservation at tok_front
+        self.token_sum = 0
+        self.in_flight = 0
+        self.day = -1
+        self.day_tokens = 0
+
+    @property
+    def requests(self) -> int:
+        return len(self.req_ts) - self.req_front
 
     def prune(self, now: float) -> None:
         horizon = now - WINDOW_S
-        while self.requests and self.requests[0] <= horizon:
-            self.requests.popleft()
-        while self.tokens and self.tokens[0].ts <= horizon:
-            old = self.tokens.popleft()
-            old.in_window = False
-            self.token_sum -= old.tokens
+        ts, front, end = self.req_ts, self.req_front, len(self.req_ts)
+        while front < end and ts[front] <= horizon:
+            front += 1
+        if front >= _COMPACT_AT and 2 * front >= end:
+            del ts[:front]
+            front = 0
+        self.req_front = front
+        ts, n, front, end = self.tok_ts, self.tok_n, self.tok_front, len(self.tok_ts)
+        start = front
+        while front < end and ts[front] <= horizon:
+            self.token_sum -= n[front]
+            front += 1
+        self.base += front - start
+        if front >= _COMPACT_AT and 2 * front >= end:
+            del ts[:front]
+            del n[:front]
+            front = 0
+        self.tok_front = front
 
     def roll_day(self, wall: float) -> None:
         day = int(wall // DAY_S)
@@ -54,7 +82,7 @@ class _State:
 
 @dataclass
 class _Handle:
-    entries: list[tuple[_State, _Entry]]
+    entries: list[tuple[_State, int]]  # each scope's state and the reservation's number in it
     day: int
 
 
@@ -83,19 +111,19 @@ class MemoryRateLimiter:
             self._check(scope, st, tokens, now, wall)
             lim = scope.limits
             remaining[scope.key] = (
-                lim.rpm - len(st.requests) - 1 if lim.rpm else None,
+                lim.rpm - st.requests - 1 if lim.rpm else None,
                 lim.tpm - st.token_sum - tokens if lim.tpm else None,
             )
             states.append(st)
         entries = []
         for st in states:  # every check passed: commit to every scope
-            st.requests.append(now)
-            entry = _Entry(now, tokens)
-            st.tokens.append(entry)
+            st.req_ts.append(now)
+            entries.append((st, st.base + len(st.tok_ts) - st.tok_front))
+            st.tok_ts.append(now)
+            st.tok_n.append(tokens)
             st.token_sum += tokens
             st.in_flight += 1
             st.day_tokens += tokens
-            entries.append((st, entry))
         return Reservation(
             scopes, tokens, rate_headers(scopes, remaining), _Handle(entries, states[0].day if states else 0)
         )
@@ -104,8 +132,8 @@ class MemoryRateLimiter:
         lim = scope.limits
         if lim.concurrent is not None and st.in_flight >= lim.concurrent:
             raise limit_exceeded(scope, "concurrent", 1.0, in_flight=st.in_flight)
-        if lim.rpm is not None and len(st.requests) >= lim.rpm:
-            oldest_needed = st.requests[len(st.requests) - lim.rpm]
+        if lim.rpm is not None and st.requests >= lim.rpm:
+            oldest_needed = st.req_ts[len(st.req_ts) - lim.rpm]
             raise limit_exceeded(scope, "requests", oldest_needed + WINDOW_S - now)
         if lim.tpm is not None:
             if tokens > lim.tpm:
@@ -113,10 +141,10 @@ class MemoryRateLimiter:
             if st.token_sum + tokens > lim.tpm:
                 need = st.token_sum + tokens - lim.tpm
                 wait = WINDOW_S
-                for e in st.tokens:
-                    need -= e.tokens
+                for i in range(st.tok_front, len(st.tok_ts)):
+                    need -= st.tok_n[i]
                     if need <= 0:
-                        wait = e.ts + WINDOW_S - now
+                        wait = st.tok_ts[i] + WINDOW_S - now
                         break
                 raise limit_exceeded(scope, "tokens", wait, tokens=tokens, token_sum=st.token_sum)
         if lim.tpd is not None and st.day_tokens + tokens > lim.tpd:
@@ -128,10 +156,10 @@ class MemoryRateLimiter:
         reservation.settled = True
         handle: _Handle = reservation.handle
         diff = tokens_used - reservation.tokens
-        for st, entry in handle.entries:
-            if entry.in_window:
+        for st, number in handle.entries:
+            if number >= st.base:  # still in the window
                 st.token_sum += diff
-            entry.tokens = tokens_used
+                st.tok_n[st.tok_front + number - st.base] = tokens_used
             if st.day == handle.day:
                 st.day_tokens = max(0, st.day_tokens + diff)
 

@@ -7,15 +7,38 @@ at the edge (protocols/anthropic.py).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
 # A per-request logits hook: (input token ids, next-token scores) -> scores. Only upstreams that
 # run the model in-process (the embedded one) can honour it; the watermark builds on this.
 LogitsHook = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+class ChunkBatch(NamedTuple):
+    """Stream chunks that arrived together (in one read from the model server).
+
+    `chunks` pairs each parsed chunk with the upstream's own JSON bytes for it (None when the upstream has
+    none, e.g. the embedded model), so the gateway can pass an untouched chunk on without serialising it
+    again and write a whole batch to the client at once. `last`: the upstream's stream ends with it.
+    """
+
+    chunks: list[tuple[bytes | None, dict[str, Any]]]
+    last: bool = False
+
+
+async def batches_of(chunks: AsyncIterator[dict[str, Any]]) -> AsyncGenerator[ChunkBatch, None]:
+    """One-chunk batches for an upstream that only offers `stream` (the embedded model, test doubles)."""
+    try:
+        async for chunk in chunks:
+            yield ChunkBatch([(None, chunk)])
+    finally:
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 @dataclass
@@ -51,3 +74,6 @@ class Upstream(Protocol):
     async def complete(self, req: GenRequest) -> dict[str, Any]: ...
 
     def stream(self, req: GenRequest) -> AsyncIterator[dict[str, Any]]: ...
+
+    # Optional: `stream_batches(req) -> AsyncIterator[ChunkBatch]`, the same chunks grouped as they arrived
+    # and with their raw bytes (see HttpUpstream). The gateway uses it when present, else `batches_of`.

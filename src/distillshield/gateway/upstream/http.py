@@ -18,7 +18,7 @@ import orjson
 
 from distillshield.config import HttpUpstreamSettings
 from distillshield.gateway.errors import UpstreamError
-from distillshield.gateway.upstream.base import GenRequest
+from distillshield.gateway.upstream.base import ChunkBatch, GenRequest
 
 log = logging.getLogger("distillshield.upstream")
 _PASSED_4XX = (400, 404, 413, 422)
@@ -121,17 +121,29 @@ class HttpUpstream:
         return data
 
     async def stream(self, req: GenRequest) -> AsyncIterator[dict[str, Any]]:
+        batches = self.stream_batches(req)
+        try:
+            async for batch in batches:
+                for _raw, chunk in batch.chunks:
+                    yield chunk
+        finally:
+            await batches.aclose()
+
+    async def stream_batches(self, req: GenRequest) -> AsyncIterator[ChunkBatch]:
+        """The stream's chunks, grouped by the read they arrived in, each with its own JSON bytes."""
         assert self._session is not None, "upstream not started"
         body = dict(req.body)
         body["stream"] = True
         # Ask for the usage chunk so the reservation settles to real numbers; the pipeline drops it
         # again if the client did not ask for it.
         body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        loads = orjson.loads
         try:
             async with self._session.post(self._url(req), data=orjson.dumps(body)) as resp:
                 await self._check_status(resp)
                 # Lines are split out of whole reads: `async for line in resp.content` awaits once per
-                # line (two per event), one of the largest CPU costs of relaying a stream.
+                # line (two per event), one of the largest CPU costs of relaying a stream. The chunks of
+                # one read go on as one batch, so the gateway writes them to the client at once.
                 rest = b""
                 while True:
                     data = await resp.content.readany()
@@ -142,19 +154,25 @@ class HttpUpstream:
                         lines, rest = [rest], b""
                     else:
                         return
+                    batch: list[tuple[bytes | None, dict[str, Any]]] = []
                     for line in lines:
                         if not line.startswith(b"data:"):
                             continue
                         payload = line[5:].strip()
                         if payload == b"[DONE]":
+                            yield ChunkBatch(batch, last=True)
                             return
                         try:
-                            chunk = orjson.loads(payload)
+                            chunk = loads(payload)
                         except orjson.JSONDecodeError:
                             raise UpstreamError(
                                 502, "the model server sent a stream chunk that is not JSON"
                             ) from None
-                        yield chunk
+                        if not isinstance(chunk, dict):
+                            raise UpstreamError(502, "the model server sent a stream chunk that is not an object")
+                        batch.append((payload, chunk))
+                    if batch:
+                        yield ChunkBatch(batch)
         except UpstreamError:
             raise
         except (TimeoutError, aiohttp.ClientError) as exc:
