@@ -10,6 +10,7 @@ Corpora (JSONL in BENCH_DIR, one completion per line with prompt, text, tokens, 
   attacker.jsonl     100 x max 200 tokens: KGW under the one key of "acct-attacker" (radioactivity teacher)
   gumbel.jsonl       60 x max 200 tokens: Gumbel-max h=4, each under a random account key
   strong.jsonl       30 x max 200 tokens: KGW with the strong delta=4, each under a random account key
+  kgw3.jsonl         100 x max 200 tokens: KGW with delta=3, each under a random account key
 Every completion: T=1.0, llama.cpp's default top-k 40 / top-p 0.95 / min-p 0.05.
 """
 
@@ -43,6 +44,7 @@ CORPORA = {
     "attacker": (100, 200, 0),
     "gumbel": (60, 200, 0),
     "strong": (30, 200, 0),
+    "kgw3": (100, 200, 0),
 }
 
 
@@ -61,7 +63,7 @@ def main() -> None:
     for corpus in args.corpora.split(","):
         path = out / f"{corpus}.jsonl"
         done = {r["i"] for r in read_jsonl(path)}
-        pick = rng({"plain": 1, "kgw": 2, "gumbel": 3, "attacker": 4, "strong": 5}[corpus])
+        pick = rng({"plain": 1, "kgw": 2, "gumbel": 3, "attacker": 4, "strong": 5, "kgw3": 6}[corpus])
         n_prompts, short, n_long = CORPORA[corpus]
         n_prompts = min(n_prompts, args.n or n_prompts)
         for i, prompt in enumerate(ps[:n_prompts]):
@@ -74,6 +76,8 @@ def main() -> None:
                 hook = kgw.processor(key)
             elif corpus == "strong":
                 hook = kgw.processor(key, delta=4.0)
+            elif corpus == "kgw3":
+                hook = kgw.processor(key, delta=3.0)
             elif corpus == "gumbel":
                 hook = gumbel.processor(key, temperature=TEMPERATURE)
             max_tokens = 400 if i < n_long else short

@@ -80,7 +80,7 @@ def main() -> None:
     for corpus, scheme_name in (
         ()
         if "detection" not in parts
-        else (("kgw", "kgw"), ("attacker", "kgw"), ("strong", "kgw"), ("gumbel", "gumbel"))
+        else (("kgw", "kgw"), ("attacker", "kgw"), ("kgw3", "kgw"), ("strong", "kgw"), ("gumbel", "gumbel"))
     ):
         rows = read_jsonl(d / f"{corpus}.jsonl")
         if not rows:

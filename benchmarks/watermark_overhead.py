@@ -62,8 +62,13 @@ def main() -> None:
     hook_us: dict[str, list[float]] = {"kgw": [], "gumbel": []}
     for rnd in range(args.rounds):
         for i, p in enumerate(ps):
-            for arm in ("none", "kgw", "gumbel"):  # interleaved: each prompt runs all arms back to back
+            arms = ("none", "kgw", "gumbel")
+            # Interleaved: each prompt runs all arms back to back, in an order that rotates so no arm is
+            # always first. reset() drops llama.cpp's prompt cache, so every arm pays the same prompt
+            # processing (otherwise the arms after the first reuse the cached prompt and look faster).
+            for arm in arms[(i + rnd) % 3 :] + arms[: (i + rnd) % 3]:
                 hook = Timed(schemes[arm](ring.account(f"acct-{i:04d}"))) if arm != "none" else None
+                llm.reset()
                 _, n, dt = chat(llm, p, args.tokens, 1.0, seed=rnd * 1000 + i, hook=hook)
                 if n:
                     per_token[arm].append(dt / n)

@@ -99,7 +99,7 @@ def main() -> None:
 def ppl(args: Any, result: dict[str, Any]) -> None:
     d = bench_dir()
     llm = load_llm(logits_all=True)
-    corpora = {c: read_jsonl(d / f"{c}.jsonl") for c in ("plain", "kgw", "attacker", "gumbel", "strong")}
+    corpora = {c: read_jsonl(d / f"{c}.jsonl") for c in ("plain", "kgw", "attacker", "kgw3", "gumbel", "strong")}
     corpora = {c: rows for c, rows in corpora.items() if rows}
     # The same prompts for every scheme: perplexity depends on the prompt as much as on the scheme.
     common = sorted(set.intersection(*({r["i"] for r in rows} for rows in corpora.values())))[: args.ppl_texts]
@@ -122,6 +122,7 @@ def task(args: Any, result: dict[str, Any]) -> None:
     arms = {
         "none": lambda k, t: None,
         "kgw delta=2": lambda k, t: GreenListWatermark(0.25, 2.0, 1).processor(k),
+        "kgw delta=3": lambda k, t: GreenListWatermark(0.25, 3.0, 1).processor(k),
         "kgw delta=4 (strong)": lambda k, t: GreenListWatermark(0.25, 4.0, 1).processor(k),
         "gumbel h=4": lambda k, t: GumbelWatermark(4).processor(k, temperature=t),
     }

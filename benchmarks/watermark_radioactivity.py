@@ -83,7 +83,7 @@ def train_student(seqs: list[list[int]], vocab: np.ndarray, seed: int, epochs: i
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss) * len(b)
+            total += loss.detach().item() * len(b)
         losses.append(total / n)
     model.eval()
     return model, losses
