@@ -210,6 +210,9 @@ def _serve_asgi(app: Any, port: int) -> None:
         lifespan="off",
         log_level="warning",
         access_log=False,
+        # No proxy in front: like the gateway (server.forwarded_allow_ips unset), trust no forwarded headers,
+        # which also keeps uvicorn's ProxyHeadersMiddleware out of the request path.
+        proxy_headers=False,
     )
 
 

@@ -20,6 +20,7 @@ import httpx
 import pytest
 import uvicorn
 
+from distillshield.cli.serve import uvicorn_proxy_options
 from distillshield.config import Settings, load_settings
 from distillshield.gateway.app import build_app
 
@@ -108,6 +109,7 @@ def start_gateway(settings: Settings, **components: Any) -> RunningGateway:
             loop="asyncio",
             http="httptools",
             timeout_graceful_shutdown=10,
+            **uvicorn_proxy_options(settings),  # as `distillshield serve` runs it
         )
     )
     thread = threading.Thread(target=server.run, daemon=True)

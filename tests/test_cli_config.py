@@ -174,3 +174,29 @@ def test_demo_once_serves_a_real_request(tmp_path: Path) -> None:
     with eng.connect() as conn:
         assert conn.execute(sa.text("select count(*) from audit_log where status = 200")).scalar() == 1
     assert os.path.exists(tmp_path / "demo" / "admin-token")
+
+
+def test_forwarded_headers_are_trusted_only_from_configured_proxies(tmp_path: Path) -> None:
+    from distillshield.cli.serve import uvicorn_proxy_options, write_config
+
+    cfg = tmp_path / "p.yaml"
+    write_config(cfg, store_url=f"sqlite+aiosqlite:///{tmp_path / 'p.db'}")
+    assert "forwarded_allow_ips: []" in cfg.read_text()
+    s = load_settings(cfg)
+    # The default: uvicorn's proxy-headers middleware is off (uvicorn would trust 127.0.0.1 on its own).
+    assert s.server.forwarded_allow_ips == [] and uvicorn_proxy_options(s) == {
+        "proxy_headers": False,
+        "forwarded_allow_ips": None,
+    }
+    s = load_settings(cfg, server__forwarded_allow_ips="10.0.0.1, 10.1.0.0/16,::1")  # uvicorn's own format
+    ips = ["10.0.0.1", "10.1.0.0/16", "::1"]
+    assert uvicorn_proxy_options(s) == {"proxy_headers": True, "forwarded_allow_ips": ips}
+    assert load_settings(cfg, server__forwarded_allow_ips=["*"]).server.forwarded_allow_ips == ["*"]
+
+
+@pytest.mark.parametrize("value", [["10.0.0.1/8"], ["proxy.internal"], ["*", "10.0.0.1"], ["10.0.0.300"]])
+def test_bad_forwarded_allow_ips_are_errors_not_silent_literals(tmp_path: Path, value: list[str]) -> None:
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(json.dumps({"server": {"forwarded_allow_ips": value}}))  # JSON is YAML
+    with pytest.raises(ConfigError, match="server.forwarded_allow_ips"):
+        load_settings(cfg)

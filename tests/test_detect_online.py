@@ -108,3 +108,63 @@ def test_demo_detection_act_flags_the_campaign(gateway_factory: Any, capsys: Any
     # honest account's worst moment reached on the calibration seeds, which 100 demo requests need not give.
     assert len(verdicts) >= 8 and ("extraction" in out or "suspicious" in out)
     assert any(v != "benign" for v in verdicts.values()) and any(v == "benign" for v in verdicts.values())
+
+
+def _audit_row(**over: Any) -> dict[str, Any]:
+    row = {
+        "ts": 1_700_000_000.25, "request_id": "r1", "endpoint": "/v1/chat/completions", "ip": "10.1.2.3",
+        "user_agent": "OpenAI/Python 1.0", "stream": False, "account_id": "acct", "org_id": "org", "key_id": "k1",
+        "model": "fake-model", "decision": "allow", "status": 200, "latency_ms": 1.5, "error": None,
+        "request": '{"model": "fake-model", "max_tokens": 64, "temperature": 0.2, '
+        '"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Explain tides."}]}',
+        "response_text": "The moon.", "finish_reason": "stop", "prompt_tokens": 12, "completion_tokens": 3,
+    }  # fmt: skip
+    row.update(over)
+    return row
+
+
+def test_trusted_rows_read_as_the_validated_records_do() -> None:
+    """The extension reads its own gateway's rows without pydantic validation (detect/online.py); what the
+    extractor sees must be what `row_to_record` (used for files and exports) gives, None cases included."""
+    from distillshield.detect.corpus import Extractor
+    from distillshield.detect.online import trusted_record
+    from distillshield.store.export import row_to_record
+
+    rows = [
+        _audit_row(),
+        _audit_row(response_text=None, finish_reason=None, prompt_tokens=None, completion_tokens=None),
+        _audit_row(prompt_tokens=None, completion_tokens=None),  # a response without usage
+        _audit_row(prompt_tokens=None, completion_tokens=7, response_text=None, finish_reason="length"),
+        _audit_row(status=499, finish_reason="cancelled", ip=None, user_agent=None, org_id=None),
+        _audit_row(endpoint="/v1/completions", request='{"model": "m", "prompt": "Say hi", "n": 2}'),
+        _audit_row(endpoint="/v1/messages", request='{"model": "m", "max_tokens": 9, "system": "s", '
+                   '"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}'),
+        _audit_row(account_id=None),  # unauthenticated
+        _audit_row(request=None),
+        _audit_row(request='{"model": "fake-mo'),  # truncated body
+        _audit_row(request="[1, 2]"),
+    ]  # fmt: skip
+    attrs = ("ts", "account_id", "endpoint", "request", "org_id", "key_id", "ip", "user_agent", "status", "latency_ms")
+    trusted = [trusted_record(r) for r in rows]
+    checked = [row_to_record(r) for r in rows]
+    assert [t is None for t in trusted] == [c is None for c in checked] == [False] * 7 + [True] * 4
+    for t, c in zip(trusted, checked, strict=True):
+        if c is None:
+            continue
+        assert all(getattr(t, a) == getattr(c, a) for a in attrs)
+        if c.response is None:
+            assert t.response is None
+            continue
+        assert (t.response.text, t.response.finish_reason) == (c.response.text, c.response.finish_reason)
+        if c.response.usage is None:
+            assert t.response.usage is None
+        else:
+            tu, cu = t.response.usage, c.response.usage
+            assert (tu.prompt_tokens, tu.completion_tokens) == (cu.prompt_tokens, cu.completion_tokens)
+    fields = (
+        "ts", "account", "endpoint", "model", "org", "ip24", "ua", "user_chars", "system_hash", "skel_hash", "head",
+        "tail", "max_tokens", "temperature", "n", "status", "completion_tokens", "index", "text",
+    )  # fmt: skip
+    got = list(Extractor(None, None).extract([t for t in trusted if t is not None]))
+    want = list(Extractor(None, None).extract([c for c in checked if c is not None]))
+    assert [[getattr(o, f) for f in fields] for o in got] == [[getattr(o, f) for f in fields] for o in want]

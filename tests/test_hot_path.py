@@ -210,3 +210,121 @@ async def test_sqlite_audit_thread_stores_what_the_sqlalchemy_path_stores(tmp_pa
     finally:
         await threaded.close()
         await plain.close()
+
+
+def _ip_of_last_row(gw: RunningGateway, key: str, forwarded_for: str) -> str | None:
+    r = httpx.post(
+        f"{gw.base}/v1/chat/completions",
+        headers={"authorization": f"Bearer {key}", "x-forwarded-for": forwarded_for},
+        json={"model": "fake-model", "messages": [{"role": "user", "content": "x"}]},
+        timeout=30,
+    )
+    assert r.status_code == 200
+    return _audit_rows(gw)[-1]["ip"]
+
+
+def test_forwarded_for_is_ignored_unless_the_proxy_is_configured(gateway_factory) -> None:
+    # uvicorn alone would trust X-Forwarded-For from 127.0.0.1; the gateway trusts no proxy by default.
+    gw = gateway_factory({"upstream": FakeUpstream()})
+    assert _ip_of_last_row(gw, gw.create_key("direct"), "203.0.113.7") == "127.0.0.1"
+    gw = gateway_factory({"upstream": FakeUpstream()}, server__forwarded_allow_ips=["127.0.0.1"])
+    assert _ip_of_last_row(gw, gw.create_key("proxied"), "203.0.113.7") == "203.0.113.7"
+
+
+async def test_a_body_that_never_waits_needs_no_disconnect_watcher() -> None:
+    async def body():
+        yield LastChunk(b"all of it")
+
+    sent: list[dict[str, Any]] = []
+    closed: list[bool] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, Any]:
+        raise AssertionError("receive() is only for the disconnect watcher")
+
+    async def on_close(client_gone: bool) -> None:
+        closed.append(client_gone)
+
+    tasks_before = len(asyncio.all_tasks())
+    await SSEResponse(body(), {}, on_close, watch_disconnect=False)({"type": "http"}, receive, send)
+    assert len(asyncio.all_tasks()) == tasks_before
+    assert [(m.get("body"), m.get("more_body")) for m in sent[1:]] == [(b"all of it", False)] and closed == [False]
+
+
+async def test_a_body_that_waits_is_cancelled_when_the_client_leaves() -> None:
+    upstream_gone = asyncio.Event()
+
+    async def body():
+        yield b"first"
+        try:
+            await asyncio.sleep(3600)  # the upstream is slow
+        finally:
+            upstream_gone.set()
+        yield LastChunk(b"never")
+
+    sent: list[dict[str, Any]] = []
+    closed: list[bool] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.sleep(0.05)
+        return {"type": "http.disconnect"}
+
+    async def on_close(client_gone: bool) -> None:
+        closed.append(client_gone)
+
+    await asyncio.wait_for(SSEResponse(body(), {}, on_close)({"type": "http"}, receive, send), 10)
+    assert upstream_gone.is_set() and closed == [True] and [m.get("body") for m in sent[1:]] == [b"first"]
+
+
+def _reference_text(api: str, chunks: list[dict[str, Any]]) -> tuple[str, str | None]:
+    from distillshield.gateway.protocols.openai import chunk_text
+
+    parts, finish = [], None
+    for c in chunks:
+        text, f = chunk_text(api, c)
+        parts.append(text)
+        finish = f or finish
+    return "".join(parts), finish
+
+
+@pytest.mark.parametrize("api", ["chat", "completions"])
+async def test_stream_text_and_finish_match_chunk_text(api: str) -> None:
+    from types import SimpleNamespace
+
+    from distillshield.gateway.pipeline import Gateway, _StreamState
+    from distillshield.gateway.upstream.base import ChunkBatch
+
+    def choice(i: int, t: str | None, finish: str | None = None) -> dict[str, Any]:
+        c: dict[str, Any] = {"index": i, "finish_reason": finish}
+        if api == "chat":
+            c["delta"] = {} if t is None else {"content": t}
+        else:
+            c["text"] = t
+        return c
+
+    chunks = [
+        {"choices": [choice(0, "he"), choice(1, "Ho")]},
+        {"choices": [choice(0, None), choice(1, "")]},
+        {"choices": [choice(0, "llo", "stop"), choice(1, "w", None)]},
+        {"choices": [choice(1, "dy", "length")]},
+        {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4}},
+    ]
+    if api == "chat":
+        chunks.insert(1, {"choices": [{"index": 0, "delta": None, "finish_reason": None}]})
+    batches = [ChunkBatch([(orjson.dumps(c), c) for c in chunks[:2]]), ChunkBatch([(None, c) for c in chunks[2:]])]
+
+    async def rest():
+        yield batches[1]
+
+    state = _StreamState()
+    call = SimpleNamespace(gen=SimpleNamespace(api=api), transform=None)
+    out = b"".join([part async for part in Gateway._openai_events(None, call, rest(), batches[0], state, True)])  # type: ignore[arg-type]
+    assert (state.text(), state.finish) == _reference_text(api, chunks) and state.complete
+    assert state.usage == {"prompt_tokens": 3, "completion_tokens": 4}
+    events = re.findall(rb"^data: (.*)$", out, re.M)
+    assert [orjson.loads(e) for e in events[:-1]] == chunks and events[-1] == b"[DONE]"

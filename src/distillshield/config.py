@@ -7,6 +7,7 @@ silently ignored.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -37,6 +38,40 @@ class ServerSettings(_Strict):
     max_max_tokens: int = Field(4096, ge=1, description="requests asking for more get 400")
     graceful_timeout_s: float = Field(30.0, ge=0)
     trust_forwarded_for: bool = Field(False, description="take the client IP from X-Forwarded-For")
+    forwarded_allow_ips: list[str] = Field(
+        default_factory=list,
+        description=(
+            "addresses or networks (CIDR) of the reverse proxies whose X-Forwarded-For/-Proto headers uvicorn "
+            "applies to the connection, or ['*'] for any; empty (the default): forwarded headers are not "
+            "trusted and uvicorn's proxy-headers middleware is off"
+        ),
+    )
+
+    @field_validator("forwarded_allow_ips", mode="before")
+    @classmethod
+    def _split_ips(cls, v: Any) -> Any:
+        # uvicorn's own --forwarded-allow-ips format ("10.0.0.1,10.1.0.0/16") is accepted too.
+        if isinstance(v, str):
+            return [part.strip() for part in v.split(",") if part.strip()]
+        return v
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _valid_ips(cls, v: list[str]) -> list[str]:
+        # uvicorn silently treats a value that is not an address or network as a literal host name that no
+        # TCP peer ever matches; a typo here would turn the setting off without a word, so it is an error.
+        for item in v:
+            if item == "*":
+                continue
+            try:
+                ipaddress.ip_network(item)
+            except ValueError:
+                raise ValueError(
+                    f"{item!r} is not an IP address, a network in CIDR notation (host bits zero) or '*'"
+                ) from None
+        if "*" in v and len(v) > 1:
+            raise ValueError("'*' trusts every address; list it alone")
+        return v
 
 
 class AdminSettings(_Strict):

@@ -6,6 +6,7 @@ import secrets
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -25,6 +26,8 @@ server:
   max_max_tokens: 4096           # requests asking for more get 400
   graceful_timeout_s: 30         # on SIGTERM, wait this long for in-flight requests
   trust_forwarded_for: false     # take the client IP from X-Forwarded-For (only behind your own proxy)
+  forwarded_allow_ips: []        # reverse proxies (IPs, CIDR networks, or ["*"]) whose X-Forwarded-For/-Proto
+                                 # uvicorn applies; [] = trust no forwarded headers (proxy-headers middleware off)
 
 admin:
   # sha256 of the admin API's bearer token (the token itself was printed once by `distillshield init`)
@@ -194,7 +197,16 @@ def run_server(s: Settings, host: str, port: int, log_level: str = "info") -> No
         log_level=log_level,
         timeout_graceful_shutdown=int(s.server.graceful_timeout_s),
         access_log=False,
+        **uvicorn_proxy_options(s),
     )
+
+
+def uvicorn_proxy_options(s: Settings) -> dict[str, Any]:
+    """uvicorn's proxy-header options from `server.forwarded_allow_ips`. uvicorn's own default trusts
+    X-Forwarded-For/-Proto from 127.0.0.1 and runs its middleware on every request; here nothing is trusted
+    (and the middleware is off) unless the config names the proxies."""
+    ips = s.server.forwarded_allow_ips
+    return {"proxy_headers": bool(ips), "forwarded_allow_ips": list(ips) or None}
 
 
 def run_demo(port: int, directory: Path, once: bool) -> None:
@@ -214,7 +226,15 @@ def run_demo(port: int, directory: Path, once: bool) -> None:
     s = load_settings(cfg, server__port=port)
     app = build_app(s)
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, loop="uvloop", http="httptools", log_level="warning")
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            loop="uvloop",
+            http="httptools",
+            log_level="warning",
+            **uvicorn_proxy_options(s),
+        )
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

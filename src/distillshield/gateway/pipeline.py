@@ -303,7 +303,10 @@ class Gateway:
             finally:
                 await self._close_stream(call, state, client_gone)
 
-        return SSEResponse(body, self._headers(call), on_close)
+        # When the first read held the whole stream, the body never waits on the upstream: no disconnect
+        # watcher is needed (see SSEResponse).
+        complete = first is None or first.last
+        return SSEResponse(body, self._headers(call), on_close, watch_disconnect=not complete)
 
     async def _openai_events(
         self,
@@ -320,8 +323,10 @@ class Gateway:
         in the audit row and settled with the limiter.
         """
         api = call.gen.api if call.gen else "chat"
+        chat = api == "chat"
         tf = call.transform
         chunk_text, sse = openai.chunk_text, openai.sse
+        parts = state.parts
         try:
             batch = first
             while batch is not None:
@@ -334,12 +339,24 @@ class Gateway:
                         chunk, raw = tf.chunk(chunk), None  # None: all it carried is withheld
                         if chunk is None:
                             continue
-                    if chunk.get("choices") or include_usage:
-                        text, finish = chunk_text(api, chunk)
-                        state.add(text, finish)
+                    choices = chunk.get("choices")
+                    if choices or include_usage:
+                        # openai.chunk_text and _StreamState.add, inlined: this runs for every chunk of
+                        # every stream, and the calls and the (text, finish) tuple were a measurable part
+                        # of relaying one (same text, same finish reason: the last one a choice carries).
+                        for c in choices or ():
+                            t = (c.get("delta") or {}).get("content") if chat else c.get("text")
+                            if t:
+                                parts.append(t)
+                            finish = c.get("finish_reason")
+                            if finish:
+                                state.finish = finish
                         if not include_usage and "usage" in chunk:
                             chunk, raw = {k: v for k, v in chunk.items() if k != "usage"}, None
-                        out.append(sse(chunk) if raw is None else _SSE_DATA + raw + _SSE_END)
+                        if raw is None:
+                            out.append(sse(chunk))
+                        else:  # the upstream's own bytes, framed; one join per batch below
+                            out += (_SSE_DATA, raw, _SSE_END)
                 if batch.last:
                     break
                 if out:

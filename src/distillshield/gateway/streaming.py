@@ -29,9 +29,17 @@ class SSEResponse:
         chunks: AsyncGenerator[bytes, None],
         headers: dict[str, str],
         on_close: Callable[[bool], Awaitable[None]],
+        *,
+        watch_disconnect: bool = True,
     ) -> None:
+        """`watch_disconnect=False` when `chunks` never waits for anything (the upstream's whole stream came
+        in its first read): the body then goes out in one LastChunk, and a disconnect only counts before the
+        last chunk is handed to `send`, so the watcher could never act; not starting it saves a task, a
+        receive() and a cancellation per stream. A body that waits needs the watcher (uvicorn's `send`
+        returns without error on a closed connection, so nothing else would notice the client leaving)."""
         self.chunks = chunks
         self.on_close = on_close
+        self.watch_disconnect = watch_disconnect
         self.raw_headers = [
             (b"content-type", b"text/event-stream; charset=utf-8"),
             (b"cache-control", b"no-cache"),
@@ -54,7 +62,7 @@ class SSEResponse:
                         task.cancel()
                     return
 
-        watcher = asyncio.create_task(watch_disconnect())
+        watcher = asyncio.create_task(watch_disconnect()) if self.watch_disconnect else None
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             ended = False
@@ -74,7 +82,8 @@ class SSEResponse:
             client_gone = True
         finally:
             finished = True
-            watcher.cancel()
+            if watcher is not None:
+                watcher.cancel()
             try:
                 await self.chunks.aclose()
             finally:
