@@ -168,3 +168,19 @@ def test_trusted_rows_read_as_the_validated_records_do() -> None:
     got = list(Extractor(None, None).extract([t for t in trusted if t is not None]))
     want = list(Extractor(None, None).extract([c for c in checked if c is not None]))
     assert [[getattr(o, f) for f in fields] for o in got] == [[getattr(o, f) for f in fields] for o in want]
+
+
+def test_online_rescoring_does_not_undo_a_stronger_report_verdict() -> None:
+    from distillshield.gateway.risk import AccountRisk, RiskBoard
+
+    board = RiskBoard()
+    board.update(AccountRisk("acct-r", 0.95, "extraction", source="report"))
+    board.update(AccountRisk("acct-o", 0.95, "extraction", source="online"))
+    milder = [AccountRisk("acct-r", 0.1, "benign"), AccountRisk("acct-o", 0.1, "benign")]
+    assert board.update_many(milder, keep_stronger_reports=True) == 1
+    assert board.get("acct-r").verdict == "extraction"  # the report's evidence stands
+    assert board.get("acct-o").verdict == "benign"  # online replaces its own verdicts
+    board.update_many([AccountRisk("acct-r", 0.99, "extraction")], keep_stronger_reports=True)
+    assert board.get("acct-r").source == "online"  # as strong: the fresher online score takes over
+    board.update_many([AccountRisk("acct-r", 0.1, "benign", source="report")])
+    assert board.get("acct-r").verdict == "benign"  # a newer report may lower it

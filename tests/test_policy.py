@@ -80,7 +80,10 @@ def account(gw: RunningGateway, name: str, *, org: str = "default", verification
     key = gw.create_key(name, org=org, verification=verification)
     if risk:
         gw.state.risk.update(
-            AccountRisk(name, risk.get("risk", 0.9), risk["verdict"], risk.get("cluster"), risk.get("signals", {}))
+            AccountRisk(
+                name, risk.get("risk", 0.9), risk["verdict"], risk.get("cluster"), risk.get("signals", {}),
+                source="report",  # as loaded through POST /admin/risk: online rescoring must not undo it
+            )
         )
     return key
 

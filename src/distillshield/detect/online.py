@@ -19,9 +19,8 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, cast
 
-import orjson
-
 from distillshield.detect.base import AccountScore
+from distillshield.store.export import row_body
 
 if TYPE_CHECKING:
     from distillshield.config import Settings
@@ -83,13 +82,8 @@ def trusted_record(row: dict[str, Any]) -> TrafficRecord | None:
     """A gateway audit row as the Extractor reads a TrafficRecord, without validating it (the gateway's own
     rows only; see above). None exactly where `store.export.row_to_record` gives None: no account, or a
     request body that is not a JSON object (unauthenticated or malformed requests)."""
-    if not row.get("account_id") or not row.get("request"):
-        return None
-    try:
-        body = orjson.loads(row["request"])
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(body, dict):
+    body = row_body(row)
+    if body is None:
         return None
     response = None
     text, finish = row.get("response_text"), row.get("finish_reason")
@@ -274,7 +268,7 @@ class DetectionExtension:
             return
         from distillshield.gateway.risk import AccountRisk
 
-        board.update_many(
+        online = [
             AccountRisk(
                 s.account_id,
                 s.risk,
@@ -285,7 +279,8 @@ class DetectionExtension:
                 "online",
             )
             for s in scores
-        )
+        ]
+        board.update_many(online, keep_stronger_reports=True)
 
     # -- reads (admin API, CLI) ---------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 VERDICTS = ("benign", "suspicious", "extraction")
+_SEVERITY = {v: i for i, v in enumerate(VERDICTS)}
 
 
 @dataclass(frozen=True)
@@ -57,9 +58,17 @@ class RiskBoard:
         if risk.cluster_id:
             self._clusters.setdefault(risk.cluster_id, set()).add(risk.account_id)
 
-    def update_many(self, risks: Iterable[AccountRisk]) -> int:
+    def update_many(self, risks: Iterable[AccountRisk], *, keep_stronger_reports: bool = False) -> int:
+        """Set many verdicts; returns how many were set. With `keep_stronger_reports` (the online
+        detector's writes) a verdict loaded from a report (batch analysis, an analyst) is not replaced
+        by a milder one: the online detector sees only what this process served since it started, so
+        it must not silently undo a report's evidence. A newer report or a review decision does."""
         n = 0
         for r in risks:
+            if keep_stronger_reports:
+                old = self._accounts.get(r.account_id)
+                if old is not None and old.source != "online" and _SEVERITY[old.verdict] > _SEVERITY[r.verdict]:
+                    continue
             self.update(r)
             n += 1
         return n

@@ -32,17 +32,7 @@ def chat(
             body["stream"] = True
         return MESSAGES, body
     msgs = [{"role": "system", "content": system}, *messages] if system else messages
-    body = {"model": model, "messages": msgs}
-    if max_tokens is not None:
-        body["max_tokens"] = max_tokens
-    if temperature is not None:
-        body["temperature"] = temperature
-    if stream:
-        body["stream"] = True
-        body["stream_options"] = {"include_usage": True}
-    if extra:
-        body.update(extra)
-    return CHAT, body
+    return openai_chat(model, msgs, max_tokens=max_tokens, temperature=temperature, stream=stream, extra=extra)
 
 
 def openai_chat(

@@ -10,16 +10,22 @@ import orjson
 from distillshield.traffic import ResponseInfo, TrafficRecord, Usage
 
 
-def row_to_record(row: dict[str, Any]) -> TrafficRecord | None:
-    """A traffic record for an audit row, or None when the row has no account or no JSON-object body
-    (unauthenticated or malformed requests: the traffic format requires both)."""
+def row_body(row: dict[str, Any]) -> dict[str, Any] | None:
+    """An audit row's request body, or None when the row cannot be a traffic record: no account, or a
+    body that is not a JSON object (unauthenticated or malformed requests: the format requires both)."""
     if not row.get("account_id") or not row.get("request"):
         return None
     try:
         body = orjson.loads(row["request"])
     except orjson.JSONDecodeError:
         return None
-    if not isinstance(body, dict):
+    return body if isinstance(body, dict) else None
+
+
+def row_to_record(row: dict[str, Any]) -> TrafficRecord | None:
+    """A traffic record for an audit row, or None where `row_body` gives None."""
+    body = row_body(row)
+    if body is None:
         return None
     response = None
     if row.get("response_text") is not None or row.get("finish_reason") is not None:
