@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -276,9 +277,11 @@ async def test_two_replicas_enforce_rpm_tpm_and_concurrency_exactly(make: Make) 
     assert await replicas[1].in_flight("account:conc") == 10
 
 
-async def test_two_replicas_reserve_settle_release_under_contention(make: Make) -> None:
-    """Real time: reserve, hold a little, settle lower, release; in flight never exceeds the limit and
-    the shared token sum equals exactly what the admitted requests settled to."""
+@pytest.mark.parametrize("merged", [False, True], ids=["settle+release", "finish"])
+async def test_two_replicas_reserve_settle_release_under_contention(make: Make, merged: bool) -> None:
+    """Real time: reserve, hold a little, settle lower, release (as two calls, or as one finish()); in
+    flight never exceeds the limit and the shared token sum equals exactly what the admitted requests
+    settled to."""
     replicas = [make(), make()]
     conc, tpm = 8, 2000
     s = (Scope("key", "k", LimitSet(concurrent=conc * 2)), Scope("account", "mix", LimitSet(concurrent=conc, tpm=tpm)))
@@ -296,10 +299,13 @@ async def test_two_replicas_reserve_settle_release_under_contention(make: Make) 
         peak = max(peak, held)
         await asyncio.sleep(rng.random() * 0.01)
         used = rng.randint(1, 40)
-        await lim.settle(r, used)
         settled += used
         held -= 1  # before the release: `held` never exceeds the slots Redis holds
-        await lim.release(r)
+        if merged:
+            await lim.finish(r, used)
+        else:
+            await lim.settle(r, used)
+            await lim.release(r)
         return True
 
     ok = await asyncio.gather(*[one(i) for i in range(200)])
@@ -310,6 +316,162 @@ async def test_two_replicas_reserve_settle_release_under_contention(make: Make) 
         assert int(await r.hget(f"{replicas[0].prefix}account:mix:t", "s")) == settled <= tpm
     finally:
         await r.aclose()
+
+
+# -- finish(): settle and release in one script ----------------------------------------------------------
+
+
+async def _state(lim: RedisRateLimiter, scope_key: str) -> dict[str, Any]:
+    """A scope's keys, without the reservation ids (which differ between two runs of the same steps)."""
+    r = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        p = f"{lim.prefix}{scope_key}:"
+        t = {k.decode(): int(v) for k, v in (await r.hgetall(p + "t")).items()}
+        return {
+            "window": await r.zcard(p + "w"),
+            "sum": t.pop("s", None),
+            "tokens": sorted(t.values()),
+            "slots": await r.zcard(p + "c"),
+            "day": {k.decode(): int(v) for k, v in (await r.hgetall(p + "d")).items()},
+        }
+    finally:
+        await r.aclose()
+
+
+def three_scopes(tag: str) -> tuple[Scope, ...]:
+    return (
+        Scope("key", tag, LimitSet(rpm=100, tpm=10_000, concurrent=10, tpd=100_000)),
+        Scope("account", tag, LimitSet(tpm=20_000, concurrent=20)),
+        Scope("org", tag, LimitSet()),
+    )
+
+
+async def test_finish_equals_settle_then_release(make: Make) -> None:
+    """The same steps, once with settle() + release() and once with finish(), leave every scope's keys
+    (window, token sum, per-reservation tokens, slots, day counter) in the same state: lower and higher
+    usage than reserved, equal usage, a reservation that left the window, and the idempotent repeats."""
+    clock = Clock()
+    lim = make(clock)
+
+    async def steps(tag: str, merged: bool) -> None:
+        s = three_scopes(tag)
+        clock.t = 1000.0
+
+        async def end(r: Reservation, used: int) -> None:
+            if merged:
+                await lim.finish(r, used)
+            else:
+                await lim.settle(r, used)
+                await lim.release(r)
+            assert r.settled and r.released
+
+        old = await lim.reserve(s, 300)  # ends after it left the window
+        clock.t = 1030.0
+        for used in (120, 900, 300, 0):  # lower, higher, equal, nothing
+            await end(await lim.reserve(s, 300), used)
+        held = await lim.reserve(s, 50)
+        clock.t = 1061.0
+        await end(old, 7)  # out of the window: only the day counter and the slot change
+        await end(old, 999)  # idempotent
+        a, b = await lim.reserve(s, 40), await lim.reserve(s, 40)
+        await lim.settle(a, 5)  # already settled: finish only releases
+        await lim.release(b)  # already released: finish only settles
+        if merged:
+            await lim.finish(a, 6)
+            await lim.finish(b, 9)
+        else:
+            await lim.settle(a, 6)
+            await lim.release(a)
+            await lim.settle(b, 9)
+            await lim.release(b)
+        assert held.released is False
+
+    await steps("split", False)
+    await steps("merged", True)
+    for kind in ("key", "account", "org"):
+        split, merged = await _state(lim, f"{kind}:split"), await _state(lim, f"{kind}:merged")
+        assert split == merged, kind
+        assert merged["slots"] == 1  # `held` only
+        # 120 + 900 + 300 + 0 + 50 (held) + 5 + 9 in the window; the day: those and old's 7
+        assert merged["sum"] == 1384 and merged["day"]["t"] == 1391
+
+
+async def test_finish_is_one_round_trip(make: Make) -> None:
+    lim = make()
+    r = await lim.reserve(three_scopes("rt"), 100)
+    sent: list[str] = []
+    execute = lim._redis.execute_command
+
+    async def counting(*args: Any, **kw: Any) -> Any:
+        sent.append(str(args[0]))
+        return await execute(*args, **kw)
+
+    lim._redis.execute_command = counting  # type: ignore[method-assign]
+    await lim.finish(r, 40)
+    assert sent == ["EVALSHA"]
+    assert await lim.in_flight("key:rt") == await lim.in_flight("account:rt") == 0
+    assert (await _state(lim, "account:rt"))["sum"] == 40
+
+
+async def test_parallel_finish_cannot_overshoot_tokens_per_minute(make: Make) -> None:
+    """Real time: 32 workers on two replicas reserve 50 tokens at a time against tpm=3000 (16 slots) and
+    finish at once with the real usage (up to the estimate), so more get in, until a reservation is refused
+    for tokens; the window never holds more than the limit, and its sum is exactly what was settled."""
+    replicas = [make(), make()]
+    tpm = 3000
+    s = (Scope("key", "burst", LimitSet(tpm=tpm, concurrent=16)), Scope("org", "burst", LimitSet(tpm=tpm)))
+    rng = random.Random(11)
+    settled, admitted = 0, 0
+
+    async def worker(i: int) -> None:
+        nonlocal settled, admitted
+        lim = replicas[i % 2]
+        while True:
+            try:
+                r = await lim.reserve(s, 50)
+            except LimitExceeded as exc:
+                if exc.limit == "tokens":
+                    return
+                assert exc.limit == "concurrent"
+                await asyncio.sleep(0)
+                continue
+            admitted += 1
+            used = rng.randint(0, 50)
+            settled += used
+            await asyncio.sleep(0)
+            await lim.finish(r, used)
+
+    await asyncio.gather(*[worker(i) for i in range(32)])
+    assert admitted > tpm // 50  # settling low let more in than the estimates alone would have
+    for kind in ("key", "org"):
+        st = await _state(replicas[0], f"{kind}:burst")
+        assert st["sum"] == settled == sum(st["tokens"]) <= tpm and st["slots"] == 0
+
+
+async def test_no_slot_is_held_after_many_cancelled_finishes(make: Make) -> None:
+    """Real time: 200 requests hold a slot each; their finish() calls are cancelled at random points (before
+    the script is sent, while it is in flight, after it answered). Every slot comes back exactly once:
+    none is held afterwards, and the full concurrency is available again."""
+    lim = make()
+    s = (Scope("key", "cx", LimitSet(concurrent=200)), Scope("account", "cx", LimitSet(concurrent=200, tpm=10**6)))
+    held = [await lim.reserve(s, 10) for _ in range(200)]
+    assert await lim.in_flight("account:cx") == 200
+    rng = random.Random(3)
+    tasks = []
+    for r in held:  # one at a time, so each is cancelled at its own point
+        tasks.append(t := asyncio.create_task(lim.finish(r, 5)))
+        for _ in range(rng.randint(1, 6)):  # at least once: finish() has started, as an awaited call has
+            await asyncio.sleep(0)
+        t.cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert any(isinstance(x, asyncio.CancelledError) for x in results)
+    assert all(r.released and r.settled for r in held)
+    assert await lim.in_flight("key:cx") == await lim.in_flight("account:cx") == 0
+    st = await _state(lim, "account:cx")
+    # a finish cancelled before its script ran keeps the estimate (10): over-counting, never under
+    assert st["slots"] == 0 and 5 * 200 <= st["sum"] <= 10 * 200
+    again = [await lim.reserve(s, 1) for _ in range(200)]
+    assert len(again) == 200
 
 
 async def test_expired_slot_leases_are_reclaimed(make: Make) -> None:
@@ -423,3 +585,42 @@ def test_gateway_answers_503_when_redis_is_down(gateway_factory: Any) -> None:
     err = r.json()["error"]
     assert err["code"] == "limiter_unavailable"
     assert err["message"] == f"rate limiter unavailable: cannot reach Redis at redis://127.0.0.1:{port}/0"
+
+
+def test_cancelled_streams_hold_no_slot_on_redis(gateway_factory: Any) -> None:
+    """Clients that leave mid-stream: the gateway ends each reservation with one finish() on Redis, and
+    no slot stays held (the account allows 3 at a time; 12 streams are cut off, then 3 more run)."""
+    require_service("Redis", REDIS_HOST, REDIS_PORT)
+    run_id = uuid.uuid4().hex[:12]
+    account, org = f"acct-{run_id}", f"org-{run_id}"
+    gw = gateway_factory(
+        {"upstream": FakeUpstream(words=40, chunk_delay=0.02)}, limits__backend="redis", limits__redis_url=REDIS_URL
+    )
+    key = gw.create_key(account, org=org, limits={"concurrent": 3})
+    body = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 40, "stream": True}
+    headers = {"authorization": f"Bearer {key}"}
+    try:
+        for _ in range(4):
+            with httpx.Client(timeout=30) as client:
+                streams = [
+                    client.stream("POST", f"{gw.base}/v1/chat/completions", json=body, headers=headers)
+                    for _ in range(3)
+                ]
+                for cm in streams:
+                    r = cm.__enter__()
+                    assert r.status_code == 200, r.read()
+                    next(r.iter_raw())  # the first chunk, then the client goes away
+                for cm in streams:
+                    cm.__exit__(None, None, None)
+            for _ in range(100):
+                if gw.run(gw.state.limiter.in_flight(f"account:{account}")) == 0:
+                    break
+                time.sleep(0.05)
+            assert gw.run(gw.state.limiter.in_flight(f"account:{account}")) == 0
+            assert gw.run(gw.state.limiter.in_flight(f"org:{org}")) == 0
+        gw.flush_audit()
+        assert gw.state.metrics.in_flight._value.get() == 0
+    finally:
+        patterns = [f"{PREFIX}account:{account}:*", f"{PREFIX}org:{org}:*", f"{PREFIX}key:{key.split('-')[1]}:*"]
+        for pattern in patterns:
+            asyncio.run(delete_keys(pattern))

@@ -266,7 +266,7 @@ class Gateway:
         text, finish = openai.response_text(gen.api, resp)
         usage = resp.get("usage") or {}
         prompt, completion = _usage(usage, gen, text)
-        await self.limiter.settle(call.reservation, prompt + completion)
+        await self._settle_and_release(call, prompt + completion)
         if call.anthropic:
             payload = anthropic.to_message(resp, gen.model, call.request_id)
             payload["usage"] = {"input_tokens": prompt, "output_tokens": completion}
@@ -437,10 +437,7 @@ class Gateway:
         assert gen is not None and call.reservation is not None
         text = state.text()
         prompt, completion = _usage(state.usage or {}, gen, text)
-        try:
-            await self.limiter.settle(call.reservation, prompt + completion)
-        finally:
-            await self._release(call)
+        await self._settle_and_release(call, prompt + completion)
         if state.complete:
             status, error = 200, None
         elif state.error is not None:
@@ -458,6 +455,21 @@ class Gateway:
             error=error,
         )
         self._finish(call, status)
+
+    async def _settle_and_release(self, call: Call, tokens_used: int) -> None:
+        """The end of a request with its usage: settle and release in one limiter call (one round trip)."""
+        res = call.reservation
+        assert res is not None
+        if res.released:
+            await self.limiter.settle(res, tokens_used)
+            return
+        try:
+            await self.limiter.finish(res, tokens_used)
+        finally:
+            if res.released:
+                self.metrics.in_flight.dec()
+            else:  # finish() failed before it took the slot back: release on its own, as before
+                await self._release(call)
 
     async def _release(self, call: Call) -> None:
         assert call.reservation is not None

@@ -1,4 +1,4 @@
-"""Rate limits and quotas: the RateLimiter protocol (reserve / settle / release) and its back ends."""
+"""Rate limits and quotas: the RateLimiter protocol (reserve / settle / release, or finish) and its back ends."""
 
 from distillshield.config import LimitsSettings
 from distillshield.gateway.limits.base import (

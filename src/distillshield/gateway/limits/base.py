@@ -3,7 +3,8 @@
 A request RESERVES its estimated token cost (prompt estimate + max_tokens) and one concurrency slot in
 every scope (key, account, org) before the upstream call, atomically across scopes; after the call it
 SETTLES the reservation to the real usage, and RELEASES the slot on every path (success, error, client
-disconnect, cancelled stream). Parallel requests therefore cannot overshoot a token limit.
+disconnect, cancelled stream); FINISH does both in one step, at the end of a request that has its usage.
+Parallel requests therefore cannot overshoot a token limit.
 
 Windows: requests and tokens per minute are exact sliding 60-second windows; tokens per day is a
 quota per UTC calendar day.
@@ -135,6 +136,12 @@ class RateLimiter(Protocol):
 
     async def release(self, reservation: Reservation) -> None:
         """Give back the concurrency slot. Idempotent; call it in a finally."""
+        ...
+
+    async def finish(self, reservation: Reservation, tokens_used: int) -> None:
+        """settle() then release(), as one atomic step (one round trip for a shared back end): how a request
+        normally ends. Each half is skipped when already done, like the separate calls; afterwards the
+        reservation is settled and released."""
         ...
 
     async def in_flight(self, scope_key: str) -> int:

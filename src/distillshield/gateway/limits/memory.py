@@ -170,6 +170,10 @@ class MemoryRateLimiter:
         for st, _entry in reservation.handle.entries:
             st.in_flight -= 1
 
+    async def finish(self, reservation: Reservation, tokens_used: int) -> None:
+        await self.settle(reservation, tokens_used)  # neither awaits anything: atomic in the event loop
+        await self.release(reservation)
+
     async def in_flight(self, scope_key: str) -> int:
         st = self._states.get(scope_key)
         return st.in_flight if st else 0

@@ -4,18 +4,21 @@ Hand-written Lua, on purpose: no library does reserve-then-settle token accounti
 windows across several scopes (key, account, org) in one atomic step. Each decision is ONE Lua script
 (EVALSHA), which Redis runs atomically: it checks every scope and commits to every scope, or commits
 nothing. Time is Redis server time (TIME), never a replica's clock, so replicas agree on the windows.
+A request therefore costs two round trips: reserve() before the upstream call and finish() (settle and
+release in one script) at its end; settle() and release() on their own remain for callers that need
+them apart.
 
 Keys, per scope ("ds:rl:" + "kind:id"), each with an expiry so idle scopes vanish:
   <p>:w  ZSET  reservation id -> start time (µs): the 60 s window of requests and token reservations
   <p>:t  HASH  reservation id -> tokens (settle replaces it), and field "s" = their sum
   <p>:c  ZSET  reservation id -> lease expiry (µs): the slots in flight. A replica that crashes before
-               release() leaks nothing for long: its slots expire after the lease (default 600 s), so
-               a request that runs longer than the lease loses its slot early.
+               release() or finish() leaks nothing for long: its slots expire after the lease (default
+               600 s), so a request that runs longer than the lease loses its slot early.
   <p>:d  HASH  "day" (UTC day number) and "t" (tokens that day)
 
 Differences from memory.py: the windows follow the Redis server's wall clock (a server clock step moves
-them); settle() and release() log and swallow Redis errors instead of failing a request whose answer is
-ready (the reservation then stays at its estimate, the slot expires with its lease); a reserve whose
+them); settle(), release() and finish() log and swallow Redis errors instead of failing a request whose
+answer is ready (the reservation then stays at its estimate, the slot expires with its lease); a reserve whose
 reply is lost on the network and retried once may count twice (over-counting, never overshoot). All
 scopes' keys must live on one Redis (no Redis Cluster).
 
@@ -25,6 +28,7 @@ memory.py's `_mono`/`_wall`), to test exact retry-after values and UTC midnight 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Callable
@@ -152,24 +156,46 @@ return out
 """
 )
 
-# KEYS: per scope t, d. ARGV: id, tokens used, tokens reserved, day of the reservation.
-# A key that expired stays absent (never recreated without a TTL).
-_SETTLE = (
-    _COMMON
-    + """
-local id, used, reserved = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-for i = 1, #KEYS / 2 do
-  local t, d = KEYS[2*i-1], KEYS[2*i]
+# One scope's settle: the reservation's tokens in the window (t) and that day's counter (d) go from
+# `reserved` to `used`. A key that expired stays absent (never recreated without a TTL).
+_SETTLE_SCOPE = """
+local function settle_scope(t, d, id, used, reserved, day)
   local old = redis.call('HGET', t, id)
   if old then  -- still in the window
-    redis.call('HSET', t, id, ARGV[2])
+    redis.call('HSET', t, id, int(used))
     redis.call('HINCRBY', t, 's', int(used - tonumber(old)))
   end
-  if redis.call('HGET', d, 'day') == ARGV[4] then  -- same UTC day
+  if redis.call('HGET', d, 'day') == day then  -- same UTC day
     local dt = (tonumber(redis.call('HGET', d, 't')) or 0) + used - reserved
     if dt < 0 then dt = 0 end
     redis.call('HSET', d, 't', int(dt))
   end
+end
+"""
+
+# KEYS: per scope t, d. ARGV: id, tokens used, tokens reserved, day of the reservation.
+_SETTLE = (
+    _COMMON
+    + _SETTLE_SCOPE
+    + """
+local id, used, reserved = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+for i = 1, #KEYS / 2 do settle_scope(KEYS[2*i-1], KEYS[2*i], id, used, reserved, ARGV[4]) end
+return 1
+"""
+)
+
+# settle + release in one step, the normal end of a request: one round trip instead of two.
+# KEYS: per scope t, d, c. ARGV: id, tokens used, tokens reserved, day of the reservation,
+# '1' to settle ('0': the usage equals the reservation, only the slots go).
+_FINISH = (
+    _COMMON
+    + _SETTLE_SCOPE
+    + """
+local id, used, reserved = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local settle = ARGV[5] == '1'
+for i = 1, #KEYS / 3 do
+  if settle then settle_scope(KEYS[3*i-2], KEYS[3*i-1], id, used, reserved, ARGV[4]) end
+  redis.call('ZREM', KEYS[3*i], id)
 end
 return 1
 """
@@ -196,6 +222,7 @@ class _Handle:
     day: int
     settle_keys: list[str]  # t, d per scope
     slot_keys: list[str]  # c per scope
+    finish_keys: list[str]  # t, d, c per scope
 
 
 def safe_url(url: str) -> str:
@@ -245,6 +272,7 @@ class RedisRateLimiter:
         self._reserve = self._redis.register_script(_RESERVE)
         self._settle = self._redis.register_script(_SETTLE)
         self._release = self._redis.register_script(_RELEASE)
+        self._finish = self._redis.register_script(_FINISH)
         self._in_flight = self._redis.register_script(_IN_FLIGHT)
         self._clock: Callable[[], float] | None = None  # tests only: replaces Redis TIME
 
@@ -265,7 +293,7 @@ class RedisRateLimiter:
     async def reserve(self, scopes: tuple[Scope, ...], tokens: int) -> Reservation:
         rid = uuid.uuid4().hex
         if not scopes:
-            return Reservation(scopes, tokens, {}, _Handle(rid, 0, [], []))
+            return Reservation(scopes, tokens, {}, _Handle(rid, 0, [], [], []))
         keys: list[str] = []
         args: list[Any] = [rid, tokens, round(self.lease_s * 1_000_000), self._now_arg()]
         for s in scopes:
@@ -297,11 +325,16 @@ class RedisRateLimiter:
                 lim.rpm - count - 1 if lim.rpm else None,
                 lim.tpm - token_sum - tokens if lim.tpm else None,
             )
+        finish_keys = keys.copy()
+        del finish_keys[::4]  # w, t, c, d per scope -> t, c, d
+        for i in range(0, len(finish_keys), 3):  # -> t, d, c
+            finish_keys[i + 1], finish_keys[i + 2] = finish_keys[i + 2], finish_keys[i + 1]
         handle = _Handle(
             rid,
             int(res[1]),
-            [k for s in scopes for k in (self._key(s.key, "t"), self._key(s.key, "d"))],
-            [self._key(s.key, "c") for s in scopes],
+            [k for i, k in enumerate(finish_keys) if i % 3 != 2],
+            finish_keys[2::3],
+            finish_keys,
         )
         return Reservation(scopes, tokens, rate_headers(scopes, remaining), handle)
 
@@ -326,7 +359,9 @@ class RedisRateLimiter:
         if reservation.released:
             return
         reservation.released = True
-        handle: _Handle = reservation.handle
+        await self._release_slots(reservation.handle)
+
+    async def _release_slots(self, handle: _Handle) -> None:
         if not handle.slot_keys:
             return
         try:
@@ -339,6 +374,39 @@ class RedisRateLimiter:
                 exc,
                 self.lease_s,
             )
+
+    async def finish(self, reservation: Reservation, tokens_used: int) -> None:
+        """settle() and release() in one script: one round trip, atomic across the scopes."""
+        if reservation.released:
+            await self.settle(reservation, tokens_used)
+            return
+        if reservation.settled:
+            await self.release(reservation)
+            return
+        reservation.settled = reservation.released = True
+        handle: _Handle = reservation.handle
+        if not handle.finish_keys:
+            return
+        settle = tokens_used != reservation.tokens
+        try:
+            await self._finish(
+                keys=handle.finish_keys, args=[handle.id, tokens_used, reservation.tokens, handle.day, int(settle)]
+            )
+        except (RedisError, OSError) as exc:
+            log.warning(
+                "rate limiter: could not settle and release reservation %s on Redis at %s (%s); "
+                "it keeps its estimate and its slot expires in %g s",
+                handle.id,
+                self.safe_url,
+                exc,
+                self.lease_s,
+            )
+        except asyncio.CancelledError:
+            # Cancelled in flight: the script ran or it did not. Give the slot back again (ZREM of an id
+            # that is gone changes nothing); the settle is not repeated (the day counter would move twice),
+            # so at worst the reservation keeps its estimate: over-counting, never overshoot.
+            await self._release_slots(handle)
+            raise
 
     async def in_flight(self, scope_key: str) -> int:
         try:
