@@ -199,7 +199,9 @@ def run_live_demo(base: str, admin_token: str, model: str, state: Any, loop: Any
         f"5-account hydra cluster) to {base} with max_tokens 8 ..."
     )
     opts = live.LiveOptions(target=base, admin_token=admin_token, concurrency=4, max_tokens=8, model=model)
-    stats = asyncio.run(live.replay(iter(records), opts, io.BytesIO()))
+    with progress() as bar:
+        task = bar.add_task("live simulation", total=len(records))
+        stats = asyncio.run(live.replay(iter(records), opts, io.BytesIO(), on_progress=lambda _rec: bar.advance(task)))
     statuses = ", ".join(f"{n} x {code}" for code, n in sorted(stats.by_status.items()))
     console.print(f"served {stats.served} of {stats.sent} requests in {stats.elapsed_s:.1f} s (status: {statuses})")
     if any(code in ("403", "429") for code in stats.by_status):

@@ -243,6 +243,23 @@ def run_demo(port: int, directory: Path, once: bool) -> None:
         if not thread.is_alive() or time.monotonic() > deadline:
             raise CliError(f"the demo gateway did not start on 127.0.0.1:{port} (is the port in use?)")
         time.sleep(0.1)
+    try:
+        _demo_session(app, server, thread, s, cfg, token_file, port, once)
+    except KeyboardInterrupt:
+        console.print("\nstopping the demo gateway (Ctrl-C again to stop at once) ...")
+    finally:
+        server.should_exit = True
+        try:
+            thread.join(30)
+        except KeyboardInterrupt:  # a second Ctrl-C: stop without waiting for in-flight requests
+            server.force_exit = True
+            thread.join(10)
+
+
+def _demo_session(
+    app: Any, server: Any, thread: threading.Thread, s: Settings, cfg: Path, token_file: Path, port: int, once: bool
+) -> None:
+    """What the demo does once its gateway is up; returns when the user stops it (or at once with --once)."""
     state = app.state.ds
     base = f"http://127.0.0.1:{port}"
     admin_token = token_file.read_text(encoding="utf-8").strip()
@@ -298,16 +315,10 @@ def run_demo(port: int, directory: Path, once: bool) -> None:
     else:
         run_live_demo(base, admin_token, model, state, server.servers[0].get_loop(), 100)
     if once:
-        server.should_exit = True
-        thread.join(30)
         return
     console.print("\n[bold]serving; Ctrl-C to stop[/bold]")
-    try:
-        while thread.is_alive():
-            thread.join(0.5)
-    except KeyboardInterrupt:
-        server.should_exit = True
-        thread.join(30)
+    while thread.is_alive():
+        thread.join(0.5)
 
 
 def _http(base: str, path: str, token: str, body: dict | None) -> dict | None:
