@@ -266,6 +266,22 @@ class Persona:
 
     # -- helpers ----------------------------------------------------------------------------------------
 
+    def machine_times(self, account: Account) -> list[float]:
+        """Request times of a scripted client: spread over the whole scenario at the account's expected
+        volume, never closer than its rpm share allows (`timing.spaced_times`)."""
+        ctx = self.ctx
+        return timing.spaced_times(
+            account.np, ctx.start, ctx.end, self.expected_total(account), self.min_gap()
+        ).tolist()
+
+    @staticmethod
+    def one_campaign(accounts: list[Account], ids: IdFactory) -> str:
+        """Put every account of the persona in one new campaign; returns its id."""
+        campaign = ids.new("camp")
+        for a in accounts:
+            a.campaign_id = campaign
+        return campaign
+
     def model_for(self, account: Account, ts: float, adopt_new: float = 0.0) -> str:
         """Primary model, the account's preferred secondary, or (after a release, ramping up over a few
         days to a share of `adopt_new`) the new one."""

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import numpy as np
 from pydantic import Field
 
-from distillshield.simulate import bodies, netid, text, timing
+from distillshield.simulate import bodies, netid, text
 from distillshield.simulate.personas import harvest
 from distillshield.simulate.personas.base import Account, Knobs, Persona, Req
 
@@ -62,9 +62,7 @@ class BulkHarvester(Persona):
         assert isinstance(k, BulkHarvesterKnobs)
         r = account.r
         ctx = self.ctx
-        times = timing.spaced_times(
-            account.np, ctx.start, ctx.end, self.expected_total(account), self.min_gap()
-        ).tolist()
+        times = self.machine_times(account)
         t_idx = r.randrange(len(text.HARVEST_TEMPLATES))
         template = text.HARVEST_TEMPLATES[t_idx]
         model = ctx.models.primary

@@ -48,9 +48,8 @@ class CapabilitySweep(Persona):
         return netid.user_agent(rng, "script" if rng.random() < 0.5 else "openai-python")
 
     def after_accounts(self, accounts: list[Account], rng: np.random.Generator, ids: IdFactory) -> None:
-        campaign = ids.new("camp")
+        self.one_campaign(accounts, ids)
         for i, a in enumerate(accounts):
-            a.campaign_id = campaign
             a.state["offset"] = i  # accounts of one campaign start the sweep at different capabilities
 
     def requests(self, account: Account) -> Iterator[Req]:

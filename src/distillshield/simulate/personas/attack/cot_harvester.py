@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import numpy as np
 from pydantic import Field, field_validator
 
-from distillshield.simulate import bodies, netid, text, timing
+from distillshield.simulate import bodies, netid, text
 from distillshield.simulate.personas import harvest
 from distillshield.simulate.personas.base import Account, IdFactory, Knobs, Persona, Req, pick
 
@@ -75,18 +75,14 @@ class CotHarvester(Persona):
         return netid.user_agent(rng, netid.sdk_family(api, rng, node_share=0.0))
 
     def after_accounts(self, accounts: list[Account], rng: np.random.Generator, ids: IdFactory) -> None:
-        campaign = ids.new("camp")
-        for a in accounts:
-            a.campaign_id = campaign
+        self.one_campaign(accounts, ids)
 
     def requests(self, account: Account) -> Iterator[Req]:
         k = self.k
         assert isinstance(k, CotHarvesterKnobs)
         r = account.r
         ctx = self.ctx
-        times = timing.spaced_times(
-            account.np, ctx.start, ctx.end, self.expected_total(account), self.min_gap()
-        ).tolist()
+        times = self.machine_times(account)
         model = ctx.models.primary
         for t in times:
             cap = harvest.pick_capability(r, k.capabilities)

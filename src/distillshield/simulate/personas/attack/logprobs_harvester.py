@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import numpy as np
 from pydantic import Field
 
-from distillshield.simulate import bodies, corpora, netid, timing
+from distillshield.simulate import bodies, corpora, netid
 from distillshield.simulate.personas.base import Account, IdFactory, Knobs, Persona, Req, pick
 
 
@@ -53,18 +53,14 @@ class LogprobsHarvester(Persona):
         return netid.user_agent(rng, "script")
 
     def after_accounts(self, accounts: list[Account], rng: np.random.Generator, ids: IdFactory) -> None:
-        campaign = ids.new("camp")
-        for a in accounts:
-            a.campaign_id = campaign
+        self.one_campaign(accounts, ids)
 
     def requests(self, account: Account) -> Iterator[Req]:
         k = self.k
         assert isinstance(k, LogprobsHarvesterKnobs)
         r = account.r
         ctx = self.ctx
-        times = timing.spaced_times(
-            account.np, ctx.start, ctx.end, self.expected_total(account), self.min_gap()
-        ).tolist()
+        times = self.machine_times(account)
         docs = prefixes()
         model = ctx.models.primary
         next_token = r.randrange(k.vocab)  # the sweep's position

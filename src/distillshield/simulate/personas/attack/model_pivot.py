@@ -48,9 +48,8 @@ class ModelPivot(Persona):
         return netid.user_agent(rng, "openai-python")
 
     def after_accounts(self, accounts: list[Account], rng: np.random.Generator, ids: IdFactory) -> None:
-        campaign = ids.new("camp")
+        self.one_campaign(accounts, ids)
         for a in accounts:
-            a.campaign_id = campaign
             a.state["pivot_at"] = float(rng.uniform(0.5, 1.0))  # fraction of pivot_hours this account needs
 
     def requests(self, account: Account) -> Iterator[Req]:
@@ -60,9 +59,7 @@ class ModelPivot(Persona):
         ctx = self.ctx
         m = ctx.models
         pivot_at = (m.release_at or ctx.end) + account.state["pivot_at"] * k.pivot_hours * timing.HOUR
-        times = timing.spaced_times(
-            account.np, ctx.start, ctx.end, self.expected_total(account), self.min_gap()
-        ).tolist()
+        times = self.machine_times(account)
         template = pick(r, text.HARVEST_TEMPLATES)
         for t in times:
             model = m.release_model if m.release_model and t >= pivot_at and r.random() < k.pivot_share else m.primary

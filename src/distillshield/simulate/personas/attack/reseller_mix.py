@@ -40,10 +40,9 @@ class ResellerMix(Reseller):
     def after_accounts(self, accounts: list[Account], rng: np.random.Generator, ids: IdFactory) -> None:
         k = self.k
         assert isinstance(k, ResellerMixKnobs)
-        campaign = ids.new("camp")
+        self.one_campaign(accounts, ids)
         for a in accounts:
             a.end_users = k.end_users + k.attack_users
-            a.campaign_id = campaign
 
     def requests(self, account: Account) -> Iterator[Req]:
         k = self.k

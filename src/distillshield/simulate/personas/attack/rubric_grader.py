@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import numpy as np
 from pydantic import Field
 
-from distillshield.simulate import bodies, corpora, netid, text, timing
+from distillshield.simulate import bodies, corpora, netid, text
 from distillshield.simulate.personas import harvest
 from distillshield.simulate.personas.base import Account, IdFactory, Knobs, Persona, Req, pick
 
@@ -57,18 +57,14 @@ class RubricGrader(Persona):
         return netid.user_agent(rng, netid.sdk_family(api, rng, node_share=0.0))
 
     def after_accounts(self, accounts: list[Account], rng: np.random.Generator, ids: IdFactory) -> None:
-        campaign = ids.new("camp")
-        for a in accounts:
-            a.campaign_id = campaign
+        self.one_campaign(accounts, ids)
 
     def requests(self, account: Account) -> Iterator[Req]:
         k = self.k
         assert isinstance(k, RubricGraderKnobs)
         r = account.r
         ctx = self.ctx
-        times = timing.spaced_times(
-            account.np, ctx.start, ctx.end, self.expected_total(account), self.min_gap()
-        ).tolist()
+        times = self.machine_times(account)
         pairs = corpora.reference_answers()
         model = ctx.models.primary
         for t in times:
