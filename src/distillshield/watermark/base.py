@@ -85,6 +85,29 @@ class Detection:
         }
 
 
+class PairScorer:
+    """Base of the schemes: `detect` turns token ids into de-duplicated pairs and scores them with the
+    scheme's own `score_pairs`."""
+
+    context_width: int
+
+    def score_pairs(
+        self, key: WatermarkKey, contexts: np.ndarray, tokens: np.ndarray, seen: int, threshold: float = 4.0
+    ) -> Detection:
+        raise NotImplementedError
+
+    def detect(
+        self,
+        key: WatermarkKey,
+        ids: Sequence[int] | Iterable[Sequence[int]],
+        threshold: float = 4.0,
+        dedup: bool = True,
+    ) -> Detection:
+        """Test token ids (one sequence, or several pooled) against `key`."""
+        ctx, tok, seen = scored_pairs(ids, self.context_width, dedup)  # type: ignore[arg-type]
+        return self.score_pairs(key, ctx, tok, seen, threshold)
+
+
 class WatermarkScheme(Protocol):
     """A scheme: a generation-time processor and a detector that share `keys.prf32`."""
 

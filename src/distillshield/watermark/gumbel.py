@@ -23,11 +23,10 @@ else about sampling.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from distillshield.watermark.base import Detection, scored_pairs
+from distillshield.watermark.base import Detection, PairScorer
 from distillshield.watermark.keys import WatermarkKey, context_seed, fmix32, prf32, prf32_many, token_table
 from distillshield.watermark.stats import gamma_log10_sf
 
@@ -40,7 +39,7 @@ def uniforms(values: np.ndarray) -> np.ndarray:
     return (values.astype(np.float64) + 0.5) / 2.0**32
 
 
-class GumbelWatermark:
+class GumbelWatermark(PairScorer):
     """Gumbel-max sampling keyed by (key, previous h tokens)."""
 
     name = "gumbel"
@@ -92,16 +91,6 @@ class GumbelWatermark:
                       threshold)
             for k, s in zip(keys, totals, strict=True)
         ]  # fmt: skip
-
-    def detect(
-        self,
-        key: WatermarkKey,
-        ids: Sequence[int] | Iterable[Sequence[int]],
-        threshold: float = 4.0,
-        dedup: bool = True,
-    ) -> Detection:
-        ctx, tok, seen = scored_pairs(ids, self.context_width, dedup)  # type: ignore[arg-type]
-        return self.score_pairs(key, ctx, tok, seen, threshold)
 
 
 class GumbelProcessor:

@@ -16,11 +16,11 @@ bias is delta / T.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-from distillshield.watermark.base import Detection, scored_pairs
+from distillshield.watermark.base import Detection, PairScorer
 from distillshield.watermark.keys import (
     WatermarkKey,
     context_seed,
@@ -33,7 +33,7 @@ from distillshield.watermark.keys import (
 from distillshield.watermark.stats import binomial_log10_sf, z_score
 
 
-class GreenListWatermark:
+class GreenListWatermark(PairScorer):
     """KGW with parameters gamma (green share), delta (logit bias) and context width h."""
 
     name = "kgw"
@@ -96,17 +96,6 @@ class GreenListWatermark:
                       binomial_log10_sf(int(g), n, self.gamma), threshold)
             for k, g in zip(keys, greens, strict=True)
         ]  # fmt: skip
-
-    def detect(
-        self,
-        key: WatermarkKey,
-        ids: Sequence[int] | Iterable[Sequence[int]],
-        threshold: float = 4.0,
-        dedup: bool = True,
-    ) -> Detection:
-        """Test token ids (one sequence, or several pooled) against `key`."""
-        ctx, tok, seen = scored_pairs(ids, self.context_width, dedup)  # type: ignore[arg-type]
-        return self.score_pairs(key, ctx, tok, seen, threshold)
 
 
 class GreenListProcessor:
