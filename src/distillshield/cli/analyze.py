@@ -11,7 +11,15 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from distillshield.cli.common import CliError, console, err_console, print_json, progress, with_store
+from distillshield.cli.common import (
+    CliError,
+    PhaseProgress,
+    console,
+    err_console,
+    print_json,
+    progress,
+    with_store,
+)
 
 ENCODER_HELP = "sentence encoder: use (packaged, offline), hashing (no model), st:<model name or path>, or none"
 
@@ -99,16 +107,10 @@ def analyze_command(
             err_console.print(f"read {n} requests from the audit log")
         assert path is not None
         with progress() as bar:
-            tasks: dict[str, Any] = {}
-
-            def on_progress(phase: str, done: int, total: int | None) -> None:
-                if phase not in tasks:
-                    tasks[phase] = bar.add_task(phase, total=total)
-                bar.update(tasks[phase], completed=done, total=total)
-
+            on_progress = PhaseProgress(bar)
             analysis = analyze_file(path, model=det_model, encoder=enc, progress=on_progress, workers=workers)
-            if "reading traffic" in tasks:
-                t = tasks["reading traffic"]
+            if "reading traffic" in on_progress.tasks:
+                t = on_progress.tasks["reading traffic"]
                 bar.update(t, total=bar.tasks[t].completed or 1, completed=bar.tasks[t].completed or 1)
     report = analysis.report
     for e in analysis.errors.kept[:20]:

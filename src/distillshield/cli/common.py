@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from distillshield.config import Settings, load_settings
 from distillshield.store import Store
@@ -69,6 +69,20 @@ def progress() -> Progress:
         console=err_console,
         transient=False,
     )
+
+
+class PhaseProgress:
+    """A `progress(phase, done, total)` callback for long work in named phases: one bar per phase,
+    added the first time the phase reports."""
+
+    def __init__(self, bar: Progress) -> None:
+        self.bar = bar
+        self.tasks: dict[str, TaskID] = {}
+
+    def __call__(self, phase: str, done: int, total: int | None) -> None:
+        if phase not in self.tasks:
+            self.tasks[phase] = self.bar.add_task(phase, total=total)
+        self.bar.update(self.tasks[phase], completed=done, total=total)
 
 
 def fmt_ts(ts: float | None) -> str:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import typer
 from rich.table import Table
 
 from distillshield.cli.analyze import ENCODER_HELP, load_encoder_or_exit
-from distillshield.cli.common import CliError, console, print_json, progress
+from distillshield.cli.common import CliError, PhaseProgress, console, print_json, progress
 
 
 def train_command(
@@ -42,13 +41,6 @@ def train_command(
         raise CliError(f"cannot write {out}: folder {out.parent} does not exist")
     enc = load_encoder_or_exit(encoder)
     with progress() as bar:
-        tasks: dict[str, Any] = {}
-
-        def on_progress(phase: str, done: int, total: int | None) -> None:
-            if phase not in tasks:
-                tasks[phase] = bar.add_task(phase, total=total)
-            bar.update(tasks[phase], completed=done, total=total)
-
         model = train(
             traffic,
             encoder=enc,
@@ -57,7 +49,7 @@ def train_command(
             fpr_suspicious=fpr,
             fpr_extraction=fpr_extraction,
             version=version,
-            progress=on_progress,
+            progress=PhaseProgress(bar),
         )
     model.save(out)
     if as_json:
