@@ -44,6 +44,19 @@ def is_attack(rec: dict[str, Any]) -> bool:
     return str(rec.get("label", "")).startswith("attack:")
 
 
+def split_attack_accounts(
+    records: Iterable[dict[str, Any]],
+) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]]]:
+    """(attack records per account, each account's in time order; every other record, as read)."""
+    by_acct: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    rest: list[dict[str, Any]] = []
+    for rec in records:
+        (by_acct[rec["account_id"]] if is_attack(rec) else rest).append(rec)
+    for recs in by_acct.values():
+        recs.sort(key=lambda x: x["ts"])
+    return by_acct, rest
+
+
 def _rewrite(r: random.Random, text: str, strength: float) -> str:
     for a, b in SWAPS:
         if a in text and r.random() < strength:
@@ -81,12 +94,8 @@ def jitter(records: Iterable[dict[str, Any]], seed: int, stretch: float = 2.0) -
     """Human-looking timing: each attack account's requests are spread `stretch` times wider from its first
     request, with log-normal gaps instead of a regular beat (order within the account is kept)."""
     r = random.Random(seed)
-    by_acct: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    out = []
-    for rec in records:
-        (by_acct[rec["account_id"]] if is_attack(rec) else out).append(rec)
+    by_acct, out = split_attack_accounts(records)
     for recs in by_acct.values():
-        recs.sort(key=lambda x: x["ts"])
         t = recs[0]["ts"]
         mean_gap = (recs[-1]["ts"] - t) / max(len(recs) - 1, 1) * stretch
         for rec in recs:
@@ -174,12 +183,8 @@ def humanize(
     """The adaptive attacker: every prompt reworded afresh around its question (no shared frame survives),
     small talk opening half the conversations, a human day with think times, and home IP addresses."""
     r = random.Random(seed)
-    by_acct: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    out = []
-    for rec in records:
-        (by_acct[rec["account_id"]] if is_attack(rec) else out).append(rec)
+    by_acct, out = split_attack_accounts(records)
     for recs in by_acct.values():
-        recs.sort(key=lambda x: x["ts"])
         tz = r.uniform(-8, 9)
         ips = [f"{r.choice((24, 73, 86, 98, 174))}.{r.randrange(256)}.{r.randrange(256)}.{r.randrange(1, 255)}"
                for _ in range(1 + r.randrange(2))]  # fmt: skip
