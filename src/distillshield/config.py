@@ -17,6 +17,15 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 DEFAULT_CONFIG_NAME = "distillshield.yaml"
+
+
+def yaml_error_detail(exc: yaml.YAMLError) -> str:
+    """What PyYAML found wrong and where, for a one-line error ("mapping values are not allowed here at
+    line 3, column 7"); used for every YAML file the user gives us (config, policy, scenario)."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"{problem}{where}"
 CONFIG_ENV = "DISTILLSHIELD_CONFIG"
 
 
@@ -325,10 +334,7 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            raise ConfigError(f"config file {cfg_path} is not valid YAML: {problem}{where}") from None
+            raise ConfigError(f"config file {cfg_path} is not valid YAML: {yaml_error_detail(exc)}") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

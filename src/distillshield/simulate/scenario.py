@@ -17,6 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from distillshield.config import yaml_error_detail
 from distillshield.simulate.personas import PERSONAS, Context, Limits, ModelPlan, Persona
 
 # Hold-out discipline: seeds below this are development seeds, seeds at or above it are held out.
@@ -281,10 +282,7 @@ def read(name_or_path: str) -> tuple[dict[str, Any], str]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ScenarioError(f"{source} is not valid YAML: {problem}{where}") from None
+        raise ScenarioError(f"{source} is not valid YAML: {yaml_error_detail(exc)}") from None
     return data, source
 
 

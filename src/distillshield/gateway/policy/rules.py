@@ -26,7 +26,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from distillshield.config import LimitSet
+from distillshield.config import LimitSet, yaml_error_detail
 from distillshield.store.database import TIERS, VERIFICATION_LEVELS
 
 ACTIONS = ("allow", "monitor", "watermark", "throttle", "degrade", "challenge", "block")
@@ -257,10 +257,7 @@ def parse_policy(text: str, source: str = "<policy>") -> PolicyDoc:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise PolicyError(f"policy file {source} is not valid YAML: {problem}{where}") from None
+        raise PolicyError(f"policy file {source} is not valid YAML: {yaml_error_detail(exc)}") from None
     if not isinstance(data, dict):
         raise PolicyError(f"policy file {source} must be a mapping with a 'rules' list, got {type(data).__name__}")
     rules = data.get("rules")
