@@ -202,13 +202,18 @@ def cluster_case(tmp_path: Path, *, index_only: bool = False) -> tuple[Path, Pat
     """Ground-truth cluster H1 = c1, c2, c3 (the analyser also clusters them, as K1); H2 = d1, d2 (not
     clustered by the analyser). Every request is served.
 
-    c1: ts 0, 10 .. 90, flagged at ts 50 (its 6th request)  -> delay 6 req / 50 s; stops K1 at 50
-    c2: ts 5, 15 .. 95, never flagged itself                -> stopped via K1 at 50: leaked 5 (5..45)
-    c3: ts 100 .. 190, flagged at ts 150 (6th request)      -> delay 6 req / 50 s; leaked 0 (K1 stopped at 50)
+    Membership as known at each moment: a member is linked at its 5th request (c1 at 40, c2 at 45, c3 at
+    140) and K1 acts on H1 once 3 of H1's members are linked (at 140). c1's flag at 50 therefore stops K1
+    at max(50, 140) = 140, not at 50: c3 had not even sent a request at 50.
+
+    c1: ts 0, 10 .. 90, flagged at ts 50 (its 6th request)  -> delay 6 req / 50 s; leaked 6 (0..50)
+    c2: ts 5, 15 .. 95, never flagged itself                -> K1 stops it at 140, after its last request: 10
+    c3: ts 100 .. 190, flagged at ts 150 (6th request)      -> delay 6 req / 50 s; stopped via K1 at 140: 5
     d1: ts 0, 1, 2, flagged at its 1st request              -> delay 1 req / 0 s; leaked 1
     d2: ts 0, 1, 2, 3, never flagged                        -> leaked 4
-    H1: 2/3 flagged, first detection 50 s after its first request, leaked 6 + 5 + 0 = 11 of 30.
+    H1: 2/3 flagged, first detection 50 s after its first request, leaked 6 + 10 + 5 = 21 of 30.
     H2: 1/2 flagged, first detection after 0 s, leaked 5 of 7.
+    (The evaluator before membership-in-time counted c2 as stopped at 50 and c3 at 50: 6 + 5 + 0 = 11.)
     """
     recs = account("c1", "attack", "hydra", range(0, 100, 10), cluster="H1", campaign="camp1")
     recs += account("c2", "attack", "hydra", range(5, 100, 10), cluster="H1", campaign="camp1")
@@ -241,15 +246,123 @@ def test_cluster_tpr_delay_and_leakage_with_cluster_stop(tmp_path: Path, index_o
     clusters = {c["cluster_id"]: c for c in dev["clusters"]}
     h1, h2 = clusters["H1"], clusters["H2"]
     assert (h1["k"], h1["n"], h1["detected"], h1["first_detection_delay_seconds"]) == (2, 3, True, 50.0)
-    assert (h1["leaked"], h1["exposure"], h1["stopped_accounts"]) == (11, 30, 3)
+    assert (h1["leaked"], h1["exposure"], h1["stopped_accounts"]) == (21, 30, 3)
+    assert h1["stopped_via_cluster"] == 2  # c2 (never flagged) and c3 (K1 at 140 before its own flag at 150)
+    assert h1["first_flagged"]["account_id"] == "c1" and h1["first_flagged"]["analyser_cluster"] == "K1"
     assert h1["personas"] == ["hydra"] and h1["campaigns"] == ["camp1"]
     assert (h2["k"], h2["n"], h2["first_detection_delay_seconds"], h2["leaked"], h2["exposure"]) == (1, 2, 0.0, 5, 7)
     assert dev["clusters_detected"]["k"] == 2
     # delays of the 3 flagged attack accounts: 6, 6, 1 requests and 50, 50, 0 seconds
     assert dev["delay"]["requests"]["median"] == 6 and dev["delay"]["requests"]["max"] == 6
     assert dev["delay"]["seconds"]["mean"] == pytest.approx(100 / 3)
-    assert dev["leakage"]["leaked"] == 16 and dev["leakage"]["exposure"] == 37
+    assert dev["leakage"]["leaked"] == 26 and dev["leakage"]["exposure"] == 37
     assert dev["benign_stopped_via_cluster"] == 1 and dev["benign_fpr"]["k"] == 0
+
+
+def unrelated_case(tmp_path: Path, *, unrelated_ts: float | None = 2.0) -> tuple[Path, Path]:
+    """The analyser's cluster K holds a 4-account hydra H plus accounts unrelated to it: a bulk harvester u
+    flagged at ts 2 (or flagged with no time, `unrelated_ts=None`), an honest account b wrongly flagged at
+    ts 1, and an honest account h never flagged. The hydra starts at ts 100, long after those flags.
+
+    Links (5th request): m1 140, m2 145, m3 148, m4 340; H is a cluster in K from its 3rd link, 148.
+    m1: ts 100 .. 190, flagged at ts 160 (its 7th request) -> stops H in K at max(160, 140, 148) = 160
+    m2: ts 105 .. 195, never flagged  -> stopped via K at max(160, 145) = 160: leaked 6 (105 .. 155)
+    m3: ts 108 .. 198, never flagged  -> stopped via K at 160: leaked 6 (108 .. 158)
+    m4: ts 300 .. 370, never flagged  -> created after the flag; linkable at its 5th request: leaked 5 of 8
+    m1 leaked 7 (100 .. 160). H: 7 + 6 + 6 + 5 = 24 of 38.
+    u: ts 0 .. 9, stopped by its own flag at 2 only: leaked 3 (0, 1, 2); H's flags never stop it either.
+    Old behaviour (end-of-run membership, any member's flag): K stopped at 1, so H leaked 0 of 38.
+    """
+    recs: list[dict[str, Any]] = []
+    for aid, times in [("m1", range(100, 200, 10)), ("m2", range(105, 200, 10)), ("m3", range(108, 200, 10)),
+                       ("m4", range(300, 380, 10))]:  # fmt: skip
+        recs += account(aid, "attack", "hydra", times, cluster="H", campaign="camp_h")
+    recs += account("u", "attack", "bulk", range(10))
+    recs += account("b", "benign", "batch", range(0, 400, 20))
+    recs += account("h", "benign", "chat", [0, 150, 300])
+    traffic = write_traffic(tmp_path / "u.jsonl", recs)
+    m1 = verdict("m1", 0.9, "extraction", ts=160.0, cluster="K")
+    m1["reasons"] = [{"signal": "volume", "score": 0.3, "detail": "weak"},
+                     {"signal": "cot", "score": 0.95, "detail": "asks for step-by-step reasoning"}]  # fmt: skip
+    u = verdict("u", 0.99, "extraction", ts=unrelated_ts, cluster="K")
+    u["reasons"] = [{"signal": "volume", "score": 0.99, "detail": "1,500 requests a day"}]
+    report = write_report(tmp_path / "u.json", [
+        m1, verdict("m2", 0.5, "benign", cluster="K"), verdict("m3", 0.5, "benign", cluster="K"),
+        verdict("m4", 0.5, "benign", cluster="K"), u,
+        verdict("b", 0.7, "suspicious", ts=1.0, cluster="K"), verdict("h", 0.1, cluster="K"),
+    ])  # fmt: skip
+    return traffic, report
+
+
+def test_an_unrelated_early_flag_in_the_analysers_cluster_does_not_stop_the_hydra(tmp_path: Path) -> None:
+    traffic, report = unrelated_case(tmp_path)
+    dev = evaluate(traffic, report=report).metrics["splits"]["dev"]
+    (hydra,) = dev["clusters"]
+    # Leakage counts every hydra request before a hydra member's own flag could stop the cluster.
+    assert (hydra["leaked"], hydra["exposure"]) == (24, 38)
+    assert hydra["stopped_accounts"] == 4 and hydra["stopped_via_cluster"] == 3
+    # The headline evidence is the hydra's own first flagged member and its strongest reason, not u's.
+    first = hydra["first_flagged"]
+    assert (first["account_id"], first["flag_ts"], first["analyser_cluster"]) == ("m1", 160.0, "K")
+    assert first["reason"]["signal"] == "cot" and first["reason"]["score"] == 0.95
+    assert hydra["first_detection_delay_seconds"] == 60.0
+    personas = {r["persona"]: r for r in dev["attack_personas"]}
+    assert (personas["hydra"]["leaked"], personas["bulk"]["leaked"]) == (24, 3)
+    assert (dev["leakage"]["leaked"], dev["leakage"]["exposure"]) == (27, 48)
+    # Collateral is still charged on the analyser's cluster as reported: h sits in K with flagged members.
+    assert dev["benign_stopped_via_cluster"] == 1 and dev["benign_fpr"]["k"] == 1
+
+
+def test_an_unrelated_member_without_a_flag_time_leaves_the_hydras_leakage_known(tmp_path: Path) -> None:
+    traffic, report = unrelated_case(tmp_path, unrelated_ts=None)
+    dev = evaluate(traffic, report=report).metrics["splits"]["dev"]
+    (hydra,) = dev["clusters"]
+    assert (hydra["leaked"], hydra["exposure"]) == (24, 38)
+    # u's own stop is unknown, so the totals over all attack accounts are not available.
+    assert dev["leakage"]["available"] is False and dev["leakage"]["leaked"] is None
+
+
+def test_a_member_with_few_requests_is_never_stopped_through_its_cluster(tmp_path: Path) -> None:
+    """Below the link minimum an account cannot be linked, so its cluster's flag cannot reach it; and a
+    campaign with fewer linked members than a cluster needs is not stopped as a cluster at all."""
+    recs = account("p1", "attack", "hydra", range(0, 100, 10), cluster="P")
+    recs += account("p2", "attack", "hydra", range(1, 101, 10), cluster="P")
+    recs += account("p3", "attack", "hydra", [50, 60, 70, 80], cluster="P")  # 4 requests: never linkable
+    recs += account("y", "benign", "chat", [0, 50])
+    traffic = write_traffic(tmp_path / "p.jsonl", recs)
+    report = write_report(tmp_path / "p.json", [
+        verdict("p1", 0.9, "extraction", ts=0.0, cluster="K"), verdict("p2", 0.2, cluster="K"),
+        verdict("p3", 0.2, cluster="K"), verdict("y", 0.1),
+    ])  # fmt: skip
+    dev = evaluate(traffic, report=report).metrics["splits"]["dev"]
+    (p,) = dev["clusters"]
+    # p1 stopped by its own flag at its first request; p2 and p3 never stopped: 1 + 10 + 4.
+    assert (p["leaked"], p["exposure"]) == (15, 24)
+    assert (p["stopped_accounts"], p["stopped_via_cluster"]) == (1, 0)
+    assert dev["leakage"]["never_stopped_accounts"] == 2
+
+
+def test_link_minimums_are_never_below_the_analysers() -> None:
+    """A cluster stop is never credited earlier than the shipped analyser could have linked the account."""
+    from distillshield.detect import cluster
+    from distillshield.evaluate.metrics import LINK_MIN_CLUSTER
+    from distillshield.evaluate.truth import LINK_MIN_REQUESTS
+
+    assert LINK_MIN_REQUESTS >= cluster.MIN_REQUESTS
+    assert LINK_MIN_CLUSTER >= cluster.MIN_CLUSTER
+
+
+def test_link_time_is_the_fifth_request_in_time_order_even_in_an_unsorted_file() -> None:
+    from distillshield.evaluate.truth import AccountTruth
+
+    acc = AccountTruth("a", "attack", "hydra", "dev", "H", None)
+    for t in [90, 10, 80, 20, 70]:
+        acc.note_ts(t)
+    assert acc.link_ts == 90
+    for t in [30, 5, 100]:
+        acc.note_ts(t)
+    assert acc.link_ts == 70  # the five earliest are now 5, 10, 20, 30, 70
+    assert AccountTruth("b", "attack", "hydra", "dev", "H", None).link_ts is None
 
 
 def test_batch_report_has_no_delay_and_leakage_only_where_nothing_was_stopped(tmp_path: Path) -> None:

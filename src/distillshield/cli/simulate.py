@@ -132,7 +132,7 @@ def register(app: typer.Typer) -> None:
         target_console = err_console if to_stdout else console
         if target is None:
             target_console.print(
-                f"wrote {result['records']:,} requests from {result['accounts']:,} accounts to {out} "
+                f"wrote {result['records']:,} requests from {_accounts_text(result)} to {out} "
                 f"({result['split']} split, seed {use_seed}) in {result['elapsed_s']:.1f} s "
                 f"({result['records_per_s']:,.0f} records/s)"
             )
@@ -143,6 +143,15 @@ def register(app: typer.Typer) -> None:
                 f"({live['by_status']}); {live['accounts_created']:,} accounts created; wrote {out} "
                 f"({result['split']} split, seed {use_seed})"
             )
+
+
+def _accounts_text(result: dict[str, Any]) -> str:
+    """The accounts that appear in the file; configured ones that sent nothing in the window are named apart."""
+    active, configured = result["active_accounts"], result["accounts"]
+    noun = "account" if active == 1 else "accounts"
+    if active == configured:
+        return f"{active:,} {noun}"
+    return f"{active:,} active {noun} ({configured:,} configured, {configured - active:,} sent no request)"
 
 
 def _list(as_json: bool) -> None:

@@ -1,7 +1,7 @@
 """The evaluator's metrics: the join of ground truth with a report, and the figures computed on it.
 
 docs/evaluation.md defines every figure; the definitions below are the implementation of that page.
-Every block this module returns carries the split it was computed on ("dev", "heldout" or "all").
+Every block this module returns carries the split it was computed on ("dev", "heldout", "fresh" or "all").
 """
 
 from __future__ import annotations
@@ -15,10 +15,13 @@ from typing import Any
 import numpy as np
 
 from distillshield.evaluate.truth import SPLITS, AccountTruth, TrafficTruth
-from distillshield.evaluate.verdicts import FLAGGED_VERDICTS, ReportError, Verdicts
+from distillshield.evaluate.verdicts import FLAGGED_VERDICTS, AccountVerdict, ReportError, Verdicts
 
 FPR_TARGETS: tuple[float, ...] = (0.001, 0.01)  # benign false-positive rates at which TPR is reported
 SPLIT_ORDER: tuple[str, ...] = (*SPLITS, "all")
+# An analyser cluster acts on a campaign only once this many of the campaign's members in it are linked: the
+# shipped analyser's own minimum (detect/cluster.py MIN_CLUSTER: "fewer linked accounts are not a cluster").
+LINK_MIN_CLUSTER = 3
 
 
 @dataclass(slots=True)
@@ -35,10 +38,14 @@ class ScoredAccount:
     delay_requests: int | None  # attack accounts only
     delay_seconds: float | None
     analyser_cluster: str | None
-    stop_ts: float  # own flag or the analyser cluster's first flag, whichever is first; inf = never stopped
+    # Attack accounts: own flag, or the first flag of a member of its own ground-truth campaign in its analyser
+    # cluster once both were linked (see join), whichever is first. Benign accounts: own flag or the first flag
+    # in its analyser cluster (collateral is charged on the clusters as reported). inf = never stopped.
+    stop_ts: float
     stop_known: bool
-    stopped: bool  # flagged, or a member of an analyser cluster with a flagged member
+    stopped: bool  # flagged, or stopped through its analyser cluster as above
     stopped_via_cluster: bool  # stopped because another member of its analyser cluster was flagged first
+    headline: dict[str, Any] | None  # flagged accounts: the report's strongest reason (signal, score, detail)
     leaked: int | None  # attack accounts: responses (or requests) served up to the stop; None = unknown
     leaked_tokens: int | None
     exposure: int  # attack accounts: everything served (or requested) in the traffic
@@ -58,11 +65,59 @@ def check_report_fits(truth: TrafficTruth, verdicts: Verdicts) -> None:
                               f"{v.first_flag_index} but the account has {n} requests in the traffic")  # fmt: skip
 
 
+@dataclass(slots=True)
+class _GroupStop:
+    """When an analyser cluster could stop the members of one ground-truth campaign in it (see join)."""
+
+    ts: float = math.inf  # inf: never
+    known: bool = True  # False: a flagged member that could have set it has no flag time
+
+
+def _group_stops(
+    truth: TrafficTruth, verdicts: Verdicts, flag_time: dict[str, float | None]
+) -> dict[tuple[str, str], _GroupStop]:
+    """(analyser cluster, ground-truth cluster) -> the stop it could put on that campaign's members there.
+
+    Membership as known at each moment: a member counts from its LINK_MIN_REQUESTS-th request (the analyser
+    cannot link it earlier), the group is a cluster once LINK_MIN_CLUSTER of the campaign's members are linked,
+    and a member's flag stops the group from the later of its flag and its link. Only members of the same
+    ground-truth campaign count: an unrelated account in the analyser's cluster (another attacker, a benign
+    or unlabelled account) neither stops the campaign nor makes its stop time unknown.
+    """
+    groups: dict[tuple[str, str], list[tuple[str, float]]] = defaultdict(list)  # -> [(member, link time)]
+    for cid, members in verdicts.members.items():
+        for m in members:
+            acc = truth.accounts[m]
+            link = acc.link_ts
+            if acc.labelled and acc.cluster_id is not None and link is not None:
+                groups[(cid, acc.cluster_id)].append((m, link))
+    out: dict[tuple[str, str], _GroupStop] = {}
+    for key, linked in groups.items():
+        links = sorted(t for _, t in linked)
+        ready = links[LINK_MIN_CLUSTER - 1] if len(links) >= LINK_MIN_CLUSTER else math.inf
+        g = _GroupStop()
+        for aid, link in linked:
+            if aid not in flag_time:
+                continue
+            t = flag_time[aid]
+            if t is None:
+                g.known = False
+                continue
+            g.ts = min(g.ts, max(t, link, ready))
+        out[key] = g
+    return out
+
+
 def join(truth: TrafficTruth, verdicts: Verdicts, flag_on: str = "suspicious") -> list[ScoredAccount]:
-    """Score every labelled account. Accounts missing from the report count as risk 0, not flagged."""
+    """Score every labelled account. Accounts missing from the report count as risk 0, not flagged.
+
+    An attack account is stopped at its own first flag or, earlier, through its analyser cluster, but only
+    by a flagged member of its own ground-truth campaign and never before both it and that member could
+    have been linked to the cluster (`_group_stops`; docs/evaluation.md, "Leakage, exactly").
+    """
     flagged_verdicts = FLAGGED_VERDICTS[flag_on]
 
-    # Own first-flag time of every flagged account (labelled or not: an unlabelled member can stop a cluster).
+    # Own first-flag time of every flagged account (labelled or not).
     flag_time: dict[str, float | None] = {}
     for aid, v in verdicts.by_account.items():
         if v.verdict not in flagged_verdicts:
@@ -73,13 +128,15 @@ def join(truth: TrafficTruth, verdicts: Verdicts, flag_on: str = "suspicious") -
             flag_time[aid] = truth.accounts[aid].probe_ts
         else:
             flag_time[aid] = None
-    # An analyser cluster is stopped when its first member is flagged; one flagged member with an unknown
-    # time makes the cluster's stop unknown (it may have been earlier than every known one).
-    cluster_stop: dict[str, tuple[float, bool, int]] = {}  # (first known flag, all times known, flagged)
+    # Collateral on benign accounts is charged on the analyser's clusters as they are at the end: a benign
+    # account sits in a cluster with a flagged member, whoever that member is, and the gateway blocks it.
+    # (first known flag, all times known, flagged members)
+    cluster_stop: dict[str, tuple[float, bool, int]] = {}
     for cid, members in verdicts.members.items():
         times = [flag_time[m] for m in members if m in flag_time]
         known = [t for t in times if t is not None]
         cluster_stop[cid] = (min(known, default=math.inf), len(known) == len(times), len(times))
+    group_stop = _group_stops(truth, verdicts, flag_time)
 
     out: list[ScoredAccount] = []
     for acc in truth.accounts.values():
@@ -89,15 +146,24 @@ def join(truth: TrafficTruth, verdicts: Verdicts, flag_on: str = "suspicious") -
         flagged = v is not None and v.verdict in flagged_verdicts
         own_ts = flag_time.get(acc.account_id) if flagged else None
         own_known = not flagged or own_ts is not None
-        cid = verdicts.cluster_of.get(acc.account_id)
-        c_ts, c_known, c_flagged = cluster_stop.get(cid, (math.inf, True, 0)) if cid else (math.inf, True, 0)
         own_stop = own_ts if own_ts is not None else math.inf
-        stop_ts = min(own_stop, c_ts)
-        stop_known = own_known and c_known
-        if flagged:
-            via_cluster = own_known and c_ts < own_stop
+        cid = verdicts.cluster_of.get(acc.account_id)
+        if acc.kind == "attack":
+            # Credit for stopping an attacker comes only from its own campaign's flags, once it was linked.
+            g = group_stop.get((cid, acc.cluster_id)) if cid and acc.cluster_id is not None else None
+            if g is None or acc.link_ts is None:
+                g = _GroupStop()
+            c_ts = max(g.ts, acc.link_ts) if acc.link_ts is not None else math.inf
+            stop_ts = min(own_stop, c_ts)
+            stop_known = own_known and g.known
+            via_cluster = c_ts < own_stop or (not flagged and not g.known)
+            stopped = flagged or not math.isinf(c_ts) or not g.known
         else:
-            via_cluster = c_flagged > 0
+            c_ts, c_known, c_flagged = cluster_stop.get(cid, (math.inf, True, 0)) if cid else (math.inf, True, 0)
+            stop_ts = min(own_stop, c_ts)
+            stop_known = own_known and c_known
+            via_cluster = own_known and c_ts < own_stop if flagged else c_flagged > 0
+            stopped = flagged or c_flagged > 0
 
         delay_requests = delay_seconds = None
         leaked = leaked_tokens = None
@@ -119,10 +185,19 @@ def join(truth: TrafficTruth, verdicts: Verdicts, flag_on: str = "suspicious") -
             truth=acc, risk=v.risk if v is not None else 0.0, verdict=v.verdict if v is not None else "benign",
             in_report=v is not None, flagged=flagged, flag_ts=own_ts, flag_time_known=own_known,
             delay_requests=delay_requests, delay_seconds=delay_seconds, analyser_cluster=cid,
-            stop_ts=stop_ts, stop_known=stop_known, stopped=flagged or c_flagged > 0, stopped_via_cluster=via_cluster,
+            stop_ts=stop_ts, stop_known=stop_known, stopped=stopped, stopped_via_cluster=via_cluster,
+            headline=_headline(v) if flagged and v is not None else None,
             leaked=leaked, leaked_tokens=leaked_tokens, exposure=exposure,
         ))  # fmt: skip
     return out
+
+
+def _headline(v: AccountVerdict) -> dict[str, Any] | None:
+    """The report's strongest reason for flagging an account (highest score; the first on a tie)."""
+    if not v.reasons:
+        return None
+    best = max(v.reasons, key=lambda r: r.score if r.score is not None else -math.inf)
+    return {"signal": best.signal, "score": best.score, "detail": best.detail}
 
 
 # ---------------------------------------------------------------- basic figures
@@ -270,6 +345,10 @@ def summarize_split(
         leaked, tokens, exposure = _leak_sum(accs)
         flag_times = [a.flag_ts for a in accs if a.flag_ts is not None]
         start = min(a.truth.first_ts for a in accs)
+        # The headline: the cluster's own first flagged member (never an unrelated account the analyser
+        # clustered with it) and the report's strongest reason for flagging it.
+        first = min((a for a in accs if a.flag_ts is not None),
+                    key=lambda a: (a.flag_ts, a.truth.account_id), default=None)  # fmt: skip
         out["clusters"].append({
             "split": split, "cluster_id": cid,
             "personas": sorted({a.truth.persona or "" for a in accs}),
@@ -278,7 +357,11 @@ def summarize_split(
             "detected": any(a.flagged for a in accs),
             # Cluster-level delay: from the cluster's first request to its first flagged member.
             "first_detection_delay_seconds": max(0.0, min(flag_times) - start) if flag_times else None,
+            "first_flagged": None if first is None else {
+                "account_id": first.truth.account_id, "flag_ts": first.flag_ts,
+                "analyser_cluster": first.analyser_cluster, "reason": first.headline},
             "stopped_accounts": sum(1 for a in accs if a.stopped),
+            "stopped_via_cluster": sum(1 for a in accs if a.stopped_via_cluster),
             "leaked": leaked, "leaked_completion_tokens": tokens, "exposure": exposure,
             "leaked_share": _share(leaked, exposure),
         })  # fmt: skip

@@ -20,7 +20,7 @@ import orjson
 
 from distillshield.evaluate.metrics import ScoredAccount, split_groups
 
-SPLIT_COLOURS = {"dev": "#1f77b4", "heldout": "#d62728", "all": "#555555"}
+SPLIT_COLOURS = {"dev": "#1f77b4", "heldout": "#d62728", "fresh": "#2ca02c", "all": "#555555"}
 
 
 # ---------------------------------------------------------------- formatting (shared with the CLI)
@@ -264,7 +264,9 @@ def render_html(metrics: dict[str, Any], scored: Sequence[ScoredAccount]) -> str
             parts.append(f"<p class=warn>[{_e(s['split'])}] {_e(s['delay']['note'])}</p>")
     parts.append("<h2>Leakage</h2>")
     parts.append(f"<p>Counted: {_e(data['leakage_basis'])} of attack accounts up to and including the request "
-                 "at which the account, or its analyser cluster, was first flagged.</p>")  # fmt: skip
+                 "at which the account was first flagged or, earlier, its analyser cluster stopped it: only on a "
+                 "flag of its own ground-truth campaign, and never before both accounts could have been linked "
+                 "to the cluster (docs/evaluation.md, 'Leakage, exactly').</p>")  # fmt: skip
     parts.append(_img(leakage_chart(metrics), "Leakage by attack persona"))
 
     for name, s in metrics["splits"].items():
@@ -279,10 +281,12 @@ def render_html(metrics: dict[str, Any], scored: Sequence[ScoredAccount]) -> str
                               pct(r["leaked_share"])] for r in s["attack_personas"]],
                             f"TPR per attack persona [{name}]"))  # fmt: skip
         parts.append(_table(["split", "cluster", "personas", "accounts flagged", "detected",
-                             "first detection after", "stopped accounts", "leaked", "served", "leaked share"],
+                             "first detection after", "first flagged (strongest reason)", "stopped accounts",
+                             "via cluster", "leaked", "served", "leaked share"],
                             [[r["split"], r["cluster_id"], ", ".join(r["personas"]), rate_text(r, ci=False),
                               "yes" if r["detected"] else "no", duration(r["first_detection_delay_seconds"]),
-                              r["stopped_accounts"], _opt(r["leaked"]), r["exposure"], pct(r["leaked_share"])]
+                              _first_flagged(r["first_flagged"]), r["stopped_accounts"], r["stopped_via_cluster"],
+                              _opt(r["leaked"]), r["exposure"], pct(r["leaked_share"])]
                              for r in s["clusters"]], f"Per ground-truth cluster [{name}]"))  # fmt: skip
     if data["bad_line_examples"]:
         parts.append("<h2>Skipped traffic lines</h2><ul>" +
@@ -293,6 +297,17 @@ def render_html(metrics: dict[str, Any], scored: Sequence[ScoredAccount]) -> str
 
 def _opt(x: Any) -> Any:
     return "not available" if x is None else x
+
+
+def _first_flagged(first: dict[str, Any] | None) -> str:
+    """'acct_1 (cot 0.95)': the cluster's own first flagged member and the report's strongest reason."""
+    if first is None:
+        return "–"
+    reason = first["reason"]
+    if reason is None:
+        return str(first["account_id"])
+    score = "" if reason["score"] is None else f" {reason['score']:.2f}"
+    return f"{first['account_id']} ({reason['signal']}{score})"
 
 
 def write_html(metrics: dict[str, Any], scored: Sequence[ScoredAccount], path: str | Path) -> None:

@@ -1,19 +1,21 @@
 """Ground truth from labelled traffic: one streaming pass, per-account aggregates.
 
 The simulator labels every record: `label` is "benign:<persona>" or "attack:<persona>" and `label_meta`
-carries persona, campaign_id, cluster_id, split ("dev" | "heldout") and end_user. All records of an
+carries persona, campaign_id, cluster_id, split ("dev" | "heldout" | "fresh") and end_user. All records of an
 account carry the same label. This module turns a traffic file into one `AccountTruth` per account
 without keeping records: a 500,000-request scenario costs a few MB, not the file's size.
 
 The one per-request thing kept is a compact timeline (timestamp, served?, completion tokens: 13 bytes
 a request) for attack-labelled accounts only. Leakage needs it: an account's stop point can depend on
-another account (its analyser cluster is stopped when the first member is flagged), so the stop is
+another account (its analyser cluster can stop it on another member's flag), so the stop is
 only known after the whole report and traffic are joined, and the served responses before it must
-then be countable.
+then be countable. Each account also keeps the time of its LINK_MIN_REQUESTS-th request: the earliest
+moment the analyser could have linked it to a cluster (docs/evaluation.md, "Leakage, exactly").
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 from array import array
 from collections.abc import Callable, Mapping
@@ -26,8 +28,13 @@ import numpy as np
 from distillshield.traffic import LineError, TrafficRecord, iter_jsonl
 
 LABEL_KINDS = ("benign", "attack")
-SPLITS = ("dev", "heldout")
+SPLITS = ("dev", "heldout", "fresh")
 PROGRESS_EVERY = 4096  # records between progress callbacks: often enough for a bar, cheap enough not to matter
+# The analyser cannot link an account to a cluster before the account has sent this many requests: the
+# shipped analyser's own minimum (detect/cluster.py MIN_REQUESTS: "accounts with fewer requests do not link
+# yet"); tests/test_evaluate.py checks that it never drops below it, so a cluster stop is never credited
+# earlier than the analyser could have known the account was a member.
+LINK_MIN_REQUESTS = 5
 
 
 class Timeline:
@@ -62,7 +69,7 @@ class AccountTruth:
     account_id: str
     kind: str | None  # "benign" | "attack"; None = unlabelled (excluded from metrics, counted)
     persona: str | None
-    split: str | None  # "dev" | "heldout"; None = no usable split (counted in "all" only)
+    split: str | None  # "dev" | "heldout" | "fresh"; None = no usable split (counted in "all" only)
     cluster_id: str | None  # ground-truth coordinated cluster, shared by all its member accounts
     campaign_id: str | None
     label: str | None = None  # raw label and meta of the first record, to detect conflicting records
@@ -75,6 +82,24 @@ class AccountTruth:
     probe_index: int | None = None  # a report's first_flag_index, resolved to a time during the pass
     probe_ts: float | None = None
     timeline: Timeline | None = None  # attack accounts only
+    # The LINK_MIN_REQUESTS smallest timestamps so far, negated (a max-heap of at most 5 floats).
+    _first_ts_heap: list[float] = field(default_factory=list)
+
+    @property
+    def link_ts(self) -> float | None:
+        """Time of the account's LINK_MIN_REQUESTS-th request (in time order): the earliest moment it could
+        have been linked to a cluster. None: it sent fewer requests, so it was never linkable."""
+        if len(self._first_ts_heap) < LINK_MIN_REQUESTS:
+            return None
+        return -self._first_ts_heap[0]
+
+    def note_ts(self, ts: float) -> None:
+        """Keep the LINK_MIN_REQUESTS smallest timestamps (order-independent: the file need not be sorted)."""
+        heap = self._first_ts_heap
+        if len(heap) < LINK_MIN_REQUESTS:
+            heapq.heappush(heap, -ts)
+        elif ts < -heap[0]:
+            heapq.heapreplace(heap, -ts)
 
     @property
     def labelled(self) -> bool:
@@ -185,6 +210,7 @@ def read_truth(
         if acc.probe_index is not None and acc.requests == acc.probe_index:
             acc.probe_ts = rec.ts
         acc.requests += 1
+        acc.note_ts(rec.ts)
         if rec.ts < acc.first_ts:
             acc.first_ts = rec.ts
         if rec.ts > acc.last_ts:
