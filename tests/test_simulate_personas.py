@@ -10,8 +10,17 @@ from typing import Any
 import numpy as np
 import pytest
 
-from distillshield.simulate import netid
-from tests.test_simulate import ALL_PERSONAS, all_personas_bytes, all_personas_records  # noqa: F401
+from distillshield.simulate import corpora, engine, fresh_text, netid, scenario
+from distillshield.simulate.personas import harvest
+from tests.test_simulate import (  # noqa: F401
+    ALL_PERSONAS,
+    FRESH_PERSONAS,
+    FRESH_TEST_SEED,
+    all_personas_bytes,
+    all_personas_records,
+    fresh_bytes,
+    fresh_records,
+)
 
 DAY = 86400.0
 START = 1772409600.0  # ALL_PERSONAS starts 2026-03-02T00:00:00Z
@@ -331,3 +340,212 @@ def test_adaptive_attacker_paraphrases_pads_and_hides_in_cover(by_persona: dict[
     busy = [a for a in accounts(recs).values() if len(a) >= 20]
     assert busy and np.median([quietest_share([r["ts"] for r in a]) for a in busy]) < 0.1
     assert len({r["label_meta"]["cluster_id"] for r in recs}) == 1
+
+
+# -- the fresh split (docs/simulator.md, "Fresh held-out split") ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fresh_by_persona(fresh_records: Records) -> dict[str, Records]:  # noqa: F811
+    out: dict[str, Records] = defaultdict(list)
+    for rec in fresh_records:
+        out[rec["label_meta"]["persona"]].append(rec)
+    return out
+
+
+@pytest.fixture(scope="module")
+def fresh_tz() -> dict[str, float]:
+    """Each fresh account's time zone (not in the records: re-planned from the same scenario and seed)."""
+    sc = scenario.build(FRESH_PERSONAS, "t", FRESH_TEST_SEED)
+    return {a.id: a.tz for a, _ in engine.plan_accounts(sc, FRESH_TEST_SEED)}
+
+
+def night_share(records: Records, tz: dict[str, float]) -> float:
+    """Share of requests sent between 01:00 and 06:00 in the sender's own time zone."""
+    hours = [int(((r["ts"] + tz[r["account_id"]] * 3600) % DAY) // 3600) for r in records]
+    return sum(1 <= h < 6 for h in hours) / len(hours)
+
+
+def net24(ip: str) -> str:
+    return ip.rsplit(".", 1)[0]
+
+
+def is_cloud(ip: str) -> bool:
+    return ip[: ip.rindex(".", 0, ip.rindex(".")) + 1] in CLOUD
+
+
+def without(problems: list[str], msg: str) -> str | None:
+    """`msg` with the (pasted) problem taken out, or None when no known problem is in it."""
+    low = msg.lower()
+    for p in problems:
+        i = low.find(p.lower())
+        if i >= 0:
+            return (msg[:i] + msg[i + len(p) :]).strip()
+    return None
+
+
+def test_thin_hydra_spreads_one_campaign_thinly_over_own_addresses(
+    fresh_by_persona: dict[str, Records], fresh_tz: dict[str, float]
+) -> None:
+    recs = fresh_by_persona["thin_hydra"]
+    accts = accounts(recs)
+    assert len(accts) == 120
+    assert all(3 <= len(a) <= 10 for a in accts.values())
+    # One residential address per account, every account in its own /24 (no proxy pool).
+    assert all(len({r["ip"] for r in a}) == 1 for a in accts.values())
+    assert len({net24(a[0]["ip"]) for a in accts.values()}) == len(accts)
+    assert not any(is_cloud(r["ip"]) for r in recs)
+    # Ordinary browser / SDK user agents, never a script's.
+    assert not any(ua in netid.USER_AGENTS["script"] for ua in {r["user_agent"] for r in recs})
+    assert len({r["user_agent"] for r in recs}) >= 6
+    # Daytime in each account's own time zone.
+    assert night_share(recs, fresh_tz) < 0.05
+    # One campaign, one cluster.
+    assert len({r["label_meta"]["cluster_id"] for r in recs}) == 1
+    assert len({r["label_meta"]["campaign_id"] for r in recs}) == 1
+    # A capability sweep wrapped in >= 30 wordings of one reasoning instruction, before or after.
+    wrappers = fresh_text.REASONING_WRAPPERS
+    used = set()
+    for r in recs:
+        w = wrappers[int(r["sim"]["template_id"].rsplit("/", 1)[1])]
+        before, after = w.split("{q}")
+        text = last_user_text(r)
+        assert text.startswith(before) and text.endswith(after)
+        used.add(w)
+    assert len(used) >= 30
+    assert {fresh_text.wrapper_before(w) for w in used} == {True, False}
+    assert len({r["sim"]["capability"] for r in recs}) >= 5
+    # Created in a few cohorts, each shortly before its members first send.
+    created = sorted({a[0]["label_meta"]["account_created_at"] for a in accts.values()})
+    bursts = 1 + sum(b - a > 1800 for a, b in zip(created, created[1:], strict=False))
+    assert bursts <= 5
+    for a in accts.values():
+        lead = min(r["ts"] for r in a) - a[0]["label_meta"]["account_created_at"]
+        assert 0 < lead < 2 * DAY
+
+
+def test_human_sweep_sweeps_capabilities_with_a_persons_timing_and_words(
+    fresh_by_persona: dict[str, Records], fresh_tz: dict[str, float]
+) -> None:
+    recs = fresh_by_persona["human_sweep"]
+    for acct in accounts(recs).values():
+        assert 100 <= len(acct) <= 400
+        harvest_caps = Counter(r["sim"]["capability"] for r in acct if r["sim"]["harvest"])
+        assert len(harvest_caps) >= 5 and max(harvest_caps.values()) < 2 * min(harvest_caps.values())
+        assert len({r["ip"] for r in acct}) <= 2 and not any(is_cloud(r["ip"]) for r in acct)
+    assert night_share(recs, fresh_tz) < 0.08
+    asks = [last_user_text(r) for r in recs if r["sim"]["harvest"]]
+    assert len(set(asks)) >= 0.95 * len(asks)
+    convs = accounts([dict(r, account_id=r["sim"]["conversation_id"]) for r in recs])
+    padded = [c for c in convs.values() if c[0]["sim"]["source"] == "chatter"]
+    assert 0.1 * len(convs) <= len(padded) <= 0.6 * len(convs)
+    gaps = [b["ts"] - a["ts"] for c in convs.values() for a, b in zip(c, c[1:], strict=False)]
+    assert np.median(gaps) > 20
+    assert len({r["label_meta"]["cluster_id"] for r in recs}) == 1
+
+
+def test_cot_paraphraser_rewords_its_reasoning_request_every_time(fresh_by_persona: dict[str, Records]) -> None:
+    recs = fresh_by_persona["cot_paraphraser"]
+    phrasing = re.compile(
+        "(" + "|".join(fresh_text.COT_VERBS) + ") (" + "|".join(re.escape(o) for o in fresh_text.COT_OBJECTS) + ")",
+        re.IGNORECASE,
+    )
+    found = [phrasing.search(last_user_text(r)) for r in recs]
+    assert all(found)
+    combos = {(m.group(1).lower(), m.group(2)) for m in found if m}
+    assert len(combos) >= 0.6 * len(fresh_text.COT_VERBS) * len(fresh_text.COT_OBJECTS)
+    assert hours_active([r["ts"] for r in recs]) == 24
+    assert max_per_window([r["ts"] for r in recs], 60) <= LIMITS["rpm"]
+
+
+def test_light_users_send_a_handful_of_requests_in_their_own_words(
+    fresh_by_persona: dict[str, Records], fresh_tz: dict[str, float]
+) -> None:
+    recs = fresh_by_persona["light_user"]
+    accts = accounts(recs)
+    assert len(accts) == 150 and all(1 <= len(a) <= 10 for a in accts.values())
+    assert np.mean([len(a) for a in accts.values()]) >= 2.5
+    assert {r["sim"]["source"] for r in recs} <= {"ifbench-wildchat", "vicuna", "mt-bench"}
+    assert not any(is_cloud(r["ip"]) for r in recs)
+    assert night_share(recs, fresh_tz) < 0.06
+    assert all(r["label_meta"]["cluster_id"] is None for r in recs)
+
+
+def test_students_ask_for_steps_in_their_own_words(
+    fresh_by_persona: dict[str, Records], fresh_tz: dict[str, float]
+) -> None:
+    recs = fresh_by_persona["student"]
+    accts = accounts(recs)
+    assert len(accts) >= 25  # of 30: a light student may send nothing in two days
+    firsts = [first_user_text(r) for r in recs if r["sim"]["turn"] == 1]
+    assert sum("step" in f.lower() for f in firsts) >= 0.2 * len(firsts)  # they ask "step by step", honestly
+    # Their own words: take the pasted problem out; what is left rarely repeats (a campaign's wrappers do).
+    seed = FRESH_TEST_SEED
+    problems = [q.question for q in corpora.dataset_items("gsm_symbolic", seed, 200)]
+    problems += [q.question for q in corpora.question_bank("math", seed, 24)]
+    problems += [c.turns[0] for c in corpora.mt_bench() + corpora.vicuna()]
+    problems.sort(key=len, reverse=True)
+    own = [w for w in (without(problems, f) for f in firsts) if w is not None]
+    assert len(own) >= 0.8 * len(firsts)
+    counts = Counter(own)
+    assert len(counts) >= 0.5 * len(own)
+    assert max(counts.values()) <= 0.15 * len(own)
+    # Some students sit behind a school NAT: a few addresses in one /24 shared by classmates.
+    users_by_net: dict[str, set[str]] = defaultdict(set)
+    for r in recs:
+        users_by_net[net24(r["ip"])].add(r["account_id"])
+    shared = {a for u in users_by_net.values() if len(u) >= 3 for a in u}
+    assert 3 <= len(shared) < len(accts)
+    assert night_share(recs, fresh_tz) < 0.08
+    assert all(r["label"] == "benign:student" for r in recs)
+
+
+def test_doc_pipeline_runs_one_new_template_like_a_machine(fresh_by_persona: dict[str, Records]) -> None:
+    known = [t.split("{")[0] for ts in fresh_text.DOC_PIPELINE_TEMPLATES.values() for t in ts]
+    for acct in accounts(fresh_by_persona["doc_pipeline"]).values():
+        assert len({r["sim"]["template_id"] for r in acct}) == 1
+        assert any(last_user_text(acct[0]).startswith(k) for k in known)
+        gaps = np.diff([r["ts"] for r in acct])
+        assert gaps.std() / gaps.mean() < 0.1
+        assert hours_active([r["ts"] for r in acct]) == 24
+        assert {r["request"].get("temperature") for r in acct} == {0.0}
+
+
+def test_bench_burst_sends_a_step_by_step_benchmark_at_once(fresh_by_persona: dict[str, Records]) -> None:
+    recs = fresh_by_persona["bench_burst"]
+    runs: dict[str, Records] = defaultdict(list)
+    for r in recs:
+        runs[r["sim"]["conversation_id"].rsplit(":", 1)[0]].append(r)
+    assert runs
+    for run in runs.values():
+        ts = [r["ts"] for r in run]
+        assert len(run) >= 80 and max(ts) - min(ts) < 2 * 3600
+    assert all("step by step" in first_user_text(r) for r in recs)
+    assert {r["sim"]["template_id"] for r in recs} <= {f"cot/{i}" for i in range(len(fresh_text.BENCH_COT_TEMPLATES))}
+
+
+def test_helpdesk_rag_serves_many_staff_with_one_system_prompt(fresh_by_persona: dict[str, Records]) -> None:
+    for acct in accounts(fresh_by_persona["helpdesk_rag"]).values():
+        assert len({r["sim"]["end_user"] for r in acct}) >= 50
+        systems = [r["request"].get("system") or r["request"]["messages"][0]["content"] for r in acct]
+        assert all(s.startswith("You are the virtual service desk for") for s in systems)
+
+
+def test_platform_reseller_names_end_users_on_both_apis(fresh_by_persona: dict[str, Records]) -> None:
+    recs = fresh_by_persona["platform_reseller"]
+    assert len({r["sim"]["end_user"] for r in recs}) >= 100
+    assert {r["endpoint"] for r in recs} >= {"/v1/chat/completions", "/v1/messages"}
+    for r in recs:
+        if r["endpoint"] == "/v1/messages":
+            assert r["request"]["metadata"] == {"user_id": r["sim"]["end_user"]}
+        elif r["endpoint"] == "/v1/chat/completions":
+            assert r["request"]["user"] == r["sim"]["end_user"]
+    for acct in accounts(recs).values():
+        assert hours_active([r["ts"] for r in acct]) == 24
+        assert len({r["user_agent"] for r in acct}) == 1 and all(is_cloud(r["ip"]) for r in acct)
+
+
+def test_thin_hydra_and_human_sweep_draw_from_the_attackers_banks(fresh_by_persona: dict[str, Records]) -> None:
+    for persona in ("thin_hydra", "human_sweep"):
+        caps = {r["sim"]["capability"] for r in fresh_by_persona[persona] if r["sim"]["harvest"]}
+        assert caps <= set(harvest.CAPABILITIES)

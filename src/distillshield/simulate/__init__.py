@@ -6,17 +6,18 @@
 
 Scenarios (scenario.py) say which personas (personas/), how many accounts, duration, volume and
 mix; the engine (engine.py) merges every account's requests by time; live.py replays them against a
-gateway on this machine. docs/simulator.md documents personas, knobs, sources and the dev/held-out
-split.
+gateway on this machine. docs/simulator.md documents personas, knobs, sources and the dev / held-out
+/ fresh splits.
 """
 
 from __future__ import annotations
 
 from distillshield.simulate.engine import Summary, iter_records, write
-from distillshield.simulate.scenario import HELDOUT_SEED_MIN, Scenario, ScenarioError, named_scenarios
+from distillshield.simulate.scenario import FRESH_SEED_MIN, HELDOUT_SEED_MIN, Scenario, ScenarioError, named_scenarios
 from distillshield.simulate.scenario import load as load_scenario
 
 __all__ = [
+    "FRESH_SEED_MIN",
     "HELDOUT_SEED_MIN",
     "Scenario",
     "ScenarioError",

@@ -20,8 +20,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from distillshield.config import yaml_error_detail
 from distillshield.simulate.personas import PERSONAS, Context, Limits, ModelPlan, Persona
 
-# Hold-out discipline: seeds below this are development seeds, seeds at or above it are held out.
+# Hold-out discipline: seeds below HELDOUT_SEED_MIN are development seeds, seeds from it up to
+# FRESH_SEED_MIN are held out, and seeds at or above FRESH_SEED_MIN belong to the fresh split (defined
+# 2026-12-02 before the detector was retrained; reported once, see docs/simulator.md).
 HELDOUT_SEED_MIN = 10_000
+FRESH_SEED_MIN = 20_000
+# Which personas a scenario of each split may hold.
+ALLOWED_PERSONA_SPLITS: dict[str, tuple[str, ...]] = {
+    "dev": ("dev",),
+    "heldout": ("dev", "heldout"),
+    "fresh": ("dev", "heldout", "fresh"),
+}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)?\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
 
@@ -85,7 +94,7 @@ class PersonaEntry(_Strict):
 class ScenarioSpec(_Strict):
     name: str = Field(..., min_length=1)
     description: str = ""
-    split: Literal["dev", "heldout"] = "dev"
+    split: Literal["dev", "heldout", "fresh"] = "dev"
     seed: int | None = Field(None, ge=0, description="default seed (the CLI's --seed overrides it)")
     start: float = Field(1_772_409_600.0, description="Unix seconds or an ISO date (default 2026-03-02, a Monday)")
     duration: float = Field(86_400.0, gt=0)
@@ -164,6 +173,16 @@ class Scenario:
                 f"scenario '{self.name}' is held out: run it with a held-out seed (>= {HELDOUT_SEED_MIN}), "
                 f"never with a dev seed ({seed})"
             )
+        if self.split == "heldout" and seed >= FRESH_SEED_MIN:
+            raise ScenarioError(
+                f"seed {seed} is a fresh-split seed (>= {FRESH_SEED_MIN}); held-out seeds are {HELDOUT_SEED_MIN}-"
+                f"{FRESH_SEED_MIN - 1}. Fresh seeds run only scenarios with split: fresh"
+            )
+        if self.split == "fresh" and seed < FRESH_SEED_MIN:
+            raise ScenarioError(
+                f"scenario '{self.name}' is in the fresh split: run it with a fresh seed (>= {FRESH_SEED_MIN}), "
+                f"never with a dev or held-out seed ({seed})"
+            )
 
 
 def _fmt(err: ValidationError, prefix: str = "") -> list[str]:
@@ -219,6 +238,11 @@ def build(data: Any, source: str = "scenario", seed: int = 0) -> Scenario:
             problems.append(
                 f"{where}.persona: '{e.persona}' is held out; it may only appear in a scenario with split: heldout "
                 "(held-out personas are never used to tune anything)"
+            )
+        elif cls.split not in ALLOWED_PERSONA_SPLITS[spec.split]:
+            problems.append(
+                f"{where}.persona: '{e.persona}' belongs to the {cls.split} split; it may only appear in a scenario "
+                f"with split: {cls.split} (fresh personas are never used to tune anything and are reported once)"
             )
         if cls.needs_release and spec.models.release is None:
             problems.append(f"{where}.persona: '{e.persona}' needs a model release: add models.release (model, at)")

@@ -1,6 +1,7 @@
 """Personas: one small module per kind of client, honest (personas/honest) and attacking (personas/attack).
 
-`PERSONAS` maps each persona's name (as used in scenario files and in labels) to its class.
+`PERSONAS` maps each persona's name (as used in scenario files and in labels) to its class; each
+class's `split` says whether it is a dev, held-out or fresh persona.
 """
 
 from __future__ import annotations
@@ -9,22 +10,31 @@ from distillshield.simulate.personas.attack.adaptive import Adaptive
 from distillshield.simulate.personas.attack.bulk_harvester import BulkHarvester
 from distillshield.simulate.personas.attack.capability_sweep import CapabilitySweep
 from distillshield.simulate.personas.attack.cot_harvester import CotHarvester
+from distillshield.simulate.personas.attack.cot_paraphraser import CotParaphraser
+from distillshield.simulate.personas.attack.human_sweep import HumanSweep
 from distillshield.simulate.personas.attack.hydra import Hydra
 from distillshield.simulate.personas.attack.logprobs_harvester import LogprobsHarvester
 from distillshield.simulate.personas.attack.model_pivot import ModelPivot
 from distillshield.simulate.personas.attack.reseller_mix import ResellerMix
 from distillshield.simulate.personas.attack.rubric_grader import RubricGrader
+from distillshield.simulate.personas.attack.thin_hydra import ThinHydra
 from distillshield.simulate.personas.base import Account, Context, Knobs, Limits, ModelPlan, Persona, Req
 from distillshield.simulate.personas.honest.agent import Agent
 from distillshield.simulate.personas.honest.batch_pipeline import BatchPipeline
+from distillshield.simulate.personas.honest.bench_burst import BenchBurst
 from distillshield.simulate.personas.honest.casual_chat import CasualChat
 from distillshield.simulate.personas.honest.coding_assistant import CodingAssistant
 from distillshield.simulate.personas.honest.corporate_nat import CorporateNat
+from distillshield.simulate.personas.honest.doc_pipeline import DocPipeline
 from distillshield.simulate.personas.honest.education import Education
 from distillshield.simulate.personas.honest.eval_run import EvalRun
+from distillshield.simulate.personas.honest.helpdesk_rag import HelpdeskRag
+from distillshield.simulate.personas.honest.light_user import LightUser
 from distillshield.simulate.personas.honest.multilingual import Multilingual
+from distillshield.simulate.personas.honest.platform_reseller import PlatformReseller
 from distillshield.simulate.personas.honest.rag_support import RagSupport
 from distillshield.simulate.personas.honest.reseller import Reseller
+from distillshield.simulate.personas.honest.student import Student
 
 PERSONAS: dict[str, type[Persona]] = {
     p.name: p
@@ -48,6 +58,16 @@ PERSONAS: dict[str, type[Persona]] = {
         ModelPivot,
         ResellerMix,
         Adaptive,
+        # The fresh split (docs/simulator.md, "Fresh held-out split"): reported once, never tuned on.
+        LightUser,
+        Student,
+        DocPipeline,
+        BenchBurst,
+        HelpdeskRag,
+        PlatformReseller,
+        ThinHydra,
+        HumanSweep,
+        CotParaphraser,
     )
 }
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from functools import lru_cache
+from typing import ClassVar
 
 import numpy as np
 from pydantic import Field, field_validator
@@ -58,6 +59,8 @@ class BatchPipeline(Persona):
     verifications = (("business", 0.9), ("id", 0.1))
     apis = (("openai", 0.8), ("anthropic", 0.2))
     activity_sigma = 0.5
+    # task -> instruction templates a pipeline of this persona may run (variants swap in their own)
+    templates: ClassVar[dict[str, tuple[str, ...]]] = text.PIPELINE_TEMPLATES
 
     def account_ips(self, rng: np.random.Generator) -> list[str]:
         return [netid.cloud_ip(rng)]
@@ -72,7 +75,7 @@ class BatchPipeline(Persona):
         assert isinstance(k, BatchPipelineKnobs)
         r = account.r
         task = pick(r, k.tasks)
-        templates = text.PIPELINE_TEMPLATES[task]
+        templates = self.templates[task]
         t_idx = r.randrange(len(templates))
         template = templates[t_idx]
         template_id = f"{task}/{t_idx}"

@@ -11,6 +11,7 @@ reasoning-gym, Vicuna.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import ClassVar
 
 import numpy as np
 from pydantic import Field, field_validator
@@ -70,6 +71,9 @@ class EvalRun(Persona):
     verifications = (("business", 0.6), ("email", 0.4))
     apis = (("openai", 0.75), ("anthropic", 0.25))
     activity_sigma = 0.6
+    # The harness's prompt formats by style (cot / plain / code) and system prompts (variants swap in theirs).
+    templates: ClassVar[dict[str, tuple[str, ...]]] = text.EVAL_TEMPLATES
+    system_prompts: ClassVar[tuple[str | None, ...]] = text.EVAL_SYSTEM
 
     def account_ips(self, rng: np.random.Generator) -> list[str]:
         return [netid.cloud_ip(rng) if rng.random() < 0.5 else netid.residential_ip(rng)]
@@ -106,9 +110,9 @@ class EvalRun(Persona):
         bench = pick(r, k.benchmarks)
         items = benchmark_items(bench, self.ctx.seed)  # a benchmark is the same fixed set for everyone
         style = "code" if bench == "humaneval" else ("cot" if r.random() < k.cot_share else "plain")
-        t_idx = r.randrange(len(text.EVAL_TEMPLATES[style]))
-        template = text.EVAL_TEMPLATES[style][t_idx]
-        system = pick(r, text.EVAL_SYSTEM)
+        t_idx = r.randrange(len(self.templates[style]))
+        template = self.templates[style][t_idx]
+        system = pick(r, self.system_prompts)
         model = model or self.model_for(account, t0)
         two_turn = bench == "mt-bench"
         n = len(items) * (2 if two_turn else 1)

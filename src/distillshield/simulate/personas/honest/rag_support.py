@@ -12,6 +12,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Iterator
+from typing import ClassVar
 
 import numpy as np
 from pydantic import Field
@@ -39,6 +40,12 @@ class RagSupport(Persona):
     tiers = (("pro", 0.5), ("enterprise", 0.5))
     verifications = (("business", 1.0),)
     activity_sigma = 0.6
+    # The app's world: (company, product) choices, knowledge-base articles, typical questions, system
+    # prompt template (variants swap in their own).
+    companies: ClassVar[tuple[tuple[str, str], ...]] = text.COMPANIES
+    kb_topics: ClassVar[tuple[tuple[str, str], ...]] = text.KB_TOPICS
+    questions: ClassVar[tuple[str, ...]] = text.SUPPORT_QUESTIONS
+    system_template: ClassVar[str] = text.SUPPORT_SYSTEM
 
     def account_ips(self, rng: np.random.Generator) -> list[str]:
         return [netid.cloud_ip(rng) for _ in range(1 + int(rng.random() < 0.5))]
@@ -55,9 +62,9 @@ class RagSupport(Persona):
         assert isinstance(k, RagSupportKnobs)
         r = account.r
         ctx = self.ctx
-        company, product = pick(r, text.COMPANIES)
+        company, product = pick(r, self.companies)
         kb = [
-            (title, body.format(n=r.choice((2, 7, 14, 30, 48, 60)), product=product)) for title, body in text.KB_TOPICS
+            (title, body.format(n=r.choice((2, 7, 14, 30, 48, 60)), product=product)) for title, body in self.kb_topics
         ]
         model = self.model_for(account, ctx.start)
         starts = timing.diurnal_times(
@@ -98,13 +105,13 @@ class RagSupport(Persona):
         if turn == 0:
             wild = corpora.wildchat_prompts()
             off = r.random() < k.off_topic_share
-            q = pick(r, wild).turns[0] if off else pick(r, text.SUPPORT_QUESTIONS)
+            q = pick(r, wild).turns[0] if off else pick(r, self.questions)
             picked = r.sample(range(len(kb)), min(k.articles, len(kb)))
             context = "\n\n".join(f"## {kb[i][0]}\n{kb[i][1]}" for i in picked)
             n_turns = 1 + int(math.log(1 - r.random()) / math.log(1 - 1 / k.turns_mean)) if k.turns_mean > 1 else 1
             state[conv_no] = {
                 "messages": [{"role": "user", "content": q}],
-                "system": text.SUPPORT_SYSTEM.format(company=company, context=context),
+                "system": self.system_template.format(company=company, context=context),
                 "left": min(n_turns, 6),
                 "reply": kb[picked[0]][1],
                 "source": "ifbench-wildchat" if off else "support-questions",

@@ -62,7 +62,7 @@ class Reseller(Persona):
         coder_knobs = CodingAssistantKnobs(requests_per_day=daily)
         for u in range(k.end_users):
             sub = sub_account(account, u, tz=float(timing.pick_timezone(rng)), activity=float(acts[u]))
-            end_user = f"u_{account.id[-6:]}_{u:05d}"
+            end_user = self.end_user_id(account, u)
             if rng.random() < k.coder_share:
                 lanes.append(self._readdress(account, CodingAssistant(coder_knobs, self.ctx).requests(sub), end_user))
             else:
@@ -85,6 +85,10 @@ class Reseller(Persona):
                     )
                 )
         return lanes
+
+    def end_user_id(self, account: Account, u: int) -> str:
+        """The id the reseller gives its end user `u` (sent in the OpenAI `user` field)."""
+        return f"u_{account.id[-6:]}_{u:05d}"
 
     def _readdress(self, account: Account, reqs: Iterator[Req], end_user: str) -> Iterator[Req]:
         ips = account.ips
