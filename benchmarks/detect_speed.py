@@ -9,6 +9,11 @@ machine; wall-clock rates are what a user waits for.
     .venv/bin/python benchmarks/detect_speed.py                       # smoke (~7.6k) and dev (~60k)
     .venv/bin/python benchmarks/detect_speed.py --large               # also the large scenario (~560k)
     .venv/bin/python benchmarks/detect_speed.py --json-out speed.json --check   # exit 1 below 5,000 req/s CPU
+    .venv/bin/python benchmarks/detect_speed.py --large --content both      # content signal off vs on, same run
+
+`--content` (default on, as `analyze` runs) switches the population-relative content signal and campaigns
+(detect/content.py, detect/campaign.py); `both` measures every size without and with it, back to back,
+so the cost of content is read against a baseline taken on the same machine in the same minutes.
 
 Each size runs in a fresh subprocess, so peak memory (ru_maxrss) is that size's own.
 """
@@ -42,15 +47,16 @@ def _cpu() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def measure(path: Path, workers: int) -> dict:
+def measure(path: Path, workers: int, content: bool = True) -> dict:
     from distillshield.detect.analyze import analyze_file
 
     t0, c0 = time.perf_counter(), _cpu()
-    an = analyze_file(path, encoder=None, workers=workers)
+    an = analyze_file(path, encoder=None, workers=workers, content=content)
     wall, cpu = time.perf_counter() - t0, _cpu() - c0
     n = an.report["summary"]["requests"]
     return {
         "file": str(path),
+        "content": content,
         "requests": n,
         "accounts": an.report["summary"]["accounts"],
         "wall_s": round(wall, 2),
@@ -71,11 +77,13 @@ def main() -> int:
         "--check", action="store_true", help=f"exit 1 when the largest run is below {TARGET_RPS:.0f} req/s CPU"
     )
     ap.add_argument("--workers", type=int, default=2, help="extraction processes (analyze --workers)")
+    ap.add_argument("--content", choices=("on", "off", "both"), default="on", help="content signal (default on)")
     ap.add_argument("--measure", type=Path, help=argparse.SUPPRESS)  # internal: measure one file in this process
     args = ap.parse_args()
     if args.measure:
-        print(json.dumps(measure(args.measure, args.workers)))
+        print(json.dumps(measure(args.measure, args.workers, args.content != "off")))
         return 0
+    modes = {"on": ["on"], "off": ["off"], "both": ["off", "on"]}[args.content]
     sizes = [("smoke", 5), ("dev", 7)] + ([("large", 7)] if args.large else [])
     with tempfile.TemporaryDirectory() as tmp:
         data = args.data or Path(tmp)
@@ -86,17 +94,18 @@ def main() -> int:
             if not path.exists():
                 print(f"generating {name} (seed {seed}) ...", file=sys.stderr)
                 generate(name, seed, path)
-            out = subprocess.run(
-                [sys.executable, __file__, "--measure", str(path)], capture_output=True, text=True, check=True
-            )
-            row = json.loads(out.stdout.strip().splitlines()[-1])
-            row["scenario"] = name
-            rows.append(row)
-            print(
-                f"{name:6s} {row['requests']:>8d} req {row['accounts']:>5d} acc  wall {row['wall_s']:>7.1f}s "
-                f"({row['rps_wall']:>6d} req/s)  cpu {row['cpu_s']:>7.1f}s ({row['rps_cpu']:>6d} req/s)  "
-                f"peak {row['peak_rss_mb']} MB  phases {row['phases_s']}"
-            )
+            for mode in modes:
+                cmd = [sys.executable, __file__, "--measure", str(path), "--content", mode]
+                cmd += ["--workers", str(args.workers)]
+                out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+                row = json.loads(out.stdout.strip().splitlines()[-1])
+                row["scenario"] = name
+                rows.append(row)
+                print(
+                    f"{name:6s} content {mode:3s} {row['requests']:>8d} req {row['accounts']:>5d} acc  "
+                    f"wall {row['wall_s']:>7.1f}s ({row['rps_wall']:>6d} req/s)  cpu {row['cpu_s']:>7.1f}s "
+                    f"({row['rps_cpu']:>6d} req/s)  peak {row['peak_rss_mb']} MB  phases {row['phases_s']}"
+                )
     result = {
         "machine": {
             "cpus": os.cpu_count(),

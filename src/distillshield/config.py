@@ -262,6 +262,10 @@ class DetectionSettings(_Strict):
         "none", description="sentence encoder for the embedding signals: none, use, hashing, st:<model name or path>"
     )
     model_path: str | None = Field(None, description="trained model artefact; null = the one shipped in the package")
+    content: bool = Field(
+        True, description="population-relative content signal (hashed TF-IDF; no model, no download): flags "
+        "accounts whose prompts are far from this deployment's own traffic"
+    )
 
 
 class Settings(BaseSettings):

@@ -72,6 +72,11 @@ def analyze_command(
     ),
     top: int = typer.Option(15, "--top", help="flagged accounts to list in the terminal"),
     workers: int = typer.Option(2, "--workers", min=1, max=64, help="processes that read and extract the traffic"),
+    content: bool = typer.Option(
+        True,
+        "--content/--no-content",
+        help="population-relative content signal and content campaigns (prompts far from this traffic's own)",
+    ),
     as_json: bool = typer.Option(False, "--json", help="print the report summary as JSON instead of tables"),
 ) -> None:
     """Score every account for distillation (extraction) and find coordinated account clusters (hydras).
@@ -108,7 +113,9 @@ def analyze_command(
         assert path is not None
         with progress() as bar:
             on_progress = PhaseProgress(bar)
-            analysis = analyze_file(path, model=det_model, encoder=enc, progress=on_progress, workers=workers)
+            analysis = analyze_file(
+                path, model=det_model, encoder=enc, progress=on_progress, workers=workers, content=content
+            )
             if "reading traffic" in on_progress.tasks:
                 t = on_progress.tasks["reading traffic"]
                 bar.update(t, total=bar.tasks[t].completed or 1, completed=bar.tasks[t].completed or 1)

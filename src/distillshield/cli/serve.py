@@ -99,6 +99,7 @@ detection:
   recluster_every: 2000          # requests between rebuilds of the hydra (coordinated-account) clusters
   encoder: none                  # embedding signals: none | use (packaged, offline) | st:<model name or path>
   model_path: null               # trained model artefact; null = the one shipped with DistillShield
+  content: true                  # population-relative content signal (prompts far from this service's traffic)
 """
 
 

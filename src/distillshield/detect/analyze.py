@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from distillshield.detect.content import single_threaded_blas
 from distillshield.detect.corpus import Extractor, LineErrors, Obs, read_records, strip_ground_truth
 from distillshield.detect.embeddings import Encoder
 from distillshield.detect.engine import CHECKPOINTS, Engine, MinHasher
@@ -43,13 +44,22 @@ class Analysis:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def extract(records: Iterable[TrafficRecord], model: DetectionModel) -> list[Obs]:
+def _content(on: bool) -> Callable[[list[str]], Any] | None:
+    if not on:
+        return None
+    from distillshield.detect.content import default_content_encoder
+
+    return default_content_encoder().encode
+
+
+def extract(records: Iterable[TrafficRecord], model: DetectionModel, content: bool = True) -> list[Obs]:
     classifier = PromptClassifier.from_dict(model.classifier)
-    return list(Extractor(classifier, MinHasher()).extract(records))
+    return list(Extractor(classifier, MinHasher(), _content(content)).extract(records))
 
 
 _ACCOUNT = re.compile(rb'"account_id"\s*:\s*"((?:[^"\\]|\\.)*)"')
 _FORK_MODEL: DetectionModel | None = None  # handed to forked workers without pickling
+_FORK_CONTENT = True
 
 
 def _extract_part(args: tuple[str, int, int]) -> tuple[list[Obs], int, list[LineError]]:
@@ -58,7 +68,7 @@ def _extract_part(args: tuple[str, int, int]) -> tuple[list[Obs], int, list[Line
     path, part, parts = args
     assert _FORK_MODEL is not None
     errors = LineErrors()
-    ex = Extractor(PromptClassifier.from_dict(_FORK_MODEL.classifier), MinHasher())
+    ex = Extractor(PromptClassifier.from_dict(_FORK_MODEL.classifier), MinHasher(), _content(_FORK_CONTENT))
     out: list[Obs] = []
     with open(path, "rb") as fh:
         for i, raw in enumerate(fh, start=1):
@@ -77,10 +87,14 @@ def _extract_part(args: tuple[str, int, int]) -> tuple[list[Obs], int, list[Line
     return out, errors.count, errors.kept
 
 
-def extract_parallel(path: str | Path, model: DetectionModel, workers: int, errors: LineErrors) -> list[Obs]:
+def extract_parallel(
+    path: str | Path, model: DetectionModel, workers: int, errors: LineErrors, content: bool = True
+) -> list[Obs]:
     """Extraction on `workers` processes (fork), split by account; the result is in (ts, line) order."""
-    global _FORK_MODEL
-    _FORK_MODEL = model
+    global _FORK_MODEL, _FORK_CONTENT
+    _FORK_MODEL, _FORK_CONTENT = model, content
+    if content:
+        _content(True)  # build the encoder once, before forking
     ctx = multiprocessing.get_context("fork")
     with ctx.Pool(workers) as pool:
         parts = pool.map(_extract_part, [(str(path), k, workers) for k in range(workers)])
@@ -111,12 +125,21 @@ def embed(obs: list[Obs], encoder: Encoder, progress: Progress | None = None) ->
 
 def replay(obs: list[Obs], engine: Engine, progress: Progress | None = None) -> Engine:
     """Feed observations in time order; rescore at checkpoints, recluster periodically, then finalise."""
+    with single_threaded_blas():
+        _replay(obs, engine, progress)
+    engine.finalise()  # large matrix products: BLAS on every thread
+    if progress is not None:
+        progress("scoring", len(obs), len(obs))
+    return engine
+
+
+def _replay(obs: list[Obs], engine: Engine, progress: Progress | None) -> None:
     if any(obs[i].ts > obs[i + 1].ts for i in range(len(obs) - 1)):
         obs.sort(key=lambda o: (o.ts, o.line))  # equal times keep file order
     total = len(obs)
     for i, o in enumerate(obs, start=1):
         acc = engine.observe(o)
-        o.emb = None  # folded into the state; free the memory as we go
+        o.emb = o.cvec = None  # folded into the state; free the memory as we go
         if acc.n in CHECKPOINTS:
             engine.rescore(acc)
         if i % RECLUSTER_EVERY == 0:
@@ -127,10 +150,6 @@ def replay(obs: list[Obs], engine: Engine, progress: Progress | None = None) -> 
                         engine.rescore(a)
             if progress is not None:
                 progress("scoring", i, total)
-    engine.finalise()
-    if progress is not None:
-        progress("scoring", total, total)
-    return engine
 
 
 def build_report(engine: Engine, errors: LineErrors, meta: dict[str, Any]) -> dict[str, Any]:
@@ -185,6 +204,7 @@ def analyze_records(
     source: str = "records",
     on_engine: Callable[[Engine], None] | None = None,
     observations: list[Obs] | None = None,
+    content: bool = True,
 ) -> Analysis:
     """Analyse traffic records (labels, if any, must already be stripped: see read_records).
 
@@ -193,7 +213,7 @@ def analyze_records(
     model = model or DetectionModel.load()
     errors = errors or LineErrors()
     t0 = time.perf_counter()
-    obs = observations if observations is not None else extract(records, model)
+    obs = observations if observations is not None else extract(records, model, content)
     t1 = time.perf_counter()
     reference = None
     if encoder is not None:
@@ -213,6 +233,7 @@ def analyze_records(
         "model_version": model.version,
         "encoder": encoder.name if encoder else None,
         "combiner": "full" if encoder is not None else "noembed",
+        "content": "population-relative (tfidf-hash)" if content else "off",
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
     }
     return Analysis(build_report(engine, errors, meta), errors, engine, timings)
@@ -225,6 +246,7 @@ def analyze_file(
     encoder: Encoder | None = None,
     progress: Progress | None = None,
     workers: int = 1,
+    content: bool = True,
 ) -> Analysis:
     """Analyse a traffic JSONL file; malformed lines are counted, kept with their numbers, and skipped.
 
@@ -236,12 +258,12 @@ def analyze_file(
         if progress is not None:
             progress(f"reading traffic ({workers} processes)", 0, 1)
         t0 = time.perf_counter()
-        obs = extract_parallel(path, model, workers, errors)
+        obs = extract_parallel(path, model, workers, errors, content)
         extract_s = time.perf_counter() - t0
         if progress is not None:
             progress(f"reading traffic ({workers} processes)", 1, 1)
         an = analyze_records((), model=model, encoder=encoder, errors=errors, progress=progress, source=str(path),
-                             observations=obs)  # fmt: skip
+                             observations=obs, content=content)  # fmt: skip
         an.timings["extract_s"] = extract_s
         an.report["summary"]["timings_s"]["extract_s"] = round(an.timings["extract_s"], 3)
         return an
@@ -251,4 +273,6 @@ def analyze_file(
             progress("reading traffic", n, None)
 
     records = read_records(path, errors, on_line)
-    return analyze_records(records, model=model, encoder=encoder, errors=errors, progress=progress, source=str(path))
+    return analyze_records(
+        records, model=model, encoder=encoder, errors=errors, progress=progress, source=str(path), content=content
+    )

@@ -27,6 +27,7 @@ LINK_SHARE = 0.15  # a template links an account when it carries at least this s
 MIN_REQUESTS = 5  # accounts with fewer requests do not link yet
 MIN_CLUSTER = 3  # fewer linked accounts are not a cluster
 BOILERPLATE_SHARE = 0.5  # a template used by more than this share of all accounts is boilerplate, not a link
+SERVICE_SHARE = 0.5  # a linked group holding more than this share of the linkable accounts is the service itself
 
 CLUSTER_FEATURES = (
     "clu_size",
@@ -73,8 +74,15 @@ class Cluster:
     features: dict[str, float] = field(default_factory=dict)
     links: list[str] = field(default_factory=list)  # example shared templates
     risk: float = 0.0
+    content_risk: float = 0.0  # a content campaign's risk from its pooled prompts (campaign.ContentCampaigns)
+    evidence: str = ""  # a content campaign's account of why its members belong together
 
     def detail(self) -> str:
+        if self.evidence and not self.links and not self.features.get("clu_orgs"):
+            return self.evidence
+        return self._template_detail() + (f"; {self.evidence}" if self.evidence else "")
+
+    def _template_detail(self) -> str:
         f = self.features
         parts = [f"{len(self.accounts)} accounts share prompt templates"]
         if self.links:
@@ -127,8 +135,11 @@ class HydraClusterDetector:
             if key in examples and aid in uf.parent:
                 root_links.setdefault(uf.find(aid), []).append(examples[key])
         out: dict[str, Cluster] = {}
+        linkable = sum(1 for a in accounts.values() if a.templates.n >= MIN_REQUESTS)
         for root, members in groups.items():
-            if len(members) < MIN_CLUSTER:
+            # Coordination is a minority acting alike; when most of a service's accounts share its templates
+            # (every user of a tutoring app doing the same exercises), that is what the service is for.
+            if len(members) < MIN_CLUSTER or len(members) > SERVICE_SHARE * linkable:
                 continue
             members.sort()
             cid = f"cl_{stable_hash(members[0]) & 0xFFFFFFFF:08x}"

@@ -20,6 +20,7 @@ from typing import IO, Any
 import numpy as np
 
 from distillshield.detect import text as T
+from distillshield.detect.content import CONTENT_CHARS
 from distillshield.traffic import LineError, TrafficRecord, parse_line
 
 ENDPOINT_CODES = {"/v1/chat/completions": 0, "/v1/completions": 1, "/v1/messages": 2}
@@ -33,6 +34,12 @@ def sampled(index: int) -> bool:
     linear in volume with a small constant: at most 32 + n/8 (up to 512) + n/64 requests of n.
     """
     return index < 32 or (index < 512 and index % 8 == 0) or index % 64 == 0
+
+
+def content_sampled(index: int) -> bool:
+    """Which requests the content encoder sees: the first 64 (a window's worth, so that an account of a
+    hundred requests is judged on most of them), every 8th up to 256, then every 64th."""
+    return index < 64 or (index < 256 and index % 8 == 0) or index % 64 == 0
 
 
 def embedded(index: int) -> bool:
@@ -105,6 +112,8 @@ class Obs:
     minhash: np.ndarray | None = None  # near-duplicate signature, sampled requests only
     clf_text: str | None = None  # classifier input, dropped once classified
     emb: np.ndarray | None = None  # sentence embedding of `text`, filled in before the engine sees it
+    ctext: str | None = None  # content-encoder input (sampled requests), dropped once encoded
+    cvec: np.ndarray | None = None  # content vector (float16, detect/content.py), sampled requests only
 
 
 def classifier_text(user: str, system: str) -> str:
@@ -122,9 +131,11 @@ class Extractor:
         self,
         classify: Callable[[list[str]], tuple[np.ndarray, np.ndarray]] | None,
         minhasher: Callable[[list[bytes]], np.ndarray] | None,
+        content: Callable[[list[str]], np.ndarray] | None = None,
     ) -> None:
         self.classify = classify
         self.minhasher = minhasher
+        self.content = content  # the content encoder (detect/content.py); None switches content off
         self.counts: dict[str, int] = {}
         self._pending: list[Obs] = []
         self._system_hash: dict[str, int] = {}  # system prompts repeat: skeletonise each once
@@ -172,6 +183,7 @@ class Extractor:
             text=user[:200] if embedded(index) else (user[:90] if is_sampled else None),
             embed=embedded(index),
             clf_text=classifier_text(user, system) if is_sampled else None,
+            ctext=(user or system)[:CONTENT_CHARS] if self.content is not None and content_sampled(index) else None,
         )
         if is_sampled and self.minhasher is not None and toks:
             ob.minhash = self.minhasher(T.shingles(toks))
@@ -199,6 +211,12 @@ class Extractor:
                 o.rubric = float(r)
         for o in batch:
             o.clf_text = None
+        ctodo = [o for o in batch if o.ctext is not None]
+        if self.content is not None and ctodo:
+            vecs = self.content([o.ctext or "" for o in ctodo]).astype(np.float16)
+            for o, v in zip(ctodo, vecs, strict=True):
+                o.cvec = v
+                o.ctext = None
         return batch
 
     def feed(self, rec: TrafficRecord, line: int = 0) -> list[Obs]:

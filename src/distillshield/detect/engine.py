@@ -18,14 +18,17 @@ from typing import Any
 import numpy as np
 
 from distillshield.detect.base import AccountScore, Reason
+from distillshield.detect.campaign import ContentCampaigns
 from distillshield.detect.cluster import CLUSTER_FEATURES, Cluster, HydraClusterDetector
+from distillshield.detect.content import ContentPopulation
 from distillshield.detect.corpus import Obs
 from distillshield.detect.scoring import RISK_EXTRACTION, RISK_SUSPICIOUS, Combiner
 from distillshield.detect.signals.behaviour import Behaviour, BehaviourState
+from distillshield.detect.signals.content import ContentState, PopulationContent
 from distillshield.detect.signals.cot import CotElicitation, CotState
 from distillshield.detect.signals.coverage import CapabilityCoverage
 from distillshield.detect.signals.distribution import DistributionTest, EmbeddingReference, EmbedState
-from distillshield.detect.signals.templates import TemplateReuse, TemplateState
+from distillshield.detect.signals.templates import TemplateReuse, TemplateState, is_template
 
 NEW_MODEL_AFTER = 12 * 3600.0  # a model first seen this long after traffic began counts as a new release
 MEMBER_CAP = 512  # distinct accounts remembered per template / IP range (counts saturate there)
@@ -87,6 +90,7 @@ class Population:
         self.prompts = _Members()
         self.families = _Members()
         self.ips = _Members()
+        self.content = ContentPopulation()  # a sample of the deployment's own prompts (detect/content.py)
         self.model_first: dict[str, float] = {}
         self.first_ts = math.inf
         self.last_ts = -math.inf
@@ -114,6 +118,7 @@ class Context:
 
     population: Population
     cluster: Cluster | None = None
+    own_template_share: float = 0.0  # the account's traffic share in its most-used template (apps: high)
 
 
 @dataclass
@@ -125,6 +130,7 @@ class AccountState:
     cot: CotState = field(default_factory=CotState)
     behaviour: BehaviourState = field(default_factory=BehaviourState)
     embed: EmbedState = field(default_factory=EmbedState)
+    content: ContentState = field(default_factory=ContentState)
     org: str = ""
     ips: Counter[str] = field(default_factory=Counter)
     uas: Counter[str] = field(default_factory=Counter)
@@ -180,6 +186,22 @@ class MinHasher:
         return LeanMinHash(seed=1, hashvalues=hashvalues, scheme="affine32")
 
 
+def _own_template_share(t: TemplateState, pop: Population) -> float:
+    """Share of the account's requests in its most-used template of its own: a frame it fills with varied
+    content and that fewer than three accounts use (a shared one is a campaign's or boilerplate)."""
+    best = 0
+    for topk in (t.heads, t.tails):
+        for h, c in topk.top(3):
+            if c > best and is_template(topk, h) and pop.frame_accounts(h) < 3:
+                best = c
+    return best / max(t.n, 1)
+
+
+def content_risk(score: float) -> float:
+    """The risk that content evidence alone gives: its score 0.5..1 onto the suspicious band, below extraction."""
+    return RISK_SUSPICIOUS + (RISK_EXTRACTION - RISK_SUSPICIOUS) * 0.98 * min(max((score - 0.5) / 0.5, 0.0), 1.0)
+
+
 class Engine:
     """Per-account detection state, population state, clusters, and scoring with one combiner."""
 
@@ -192,10 +214,12 @@ class Engine:
         self.behaviour = Behaviour()
         self.distribution = DistributionTest()
         self.coverage = CapabilityCoverage()
+        self.content = PopulationContent()
         self.reference = reference
         if reference is not None:
             self.distribution.fit(reference)
         self.hydra = HydraClusterDetector()
+        self.campaigns = ContentCampaigns()
         self.clusters: dict[str, Cluster] = {}
         self._lsh = _minhash_lsh()
         self._hasher: MinHasher | None = None
@@ -225,6 +249,7 @@ class Engine:
         acc = self.accounts.get(obs.account)
         if acc is None:
             acc = self.accounts[obs.account] = AccountState(obs.account, org=obs.org)
+            acc.content.account = obs.account
         pop = self.population
         self.observed += 1
         self.now = max(self.now, obs.ts)
@@ -250,6 +275,9 @@ class Engine:
             fid = self._family(obs.minhash)
             pop.families.add(fid, obs.account)
             self.templates.add_family(acc.templates, fid)
+        if obs.cvec is not None and acc.content.is_new(obs.raw_hash):
+            self.content.update(acc.content, obs.cvec)
+            pop.content.offer(obs.account, obs.cvec)
         if obs.emb is not None and self.reference is not None:
             e = obs.emb[None, :]
             self.distribution.update_embeddings(acc.embed, e, self.reference.features(e), self.reference.topics(e))
@@ -258,8 +286,33 @@ class Engine:
 
     # -- clusters and scores --------------------------------------------------------------------------
 
-    def recluster(self) -> dict[str, Cluster]:
+    def _refresh_content(self, new_epoch: bool = False) -> None:
+        """Refresh the population's content statistics, then hand it the recent windows of the excluded
+        accounts that content has flagged (far and broad), which other accounts' prompts are compared with
+        (a campaign's shared bank). Accounts that are only unusual vouch against nobody."""
+        pop = self.population.content
+        pop.refresh(new_epoch)
+        windows = {}
+        for a in pop.excluded:
+            st = self.accounts[a].content if a in self.accounts else None
+            if st is not None and st.window is not None and st.flagged:
+                windows[a] = st.window[: st.m]
+        pop.set_outliers(windows)
+
+    def recluster(self, final: bool = False) -> dict[str, Cluster]:
+        """Template clusters, then content campaigns: a campaign that overlaps template clusters is merged into
+        the largest of them (one campaign, one object), which then carries the campaign's evidence and risk."""
         self.clusters = self.hydra.find(self.accounts, self.population)
+        member_of = {m: cid for cid, c in self.clusters.items() for m in c.accounts}
+        for cid, c in self.campaigns.find(self.accounts, self.population, force=final).items():
+            overlap = Counter(member_of[m] for m in c.accounts if m in member_of)
+            if not overlap:
+                self.clusters[cid] = c
+                continue
+            host = self.clusters[overlap.most_common(1)[0][0]]
+            host.accounts = sorted(set(host.accounts) | {m for m in c.accounts if m not in member_of})
+            host.content_risk = max(host.content_risk, c.content_risk)
+            host.evidence = c.evidence
         member_of = {m: cid for cid, c in self.clusters.items() for m in c.accounts}
         for aid, acc in self.accounts.items():
             cid = member_of.get(aid)
@@ -270,12 +323,16 @@ class Engine:
 
     def features(self, acc: AccountState) -> tuple[dict[str, float], list[Any]]:
         cluster = self.clusters.get(acc.cluster_id) if acc.cluster_id else None
-        ctx = Context(self.population, cluster)
+        ctx = Context(self.population, cluster, _own_template_share(acc.templates, self.population))
+        if self.population.content.stale():
+            self._refresh_content()
         sigs = [
             self.templates.score(acc.templates, ctx),
             self.cot.score(acc.cot, ctx),
             self.behaviour.score(acc.behaviour, ctx),
         ]
+        if acc.content.count:  # content on (detect/content.py) and this account has sampled prompts
+            sigs.append(self.content.score(acc.content, ctx))
         if self.reference is not None:
             sigs.append(self.distribution.score(acc.embed, ctx))
             sigs.append(self.coverage.score(acc.embed, ctx))
@@ -295,9 +352,23 @@ class Engine:
         x = self.combiner.vector(feats)
         logit, contrib = self.combiner.explain(x)
         risk = self.combiner.risk(logit)
+        content = next((s for s in sigs if s.signal == "content"), None)
+        if content is None:
+            pass
+        elif content.score >= RISK_SUSPICIOUS:
+            # Population-relative evidence flags on its own, without the trained model; alone it is
+            # "unusual", so it stays below extraction: a stop needs known-TTP evidence too.
+            risk = max(risk, content_risk(content.score))
+            contrib["content"] = max(contrib.get("content", 0.0), 10.0 * content.score)
+        elif content.score >= 0.3:
+            contrib["content"] = max(contrib.get("content", 0.0), 0.06)  # worth reading, not what decided
         acc.own_risk = risk
         cluster = self.clusters.get(acc.cluster_id) if acc.cluster_id else None
-        thin = acc.n < MIN_EVIDENCE and (cluster is None or cluster.risk < RISK_SUSPICIOUS)
+        if cluster is not None and cluster.content_risk >= RISK_SUSPICIOUS:
+            # A campaign's members are flagged on the campaign's pooled evidence, however thin each one is.
+            risk = max(risk, cluster.content_risk)
+            contrib["coordination"] = max(contrib.get("coordination", 0.0), 10.0 * cluster.content_risk)
+        thin = acc.n < MIN_EVIDENCE and (cluster is None or max(cluster.risk, cluster.content_risk) < RISK_SUSPICIOUS)
         if thin:
             # A handful of requests is too little to accuse an account on its own evidence.
             risk = min(risk, RISK_SUSPICIOUS * 0.98)
@@ -337,8 +408,12 @@ class Engine:
 
     def finalise(self) -> None:
         """Recluster, rescore every account, set cluster risks, then rescore the thin members of flagged
-        clusters (they may be flagged through their cluster)."""
-        self.recluster()
+        clusters (they may be flagged through their cluster). Content is judged against the final population."""
+        content = self.population.content
+        if content.rows:
+            self._refresh_content(new_epoch=True)
+            self.content.rejudge_all([a.content for a in self.accounts.values()], content)
+        self.recluster(final=True)
         for acc in self.accounts.values():
             self.rescore(acc)
         for c in self.clusters.values():
@@ -350,10 +425,9 @@ class Engine:
                         self.rescore(self.accounts[m])
 
     def cluster_risk(self, c: Cluster) -> float:
-        """The median of the members' risks before the thin-evidence cap: a cluster pools its members'
+        """The larger of a content campaign's pooled evidence (set when it was found) and the median of the
+        members' risks before the thin-evidence cap: a cluster pools its members'
         evidence, so twenty accounts of five requests each are judged together, not each on five."""
         members = (self.accounts[m] for m in c.accounts)
         risks = sorted((a.own_risk for a in members if a.score is not None), reverse=True)
-        if not risks:
-            return 0.0
-        return float(np.median(risks))
+        return max(float(np.median(risks)) if risks else 0.0, c.content_risk)

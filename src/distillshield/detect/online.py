@@ -108,7 +108,9 @@ class DetectionExtension:
         encoder: str = "none",
         model_path: str | None = None,
         prune_above: int = 2_000_000,
+        content: bool = True,
     ) -> None:
+        self.content = content
         self.interval_s = interval_s
         self.recluster_every = recluster_every
         self.encoder_spec = encoder
@@ -155,7 +157,12 @@ class DetectionExtension:
             self._encoder = load_encoder(self.encoder_spec)
             reference = embedding_reference(self._encoder)
         self.engine = Engine(model.combiner(self._encoder is not None), reference)  # type: ignore[arg-type]
-        self._extractor = Extractor(PromptClassifier.from_dict(model.classifier), MinHasher())
+        content = None
+        if self.content:
+            from distillshield.detect.content import default_content_encoder
+
+            content = default_content_encoder().encode
+        self._extractor = Extractor(PromptClassifier.from_dict(model.classifier), MinHasher(), content)
         self.model_version = model.version
 
     async def stop(self) -> None:
@@ -190,9 +197,15 @@ class DetectionExtension:
             rows.append(self.queue.popleft())
         if not rows:
             return 0
-        changed = await asyncio.to_thread(self._process, rows)
+        changed = await asyncio.to_thread(self._process_single_blas, rows)
         self._publish(changed)
         return len(rows)
+
+    def _process_single_blas(self, rows: list[dict[str, Any]]) -> list[AccountScore]:
+        from distillshield.detect.content import single_threaded_blas
+
+        with single_threaded_blas():
+            return self._process(rows)
 
     async def flush(self) -> int:
         """Process everything queued, then re-cluster and rescore every account (the demo and tests use it
@@ -214,7 +227,12 @@ class DetectionExtension:
         from distillshield.detect.corpus import LineErrors
 
         assert self.engine is not None
-        meta = {"source": "online", "model_version": self.model_version, "encoder": self.encoder_spec}
+        meta = {
+            "source": "online",
+            "model_version": self.model_version,
+            "encoder": self.encoder_spec,
+            "content": "population-relative (tfidf-hash)" if self.content else "off",
+        }
         return build_report(self.engine, LineErrors(), meta)
 
     # -- the background work ----------------------------------------------------------------------------
@@ -318,4 +336,5 @@ def detection_extension(settings: Settings) -> DetectionExtension | None:
         recluster_every=cfg.recluster_every,
         encoder=cfg.encoder,
         model_path=cfg.model_path,
+        content=cfg.content,
     )

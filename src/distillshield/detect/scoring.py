@@ -35,6 +35,7 @@ SIGNAL_OF_PREFIX = {
     "mmd_": "distribution",
     "prada": "distribution",
     "clu_": "coordination",
+    "content_": "content",
     "ip_": "coordination",
 }
 

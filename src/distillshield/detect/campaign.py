@@ -1,0 +1,158 @@
+"""Campaigns of thin accounts, found by what they ask rather than by exact templates.
+
+The 2026 disclosures describe one campaign spread over hundreds of accounts, each with a handful of
+requests, each wrapping its questions in a reworded instruction: no account has enough traffic to be
+judged, and no exact frame repeats enough to link them. What they share is content: the same intent in
+varied words and questions drawn from one bank. So:
+
+1. each account with a few sampled prompts gets the mean of its content vectors (detect/content.py);
+2. an account is *dense* when its K_DENSE-th most similar account is far more similar than that is for
+   the typical account of this deployment (a robust z over all accounts: honest users each ask their own
+   things; a campaign's members have many near twins);
+3. dense accounts joined to their dense near twins form components (union-find); each component of at
+   least MIN_CAMPAIGN accounts is a candidate;
+4. the candidate's pooled prompts are judged like one account's (signals/content.judge): far from this
+   service's traffic, or resembling the far accounts, and spread over topic areas like a sweep. Only then
+   is it a campaign, and every member is flagged from the campaign's evidence, however thin it is.
+
+A classroom of honest students asking for step-by-step help also forms a dense group; it differs in step
+4: its pooled prompts stay in a few topic areas (homework), where a bank sweeps capabilities.
+
+Cost: one blocked product over the thin accounts' mean vectors (at most MAX_ACCOUNTS, the most recent),
+run when their number has grown by a tenth since the last run.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from distillshield.detect.cluster import Cluster
+from distillshield.detect.text import stable_hash
+
+if TYPE_CHECKING:
+    from distillshield.detect.engine import AccountState, Population
+
+THIN_MAX = 64  # accounts with more requests are judged on their own evidence
+MIN_PROMPTS = 2  # content-sampled prompts an account needs to take part
+MAX_ACCOUNTS = 4_000  # the most recently active thin accounts considered (the distances are N x N)
+K_DENSE = 5  # nearest accounts that vote when a noise account may join a group
+MIN_CAMPAIGN = 8
+POOLED_MAX = 512  # prompts of a candidate judged together
+GROWTH = 0.1
+GROUP_EXCESS = 0.25  # a group's pooled prompts: far share above everyone else's, at least this much
+GROUP_GAP = 0.2  # ...or mean typicality rank this far below everyone else's typical account
+
+
+class ContentCampaigns:
+    """Finds campaigns of thin accounts by content density, and judges each on its pooled prompts."""
+
+    name = "campaign"
+
+    def __init__(self) -> None:
+        self._last_n = 0
+        self.campaigns: dict[str, Cluster] = {}
+
+    def due(self, accounts: dict[str, AccountState]) -> bool:
+        n = sum(1 for a in accounts.values() if _eligible(a))
+        return n >= MIN_CAMPAIGN and (self._last_n == 0 or n >= (1 + GROWTH) * self._last_n)
+
+    def find(self, accounts: dict[str, AccountState], pop: Population, force: bool = False) -> dict[str, Cluster]:
+        """Campaign clusters keyed by cluster id (recomputed when due, else the last ones)."""
+        if not force and not self.due(accounts):
+            return self.campaigns
+        thin = [a for a in accounts.values() if _eligible(a)]
+        self._last_n = len(thin)
+        thin.sort(key=lambda a: -a.behaviour.last_ts)
+        thin = thin[:MAX_ACCOUNTS]
+        self.campaigns = {}
+        if len(thin) < MIN_CAMPAIGN or pop.content.tau < -0.5:
+            return self.campaigns
+        vecs = np.stack([_mean_vector(a) for a in thin])
+        labels = _density_clusters(vecs)
+        for label in sorted(set(labels.tolist()) - {-1}):
+            members = sorted(thin[i].account_id for i in np.flatnonzero(labels == label))
+            c = self._judge(members, accounts, pop)
+            if c is not None:
+                self.campaigns[c.cluster_id] = c
+        return self.campaigns
+
+    def _judge(self, members: list[str], accounts: dict[str, AccountState], pop: Population) -> Cluster | None:
+        from distillshield.detect.engine import content_risk
+        from distillshield.detect.scoring import RISK_SUSPICIOUS
+        from distillshield.detect.signals.content import judge
+
+        content = pop.content
+        rows = []
+        per = max(1, POOLED_MAX // len(members))
+        for m in members:
+            st = accounts[m].content
+            if st.window is not None:
+                rows.append(st.window[: min(st.m, per)])
+        x = np.concatenate(rows).astype(np.float32)
+        # A member's near twins are the campaign itself: judge how far the pooled prompts sit from real
+        # users' prompts (the packaged reference) against how far everyone else's sit (ContentPopulation.
+        # group_null). Resembling flagged accounts is left out here: in a large group of honest users a few
+        # always resemble someone, and a group is judged on its own content.
+        null = content.group_null(set(members))
+        typ = content.reference_typicality(x)
+        assoc = np.zeros(len(x), dtype=bool)
+        verdict = judge(
+            "content", typ, assoc, content.area_of(x), null, 0.0, x, excess_min=GROUP_EXCESS, rank_gap=GROUP_GAP
+        )
+        if verdict.score < RISK_SUSPICIOUS:
+            return None
+        firsts = np.asarray([accounts[m].behaviour.first_ts for m in members])
+        span = max(content_span(accounts), 3600.0)
+        cid = f"cp_{stable_hash(members[0]) & 0xFFFFFFFF:08x}"
+        requests = [accounts[m].n for m in members]
+        c = Cluster(cid, members)
+        spread = min(float(np.std(firsts)) / span * 4, 1.0)
+        c.features = {"clu_size": math.log1p(len(members)), "clu_first_spread": spread}
+        c.risk = c.content_risk = content_risk(verdict.score)
+        c.evidence = (
+            f"{len(members)} accounts of {min(requests)}-{max(requests)} requests ask alike (a dense group in "
+            f"what they ask, where other accounts each ask their own things); together: {verdict.detail}"
+        )
+        return c
+
+
+def content_span(accounts: dict[str, AccountState]) -> float:
+    firsts = [a.behaviour.first_ts for a in accounts.values()]
+    return (max(firsts) - min(firsts)) if firsts else 0.0
+
+
+def _eligible(acc: AccountState) -> bool:
+    return acc.n <= THIN_MAX and acc.content.count >= MIN_PROMPTS and acc.content.window is not None
+
+
+def _mean_vector(acc: AccountState) -> np.ndarray:
+    st = acc.content
+    assert st.window is not None
+    v = st.window[: st.m].astype(np.float32).mean(axis=0)
+    return v / max(float(np.linalg.norm(v)), 1e-8)
+
+
+def _density_clusters(vecs: np.ndarray) -> np.ndarray:
+    """HDBSCAN (scikit-learn) over the accounts' cosine distances: groups of any density, honest users who
+    each ask their own things left as noise (-1). Then a noise account joins a group when most of its
+    nearest accounts are members (HDBSCAN's core-distance cut leaves a campaign's sparser fringe out)."""
+    from sklearn.cluster import HDBSCAN
+
+    dist = np.clip(1.0 - vecs @ vecs.T, 0.0, 2.0).astype(np.float64)
+    labels = HDBSCAN(min_cluster_size=MIN_CAMPAIGN, metric="precomputed", copy=True).fit_predict(dist)
+    if (labels >= 0).any():
+        np.fill_diagonal(dist, np.inf)
+        near = np.argsort(dist, axis=1)[:, :K_DENSE]
+        joined = labels.copy()
+        for i in np.flatnonzero(labels < 0):
+            votes = labels[near[i]]
+            votes = votes[votes >= 0]
+            if len(votes) > K_DENSE // 2:
+                top = np.bincount(votes).argmax()
+                if (votes == top).sum() > K_DENSE // 2:
+                    joined[i] = top
+        labels = joined
+    return labels

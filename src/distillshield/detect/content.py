@@ -1,0 +1,458 @@
+"""Content: where an account's prompts sit in *this deployment's own* traffic, learned from no labels.
+
+An extraction bank (sentences of some corpus sent as queries, a language-model-written question bank
+swept over a topic taxonomy, a public instruction set) differs from a deployment's real users in what it
+asks, whatever its timing and headers look like. This module gives every sampled prompt a vector and
+keeps a sample of the deployment's own prompts to measure it against:
+
+- `ContentEncoder`: hashed TF-IDF of word 1-2-grams, with the characters of unspaced scripts (CJK,
+  kana, Thai) as words (multilingual, no model, no download, no GPU), folded by a fixed signed hash into
+  CONTENT_DIM dense dimensions so that a window of
+  prompts is a small matrix. IDF comes from the packaged benign reference, so every process (batch
+  analysis, every gateway) encodes a prompt to the same vector.
+- `ContentPopulation`: a bottom-k sample of accounts by a stable hash of their id (at most
+  POP_PER_ACCOUNT prompts each), so the sample does not depend on the order traffic arrives in and batch
+  and online analysis agree. From it, at each refresh: every sampled prompt's *typicality* (the mean
+  cosine similarity of its K_NEIGHBOURS nearest prompts of *other* accounts), the benign null of
+  typicality (its NULL_QUANTILE quantile), and the spread of per-account statistics. Refreshes are
+  robust to attackers in the population: accounts that are themselves outliers are excluded from the
+  neighbour set and the null, and the statistic is recomputed (two passes).
+
+Hand-written rather than a library's kNN/outlier detector: what is needed is a *leave-own-account-out*
+neighbour score against a trimmed, order-independent population sample, with an explicit null that a
+reason can quote; scikit-learn's NearestNeighbors/LocalOutlierFactor fit one matrix and cannot exclude
+the query's own account or re-trim, and at these sizes one matrix product is all the search costs.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from distillshield.detect.text import stable_hash
+
+CONTENT_DIM = 512  # folded dimensions: the fold's noise (about 1/sqrt(dim) in a cosine) stays below real overlaps
+HASH_FEATURES = 1 << 20
+CONTENT_CHARS = 600  # of each prompt: instructions and the start of the payload
+WINDOW = 64  # an account's most recent distinct sampled prompts that its content is judged on
+POP_ACCOUNTS = 128  # accounts in the population sample
+POP_PER_ACCOUNT = 12  # prompts each sampled account contributes
+K_NEIGHBOURS = 3
+NULL_QUANTILE = 0.05  # a prompt is "far" when it is less typical than this share of the population's prompts
+MIN_CONTENT = 8  # sampled prompts an account needs before its content is judged
+REFRESH_GROWTH = 0.25  # refresh the population's statistics when this share of its rows changed
+EXCLUDE_EXCESS = 0.1  # an account this far above the median far share is left out of the neighbours and null
+EXCLUDE_Z = 3.0  # ...or whose prompts rank this many spreads below the typical account's
+EXCLUDE_AT_MOST = 0.25  # ...but never more than this share of the sampled accounts
+LOW_RANK = 0.2  # prompts ranked this low in typicality are the service's less typical ones
+ASSOC_FLOOR = 0.02  # the base rate of resembling far accounts' prompts is never taken as below this
+AREAS = 24  # topic areas of the service's traffic (k-means over the sample and the reference)
+
+
+# Scripts written without spaces (CJK, kana, Thai): each character becomes a word, so word 1-2-grams are
+# character unigrams and bigrams there, which is how such text is usually indexed.
+_UNSPACED = re.compile(r"([\u0e00-\u0e7f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff])")
+
+
+def words_of(text: str) -> str:
+    """The word analyser's input: lower case, characters of unspaced scripts spaced apart."""
+    return _UNSPACED.sub(r" \1 ", text.lower())
+
+
+def _idf_from(texts: list[str], vectorizers: list[Any]) -> list[np.ndarray]:
+    out = []
+    n = len(texts)
+    for vec in vectorizers:
+        x = vec.transform(texts).tocsc()
+        df = np.diff(x.indptr).astype(np.float64)
+        out.append((np.log((1.0 + n) / (1.0 + df)) + 1.0).astype(np.float32))
+    return out
+
+
+class ContentEncoder:
+    """Hashed TF-IDF of word 1-2-grams, folded to CONTENT_DIM dims, rows L2-normalised.
+
+    Words rather than character n-grams: at a third of the cost per prompt, and the unspaced scripts
+    that need characters get them through `words_of`."""
+
+    name = "tfidf-hash"
+
+    def __init__(self, dim: int = CONTENT_DIM, reference: list[str] | None = None, seed: int = 7) -> None:
+        from sklearn.feature_extraction.text import HashingVectorizer
+
+        self.dim = dim
+        common = {"n_features": HASH_FEATURES, "alternate_sign": False, "norm": None, "dtype": np.float32}
+        self._vecs = [
+            HashingVectorizer(
+                analyzer="word", ngram_range=(1, 2), token_pattern=r"(?u)\b\w+\b", preprocessor=words_of, **common
+            ),
+        ]
+        self._chars = [CONTENT_CHARS]
+        self._reference_vectors: np.ndarray | None = None
+        rng = np.random.default_rng(seed)
+        # One fixed signed bucket per hashed feature (a count sketch): cosines are kept up to ~1/sqrt(dim).
+        self._bucket = rng.integers(0, dim, HASH_FEATURES, dtype=np.int64)
+        self._sign = rng.choice(np.asarray([-1.0, 1.0], dtype=np.float32), HASH_FEATURES)
+        if reference is None:
+            from distillshield.detect.reference import reference_texts
+
+            reference = list(reference_texts())
+        pairs = zip(self._vecs, self._chars, strict=True)
+        self._idf = [_idf_from([t[:c] for t in reference], [v])[0] for v, c in pairs]
+
+    def reference_vectors(self) -> np.ndarray:
+        """The packaged benign reference prompts, encoded (once)."""
+        if self._reference_vectors is None:
+            from distillshield.detect.reference import reference_texts
+
+            self._reference_vectors = self.encode(list(reference_texts()))
+        return self._reference_vectors
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """(len(texts), dim) float32, each row L2-normalised (an empty text gives a zero row)."""
+        n = len(texts)
+        out = np.zeros((n, self.dim), dtype=np.float64)
+        if not n:
+            return out.astype(np.float32)
+        for vec, idf, chars in zip(self._vecs, self._idf, self._chars, strict=True):
+            x = vec.transform([t[:chars] for t in texts]).tocsr()
+            data = np.log1p(x.data) * idf[x.indices]
+            rows = np.repeat(np.arange(n), np.diff(x.indptr))
+            norms = np.sqrt(np.bincount(rows, weights=data * data, minlength=n))
+            data = data / np.maximum(norms[rows], 1e-12)
+            flat = rows * self.dim + self._bucket[x.indices]
+            out += np.bincount(flat, weights=data * self._sign[x.indices], minlength=n * self.dim).reshape(n, -1)
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        return (out / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def _median_mad(x: np.ndarray) -> tuple[float, float]:
+    if len(x) == 0:
+        return 0.0, 0.0
+    med = float(np.median(x))
+    return med, float(np.median(np.abs(x - med)))
+
+
+def top_k_mean(sims: np.ndarray, k: int = K_NEIGHBOURS) -> np.ndarray:
+    """Per row, the mean of its k largest entries (fewer columns: the mean of those there are)."""
+    if sims.shape[1] == 0:
+        return np.zeros(sims.shape[0], dtype=np.float32)
+    k = min(k, sims.shape[1])
+    part = np.partition(sims, sims.shape[1] - k, axis=1)[:, -k:]
+    return part.mean(axis=1)
+
+
+def breadth(window: np.ndarray) -> float:
+    """1 - the mean pairwise cosine of a window's prompts: 0 for one repeated prompt, ~1 for unrelated ones."""
+    m = len(window)
+    if m < 2:
+        return 0.0
+    s = window.astype(np.float32).sum(axis=0)
+    pair = (float(s @ s) - float(np.einsum("ij,ij->", window, window, dtype=np.float32))) / (m * (m - 1))
+    return float(min(max(1.0 - pair, 0.0), 1.0))
+
+
+@dataclass
+class ContentNull:
+    """What ordinary looks like, measured on the trimmed sample: the sorted typicality of its prompts, the
+    "far" threshold, and the spread of per-account statistics. The population keeps one for the whole
+    service; a candidate campaign is judged against one computed without its members."""
+
+    null: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
+    tau: float = -1.0  # typicality below which a prompt is "far" (NULL_QUANTILE of the null)
+    acc_frac: tuple[float, float] = (NULL_QUANTILE, 0.0)  # median, MAD of accounts' far shares
+    acc_rank: tuple[float, float] = (0.5, 0.0)  # median, MAD of accounts' mean typicality ranks
+    rank_between: float = 0.0  # variance of accounts' mean ranks beyond sampling noise
+    assoc_base: float = 0.02  # share of ordinary prompts that resemble the far accounts' prompts
+    excluded: frozenset[str] = frozenset()
+
+    def rank(self, typ: np.ndarray) -> np.ndarray:
+        """Each typicality's rank among the null's prompts, 0..1 (uniform for the null's own prompts)."""
+        if len(self.null) == 0:
+            return np.full(len(typ), 0.5)
+        return (np.searchsorted(self.null, typ, side="left") + 0.5) / (len(self.null) + 1.0)
+
+    def rank_z(self, mean_rank: float, m: int) -> float:
+        """How many spreads an account's mean rank over `m` prompts sits from the typical account's."""
+        return (mean_rank - self.acc_rank[0]) / math.sqrt(self.rank_between + 1.0 / (12.0 * max(m, 1)))
+
+    @classmethod
+    def measure(cls, typ: np.ndarray, owner: np.ndarray, n_acc: int) -> tuple[ContentNull, np.ndarray, np.ndarray]:
+        """The null of these prompts (typicality and owning account index each), with every account's far
+        share and mean rank (accounts without prompts get 0 and 0.5)."""
+        out = cls(null=np.sort(typ))
+        out.tau = float(np.quantile(out.null, NULL_QUANTILE)) if len(typ) else -1.0
+        n = np.bincount(owner, minlength=n_acc)
+        counts = np.maximum(n, 1)
+        fracs = np.bincount(owner, weights=(typ < out.tau).astype(np.float64), minlength=n_acc) / counts
+        ranks = np.where(n > 0, np.bincount(owner, weights=out.rank(typ), minlength=n_acc) / counts, 0.5)
+        present = n > 0
+        out.acc_frac = _median_mad(fracs[present])
+        out.acc_rank = med_mad = _median_mad(ranks[present])
+        # Accounts' mean ranks spread by their own differences plus sampling noise (1/12 per prompt for a
+        # uniform rank); what is left after the noise is the between-account spread an account is held to.
+        noise = 1.0 / (12.0 * float(np.mean(n[present]))) if present.any() else 0.0
+        out.rank_between = max((1.4826 * med_mad[1]) ** 2 - noise, 0.0)
+        return out, fracs, ranks
+
+
+class ContentPopulation:
+    """An order-independent sample of the deployment's prompts and the statistics measured against it."""
+
+    def __init__(
+        self, dim: int = CONTENT_DIM, accounts: int = POP_ACCOUNTS, per_account: int = POP_PER_ACCOUNT
+    ) -> None:
+        self.dim = dim
+        self.max_accounts = accounts
+        self.per_account = per_account
+        self.rows: dict[str, list[np.ndarray]] = {}
+        self._heap: list[tuple[int, str]] = []  # (-hash, account): the largest hash on top, evicted first
+        self._changes = 0
+        self.version = 0  # refreshes so far
+        self.epoch = 0  # refreshes at which the sample had at least doubled: cached typicality is redone then
+        self._epoch_rows = 0
+        self.matrix = np.zeros((0, dim), dtype=np.float32)
+        self.owner = np.zeros(0, dtype=np.int64)
+        self.accounts: list[str] = []
+        self._index: dict[str, int] = {}
+        self.excluded: set[str] = set()
+        self.tau = -1.0  # typicality below which a prompt is "far" (NULL_QUANTILE of the trimmed population)
+        self.acc_frac: tuple[float, float] = (NULL_QUANTILE, 0.0)  # median, MAD of accounts' far shares
+        self.acc_rank: tuple[float, float] = (0.5, 0.0)  # median, MAD of accounts' mean typicality ranks
+        self.rank_between = 0.0  # variance of accounts' mean ranks beyond sampling noise
+        self.null = np.zeros(0, dtype=np.float32)  # sorted typicality of the trimmed sample's prompts
+        self._out_cols = np.zeros((0, dim), dtype=np.float32)  # prompts of the excluded (far) accounts
+        self._out_owner = np.zeros(0, dtype=np.int64)
+        self.assoc_base = ASSOC_FLOOR  # share of ordinary prompts that resemble the far accounts' prompts
+        self._ok = np.zeros(0, dtype=bool)
+        self.anchors: np.ndarray | None = None
+        self._cols = np.zeros((0, dim), dtype=np.float32)
+        self._col_owner = np.zeros(0, dtype=np.int64)
+        self.areas = np.zeros((0, dim), dtype=np.float32)  # unit centroids of the topic areas
+
+    # -- sampling -------------------------------------------------------------------------------------
+
+    def offer(self, account: str, vec: np.ndarray) -> None:
+        """A sampled prompt of `account`; kept when the account is in the sample and has room."""
+        rows = self.rows.get(account)
+        if rows is not None:
+            if len(rows) < self.per_account:
+                rows.append(vec)
+                self._changes += 1
+            return
+        h = stable_hash(account)
+        if len(self.rows) >= self.max_accounts:
+            if -self._heap[0][0] <= h:
+                return
+            _, gone = heapq.heapreplace(self._heap, (-h, account))
+            self._changes += len(self.rows.pop(gone))
+        else:
+            heapq.heappush(self._heap, (-h, account))
+        self.rows[account] = [vec]
+        self._changes += 1
+
+    def stale(self) -> bool:
+        total = sum(len(r) for r in self.rows.values())
+        return self._changes > 0 and (self.version == 0 or self._changes >= max(REFRESH_GROWTH * total, 8))
+
+    # -- statistics -------------------------------------------------------------------------------------
+
+    def _typicality(self, x: np.ndarray, own: np.ndarray | None, drop: np.ndarray | None = None) -> np.ndarray:
+        sims = x @ self._cols.T
+        if own is not None:
+            sims[own[:, None] == self._col_owner[None, :]] = -1.0
+        if drop is not None and len(drop):
+            sims[:, np.isin(self._col_owner, drop)] = -1.0
+        return top_k_mean(sims)
+
+    def _set_columns(self, with_sample: bool = True) -> None:
+        """What typicality is measured against: the non-excluded sample plus the packaged benign reference
+        (real users' prompts: a prompt like those is not far, however rare it is in this deployment)."""
+        if self.anchors is None:
+            self.anchors = default_content_encoder().reference_vectors() if self.dim == CONTENT_DIM else None
+        ok = self._ok if with_sample else np.zeros(len(self.owner), dtype=bool)
+        cols = [self.matrix[ok]]
+        owners = [self.owner[ok]]
+        if self.anchors is not None:
+            cols.append(self.anchors)
+            owners.append(np.full(len(self.anchors), -2, dtype=np.int64))
+        self._cols = np.vstack(cols).astype(np.float32)
+        self._col_owner = np.concatenate(owners)
+
+    def view(self) -> ContentNull:
+        """The service-wide null as a value."""
+        return ContentNull(
+            self.null, self.tau, self.acc_frac, self.acc_rank, self.rank_between, self.assoc_base,
+            frozenset(self.excluded),
+        )  # fmt: skip
+
+    def group_null(self, members: set[str]) -> ContentNull:
+        """The null for judging a group of accounts that ask alike: typicality against the packaged reference
+        of real users' prompts only, measured on everyone else's sampled prompts. Against the sample itself
+        a group that asks alike is always somewhat far from everyone else (taking it out takes its near
+        twins with it), and the reference does not move with the group."""
+        drop = np.asarray([self._index[a] for a in members if a in self._index], dtype=np.int64)
+        rows = self._ok & ~np.isin(self.owner, drop)
+        if rows.sum() < 2 * K_NEIGHBOURS or self.anchors is None:
+            return self.view()
+        typ = self.reference_typicality(self.matrix[rows])
+        stats, _, _ = ContentNull.measure(typ, self.owner[rows], len(self.accounts))
+        stats.assoc_base, stats.excluded = self.assoc_base, frozenset(self.excluded - members)
+        return stats
+
+    def reference_typicality(self, x: np.ndarray) -> np.ndarray:
+        """Typicality against the packaged benign reference alone."""
+        if self.anchors is None:
+            return np.ones(len(x), dtype=np.float32)
+        return top_k_mean(x.astype(np.float32) @ self.anchors.T)
+
+    def set_outliers(self, windows: dict[str, np.ndarray] | None = None) -> None:
+        """The excluded accounts' prompts (their recent windows when given, else their sampled rows), and how
+        often an ordinary prompt resembles them more than the trimmed population (the base rate of
+        `resembles_outliers`)."""
+        if windows is not None:
+            kept = [(self._index[a], w) for a, w in sorted(windows.items()) if a in self.excluded and len(w)]
+            self._out_cols = np.concatenate([w for _, w in kept]).astype(np.float32) if kept else self.matrix[:0]
+            self._out_owner = np.asarray([i for i, w in kept for _ in range(len(w))], dtype=np.int64)
+        else:
+            bad = np.asarray([self.accounts[o] in self.excluded for o in self.owner], dtype=bool)
+            self._out_cols = self.matrix[bad]
+            self._out_owner = self.owner[bad]
+        self.assoc_base = ASSOC_FLOOR
+        if len(self._out_cols) and self._ok.any() and len(self.null):
+            ok = self.matrix[self._ok]
+            own = self.owner[self._ok]
+            hits = self._resembles(ok, own, self._typicality(ok, own))
+            self.assoc_base = max(float(hits.mean()), ASSOC_FLOOR)
+
+    def _resembles(self, x: np.ndarray, own: np.ndarray, typ: np.ndarray) -> np.ndarray:
+        sims = x @ self._out_cols.T
+        sims[own[:, None] == self._out_owner[None, :]] = -1.0
+        near = top_k_mean(sims)
+        return (near > typ) & (self.rank(typ) < LOW_RANK)
+
+    def resembles_outliers(self, x: np.ndarray, account: str, typ: np.ndarray) -> np.ndarray:
+        """Per prompt: it is among the population's less typical ones and closer to the prompts of the
+        accounts found far from this service's traffic than to the rest of it (a campaign's shared bank)."""
+        if len(self._out_cols) == 0:
+            return np.zeros(len(x), dtype=bool)
+        own = np.full(len(x), self._index.get(account, -1), dtype=np.int64)
+        return self._resembles(x.astype(np.float32), own, typ)
+
+    def refresh(self, new_epoch: bool = False) -> None:
+        """Recompute the population's statistics (a few matrix products over at most a few thousand rows).
+
+        `new_epoch` starts a new epoch whatever the growth (the final rescoring does, so that every account
+        is judged against the same, final population in batch and online analysis alike)."""
+        self.accounts = sorted(self.rows)
+        self._index = index = {a: i for i, a in enumerate(self.accounts)}
+        vecs = [(index[a], v) for a in self.accounts for v in self.rows[a]]
+        self.matrix = np.asarray([v for _, v in vecs], dtype=np.float32).reshape(-1, self.dim)
+        self.owner = np.asarray([i for i, _ in vecs], dtype=np.int64)
+        n_acc = len(self.accounts)
+        # Three passes of a trimmed estimate: against the reference alone (a campaign's accounts cannot
+        # vouch for each other there), then twice against the sample less the accounts found far.
+        self.excluded = set()
+        for step in range(3):
+            self._ok = np.asarray([self.accounts[o] not in self.excluded for o in self.owner], dtype=bool)
+            self._set_columns(with_sample=step > 0)
+            if n_acc < 3 or len(self._cols) < 2 * K_NEIGHBOURS:
+                self.tau = -1.0
+                break
+            typ = self._typicality(self.matrix, self.owner)
+            ok = self._ok
+            stats, fracs, ranks = ContentNull.measure(typ[ok], self.owner[ok], n_acc)
+            # Excluded accounts are measured against the same null (they have no rows in it).
+            counts = np.maximum(np.bincount(self.owner, minlength=n_acc), 1)
+            fracs = np.bincount(self.owner, weights=(typ < stats.tau).astype(np.float64), minlength=n_acc) / counts
+            ranks = np.bincount(self.owner, weights=stats.rank(typ), minlength=n_acc) / counts
+            self.null, self.tau, self.acc_frac = stats.null, stats.tau, stats.acc_frac
+            self.acc_rank, self.rank_between = stats.acc_rank, stats.rank_between
+            med = self.acc_rank[0]
+            far_limit = self.acc_frac[0] + max(3.0 * 1.4826 * self.acc_frac[1], EXCLUDE_EXCESS)
+            rank_z = (ranks - med) / np.sqrt(self.rank_between + 1.0 / (12.0 * counts))
+            outlying = (fracs > far_limit) | (rank_z < -EXCLUDE_Z)
+            order = np.argsort(rank_z, kind="stable")[: int(EXCLUDE_AT_MOST * n_acc)]
+            self.excluded = {self.accounts[i] for i in order if outlying[i]}
+        self.set_outliers({})
+        self._changes = 0
+        self.version += 1
+        if new_epoch or len(self.matrix) >= 2 * self._epoch_rows:
+            self.epoch += 1
+            self._epoch_rows = len(self.matrix)
+            self._fit_areas()
+
+    # The service-wide null's ranks, read from this population's own fields (see ContentNull).
+    rank = ContentNull.rank
+    rank_z = ContentNull.rank_z
+
+    def _fit_areas(self) -> None:
+        """Topic areas: k-means on the trimmed sample plus the reference, refitted once per epoch (so an
+        account's cached areas change only when its cached typicality does)."""
+        from sklearn.cluster import KMeans
+
+        k = min(AREAS, len(self._cols) // 8)
+        if k < 2:
+            self.areas = np.zeros((0, self.dim), dtype=np.float32)
+            return
+        c = KMeans(n_clusters=k, n_init=1, max_iter=50, random_state=0).fit(self._cols).cluster_centers_
+        self.areas = (c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-8)).astype(np.float32)
+
+    def area_of(self, x: np.ndarray) -> np.ndarray:
+        """The nearest topic area of each row (-1 before any area exists)."""
+        if len(self.areas) == 0:
+            return np.full(len(x), -1, dtype=np.int64)
+        return np.argmax(x.astype(np.float32) @ self.areas.T, axis=1)
+
+    def typicality_many(
+        self, x: np.ndarray, accounts: list[str], chunk: int = 4096, also_exclude: set[str] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Typicality and `resembles_outliers` of many prompts at once, each against the accounts other than
+        its own and `also_exclude` (in chunks: one large product per chunk is where BLAS is fast)."""
+        typ = np.ones(len(x), dtype=np.float32)
+        assoc = np.zeros(len(x), dtype=bool)
+        if len(self._cols) == 0:
+            return typ, assoc
+        own = np.asarray([self._index.get(a, -1) for a in accounts], dtype=np.int64)
+        drop = np.asarray([self._index[a] for a in (also_exclude or ()) if a in self._index], dtype=np.int64)
+        for i in range(0, len(x), chunk):
+            xc, oc = x[i : i + chunk].astype(np.float32), own[i : i + chunk]
+            typ[i : i + chunk] = t = self._typicality(xc, oc, drop)
+            if len(self._out_cols):
+                assoc[i : i + chunk] = self._resembles(xc, oc, t)
+        return typ, assoc
+
+    def typicality(self, x: np.ndarray, account: str) -> np.ndarray:
+        """Typicality of an account's prompts against every *other* (non-excluded) sampled account."""
+        if len(self._cols) == 0:
+            return np.ones(len(x), dtype=np.float32)
+        own = self._index.get(account, -1)
+        return self._typicality(x.astype(np.float32), np.full(len(x), own, dtype=np.int64))
+
+
+_DEFAULT: ContentEncoder | None = None
+_BLAS: Any = None
+
+
+def single_threaded_blas() -> Any:
+    """A context in which BLAS runs on one thread. Content scoring multiplies a few prompts by a few
+    thousand at a time, where waking BLAS threads costs more than the product (measured 5-10x slower)."""
+    global _BLAS
+    from threadpoolctl import ThreadpoolController
+
+    if _BLAS is None:
+        _BLAS = ThreadpoolController()
+    return _BLAS.limit(limits=1, user_api="blas")
+
+
+def default_content_encoder() -> ContentEncoder:
+    """The process's content encoder (built once: its IDF comes from the packaged reference)."""
+    global _DEFAULT
+    if _DEFAULT is None:
+        _DEFAULT = ContentEncoder()
+    return _DEFAULT

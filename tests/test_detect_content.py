@@ -1,0 +1,283 @@
+"""The population-relative content signal (detect/content.py, detect/signals/content.py): accounts whose
+prompts are far from this deployment's own traffic are flagged with no labels and no trained model, where
+timing, addresses and clients give nothing away; narrow apps stay clear; online and batch agree."""
+
+from __future__ import annotations
+
+import functools
+import json
+import random
+from typing import Any
+
+import numpy as np
+import pytest
+
+from distillshield.detect.analyze import analyze_records
+from distillshield.detect.content import ContentEncoder, ContentPopulation, default_content_encoder, words_of
+from distillshield.detect.signals.content import far_logp, spread
+from distillshield.simulate import corpora
+from distillshield.traffic import TrafficRecord
+
+T0 = 1_772_409_600.0
+UAS = ("OpenAI/Python 1.99.1", "Anthropic/Python 0.40.0", "python-requests/2.32.3", "Mozilla/5.0 (Macintosh)")
+
+
+@functools.lru_cache(maxsize=1)
+def chat_prompts() -> tuple[str, ...]:
+    """Real users' first turns (WildChat via IFBench, MT-Bench, Vicuna): the deployment's own traffic."""
+    convs = corpora.wildchat_prompts() + corpora.mt_bench() + corpora.vicuna()
+    return tuple(c.turns[0] for c in convs)
+
+
+@functools.lru_cache(maxsize=1)
+def sweep_bank() -> tuple[str, ...]:
+    """A generated question bank swept across capabilities: what a distillation campaign sends."""
+    out: list[str] = []
+    for cap in corpora.CAPABILITIES:
+        # gsm_symbolic is left out: the students of the thin-campaign test do their homework from it.
+        bank = corpora.question_bank(cap, seed=3, per_dataset=6)
+        out.extend(q.question for q in bank if not q.source.endswith("gsm_symbolic"))
+    return tuple(out)
+
+
+def content_only(
+    n_benign: int = 18, per_account: int = 80, seed: int = 0, extra: dict[str, list[str]] | None = None
+) -> tuple[list[TrafficRecord], dict[str, str]]:
+    """Accounts that differ only in what they ask: every account draws its times, address and client from
+    the same distributions. Returns the records (in time order) and each account's role."""
+    rng = random.Random(seed)
+    chat, bank = list(chat_prompts()), list(sweep_bank())
+    plans: dict[str, list[str]] = {}
+    for i in range(n_benign):
+        plans[f"user-{i:02d}"] = [rng.choice(chat) for _ in range(per_account)]
+    for i in range(2):
+        plans[f"bank-{i}"] = rng.sample(bank, per_account)
+    for i in range(2):
+        plans[f"mixed-{i}"] = [rng.choice(bank) if rng.random() < 0.25 else rng.choice(chat)
+                               for _ in range(per_account)]  # fmt: skip
+    plans.update(extra or {})
+    records = []
+    for account, prompts in plans.items():
+        for p in prompts:
+            ip = f"{rng.randrange(1, 223)}.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
+            body = {"model": "m1", "messages": [{"role": "user", "content": p}], "max_tokens": 512}
+            records.append(
+                TrafficRecord(
+                    ts=T0 + rng.uniform(0, 86_400), account_id=account, endpoint="/v1/chat/completions",
+                    request=body, ip=ip, user_agent=rng.choice(UAS), org_id=f"org-{account}",
+                )
+            )  # fmt: skip
+    records.sort(key=lambda r: r.ts)
+    role = {a: a.split("-")[0] for a in plans}
+    return records, role
+
+
+@functools.lru_cache(maxsize=1)
+def analysed() -> tuple[dict[str, Any], dict[str, str]]:
+    records, role = content_only()
+    return analyze_records(records).report, role
+
+
+def verdicts(report: dict[str, Any]) -> dict[str, str]:
+    return {a["account_id"]: a["verdict"] for a in report["accounts"]}
+
+
+def content_reason(report: dict[str, Any], account: str) -> str:
+    acc = next(a for a in report["accounts"] if a["account_id"] == account)
+    return next((r["detail"] for r in acc["reasons"] if r["signal"] == "content"), "")
+
+
+def test_a_question_bank_is_flagged_on_content_alone() -> None:
+    report, role = analysed()
+    v = verdicts(report)
+    assert all(v[a] != "benign" for a in role if role[a] == "bank"), v
+    reason = content_reason(report, "bank-0")
+    assert "farther from this service's traffic" in reason and "topic areas" in reason
+
+
+def test_a_bank_hidden_in_cover_traffic_is_flagged() -> None:
+    report, role = analysed()
+    v = verdicts(report)
+    assert all(v[a] != "benign" for a in role if role[a] == "mixed"), v
+
+
+def test_honest_accounts_of_the_same_deployment_stay_clear() -> None:
+    report, role = analysed()
+    flagged = [a for a, verdict in verdicts(report).items() if role[a] == "user" and verdict != "benign"]
+    assert flagged == []
+
+
+def test_content_evidence_alone_is_suspicious_not_extraction() -> None:
+    """A stop needs known-TTP evidence as well: unusual content alone goes to review."""
+    report, role = analysed()
+    assert all(a["verdict"] == "suspicious" for a in report["accounts"] if role[a["account_id"]] == "bank")
+    assert report["summary"]["content"].startswith("population-relative")
+
+
+def test_a_narrow_app_is_unusual_but_not_flagged_for_its_content() -> None:
+    """A pipeline running one template of its own over documents nobody else sends is far from the
+    service's traffic, but focused: the content signal says so and does not flag it (what the trained
+    model makes of its other features is its own matter)."""
+    rng = random.Random(5)
+    passages = corpora.book_passages()
+    app = [f"Summarise this passage for our newsletter in three bullet points:\n\n{rng.choice(passages)}"
+           for _ in range(80)]  # fmt: skip
+    records, _ = content_only(n_benign=18, extra={"app-0": app})
+    report = analyze_records(records).report
+    app_reasons = next(a["reasons"] for a in report["accounts"] if a["account_id"] == "app-0")
+    content = next(r for r in app_reasons if r["signal"] == "content")
+    assert "focused like an app" in content["detail"] and content["score"] < 0.5
+
+
+def test_content_can_be_switched_off() -> None:
+    records, _ = content_only()
+    report = analyze_records(records, content=False).report
+    assert report["summary"]["content"] == "off"
+    assert not any(r["signal"] == "content" for a in report["accounts"] for r in a["reasons"])
+
+
+def test_encoder_is_deterministic_normalised_and_reads_unspaced_scripts() -> None:
+    enc = default_content_encoder()
+    texts = ["How do I boil an egg?", "how do i boil an EGG", "量子コンピュータについて教えてください",
+             "量子コンピュータの仕組み"]  # fmt: skip
+    a, b = enc.encode(texts), ContentEncoder().encode(texts)
+    assert np.array_equal(a, b) and a.shape == (4, enc.dim) and a.dtype == np.float32
+    assert np.allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
+    assert float(a[0] @ a[1]) > 0.9  # case does not matter
+    assert float(a[2] @ a[3]) > 0.2  # Japanese shares words only as characters
+    assert words_of("量子A") == " 量  子 a"
+    assert np.array_equal(enc.encode([""]), np.zeros((1, enc.dim), dtype=np.float32))
+
+
+def test_population_sample_does_not_depend_on_arrival_order() -> None:
+    rng = np.random.default_rng(0)
+    offers = [(f"acct-{i % 300}", rng.normal(size=8).astype(np.float32)) for i in range(3000)]
+    pops = []
+    for order in (offers, sorted(offers, key=lambda o: o[0])):
+        pop = ContentPopulation(dim=8, accounts=50, per_account=4)
+        for account, vec in order:
+            pop.offer(account, vec)
+        pops.append(pop)
+    assert sorted(pops[0].rows) == sorted(pops[1].rows) and len(pops[0].rows) == 50
+    for account in pops[0].rows:
+        assert np.array_equal(np.asarray(pops[0].rows[account]), np.asarray(pops[1].rows[account]))
+
+
+def test_far_count_probability_and_spread() -> None:
+    assert far_logp(0, 40) == 0.0
+    assert far_logp(2, 40) < 1.0 < far_logp(8, 40) < far_logp(20, 40) <= 30.0
+    assert spread(np.asarray([3, 3, 3, 3])) == pytest.approx(1.0)
+    assert spread(np.asarray([0, 1, 2, 3])) == pytest.approx(4.0)
+    assert spread(np.asarray([-1, -1])) == 0.0
+
+
+def _row(rec: TrafficRecord, i: int) -> dict[str, Any]:
+    return {
+        "ts": rec.ts, "request_id": f"r{i}", "endpoint": rec.endpoint, "ip": rec.ip, "user_agent": rec.user_agent,
+        "stream": False, "account_id": rec.account_id, "org_id": rec.org_id, "key_id": "k", "model": "m1",
+        "decision": "allow", "status": 200, "latency_ms": 1.0, "error": None, "request": json.dumps(rec.request),
+        "response_text": "ok", "finish_reason": "stop", "prompt_tokens": 10, "completion_tokens": 2,
+    }  # fmt: skip
+
+
+def test_online_verdicts_match_batch_on_the_same_traffic() -> None:
+    """The gateway's detector, fed the same requests in batches as they would arrive, ends with the verdicts
+    and content evidence that batch analysis gives."""
+    import asyncio
+
+    from distillshield.detect.online import DetectionExtension
+
+    records, role = content_only(seed=1)
+    batch = analyze_records(records).report
+    ext = DetectionExtension(recluster_every=500)
+    ext._load()
+    rows = [_row(r, i) for i, r in enumerate(records)]
+    for i in range(0, len(rows), 300):
+        ext.queue.extend(rows[i : i + 300])
+        asyncio.run(ext.run_once())
+    asyncio.run(ext.flush())
+    online = ext.report()
+    assert verdicts(online) == verdicts(batch)
+    assert any(v != "benign" for v in verdicts(online).values())
+    for account in role:
+        assert content_reason(online, account) == content_reason(batch, account)
+
+
+WRAPPERS = (
+    "Walk me through your reasoning step by step, then answer: {q}",
+    "{q}\nPlease show every step of your thinking before the final answer.",
+    "Explain how you get there, one step at a time. {q}",
+    "Think it through carefully and lay out each step. Question: {q}",
+    "{q} Lay out your full chain of reasoning first, then give the answer.",
+    "Before answering, reason it out step by step in detail: {q}",
+    "I want to see all of the intermediate reasoning. {q}",
+    "{q}\n\nShow your work: each reasoning step, then the result.",
+    "Go through the logic step by step and only then answer. {q}",
+    "Reason through this in explicit steps, numbering each one: {q}",
+    "{q} Describe your thought process in full detail before concluding.",
+    "Break the problem down and explain every step you take. {q}",
+)
+OPENERS = ("hey", "hi", "ok so", "um", "hello!", "quick one", "help", "so", "sorry to bother", "")
+ASKS = (
+    "can u help me with my homework", "i dont get this one", "how do i do this", "im stuck on this from class",
+    "my teacher wants the steps", "can you explain how to solve", "what are the steps here", "pls help",
+    "we had this in the test today", "could you show me how this works", "how would i even start this",
+)
+CLOSERS = ("thanks!!", "pls explain like im 12", "step by step pls", "", "ty", "i have a test tomorrow", "?")
+
+
+def student_prompt(rng: random.Random, q: str) -> str:
+    """A student in their own words: a few loose parts around the problem, in either order."""
+    words = " ".join(x for x in (rng.choice(OPENERS), rng.choice(ASKS)) if x)
+    if rng.random() < 0.5:
+        return f"{words}: {q} {rng.choice(CLOSERS)}".strip()
+    return f"{q}\n{words} {rng.choice(CLOSERS)}".strip()
+
+
+def thin_campaign_traffic(seed: int = 0) -> tuple[list[TrafficRecord], dict[str, str]]:
+    """A campaign over many thin accounts (3-8 requests each, reworded wrappers around a capability sweep),
+    among light honest users and students who ask for step-by-step help on maths in their own words."""
+    rng = random.Random(seed)
+    chat, bank = list(chat_prompts()), list(sweep_bank())
+    maths = [q.question for q in corpora.dataset_items("gsm_symbolic", seed=11, size=120)]
+    plans: dict[str, list[str]] = {}
+    for i in range(150):
+        plans[f"user-{i:03d}"] = [rng.choice(chat) for _ in range(rng.randint(1, 10))]
+    for i in range(30):
+        plans[f"student-{i:02d}"] = [student_prompt(rng, rng.choice(maths)) for _ in range(rng.randint(3, 12))]
+    for i in range(60):
+        plans[f"camp-{i:02d}"] = [rng.choice(WRAPPERS).format(q=rng.choice(bank)) for _ in range(rng.randint(3, 8))]
+    records = []
+    for account, prompts in plans.items():
+        start = T0 + rng.uniform(0, 3 * 86_400)
+        for p in prompts:
+            ip = f"{rng.randrange(1, 223)}.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
+            body = {"model": "m1", "messages": [{"role": "user", "content": p}], "max_tokens": 512}
+            records.append(
+                TrafficRecord(
+                    ts=start + rng.uniform(0, 4 * 3600), account_id=account, endpoint="/v1/chat/completions",
+                    request=body, ip=ip, user_agent=rng.choice(UAS), org_id=f"org-{account}",
+                )
+            )  # fmt: skip
+    records.sort(key=lambda r: r.ts)
+    return records, {a: a.split("-")[0] for a in plans}
+
+
+def test_a_campaign_of_thin_accounts_is_found_as_one_and_its_members_flagged() -> None:
+    records, role = thin_campaign_traffic()
+    report = analyze_records(records).report
+    v = verdicts(report)
+    camp = [a for a in role if role[a] == "camp"]
+    flagged = [a for a in camp if v[a] != "benign"]
+    assert len(flagged) >= 0.9 * len(camp), (len(flagged), len(camp))
+    biggest = max(report["clusters"], key=lambda c: len(c["accounts"]))
+    assert sum(role[a] == "camp" for a in biggest["accounts"]) >= 0.8 * len(camp)
+    assert all(role[a] == "camp" for a in biggest["accounts"])
+    assert "ask alike" in biggest["reasons"][0]["detail"]
+    # No honest account is flagged by content or joined to a campaign by it (the students form a dense group
+    # too, but their pooled prompts stay in a few topic areas: homework, not a sweep).
+    by_content = [c for c in report["clusters"] if "ask alike" in c["reasons"][0]["detail"]]
+    assert all(role[a] == "camp" for c in by_content for a in c["accounts"])
+    for acc in report["accounts"]:
+        if role[acc["account_id"]] != "camp":
+            assert all(r["score"] < 0.5 for r in acc["reasons"] if r["signal"] == "content"), acc
