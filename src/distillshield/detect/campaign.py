@@ -19,7 +19,7 @@ A classroom of honest students asking for step-by-step help also forms a dense g
 4: its pooled prompts stay in a few topic areas (homework), where a bank sweeps capabilities.
 
 Cost: one blocked product over the thin accounts' mean vectors (at most MAX_ACCOUNTS, the most recent),
-run when their number has grown by a tenth since the last run.
+run when their number has grown by a quarter since the last run (and once more at the end).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ MAX_ACCOUNTS = 4_000  # the most recently active thin accounts considered (the d
 K_DENSE = 5  # nearest accounts that vote when a noise account may join a group
 MIN_CAMPAIGN = 8
 POOLED_MAX = 512  # prompts of a candidate judged together
-GROWTH = 0.1
+GROWTH = 0.25
 GROUP_EXCESS = 0.25  # a group's pooled prompts: far share above everyone else's, at least this much
 GROUP_GAP = 0.2  # ...or mean typicality rank this far below everyone else's typical account
 

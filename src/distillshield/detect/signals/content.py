@@ -44,6 +44,7 @@ Z_STRONG = 10.0
 LOGP_ASSOC = 4.5
 EXCESS_ASSOC = 0.08
 RANK_GAP = 0.15  # ...and at least this far below it (an effect, not only a significance)
+REJUDGE_ROWS = 8192  # prompts rejudged per product in the final rescoring (bounds its memory)
 EXCESS_MIN = 0.15  # far share above the population's median share, at least this much (and 4 robust sds)
 APP_TEMPLATE_SHARE = 0.5  # an account whose traffic runs this much through one template of its own is an app
 AREAS_SWEEP = 4.0  # far prompts spread over at least this many topic areas (effective number) make a sweep
@@ -138,8 +139,19 @@ class PopulationContent:
         """Recompute every window's typicality and areas against the population as it stands, in large
         products (the final rescoring: batch and online then judge every account on the same population)."""
         states = [st for st in states if st.window is not None and st.m > 0]
-        if not states:
-            return
+        batch: list[ContentState] = []
+        rows = 0
+        for st in states:
+            batch.append(st)
+            rows += st.m
+            if rows >= REJUDGE_ROWS:
+                self._rejudge(batch, pop)
+                batch, rows = [], 0
+        if batch:
+            self._rejudge(batch, pop)
+
+    @staticmethod
+    def _rejudge(states: list[ContentState], pop: ContentPopulation) -> None:
         x = np.concatenate([st.window[: st.m] for st in states if st.window is not None]).astype(np.float32)
         owners = [st.account for st in states for _ in range(st.m)]
         typ, assoc = pop.typicality_many(x, owners)
