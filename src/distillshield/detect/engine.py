@@ -19,7 +19,13 @@ import numpy as np
 
 from distillshield.detect.base import AccountScore, Reason
 from distillshield.detect.campaign import ContentCampaigns
-from distillshield.detect.cluster import CLUSTER_FEATURES, Cluster, HydraClusterDetector
+from distillshield.detect.cluster import (
+    BOILERPLATE_SHARE,
+    CLUSTER_FEATURES,
+    MIN_CLUSTER,
+    Cluster,
+    HydraClusterDetector,
+)
 from distillshield.detect.content import ContentPopulation
 from distillshield.detect.corpus import Obs
 from distillshield.detect.scoring import RISK_EXTRACTION, RISK_SUSPICIOUS, Combiner
@@ -91,6 +97,7 @@ class Population:
         self.families = _Members()
         self.ips = _Members()
         self.content = ContentPopulation()  # a sample of the deployment's own prompts (detect/content.py)
+        self.n_accounts = 0  # accounts seen so far
         self.model_first: dict[str, float] = {}
         self.first_ts = math.inf
         self.last_ts = -math.inf
@@ -106,6 +113,12 @@ class Population:
 
     def ip_accounts(self, ip24: str) -> int:
         return self.ips.count(ip24)
+
+    def is_boilerplate(self, k: int) -> bool:
+        """A template, prompt or family used by `k` accounts is the service's own when that is more than
+        BOILERPLATE_SHARE of its accounts (every user of a tutoring app doing the same exercises): shared,
+        but not a sign of coordination."""
+        return k > max(BOILERPLATE_SHARE * self.n_accounts, MIN_CLUSTER + 1)
 
     def new_models(self) -> dict[str, float]:
         cut = self.first_ts + NEW_MODEL_AFTER
@@ -250,6 +263,7 @@ class Engine:
         if acc is None:
             acc = self.accounts[obs.account] = AccountState(obs.account, org=obs.org)
             acc.content.account = obs.account
+            self.population.n_accounts += 1
         pop = self.population
         self.observed += 1
         self.now = max(self.now, obs.ts)

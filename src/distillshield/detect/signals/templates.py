@@ -104,7 +104,7 @@ class TemplateReuse:
                 if share < SHARED_MIN_SHARE:
                     continue
                 k = pop.frame_accounts(h)
-                if k >= SHARED_MIN_ACCOUNTS:
+                if k >= SHARED_MIN_ACCOUNTS and not pop.is_boilerplate(k):
                     s += share
                     if k > shared_accounts:
                         shared_accounts, shared_example = k, example(topk, h) or shared_example
@@ -114,14 +114,15 @@ class TemplateReuse:
         for h, c in st.prompts.top():
             if c >= 2:
                 repeat_share += c / n
-            if pop.prompt_accounts(h) >= SHARED_MIN_ACCOUNTS:
+            k = pop.prompt_accounts(h)
+            if k >= SHARED_MIN_ACCOUNTS and not pop.is_boilerplate(k):
                 dup_share += c / n
         fam_share = 0.0
         fam_accounts = 1
         if st.sampled:
             for fid, c in st.families.top():
                 k = pop.family_accounts(fid)
-                if k >= SHARED_MIN_ACCOUNTS and c / st.sampled >= SHARED_MIN_SHARE:
+                if k >= SHARED_MIN_ACCOUNTS and not pop.is_boilerplate(k) and c / st.sampled >= SHARED_MIN_SHARE:
                     fam_share += c / st.sampled
                     fam_accounts = max(fam_accounts, k)
         fam_share = min(fam_share, 1.0)
