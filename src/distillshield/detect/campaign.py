@@ -6,20 +6,22 @@ judged, and no exact frame repeats enough to link them. What they share is conte
 varied words and questions drawn from one bank. So:
 
 1. each account with a few sampled prompts gets the mean of its content vectors (detect/content.py);
-2. an account is *dense* when its K_DENSE-th most similar account is far more similar than that is for
-   the typical account of this deployment (a robust z over all accounts: honest users each ask their own
-   things; a campaign's members have many near twins);
-3. dense accounts joined to their dense near twins form components (union-find); each component of at
-   least MIN_CAMPAIGN accounts is a candidate;
-4. the candidate's pooled prompts are judged like one account's (signals/content.judge): far from this
-   service's traffic, or resembling the far accounts, and spread over topic areas like a sweep. Only then
-   is it a campaign, and every member is flagged from the campaign's evidence, however thin it is.
+2. HDBSCAN (scikit-learn) over those vectors finds groups of any density and leaves honest users, who
+   each ask their own things, as noise; a noise account whose nearest accounts are mostly one group's
+   members joins it (HDBSCAN leaves a campaign's sparser fringe out);
+3. each group of at least MIN_CAMPAIGN accounts is a candidate;
+4. the candidate's pooled prompts are judged like one account's (signals/content.judge), against the
+   packaged reference of real users' prompts: far from them and spread over topic areas like a sweep; or,
+   whatever the questions look like, mostly asking for the model's reasoning (the prompt classifier) over
+   many topic areas. Only then is it a campaign, and every member is flagged from the campaign's
+   evidence, however thin it is.
 
 A classroom of honest students asking for step-by-step help also forms a dense group; it differs in step
 4: its pooled prompts stay in a few topic areas (homework), where a bank sweeps capabilities.
 
-Cost: one blocked product over the thin accounts' mean vectors (at most MAX_ACCOUNTS, the most recent),
-run when their number has grown by a quarter since the last run (and once more at the end).
+Cost: one N x N distance matrix and HDBSCAN over the thin accounts' mean vectors (at most MAX_ACCOUNTS,
+the most recently active), run when their number has grown by a quarter since the last run (and once
+more at the end).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ POOLED_MAX = 512  # prompts of a candidate judged together
 GROWTH = 0.25
 GROUP_EXCESS = 0.25  # a group's pooled prompts: far share above everyone else's, at least this much
 GROUP_GAP = 0.2  # ...or mean typicality rank this far below everyone else's typical account
+GROUP_COT = 0.5  # ...or this share of their prompts asking for the model's reasoning, over a sweep of areas
 
 
 class ContentCampaigns:
@@ -82,7 +85,7 @@ class ContentCampaigns:
     def _judge(self, members: list[str], accounts: dict[str, AccountState], pop: Population) -> Cluster | None:
         from distillshield.detect.engine import content_risk
         from distillshield.detect.scoring import RISK_SUSPICIOUS
-        from distillshield.detect.signals.content import judge
+        from distillshield.detect.signals.content import AREAS_SWEEP, judge, spread
 
         content = pop.content
         rows = []
@@ -99,10 +102,23 @@ class ContentCampaigns:
         null = content.group_null(set(members))
         typ = content.reference_typicality(x)
         assoc = np.zeros(len(x), dtype=bool)
-        verdict = judge(
-            "content", typ, assoc, content.area_of(x), null, 0.0, x, excess_min=GROUP_EXCESS, rank_gap=GROUP_GAP
-        )
-        if verdict.score < RISK_SUSPICIOUS:
+        areas = content.area_of(x)
+        verdict = judge("content", typ, assoc, areas, null, 0.0, x, excess_min=GROUP_EXCESS, rank_gap=GROUP_GAP)
+        # Or the known technique, whatever the questions look like: a dense group of thin accounts whose
+        # prompts mostly ask for the model's reasoning, spread over many topic areas (a capability sweep
+        # wrapped in a reasoning-elicitation instruction). Students asking for steps stay in a few areas.
+        asked = sum(accounts[m].cot.n for m in members)
+        cot = sum(accounts[m].cot.cot_hits + accounts[m].cot.rubric_hits for m in members) / max(asked, 1)
+        wide = spread(areas)
+        if verdict.score >= RISK_SUSPICIOUS:
+            score, why = verdict.score, verdict.detail
+        elif cot >= GROUP_COT and wide >= AREAS_SWEEP:
+            score = 0.5 + 0.49 * min(1.0, (cot - GROUP_COT) / (1.0 - GROUP_COT))
+            why = (
+                f"{cot:.0%} of their {asked} classified prompts ask for the model's reasoning, spread over "
+                f"{wide:.1f} topic areas like a capability sweep"
+            )
+        else:
             return None
         firsts = np.asarray([accounts[m].behaviour.first_ts for m in members])
         span = max(content_span(accounts), 3600.0)
@@ -111,10 +127,10 @@ class ContentCampaigns:
         c = Cluster(cid, members)
         spread = min(float(np.std(firsts)) / span * 4, 1.0)
         c.features = {"clu_size": math.log1p(len(members)), "clu_first_spread": spread}
-        c.risk = c.content_risk = content_risk(verdict.score)
+        c.risk = c.content_risk = content_risk(score)
         c.evidence = (
             f"{len(members)} accounts of {min(requests)}-{max(requests)} requests ask alike (a dense group in "
-            f"what they ask, where other accounts each ask their own things); together: {verdict.detail}"
+            f"what they ask, where other accounts each ask their own things); together: {why}"
         )
         return c
 
