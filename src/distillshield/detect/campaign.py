@@ -158,7 +158,9 @@ def _density_clusters(vecs: np.ndarray) -> np.ndarray:
     from sklearn.cluster import HDBSCAN
 
     dist = np.clip(1.0 - vecs @ vecs.T, 0.0, 2.0).astype(np.float64)
-    labels = HDBSCAN(min_cluster_size=MIN_CAMPAIGN, metric="precomputed", copy=True).fit_predict(dist)
+    labels = HDBSCAN(
+        min_cluster_size=MIN_CAMPAIGN, metric="precomputed", cluster_selection_method="leaf", copy=True
+    ).fit_predict(dist)
     if (labels >= 0).any():
         np.fill_diagonal(dist, np.inf)
         near = np.argsort(dist, axis=1)[:, :K_DENSE]
