@@ -281,3 +281,23 @@ def test_a_campaign_of_thin_accounts_is_found_as_one_and_its_members_flagged() -
     for acc in report["accounts"]:
         if role[acc["account_id"]] != "camp":
             assert all(r["score"] < 0.5 for r in acc["reasons"] if r["signal"] == "content"), acc
+
+
+def test_only_the_campaigns_own_members_inherit_its_risk() -> None:
+    """A content campaign merged into a template cluster flags the accounts it found, not every account the
+    template cluster happened to hold."""
+    from distillshield.detect.cluster import Cluster
+    from distillshield.detect.corpus import Extractor
+    from distillshield.detect.engine import Engine, MinHasher
+    from distillshield.detect.scoring import Combiner
+
+    records, _ = content_only(n_benign=4, per_account=12)
+    engine = Engine(Combiner([], -5.0, []))  # a model that sees nothing: every account far below suspicious
+    for o in Extractor(None, MinHasher()).extract(records):
+        engine.observe(o)
+    found, bystander = "user-00", "user-01"
+    engine.clusters = {"cl_x": Cluster("cl_x", [found, bystander], content_risk=0.7, campaign=frozenset({found}))}
+    for a in (found, bystander):
+        engine.accounts[a].cluster_id = "cl_x"
+    assert engine.rescore(engine.accounts[found]).verdict == "suspicious"
+    assert engine.rescore(engine.accounts[bystander]).verdict == "benign"

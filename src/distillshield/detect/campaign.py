@@ -124,7 +124,7 @@ class ContentCampaigns:
         span = max(content_span(accounts), 3600.0)
         cid = f"cp_{stable_hash(members[0]) & 0xFFFFFFFF:08x}"
         requests = [accounts[m].n for m in members]
-        c = Cluster(cid, members)
+        c = Cluster(cid, members, campaign=frozenset(members))
         spread = min(float(np.std(firsts)) / span * 4, 1.0)
         c.features = {"clu_size": math.log1p(len(members)), "clu_first_spread": spread}
         c.risk = c.content_risk = content_risk(score)

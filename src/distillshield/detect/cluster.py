@@ -76,6 +76,7 @@ class Cluster:
     risk: float = 0.0
     content_risk: float = 0.0  # a content campaign's risk from its pooled prompts (campaign.ContentCampaigns)
     evidence: str = ""  # a content campaign's account of why its members belong together
+    campaign: frozenset[str] = frozenset()  # the accounts the content campaign found (they inherit its risk)
 
     def detail(self) -> str:
         if self.evidence and not self.links and not self.features.get("clu_orgs"):

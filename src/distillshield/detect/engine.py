@@ -327,6 +327,7 @@ class Engine:
             host.accounts = sorted(set(host.accounts) | {m for m in c.accounts if m not in member_of})
             host.content_risk = max(host.content_risk, c.content_risk)
             host.evidence = c.evidence
+            host.campaign = host.campaign | c.campaign
         member_of = {m: cid for cid, c in self.clusters.items() for m in c.accounts}
         for aid, acc in self.accounts.items():
             cid = member_of.get(aid)
@@ -378,11 +379,13 @@ class Engine:
             contrib["content"] = max(contrib.get("content", 0.0), 0.06)  # worth reading, not what decided
         acc.own_risk = risk
         cluster = self.clusters.get(acc.cluster_id) if acc.cluster_id else None
-        if cluster is not None and cluster.content_risk >= RISK_SUSPICIOUS:
+        in_campaign = cluster is not None and acc.account_id in cluster.campaign
+        if cluster is not None and in_campaign and cluster.content_risk >= RISK_SUSPICIOUS:
             # A campaign's members are flagged on the campaign's pooled evidence, however thin each one is.
             risk = max(risk, cluster.content_risk)
             contrib["coordination"] = max(contrib.get("coordination", 0.0), 10.0 * cluster.content_risk)
-        thin = acc.n < MIN_EVIDENCE and (cluster is None or max(cluster.risk, cluster.content_risk) < RISK_SUSPICIOUS)
+        campaign_risk = cluster.content_risk if cluster is not None and in_campaign else 0.0
+        thin = acc.n < MIN_EVIDENCE and (cluster is None or max(cluster.risk, campaign_risk) < RISK_SUSPICIOUS)
         if thin:
             # A handful of requests is too little to accuse an account on its own evidence.
             risk = min(risk, RISK_SUSPICIOUS * 0.98)
