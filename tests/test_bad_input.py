@@ -172,3 +172,49 @@ def test_rejected_requests_are_audited_and_nothing_is_lost(fake_gateway: Running
 
 async def _rows(gw: RunningGateway) -> list[dict]:
     return [r async for r in gw.state.store.iter_audit()]
+
+
+DEEP = b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}], "extra": ' + b"[" * 300 + b"]" * 300
+DEEP += b"}"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "needle"),
+    [
+        (
+            "/v1/chat/completions",
+            b'{"model":"fake-model","stream":true,"stream_options":1,"messages":[{"role":"user","content":"x"}]}',
+            "'stream_options' must be an object",
+        ),
+        ("/v1/completions", b'{"model":"fake-model","prompt":"x","messages":5}', "'messages'"),
+        (
+            "/v1/messages",
+            b'{"model":"fake-model","max_tokens":null,"messages":[{"role":"user","content":"x"}]}',
+            "'max_tokens' must be an integer",
+        ),
+        ("/v1/chat/completions", DEEP, "nested"),
+    ],
+)
+def test_fuzzer_findings_are_400s_with_an_audit_row(
+    fake_gateway: RunningGateway, key: str, path: str, body: bytes, needle: str
+) -> None:
+    """Bodies a fuzzer found that used to end in a 500 with no audit row and a closed connection."""
+    r = send(fake_gateway, key, body, path)
+    assert r.status_code == 400, r.text
+    assert needle in r.text
+    fine = b'{"model": "fake-model", "messages": [{"role": "user", "content": "ok"}]}'
+    assert send(fake_gateway, key, fine).status_code == 200
+    fake_gateway.flush_audit()
+    rows = fake_gateway.run(_rows(fake_gateway))
+    assert [row["status"] for row in rows][-2:] == [400, 200]
+
+
+def test_admin_ids_with_nul_are_refused_before_the_store(fake_gateway: RunningGateway) -> None:
+    """PostgreSQL text cannot hold NUL (the driver raised, a 500): such an id is a 400/422 that says why."""
+    r = fake_gateway.admin("GET", "/accounts/a%00b")
+    assert r.status_code == 400 and "NUL" in r.json()["detail"]
+    r = fake_gateway.admin("GET", "/keys?account_id=a%00b")
+    assert r.status_code == 400 and "NUL" in r.json()["detail"]
+    r = fake_gateway.admin("POST", "/accounts", json={"id": "a\u0000b"})
+    assert r.status_code == 422 and "id" in r.text
+    assert fake_gateway.admin("GET", "/accounts").status_code == 200

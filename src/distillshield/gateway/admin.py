@@ -18,19 +18,21 @@ from distillshield.config import LimitSet
 from distillshield.gateway.policy.admin import register_policy_routes
 from distillshield.store.database import TIERS, VERIFICATION_LEVELS, StoreError
 
+NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL
+
 
 class AccountIn(BaseModel):
-    id: str = Field(..., min_length=1, max_length=64)
-    org_id: str = Field("default", min_length=1, max_length=64)
-    name: str = ""
+    id: str = Field(..., min_length=1, max_length=64, pattern=NO_NUL)
+    org_id: str = Field("default", min_length=1, max_length=64, pattern=NO_NUL)
+    name: str = Field("", pattern=NO_NUL)
     tier: str = Field("standard", description=f"one of {', '.join(TIERS)}")
     verification: str = Field("none", description=f"one of {', '.join(VERIFICATION_LEVELS)}")
     limits: LimitSet | None = None
 
 
 class KeyIn(BaseModel):
-    account_id: str = Field(..., min_length=1)
-    name: str = ""
+    account_id: str = Field(..., min_length=1, pattern=NO_NUL)
+    name: str = Field("", pattern=NO_NUL)
     limits: LimitSet | None = None
 
 
@@ -45,6 +47,9 @@ def build_admin_app(state: Any) -> FastAPI:
     expected = adm.token_sha256 or (admin_token_digest(adm.token) if adm.token else None)
 
     async def require_admin(request: Request) -> None:
+        # PostgreSQL text cannot hold NUL: an id with one can name nothing, and the driver would raise.
+        if "\x00" in request.url.path or "%00" in request.url.query.lower():
+            raise HTTPException(400, "ids and query parameters may not contain NUL characters (%00)")
         if expected is None:
             raise HTTPException(
                 403, "the admin API is disabled: set admin.token_sha256 (see `distillshield init`)"

@@ -40,6 +40,26 @@ _SSE_DATA = b"data: "
 _SSE_END = b"\n\n"
 
 
+MAX_NESTING = 64  # levels of arrays/objects a request body may nest (real API bodies use a handful)
+
+
+def nested_deeper(value: Any, limit: int) -> bool:
+    """True when `value` nests arrays/objects more than `limit` levels deep (iterative: no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, dict):
+            children = v.values()
+        elif isinstance(v, list):
+            children = v
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return False
+
+
 class _RequestIds:
     """Random 128-bit request ids (32 hex digits, like uuid4().hex) from a pooled os.urandom read.
 
@@ -215,6 +235,9 @@ class Gateway:
             raise bad_request(f"request body is not valid JSON: {exc}", code="invalid_json") from None
         if not isinstance(body, dict):
             raise bad_request(f"request body must be a JSON object, got {openai._type_name(body)}", code="invalid_json")
+        if nested_deeper(body, MAX_NESTING):
+            # orjson writes at most 254 levels: a deeper body could be read here but not forwarded or audited.
+            raise bad_request(f"request body is nested more than {MAX_NESTING} levels deep", code="invalid_json")
         return body
 
     def _parse_api(self, api: str, body: dict[str, Any]) -> GenRequest:

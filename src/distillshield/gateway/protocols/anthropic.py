@@ -52,7 +52,8 @@ def parse_messages(body: dict[str, Any], max_max_tokens: int) -> GenRequest:
     if "max_tokens" not in body:
         raise bad_request("'max_tokens' is required", "max_tokens", code="missing_required_parameter")
     max_tokens = _int(body, "max_tokens", 1)
-    assert max_tokens is not None
+    if max_tokens is None:
+        raise bad_request("'max_tokens' must be an integer, got null", "max_tokens")
     if max_tokens > max_max_tokens:
         raise bad_request(f"'max_tokens' must be at most {max_max_tokens} on this gateway, got {max_tokens}")
     messages = body.get("messages")

@@ -63,6 +63,16 @@ def _stop(body: dict[str, Any], name: str = "stop") -> None:
         raise bad_request(f"'{name}' must be a string or an array of at most 16 strings", name)
 
 
+def _stream_options(body: dict[str, Any]) -> None:
+    v = body.get("stream_options")
+    if v is None:
+        return
+    if not isinstance(v, dict):
+        raise bad_request(f"'stream_options' must be an object, got {_type_name(v)}", "stream_options")
+    if "include_usage" in v and not isinstance(v["include_usage"], bool):
+        raise bad_request("'stream_options.include_usage' must be a boolean", "stream_options.include_usage")
+
+
 def _model(body: dict[str, Any]) -> str:
     model = body.get("model")
     if model is None:
@@ -138,6 +148,7 @@ def parse_chat(body: dict[str, Any], default_max_tokens: int, max_max_tokens: in
     _int(body, "top_logprobs", 0, 20)
     _bool(body, "logprobs")
     stream = _bool(body, "stream")
+    _stream_options(body)
     max_tokens = _max_tokens(
         body, ("max_completion_tokens", "max_tokens"), default_max_tokens, max_max_tokens
     )
@@ -150,6 +161,10 @@ def parse_chat(body: dict[str, Any], default_max_tokens: int, max_max_tokens: in
 def parse_completion(body: dict[str, Any], default_max_tokens: int, max_max_tokens: int) -> GenRequest:
     """Validate a legacy completions body."""
     model = _model(body)
+    if "messages" in body:
+        raise bad_request(
+            "'messages' is not a parameter of /v1/completions; send it to /v1/chat/completions", "messages"
+        )
     prompt = body.get("prompt")
     if prompt is None:
         raise bad_request("'prompt' is required", "prompt", code="missing_required_parameter")
@@ -165,6 +180,7 @@ def parse_completion(body: dict[str, Any], default_max_tokens: int, max_max_toke
     n = _int(body, "n", 1, 128) or 1
     _int(body, "logprobs", 0, 5)
     stream = _bool(body, "stream")
+    _stream_options(body)
     max_tokens = _max_tokens(body, ("max_tokens",), default_max_tokens, max_max_tokens)
     upstream_body = dict(body)
     upstream_body["max_tokens"] = max_tokens
