@@ -301,3 +301,11 @@ def test_only_the_campaigns_own_members_inherit_its_risk() -> None:
         engine.accounts[a].cluster_id = "cl_x"
     assert engine.rescore(engine.accounts[found]).verdict == "suspicious"
     assert engine.rescore(engine.accounts[bystander]).verdict == "benign"
+
+
+def test_prompts_without_words_are_not_content_evidence() -> None:
+    """An empty or punctuation-only turn encodes to a zero vector that would sit far from everything."""
+    from distillshield.detect.corpus import content_text
+
+    assert content_text("") is None and content_text("  ...?!  ") is None
+    assert content_text("量子") == "量子" and content_text("x" * 5000) == "x" * 600

@@ -116,6 +116,13 @@ class Obs:
     cvec: np.ndarray | None = None  # content vector (float16, detect/content.py), sampled requests only
 
 
+def content_text(text: str) -> str | None:
+    """What the content encoder reads: the prompt's start, or None for a prompt with no word in it (an
+    empty or image-only turn says nothing about content, and its zero vector would look far from all)."""
+    text = text[:CONTENT_CHARS]
+    return text if T.has_word(text) else None
+
+
 def classifier_text(user: str, system: str) -> str:
     """What the CoT/rubric classifier reads: instructions sit at the start and end of a prompt (and in the
     system prompt); the middle is payload, and reading it would only cost time."""
@@ -183,7 +190,7 @@ class Extractor:
             text=user[:200] if embedded(index) else (user[:90] if is_sampled else None),
             embed=embedded(index),
             clf_text=classifier_text(user, system) if is_sampled else None,
-            ctext=(user or system)[:CONTENT_CHARS] if self.content is not None and content_sampled(index) else None,
+            ctext=content_text(user or system) if self.content is not None and content_sampled(index) else None,
         )
         if is_sampled and self.minhasher is not None and toks:
             ob.minhash = self.minhasher(T.shingles(toks))

@@ -107,6 +107,11 @@ def words(skel: str) -> list[str]:
     return _WORD.findall(skel)
 
 
+def has_word(text: str) -> bool:
+    """True when the text holds at least one word character."""
+    return _WORD.search(text) is not None
+
+
 def stable_hash(text: str) -> int:
     """A 63-bit hash that is the same in every process (Python's hash() is salted per process)."""
     return int.from_bytes(blake2b(text.encode("utf-8", "replace"), digest_size=8).digest(), "little") >> 1
