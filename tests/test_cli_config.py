@@ -200,3 +200,32 @@ def test_bad_forwarded_allow_ips_are_errors_not_silent_literals(tmp_path: Path, 
     cfg.write_text(json.dumps({"server": {"forwarded_allow_ips": value}}))  # JSON is YAML
     with pytest.raises(ConfigError, match="server.forwarded_allow_ips"):
         load_settings(cfg)
+
+
+def test_forwarded_allow_ips_from_the_environment_as_uvicorn_writes_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """It used to need JSON in the environment and crashed `serve` with a raw traceback otherwise."""
+    monkeypatch.setenv("DISTILLSHIELD_SERVER__FORWARDED_ALLOW_IPS", "127.0.0.1, 10.0.0.0/8")
+    assert load_settings().server.forwarded_allow_ips == ["127.0.0.1", "10.0.0.0/8"]
+    monkeypatch.setenv("DISTILLSHIELD_SERVER__FORWARDED_ALLOW_IPS", '["::1"]')
+    assert load_settings().server.forwarded_allow_ips == ["::1"]
+    monkeypatch.setenv("DISTILLSHIELD_SERVER__FORWARDED_ALLOW_IPS", "not-an-ip")
+    with pytest.raises(ConfigError, match="not an IP address"):
+        load_settings()
+
+
+def test_an_unknown_section_in_the_environment_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DISTILLSHIELD_LIMTIS__BACKEND", "redis")
+    with pytest.raises(ConfigError, match="DISTILLSHIELD_LIMTIS__BACKEND: unknown section 'limtis'"):
+        load_settings()
+    r = cli("accounts", "list")
+    assert r.returncode == 2 and "unknown section 'limtis'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_bad_environment_value_is_blamed_on_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("server:\n  port: 9000\n")
+    monkeypatch.setenv("DISTILLSHIELD_SERVER__PORT", "nope")
+    with pytest.raises(ConfigError) as exc:
+        load_settings(cfg)
+    assert "in the environment" in str(exc.value) and "DISTILLSHIELD_SERVER__PORT" in str(exc.value)
+    assert str(cfg) not in str(exc.value)

@@ -10,11 +10,11 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 DEFAULT_CONFIG_NAME = "distillshield.yaml"
 
@@ -47,7 +47,9 @@ class ServerSettings(_Strict):
     max_max_tokens: int = Field(4096, ge=1, description="requests asking for more get 400")
     graceful_timeout_s: float = Field(30.0, ge=0)
     trust_forwarded_for: bool = Field(False, description="take the client IP from X-Forwarded-For")
-    forwarded_allow_ips: list[str] = Field(
+    # NoDecode: from the environment the value is taken as written ("127.0.0.1,10.0.0.0/8" or a JSON list),
+    # not required to be JSON.
+    forwarded_allow_ips: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description=(
             "addresses or networks (CIDR) of the reverse proxies whose X-Forwarded-For/-Proto headers uvicorn "
@@ -61,7 +63,15 @@ class ServerSettings(_Strict):
     def _split_ips(cls, v: Any) -> Any:
         # uvicorn's own --forwarded-allow-ips format ("10.0.0.1,10.1.0.0/16") is accepted too.
         if isinstance(v, str):
-            return [part.strip() for part in v.split(",") if part.strip()]
+            text = v.strip()
+            if text.startswith("["):
+                import json
+
+                try:
+                    return json.loads(text)
+                except json.JSONDecodeError:
+                    raise ValueError(f"{v!r} is not a JSON list of addresses") from None
+            return [part.strip() for part in text.split(",") if part.strip()]
         return v
 
     @field_validator("forwarded_allow_ips")
@@ -297,8 +307,21 @@ class Settings(BaseSettings):
         return env_settings, init_settings
 
 
+ENV_PREFIX = "DISTILLSHIELD_"
+
+
+def _env_name(loc: tuple[Any, ...]) -> str | None:
+    """The environment variable that set the value at `loc`, when one did (env beats the file)."""
+    for depth in range(len(loc), 0, -1):
+        name = ENV_PREFIX + "__".join(str(p) for p in loc[:depth]).upper()
+        if any(k.upper() == name for k in os.environ):
+            return name
+    return None
+
+
 def _format_errors(err: ValidationError, source: str) -> str:
     lines = []
+    from_env = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"])
         msg = e["msg"]
@@ -306,8 +329,25 @@ def _format_errors(err: ValidationError, source: str) -> str:
             msg = "unknown key (check the spelling; `distillshield init` writes every key with a comment)"
         got = e.get("input")
         got_s = "" if isinstance(got, dict) or e["type"] == "extra_forbidden" else f" (got {got!r})"
-        lines.append(f"{loc}: {msg}{got_s}")
-    return f"invalid configuration in {source}: " + "; ".join(lines)
+        env = _env_name(tuple(e["loc"]))
+        from_env.append(env is not None)
+        lines.append(f"{loc}: {msg}{got_s}" + (f" [from environment variable {env}]" if env else ""))
+    where = "the environment" if all(from_env) else source
+    return f"invalid configuration in {where}: " + "; ".join(lines)
+
+
+def _check_env_sections() -> None:
+    """An override for a section that does not exist (DISTILLSHIELD_LIMTIS__BACKEND) would be ignored without
+    a word by the settings library; it is an error, as an unknown key in a known section already is."""
+    sections = set(Settings.model_fields)
+    for name in sorted(os.environ):
+        if name.upper().startswith(ENV_PREFIX) and "__" in name:
+            section = name[len(ENV_PREFIX) :].split("__")[0].lower()
+            if section not in sections:
+                raise ConfigError(
+                    f"environment variable {name}: unknown section {section!r} "
+                    f"(the sections are {', '.join(sorted(sections))})"
+                )
 
 
 def resolve_config_path(path: str | Path | None) -> Path | None:
@@ -352,7 +392,10 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
         for p in parts[:-1]:
             node = node.setdefault(p, {})
         node[parts[-1]] = value
+    _check_env_sections()
     try:
         return Settings(**data)
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc, source)) from None
+    except SettingsError as exc:  # a value in the environment that is not the JSON a list/dict field needs
+        raise ConfigError(f"invalid configuration in the environment: {exc}") from None
