@@ -218,3 +218,28 @@ def test_admin_ids_with_nul_are_refused_before_the_store(fake_gateway: RunningGa
     r = fake_gateway.admin("POST", "/accounts", json={"id": "a\u0000b"})
     assert r.status_code == 422 and "id" in r.text
     assert fake_gateway.admin("GET", "/accounts").status_code == 200
+
+
+def test_forwarded_for_takes_the_address_the_trusted_proxy_appended() -> None:
+    """The leftmost X-Forwarded-For entries are the client's own choice; the trusted proxy appends on the right."""
+    from distillshield.gateway.pipeline import forwarded_client
+
+    assert forwarded_client("6.6.6.6, 203.0.113.9", 1) == "203.0.113.9"
+    assert forwarded_client("6.6.6.6, 203.0.113.9, 10.0.0.2", 2) == "203.0.113.9"
+    assert forwarded_client("203.0.113.9", 2) is None
+    assert forwarded_client("6.6.6.6, not-an-ip", 1) is None
+
+
+def test_gateway_records_the_proxy_appended_client_address(gateway_factory) -> None:
+    from tests.fakes import FakeUpstream
+
+    gw = gateway_factory({"upstream": FakeUpstream()}, server__trust_forwarded_for=True)
+    key = gw.create_key("behind-proxy")
+    r = httpx.post(
+        f"{gw.base}/v1/chat/completions", json=GOOD_CHAT, timeout=30,
+        headers={"authorization": f"Bearer {key}", "x-forwarded-for": "6.6.6.6, 198.51.100.23"},
+    )  # fmt: skip
+    assert r.status_code == 200
+    gw.flush_audit()
+    rows = gw.run(_rows(gw))
+    assert rows[-1]["ip"] == "198.51.100.23"

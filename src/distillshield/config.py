@@ -47,6 +47,12 @@ class ServerSettings(_Strict):
     max_max_tokens: int = Field(4096, ge=1, description="requests asking for more get 400")
     graceful_timeout_s: float = Field(30.0, ge=0)
     trust_forwarded_for: bool = Field(False, description="take the client IP from X-Forwarded-For")
+    forwarded_for_hops: int = Field(
+        1,
+        ge=1,
+        description="proxies of yours that append to X-Forwarded-For: the client is the entry this far from the "
+        "right (entries further left are whatever the client sent, and are never trusted)",
+    )
     # NoDecode: from the environment the value is taken as written ("127.0.0.1,10.0.0.0/8" or a JSON list),
     # not required to be JSON.
     forwarded_allow_ips: Annotated[list[str], NoDecode] = Field(

@@ -26,6 +26,7 @@ server:
   max_max_tokens: 4096           # requests asking for more get 400
   graceful_timeout_s: 30         # on SIGTERM, wait this long for in-flight requests
   trust_forwarded_for: false     # take the client IP from X-Forwarded-For (only behind your own proxy)
+  forwarded_for_hops: 1          # your proxies that append to X-Forwarded-For (the client is that far from the right)
   forwarded_allow_ips: []        # reverse proxies (IPs, CIDR networks, or ["*"]) whose X-Forwarded-For/-Proto
                                  # uvicorn applies; [] = trust no forwarded headers (proxy-headers middleware off)
 

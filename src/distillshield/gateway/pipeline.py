@@ -7,6 +7,7 @@ row to the audit writer; nothing on this path waits for the database.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import time
@@ -38,6 +39,21 @@ CLIENT_CLOSED = 499  # nginx's convention, used in the audit log for streams the
 _JSON = "application/json"
 _SSE_DATA = b"data: "
 _SSE_END = b"\n\n"
+
+
+def forwarded_client(header: str, hops: int) -> str | None:
+    """The client address in an X-Forwarded-For header that `hops` trusted proxies appended to: the entry
+    `hops` from the right. The leftmost entries are whatever the client chose to send; None when the entry
+    is missing or is not an IP address."""
+    parts = [p.strip() for p in header.split(",")]
+    if len(parts) < hops:
+        return None
+    candidate = parts[-hops]
+    try:
+        ipaddress.ip_address(candidate)
+    except ValueError:
+        return None
+    return candidate
 
 
 MAX_NESTING = 64  # levels of arrays/objects a request body may nest (real API bodies use a handful)
@@ -184,7 +200,7 @@ class Gateway:
         client = scope.get("client")
         ip = client[0] if client else None
         if self.settings.server.trust_forwarded_for and "x-forwarded-for" in headers:
-            ip = headers["x-forwarded-for"].split(",")[0].strip()
+            ip = forwarded_client(headers["x-forwarded-for"], self.settings.server.forwarded_for_hops) or ip
         rid = new_request_id()
         row: dict[str, Any] = {
             "ts": time.time(),
