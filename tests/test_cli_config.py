@@ -229,3 +229,13 @@ def test_a_bad_environment_value_is_blamed_on_the_environment(tmp_path: Path, mo
         load_settings(cfg)
     assert "in the environment" in str(exc.value) and "DISTILLSHIELD_SERVER__PORT" in str(exc.value)
     assert str(cfg) not in str(exc.value)
+
+
+def test_reading_a_log_that_is_not_there_is_an_error_not_an_empty_log(tmp_path: Path) -> None:
+    """`logs verify` in a folder without the gateway's log used to create an empty SQLite file and report
+    "intact: 0 rows" (exit 0); `evidence` wrote a bundle of 0 requests."""
+    for args in (("logs", "verify"), ("logs", "export", "--out", "t.jsonl"), ("evidence", "acct-x", "--out", "b")):
+        r = cli(*args, cwd=tmp_path)
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        assert "does not exist" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "distillshield.db").exists()

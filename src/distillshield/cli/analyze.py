@@ -59,7 +59,7 @@ def _export_log(dest: Path) -> int:
                     n += 1
         return n
 
-    return with_store(go)
+    return with_store(go, existing=True)
 
 
 def analyze_command(

@@ -6,6 +6,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from rich.console import Console
@@ -37,14 +38,33 @@ def run(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
     return asyncio.run(fn(*args))
 
 
+def require_existing_store(url: str) -> None:
+    """CliError when `url` names an SQLite file that does not exist."""
+    prefix = "sqlite+aiosqlite:///"
+    if url.startswith(prefix) and ":memory:" not in url:
+        path = Path(url[len(prefix) :].split("?")[0])
+        if not path.is_file():
+            raise CliError(
+                f"no audit log here: the SQLite file {path} does not exist (run where the gateway runs, "
+                "pass -c CONFIG, or set store.url)"
+            )
+
+
 async def open_store(s: Settings | None = None) -> Store:
     store = Store((s or settings()).store.url)
     await store.init()
     return store
 
 
-def with_store(fn: Callable[[Store], Awaitable[T]]) -> T:
-    """Open the configured store, run `fn(store)`, close it."""
+def with_store(fn: Callable[[Store], Awaitable[T]], *, existing: bool = False) -> T:
+    """Open the configured store, run `fn(store)`, close it.
+
+    `existing`: the command reads a log that must already be there (verify, export, evidence); an SQLite
+    file that does not exist is then an error that says so, instead of a new empty log that reads as
+    "intact: 0 rows".
+    """
+    if existing:
+        require_existing_store(settings().store.url)
 
     async def go() -> T:
         store = await open_store()

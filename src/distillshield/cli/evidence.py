@@ -10,7 +10,16 @@ from typing import Any
 import typer
 from rich.markup import escape
 
-from distillshield.cli.common import CliError, console, err_console, open_store, print_json, progress, settings
+from distillshield.cli.common import (
+    CliError,
+    console,
+    err_console,
+    open_store,
+    print_json,
+    progress,
+    require_existing_store,
+    settings,
+)
 from distillshield.evidence import (
     EvidenceError,
     build_bundle,
@@ -59,6 +68,8 @@ def evidence_command(
     except EvidenceError as exc:
         raise CliError(str(exc)) from None
     s = settings()
+    if traffic is None:
+        require_existing_store(s.store.url)  # a bundle of 0 requests from a log that is not there helps no one
     wm = None if no_watermark else _watermark(s)
 
     async def go() -> dict[str, Any]:

@@ -23,7 +23,7 @@ def verify(as_json: bool = typer.Option(False, "--json", help="print JSON")) -> 
 
     Example: distillshield logs verify --json
     """
-    report = with_store(lambda store: store.verify_chain())
+    report = with_store(lambda store: store.verify_chain(), existing=True)
     if as_json:
         print_json(report.as_dict())
     elif report.ok:
@@ -84,7 +84,7 @@ def export(
                 fh.close()
         return written, skipped
 
-    written, skipped = with_store(go)
+    written, skipped = with_store(go, existing=True)
     err_console.print(
         f"exported {written} requests to {out}"
         + (f"; skipped {skipped} (no account or body)" if skipped else "")
