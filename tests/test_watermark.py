@@ -243,6 +243,15 @@ def test_texts_are_read_from_jsonl_shapes_or_plain_text(tmp_path) -> None:
         read_texts(tmp_path / "bad.jsonl")
 
 
+def test_one_malformed_jsonl_line_is_named_not_the_whole_file_read_as_one_text(tmp_path) -> None:
+    (tmp_path / "out.jsonl").write_text('{"text": "one"}\n{"text": "two"\n{"text": "three"}\n')
+    with pytest.raises(TextsError, match=r"out.jsonl:2: not valid JSON"):
+        read_texts(tmp_path / "out.jsonl")
+    (tmp_path / "out.txt").write_text('{"text": "one"}\n[1, 2]\n')
+    with pytest.raises(TextsError, match=r"out.txt:2: a JSONL line must be a JSON object"):
+        read_texts(tmp_path / "out.txt")
+
+
 def test_prf_values_are_uniform() -> None:
     key = keys().account("u")
     rng = np.random.default_rng(0)

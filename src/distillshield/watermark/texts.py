@@ -41,9 +41,17 @@ def _text_of(obj: dict[str, Any]) -> str | None:
     return None
 
 
+def _is_object(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except json.JSONDecodeError:
+        return False
+
+
 def read_texts(source: str | Path) -> list[Text]:
-    """Texts from a file ('-' = stdin). A file whose non-blank lines are all JSON objects is JSONL
-    (one text per line); anything else is one text."""
+    """Texts from a file ('-' = stdin). A `.jsonl`/`.ndjson` file, or one whose first line is a JSON
+    object, is JSONL (one text per line; a line that is not a JSON object is an error naming it); anything
+    else is one text."""
     name = str(source)
     if name == "-":
         raw = sys.stdin.read()
@@ -56,22 +64,24 @@ def read_texts(source: str | Path) -> list[Text]:
         except UnicodeDecodeError:
             raise TextsError(f"{path} is not UTF-8 text") from None
     lines = [(i, ln) for i, ln in enumerate(raw.splitlines(), start=1) if ln.strip()]
+    # JSONL when the name says so or the first line is a JSON object; then every line must be one (a single
+    # bad line used to turn the whole file into one text, silently).
+    first = lines[0][1].strip() if lines else ""
+    jsonl = name.endswith((".jsonl", ".ndjson")) or (first.startswith("{") and _is_object(first))
+    if not jsonl:
+        return [Text("1" if name == "-" else Path(name).name, raw)] if raw.strip() else []
     objs: list[tuple[int, Any]] = []
     for i, ln in lines:
-        s = ln.strip()
-        if not s.startswith("{"):
-            objs = []
-            break
         try:
-            objs.append((i, json.loads(s)))
-        except json.JSONDecodeError:
-            objs = []
-            break
-    if not objs:
-        return [Text("1" if name == "-" else Path(name).name, raw)] if raw.strip() else []
+            obj = json.loads(ln)
+        except json.JSONDecodeError as exc:
+            raise TextsError(f"{name}:{i}: not valid JSON ({exc.msg}); JSONL holds one object per line") from None
+        if not isinstance(obj, dict):
+            raise TextsError(f"{name}:{i}: a JSONL line must be a JSON object, got {type(obj).__name__}")
+        objs.append((i, obj))
     out = []
     for i, obj in objs:
-        text = _text_of(obj) if isinstance(obj, dict) else None
+        text = _text_of(obj)
         if text is None:
             raise TextsError(f"{name}:{i}: no text field (expected text, completion, output, response.text or choices)")
         ident = obj.get("id") if isinstance(obj.get("id"), (str, int)) else None
