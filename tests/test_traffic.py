@@ -111,3 +111,10 @@ def test_export_then_import_round_trips_through_the_cli(fake_gateway: RunningGat
     again, _ = read_jsonl(out2)
     assert [orjson.loads(a.to_json()) for a in again] == [orjson.loads(b.to_json()) for b in records]
     assert runner.invoke(app, ["-c", str(cfg2), "logs", "verify"]).exit_code == 0
+
+    # Importing the same file again adds nothing (it used to double the rows).
+    r = runner.invoke(app, ["-c", str(cfg2), "logs", "import", str(out)])
+    assert r.exit_code == 0 and "imported 0 requests" in r.output and "5 already in the log skipped" in r.output
+    out3 = tmp_path / "thrice.jsonl"
+    assert runner.invoke(app, ["-c", str(cfg2), "logs", "export", "--out", str(out3)]).exit_code == 0
+    assert len(read_jsonl(out3)[0]) == 5

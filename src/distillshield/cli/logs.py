@@ -105,31 +105,48 @@ def import_(
         raise CliError(f"{path} does not exist or is not a file")
     total = sum(1 for _ in open(path, "rb"))
 
-    async def go(store: Store) -> tuple[int, list[LineError]]:
+    async def go(store: Store) -> tuple[int, int, list[LineError]]:
         errors: list[LineError] = []
-        rows, n = [], 0
+        rows: list[dict] = []
+        n = dup = 0
+        seen: set[str] = set()
+
+        async def write() -> None:
+            nonlocal n, dup
+            # Idempotent: a record already in the log (an earlier import of the same file) is not added again.
+            there = await store.existing_request_ids([r["request_id"] for r in rows])
+            fresh = []
+            for r in rows:
+                if r["request_id"] in there or r["request_id"] in seen:
+                    dup += 1
+                else:
+                    seen.add(r["request_id"])
+                    fresh.append(r)
+            await store.append_audit(fresh)
+            n += len(fresh)
+
         with progress() as bar:
             task = bar.add_task("importing", total=total)
             for rec in iter_jsonl(path, errors):
                 rows.append(record_to_row(rec))
                 if len(rows) >= batch:
-                    await store.append_audit(rows)
-                    n += len(rows)
-                    bar.update(task, completed=n + len(errors))
+                    await write()
+                    bar.update(task, completed=n + dup + len(errors))
                     rows = []
             if rows:
-                await store.append_audit(rows)
-                n += len(rows)
+                await write()
             bar.update(task, completed=total)
-        return n, errors
+        return n, dup, errors
 
-    n, errors = with_store(go)
+    n, dup, errors = with_store(go)
     for e in errors[:20]:
         err_console.print(f"[yellow]skipped[/yellow] {path}:{e}")
     if len(errors) > 20:
         err_console.print(f"... and {len(errors) - 20} more bad lines")
     console.print(
-        f"imported {n} requests from {path}" + (f"; {len(errors)} bad lines skipped" if errors else "")
+        f"imported {n} requests from {path}"
+        + (f"; {dup} already in the log skipped" if dup else "")
+        + (f"; {len(errors)} bad lines skipped" if errors else "")
     )
-    if n == 0 and errors:
+    if n == 0 and dup == 0 and errors:  # nothing in the file was usable
         raise typer.Exit(1)

@@ -388,6 +388,15 @@ class Store:
 
     # -- audit log ----------------------------------------------------------------------------------
 
+    async def existing_request_ids(self, ids: Sequence[str]) -> set[str]:
+        """Which of these request ids the audit log already holds (imports use it to stay idempotent)."""
+        found: set[str] = set()
+        async with self.engine.connect() as conn:
+            for i in range(0, len(ids), 500):
+                q = sa.select(audit_log.c.request_id).where(audit_log.c.request_id.in_(list(ids[i : i + 500])))
+                found.update(r[0] for r in (await conn.execute(q)).all())
+        return found
+
     async def append_audit(self, rows: Sequence[Mapping[str, Any]]) -> int:
         """Append rows to the hash chain in one transaction; returns the last seq written.
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import uuid
+import hashlib
 from typing import Any
 
 import orjson
@@ -60,7 +60,8 @@ def record_to_row(rec: TrafficRecord) -> dict[str, Any]:
     usage = resp.usage if resp else None
     return {
         "ts": rec.ts,
-        "request_id": "import-" + uuid.uuid4().hex,
+        # The same record imported twice gets the same id, so `logs import` can skip what is already there.
+        "request_id": "import-" + hashlib.blake2b(rec.to_json(), digest_size=16).hexdigest(),
         "account_id": rec.account_id,
         "org_id": rec.org_id,
         "key_id": rec.key_id,

@@ -47,7 +47,7 @@ audit_log = sa.Table(
     metadata,
     sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("ts", sa.Double, nullable=False, index=True),
-    sa.Column("request_id", sa.String(64), nullable=False),
+    sa.Column("request_id", sa.String(64), nullable=False, index=True),
     sa.Column("account_id", sa.String(64), nullable=True, index=True),
     sa.Column("org_id", sa.String(64), nullable=True),
     sa.Column("key_id", sa.String(32), nullable=True),
