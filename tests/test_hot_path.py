@@ -102,7 +102,9 @@ def test_anthropic_stream_from_one_read_keeps_the_event_sequence(one_read_gatewa
     ]
     datas = [orjson.loads(d) for d in re.findall(rb"^data: (.*)$", r.content, re.M)]
     assert "".join(d["delta"]["text"] for d in datas if d["type"] == "content_block_delta") == "hello"
-    assert datas[-2]["usage"] == {"output_tokens": 2} and datas[-2]["delta"]["stop_reason"] == "end_turn"
+    # message_delta's cumulative usage carries the upstream's real counts (message_start only had an estimate)
+    assert datas[-2]["usage"] == {"output_tokens": 2, "input_tokens": 7}
+    assert datas[-2]["delta"]["stop_reason"] == "end_turn"
 
 
 class BrokenUpstream(FakeUpstream):

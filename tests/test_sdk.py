@@ -186,3 +186,16 @@ def test_prompt_longer_than_the_context_is_400(local_gateway: RunningGateway, ke
                 model=MODEL, messages=[{"role": "user", "content": long}], max_tokens=4, stream=True
             )
         )
+
+
+def test_anthropic_stream_reports_the_same_input_tokens_as_the_non_stream_answer(
+    local_gateway: RunningGateway, key: str
+) -> None:
+    """message_start can only carry an estimate (the upstream counts tokens at the end); the final message
+    the SDK assembles must carry the real count, as the non-stream answer does."""
+    client = anthropic.Anthropic(base_url=local_gateway.base, api_key=key)
+    msgs = [{"role": "user", "content": "Name three colours of the rainbow, please, in a short list."}]
+    whole = client.messages.create(model=MODEL, max_tokens=6, system="You are terse.", messages=msgs)
+    with client.messages.stream(model=MODEL, max_tokens=6, system="You are terse.", messages=msgs) as s:
+        final = s.get_final_message()
+    assert final.usage.input_tokens == whole.usage.input_tokens > 0

@@ -464,7 +464,7 @@ class Gateway:
                 out.append(ms.delta(text))
             prompt, completion = _usage(state.usage or {}, gen, state.text())
             state.complete = True
-            out.append(ms.finish(state.finish, completion))
+            out.append(ms.finish(state.finish, completion, prompt))
             yield LastChunk(b"".join(out))
         except UpstreamError as exc:
             state.error = exc

@@ -153,7 +153,13 @@ class MessageStream:
             {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}},
         )
 
-    def finish(self, finish_reason: str | None, output_tokens: int) -> bytes:
+    def finish(self, finish_reason: str | None, output_tokens: int, input_tokens: int | None = None) -> bytes:
+        """The closing events. message_start had to carry an estimate of the input tokens (the upstream
+        reports usage only at the end); the real count goes in message_delta's cumulative usage, which the
+        SDK's stream accumulator takes as the message's."""
+        usage: dict[str, int] = {"output_tokens": output_tokens}
+        if input_tokens is not None:
+            usage["input_tokens"] = input_tokens
         return (
             _event("content_block_stop", {"type": "content_block_stop", "index": 0})
             + _event(
@@ -164,7 +170,7 @@ class MessageStream:
                         "stop_reason": STOP_REASONS.get(finish_reason or "stop", "end_turn"),
                         "stop_sequence": None,
                     },
-                    "usage": {"output_tokens": output_tokens},
+                    "usage": usage,
                 },
             )
             + _event("message_stop", {"type": "message_stop"})

@@ -138,14 +138,20 @@ class LocalUpstream:
             try:
                 gen = self._call(req, kw, True)
                 completion = 0
+                prompt: int | None = None
                 for chunk in gen:
                     if cancel.is_set():
                         gen.close()
                         return
+                    if prompt is None:
+                        # When the first token is handed out the context holds exactly the prompt (that token
+                        # is sampled, not yet evaluated); counting back from the end was off by one.
+                        prompt = int(self._llm.n_tokens)
                     if _chunk_has_text(chunk):
                         completion += 1
                     put("chunk", chunk)
-                prompt = max(0, int(self._llm.n_tokens) - completion)
+                if prompt is None:
+                    prompt = int(self._llm.n_tokens)
                 put("end", {"prompt_tokens": prompt, "completion_tokens": completion})
             except Exception as exc:  # noqa: BLE001 - reported to the consumer as a 502
                 put("error", exc)
