@@ -243,3 +243,17 @@ def test_gateway_records_the_proxy_appended_client_address(gateway_factory) -> N
     gw.flush_audit()
     rows = gw.run(_rows(gw))
     assert rows[-1]["ip"] == "198.51.100.23"
+
+
+def test_readiness_includes_the_limiter(gateway_factory) -> None:
+    """A gateway whose shared limiter is unreachable answers every API call with 503; it must not say ready."""
+    from tests.conftest import free_port
+    from tests.fakes import FakeUpstream
+
+    ok = gateway_factory({"upstream": FakeUpstream()})
+    r = httpx.get(f"{ok.base}/readyz", timeout=10)
+    assert r.status_code == 200 and r.json()["checks"]["limiter"] is True
+    dead = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    gw = gateway_factory({"upstream": FakeUpstream()}, limits__backend="redis", limits__redis_url=dead)
+    r = httpx.get(f"{gw.base}/readyz", timeout=10)
+    assert r.status_code == 503 and r.json()["checks"] == {"upstream": True, "store": True, "limiter": False}

@@ -150,7 +150,11 @@ def build_app(settings: Settings, **components: Any) -> Starlette:
         return Response(b'{"status":"ok"}', media_type=_JSON)
 
     async def readyz(_request: Request) -> Response:
-        checks = {"upstream": state.upstream.ready(), "store": await state.store.ping()}
+        checks = {
+            "upstream": state.upstream.ready(),
+            "store": await state.store.ping(),
+            "limiter": await state.limiter.ping(),
+        }
         ok = all(checks.values())
         return Response(orjson.dumps({"ready": ok, "checks": checks}), 200 if ok else 503, media_type=_JSON)
 

@@ -148,6 +148,10 @@ class RateLimiter(Protocol):
         """Concurrency slots held now for 'kind:id' (admin and tests)."""
         ...
 
+    async def ping(self) -> bool:
+        """Whether the back end answers now (readiness: a gateway whose limiter is down serves only 503s)."""
+        ...
+
     async def close(self) -> None: ...
 
 

@@ -178,5 +178,8 @@ class MemoryRateLimiter:
         st = self._states.get(scope_key)
         return st.in_flight if st else 0
 
+    async def ping(self) -> bool:
+        return True  # in this process: up while the process is
+
     async def close(self) -> None:
         self._states.clear()

@@ -49,6 +49,7 @@ from distillshield.gateway.limits.base import Reason, Reservation, Scope, limit_
 log = logging.getLogger("distillshield.limits")
 
 PREFIX = "ds:rl:"
+PING_TIMEOUT_S = 1.0  # readiness: a Redis that does not answer within this is not ready
 
 # Times are integer microseconds (exact in a Lua double); numbers go to redis.call as '%d' strings,
 # since Redis would format a Lua number with too few digits.
@@ -413,6 +414,12 @@ class RedisRateLimiter:
             return int(await self._in_flight(keys=[self._key(scope_key, "c")], args=[self._now_arg()]))
         except (RedisError, OSError) as exc:
             raise self._unavailable(exc) from exc
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await asyncio.wait_for(self._redis.ping(), timeout=PING_TIMEOUT_S))
+        except (TimeoutError, RedisError, OSError):
+            return False
 
     async def close(self) -> None:
         await self._redis.aclose()
