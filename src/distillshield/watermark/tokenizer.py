@@ -48,6 +48,7 @@ class LlamaTokenizer:
 
 @lru_cache(maxsize=4)
 def _vocab_only(path: str) -> Any:
+    import atexit
     import contextlib
     import os
 
@@ -55,7 +56,11 @@ def _vocab_only(path: str) -> Any:
 
     # llama.cpp prints a context warning on stderr even with verbose=False; keep CLI output clean.
     with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):
-        return Llama(model_path=path, vocab_only=True, verbose=False)
+        llm = Llama(model_path=path, vocab_only=True, verbose=False)
+    # Cached for the process: free it while llama_cpp's module is still whole (left to interpreter
+    # teardown, its __del__ finds the library's functions already gone and prints a traceback).
+    atexit.register(llm.close)
+    return llm
 
 
 @lru_cache(maxsize=4)

@@ -65,7 +65,9 @@ class LocalUpstream:
 
     async def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
-        self._llm = None
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            llm.close()  # free the model now, not at interpreter teardown
 
     def ready(self) -> bool:
         return self._llm is not None
