@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import httpx
+import pytest
 
 from distillshield.detect.online import DetectionExtension
 from tests.conftest import RunningGateway
@@ -184,3 +185,52 @@ def test_online_rescoring_does_not_undo_a_stronger_report_verdict() -> None:
     assert board.get("acct-r").source == "online"  # as strong: the fresher online score takes over
     board.update_many([AccountRisk("acct-r", 0.1, "benign", source="report")])
     assert board.get("acct-r").verdict == "benign"  # a newer report may lower it
+
+
+def test_a_restart_is_no_amnesty(gateway_factory: Any) -> None:
+    """A gateway started on an existing log replays it into detection before it judges anyone: an account
+    flagged before the restart carries the same verdict after it, with no new request."""
+    first = gateway_factory({"upstream": FakeUpstream()}, detection__interval_s=3600)
+    ext = detection(first)
+    wait_loaded(ext)
+    key = first.create_key("harvester")
+    for i in range(40):
+        prompt = HARVEST.format(q=f"What is {i} times {i + 3}? Explain.")
+        assert chat(first, key, prompt, max_tokens=8).status_code == 200
+    first.flush_audit()
+    first.run(ext.flush())
+    before = first.state.risk.get("harvester")
+    assert before is not None and before.reasons
+    first.stop()
+
+    second = gateway_factory(
+        {"upstream": FakeUpstream()}, detection__interval_s=3600, store__url=first.settings.store.url
+    )
+    ext2 = detection(second)
+    deadline = time.monotonic() + 60
+    while ext2.replayed is None:
+        assert time.monotonic() < deadline, "the log was not replayed"
+        time.sleep(0.05)
+    assert ext2.replayed >= 40 and ext2.processed == ext2.replayed and not ext2.queue
+    after = second.state.risk.get("harvester")
+    assert after is not None and after.verdict == before.verdict and after.risk == pytest.approx(before.risk)
+    assert second.admin("GET", "/accounts/harvester").json()["detection"]["verdict"] == before.verdict
+
+
+def test_replay_can_be_switched_off(gateway_factory: Any) -> None:
+    first = gateway_factory({"upstream": FakeUpstream()}, detection__interval_s=3600)
+    wait_loaded(detection(first))
+    key = first.create_key("someone")
+    assert chat(first, key, "hello").status_code == 200
+    first.flush_audit()
+    first.stop()
+    second = gateway_factory(
+        {"upstream": FakeUpstream()}, detection__interval_s=3600, store__url=first.settings.store.url,
+        detection__replay_on_start_rows=0,
+    )  # fmt: skip
+    ext = detection(second)
+    deadline = time.monotonic() + 60
+    while ext.replayed is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert ext.replayed == 0 and ext.engine is not None and "someone" not in ext.engine.accounts

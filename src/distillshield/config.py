@@ -278,6 +278,11 @@ class DetectionSettings(_Strict):
         "none", description="sentence encoder for the embedding signals: none, use, hashing, st:<model name or path>"
     )
     model_path: str | None = Field(None, description="trained model artefact; null = the one shipped in the package")
+    replay_on_start_rows: int = Field(
+        200_000,
+        ge=0,
+        description="audit rows replayed into detection at start, so a restart is no amnesty (0: none)",
+    )
     content: bool = Field(
         True, description="population-relative content signal (hashed TF-IDF; no model, no download): flags "
         "accounts whose prompts are far from this deployment's own traffic"

@@ -101,6 +101,7 @@ detection:
   encoder: none                  # embedding signals: none | use (packaged, offline) | st:<model name or path>
   model_path: null               # trained model artefact; null = the one shipped with DistillShield
   content: true                  # population-relative content signal (prompts far from this service's traffic)
+  replay_on_start_rows: 200000   # audit rows replayed into detection at start: a restart is no amnesty (0: none)
 """
 
 

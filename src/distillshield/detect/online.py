@@ -109,8 +109,13 @@ class DetectionExtension:
         model_path: str | None = None,
         prune_above: int = 2_000_000,
         content: bool = True,
+        replay_rows: int = 200_000,
     ) -> None:
         self.content = content
+        self.replay_rows = replay_rows
+        self.replayed: int | None = None  # rows of the log replayed at start (None until that is done)
+        self._replay_head = 0
+        self._lock: asyncio.Lock | None = None
         self.interval_s = interval_s
         self.recluster_every = recluster_every
         self.encoder_spec = encoder
@@ -139,6 +144,10 @@ class DetectionExtension:
 
     async def start(self, state: Any) -> None:
         self._state = state
+        self._lock = asyncio.Lock()  # one batch of engine work at a time (replay, background, flush)
+        store = getattr(state, "store", None)
+        # The log's head as the observer starts: rows up to it are replayed, rows after it arrive as queued rows.
+        self._replay_head = (await store.chain_head())[0] if store is not None else 0
         state.gateway.observers.append(self.observe)
         state.detection = self
         self._task = asyncio.create_task(self._loop(), name="detection-rescoring")
@@ -181,12 +190,45 @@ class DetectionExtension:
         except Exception:  # noqa: BLE001 - a broken model disables detection, never the gateway
             log.exception("detection disabled: the model could not be loaded")
             return
+        try:
+            await self.replay_log()
+        except Exception:  # noqa: BLE001 - a log that cannot be read costs the history, not the gateway
+            log.exception("detection could not replay the audit log; it starts from this process's traffic")
+            self.replayed = 0
         while True:
             await asyncio.sleep(self.interval_s)
             try:
                 await self.run_once()
             except Exception:  # noqa: BLE001 - detection must never take the gateway down
                 log.exception("detection rescoring failed")
+
+    async def replay_log(self, batch: int = 5000) -> int:
+        """Fold the last `replay_rows` rows of the audit log into the engine and publish the verdicts, so
+        that a restart is no amnesty: an account flagged before it is flagged after it, before its next
+        request. Rows served by this process meanwhile only queue, and come after the log's head as of now."""
+        store = getattr(self._state, "store", None)
+        head = self._replay_head
+        if self.engine is None or store is None or self.replay_rows <= 0 or self._lock is None:
+            self.replayed = 0
+            return 0
+        start = max(1, head - self.replay_rows + 1)
+        rows: list[dict[str, Any]] = []
+        n = 0
+        async with self._lock:
+            if head > 0:
+                async for row in store.iter_audit(start, head):
+                    rows.append(row)
+                    if len(rows) >= batch:
+                        await asyncio.to_thread(self._process_single_blas, rows)
+                        n, rows = n + len(rows), []
+                if rows:
+                    await asyncio.to_thread(self._process_single_blas, rows)
+                    n += len(rows)
+            if n:
+                self._publish(await asyncio.to_thread(self._rescore_all))
+        self.replayed = n
+        log.info("detection replayed %d audit rows (seq %d-%d)", n, start, head)
+        return n
 
     async def run_once(self) -> int:
         """Process everything queued now (in a worker thread); returns how many rows were processed."""
@@ -197,9 +239,13 @@ class DetectionExtension:
             rows.append(self.queue.popleft())
         if not rows:
             return 0
-        changed = await asyncio.to_thread(self._process_single_blas, rows)
+        async with self._locked():
+            changed = await asyncio.to_thread(self._process_single_blas, rows)
         self._publish(changed)
         return len(rows)
+
+    def _locked(self) -> Any:
+        return self._lock if self._lock is not None else contextlib.nullcontext()
 
     def _process_single_blas(self, rows: list[dict[str, Any]]) -> list[AccountScore]:
         from distillshield.detect.content import single_threaded_blas
@@ -212,7 +258,8 @@ class DetectionExtension:
         to see verdicts now instead of at the next interval)."""
         n = await self.run_once()
         if self.engine is not None:
-            changed = await asyncio.to_thread(self._rescore_all)
+            async with self._locked():
+                changed = await asyncio.to_thread(self._rescore_all)
             self._publish(changed)
         return n
 
@@ -320,6 +367,7 @@ class DetectionExtension:
             "accounts": len(eng.accounts) if eng else 0,
             "clusters": len(eng.clusters) if eng else 0,
             "last_run_s": round(self.last_run_s, 4),
+            "replayed_at_start": self.replayed,
         }
 
 
@@ -337,4 +385,5 @@ def detection_extension(settings: Settings) -> DetectionExtension | None:
         encoder=cfg.encoder,
         model_path=cfg.model_path,
         content=cfg.content,
+        replay_rows=cfg.replay_on_start_rows,
     )
