@@ -71,7 +71,7 @@ class ContentCampaigns:
         thin.sort(key=lambda a: -a.behaviour.last_ts)
         thin = thin[:MAX_ACCOUNTS]
         self.campaigns = {}
-        if len(thin) < MIN_CAMPAIGN or pop.content.tau < -0.5:
+        if len(thin) < MIN_CAMPAIGN or pop.content.stats.tau < -0.5:
             return self.campaigns
         vecs = np.stack([_mean_vector(a) for a in thin])
         labels = _density_clusters(vecs)

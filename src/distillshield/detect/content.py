@@ -64,14 +64,10 @@ def words_of(text: str) -> str:
     return _UNSPACED.sub(r" \1 ", text.lower())
 
 
-def _idf_from(texts: list[str], vectorizers: list[Any]) -> list[np.ndarray]:
-    out = []
-    n = len(texts)
-    for vec in vectorizers:
-        x = vec.transform(texts).tocsc()
-        df = np.diff(x.indptr).astype(np.float64)
-        out.append((np.log((1.0 + n) / (1.0 + df)) + 1.0).astype(np.float32))
-    return out
+def _idf_from(texts: list[str], vectorizer: Any) -> np.ndarray:
+    x = vectorizer.transform(texts).tocsc()
+    df = np.diff(x.indptr).astype(np.float64)
+    return (np.log((1.0 + len(texts)) / (1.0 + df)) + 1.0).astype(np.float32)
 
 
 class ContentEncoder:
@@ -87,12 +83,9 @@ class ContentEncoder:
 
         self.dim = dim
         common = {"n_features": HASH_FEATURES, "alternate_sign": False, "norm": None, "dtype": np.float32}
-        self._vecs = [
-            HashingVectorizer(
-                analyzer="word", ngram_range=(1, 2), token_pattern=r"(?u)\b\w+\b", preprocessor=words_of, **common
-            ),
-        ]
-        self._chars = [CONTENT_CHARS]
+        self._vec = HashingVectorizer(
+            analyzer="word", ngram_range=(1, 2), token_pattern=r"(?u)\b\w+\b", preprocessor=words_of, **common
+        )
         self._reference_vectors: np.ndarray | None = None
         rng = np.random.default_rng(seed)
         # One fixed signed bucket per hashed feature (a count sketch): cosines are kept up to ~1/sqrt(dim).
@@ -102,8 +95,7 @@ class ContentEncoder:
             from distillshield.detect.reference import reference_texts
 
             reference = list(reference_texts())
-        pairs = zip(self._vecs, self._chars, strict=True)
-        self._idf = [_idf_from([t[:c] for t in reference], [v])[0] for v, c in pairs]
+        self._idf = _idf_from([t[:CONTENT_CHARS] for t in reference], self._vec)
 
     def reference_vectors(self) -> np.ndarray:
         """The packaged benign reference prompts, encoded (once)."""
@@ -116,17 +108,13 @@ class ContentEncoder:
     def encode(self, texts: list[str]) -> np.ndarray:
         """(len(texts), dim) float32, each row L2-normalised (an empty text gives a zero row)."""
         n = len(texts)
-        out = np.zeros((n, self.dim), dtype=np.float64)
         if not n:
-            return out.astype(np.float32)
-        for vec, idf, chars in zip(self._vecs, self._idf, self._chars, strict=True):
-            x = vec.transform([t[:chars] for t in texts]).tocsr()
-            data = np.log1p(x.data) * idf[x.indices]
-            rows = np.repeat(np.arange(n), np.diff(x.indptr))
-            norms = np.sqrt(np.bincount(rows, weights=data * data, minlength=n))
-            data = data / np.maximum(norms[rows], 1e-12)
-            flat = rows * self.dim + self._bucket[x.indices]
-            out += np.bincount(flat, weights=data * self._sign[x.indices], minlength=n * self.dim).reshape(n, -1)
+            return np.zeros((0, self.dim), dtype=np.float32)
+        x = self._vec.transform([t[:CONTENT_CHARS] for t in texts]).tocsr()
+        data = np.log1p(x.data) * self._idf[x.indices]
+        rows = np.repeat(np.arange(n), np.diff(x.indptr))
+        flat = rows * self.dim + self._bucket[x.indices]
+        out = np.bincount(flat, weights=data * self._sign[x.indices], minlength=n * self.dim).reshape(n, -1)
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         return (out / np.maximum(norms, 1e-12)).astype(np.float32)
 
@@ -168,7 +156,7 @@ class ContentNull:
     acc_frac: tuple[float, float] = (NULL_QUANTILE, 0.0)  # median, MAD of accounts' far shares
     acc_rank: tuple[float, float] = (0.5, 0.0)  # median, MAD of accounts' mean typicality ranks
     rank_between: float = 0.0  # variance of accounts' mean ranks beyond sampling noise
-    assoc_base: float = 0.02  # share of ordinary prompts that resemble the far accounts' prompts
+    assoc_base: float = ASSOC_FLOOR  # share of ordinary prompts that resemble the far accounts' prompts
     excluded: frozenset[str] = frozenset()
 
     def rank(self, typ: np.ndarray) -> np.ndarray:
@@ -181,16 +169,21 @@ class ContentNull:
         """How many spreads an account's mean rank over `m` prompts sits from the typical account's."""
         return (mean_rank - self.acc_rank[0]) / math.sqrt(self.rank_between + 1.0 / (12.0 * max(m, 1)))
 
-    @classmethod
-    def measure(cls, typ: np.ndarray, owner: np.ndarray, n_acc: int) -> tuple[ContentNull, np.ndarray, np.ndarray]:
-        """The null of these prompts (typicality and owning account index each), with every account's far
-        share and mean rank (accounts without prompts get 0 and 0.5)."""
-        out = cls(null=np.sort(typ))
-        out.tau = float(np.quantile(out.null, NULL_QUANTILE)) if len(typ) else -1.0
+    def per_account(self, typ: np.ndarray, owner: np.ndarray, n_acc: int) -> tuple[np.ndarray, ...]:
+        """Every account's far share and mean rank under this null, and its prompt count (accounts without
+        prompts get 0, 0.5 and 0)."""
         n = np.bincount(owner, minlength=n_acc)
         counts = np.maximum(n, 1)
-        fracs = np.bincount(owner, weights=(typ < out.tau).astype(np.float64), minlength=n_acc) / counts
-        ranks = np.where(n > 0, np.bincount(owner, weights=out.rank(typ), minlength=n_acc) / counts, 0.5)
+        fracs = np.bincount(owner, weights=(typ < self.tau).astype(np.float64), minlength=n_acc) / counts
+        ranks = np.where(n > 0, np.bincount(owner, weights=self.rank(typ), minlength=n_acc) / counts, 0.5)
+        return fracs, ranks, n
+
+    @classmethod
+    def measure(cls, typ: np.ndarray, owner: np.ndarray, n_acc: int) -> ContentNull:
+        """The null of these prompts (typicality and owning account index each)."""
+        out = cls(null=np.sort(typ))
+        out.tau = float(np.quantile(out.null, NULL_QUANTILE)) if len(typ) else -1.0
+        fracs, ranks, n = out.per_account(typ, owner, n_acc)
         present = n > 0
         out.acc_frac = _median_mad(fracs[present])
         out.acc_rank = med_mad = _median_mad(ranks[present])
@@ -198,7 +191,7 @@ class ContentNull:
         # uniform rank); what is left after the noise is the between-account spread an account is held to.
         noise = 1.0 / (12.0 * float(np.mean(n[present]))) if present.any() else 0.0
         out.rank_between = max((1.4826 * med_mad[1]) ** 2 - noise, 0.0)
-        return out, fracs, ranks
+        return out
 
 
 class ContentPopulation:
@@ -221,14 +214,9 @@ class ContentPopulation:
         self.accounts: list[str] = []
         self._index: dict[str, int] = {}
         self.excluded: set[str] = set()
-        self.tau = -1.0  # typicality below which a prompt is "far" (NULL_QUANTILE of the trimmed population)
-        self.acc_frac: tuple[float, float] = (NULL_QUANTILE, 0.0)  # median, MAD of accounts' far shares
-        self.acc_rank: tuple[float, float] = (0.5, 0.0)  # median, MAD of accounts' mean typicality ranks
-        self.rank_between = 0.0  # variance of accounts' mean ranks beyond sampling noise
-        self.null = np.zeros(0, dtype=np.float32)  # sorted typicality of the trimmed sample's prompts
+        self.stats = ContentNull()  # the service-wide null (its tau is -1 until the sample can say anything)
         self._out_cols = np.zeros((0, dim), dtype=np.float32)  # prompts of the excluded (far) accounts
         self._out_owner = np.zeros(0, dtype=np.int64)
-        self.assoc_base = ASSOC_FLOOR  # share of ordinary prompts that resemble the far accounts' prompts
         self._ok = np.zeros(0, dtype=bool)
         self.anchors: np.ndarray | None = None
         self._cols = np.zeros((0, dim), dtype=np.float32)
@@ -284,13 +272,6 @@ class ContentPopulation:
         self._cols = np.vstack(cols).astype(np.float32)
         self._col_owner = np.concatenate(owners)
 
-    def view(self) -> ContentNull:
-        """The service-wide null as a value."""
-        return ContentNull(
-            self.null, self.tau, self.acc_frac, self.acc_rank, self.rank_between, self.assoc_base,
-            frozenset(self.excluded),
-        )  # fmt: skip
-
     def group_null(self, members: set[str]) -> ContentNull:
         """The null for judging a group of accounts that ask alike: typicality against the packaged reference
         of real users' prompts only, measured on everyone else's sampled prompts. Against the sample itself
@@ -299,10 +280,10 @@ class ContentPopulation:
         drop = np.asarray([self._index[a] for a in members if a in self._index], dtype=np.int64)
         rows = self._ok & ~np.isin(self.owner, drop)
         if rows.sum() < 2 * K_NEIGHBOURS or self.anchors is None:
-            return self.view()
+            return self.stats
         typ = self.reference_typicality(self.matrix[rows])
-        stats, _, _ = ContentNull.measure(typ, self.owner[rows], len(self.accounts))
-        stats.assoc_base, stats.excluded = self.assoc_base, frozenset(self.excluded - members)
+        stats = ContentNull.measure(typ, self.owner[rows], len(self.accounts))
+        stats.assoc_base, stats.excluded = self.stats.assoc_base, frozenset(self.excluded - members)
         return stats
 
     def reference_typicality(self, x: np.ndarray) -> np.ndarray:
@@ -323,18 +304,18 @@ class ContentPopulation:
             bad = np.asarray([self.accounts[o] in self.excluded for o in self.owner], dtype=bool)
             self._out_cols = self.matrix[bad]
             self._out_owner = self.owner[bad]
-        self.assoc_base = ASSOC_FLOOR
-        if len(self._out_cols) and self._ok.any() and len(self.null):
+        self.stats.assoc_base = ASSOC_FLOOR
+        if len(self._out_cols) and self._ok.any() and len(self.stats.null):
             ok = self.matrix[self._ok]
             own = self.owner[self._ok]
             hits = self._resembles(ok, own, self._typicality(ok, own))
-            self.assoc_base = max(float(hits.mean()), ASSOC_FLOOR)
+            self.stats.assoc_base = max(float(hits.mean()), ASSOC_FLOOR)
 
     def _resembles(self, x: np.ndarray, own: np.ndarray, typ: np.ndarray) -> np.ndarray:
         sims = x @ self._out_cols.T
         sims[own[:, None] == self._out_owner[None, :]] = -1.0
         near = top_k_mean(sims)
-        return (near > typ) & (self.rank(typ) < LOW_RANK)
+        return (near > typ) & (self.stats.rank(typ) < LOW_RANK)
 
     def resembles_outliers(self, x: np.ndarray, account: str, typ: np.ndarray) -> np.ndarray:
         """Per prompt: it is among the population's less typical ones and closer to the prompts of the
@@ -362,34 +343,25 @@ class ContentPopulation:
             self._ok = np.asarray([self.accounts[o] not in self.excluded for o in self.owner], dtype=bool)
             self._set_columns(with_sample=step > 0)
             if n_acc < 3 or len(self._cols) < 2 * K_NEIGHBOURS:
-                self.tau = -1.0
+                self.stats = ContentNull()
                 break
             typ = self._typicality(self.matrix, self.owner)
-            ok = self._ok
-            stats, fracs, ranks = ContentNull.measure(typ[ok], self.owner[ok], n_acc)
+            self.stats = stats = ContentNull.measure(typ[self._ok], self.owner[self._ok], n_acc)
             # Excluded accounts are measured against the same null (they have no rows in it).
-            counts = np.maximum(np.bincount(self.owner, minlength=n_acc), 1)
-            fracs = np.bincount(self.owner, weights=(typ < stats.tau).astype(np.float64), minlength=n_acc) / counts
-            ranks = np.bincount(self.owner, weights=stats.rank(typ), minlength=n_acc) / counts
-            self.null, self.tau, self.acc_frac = stats.null, stats.tau, stats.acc_frac
-            self.acc_rank, self.rank_between = stats.acc_rank, stats.rank_between
-            med = self.acc_rank[0]
-            far_limit = self.acc_frac[0] + max(3.0 * 1.4826 * self.acc_frac[1], EXCLUDE_EXCESS)
-            rank_z = (ranks - med) / np.sqrt(self.rank_between + 1.0 / (12.0 * counts))
+            fracs, ranks, n = stats.per_account(typ, self.owner, n_acc)
+            far_limit = stats.acc_frac[0] + max(3.0 * 1.4826 * stats.acc_frac[1], EXCLUDE_EXCESS)
+            rank_z = (ranks - stats.acc_rank[0]) / np.sqrt(stats.rank_between + 1.0 / (12.0 * np.maximum(n, 1)))
             outlying = (fracs > far_limit) | (rank_z < -EXCLUDE_Z)
             order = np.argsort(rank_z, kind="stable")[: int(EXCLUDE_AT_MOST * n_acc)]
             self.excluded = {self.accounts[i] for i in order if outlying[i]}
         self.set_outliers({})
+        self.stats.excluded = frozenset(self.excluded)
         self._changes = 0
         self.version += 1
         if new_epoch or len(self.matrix) >= 2 * self._epoch_rows:
             self.epoch += 1
             self._epoch_rows = len(self.matrix)
             self._fit_areas()
-
-    # The service-wide null's ranks, read from this population's own fields (see ContentNull).
-    rank = ContentNull.rank
-    rank_z = ContentNull.rank_z
 
     def _fit_areas(self) -> None:
         """Topic areas: k-means on the trimmed sample plus the reference, refitted once per epoch (so an

@@ -167,7 +167,7 @@ class PopulationContent:
     def score(self, st: ContentState, ctx: Context) -> SignalScore:
         pop: ContentPopulation = ctx.population.content
         m = st.m
-        if st.window is None or m < MIN_CONTENT or pop.tau < -0.5:
+        if st.window is None or m < MIN_CONTENT or pop.stats.tau < -0.5:
             return SignalScore(self.name, 0.0, f"content: {m} sampled prompts, not judged yet", dict(NEUTRAL))
         win = st.window[:m]
         if st.epoch != pop.epoch:
@@ -180,8 +180,9 @@ class PopulationContent:
             st.assoc[:m][todo] = pop.resembles_outliers(x, st.account, t)
             st.area[:m][todo] = pop.area_of(x)
         out = judge(
-            self.name, st.typ[:m], st.assoc[:m], st.area[:m], pop, ctx.own_template_share, st.window[:m], st.account
-        )
+            self.name, st.typ[:m], st.assoc[:m], st.area[:m], pop.stats, ctx.own_template_share, st.window[:m],
+            st.account,
+        )  # fmt: skip
         st.flagged = out.score >= 0.5
         return out
 
@@ -191,7 +192,7 @@ def judge(
     typ: np.ndarray,
     assoc_mask: np.ndarray,
     area: np.ndarray,
-    pop: ContentPopulation | ContentNull,
+    null: ContentNull,
     own_template_share: float,
     window: np.ndarray,
     account: str = "",
@@ -203,24 +204,24 @@ def judge(
     larger effect (`excess_min`, `rank_gap`): removing a group that asks alike removes its own near twins,
     so any such group looks somewhat far from everyone else."""
     m = len(typ)
-    far = int((typ < pop.tau).sum())
-    ranks = pop.rank(typ)
+    far = int((typ < null.tau).sum())
+    ranks = null.rank(typ)
     mean_rank = float(ranks.mean())
-    rank_z = pop.rank_z(mean_rank, m)
+    rank_z = null.rank_z(mean_rank, m)
     areas = spread(area[ranks < LOW_RANK])
     frac = far / m
     logp = far_logp(far, m)
-    med, mad = pop.acc_frac
+    med, mad = null.acc_frac
     excess = frac - med
     # Two ways to be far: many prompts in the population's extreme tail (a bank of unrelated text), or
     # the whole window shifted towards its less typical end (a bank that is merely unlike this service).
     tail = logp >= LOGP_UNUSUAL and excess >= max(excess_min, 4.0 * 1.4826 * mad)
-    shift = rank_z <= -Z_UNUSUAL and mean_rank <= pop.acc_rank[0] - rank_gap
+    shift = rank_z <= -Z_UNUSUAL and mean_rank <= null.acc_rank[0] - rank_gap
     # A third: prompts that resemble the far accounts' prompts more than this service's ordinary traffic
     # (a campaign's shared bank, also when it hides among cover traffic or spreads over accounts).
     alike = int(assoc_mask.sum())
-    logp_assoc = far_logp(alike, m, pop.assoc_base)
-    assoc = logp_assoc >= LOGP_ASSOC and alike / m - pop.assoc_base >= max(EXCESS_ASSOC, excess_min - EXCESS_MIN)
+    logp_assoc = far_logp(alike, m, null.assoc_base)
+    assoc = logp_assoc >= LOGP_ASSOC and alike / m - null.assoc_base >= max(EXCESS_ASSOC, excess_min - EXCESS_MIN)
     unusual = tail or shift or assoc
     app = own_template_share >= APP_TEMPLATE_SHARE
     focused = areas < AREAS_SWEEP or app
@@ -235,12 +236,12 @@ def judge(
         "content_assoc": alike / m,
     }
     if assoc and not (tail or shift):
-        others = sorted(pop.excluded - {account})
+        others = sorted(null.excluded - {account})
         named = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
         evidence = (
             f"{alike} of {m} recent prompts resemble the prompts of accounts far from this service's traffic "
             f"({named}) more than its ordinary traffic (p={10 ** -logp_assoc:.1g}; typical: "
-            f"{pop.assoc_base:.0%})"
+            f"{null.assoc_base:.0%})"
         )
     elif tail:
         evidence = (
@@ -250,7 +251,7 @@ def judge(
     else:
         evidence = (
             f"{m} recent prompts are less typical of this service's traffic than {1 - mean_rank:.0%} of its "
-            f"prompts on average (typical accounts: {1 - pop.acc_rank[0]:.0%}; {-rank_z:.1f} spreads out)"
+            f"prompts on average (typical accounts: {1 - null.acc_rank[0]:.0%}; {-rank_z:.1f} spreads out)"
         )
     if unusual and not focused:
         strength = max(
