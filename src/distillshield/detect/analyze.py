@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from distillshield.detect.content import single_threaded_blas
+from distillshield.detect.content import CONTENT_LABEL, content_encoder, single_threaded_blas
 from distillshield.detect.corpus import Extractor, LineErrors, Obs, read_records, strip_ground_truth
 from distillshield.detect.embeddings import Encoder
 from distillshield.detect.engine import CHECKPOINTS, Engine, MinHasher
@@ -44,17 +44,9 @@ class Analysis:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def _content(on: bool) -> Callable[[list[str]], Any] | None:
-    if not on:
-        return None
-    from distillshield.detect.content import default_content_encoder
-
-    return default_content_encoder().encode
-
-
 def extract(records: Iterable[TrafficRecord], model: DetectionModel, content: bool = True) -> list[Obs]:
     classifier = PromptClassifier.from_dict(model.classifier)
-    return list(Extractor(classifier, MinHasher(), _content(content)).extract(records))
+    return list(Extractor(classifier, MinHasher(), content_encoder(content)).extract(records))
 
 
 _ACCOUNT = re.compile(rb'"account_id"\s*:\s*"((?:[^"\\]|\\.)*)"')
@@ -68,7 +60,7 @@ def _extract_part(args: tuple[str, int, int]) -> tuple[list[Obs], int, list[Line
     path, part, parts = args
     assert _FORK_MODEL is not None
     errors = LineErrors()
-    ex = Extractor(PromptClassifier.from_dict(_FORK_MODEL.classifier), MinHasher(), _content(_FORK_CONTENT))
+    ex = Extractor(PromptClassifier.from_dict(_FORK_MODEL.classifier), MinHasher(), content_encoder(_FORK_CONTENT))
     out: list[Obs] = []
     with open(path, "rb") as fh:
         for i, raw in enumerate(fh, start=1):
@@ -94,7 +86,7 @@ def extract_parallel(
     global _FORK_MODEL, _FORK_CONTENT
     _FORK_MODEL, _FORK_CONTENT = model, content
     if content:
-        _content(True)  # build the encoder once, before forking
+        content_encoder(True)  # build the encoder once, before forking
     ctx = multiprocessing.get_context("fork")
     with ctx.Pool(workers) as pool:
         parts = pool.map(_extract_part, [(str(path), k, workers) for k in range(workers)])
@@ -233,7 +225,7 @@ def analyze_records(
         "model_version": model.version,
         "encoder": encoder.name if encoder else None,
         "combiner": "full" if encoder is not None else "noembed",
-        "content": "population-relative (tfidf-hash)" if content else "off",
+        "content": CONTENT_LABEL if content else "off",
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
     }
     return Analysis(build_report(engine, errors, meta), errors, engine, timings)

@@ -125,8 +125,8 @@ class ContentCampaigns:
         cid = f"cp_{stable_hash(members[0]) & 0xFFFFFFFF:08x}"
         requests = [accounts[m].n for m in members]
         c = Cluster(cid, members, campaign=frozenset(members))
-        spread = min(float(np.std(firsts)) / span * 4, 1.0)
-        c.features = {"clu_size": math.log1p(len(members)), "clu_first_spread": spread}
+        first_spread = min(float(np.std(firsts)) / span * 4, 1.0)  # not `spread`: that is the areas function
+        c.features = {"clu_size": math.log1p(len(members)), "clu_first_spread": first_spread}
         c.risk = c.content_risk = content_risk(score)
         c.evidence = (
             f"{len(members)} accounts of {min(requests)}-{max(requests)} requests ask alike (a dense group in "

@@ -29,6 +29,7 @@ from __future__ import annotations
 import heapq
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,7 @@ import numpy as np
 
 from distillshield.detect.text import stable_hash
 
+CONTENT_LABEL = "population-relative (tfidf-hash)"  # what reports say the content signal is
 CONTENT_DIM = 512  # folded dimensions: the fold's noise (about 1/sqrt(dim) in a cosine) stays below real overlaps
 HASH_FEATURES = 1 << 20
 CONTENT_CHARS = 600  # of each prompt: instructions and the start of the payload
@@ -420,6 +422,11 @@ def single_threaded_blas() -> Any:
     if _BLAS is None:
         _BLAS = ThreadpoolController()
     return _BLAS.limit(limits=1, user_api="blas")
+
+
+def content_encoder(on: bool) -> Callable[[list[str]], np.ndarray] | None:
+    """The encoding function the Extractor takes when content is on (batch and online alike), else None."""
+    return default_content_encoder().encode if on else None
 
 
 def default_content_encoder() -> ContentEncoder:

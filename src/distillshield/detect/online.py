@@ -166,12 +166,11 @@ class DetectionExtension:
             self._encoder = load_encoder(self.encoder_spec)
             reference = embedding_reference(self._encoder)
         self.engine = Engine(model.combiner(self._encoder is not None), reference)  # type: ignore[arg-type]
-        content = None
-        if self.content:
-            from distillshield.detect.content import default_content_encoder
+        from distillshield.detect.content import content_encoder
 
-            content = default_content_encoder().encode
-        self._extractor = Extractor(PromptClassifier.from_dict(model.classifier), MinHasher(), content)
+        self._extractor = Extractor(
+            PromptClassifier.from_dict(model.classifier), MinHasher(), content_encoder(self.content)
+        )
         self.model_version = model.version
 
     async def stop(self) -> None:
@@ -271,6 +270,7 @@ class DetectionExtension:
     def report(self) -> dict[str, Any]:
         """The analyser report format for everything seen so far (as `distillshield analyze` writes it)."""
         from distillshield.detect.analyze import build_report
+        from distillshield.detect.content import CONTENT_LABEL
         from distillshield.detect.corpus import LineErrors
 
         assert self.engine is not None
@@ -278,7 +278,7 @@ class DetectionExtension:
             "source": "online",
             "model_version": self.model_version,
             "encoder": self.encoder_spec,
-            "content": "population-relative (tfidf-hash)" if self.content else "off",
+            "content": CONTENT_LABEL if self.content else "off",
         }
         return build_report(self.engine, LineErrors(), meta)
 
