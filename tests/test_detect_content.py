@@ -40,6 +40,17 @@ def sweep_bank() -> tuple[str, ...]:
     return tuple(out)
 
 
+def request(rng: random.Random, account: str, prompt: str, start: float, within: float) -> TrafficRecord:
+    """One chat request at a random time in [start, start + within), from an address and client drawn from
+    the distributions every account shares."""
+    ip = f"{rng.randrange(1, 223)}.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
+    body = {"model": "m1", "messages": [{"role": "user", "content": prompt}], "max_tokens": 512}
+    return TrafficRecord(
+        ts=start + rng.uniform(0, within), account_id=account, endpoint="/v1/chat/completions",
+        request=body, ip=ip, user_agent=rng.choice(UAS), org_id=f"org-{account}",
+    )  # fmt: skip
+
+
 def content_only(
     n_benign: int = 18, per_account: int = 80, seed: int = 0, extra: dict[str, list[str]] | None = None
 ) -> tuple[list[TrafficRecord], dict[str, str]]:
@@ -59,14 +70,7 @@ def content_only(
     records = []
     for account, prompts in plans.items():
         for p in prompts:
-            ip = f"{rng.randrange(1, 223)}.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
-            body = {"model": "m1", "messages": [{"role": "user", "content": p}], "max_tokens": 512}
-            records.append(
-                TrafficRecord(
-                    ts=T0 + rng.uniform(0, 86_400), account_id=account, endpoint="/v1/chat/completions",
-                    request=body, ip=ip, user_agent=rng.choice(UAS), org_id=f"org-{account}",
-                )
-            )  # fmt: skip
+            records.append(request(rng, account, p, T0, 86_400))
     records.sort(key=lambda r: r.ts)
     role = {a: a.split("-")[0] for a in plans}
     return records, role
@@ -251,14 +255,7 @@ def thin_campaign_traffic(seed: int = 0) -> tuple[list[TrafficRecord], dict[str,
     for account, prompts in plans.items():
         start = T0 + rng.uniform(0, 3 * 86_400)
         for p in prompts:
-            ip = f"{rng.randrange(1, 223)}.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
-            body = {"model": "m1", "messages": [{"role": "user", "content": p}], "max_tokens": 512}
-            records.append(
-                TrafficRecord(
-                    ts=start + rng.uniform(0, 4 * 3600), account_id=account, endpoint="/v1/chat/completions",
-                    request=body, ip=ip, user_agent=rng.choice(UAS), org_id=f"org-{account}",
-                )
-            )  # fmt: skip
+            records.append(request(rng, account, p, start, 4 * 3600))
     records.sort(key=lambda r: r.ts)
     return records, {a: a.split("-")[0] for a in plans}
 
