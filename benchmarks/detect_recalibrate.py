@@ -13,8 +13,12 @@ an engine acting from an account's first rescore at or above it would do: honest
 requests caught from then on, attack requests served before; `--write` saves the model (default: the
 shipped artefact).
 
+It also records the calibration deployments' population level (scoring.OperatingPoint: the lower
+quartile of every account's final log-odds, labels unused), which a deployment's own level is compared
+with to raise the suspicious threshold where ordinary accounts score higher than they did here.
+
 `distillshield train` does the same on out-of-fold logits of its own training rows (scoring.calibrate's
-`benign_peaks`); this is for a model trained before that.
+`benign_peaks`, and the population level per training file); this is for a model trained before that.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from distillshield.detect.scoring import DetectionModel
+from distillshield.detect.scoring import POPULATION_QUANTILE, DetectionModel, population_level
 from distillshield.detect.train import Trace, streaming_traces
 from distillshield.simulate import engine, scenario
 
@@ -50,18 +54,29 @@ def main() -> None:
     model = DetectionModel.load(path)
     comb = model.combiner(False)
     traces: dict[str, Trace] = {}
+    levels: list[float] = []
     for seed in args.seeds:
         sc, s = scenario.load(args.scenario, seed)
         recs = list(engine.iter_records(sc, s))
-        for aid, t in streaming_traces(recs, model, f"{args.scenario}-{seed}").items():
+        seed_traces = streaming_traces(recs, model, f"{args.scenario}-{seed}")
+        for aid, t in seed_traces.items():
             traces[f"{seed}/{aid}"] = t
-        print(f"{args.scenario} seed {seed}: {len(recs)} requests", flush=True)
+        # The deployment's population level: every account's final log-odds (labels unused), as the engine's
+        # OperatingPoint computes it on a live deployment.
+        level = population_level([t.scores[-1][1] for t in seed_traces.values() if t.scores])
+        if level is not None:
+            levels.append(level)
+        print(f"{args.scenario} seed {seed}: {len(recs)} requests, population level {level}", flush=True)
     benign = [t for t in traces.values() if t.kind == "benign"]
     attack = [t for t in traces.values() if t.kind == "attack"]
     peaks = np.asarray([t.peak for t in benign if t.scores])
     old_s, old_e = comb.t_suspicious, comb.t_extraction
     comb.recalibrate_extraction(peaks, args.fpr, f"{args.scenario} seeds {' '.join(map(str, args.seeds))}")
     new_e = comb.t_extraction
+    old_ref = comb.population_reference
+    ref = comb.set_population_reference(levels, f"{args.scenario} seeds {' '.join(map(str, args.seeds))}")
+    print(f"population reference (log-odds, quantile {POPULATION_QUANTILE}): {old_ref} -> {ref:.4f} "
+          f"(per deployment: {[round(v, 4) for v in levels]})")  # fmt: skip
     print(f"thresholds (log-odds): suspicious {old_s:.3f}; extraction {old_e:.3f} -> {new_e:.3f} "
           f"(benign accounts scored with >= MIN_EVIDENCE requests: {len(peaks)}, fpr {args.fpr})")  # fmt: skip
 

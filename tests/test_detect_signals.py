@@ -16,7 +16,7 @@ from distillshield.detect.cluster import HydraClusterDetector, UnionFind
 from distillshield.detect.corpus import Extractor, Obs, embedded, ip_prefix, sampled
 from distillshield.detect.embeddings import HashingEncoder
 from distillshield.detect.engine import Engine, MinHasher
-from distillshield.detect.scoring import Combiner, DetectionModel, ModelError
+from distillshield.detect.scoring import Combiner, DetectionModel, ModelError, OperatingPoint
 from distillshield.detect.signals.cot import PromptClassifier
 from distillshield.detect.signals.distribution import EmbeddingReference
 from distillshield.detect.sketch import DistinctCounter, TopK, Welford
@@ -500,3 +500,65 @@ def test_trace_counts_requests_from_the_first_crossing_on() -> None:
     assert t.after_first(0.5) == 88  # first at or above 0.5 at 12 requests: the 88 after it are acted on
     assert t.after_first(2.0) == 76 and t.after_first(4.0) == 0
     assert Trace("benign", "x").peak == -math.inf
+
+
+def test_operating_point_follows_the_deployments_ordinary_accounts_not_its_attackers() -> None:
+    rng = np.random.default_rng(3)
+    honest = list(rng.normal(-9.0, 1.0, size=60))
+    op = OperatingPoint(reference=-9.6)
+    assert op.update(honest[:19]) is False and op.shift == 0.0  # too few accounts: no shift yet
+    op.update(honest)
+    assert op.shift < 0.5  # a deployment like the calibration's keeps the trained thresholds
+    op.update(honest + list(rng.normal(8.0, 1.0, size=25)))  # 30% of the accounts are attackers
+    assert op.shift < 1.0  # the lower quartile barely moves
+    op.update([v + 5.0 for v in honest])  # every ordinary account scores 5 higher than in calibration
+    assert 4.0 < op.shift < 6.0
+    assert op.to_dict()["shift"] == pytest.approx(op.shift, abs=1e-3)
+    op.update([v - 5.0 for v in honest])
+    assert op.shift == 0.0  # never lowered below the trained thresholds
+    assert OperatingPoint(reference=None, level=3.0).shift == 0.0  # an artefact without a reference
+    comb = Combiner([], 0.0, [], t_suspicious=-1.0, t_extraction=1.0)
+    assert comb.risk(-0.5) >= 0.5 and comb.risk(-0.5, shift=1.0) < 0.5
+    assert comb.risk(1.5, shift=1.0) == comb.risk(1.5) >= 0.8  # extraction evidence keeps its verdict
+    assert comb.risk(2.0, shift=5.0) < 0.5  # extraction stays above a suspicious threshold shifted past it
+    ref = comb.set_population_reference([-9.0, -8.0, -10.0], "test")
+    assert ref == -9.0 and comb.population_reference == -9.0
+    assert Combiner.from_dict(comb.to_dict()).population_reference == -9.0
+    with pytest.raises(ModelError):
+        comb.set_population_reference([], "test")
+
+
+def _constant_model(logit: float, reference: float | None) -> DetectionModel:
+    """A model that scores every account `logit`, with its suspicious threshold below that: it would flag
+    every ordinary account of the deployment on its own."""
+    comb = Combiner([], logit, [], t_suspicious=logit - 1.0, t_extraction=logit + 4.0)
+    if reference is not None:
+        comb.set_population_reference([reference], "test")
+    clf = DetectionModel.load().classifier
+    return DetectionModel("test", {"full": comb, "noembed": comb}, clf)
+
+
+def test_a_model_that_flags_a_deployments_ordinary_accounts_is_shifted_by_the_deployment() -> None:
+    from distillshield.detect.analyze import analyze_records
+
+    rng = random.Random(4)
+    records = [
+        TrafficRecord(
+            ts=1_772_409_600.0 + rng.uniform(0, 86_400), account_id=f"user-{a:02d}", endpoint="/v1/chat/completions",
+            request={"model": "m1", "messages": [{"role": "user", "content": f"question {rng.random()}"}]},
+            ip=f"10.0.{a}.{rng.randrange(1, 255)}", user_agent="OpenAI/Python 1.99.1",
+        )
+        for a in range(24) for _ in range(12)
+    ]  # fmt: skip
+    records.sort(key=lambda r: r.ts)
+
+    def flagged(model: DetectionModel) -> tuple[int, dict[str, object]]:
+        report = analyze_records(list(records), model=model, content=False).report
+        return sum(a["verdict"] != "benign" for a in report["accounts"]), report["summary"]["operating_point"]
+
+    n, op = flagged(_constant_model(2.0, reference=None))
+    assert n == 24 and op["shift"] == 0.0  # without a reference the trained thresholds stand: all flagged
+    n, op = flagged(_constant_model(2.0, reference=-3.0))
+    assert n == 0 and op["shift"] == pytest.approx(5.0) and op["accounts"] == 24
+    n, op = flagged(_constant_model(2.0, reference=2.0))
+    assert n == 24 and op["shift"] == 0.0  # a deployment like the calibration's keeps them

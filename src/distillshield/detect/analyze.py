@@ -140,6 +140,8 @@ def _replay(obs: list[Obs], engine: Engine, progress: Progress | None) -> None:
                     a = engine.accounts[m]
                     if a.dirty:
                         engine.rescore(a)
+            for a in engine.operate():
+                engine.rescore(a)
             if progress is not None:
                 progress("scoring", i, total)
 
@@ -179,6 +181,7 @@ def build_report(engine: Engine, errors: LineErrors, meta: dict[str, Any]) -> di
         "verdicts": verdicts,
         "clusters": len(clusters),
         "linked_groups": len(groups),
+        "operating_point": engine.operating.to_dict(),
         "malformed_lines": errors.count,
         "malformed_examples": [str(e) for e in errors.kept[:50]],
         **meta,

@@ -28,7 +28,7 @@ from distillshield.detect.cluster import (
 )
 from distillshield.detect.content import ContentPopulation
 from distillshield.detect.corpus import Obs
-from distillshield.detect.scoring import RISK_EXTRACTION, RISK_SUSPICIOUS, Combiner
+from distillshield.detect.scoring import RISK_EXTRACTION, RISK_SUSPICIOUS, Combiner, OperatingPoint
 from distillshield.detect.signals.behaviour import Behaviour, BehaviourState
 from distillshield.detect.signals.content import ContentState, PopulationContent
 from distillshield.detect.signals.cot import CotElicitation, CotState
@@ -149,6 +149,7 @@ class AccountState:
     uas: Counter[str] = field(default_factory=Counter)
     score: AccountScore | None = None
     own_risk: float = 0.0  # the combiner's risk before the thin-evidence cap (what the cluster pools)
+    logit: float | None = None  # the combiner's log-odds at the last rescore (what the OperatingPoint pools)
     features: dict[str, float] = field(default_factory=dict)
     cluster_id: str | None = None
     dirty: bool = True
@@ -215,11 +216,16 @@ def content_risk(score: float) -> float:
     return RISK_SUSPICIOUS + (RISK_EXTRACTION - RISK_SUSPICIOUS) * 0.98 * min(max((score - 0.5) / 0.5, 0.0), 1.0)
 
 
+def _band(risk: float) -> int:
+    return 2 if risk >= RISK_EXTRACTION else 1 if risk >= RISK_SUSPICIOUS else 0
+
+
 class Engine:
     """Per-account detection state, population state, clusters, and scoring with one combiner."""
 
     def __init__(self, combiner: Combiner, reference: EmbeddingReference | None = None) -> None:
         self.combiner = combiner
+        self.operating = OperatingPoint(combiner.population_reference)
         self.population = Population()
         self.accounts: dict[str, AccountState] = {}
         self.templates = TemplateReuse()
@@ -336,6 +342,23 @@ class Engine:
                 acc.dirty = True
         return self.clusters
 
+    def operate(self) -> list[AccountState]:
+        """Set the model's operating point from this deployment's accounts (scoring.OperatingPoint); returns the
+        accounts whose verdict the new shift would change (marked dirty: the caller rescores them)."""
+        before = self.operating.shift
+        logits = [a.logit for a in self.accounts.values() if a.logit is not None and a.n >= MIN_EVIDENCE]
+        if not self.operating.update(logits):
+            return []
+        after = self.operating.shift
+        moved = []
+        for acc in self.accounts.values():
+            if acc.logit is None:
+                continue
+            if _band(self.combiner.risk(acc.logit, before)) != _band(self.combiner.risk(acc.logit, after)):
+                acc.dirty = True
+                moved.append(acc)
+        return moved
+
     def features(self, acc: AccountState) -> tuple[dict[str, float], list[Any]]:
         cluster = self.clusters.get(acc.cluster_id) if acc.cluster_id else None
         ctx = Context(self.population, cluster, _own_template_share(acc.templates, self.population))
@@ -366,7 +389,8 @@ class Engine:
             self.snapshots.append((acc.account_id, acc.n, feats))
         x = self.combiner.vector(feats)
         logit, contrib = self.combiner.explain(x)
-        risk = self.combiner.risk(logit)
+        acc.logit = logit
+        risk = self.combiner.risk(logit, self.operating.shift)
         content = next((s for s in sigs if s.signal == "content"), None)
         if content is None:
             pass
@@ -433,6 +457,9 @@ class Engine:
         self.recluster(final=True)
         for acc in self.accounts.values():
             self.rescore(acc)
+        if self.operate():  # the final population moved the operating point: every risk moves with it
+            for acc in self.accounts.values():
+                self.rescore(acc)
         for c in self.clusters.values():
             c.risk = self.cluster_risk(c)
         for c in self.clusters.values():

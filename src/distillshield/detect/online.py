@@ -312,6 +312,8 @@ class DetectionExtension:
             for c in engine.clusters.values():
                 for m in c.accounts:
                     touched[m] = engine.accounts[m]
+            for acc in engine.operate():
+                touched[acc.account_id] = acc
             pop = engine.population
             for index in (pop.frames, pop.prompts, pop.families):
                 if len(index.first) > self.prune_above:

@@ -25,6 +25,11 @@ FORMAT = "distillshield.detect.model/1"
 RISK_SUSPICIOUS = 0.5
 RISK_EXTRACTION = 0.8
 DEFAULT_ARTEFACT = "default-model.json"
+# The deployment's own population sets the model's operating point (Combiner.population_level): the log-odds
+# of its lower quartile of accounts with enough evidence. A quartile, not a mean or the median, so that even a
+# third of the accounts being attackers barely moves it; computed only once MIN_POPULATION accounts have it.
+POPULATION_QUANTILE = 0.25
+MIN_POPULATION = 20
 
 # Which signal each feature belongs to (for reasons); features not listed belong to their prefix's signal.
 SIGNAL_OF_PREFIX = {
@@ -135,9 +140,13 @@ class Combiner:
         sums = np.bincount(self._signal_idx, weights=contrib, minlength=len(self._signals))
         return {sig: float(v) for sig, v in zip(self._signals, sums, strict=True)}
 
-    def risk(self, logit: float) -> float:
-        """Monotone map: t_suspicious -> 0.5, t_extraction -> 0.8, bounded in (0, 1)."""
-        ts, te = self.t_suspicious, self.t_extraction
+    def risk(self, logit: float, shift: float = 0.0) -> float:
+        """Monotone map: t_suspicious -> 0.5, t_extraction -> 0.8, bounded in (0, 1). `shift` raises the
+        suspicious threshold (a deployment whose ordinary accounts score higher than the calibration's:
+        OperatingPoint); the extraction threshold, set on honest accounts' peaks far above, moves only to stay
+        above it."""
+        ts = self.t_suspicious + shift
+        te = max(self.t_extraction, ts + 0.5) if shift else self.t_extraction
         if logit < ts:
             return RISK_SUSPICIOUS * math.exp(max(logit - ts, -50.0))
         if logit < te:
@@ -253,11 +262,34 @@ class Combiner:
             self.calibration["extraction_on"] = "peak over checkpoints"
             self.calibration["benign_peak_accounts"] = len(benign_peaks)
 
+    @property
+    def population_reference(self) -> float | None:
+        """The population level (POPULATION_QUANTILE of accounts' log-odds) of the deployments the thresholds
+        were calibrated on; None for an artefact calibrated before it was recorded (no deployment shift)."""
+        pop = self.calibration.get("population")
+        return float(pop["level"]) if isinstance(pop, dict) and "level" in pop else None
+
+    def set_population_reference(self, levels: list[float], source: str) -> float:
+        """Record the calibration deployments' population levels (one per deployment, each from
+        `population_level`); the reference is their median. Returns it."""
+        if not levels:
+            raise ModelError("no calibration deployment had enough accounts for a population level")
+        ref = float(np.median(levels))
+        self.calibration["population"] = {
+            "level": ref,
+            "quantile": POPULATION_QUANTILE,
+            "deployments": [round(v, 4) for v in levels],
+            "on": source,
+        }
+        return ref
+
     def recalibrate_extraction(self, benign_peaks: np.ndarray, fpr_extraction: float, source: str) -> float:
         """Raise (never lower) the extraction threshold so that at most `fpr_extraction` of the given benign
         accounts' peak logits reach it; the suspicious threshold is untouched. Returns the old threshold."""
         old = self.t_extraction
         self.t_extraction = max(old, quantile_above(benign_peaks, fpr_extraction), self.t_suspicious + 0.5)
+        if self.t_extraction == old and "extraction_recalibrated" in self.calibration:
+            return old  # unchanged: the record of the recalibration that set it stays
         self.calibration["extraction_recalibrated"] = {
             "on": source,
             "benign_accounts": len(benign_peaks),
@@ -265,6 +297,53 @@ class Combiner:
             "t_extraction_before": old,
         }
         return old
+
+
+def population_level(logits: list[float] | np.ndarray) -> float | None:
+    """A deployment's population level: the POPULATION_QUANTILE of its accounts' log-odds (accounts with enough
+    evidence to be scored on their own), or None with fewer than MIN_POPULATION of them."""
+    if len(logits) < MIN_POPULATION:
+        return None
+    return float(np.quantile(np.asarray(logits, dtype=np.float64), POPULATION_QUANTILE))
+
+
+@dataclass
+class OperatingPoint:
+    """Where the trained model's thresholds sit in this deployment.
+
+    The thresholds were set on simulated honest accounts. A deployment whose ordinary accounts (its lower
+    quartile, robust to many attackers) score higher than the calibration deployments' did is one the model
+    does not describe (shared address pools, an app whose users all share frames): there, the model's
+    absolute evidence would flag ordinary users as unusual, so the suspicious threshold rises by the
+    difference (the extraction threshold, set on honest peaks far above it, only as far as it must to stay
+    above). Never lowered;
+    no shift until MIN_POPULATION accounts have enough evidence, or when the artefact has no reference."""
+
+    reference: float | None
+    level: float | None = None
+    accounts: int = 0
+
+    @property
+    def shift(self) -> float:
+        if self.reference is None or self.level is None:
+            return 0.0
+        return max(0.0, self.level - self.reference)
+
+    def update(self, logits: list[float]) -> bool:
+        """Set the level from the accounts' current log-odds; True when the shift changed."""
+        before = self.shift
+        self.accounts = len(logits)
+        self.level = population_level(logits)
+        return abs(self.shift - before) > 1e-9
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "shift": round(self.shift, 4),
+            "level": None if self.level is None else round(self.level, 4),
+            "reference": None if self.reference is None else round(self.reference, 4),
+            "accounts": self.accounts,
+            "quantile": POPULATION_QUANTILE,
+        }
 
 
 @dataclass

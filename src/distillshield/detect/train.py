@@ -33,7 +33,7 @@ from distillshield.detect.analyze import analyze_records
 from distillshield.detect.corpus import LineErrors, read_records
 from distillshield.detect.embeddings import Encoder
 from distillshield.detect.engine import MIN_EVIDENCE
-from distillshield.detect.scoring import Combiner, DetectionModel
+from distillshield.detect.scoring import Combiner, DetectionModel, population_level
 from distillshield.detect.signals.cot import PromptClassifier
 
 EMBEDDING_FEATURES = ("mmd_z", "prada", "topic_entropy", "topic_top", "topic_runs")
@@ -318,6 +318,9 @@ def fit_combiner(
     final = np.asarray(s.final)
     benign = final & (y == 0) & ~np.isnan(oof)
     comb.calibrate(oof[benign], fpr_suspicious, fpr_extraction, _benign_peaks(s, oof))
+    levels = _population_levels(s, oof)
+    if levels:
+        comb.set_population_reference(levels, "out-of-fold log-odds of the training files (round 0)")
     attack = final & (y == 1) & ~np.isnan(oof)
     tpr = float(np.mean(oof[attack] >= comb.t_suspicious)) if attack.any() else math.nan
     stats = {
@@ -329,6 +332,18 @@ def fit_combiner(
         "folds": folds,
     }
     return comb, stats
+
+
+def _population_levels(s: Samples, logits: np.ndarray) -> list[float]:
+    """Each round-0 training file's population level (scoring.OperatingPoint), labels unused: every account's
+    final log-odds with at least MIN_EVIDENCE requests. Account keys are "r0/<file>/<account>"."""
+    by_file: dict[str, list[float]] = {}
+    if len(s.n) != len(s.y):
+        return []
+    for a, f, n, v in zip(s.account, s.final, s.n, logits, strict=True):
+        if f and a.startswith("r0/") and n >= MIN_EVIDENCE and not math.isnan(v):
+            by_file.setdefault(a.rsplit("/", 1)[0], []).append(float(v))
+    return [lv for lv in map(population_level, by_file.values()) if lv is not None]
 
 
 def _benign_peaks(s: Samples, logits: np.ndarray) -> np.ndarray | None:
