@@ -104,3 +104,43 @@ def test_admin_api_disabled_without_token(gateway_factory) -> None:
     gw = gateway_factory({"upstream": FakeUpstream()}, admin__token=None)
     r = httpx.get(f"{gw.base}/admin/accounts", headers={"authorization": "Bearer anything"}, timeout=10)
     assert r.status_code == 403 and "disabled" in r.json()["detail"]
+
+
+def test_admin_spec_and_metrics_need_a_credential(gateway_factory) -> None:
+    import hashlib
+
+    from tests.conftest import ADMIN_TOKEN
+    from tests.fakes import FakeUpstream
+
+    scrape = "scraper-token"
+    gw = gateway_factory(
+        {"upstream": FakeUpstream()}, admin__metrics_token_sha256=hashlib.sha256(scrape.encode()).hexdigest()
+    )
+    key = gw.create_key("frank")
+    bearer = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+    # the admin API's spec: only with the admin token, and it declares that token's scheme
+    assert httpx.get(f"{gw.base}/admin/openapi.json", timeout=10).status_code == 401
+    spec = httpx.get(f"{gw.base}/admin/openapi.json", headers=bearer, timeout=10).json()
+    assert spec["components"]["securitySchemes"]["adminBearer"]["scheme"] == "bearer"
+    assert spec["servers"] == [{"url": "/admin"}] and "/accounts" in spec["paths"]
+    page = httpx.get(f"{gw.base}/admin/docs", timeout=10)  # a page that asks for the token; no data in it
+    assert page.status_code == 200 and 'id="token"' in page.text and "/accounts" not in page.text
+    # /metrics: the metrics token or the admin token; not an API key, not nothing
+    for headers, status in (({}, 401), ({"authorization": f"Bearer {key}"}, 401),
+                            ({"authorization": f"Bearer {scrape}"}, 200), (bearer, 200)):  # fmt: skip
+        r = httpx.get(f"{gw.base}/metrics", headers=headers, timeout=10)
+        assert r.status_code == status, headers
+        if status == 401:
+            assert "metrics token" in r.json()["error"]["message"]
+        else:
+            assert "distillshield_requests_total" in r.text
+
+
+def test_metrics_can_be_declared_public(gateway_factory) -> None:
+    from tests.fakes import FakeUpstream
+
+    gw = gateway_factory({"upstream": FakeUpstream()}, admin__public_metrics=True)
+    assert httpx.get(f"{gw.base}/metrics", timeout=10).status_code == 200
+    closed = gateway_factory({"upstream": FakeUpstream()}, admin__token=None)
+    r = httpx.get(f"{closed.base}/metrics", timeout=10)
+    assert r.status_code == 403 and "admin.metrics_token_sha256" in r.json()["error"]["message"]

@@ -155,6 +155,9 @@ def test_every_command_has_help_with_an_example() -> None:
         ["keys", "list"],
         ["keys", "revoke"],
         ["logs", "verify"],
+        ["logs", "checkpoint"],
+        ["logs", "keygen"],
+        ["logs", "pubkey"],
         ["logs", "export"],
         ["logs", "import"],
     ]

@@ -143,7 +143,7 @@ async def test_last_chunk_ends_the_body_in_the_same_message() -> None:
         yield LastChunk(b"b")
 
     sent: list[dict[str, Any]] = []
-    closed: list[bool] = []
+    closed: list[str] = []
 
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
@@ -152,12 +152,12 @@ async def test_last_chunk_ends_the_body_in_the_same_message() -> None:
         await asyncio.sleep(3600)
         return {"type": "http.disconnect"}
 
-    async def on_close(client_gone: bool) -> None:
-        closed.append(client_gone)
+    async def on_close(ending: str) -> None:
+        closed.append(ending)
 
     await SSEResponse(body(), {}, on_close)({"type": "http"}, receive, send)
     assert [(m.get("body"), m.get("more_body")) for m in sent[1:]] == [(b"a", True), (b"b", False)]
-    assert closed == [False]
+    assert closed == ["finished"]
 
 
 async def test_limiter_windows_survive_compaction_and_settle_exactly() -> None:
@@ -238,7 +238,7 @@ async def test_a_body_that_never_waits_needs_no_disconnect_watcher() -> None:
         yield LastChunk(b"all of it")
 
     sent: list[dict[str, Any]] = []
-    closed: list[bool] = []
+    closed: list[str] = []
 
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
@@ -246,13 +246,13 @@ async def test_a_body_that_never_waits_needs_no_disconnect_watcher() -> None:
     async def receive() -> dict[str, Any]:
         raise AssertionError("receive() is only for the disconnect watcher")
 
-    async def on_close(client_gone: bool) -> None:
-        closed.append(client_gone)
+    async def on_close(ending: str) -> None:
+        closed.append(ending)
 
     tasks_before = len(asyncio.all_tasks())
     await SSEResponse(body(), {}, on_close, watch_disconnect=False)({"type": "http"}, receive, send)
     assert len(asyncio.all_tasks()) == tasks_before
-    assert [(m.get("body"), m.get("more_body")) for m in sent[1:]] == [(b"all of it", False)] and closed == [False]
+    assert [(m.get("body"), m.get("more_body")) for m in sent[1:]] == [(b"all of it", False)] and closed == ["finished"]
 
 
 async def test_a_body_that_waits_is_cancelled_when_the_client_leaves() -> None:
@@ -267,7 +267,7 @@ async def test_a_body_that_waits_is_cancelled_when_the_client_leaves() -> None:
         yield LastChunk(b"never")
 
     sent: list[dict[str, Any]] = []
-    closed: list[bool] = []
+    closed: list[str] = []
 
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
@@ -276,11 +276,11 @@ async def test_a_body_that_waits_is_cancelled_when_the_client_leaves() -> None:
         await asyncio.sleep(0.05)
         return {"type": "http.disconnect"}
 
-    async def on_close(client_gone: bool) -> None:
-        closed.append(client_gone)
+    async def on_close(ending: str) -> None:
+        closed.append(ending)
 
     await asyncio.wait_for(SSEResponse(body(), {}, on_close)({"type": "http"}, receive, send), 10)
-    assert upstream_gone.is_set() and closed == [True] and [m.get("body") for m in sent[1:]] == [b"first"]
+    assert upstream_gone.is_set() and closed == ["client"] and [m.get("body") for m in sent[1:]] == [b"first"]
 
 
 def _reference_text(api: str, chunks: list[dict[str, Any]]) -> tuple[str, str | None]:

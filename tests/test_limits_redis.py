@@ -10,20 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from distillshield.config import LimitSet
 from distillshield.gateway.errors import ApiError
-from distillshield.gateway.limits import LimitExceeded, MemoryRateLimiter, Reservation, Scope
-from distillshield.gateway.limits.redis import PREFIX, RedisRateLimiter
+from distillshield.gateway.limits import LimitExceeded, MemoryRateLimiter, RateStatus, Reservation, Scope, Window
+from distillshield.gateway.limits.redis import PREFIX, RELEASE_RETRY_DELAYS, RedisRateLimiter
 from tests.conftest import REDIS_URL, RunningGateway, free_port, require_service
 from tests.fakes import FakeUpstream
 
@@ -219,7 +221,8 @@ async def test_all_scopes_or_none(make: Make) -> None:
 
 
 async def test_messages_headers_and_retry_after_match_memory(make: Make) -> None:
-    """Both back ends give the same LimitExceeded (limit, value, retry_after, message) and headers."""
+    """Both back ends give the same LimitExceeded (limit, value, retry_after, message, headers, windows) and the
+    same windows (limit, remaining, reset) for admitted requests."""
     day0 = 86_400.0 * 20_000
 
     async def run(lim: Any, clock: Clock) -> list[Any]:
@@ -236,9 +239,9 @@ async def test_messages_headers_and_retry_after_match_memory(make: Make) -> None
                 clock.t = t + 5 * i
                 try:
                     res = await lim.reserve(scopes, n)
-                    out.append(res.headers)
+                    out.append(res.rate)
                 except LimitExceeded as e:
-                    out.append((e.scope.key, e.limit, e.limit_value, e.retry_after, e.message, e.headers()))
+                    out.append((e.scope.key, e.limit, e.limit_value, e.retry_after, e.message, e.headers(), e.rate))
         return out
 
     mem_clock, redis_clock = Clock(), Clock()
@@ -249,6 +252,9 @@ async def test_messages_headers_and_retry_after_match_memory(make: Make) -> None
     got = await run(make(redis_clock), redis_clock)
     assert got == expected
     assert sum(isinstance(x, tuple) for x in got) == 5  # every kind of refusal was compared
+    # windows compared: the admitted requests of scopes r and t, and their refusals
+    assert sum(x.requests is not None and x.tokens is not None for x in got if isinstance(x, RateStatus)) == 2
+    assert sum(x[-1].requests is not None and x[-1].tokens is not None for x in got if isinstance(x, tuple)) == 2
 
 
 # -- replicas ------------------------------------------------------------------------------------------
@@ -351,7 +357,7 @@ async def test_finish_equals_settle_then_release(make: Make) -> None:
     (window, token sum, per-reservation tokens, slots, day counter) in the same state: lower and higher
     usage than reserved, equal usage, a reservation that left the window, and the idempotent repeats."""
     clock = Clock()
-    lim = make(clock)
+    lim = make(clock, lease_s=600)  # the test clock jumps 61 s, with no renewal running: `held` keeps its slot
 
     async def steps(tag: str, merged: bool) -> None:
         s = three_scopes(tag)
@@ -505,7 +511,10 @@ async def test_keys_are_namespaced_and_expire(make: Make) -> None:
     r = aioredis.Redis.from_url(REDIS_URL)
     try:
         keys = sorted([k.decode() async for k in r.scan_iter(match=lim.prefix + "*")])
-        assert keys == sorted(f"{lim.prefix}{sk}:{p}" for sk in ("key:k", "org:o") for p in "wtcd")
+        epoch = f"{lim.prefix}epoch"
+        assert keys == sorted([epoch] + [f"{lim.prefix}{sk}:{p}" for sk in ("key:k", "org:o") for p in "wtcd"])
+        assert await r.pttl(epoch) == -1  # the data-loss marker must outlive every idle period
+        keys.remove(epoch)
         for k in keys:
             ttl = await r.pttl(k)
             limit = {"w": 61_000, "t": 61_000, "c": 121_000, "d": 90_000_000}[k[-1]]
@@ -532,9 +541,12 @@ async def test_redis_down_gives_503_and_settle_release_do_not_raise(
         assert res.settled and res.released
         logged = [r.getMessage() for r in caplog.records if r.name == "distillshield.limits"]
         assert len(logged) == 3 and "could not release" in logged[-1] and "hunter2" not in "".join(logged)
-        caplog.clear()
+        assert down.pending_releases == 1  # retried in the background
     finally:
-        await down.close()
+        await down.close()  # one last try, then says what it leaves to the leases
+    logged = [r.getMessage() for r in caplog.records if r.name == "distillshield.limits"]
+    assert len(logged) == 4 and "closing with 1 releases that failed" in logged[-1]
+    caplog.clear()
 
 
 # -- end to end: two gateways, one Redis ----------------------------------------------------------------
@@ -624,3 +636,344 @@ def test_cancelled_streams_hold_no_slot_on_redis(gateway_factory: Any) -> None:
         patterns = [f"{PREFIX}account:{account}:*", f"{PREFIX}org:{org}:*", f"{PREFIX}key:{key.split('-')[1]}:*"]
         for pattern in patterns:
             asyncio.run(delete_keys(pattern))
+
+
+# -- leases: renewed while the request lives, released with retries -----------------------------------------
+
+
+async def test_a_live_reservation_keeps_its_slot_past_the_lease_by_renewal(make: Make) -> None:
+    clock = Clock()
+    lim, other = make(clock, lease_s=30), make(clock, lease_s=30)
+    s = scope(concurrent=1)
+    held = await lim.reserve(s, 1)
+    for _ in range(4):  # 100 s, more than three leases: a long stream
+        clock.t += 25
+        assert await lim.renew_leases() == 1
+        with pytest.raises(LimitExceeded):
+            await other.reserve(s, 1)
+    await lim.release(held)
+    assert await lim.renew_leases() == 0  # released: renewed no more
+    await other.reserve(s, 1)
+
+
+async def test_renewal_never_brings_back_a_slot_that_is_gone(make: Make) -> None:
+    """A release on the wire can overtake a renewal of the same slot (another connection), and a lease can be
+    reclaimed while its renewal is late: the renewal must not put the slot back. Here the slot goes from Redis
+    while the reservation is still live in `lim`."""
+    clock = Clock()
+    lim = make(clock, lease_s=30)
+    held = await lim.reserve(scope(concurrent=5), 1)
+    r = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        assert await r.zrem(f"{lim.prefix}account:a:c", held.handle.id) == 1
+    finally:
+        await r.aclose()
+    assert await lim.renew_leases() == 1
+    assert await lim.in_flight("account:a") == 0
+
+
+async def test_a_dropped_reservation_is_not_renewed(make: Make) -> None:
+    """A reservation the gateway lost without releasing it (a bug) must not hold its slot forever."""
+    clock = Clock()
+    lim = make(clock, lease_s=30)
+    await lim.reserve(scope(concurrent=5), 1)  # the result is dropped at once
+    assert await lim.renew_leases() == 0
+    clock.t += 30.001
+    assert await lim.in_flight("account:a") == 0
+
+
+class Sleeps:
+    """The background task's sleep, stepped by the test: each sleep waits for step(); the monotonic clock
+    moves by the slept time."""
+
+    def __init__(self) -> None:
+        self.asked: list[float] = []
+        self.mono = Clock(0.0)
+        self._gate: asyncio.Queue[None] = asyncio.Queue()
+
+    async def __call__(self, seconds: float) -> None:
+        self.asked.append(seconds)
+        await self._gate.get()
+        self.mono.t += seconds
+
+    def step(self) -> None:
+        self._gate.put_nowait(None)
+
+    async def until(self, cond: Callable[[], Any]) -> None:
+        for _ in range(500):
+            if await cond() if asyncio.iscoroutinefunction(cond) else cond():
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("the background task did not get there")
+
+
+def limiter_with_sleeps(make: Make, clock: Clock, **kw: Any) -> tuple[RedisRateLimiter, Sleeps]:
+    sleeps = Sleeps()
+    lim = make(clock, sleep=sleeps, **kw)
+    lim._mono = sleeps.mono
+    return lim, sleeps
+
+
+def count_scripts(lim: RedisRateLimiter, *, fail: Callable[[], bool] = lambda: False) -> list[str]:
+    """Record every command `lim` sends; while fail() is true, every command fails as if Redis were down."""
+    sent: list[str] = []
+    execute = lim._redis.execute_command
+
+    async def wrapped(*args: Any, **kw: Any) -> Any:
+        sent.append(str(args[0]))
+        if fail():
+            raise RedisConnectionError("Redis went away (test)")
+        return await execute(*args, **kw)
+
+    lim._redis.execute_command = wrapped  # type: ignore[method-assign]
+    return sent
+
+
+async def test_one_background_task_renews_every_live_reservation_in_one_call(make: Make) -> None:
+    clock = Clock()
+    lim, sleeps = limiter_with_sleeps(make, clock, lease_s=30)
+    s = (Scope("key", "k", LimitSet(concurrent=50)), Scope("account", "a", LimitSet(concurrent=50)))
+    held = [await lim.reserve(s, 1) for _ in range(20)]
+    await sleeps.until(lambda: sleeps.asked)
+    assert sleeps.asked == [10.0]  # a third of the lease
+    assert [t.get_name() for t in asyncio.all_tasks()].count("ratelimit-leases") == 1
+    sent = count_scripts(lim)
+    clock.t += 29
+    sleeps.step()
+    await sleeps.until(lambda: len(sleeps.asked) == 2)
+    assert sent == ["EVALSHA"] and sleeps.asked == [10.0, 10.0]
+    clock.t += 29  # past the leases taken at 1000, but not past the renewed ones
+    assert await lim.in_flight("key:k") == await lim.in_flight("account:a") == 20
+    assert all(not r.released for r in held)
+
+
+async def test_a_failed_release_is_retried_by_the_background_task(make: Make, caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    lim, sleeps = limiter_with_sleeps(make, clock, lease_s=30)
+    r = await lim.reserve(scope(concurrent=1), 1)
+    await sleeps.until(lambda: sleeps.asked)
+    down = True
+    count_scripts(lim, fail=lambda: down)
+    await lim.finish(r, 1)  # Redis is down: the request ends anyway
+    assert r.released and lim.pending_releases == 1
+    await sleeps.until(lambda: len(sleeps.asked) == 2)  # woken at once, to wait for the first retry only
+    assert sleeps.asked[1] == RELEASE_RETRY_DELAYS[0]
+    down = False
+    assert await make(clock).in_flight("account:a") == 1  # still held, until the retry
+    sleeps.step()
+    await sleeps.until(lambda: lim.pending_releases == 0)
+    assert await make(clock).in_flight("account:a") == 0  # given back within a second, not a lease
+    logged = [x.getMessage() for x in caplog.records if x.name == "distillshield.limits"]
+    assert len(logged) == 2 and "retrying in the background" in logged[1]
+    caplog.clear()
+
+
+async def test_a_release_that_keeps_failing_is_given_up_and_its_lease_runs_out(
+    make: Make, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = Clock()
+    lim, sleeps = limiter_with_sleeps(make, clock, lease_s=30)
+    r = await lim.reserve(scope(concurrent=1), 1)
+    await sleeps.until(lambda: sleeps.asked)
+    down = True
+    count_scripts(lim, fail=lambda: down)
+    await lim.release(r)
+    await sleeps.until(lambda: len(sleeps.asked) == 2)  # woken by the failed release: waits for its retry
+    for _ in range(10):  # step the background task's sleeps until it gives up
+        if lim.pending_releases == 0:
+            break
+        n = len(sleeps.asked)
+        sleeps.step()
+        await sleeps.until(lambda n=n: len(sleeps.asked) > n)
+    assert lim.pending_releases == 0
+    assert sleeps.mono.t == sum(RELEASE_RETRY_DELAYS)  # tried at once, then after each delay: then gave up
+    logged = [x.getMessage() for x in caplog.records if x.name == "distillshield.limits"]
+    assert "gave up releasing 1 reservations" in logged[-1]
+    down = False
+    other = make(clock)
+    assert await other.in_flight("account:a") == 1
+    clock.t += 30.001  # the lease, never renewed after the release: the slot is back
+    assert await other.in_flight("account:a") == 0
+    await other.reserve(scope(concurrent=1), 1)
+    caplog.clear()
+
+
+# -- a Redis that lost its data (restart without persistence, FLUSHDB) ------------------------------------------
+
+FRESH_DB = 13  # FLUSHDB runs here only, never on the database other tests share
+
+
+@pytest.fixture
+async def fresh(caplog: pytest.LogCaptureFixture) -> AsyncIterator[tuple[Make, Callable[[], Awaitable[None]]]]:
+    """Limiters on database FRESH_DB and a flush() of that database; a test fails on unexpected warnings."""
+    require_service("Redis", REDIS_HOST, REDIS_PORT)
+    url = f"redis://{REDIS_HOST}:{REDIS_PORT}/{FRESH_DB}"
+    prefix = f"{PREFIX}test:{uuid.uuid4().hex[:12]}:"
+    made: list[RedisRateLimiter] = []
+    r = aioredis.Redis.from_url(url)
+
+    def factory(clock: Clock | None = None, **kw: Any) -> RedisRateLimiter:
+        lim = RedisRateLimiter(url, prefix=prefix, **kw)
+        lim._clock = clock
+        made.append(lim)
+        return lim
+
+    async def flush() -> None:
+        await r.flushdb()
+
+    try:
+        yield factory, flush
+    finally:
+        for lim in made:
+            await lim.close()
+        await r.flushdb()
+        await r.aclose()
+    assert not [x.getMessage() for x in caplog.get_records("call") if x.name == "distillshield.limits"]
+
+
+def duration_s(duration: str) -> float:
+    """An OpenAI reset header ("20ms", "8.64s", "1m0s") in seconds."""
+    m = re.fullmatch(r"(?:(\d+)m)?(\d+(?:\.\d+)?)(ms|s)", duration)
+    assert m, duration
+    minutes, value, unit = m.groups()
+    return int(minutes or 0) * 60 + float(value) / (1000 if unit == "ms" else 1)
+
+
+def limits_logged(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [x.getMessage() for x in caplog.records if x.name == "distillshield.limits"]
+
+
+async def test_a_flushed_redis_counts_every_window_as_full_until_it_would_have_refilled(
+    fresh: tuple[Make, Callable[[], Awaitable[None]]], caplog: pytest.LogCaptureFixture
+) -> None:
+    make_fresh, flush = fresh
+    clock = Clock()
+    lim, replica = make_fresh(clock), make_fresh(clock)
+    s = (Scope("key", "k", LimitSet(rpm=50)), Scope("account", "a", LimitSet(tpm=10_000)))
+    for i in range(50):
+        await (lim, replica)[i % 2].reserve(s, 10)  # both replicas know the epoch now
+    with pytest.raises(LimitExceeded):
+        await lim.reserve(s, 10)
+    clock.t = 1010.0
+    await flush()  # the 50 requests of this minute are gone from Redis
+    admitted = 0
+    for i in range(100):  # what used to be let through: 100 against rpm 50, at once
+        try:
+            await (lim, replica)[i % 2].reserve(s, 10)
+            admitted += 1
+        except LimitExceeded as exc:
+            assert exc.retry_after == pytest.approx(60.0) and exc.headers()["retry-after"] == "60"
+            assert "lost its data" in exc.message and exc.limit == "requests"
+            assert exc.rate is not None and exc.rate.requests == Window(50, 0, 60.0)
+            assert exc.rate.tokens == Window(10_000, 0, 60.0)
+    assert admitted == 0
+    logged = limits_logged(caplog)
+    assert len(logged) == 2 and all("lost its data" in m and "count as full" in m for m in logged)  # one a replica
+    newcomer = make_fresh(clock)  # a replica started during the period refuses too (the marker says so)
+    clock.t = 1069.999
+    with pytest.raises(LimitExceeded) as exc:
+        await newcomer.reserve(s, 10)
+    assert exc.value.retry_after == pytest.approx(0.001)
+    assert lim.refill_s() == pytest.approx(0.001)
+    clock.t = 1070.0  # 60 s after the loss was seen: every request the lost window held has left it
+    got = [await (lim, replica, newcomer)[i % 3].reserve(s, 10) for i in range(50)]
+    assert len(got) == 50 and lim.refill_s() == 0.0
+    with pytest.raises(LimitExceeded) as exc:
+        await lim.reserve(s, 10)
+    assert exc.value.message == "key k reached its limit of 50 requests per minute"
+    assert len(limits_logged(caplog)) == 3  # the newcomer's one line; nothing more
+    caplog.clear()
+
+
+async def test_a_replica_that_starts_on_the_empty_redis_cannot_hide_the_loss(
+    fresh: tuple[Make, Callable[[], Awaitable[None]]], caplog: pytest.LogCaptureFixture
+) -> None:
+    make_fresh, flush = fresh
+    clock = Clock()
+    old = make_fresh(clock)
+    s = scope(rpm=5)
+    await old.reserve(s, 1)
+    await flush()
+    clock.t = 1005.0
+    newcomer = make_fresh(clock)
+    await newcomer.reserve(s, 1)  # writes the new marker: it cannot know Redis was flushed
+    clock.t = 1006.0
+    with pytest.raises(LimitExceeded) as exc:
+        await old.reserve(s, 1)  # ... but this replica knew the old marker
+    assert exc.value.retry_after == pytest.approx(59.0)  # from the new marker: 1005 + 60 - 1006
+    with pytest.raises(LimitExceeded):
+        await newcomer.reserve(s, 1)  # and now every replica treats the windows as full
+    assert len(limits_logged(caplog)) == 2
+    caplog.clear()
+
+
+async def test_the_first_start_on_an_empty_redis_is_not_a_loss(
+    fresh: tuple[Make, Callable[[], Awaitable[None]]],
+) -> None:
+    make_fresh, flush = fresh
+    await flush()
+    lim = make_fresh(Clock())
+    for _ in range(3):
+        await lim.reserve(scope(rpm=3), 1)
+    assert lim.refill_s() == 0.0  # and the fixture checks that nothing was logged
+
+
+async def test_the_open_policy_accepts_after_a_loss_and_says_so(
+    fresh: tuple[Make, Callable[[], Awaitable[None]]], caplog: pytest.LogCaptureFixture
+) -> None:
+    make_fresh, flush = fresh
+    clock = Clock()
+    lim = make_fresh(clock, fresh_policy="open")
+    s = scope(rpm=2)
+    await lim.reserve(s, 1)
+    await lim.reserve(s, 1)
+    await flush()
+    r = await lim.reserve(s, 1)
+    assert r.rate is not None and r.rate.requests == Window(2, 1, 60.0)
+    logged = limits_logged(caplog)
+    assert len(logged) == 1 and "limits.redis_fresh_policy: open" in logged[0]
+    caplog.clear()
+
+
+def test_gateway_stays_ready_and_answers_429_with_reset_headers_after_redis_lost_its_data(
+    gateway_factory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Decision (app.py, readyz): during the refill period the replica stays ready, its /readyz body says how
+    long the windows count as full, and clients get 429s whose headers say when to come back."""
+    require_service("Redis", REDIS_HOST, REDIS_PORT)
+    url = f"redis://{REDIS_HOST}:{REDIS_PORT}/{FRESH_DB}"
+    gw = gateway_factory({"upstream": FakeUpstream()}, limits__backend="redis", limits__redis_url=url)
+    key = gw.create_key(f"acct-{uuid.uuid4().hex[:12]}")
+    headers = {"authorization": f"Bearer {key}"}
+    body = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 20}
+
+    async def flushdb() -> None:
+        r = aioredis.Redis.from_url(url)
+        try:
+            await r.flushdb()
+        finally:
+            await r.aclose()
+
+    try:
+        assert httpx.post(f"{gw.base}/v1/chat/completions", json=body, headers=headers, timeout=30).status_code == 200
+        ready = httpx.get(f"{gw.base}/readyz", timeout=30)
+        assert ready.status_code == 200 and "limiter_refill_s" not in ready.json()
+        asyncio.run(flushdb())
+        r = httpx.post(f"{gw.base}/v1/chat/completions", json=body, headers=headers, timeout=30)
+        assert r.status_code == 429 and "lost its data" in r.json()["error"]["message"]
+        assert 59 <= int(r.headers["retry-after"]) <= 60
+        assert r.headers["x-ratelimit-remaining-requests"] == "0"
+        assert 59 <= duration_s(r.headers["x-ratelimit-reset-requests"]) <= 60
+        m = httpx.post(
+            f"{gw.base}/v1/messages",
+            json={**body, "max_tokens": 20},
+            headers={"x-api-key": key, "anthropic-version": "2023-06-01"},
+            timeout=30,
+        )
+        assert m.status_code == 429 and m.headers["anthropic-ratelimit-tokens-remaining"] == "0"
+        ready = httpx.get(f"{gw.base}/readyz", timeout=30)
+        assert ready.status_code == 200 and ready.json()["ready"] is True
+        assert 50 < ready.json()["limiter_refill_s"] <= 60
+        assert any("lost its data" in x.getMessage() for x in caplog.records if x.name == "distillshield.limits")
+    finally:
+        asyncio.run(flushdb())

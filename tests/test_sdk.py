@@ -124,7 +124,9 @@ def test_health_ready_metrics(local_gateway: RunningGateway) -> None:
     assert httpx.get(f"{local_gateway.base}/healthz").json() == {"status": "ok"}
     ready = httpx.get(f"{local_gateway.base}/readyz")
     assert ready.status_code == 200 and ready.json()["ready"] is True
-    text = httpx.get(f"{local_gateway.base}/metrics").text
+    from tests.conftest import ADMIN_TOKEN
+
+    text = httpx.get(f"{local_gateway.base}/metrics", headers={"authorization": f"Bearer {ADMIN_TOKEN}"}).text
     assert "distillshield_requests_total" in text and "distillshield_request_seconds_bucket" in text
 
 

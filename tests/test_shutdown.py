@@ -78,3 +78,50 @@ async def test_sigterm_loses_no_accepted_request(tmp_path) -> None:
     logged = {r["request"] for r in rows if r["account_id"] == "drain"}
     assert len(logged) == len(answered)
     assert report.ok
+
+
+async def test_streams_cut_at_the_graceful_timeout_end_with_an_error_event_and_are_audited(gateway_factory) -> None:
+    import threading
+
+    from tests.fakes import FakeUpstream
+
+    gw = gateway_factory({"upstream": FakeUpstream(words=400, chunk_delay=0.05)})
+    key = gw.create_key("cut")
+    calls = {
+        "openai": ("/v1/chat/completions", {"authorization": f"Bearer {key}"}),
+        "anthropic": ("/v1/messages", {"x-api-key": key}),
+    }
+    lines: dict[str, list[str]] = {name: [] for name in calls}
+
+    def client(name: str) -> None:
+        path, headers = calls[name]
+        messages = [{"role": "user", "content": name}]
+        body = {"model": "fake-model", "stream": True, "max_tokens": 400, "messages": messages}
+        try:
+            with httpx.stream("POST", f"{gw.base}{path}", headers=headers, json=body, timeout=30) as r:
+                for line in r.iter_lines():
+                    lines[name].append(line)
+        except httpx.TransportError:
+            pass  # what a bare cut would look like: the assertions below then fail
+
+    threads = [threading.Thread(target=client, args=(name,)) for name in calls]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 20
+    while min(len(v) for v in lines.values()) < 6 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    gw.server.config.timeout_graceful_shutdown = 1  # both streams have ~20 s to go: shutdown cuts them
+    gw.stop()
+    for t in threads:
+        t.join(20)
+    assert any('"code":"server_shutdown"' in ln for ln in lines["openai"]), lines["openai"][-3:]
+    tail = [ln for ln in lines["anthropic"] if ln][-2:]  # the stream's last event
+    assert tail[0] == "event: error" and "shut down before the stream finished" in tail[1], tail
+    store = Store(gw.settings.store.url)
+    try:
+        rows = [r async for r in store.iter_audit() if r["account_id"] == "cut"]
+    finally:
+        await store.close()
+    assert sorted(r["endpoint"] for r in rows) == ["/v1/chat/completions", "/v1/messages"]
+    assert all(r["status"] == 503 and "shut down before the stream finished" in r["error"] for r in rows)
+    assert all(r["completion_tokens"] > 0 for r in rows)  # what was streamed is counted

@@ -59,10 +59,12 @@ def test_upstream_down_is_502_and_audited(gateway_factory) -> None:
         assert r.status_code == 502
         err = r.json()["error"]
         assert err["code"] == "upstream_error" and "cannot connect to the model server" in err["message"]
+        assert dead not in r.text and "127.0.0.1" not in r.text  # the client is not told internal addresses
     gw.flush_audit()
     rows = gw.run(_rows(gw))
     assert [r["status"] for r in rows] == [502, 502]
     assert all("cannot connect" in r["error"] and "hello" in r["request"] for r in rows)
+    assert all(dead in r["error"] for r in rows)  # the operator is (audit log)
     assert gw.run(gw.state.limiter.in_flight("account:u")) == 0
 
 
@@ -95,7 +97,10 @@ def test_upstream_5xx_is_502_and_messages_endpoint_uses_anthropic_shape(
         json={"model": "mock-model", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]},
     )
     assert r.status_code == 502
-    assert r.json()["type"] == "error" and "returned HTTP 503: mock failure" in r.json()["error"]["message"]
+    assert r.json()["type"] == "error" and "the model server failed (HTTP 503)" in r.json()["error"]["message"]
+    assert up.base_url not in r.text and "mock failure" not in r.text  # its internals stay in the audit log
+    gw.flush_audit()
+    assert "returned HTTP 503: mock failure" in gw.run(_rows(gw))[0]["error"]
 
 
 async def _rows(gw: RunningGateway) -> list[dict]:

@@ -106,12 +106,20 @@ class AdminSettings(_Strict):
     token: str | None = Field(
         None, description="plain admin token (prefer token_sha256; env DISTILLSHIELD_ADMIN__TOKEN)"
     )
+    metrics_token_sha256: str | None = Field(
+        None,
+        description="sha256 hex of a bearer token that may read /metrics only (for a Prometheus scraper); "
+        "the admin token is accepted there too",
+    )
+    public_metrics: bool = Field(
+        False, description="serve /metrics without a token (only behind a network that keeps it private)"
+    )
 
-    @field_validator("token_sha256")
+    @field_validator("token_sha256", "metrics_token_sha256")
     @classmethod
     def _hex64(cls, v: str | None) -> str | None:
         if v is not None and (len(v) != 64 or any(c not in "0123456789abcdef" for c in v.lower())):
-            raise ValueError("must be 64 hex characters (sha256 of the admin token)")
+            raise ValueError("must be 64 hex characters (sha256 of the token)")
         return v.lower() if v else v
 
 
@@ -184,6 +192,17 @@ class LimitsSettings(_Strict):
         "memory", description="memory: one process; redis: limits shared exactly by every gateway replica"
     )
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="used when backend is redis")
+    redis_lease_s: float = Field(
+        30.0,
+        ge=1.0,
+        description="redis: a concurrency slot is a lease of this many seconds, renewed every third of it while "
+        "its request lives; a slot whose release failed (Redis unreachable) comes back within it",
+    )
+    redis_fresh_policy: Literal["closed", "open"] = Field(
+        "closed",
+        description="redis: after Redis lost its data (restart without persistence, flush), closed: every "
+        "request/token window counts as full for 60 s (429 with Retry-After); open: accept at once",
+    )
     key: LimitSet = LimitSet(rpm=600, tpm=200_000, concurrent=32)
     account: LimitSet = LimitSet(rpm=1200, tpm=400_000, concurrent=64, tpd=20_000_000)
     org: LimitSet = LimitSet()
@@ -289,6 +308,47 @@ class DetectionSettings(_Strict):
     )
 
 
+class CheckpointSettings(_Strict):
+    """Signed checkpoints of the audit log's Merkle tree (store/checkpoint.py, docs/reliability.md)."""
+
+    key_file: str | None = Field(
+        None,
+        description="Ed25519 signing key (PEM); created with mode 0600 when absent; keep it away from the "
+        "database's host and backups; null = no checkpoints",
+    )
+    origin: str = Field(
+        "distillshield/audit-log",
+        description="the log's name: first line of every checkpoint and the signing key's name; make it unique "
+        "per deployment (e.g. api.example.com/audit)",
+    )
+    file: str | None = Field(
+        "distillshield-checkpoints.txt",
+        description="append-only file every checkpoint is added to (never rewritten); null = none",
+    )
+    command: str | None = Field(
+        None,
+        description="command (run without a shell) that receives each checkpoint on stdin, e.g. an upload to "
+        "write-once storage; a non-zero exit is logged as a failed checkpoint",
+    )
+    command_timeout_s: float = Field(30.0, gt=0, description="the command is killed after this long")
+    every_rows: int = Field(1000, ge=1, description="the gateway writes a checkpoint after this many new rows")
+    every_s: float = Field(60.0, gt=0, description="... or after this many seconds, when rows were added")
+
+    @field_validator("origin")
+    @classmethod
+    def _key_name(cls, v: str) -> str:
+        # The origin is also the signed-note key name: non-empty, no whitespace and no '+'.
+        if not v or any(c.isspace() or c == "+" for c in v):
+            raise ValueError("must be non-empty, without spaces or '+' (e.g. api.example.com/audit)")
+        return v
+
+    @model_validator(mode="after")
+    def _a_sink(self) -> CheckpointSettings:
+        if self.key_file is not None and self.file is None and self.command is None:
+            raise ValueError("key_file is set but neither file nor command receives the checkpoints")
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="DISTILLSHIELD_", env_nested_delimiter="__", extra="forbid", validate_default=True
@@ -304,6 +364,7 @@ class Settings(BaseSettings):
     policy: PolicySettings = PolicySettings()
     watermark: WatermarkSettings = WatermarkSettings()
     detection: DetectionSettings = DetectionSettings()
+    checkpoints: CheckpointSettings = CheckpointSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -28,6 +28,8 @@ from distillshield.evidence import (
     traffic_from_store,
     verify_bundle,
 )
+from distillshield.evidence.proofs import signed_tree
+from distillshield.store.checkpoint import CheckpointError, load_verifier
 
 
 def evidence_command(
@@ -43,16 +45,21 @@ def evidence_command(
     no_watermark: bool = typer.Option(False, "--no-watermark", help="do not test the served outputs for the watermark"),
     verify: Path = typer.Option(None, "--verify", help="check an existing bundle instead of building one"),
     offline: bool = typer.Option(False, "--offline", help="with --verify: check the bundle alone, not the audit log"),
+    pubkey: str = typer.Option(
+        None, "--pubkey", help="with --verify: the verifier key (or a file holding it) the signed tree head must carry"
+    ),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
 ) -> None:  # fmt: skip
     """Write an evidence bundle (HTML report, JSON, charts, cluster graph, watermark results, the
-    audit-log hash-chain proof of the rows cited, and a sha256 manifest), or check one with --verify
-    (exit 1 when the bundle, a cited row or the audit log was changed).
+    audit-log hash-chain proof of the rows cited, a signed checkpoint with each cited row's Merkle
+    inclusion proof when checkpoints.key_file is set, and a sha256 manifest), or check one with --verify
+    (exit 1 when the bundle, a cited row, a proof or the audit log was changed; --offline --pubkey KEY
+    checks the signature and proofs with no database).
 
     Example: distillshield evidence cluster-3 --report report.json --out evidence/cluster-3
     """
     if verify is not None:
-        _verify(verify, offline, as_json)
+        _verify(verify, offline, as_json, pubkey)
         return
     if not target or out is None:
         raise CliError("give the account or cluster id and --out DIR (or --verify DIR to check a bundle)")
@@ -84,6 +91,8 @@ def evidence_command(
                 store = await open_store(s)
                 try:
                     t = await traffic_from_store(store, subject.accounts)
+                    bar.update(task, description="proving the rows against a signed tree head")
+                    t.signed_tree = await signed_tree(store, s.checkpoints, [r["seq"] for r in t.rows])
                 finally:
                     await store.close()
                 store_url = store.safe_url
@@ -111,6 +120,15 @@ def evidence_command(
             f"{proof['chain_head']['seq']} {proof['chain_head']['hash'][:16]}...; check with: "
             f"distillshield evidence --verify {escape(str(out))}"
         )
+        tree = proof.get("signed_tree")
+        if tree:
+            fresh = " (signed now for this bundle)" if tree["written_for_this_bundle"] else ""
+            console.print(
+                f"  signed tree head: size {tree['size']}, key {tree['key_id']}{fresh}; every cited row has an "
+                "inclusion proof in tree_proof.json"
+            )
+        else:
+            console.print(f"  [yellow]no signed tree head[/yellow]: {escape(proof['signed_tree_note'])}")
     else:
         console.print("  [yellow]no hash-chain proof[/yellow]: traffic came from a file, not the audit log")
 
@@ -140,11 +158,18 @@ def _watermark(s: Any) -> Any:
         raise CliError(f"cannot set up watermark detection: {exc}") from None
 
 
-def _verify(bundle: Path, offline: bool, as_json: bool) -> None:
+def _verify(bundle: Path, offline: bool, as_json: bool, pubkey: str | None) -> None:
+    pinned = None
+    if pubkey is not None:
+        try:
+            pinned = load_verifier(pubkey, settings().checkpoints.origin)
+        except CheckpointError as exc:
+            raise CliError(f"--pubkey: {exc}") from None
+
     async def go() -> Any:
         store = None if offline else await open_store()
         try:
-            return await verify_bundle(bundle, store)
+            return await verify_bundle(bundle, store, pinned)
         finally:
             if store is not None:
                 await store.close()

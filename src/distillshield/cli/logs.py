@@ -1,4 +1,5 @@
-"""`distillshield logs verify|export|import`: the audit log's hash chain and the public traffic format."""
+"""`distillshield logs verify|checkpoint|keygen|pubkey|export|import`: the audit log's hash chain, its
+signed Merkle-tree checkpoints, and the public traffic format."""
 
 from __future__ import annotations
 
@@ -6,36 +7,209 @@ import sys
 from pathlib import Path
 
 import typer
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from rich.markup import escape
 
-from distillshield.cli.common import CliError, console, err_console, print_json, progress, with_store
+from distillshield.cli.common import CliError, console, err_console, print_json, progress, settings, with_store
+from distillshield.config import Settings
 from distillshield.store import Store
+from distillshield.store.chain import ChainReport
+from distillshield.store.checkpoint import (
+    Checkpointer,
+    CheckpointError,
+    SignedCheckpoint,
+    Signer,
+    Verifier,
+    generate_key_file,
+    load_key_file,
+    load_verifier,
+    read_notes,
+    signer_from_settings,
+)
 from distillshield.store.export import record_to_row, row_to_record
+from distillshield.store.transparency import TreeReport, open_checkpoints, verify_log
 from distillshield.traffic import LineError, iter_jsonl
 
 app = typer.Typer(help="The audit log. Example: distillshield logs verify", no_args_is_help=True)
 
 
 @app.command("verify")
-def verify(as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+def verify(
+    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+    checkpoint: Path = typer.Option(
+        None, "--checkpoint", help="also check the log against this file of signed checkpoints"
+    ),
+    pubkey: str = typer.Option(
+        None, "--pubkey", help="verifier key (or a file holding it) for --checkpoint; default: the configured key"
+    ),
+) -> None:
     """Check the audit log's sha256 hash chain; names the first edited, deleted or reordered row.
 
-    Exits 0 when the chain is intact, 1 when it is broken.
+    With --checkpoint FILE, also check every signed checkpoint in FILE (signature by --pubkey or the
+    configured key) and recompute the Merkle tree from the database against each one: a truncated
+    log, a rewritten history (even with the chain recomputed), a forged checkpoint or a replaced key
+    is reported with the first row (or checkpoint interval) where the log departs from what was signed.
 
-    Example: distillshield logs verify --json
+    Exits 0 when everything verifies, 1 when the log (or a checkpoint) was tampered with.
+
+    Example: distillshield logs verify --checkpoint distillshield-checkpoints.txt --json
     """
-    report = with_store(lambda store: store.verify_chain(), existing=True)
+    if checkpoint is None:
+        report = with_store(lambda store: store.verify_chain(), existing=True)
+        if as_json:
+            print_json(report.as_dict())
+        else:
+            _print_chain(report)
+        raise typer.Exit(0 if report.ok else 1)
+
+    s = settings()
+    if not checkpoint.is_file():
+        raise CliError(f"checkpoint file {checkpoint} does not exist or is not a file")
+    verifier = _verifier(s, pubkey)
+    try:
+        notes = read_notes(checkpoint)
+    except CheckpointError as exc:
+        if not checkpoint.is_file():
+            raise CliError(str(exc)) from None
+        notes, forged = [], str(exc)
+    else:
+        forged = None
+    if forged is None:
+        try:
+            checkpoints = open_checkpoints(notes, verifier, str(checkpoint))
+        except CheckpointError as exc:
+            forged = str(exc)
+    if forged is not None:
+        if as_json:
+            print_json({"ok": False, "chain": None, "checkpoints": {"ok": False, "problem": forged}})
+        else:
+            console.print(f"[red]TAMPERED[/red]: {escape(forged)}", soft_wrap=True)
+        raise typer.Exit(1)
+
+    async def go(store: Store) -> tuple[ChainReport, TreeReport]:
+        return await store.verify_chain(), await verify_log(store, checkpoints)
+
+    chain_report, tree_report = with_store(go, existing=True)
+    ok = chain_report.ok and tree_report.ok
     if as_json:
-        print_json(report.as_dict())
-    elif report.ok:
-        console.print(
-            f"[green]intact[/green]: {report.rows} rows, head seq {report.head_seq} hash {report.head_hash}"
+        print_json({"ok": ok, "chain": chain_report.as_dict(), "checkpoints": tree_report.as_dict()})
+    elif not tree_report.ok:
+        console.print(f"[red]TAMPERED[/red]: {escape(tree_report.problem or '')}", soft_wrap=True)
+    elif not chain_report.ok:
+        _print_chain(chain_report)
+    else:
+        latest = tree_report.latest
+        signed = (
+            f"{tree_report.checkpoints} signed checkpoints agree, the latest at size {latest.size}"
+            if latest
+            else "no signed checkpoint to check"
         )
+        console.print(
+            f"[green]intact[/green]: {chain_report.rows} rows, head seq {chain_report.head_seq}; {signed}"
+            f" (key {verifier.key_id})",
+            soft_wrap=True,
+        )
+        for note in tree_report.notes:
+            console.print(f"  note: {escape(note)}")
+    raise typer.Exit(0 if ok else 1)
+
+
+def _print_chain(report: ChainReport) -> None:
+    if report.ok:
+        console.print(f"[green]intact[/green]: {report.rows} rows, head seq {report.head_seq} hash {report.head_hash}")
     else:
         console.print(
-            f"[red]BROKEN[/red] at row {report.first_bad_seq}: {report.problem} "
-            f"({report.rows} rows verified before it)"
+            f"[red]BROKEN[/red] at row {report.first_bad_seq}: {report.problem} ({report.rows} rows verified before it)"
         )
-    raise typer.Exit(0 if report.ok else 1)
+
+
+def _verifier(s: Settings, pubkey: str | None) -> Verifier:
+    """The key checkpoints are checked with: --pubkey, else the public half of the configured key."""
+    if pubkey is not None:
+        try:
+            return load_verifier(pubkey, s.checkpoints.origin)
+        except CheckpointError as exc:
+            raise CliError(f"--pubkey: {exc}") from None
+    if s.checkpoints.key_file is None:
+        raise CliError("no key to check checkpoints with: pass --pubkey, or set checkpoints.key_file")
+    if not Path(s.checkpoints.key_file).is_file():
+        raise CliError(f"no key to check checkpoints with: {s.checkpoints.key_file} does not exist; pass --pubkey")
+    signer = signer_from_settings(s.checkpoints, create=False)
+    assert signer is not None
+    return signer.verifier
+
+
+def _key_path(s: Settings) -> Path:
+    if s.checkpoints.key_file is None:
+        raise CliError("no signing key configured: set checkpoints.key_file (or DISTILLSHIELD_CHECKPOINTS__KEY_FILE)")
+    return Path(s.checkpoints.key_file)
+
+
+@app.command("keygen")
+def keygen(
+    out: Path = typer.Option(None, "--out", "-o", help="where to write the key; default: checkpoints.key_file"),
+) -> None:
+    """Create the Ed25519 key that signs checkpoints (PEM, mode 0600; an existing file is never
+    overwritten) and print its public verifier key, to keep somewhere the database's admins cannot change.
+
+    Example: distillshield logs keygen --out /etc/distillshield/checkpoint.key
+    """
+    s = settings()
+    path = out or _key_path(s)
+    try:
+        key = generate_key_file(path)
+    except CheckpointError as exc:
+        raise CliError(str(exc)) from None
+    console.print(f"wrote signing key {escape(str(path))} (mode 0600)")
+    console.print(Signer(s.checkpoints.origin, key).verifier.encode(), highlight=False, soft_wrap=True)
+
+
+@app.command("pubkey")
+def pubkey_(pem: bool = typer.Option(False, "--pem", help="print the public key as PEM instead")) -> None:
+    """Print the public verifier key of the configured signing key (NAME+KEYID+BASE64, the signed-note
+    format), for `logs verify --pubkey` and `evidence --verify --pubkey` elsewhere.
+
+    Example: distillshield logs pubkey > checkpoint.pub
+    """
+    s = settings()
+    path = _key_path(s)
+    try:
+        key = load_key_file(path)
+    except CheckpointError as exc:
+        raise CliError(f"{exc} (create it with `distillshield logs keygen`)") from None
+    if pem:
+        text = key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode("ascii")
+        sys.stdout.write(text)
+    else:
+        sys.stdout.write(Signer(s.checkpoints.origin, key).verifier.encode() + "\n")
+
+
+@app.command("checkpoint")
+def checkpoint_(as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+    """Sign the audit log's current Merkle tree head now and add the checkpoint to the configured file
+    (and command). The gateway does this by itself every checkpoints.every_rows rows or every_s seconds.
+
+    Example: distillshield logs checkpoint
+    """
+    s = settings()
+    _key_path(s)
+    checkpointer = Checkpointer.from_settings(s.checkpoints)
+    assert checkpointer is not None
+
+    async def go(store: Store) -> SignedCheckpoint | None:
+        return await checkpointer.checkpoint(store, force=True)
+
+    try:
+        signed = with_store(go, existing=True)
+    except CheckpointError as exc:
+        raise CliError(str(exc)) from None
+    assert signed is not None
+    where = [str(p) for p in (checkpointer.file, checkpointer.command) if p is not None]
+    if as_json:
+        print_json({**signed.checkpoint.as_dict(), "note": signed.note, "written_to": where})
+        return
+    err_console.print(f"checkpoint of {signed.checkpoint.size} rows written to {escape(', '.join(where))}")
+    sys.stdout.write(signed.note)
 
 
 @app.command("export")
@@ -67,9 +241,7 @@ def export(
                 task = bar.add_task("exporting", total=head)
                 async for row in store.iter_audit():
                     bar.advance(task)
-                    if (since is not None and row["ts"] < since) or (
-                        until is not None and row["ts"] >= until
-                    ):
+                    if (since is not None and row["ts"] < since) or (until is not None and row["ts"] >= until):
                         continue
                     if account is not None and row["account_id"] != account:
                         continue
@@ -86,8 +258,7 @@ def export(
 
     written, skipped = with_store(go, existing=True)
     err_console.print(
-        f"exported {written} requests to {out}"
-        + (f"; skipped {skipped} (no account or body)" if skipped else "")
+        f"exported {written} requests to {out}" + (f"; skipped {skipped} (no account or body)" if skipped else "")
     )
 
 

@@ -58,6 +58,9 @@ upstream:
 limits:
   backend: memory                # memory: this process only; redis: shared exactly by all gateway replicas
   redis_url: redis://127.0.0.1:6379/0
+  redis_lease_s: 30              # redis: a concurrency slot's lease, renewed every third of it while the request lives
+  redis_fresh_policy: closed     # redis lost its data (restart without persistence, flush): closed = windows count
+                                 # as full for 60 s (429 + Retry-After); open = accept at once
   key:     {{rpm: 600,  tpm: 200000, concurrent: 32, tpd: null}}
   account: {{rpm: 1200, tpm: 400000, concurrent: 64, tpd: 20000000}}
   org:     {{rpm: null, tpm: null,   concurrent: null, tpd: null}}
@@ -102,6 +105,17 @@ detection:
   model_path: null               # trained model artefact; null = the one shipped with DistillShield
   content: true                  # population-relative content signal (prompts far from this service's traffic)
   replay_on_start_rows: 200000   # audit rows replayed into detection at start: a restart is no amnesty (0: none)
+
+# Signed checkpoints of the audit log's Merkle tree (docs/reliability.md): `distillshield logs verify --checkpoint`
+# then detects a truncated or rewritten log even when the hash chain was recomputed.
+checkpoints:
+  key_file: {key_file}   # Ed25519 signing key, created (mode 0600) on first use; null = no checkpoints
+  origin: distillshield/audit-log   # the log's name in every checkpoint; make it unique, e.g. api.example.com/audit
+  file: {checkpoint_file}   # append-only file of checkpoints (keep a copy off this host)
+  command: null                  # also pipe each checkpoint to this command's stdin (e.g. write-once storage)
+  command_timeout_s: 30
+  every_rows: 1000               # the gateway signs the tree head after this many new rows
+  every_s: 60                    # ... or after this many seconds, when rows were added
 """
 
 
@@ -113,6 +127,8 @@ def write_config(
     port: int = 8787,
     upstream_kind: str = "local",
     upstream_url: str = "http://127.0.0.1:8000/v1",
+    key_file: str = "distillshield-checkpoint.key",
+    checkpoint_file: str = "distillshield-checkpoints.txt",
 ) -> str:
     """Write a commented config with a fresh admin token; returns the token (shown once)."""
     token = "dsadmin-" + secrets.token_hex(24)
@@ -124,6 +140,8 @@ def write_config(
             store_url=store_url,
             upstream_kind=upstream_kind,
             upstream_url=upstream_url,
+            key_file=key_file,
+            checkpoint_file=checkpoint_file,
         ),
         encoding="utf-8",
     )
@@ -222,7 +240,11 @@ def run_demo(port: int, directory: Path, once: bool) -> None:
     token_file = directory / "admin-token"
     if not cfg.exists():
         token = write_config(
-            cfg, store_url=f"sqlite+aiosqlite:///{directory.resolve() / 'demo.db'}", port=port
+            cfg,
+            store_url=f"sqlite+aiosqlite:///{directory.resolve() / 'demo.db'}",
+            port=port,
+            key_file=str(directory.resolve() / "checkpoint.key"),
+            checkpoint_file=str(directory.resolve() / "checkpoints.txt"),
         )
         token_file.write_text(token + "\n", encoding="utf-8")
         token_file.chmod(0o600)
@@ -310,7 +332,9 @@ def _demo_session(
     )
     reply = _check(base, key, model)
     console.print(f"\n[green]checked:[/green] the gateway answered a real request: {reply!r}")
-    console.print(f"audit log: distillshield -c {cfg} logs verify   |   metrics: {base}/metrics")
+    console.print(
+        f"audit log: distillshield -c {cfg} logs verify   |   metrics: {base}/metrics (bearer: the admin token)"
+    )
     from distillshield.cli.analyze import run_live_demo
 
     if once:  # scripts and tests: keep --once quick and its audit log to the one checked request

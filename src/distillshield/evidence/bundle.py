@@ -4,13 +4,16 @@ folder whose every file is listed with its sha256 in manifest.json.
     report.html      the human-readable report (charts embedded)
     evidence.json    the same content, machine-readable
     rows.jsonl       the audit-log rows cited, with their chain hashes (seq, prev_hash, hash)
+    tree_proof.json  a signed checkpoint of the log and each cited row's inclusion proof (proofs.py),
+                     when a signing key is configured
     timeline.png, volume.png, graph.png
     manifest.json    sha256 of every file above, the chain head at build time and the cited row range
 
 The rows carry the audit log's hash chain: each row's hash is sha256(prev_hash || canonical(row)),
 so `evidence --verify DIR` can show both that the bundle is unchanged (manifest) and that the cited
 rows are still, byte for byte, rows of an intact log (`logs verify`) whose head is at or beyond
-the recorded one.
+the recorded one. The signed checkpoint and inclusion proofs show, without the database, that every cited
+row is in the log as the signing key's holder saw it.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from distillshield.evidence.collect import (
     template_overlap,
 )
 from distillshield.evidence.html import render_html
+from distillshield.evidence.proofs import PROOF_FILE, SignedTree
 from distillshield.store import Store
 from distillshield.store.chain import CHAINED_FIELDS
 from distillshield.store.export import record_to_row
@@ -52,6 +56,8 @@ class Traffic:
     rows: list[dict[str, Any]]
     source: str  # "audit-log" or the traffic file
     chain_head: tuple[int, str] | None  # (seq, hash) when read from the audit log
+    # The signed tree head and proofs (evidence/proofs.py), or the sentence saying why there are none.
+    signed_tree: SignedTree | str | None = None
 
 
 async def traffic_from_store(store: Store, accounts: list[str]) -> Traffic:
@@ -182,6 +188,17 @@ def build_bundle(
             store=store_url,
             how_to_verify="distillshield logs verify && distillshield evidence --verify <this folder>",
         )
+    files = list(FILES)
+    (out_dir / PROOF_FILE).unlink(missing_ok=True)  # never a stale one from an earlier build
+    tree = traffic.signed_tree
+    if chained and isinstance(tree, SignedTree):
+        doc = tree.proof_document(cited)
+        (out_dir / PROOF_FILE).write_text(json.dumps(doc, indent=1), encoding="utf-8")
+        proof["signed_tree"] = tree.summary()
+        files.append(PROOF_FILE)
+    elif chained:
+        proof["signed_tree"] = None
+        proof["signed_tree_note"] = tree or "no signed tree head was looked for"
     else:
         proof["note"] = (
             "traffic read from a file, not the audit log: no hash-chain proof; build the bundle from the "
@@ -212,7 +229,7 @@ def build_bundle(
         "subject": evidence["subject"],
         "created_at": evidence["created_at"],
         "chain_proof": {k: v for k, v in proof.items() if k != "how_to_verify"},
-        "files": {name: _sha256(out_dir / name) for name in FILES},
+        "files": {name: _sha256(out_dir / name) for name in files},
     }
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     return manifest

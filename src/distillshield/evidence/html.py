@@ -153,6 +153,17 @@ def render_html(ev: dict[str, Any], out_dir: Path) -> str:
             f"<code>{_e(proof['how_to_verify'])}</code>: it fails if the bundle or any cited row was changed, or "
             "if the log no longer verifies.</p>"
         )
+        tree = proof.get("signed_tree")
+        if tree:
+            parts.append(
+                f"<p>Signed tree head: checkpoint of <code>{_e(tree['origin'])}</code> at size {tree['size']}, "
+                f"root <code>{_e(tree['root'])}</code>, signed {_ts(tree['timestamp'])} by Ed25519 key "
+                f"<code>{_e(tree['key_id'])}</code>. <code>tree_proof.json</code> holds the checkpoint and every "
+                "cited row's Merkle inclusion proof: <code>distillshield evidence --verify &lt;folder&gt; --offline "
+                "--pubkey KEY</code> checks them without the database.</p>"
+            )
+        else:
+            parts.append(f"<p class='muted'>No signed tree head: {_e(proof.get('signed_tree_note'))}</p>")
     else:
         parts.append(f"<p class='bad'>{_e(proof.get('note'))}</p>")
     parts.append("</body></html>")

@@ -1,5 +1,5 @@
-"""Checking a bundle: its files against the manifest, its rows against their own hashes, and (with
-the store) the rows against an intact audit log."""
+"""Checking a bundle: its files against the manifest, its rows against their own hashes, its signed tree
+head and inclusion proofs (no database needed), and (with the store) the rows against an intact audit log."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ from typing import Any
 import sqlalchemy as sa
 
 from distillshield.evidence.collect import EvidenceError
+from distillshield.evidence.proofs import PROOF_FILE, check_tree_proof
 from distillshield.store import Store
 from distillshield.store.chain import link
+from distillshield.store.checkpoint import Verifier
 from distillshield.store.tables import audit_log
 
 
@@ -120,8 +122,33 @@ async def check_against_store(
         )
 
 
-async def verify_bundle(bundle: Path, store: Store | None) -> BundleCheck:
-    """Every check; the store's are skipped (and said so) when `store` is None."""
+def check_signed_tree(
+    bundle: Path, manifest: dict[str, Any], rows: list[dict[str, Any]], pinned: Verifier | None, result: BundleCheck
+) -> None:
+    """The checkpoint's signature and every cited row's inclusion proof; with `pinned`, a bundle without
+    them fails (the caller asked for a signed proof)."""
+    if PROOF_FILE not in manifest.get("files", {}):
+        note = (manifest.get("chain_proof") or {}).get("signed_tree_note") or "the bundle has no signed tree head"
+        if pinned is not None:
+            result.add("signed tree head", False, f"--pubkey given, but {note}")
+        else:
+            result.add("signed tree head", True, f"none: {note}")
+        return
+    try:
+        doc = json.loads((bundle / PROOF_FILE).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        result.add("signed tree head", False, f"{PROOF_FILE} cannot be read: {exc}")
+        return
+    if not isinstance(doc, dict):
+        result.add("signed tree head", False, f"{PROOF_FILE} is not a JSON object")
+        return
+    for name, ok, detail in check_tree_proof(doc, rows, pinned):
+        result.add(name, ok, detail)
+
+
+async def verify_bundle(bundle: Path, store: Store | None, pubkey: Verifier | None = None) -> BundleCheck:
+    """Every check; the store's are skipped (and said so) when `store` is None. `pubkey`: the key the
+    signed tree head must carry (else the one embedded in the bundle is used, and said so)."""
     result = BundleCheck()
     manifest = read_manifest(bundle)
     check_files(bundle, manifest, result)
@@ -131,6 +158,7 @@ async def verify_bundle(bundle: Path, store: Store | None) -> BundleCheck:
         result.add("chain proof", False, "the bundle was built from a traffic file: it has no hash-chain proof")
         return result
     check_rows(rows, result)
+    check_signed_tree(bundle, manifest, rows, pubkey, result)
     if store is not None:
         await check_against_store(store, manifest, rows, result)
     return result

@@ -11,14 +11,38 @@ import hmac
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 
-from distillshield.config import LimitSet
+from distillshield.config import AdminSettings, LimitSet
 from distillshield.gateway.policy.admin import register_policy_routes
 from distillshield.store.database import TIERS, VERIFICATION_LEVELS, StoreError
 
 NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL
+SWAGGER_UI = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5"
+DOCS_PAGE = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>DistillShield admin API</title>
+<link rel="stylesheet" href="{SWAGGER_UI}/swagger-ui.css"></head>
+<body>
+<form id="login" style="font-family:sans-serif;margin:2em">
+  <label>Admin token <input id="token" type="password" autocomplete="off" size="48"></label>
+  <button>Load the API</button> <span id="msg"></span>
+</form>
+<div id="ui"></div>
+<script src="{SWAGGER_UI}/swagger-ui-bundle.js"></script>
+<script>
+document.getElementById("login").addEventListener("submit", async (ev) => {{
+  ev.preventDefault();
+  const token = document.getElementById("token").value.trim();
+  const r = await fetch("openapi.json", {{headers: {{"Authorization": "Bearer " + token}}}});
+  if (!r.ok) {{ document.getElementById("msg").textContent = (await r.json()).detail; return; }}
+  document.getElementById("login").style.display = "none";
+  const ui = SwaggerUIBundle({{spec: await r.json(), dom_id: "#ui",
+    requestInterceptor: (req) => {{ req.headers["Authorization"] = "Bearer " + token; return req; }}}});
+}});
+</script></body></html>
+"""
 
 
 class AccountIn(BaseModel):
@@ -40,11 +64,29 @@ def admin_token_digest(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
+def configured_admin_digest(adm: AdminSettings) -> str | None:
+    """The admin token's sha256 (from token_sha256, or hashed from a plain token); None: admin disabled."""
+    return adm.token_sha256 or (admin_token_digest(adm.token) if adm.token else None)
+
+
+def bearer_refusal(request: Request, digests: list[str], what: str) -> tuple[int, str] | None:
+    """None when the request's bearer token hashes to one of `digests` (compared in constant time, every
+    digest tried), else the (status, message) to refuse it with."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return 401, f"missing {what} token: send 'Authorization: Bearer <{what} token>'"
+    got = admin_token_digest(token.strip())
+    ok = False
+    for d in digests:
+        ok |= hmac.compare_digest(got, d)
+    return None if ok else (401, f"invalid {what} token")
+
+
 def build_admin_app(state: Any) -> FastAPI:
     """`state` is the gateway's AppState (store, auth, limiter, audit, settings)."""
-    app = FastAPI(title="DistillShield admin API", docs_url="/docs", openapi_url="/openapi.json")
-    adm = state.settings.admin
-    expected = adm.token_sha256 or (admin_token_digest(adm.token) if adm.token else None)
+    # The spec and its docs page are served by the routes below, behind the admin token like the rest.
+    app = FastAPI(title="DistillShield admin API", docs_url=None, openapi_url=None)
+    expected = configured_admin_digest(state.settings.admin)
 
     async def require_admin(request: Request) -> None:
         # PostgreSQL text cannot hold NUL: an id with one can name nothing, and the driver would raise.
@@ -54,12 +96,9 @@ def build_admin_app(state: Any) -> FastAPI:
             raise HTTPException(
                 403, "the admin API is disabled: set admin.token_sha256 (see `distillshield init`)"
             )
-        auth = request.headers.get("authorization", "")
-        scheme, _, token = auth.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            raise HTTPException(401, "missing admin token: send 'Authorization: Bearer <admin token>'")
-        if not hmac.compare_digest(admin_token_digest(token.strip()), expected):
-            raise HTTPException(401, "invalid admin token")
+        refusal = bearer_refusal(request, [expected], "admin")
+        if refusal is not None:
+            raise HTTPException(*refusal)
 
     @app.exception_handler(StoreError)
     async def _store_error(_request: Request, exc: StoreError) -> JSONResponse:
@@ -67,6 +106,29 @@ def build_admin_app(state: Any) -> FastAPI:
         return JSONResponse({"detail": str(exc)}, status_code=status)
 
     deps = [Depends(require_admin)]
+
+    def spec(root_path: str) -> dict[str, Any]:
+        """The OpenAPI document, with the admin bearer scheme declared so that clients (and the docs
+        page's "Try it out") send the token, and the mount point as its server."""
+        if app.openapi_schema is None:
+            servers = [{"url": root_path}] if root_path else None
+            doc = get_openapi(title=app.title, version=app.version, routes=app.routes, servers=servers)
+            doc.setdefault("components", {})["securitySchemes"] = {
+                "adminBearer": {"type": "http", "scheme": "bearer", "description": "the admin token"}
+            }
+            doc["security"] = [{"adminBearer": []}]
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    @app.get("/openapi.json", dependencies=deps, include_in_schema=False)
+    async def openapi_json(request: Request) -> dict[str, Any]:
+        return spec(request.scope.get("root_path", ""))
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs_page() -> HTMLResponse:
+        # A page, not data: it asks for the admin token, then loads the spec with it (the spec itself
+        # is only served with the token) and hands it to Swagger UI.
+        return HTMLResponse(DOCS_PAGE)
 
     @app.get("/accounts", dependencies=deps)
     async def list_accounts(org_id: str | None = None) -> dict[str, Any]:

@@ -6,6 +6,7 @@ uvicorn) waits for in-flight requests, then drains the audit queue before closin
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import logging
@@ -23,7 +24,7 @@ from starlette.routing import Mount, Route
 from starlette.types import Receive, Scope, Send
 
 from distillshield.config import Settings
-from distillshield.gateway.admin import build_admin_app
+from distillshield.gateway.admin import bearer_refusal, build_admin_app, configured_admin_digest
 from distillshield.gateway.audit import AuditWriter
 from distillshield.gateway.auth import Authenticator
 from distillshield.gateway.errors import ApiError
@@ -35,10 +36,12 @@ from distillshield.gateway.policy import PolicyStage
 from distillshield.gateway.risk import RiskBoard
 from distillshield.gateway.upstream import Upstream, build_upstream
 from distillshield.store import Store
+from distillshield.store.checkpoint import Checkpointer
 
 log = logging.getLogger("distillshield.gateway")
 _JSON = "application/json"
 GC_GEN0_THRESHOLD = 20_000
+STREAM_UNWIND_S = 5.0  # how long a shutdown waits for cut streams to write their audit rows
 
 
 @dataclass
@@ -67,7 +70,15 @@ def build_state(
     upstream = upstream or build_upstream(settings)
     limiter = limiter or build_limiter(settings.limits)
     auth = Authenticator(store, settings.auth.cache_ttl_s)
-    audit = AuditWriter(store, settings.audit.batch_size, settings.audit.flush_interval_ms / 1000.0)
+    cp = settings.checkpoints
+    audit = AuditWriter(
+        store,
+        settings.audit.batch_size,
+        settings.audit.flush_interval_ms / 1000.0,
+        checkpointer=Checkpointer.from_settings(cp),  # creates the signing key on first use
+        checkpoint_every_rows=cp.every_rows,
+        checkpoint_every_s=cp.every_s,
+    )
     metrics = GatewayMetrics()
     metrics.bind_audit(lambda: audit.pending, lambda: audit.written)
     gateway = Gateway(settings, upstream, limiter, auth, audit, metrics)
@@ -156,9 +167,31 @@ def build_app(settings: Settings, **components: Any) -> Starlette:
             "limiter": await state.limiter.ping(),
         }
         ok = all(checks.values())
-        return Response(orjson.dumps({"ready": ok, "checks": checks}), 200 if ok else 503, media_type=_JSON)
+        body: dict[str, Any] = {"ready": ok, "checks": checks}
+        # After the limiter's Redis lost its data, the windows count as full for up to 60 s (redis.py). That
+        # stays READY on purpose: every replica shares the one Redis, so all would leave the load balancer at
+        # once and clients would get connection errors or bare 503s instead of 429s whose Retry-After says when
+        # to come back; readiness is about whether this replica can serve, and it can. The body says so.
+        refill = state.limiter.refill_s()
+        if refill > 0:
+            body["limiter_refill_s"] = round(refill, 3)
+        return Response(orjson.dumps(body), 200 if ok else 503, media_type=_JSON)
 
-    async def metrics(_request: Request) -> Response:
+    adm = settings.admin
+    metrics_digests = [d for d in (configured_admin_digest(adm), adm.metrics_token_sha256) if d]
+
+    async def metrics(request: Request) -> Response:
+        # Traffic volumes per endpoint and status are operator data: a scraper sends the metrics token (or
+        # the admin token), unless the operator declared /metrics public.
+        if not adm.public_metrics:
+            refusal = (
+                bearer_refusal(request, metrics_digests, "metrics")
+                if metrics_digests
+                else (403, "/metrics needs a credential: set admin.metrics_token_sha256 or admin.public_metrics")
+            )
+            if refusal is not None:
+                status, msg = refusal
+                return Response(ApiError(status, msg).openai_body(), status, media_type=_JSON)
         return Response(state.metrics.render(), media_type=state.metrics.content_type)
 
     async def http_error(request: Request, exc: Exception) -> Response:
@@ -195,6 +228,13 @@ def build_app(settings: Settings, **components: Any) -> Starlette:
         try:
             yield
         finally:
+            # Streams the server cut at its graceful timeout finish their audit rows as their tasks unwind,
+            # concurrently with this shutdown: wait for them (bounded) before the audit writer stops.
+            try:
+                async with asyncio.timeout(STREAM_UNWIND_S):
+                    await gw.streams_closed()
+            except TimeoutError:
+                log.error("streams still open %g s into shutdown; their audit rows may be lost", STREAM_UNWIND_S)
             for ext in reversed(state.extensions):
                 await ext.stop()
             await state.audit.stop()  # every accepted request reaches the log before we exit

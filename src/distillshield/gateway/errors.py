@@ -83,12 +83,15 @@ def bad_request(message: str, param: str | None = None, code: str = "invalid_req
 
 class UpstreamError(Exception):
     """The model server failed: 502 (down, broken answer) or 504 (too slow), or rejected the request
-    (a 4xx it returned, passed on). The message says which."""
+    (a 4xx it returned, passed on). `message` says which to the client and names nothing internal;
+    `detail` (the server's address, the OS error, what it answered) is for the audit log and the
+    operator's log only."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, detail: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.detail = detail or message
 
     def to_api_error(self) -> ApiError:
         code = {504: "upstream_timeout", 502: "upstream_error"}.get(self.status, "upstream_rejected")

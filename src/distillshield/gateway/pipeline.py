@@ -7,6 +7,7 @@ row to the audit writer; nothing on this path waits for the database.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import os
@@ -24,11 +25,20 @@ from distillshield.config import LimitSet, Settings
 from distillshield.gateway.audit import AuditWriter
 from distillshield.gateway.auth import Authenticator
 from distillshield.gateway.errors import ApiError, UpstreamError, bad_request
-from distillshield.gateway.limits import LimitExceeded, RateLimiter, Reservation, Scope, estimate_tokens
+from distillshield.gateway.limits import (
+    LimitExceeded,
+    RateLimiter,
+    RateStatus,
+    Reservation,
+    Scope,
+    anthropic_headers,
+    estimate_tokens,
+    openai_headers,
+)
 from distillshield.gateway.metrics import GatewayMetrics
-from distillshield.gateway.policy import Decision, PolicyStage
+from distillshield.gateway.policy import Decision, PolicyRefusal, PolicyStage
 from distillshield.gateway.protocols import anthropic, openai
-from distillshield.gateway.streaming import LastChunk, SSEResponse
+from distillshield.gateway.streaming import Ending, LastChunk, SSEResponse
 from distillshield.gateway.transforms import ResponseTransform
 from distillshield.gateway.upstream.base import ChunkBatch, GenRequest, LogitsHook, Upstream, batches_of
 from distillshield.store.database import KeyContext
@@ -36,6 +46,13 @@ from distillshield.store.database import KeyContext
 log = logging.getLogger("distillshield.gateway")
 ENDPOINT_OF = {"chat": "/v1/chat/completions", "completions": "/v1/completions", "messages": "/v1/messages"}
 CLIENT_CLOSED = 499  # nginx's convention, used in the audit log for streams the client abandoned
+SHUTDOWN_CUT = "the gateway shut down before the stream finished (graceful timeout); retry the request"
+
+
+def openai_shutdown_event() -> bytes:
+    """The error event an OpenAI-style stream ends with when the gateway's shutdown cuts it."""
+    err = {"error": {"message": SHUTDOWN_CUT, "type": "server_error", "code": "server_shutdown"}}
+    return b"data: " + orjson.dumps(err) + b"\n\n"
 _JSON = "application/json"
 _SSE_DATA = b"data: "
 _SSE_END = b"\n\n"
@@ -152,6 +169,10 @@ class Gateway:
         self.observers: list[Callable[[dict[str, Any]], None]] = []
         # The policy stage (gateway/policy/): None runs no countermeasures.
         self.policy: PolicyStage | None = None
+        # Streams answered and not yet closed (audited), for a shutdown to wait on (streams_closed).
+        self._open_streams = 0
+        self._streams_closed = asyncio.Event()
+        self._streams_closed.set()
 
     # -- entry point ----------------------------------------------------------------------------------
 
@@ -185,9 +206,10 @@ class Gateway:
             return await self._complete(call)
         except LimitExceeded as exc:
             self.metrics.rate_limited.labels(exc.scope.kind, exc.limit).inc()
-            return self._error(call, ApiError(429, exc.message, code=f"rate_limit_{exc.limit}", headers=exc.headers()))
+            headers = {**exc.headers(), **self._rate_headers(call, exc.rate)}
+            return self._error(call, ApiError(429, exc.message, code=f"rate_limit_{exc.limit}", headers=headers))
         except UpstreamError as exc:
-            return self._error(call, exc.to_api_error())
+            return self._error(call, exc.to_api_error(), detail=exc.detail)
         except ApiError as exc:
             return self._error(call, exc)
         finally:
@@ -336,16 +358,30 @@ class Gateway:
             else self._openai_events(call, batches, first, state, include_usage)
         )
 
-        async def on_close(client_gone: bool) -> None:
+        async def on_close(ending: Ending) -> None:
             try:
                 await batches.aclose()
             finally:
-                await self._close_stream(call, state, client_gone)
+                try:
+                    await self._close_stream(call, state, ending)
+                finally:
+                    self._open_streams -= 1
+                    if not self._open_streams:
+                        self._streams_closed.set()
 
         # When the first read held the whole stream, the body never waits on the upstream: no disconnect
         # watcher is needed (see SSEResponse).
         complete = first is None or first.last
-        return SSEResponse(body, self._headers(call), on_close, watch_disconnect=not complete)
+        headers = self._headers(call)
+        cut = anthropic.MessageStream.error("api_error", SHUTDOWN_CUT) if call.anthropic else openai_shutdown_event()
+        self._open_streams += 1  # from here the response runs, and on_close counts it down on every path
+        self._streams_closed.clear()
+        return SSEResponse(body, headers, on_close, watch_disconnect=not complete, cut_event=cut)
+
+    async def streams_closed(self) -> None:
+        """Return once every open stream has closed (and queued its audit row): a shutdown that cancels
+        streams waits for their rows (under its own time limit) before it stops the audit writer."""
+        await self._streams_closed.wait()
 
     async def _openai_events(
         self,
@@ -471,7 +507,7 @@ class Gateway:
             out.append(ms.error("api_error", exc.message))
             yield b"".join(out)
 
-    async def _close_stream(self, call: Call, state: _StreamState, client_gone: bool) -> None:
+    async def _close_stream(self, call: Call, state: _StreamState, ending: Ending) -> None:
         gen = call.gen
         assert gen is not None and call.reservation is not None
         text = state.text()
@@ -480,11 +516,14 @@ class Gateway:
         if state.complete:
             status, error = 200, None
         elif state.error is not None:
-            status, error = state.error.status, state.error.message
+            status, error = state.error.status, state.error.detail
+            log.warning("request %s: %s", call.request_id, error)
+        elif ending == "server":
+            status, error = 503, SHUTDOWN_CUT
         else:
             status, error = (
                 CLIENT_CLOSED,
-                "client closed the stream before it finished" if client_gone else "stream ended early",
+                "client closed the stream before it finished" if ending == "client" else "stream ended early",
             )
         call.row.update(
             response_text=text,
@@ -521,13 +560,22 @@ class Gateway:
     def _headers(self, call: Call) -> dict[str, str]:
         h = {"x-request-id": call.request_id, "request-id": call.request_id}
         if call.reservation is not None:
-            h.update(call.reservation.headers)
+            h.update(self._rate_headers(call, call.reservation.rate))
         return h
 
-    def _error(self, call: Call, err: ApiError) -> Response:
-        call.row["error"] = err.message
+    @staticmethod
+    def _rate_headers(call: Call, rate: RateStatus | None) -> dict[str, str]:
+        """The rate-limit headers in the convention of the call's API (anthropic-ratelimit-* or x-ratelimit-*)."""
+        return anthropic_headers(rate) if call.anthropic else openai_headers(rate)
+
+    def _error(self, call: Call, err: ApiError, detail: str | None = None) -> Response:
+        """Answer `err` and audit it; `detail`, when given, is what the audit row records instead of the
+        client's message (an upstream failure's internals, which the client is not told)."""
+        call.row["error"] = detail or err.message
+        if detail is not None:
+            log.warning("request %s: %s", call.request_id, detail)
         # a policy refusal carries its decision; a later refusal (429 under throttle) keeps the policy's
-        decision = getattr(err, "decision", None) or call.decision
+        decision = (err.decision if isinstance(err, PolicyRefusal) else None) or call.decision
         code = str(err.code or err.status)
         call.row["decision"] = decision.audit(refused=code) if decision is not None else f"refuse:{code}"
         self._finish(call, err.status)

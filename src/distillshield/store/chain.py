@@ -3,6 +3,9 @@
 Each row's hash is sha256(prev_hash || "\\n" || canonical(row)), where canonical(row) is the row's
 fields (seq included, hashes excluded) as sorted-key compact JSON. Editing a row breaks its own hash;
 deleting one leaves a gap in seq and a broken link; reordering breaks the links.
+
+The chain alone cannot show a rewrite by someone who recomputes every later hash; the Merkle tree over
+the same canonical bytes (merkle.py) and its signed checkpoints (checkpoint.py) can.
 """
 
 from __future__ import annotations
@@ -46,9 +49,14 @@ def canonical(row: Mapping[str, Any]) -> bytes:
 
 def link(prev_hash: str, row: Mapping[str, Any]) -> str:
     """The hash of `row` chained onto `prev_hash`."""
+    return link_encoded(prev_hash, canonical(row))
+
+
+def link_encoded(prev_hash: str, encoded: bytes) -> str:
+    """`link` for a row already encoded by `canonical` (the writer encodes once for chain and tree)."""
     h = hashlib.sha256(prev_hash.encode("ascii"))
     h.update(b"\n")
-    h.update(canonical(row))
+    h.update(encoded)
     return h.hexdigest()
 
 
@@ -119,9 +127,7 @@ class ChainVerifier:
             if head_seq > last_seq:
                 self._fail(last_seq + 1, f"rows {last_seq + 1}-{head_seq} are missing at the end of the log")
             elif head_seq < last_seq:
-                self._fail(
-                    head_seq + 1, f"row {head_seq + 1} lies beyond the recorded chain head (appended?)"
-                )
+                self._fail(head_seq + 1, f"row {head_seq + 1} lies beyond the recorded chain head (appended?)")
             elif head_hash != self.prev_hash and last_seq > 0:
                 self._fail(last_seq, f"row {last_seq} does not match the recorded chain head")
         return ChainReport(
@@ -142,9 +148,7 @@ def verify_rows(rows: Iterable[Mapping[str, Any]], head: tuple[int, str] | None 
     return v.finish(head)
 
 
-async def averify_rows(
-    rows: AsyncIterable[Mapping[str, Any]], head: tuple[int, str] | None = None
-) -> ChainReport:
+async def averify_rows(rows: AsyncIterable[Mapping[str, Any]], head: tuple[int, str] | None = None) -> ChainReport:
     v = ChainVerifier()
     async for row in rows:
         if not v.feed(row):

@@ -1,4 +1,4 @@
-"""The Store: one async engine, accounts/orgs/keys, and the hash-chained audit log.
+"""The Store: one async engine, accounts/orgs/keys, and the hash-chained audit log with its Merkle tree.
 
 SQLite (WAL) is the embedded default; PostgreSQL through asyncpg is a change of URL. Nothing here
 branches on the back end except connection set-up: the SQL is SQLAlchemy Core throughout.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import logging
 import secrets
 import sqlite3
 import time
@@ -23,8 +24,11 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from distillshield.store import chain
-from distillshield.store.tables import accounts, api_keys, audit_log, chain_head, metadata, orgs
+from distillshield.store import chain, merkle
+from distillshield.store.merkle import Frontier
+from distillshield.store.tables import accounts, api_keys, audit_log, audit_tree, chain_head, metadata, orgs
+
+log = logging.getLogger("distillshield.store")
 
 KEY_PREFIX = "ds"
 TIERS = ("free", "standard", "pro", "enterprise")
@@ -117,6 +121,9 @@ _LOCK_HEAD = chain_head.update().where(chain_head.c.id == 1).values(id=1)
 _READ_HEAD = sa.select(chain_head.c.seq, chain_head.c.hash).where(chain_head.c.id == 1).with_for_update()
 _INSERT_AUDIT = audit_log.insert()
 _WRITE_HEAD = chain_head.update().where(chain_head.c.id == 1)
+_READ_TREE = sa.select(audit_tree.c.size, audit_tree.c.frontier).where(audit_tree.c.id == 1)
+_WRITE_TREE = audit_tree.update().where(audit_tree.c.id == 1)
+_BOOLEAN_COLUMNS = tuple(c.name for c in audit_log.c if isinstance(c.type, sa.Boolean))
 
 
 def _driver_sql(stmt: sa.ClauseElement, dialect: sa.Dialect) -> tuple[str, tuple[str, ...]]:
@@ -136,6 +143,19 @@ _SQLITE_WRITE_HEAD, _names = _driver_sql(
     _WRITE_HEAD.values(seq=sa.bindparam("seq"), hash=sa.bindparam("hash")), sqlite_dialect.dialect()
 )
 assert _names == ("seq", "hash", "id_1")
+_SQLITE_READ_TREE, _names = _driver_sql(_READ_TREE, sqlite_dialect.dialect())
+assert _names == ("id_1",)
+_SQLITE_WRITE_TREE, _names = _driver_sql(
+    _WRITE_TREE.values(size=sa.bindparam("size"), frontier=sa.bindparam("frontier")), sqlite_dialect.dialect()
+)
+assert _names == ("size", "frontier", "id_1")
+_SQLITE_READ_ROWS, _names = _driver_sql(
+    sa.select(*[audit_log.c[k] for k in chain.CHAINED_FIELDS])
+    .where(audit_log.c.seq > sa.bindparam("lo"), audit_log.c.seq <= sa.bindparam("hi"))
+    .order_by(audit_log.c.seq),
+    sqlite_dialect.dialect(),
+)
+assert _names == ("lo", "hi")
 del _names
 
 
@@ -197,7 +217,7 @@ class Store:
         self._audit_conn: sqlite3.Connection | None = None
 
     async def init(self) -> None:
-        """Create missing tables and the chain head row. Safe to call on every start."""
+        """Create missing tables and the chain head and tree rows. Safe to call on every start."""
         try:
             async with self.engine.begin() as conn:
                 await conn.run_sync(metadata.create_all)
@@ -206,6 +226,16 @@ class Store:
                     await conn.execute(chain_head.insert().values(id=1, seq=0, hash=chain.GENESIS))
         except IntegrityError:
             pass  # another replica created the head row first
+        except (OperationalError, DBAPIError, OSError) as exc:
+            raise StoreError(f"cannot open the store at {self.safe_url}: {exc}") from None
+        try:
+            # A log written before the tree existed gets an empty tree row: the next append (or
+            # tree_head) extends it over the rows already there.
+            async with self.engine.begin() as conn:
+                if (await conn.execute(sa.select(audit_tree.c.id).where(audit_tree.c.id == 1))).first() is None:
+                    await conn.execute(audit_tree.insert().values(id=1, size=0, frontier=""))
+        except IntegrityError:
+            pass  # another replica created it first
         except (OperationalError, DBAPIError, OSError) as exc:
             raise StoreError(f"cannot open the store at {self.safe_url}: {exc}") from None
 
@@ -290,9 +320,7 @@ class Store:
 
     async def get_account(self, account_id: str) -> Account | None:
         async with self.engine.connect() as conn:
-            row = (
-                (await conn.execute(accounts.select().where(accounts.c.id == account_id))).mappings().first()
-            )
+            row = (await conn.execute(accounts.select().where(accounts.c.id == account_id))).mappings().first()
         return Account(**row) if row else None
 
     async def list_accounts(self, org_id: str | None = None) -> list[Account]:
@@ -304,9 +332,7 @@ class Store:
 
     async def set_account_status(self, account_id: str, status: str) -> None:
         async with self.engine.begin() as conn:
-            res = await conn.execute(
-                accounts.update().where(accounts.c.id == account_id).values(status=status)
-            )
+            res = await conn.execute(accounts.update().where(accounts.c.id == account_id).values(status=status))
         if res.rowcount == 0:
             raise StoreError(f"account '{account_id}' does not exist")
 
@@ -417,19 +443,39 @@ class Store:
 
     @staticmethod
     def _chain(
-        rows: Sequence[Mapping[str, Any]], seq: int, prev: str, names: tuple[str, ...]
+        rows: Sequence[Mapping[str, Any]], seq: int, prev: str, names: tuple[str, ...], tree: Frontier
     ) -> tuple[list[tuple[Any, ...]], int, str]:
-        """Number and link `rows` after (seq, prev): their parameter tuples, the new head seq and hash."""
+        """Number and link `rows` after (seq, prev), adding each to `tree`: their parameter tuples, the new
+        head seq and hash. One canonical encoding per row feeds both the chain link and the tree leaf."""
         out = []
-        link = chain.link
+        link, encode, leaf, add = chain.link_encoded, chain.canonical, merkle.leaf_hash, tree.append
         for r in rows:
             seq += 1
             rec = _storable_row(r)
             rec["seq"] = seq
             rec["prev_hash"] = prev
-            rec["hash"] = prev = link(prev, rec)
+            encoded = encode(rec)
+            rec["hash"] = prev = link(prev, encoded)
+            add(leaf(encoded))
             out.append(tuple([rec[n] for n in names]))
         return out, seq, prev
+
+    @staticmethod
+    def _tree_start(size: int, frontier: str, head_seq: int) -> tuple[Frontier, int]:
+        """The stored tree and the seq its next leaf comes after. A tree ahead of the chain head (the log
+        was cut back, or its tables recreated) is rebuilt from the rows; `logs verify --checkpoint` shows
+        whether the log lost rows a checkpoint had signed."""
+        if size > head_seq:
+            log.warning(
+                "audit tree (size %d) is ahead of the chain head (row %d): rebuilt from the log", size, head_seq
+            )
+            return Frontier(), 0
+        return Frontier.decode(size, frontier), size
+
+    @staticmethod
+    def _extend(tree: Frontier, rows: Sequence[Mapping[str, Any]]) -> None:
+        for r in rows:
+            tree.append(merkle.leaf_hash(chain.canonical(r)))
 
     async def _append_once(self, rows: Sequence[Mapping[str, Any]]) -> int:
         if self._audit_file is not None:
@@ -447,10 +493,31 @@ class Store:
                 # Take the write lock before reading the head so two processes cannot fork the chain.
                 await conn.execute(_LOCK_HEAD)
             head = (await conn.execute(_READ_HEAD)).one()
-            out, seq, prev = self._chain(rows, head.seq, head.hash, names)
+            tree = await self._load_tree(conn, head.seq)
+            out, seq, prev = self._chain(rows, head.seq, head.hash, names, tree)
             await conn.exec_driver_sql(sql, out)
             await conn.execute(_WRITE_HEAD.values(seq=seq, hash=prev))
+            await conn.execute(_WRITE_TREE.values(size=tree.size, frontier=tree.encode()))
         return seq
+
+    async def _load_tree(self, conn: Any, head_seq: int, stored: tuple[int, str] | None = None) -> Frontier:
+        """The tree row (`stored`, or read now), extended over any rows it lacks (rows written before the
+        tree existed)."""
+        size, frontier = stored if stored is not None else (await conn.execute(_READ_TREE)).one()
+        tree, after = self._tree_start(int(size), frontier, head_seq)
+        while after < head_seq:
+            q = (
+                sa.select(*[audit_log.c[k] for k in chain.CHAINED_FIELDS])
+                .where(audit_log.c.seq > after, audit_log.c.seq <= head_seq)
+                .order_by(audit_log.c.seq)
+                .limit(5000)
+            )
+            batch = [dict(r) for r in (await conn.execute(q)).mappings()]
+            if not batch:
+                break
+            self._extend(tree, batch)
+            after = batch[-1]["seq"]
+        return tree
 
     def _append_sqlite(self, rows: Sequence[Mapping[str, Any]]) -> int:
         """One batch on a SQLite file, in the audit thread: the whole transaction is one hand-off from the
@@ -467,15 +534,47 @@ class Store:
         conn.execute("BEGIN IMMEDIATE")
         try:
             seq, prev = conn.execute(_SQLITE_READ_HEAD, (1,)).fetchone()
-            out, seq, prev = self._chain(rows, seq, prev, names)
+            tree = self._load_tree_sqlite(conn, seq)
+            out, seq, prev = self._chain(rows, seq, prev, names, tree)
             conn.executemany(sql, out)
             conn.execute(_SQLITE_WRITE_HEAD, (seq, prev, 1))
+            conn.execute(_SQLITE_WRITE_TREE, (tree.size, tree.encode(), 1))
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
         return seq
+
+    def _load_tree_sqlite(self, conn: sqlite3.Connection, head_seq: int) -> Frontier:
+        size, frontier = conn.execute(_SQLITE_READ_TREE, (1,)).fetchone()
+        tree, after = self._tree_start(int(size), frontier, head_seq)
+        if after < head_seq:
+            cur = conn.execute(_SQLITE_READ_ROWS, (after, head_seq))
+            while batch := cur.fetchmany(5000):
+                recs = [dict(zip(chain.CHAINED_FIELDS, r, strict=True)) for r in batch]
+                for rec in recs:  # plain sqlite3 returns 0/1 where SQLAlchemy (and so the hash) has booleans
+                    for k in _BOOLEAN_COLUMNS:
+                        if rec[k] is not None:
+                            rec[k] = bool(rec[k])
+                self._extend(tree, recs)
+        return tree
+
+    async def tree_head(self) -> tuple[int, bytes]:
+        """The Merkle tree head of the whole log as (size, root), as the last append left it: O(log n), no
+        rehash of the log (the rows of a log written before the tree existed are read once)."""
+        # Head and tree in one statement: they are written in one transaction, so they agree.
+        q = (
+            sa.select(chain_head.c.seq, audit_tree.c.size, audit_tree.c.frontier)
+            .select_from(chain_head.join(audit_tree, audit_tree.c.id == chain_head.c.id))
+            .where(chain_head.c.id == 1)
+        )
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(q)).first()
+            if row is None:
+                return 0, merkle.EMPTY_ROOT
+            tree = await self._load_tree(conn, int(row.seq), (int(row.size), row.frontier))
+        return tree.size, tree.root()
 
     async def chain_head(self) -> tuple[int, str]:
         async with self.engine.connect() as conn:

@@ -79,6 +79,16 @@ chain_head = sa.Table(
     sa.Column("hash", sa.String(64), nullable=False),
 )
 
+# One row (id=1): the audit log's Merkle tree (store/merkle.py) as its size and right-edge subtree hashes,
+# updated with the chain head in every append, so a signed checkpoint needs no rehash of the log.
+audit_tree = sa.Table(
+    "audit_tree",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("frontier", sa.Text, nullable=False),  # hex hashes, largest subtree first, space-separated
+)
+
 # The review queue (store/review.py): one item per flagged account, cluster or allowlisted org, with
 # its current status; every reviewer decision is a row of its own, the record of who decided what.
 review_items = sa.Table(

@@ -7,13 +7,14 @@ disconnect, cancelled stream); FINISH does both in one step, at the end of a req
 Parallel requests therefore cannot overshoot a token limit.
 
 Windows: requests and tokens per minute are exact sliding 60-second windows; tokens per day is a
-quota per UTC calendar day.
+quota per UTC calendar day. Every decision also reports the tightest scope's windows (`RateStatus`), which
+the gateway turns into the rate-limit headers of each API (headers.py).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from distillshield.config import LimitSet
@@ -35,28 +36,106 @@ class Scope:
         return f"{self.kind}:{self.id}"
 
 
+@dataclass(frozen=True)
+class Window:
+    """A sliding window as a client sees it: its limit, what is left, and reset_s, the seconds until it is
+    back to its full limit (when the newest entry it counts leaves it; 0 when it counts none)."""
+
+    limit: int
+    remaining: int
+    reset_s: float
+
+
+@dataclass(frozen=True)
+class RateStatus:
+    """The tightest scope's request and token windows (None: no scope limits them) at wall-clock time `at`
+    (seconds since the epoch; the back end's clock, Redis server time for Redis)."""
+
+    at: float
+    requests: Window | None = None
+    tokens: Window | None = None
+
+
+@dataclass(frozen=True)
+class ScopeCount:
+    """One scope's windows before a request is decided: requests and tokens counted, and the seconds until the
+    newest counted request, and the newest reservation holding tokens, leave the window (0.0 when none)."""
+
+    requests: int
+    tokens: int
+    requests_reset: float
+    tokens_reset: float
+
+
+def rate_status(
+    scopes: tuple[Scope, ...], counts: list[ScopeCount], at: float, taken: int | None, full_for: float = 0.0
+) -> RateStatus:
+    """The RateStatus of a decision, the same for every back end.
+
+    taken: the tokens of the admitted request (it then counts in every window, and as the newest entry holds
+    each window for the whole WINDOW_S), or None for a refusal (the windows as they are). full_for > 0: the
+    request and token windows are treated as full for that long (Redis lost its data: redis.py). The tightest
+    scope wins: the least remaining, and on a tie the later reset.
+    """
+    best_req: Window | None = None
+    best_tok: Window | None = None
+    for s, c in zip(scopes, counts, strict=True):
+        lim = s.limits
+        if lim.rpm:
+            n, reset = (c.requests + 1, WINDOW_S) if taken is not None else (c.requests, c.requests_reset)
+            w = _window(lim.rpm, lim.rpm - n, reset, full_for)
+            if best_req is None or (w.remaining, -w.reset_s) < (best_req.remaining, -best_req.reset_s):
+                best_req = w
+        if lim.tpm:
+            if taken is not None:
+                n, reset = c.tokens + taken, WINDOW_S if taken > 0 else c.tokens_reset
+            else:
+                n, reset = c.tokens, c.tokens_reset
+            w = _window(lim.tpm, lim.tpm - n, reset, full_for)
+            if best_tok is None or (w.remaining, -w.reset_s) < (best_tok.remaining, -best_tok.reset_s):
+                best_tok = w
+    return RateStatus(at, best_req, best_tok)
+
+
+def _window(limit: int, remaining: int, reset: float, full_for: float) -> Window:
+    if full_for > 0:
+        return Window(limit, 0, max(reset, full_for))
+    return Window(limit, max(0, remaining), max(0.0, reset))
+
+
 @dataclass
 class Reservation:
-    """What a request holds: its scopes, tokens reserved, and back-end bookkeeping."""
+    """What a request holds: its scopes, tokens reserved, the windows after it (`rate`), and back-end
+    bookkeeping."""
 
     scopes: tuple[Scope, ...]
     tokens: int
-    headers: dict[str, str] = field(default_factory=dict)
+    rate: RateStatus | None = None
     handle: Any = None
     settled: bool = False
     released: bool = False
 
 
 class LimitExceeded(Exception):
-    """A limit stops this request. retry_after is None when waiting cannot help (request too large)."""
+    """A limit stops this request. retry_after is None when waiting cannot help (request too large); rate:
+    the tightest scope's windows when it was refused (for the rate-limit headers of the 429)."""
 
-    def __init__(self, scope: Scope, limit: str, limit_value: int, retry_after: float | None, message: str) -> None:
+    def __init__(
+        self,
+        scope: Scope,
+        limit: str,
+        limit_value: int,
+        retry_after: float | None,
+        message: str,
+        rate: RateStatus | None = None,
+    ) -> None:
         super().__init__(message)
         self.scope = scope
         self.limit = limit
         self.limit_value = limit_value
         self.retry_after = retry_after
         self.message = message
+        self.rate = rate
 
     def headers(self) -> dict[str, str]:
         h = {"x-ratelimit-scope": self.scope.kind, "x-ratelimit-limit": self.limit}
@@ -66,7 +145,7 @@ class LimitExceeded(Exception):
         return h
 
 
-Reason = Literal["concurrent", "requests", "too_large", "tokens", "tokens_per_day"]
+Reason = Literal["concurrent", "requests", "too_large", "tokens", "tokens_per_day", "refill"]
 
 
 def limit_exceeded(
@@ -77,10 +156,12 @@ def limit_exceeded(
     tokens: int = 0,
     in_flight: int = 0,
     token_sum: int = 0,
+    rate: RateStatus | None = None,
 ) -> LimitExceeded:
     """The LimitExceeded every back end raises for `reason`, so the messages are the same everywhere.
 
-    tokens: what the refused request asked for; in_flight and token_sum: the scope's state when refused.
+    tokens: what the refused request asked for; in_flight and token_sum: the scope's state when refused;
+    rate: the windows for the 429's headers. "refill": the shared store lost the windows (redis.py).
     """
     lim = scope.limits
     who = f"{scope.kind} {scope.id}"
@@ -91,10 +172,16 @@ def limit_exceeded(
             lim.concurrent or 0,
             retry_after,
             f"{who} has {in_flight} requests in flight; the limit is {lim.concurrent}",
+            rate,
         )
     if reason == "requests":
         return LimitExceeded(
-            scope, "requests", lim.rpm or 0, retry_after, f"{who} reached its limit of {lim.rpm} requests per minute"
+            scope,
+            "requests",
+            lim.rpm or 0,
+            retry_after,
+            f"{who} reached its limit of {lim.rpm} requests per minute",
+            rate,
         )
     if reason == "too_large":
         return LimitExceeded(
@@ -104,6 +191,7 @@ def limit_exceeded(
             None,
             f"this request may use up to {tokens} tokens (prompt estimate + max_tokens), "
             f"more than {who}'s limit of {lim.tpm} tokens per minute; lower max_tokens",
+            rate,
         )
     if reason == "tokens":
         return LimitExceeded(
@@ -113,6 +201,18 @@ def limit_exceeded(
             retry_after,
             f"{who} reached its limit of {lim.tpm} tokens per minute "
             f"({token_sum} used or reserved, this request needs up to {tokens})",
+            rate,
+        )
+    if reason == "refill":
+        wait = math.ceil(retry_after or 0.0)
+        return LimitExceeded(
+            scope,
+            "requests" if lim.rpm else "tokens",
+            (lim.rpm or 0) if lim.rpm else (lim.tpm or 0),
+            retry_after,
+            f"the rate limiter's Redis lost its data (restart or flush), so the last minute's requests are "
+            f"unknown; {who}'s request and token windows count as full for {wait} s more",
+            rate,
         )
     return LimitExceeded(
         scope,
@@ -120,6 +220,7 @@ def limit_exceeded(
         lim.tpd or 0,
         retry_after,
         f"{who} reached its quota of {lim.tpd} tokens per day (resets at 00:00 UTC)",
+        rate,
     )
 
 
@@ -152,6 +253,11 @@ class RateLimiter(Protocol):
         """Whether the back end answers now (readiness: a gateway whose limiter is down serves only 503s)."""
         ...
 
+    def refill_s(self) -> float:
+        """Seconds left of a period in which the request and token windows count as full because the shared
+        store lost them (redis.py), as last seen by this process; 0.0 when there is none."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -163,23 +269,3 @@ def estimate_tokens(prompt_text: str, max_tokens: int, n: int = 1, messages: int
     """
     prompt = math.ceil(len(prompt_text.encode("utf-8")) / 3) + 4 * messages + 3
     return prompt + max_tokens * n
-
-
-def rate_headers(scopes: tuple[Scope, ...], remaining: dict[str, tuple[int | None, int | None]]) -> dict[str, str]:
-    """OpenAI-style x-ratelimit-* headers for the tightest scope."""
-    best_req: tuple[int, int] | None = None
-    best_tok: tuple[int, int] | None = None
-    for s in scopes:
-        rr, rt = remaining.get(s.key, (None, None))
-        if s.limits.rpm and rr is not None and (best_req is None or rr < best_req[1]):
-            best_req = (s.limits.rpm, rr)
-        if s.limits.tpm and rt is not None and (best_tok is None or rt < best_tok[1]):
-            best_tok = (s.limits.tpm, rt)
-    h: dict[str, str] = {}
-    if best_req:
-        h["x-ratelimit-limit-requests"] = str(best_req[0])
-        h["x-ratelimit-remaining-requests"] = str(max(0, best_req[1]))
-    if best_tok:
-        h["x-ratelimit-limit-tokens"] = str(best_tok[0])
-        h["x-ratelimit-remaining-tokens"] = str(max(0, best_tok[1]))
-    return h

@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from distillshield.gateway.limits.base import (
     DAY_S,
     WINDOW_S,
+    LimitExceeded,
     Reservation,
     Scope,
+    ScopeCount,
     limit_exceeded,
-    rate_headers,
+    rate_status,
 )
 
 _COMPACT_AT = 4096  # drop expired entries from the front of the arrays once this many have accumulated
@@ -74,6 +76,16 @@ class _State:
             front = 0
         self.tok_front = front
 
+    def count(self, now: float) -> ScopeCount:
+        """The windows as they are (call prune first): what they count and when their newest entries leave."""
+        req_reset = self.req_ts[-1] + WINDOW_S - now if self.requests else 0.0
+        tok_reset = 0.0
+        for i in range(len(self.tok_ts) - 1, self.tok_front - 1, -1):  # newest first; usually the first one
+            if self.tok_n[i] > 0:
+                tok_reset = self.tok_ts[i] + WINDOW_S - now
+                break
+        return ScopeCount(self.requests, self.token_sum, req_reset, tok_reset)
+
     def roll_day(self, wall: float) -> None:
         day = int(wall // DAY_S)
         if day != self.day:
@@ -103,18 +115,18 @@ class MemoryRateLimiter:
     async def reserve(self, scopes: tuple[Scope, ...], tokens: int) -> Reservation:
         now, wall = self._mono(), self._wall()
         states = []
-        remaining: dict[str, tuple[int | None, int | None]] = {}
         for scope in scopes:
             st = self._state(scope.key)
             st.prune(now)
             st.roll_day(wall)
-            self._check(scope, st, tokens, now, wall)
-            lim = scope.limits
-            remaining[scope.key] = (
-                lim.rpm - st.requests - 1 if lim.rpm else None,
-                lim.tpm - st.token_sum - tokens if lim.tpm else None,
-            )
             states.append(st)
+        counts = [st.count(now) for st in states]
+        try:
+            for scope, st in zip(scopes, states, strict=True):
+                self._check(scope, st, tokens, now, wall)
+        except LimitExceeded as exc:
+            exc.rate = rate_status(scopes, counts, wall, None)
+            raise
         entries = []
         for st in states:  # every check passed: commit to every scope
             st.req_ts.append(now)
@@ -125,7 +137,7 @@ class MemoryRateLimiter:
             st.in_flight += 1
             st.day_tokens += tokens
         return Reservation(
-            scopes, tokens, rate_headers(scopes, remaining), _Handle(entries, states[0].day if states else 0)
+            scopes, tokens, rate_status(scopes, counts, wall, tokens), _Handle(entries, states[0].day if states else 0)
         )
 
     def _check(self, scope: Scope, st: _State, tokens: int, now: float, wall: float) -> None:
@@ -180,6 +192,9 @@ class MemoryRateLimiter:
 
     async def ping(self) -> bool:
         return True  # in this process: up while the process is
+
+    def refill_s(self) -> float:
+        return 0.0  # the windows live and die with this process: never lost while it runs
 
     async def close(self) -> None:
         self._states.clear()

@@ -11,29 +11,46 @@ them apart.
 Keys, per scope ("ds:rl:" + "kind:id"), each with an expiry so idle scopes vanish:
   <p>:w  ZSET  reservation id -> start time (µs): the 60 s window of requests and token reservations
   <p>:t  HASH  reservation id -> tokens (settle replaces it), and field "s" = their sum
-  <p>:c  ZSET  reservation id -> lease expiry (µs): the slots in flight. A replica that crashes before
-               release() or finish() leaks nothing for long: its slots expire after the lease (default
-               600 s), so a request that runs longer than the lease loses its slot early.
+  <p>:c  ZSET  reservation id -> lease expiry (µs): the slots in flight
   <p>:d  HASH  "day" (UTC day number) and "t" (tokens that day)
+and one per Redis, without expiry: "ds:rl:epoch" HASH "id", "since" (µs), "lost" ("1": began with a loss).
+
+Slots are short leases (limits.redis_lease_s, 30 s by default) that one background task per limiter renews
+every lease/3 for every reservation still alive (one script call for all of them), so a long stream keeps its
+slot and a slot nobody renews (its replica crashed, or its release failed) comes back within one lease. A
+release that meets a Redis error is retried in the background (RELEASE_RETRY_DELAYS); a reservation the
+gateway dropped without releasing is no longer renewed (the limiter holds it weakly).
+
+Data loss: the epoch key is written with the first reserve on an empty Redis. A replica that had seen an epoch
+and finds it gone (a restart without persistence, FLUSHDB) or replaced knows the windows of the last minute
+are lost; by default (limits.redis_fresh_policy: closed) every scope's request and token windows then count as
+full until 60 s after the new epoch began (429 with a Retry-After that says when), since the requests accepted
+in the lost minute are unknown; "open" accepts at once. A replica whose first request meets an empty Redis
+cannot tell a loss from a new deployment, and a Redis that evicts keys (maxmemory-policy allkeys-*) can evict
+the marker: run it with noeviction or volatile-*.
 
 Differences from memory.py: the windows follow the Redis server's wall clock (a server clock step moves
 them); settle(), release() and finish() log and swallow Redis errors instead of failing a request whose
-answer is ready (the reservation then stays at its estimate, the slot expires with its lease); a reserve whose
-reply is lost on the network and retried once may count twice (over-counting, never overshoot). All
-scopes' keys must live on one Redis (no Redis Cluster).
+answer is ready (the reservation then stays at its estimate; the release is retried, and the slot expires
+with its lease in any case); a reserve whose reply is lost on the network and retried once may count twice
+(over-counting, never overshoot). All scopes' keys must live on one Redis (no Redis Cluster).
 
 Tests only: set `_clock` to a callable returning seconds to replace Redis TIME in the scripts (like
-memory.py's `_mono`/`_wall`), to test exact retry-after values and UTC midnight without waiting.
+memory.py's `_mono`/`_wall`), to test exact retry-after values, leases and UTC midnight without waiting;
+`_mono` and the `sleep` argument drive the background task's schedule.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 import uuid
-from collections.abc import Callable
+import weakref
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Literal, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
@@ -44,12 +61,23 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from distillshield.gateway.errors import ApiError
-from distillshield.gateway.limits.base import Reason, Reservation, Scope, limit_exceeded, rate_headers
+from distillshield.gateway.limits.base import (
+    Reason,
+    Reservation,
+    Scope,
+    ScopeCount,
+    limit_exceeded,
+    rate_status,
+)
 
 log = logging.getLogger("distillshield.limits")
 
 PREFIX = "ds:rl:"
 PING_TIMEOUT_S = 1.0  # readiness: a Redis that does not answer within this is not ready
+LEASE_S = 30.0  # a slot's lease; renewed every LEASE_S / 3 while its request lives
+RELEASE_RETRY_DELAYS = (0.5, 2.0, 8.0)  # a failed release is retried after these (cumulative 10.5 s < a lease)
+RENEW_BATCH = 500  # reservations per renewal script call (bounds how long one call blocks Redis)
+FreshPolicy = Literal["closed", "open"]
 
 # Times are integer microseconds (exact in a Lua double); numbers go to redis.call as '%d' strings,
 # since Redis would format a Lua number with too few digits.
@@ -65,25 +93,40 @@ local DAY = 86400000000
 local CHUNK = 256
 """
 
-# KEYS: per scope w, t, c, d. ARGV: id, tokens, lease (µs), clock override ('' = TIME),
+# KEYS: per scope w, t, c, d, then the epoch key. ARGV: id, tokens, lease (µs), clock override ('' = TIME),
+# the epoch this replica knows ('' = none yet), 'closed' or 'open' (limits.redis_fresh_policy),
 # then per scope rpm, tpm, concurrent, tpd (0 = no limit).
-# Returns {1, day, requests_1, token_sum_1, ...} (the scopes' state before this request)
-# or {0, scope index, reason, wait µs or '', in_flight or token_sum}.
+# Returns {ok, epoch id, lost, epoch since (µs), now (µs), full for (µs), day or scope index, reason, wait µs,
+# in_flight or token_sum, then per scope: requests, token sum, µs until the newest request leaves the window,
+# µs until the newest reservation holding tokens leaves it} (the scopes' state before this request); ok is 1
+# when the request was admitted, 0 when the scope at the index refused it for the reason.
 _RESERVE = (
     _COMMON
     + """
 local id, tokens, lease = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local now = now_us(ARGV[4])
+local known, closed = ARGV[5], ARGV[6] == 'closed'
 local day = math.floor(now / DAY)
 local horizon = int(now - WINDOW)
-local n = #KEYS / 4
-local out = {1, day}
-local day_tokens, sums = {}, {}
+local n = (#KEYS - 1) / 4
+-- the epoch: written with the first reserve on an empty Redis; gone or replaced = Redis lost its data
+local ek = KEYS[#KEYS]
+local e = redis.call('HMGET', ek, 'id', 'since', 'lost')
+local eid, since, lost = e[1], tonumber(e[2]), e[3] == '1'
+if not eid then
+  eid, since, lost = id, now, known ~= ''
+  redis.call('HSET', ek, 'id', eid, 'since', int(now), 'lost', lost and '1' or '0')
+elseif known ~= '' and eid ~= known and not lost then
+  -- a replica that never saw the old epoch wrote this one; this replica did: it began with a loss
+  lost = true
+  redis.call('HSET', ek, 'lost', '1')
+end
+local full_for = 0
+if lost and closed and now < since + WINDOW then full_for = since + WINDOW - now end
+local counts, sums, flights, day_tokens = {}, {}, {}, {}
+local tail = {}
 for i = 1, n do
   local w, t, c, d = KEYS[4*i-3], KEYS[4*i-2], KEYS[4*i-1], KEYS[4*i]
-  local a = 4 + 4 * (i - 1)
-  local rpm, tpm = tonumber(ARGV[a+1]), tonumber(ARGV[a+2])
-  local conc, tpd = tonumber(ARGV[a+3]), tonumber(ARGV[a+4])
   -- prune: expired slot leases, reservations that left the window (start <= now - 60 s)
   redis.call('ZREMRANGEBYSCORE', c, '-inf', int(now))
   local sum = tonumber(redis.call('HGET', t, 's')) or 0
@@ -99,16 +142,61 @@ for i = 1, n do
     if #old < CHUNK then break end
   end
   if pruned then redis.call('HSET', t, 's', int(sum)) end
-  -- checks, in memory.py's order
-  local in_flight = redis.call('ZCARD', c)
-  if conc > 0 and in_flight >= conc then return {0, i, 'concurrent', '', in_flight} end
   local count = redis.call('ZCARD', w)
+  -- when the window is back to its full limit: the newest request, the newest reservation holding tokens
+  local req_reset, tok_reset = 0, 0
+  if count > 0 then
+    local last = redis.call('ZRANGE', w, -1, -1, 'WITHSCORES')
+    req_reset = tonumber(last[2]) + WINDOW - now
+  end
+  local start = 0
+  while sum > 0 do
+    local e = redis.call('ZREVRANGE', w, start, start + CHUNK - 1, 'WITHSCORES')
+    if #e == 0 then break end
+    local ids = {}
+    for j = 1, #e, 2 do ids[#ids + 1] = e[j] end
+    local vals = redis.call('HMGET', t, unpack(ids))
+    local found = false
+    for j = 1, #ids do
+      if (tonumber(vals[j]) or 0) > 0 then
+        tok_reset, found = tonumber(e[2 * j]) + WINDOW - now, true
+        break
+      end
+    end
+    if found then break end
+    start = start + CHUNK
+  end
+  local dd = redis.call('HMGET', d, 'day', 't')
+  local dt = 0
+  if tonumber(dd[1]) == day then dt = tonumber(dd[2]) or 0 end
+  counts[i], sums[i], flights[i], day_tokens[i] = count, sum, redis.call('ZCARD', c), dt
+  tail[#tail + 1] = count
+  tail[#tail + 1] = int(sum)
+  tail[#tail + 1] = int(req_reset)
+  tail[#tail + 1] = int(tok_reset)
+end
+local function answer(ok, a, reason, wait, state)
+  local out = {ok, eid, lost and 1 or 0, int(since), int(now), int(full_for), a, reason, wait, int(state)}
+  for j = 1, #tail do out[#out + 1] = tail[j] end
+  return out
+end
+-- checks, in memory.py's order (a lost window counts as full after the concurrency check)
+for i = 1, n do
+  local w, t = KEYS[4*i-3], KEYS[4*i-2]
+  local a = 6 + 4 * (i - 1)
+  local rpm, tpm = tonumber(ARGV[a+1]), tonumber(ARGV[a+2])
+  local conc, tpd = tonumber(ARGV[a+3]), tonumber(ARGV[a+4])
+  local count, sum = counts[i], sums[i]
+  if conc > 0 and flights[i] >= conc then return answer(0, i, 'concurrent', '', flights[i]) end
+  if full_for > 0 and (rpm > 0 or tpm > 0) and not (tpm > 0 and tokens > tpm) then
+    return answer(0, i, 'refill', int(full_for), count)
+  end
   if rpm > 0 and count >= rpm then
     local e = redis.call('ZRANGE', w, count - rpm, count - rpm, 'WITHSCORES')
-    return {0, i, 'requests', int(tonumber(e[2]) + WINDOW - now), count}
+    return answer(0, i, 'requests', int(tonumber(e[2]) + WINDOW - now), count)
   end
   if tpm > 0 then
-    if tokens > tpm then return {0, i, 'too_large', '', sum} end
+    if tokens > tpm then return answer(0, i, 'too_large', '', sum) end
     if sum + tokens > tpm then
       -- wait until enough of the oldest reservations leave the window
       local need, wait, start = sum + tokens - tpm, WINDOW, 0
@@ -127,20 +215,15 @@ for i = 1, n do
         end
         start = start + CHUNK
       end
-      return {0, i, 'tokens', int(wait), sum}
+      return answer(0, i, 'tokens', int(wait), sum)
     end
   end
-  local dd = redis.call('HMGET', d, 'day', 't')
-  local dt = 0
-  if tonumber(dd[1]) == day then dt = tonumber(dd[2]) or 0 end
-  if tpd > 0 and dt + tokens > tpd then return {0, i, 'tokens_per_day', int((day + 1) * DAY - now), dt} end
-  day_tokens[i], sums[i] = dt, sum
-  out[#out + 1] = count
-  out[#out + 1] = sum
+  local dt = day_tokens[i]
+  if tpd > 0 and dt + tokens > tpd then return answer(0, i, 'tokens_per_day', int((day + 1) * DAY - now), dt) end
 end
 -- every check passed: commit to every scope
 local ts, expiry = int(now), int(now + lease)
-local slot_ttl = int(math.floor(lease / 1000) + 1000)
+local slot_ttl = math.floor(lease / 1000) + 1000
 local day_ttl = int(math.floor(((day + 1) * DAY - now) / 1000) + 3600000)
 for i = 1, n do
   local w, t, c, d = KEYS[4*i-3], KEYS[4*i-2], KEYS[4*i-1], KEYS[4*i]
@@ -150,10 +233,11 @@ for i = 1, n do
   redis.call('HSET', d, 'day', int(day), 't', int(day_tokens[i] + tokens))
   redis.call('PEXPIRE', w, 61000)
   redis.call('PEXPIRE', t, 61000)
-  redis.call('PEXPIRE', c, slot_ttl)
+  -- never shorten: a replica configured with a longer lease may hold a slot here
+  if redis.call('PTTL', c) < slot_ttl then redis.call('PEXPIRE', c, int(slot_ttl)) end
   redis.call('PEXPIRE', d, day_ttl)
 end
-return out
+return answer(1, int(day), '', '', 0)
 """
 )
 
@@ -202,11 +286,39 @@ return 1
 """
 )
 
-# KEYS: every scope's c. ARGV: id.
+# KEYS: the c of every scope of every reservation. ARGV: per reservation its id and how many of KEYS are its.
 _RELEASE = """
-for i = 1, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
+local k = 1
+for a = 1, #ARGV, 2 do
+  local id, n = ARGV[a], tonumber(ARGV[a + 1])
+  for j = k, k + n - 1 do redis.call('ZREM', KEYS[j], id) end
+  k = k + n
+end
 return 1
 """
+
+# Lease renewal. KEYS and ARGV as _RELEASE's, after two leading ARGV: lease (µs), clock override.
+# ZADD XX: a slot that is gone (released, by a release this call overtook, or reclaimed after its lease
+# expired) is never brought back.
+_RENEW = (
+    _COMMON
+    + """
+local lease = tonumber(ARGV[1])
+local now = now_us(ARGV[2])
+local expiry = int(now + lease)
+local ttl = math.floor(lease / 1000) + 1000
+local k, renewed = 1, 0
+for a = 3, #ARGV, 2 do
+  local id, n = ARGV[a], tonumber(ARGV[a + 1])
+  for j = k, k + n - 1 do
+    renewed = renewed + redis.call('ZADD', KEYS[j], 'XX', 'CH', expiry, id)
+    if redis.call('PTTL', KEYS[j]) < ttl then redis.call('PEXPIRE', KEYS[j], int(ttl)) end
+  end
+  k = k + n
+end
+return renewed
+"""
+)
 
 # KEYS: c. ARGV: clock override. Slots whose lease has not expired.
 _IN_FLIGHT = (
@@ -224,6 +336,25 @@ class _Handle:
     settle_keys: list[str]  # t, d per scope
     slot_keys: list[str]  # c per scope
     finish_keys: list[str]  # t, d, c per scope
+
+
+@dataclass
+class _PendingRelease:
+    """A release that met a Redis error: tried again at `due` (the limiter's monotonic clock)."""
+
+    handle: _Handle
+    attempts: int  # failed so far
+    due: float
+
+
+def _slot_args(handles: list[_Handle]) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of _RELEASE and _RENEW for these reservations."""
+    keys: list[str] = []
+    args: list[Any] = []
+    for h in handles:
+        keys += h.slot_keys
+        args += [h.id, len(h.slot_keys)]
+    return keys, args
 
 
 def safe_url(url: str) -> str:
@@ -251,14 +382,20 @@ class RedisRateLimiter:
         self,
         url: str,
         *,
-        lease_s: float = 600.0,
+        lease_s: float = LEASE_S,
+        fresh_policy: FreshPolicy = "closed",
         prefix: str = PREFIX,
         max_connections: int = 64,
         timeout_s: float = 5.0,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
+        """lease_s: a slot's lease (renewed every lease_s / 3 while its request lives); fresh_policy: what to
+        do after Redis lost its data (module docstring); sleep: how the background task waits (tests)."""
         self.url = url
         self.safe_url = safe_url(url)
         self.lease_s = lease_s
+        self.renew_every_s = lease_s / 3
+        self.fresh_policy: FreshPolicy = fresh_policy
         self.prefix = prefix
         pool = aioredis.BlockingConnectionPool.from_url(
             url,
@@ -274,11 +411,26 @@ class RedisRateLimiter:
         self._settle = self._redis.register_script(_SETTLE)
         self._release = self._redis.register_script(_RELEASE)
         self._finish = self._redis.register_script(_FINISH)
+        self._renew = self._redis.register_script(_RENEW)
         self._in_flight = self._redis.register_script(_IN_FLIGHT)
         self._clock: Callable[[], float] | None = None  # tests only: replaces Redis TIME
+        self._mono: Callable[[], float] = time.monotonic  # the background task's schedule
+        self._sleep = sleep
+        # Reservations holding slots, renewed by the background task. Weak: one the gateway dropped without
+        # releasing it (a bug) stops being renewed, and its slot expires with its lease.
+        self._live: weakref.WeakValueDictionary[str, Reservation] = weakref.WeakValueDictionary()
+        self._pending: list[_PendingRelease] = []  # failed releases, retried by the background task
+        self._wake = asyncio.Event()  # a release was queued: the background task reschedules
+        self._task: asyncio.Task[None] | None = None
+        self._epoch: str | None = None  # the epoch id last seen in Redis
+        self._epoch_lost = False  # ... and whether it began with a loss
+        self._refill_end: float | None = None  # _local_now() at which the last seen refill period ends
 
     def _now_arg(self) -> str:
         return "" if self._clock is None else str(round(self._clock() * 1_000_000))
+
+    def _local_now(self) -> float:
+        return self._clock() if self._clock is not None else self._mono()
 
     def _key(self, scope_key: str, part: str) -> str:
         return f"{self.prefix}{scope_key}:{part}"
@@ -294,21 +446,35 @@ class RedisRateLimiter:
     async def reserve(self, scopes: tuple[Scope, ...], tokens: int) -> Reservation:
         rid = uuid.uuid4().hex
         if not scopes:
-            return Reservation(scopes, tokens, {}, _Handle(rid, 0, [], [], []))
+            return Reservation(scopes, tokens, None, _Handle(rid, 0, [], [], []))
         keys: list[str] = []
-        args: list[Any] = [rid, tokens, round(self.lease_s * 1_000_000), self._now_arg()]
+        args: list[Any] = [
+            rid,
+            tokens,
+            round(self.lease_s * 1_000_000),
+            self._now_arg(),
+            self._epoch or "",
+            self.fresh_policy,
+        ]
         for s in scopes:
             keys += [self._key(s.key, "w"), self._key(s.key, "t"), self._key(s.key, "c"), self._key(s.key, "d")]
             lim = s.limits
             args += [lim.rpm or 0, lim.tpm or 0, lim.concurrent or 0, lim.tpd or 0]
+        keys.append(self.prefix + "epoch")
         try:
             res = await self._reserve(keys=keys, args=args)
         except (RedisError, OSError) as exc:
             raise self._unavailable(exc) from exc
-        if res[0] == 0:
-            _, index, reason, wait, state = res
-            scope = scopes[int(index) - 1]
-            reason = reason.decode()
+        ok, epoch, lost = int(res[0]), res[1].decode(), bool(int(res[2]))
+        since, now, full_for = int(res[3]), int(res[4]), int(res[5])
+        self._saw_epoch(epoch, lost, since, now, full_for)
+        tail = [int(x) for x in res[10:]]
+        counts = [
+            ScopeCount(tail[j], tail[j + 1], tail[j + 2] / 1e6, tail[j + 3] / 1e6) for j in range(0, len(tail), 4)
+        ]
+        at = now / 1e6
+        if ok == 0:
+            index, reason, wait, state = int(res[6]), res[7].decode(), res[8], int(res[9])
             if reason == "concurrent":
                 retry_after: float | None = 1.0
             elif reason == "too_large":
@@ -316,28 +482,67 @@ class RedisRateLimiter:
             else:
                 retry_after = int(wait) / 1_000_000
             raise limit_exceeded(
-                scope, cast(Reason, reason), retry_after, tokens=tokens, in_flight=int(state), token_sum=int(state)
+                scopes[index - 1],
+                cast(Reason, reason),
+                retry_after,
+                tokens=tokens,
+                in_flight=state,
+                token_sum=state,
+                rate=rate_status(scopes, counts, at, None, full_for / 1e6),
             )
-        remaining: dict[str, tuple[int | None, int | None]] = {}
-        for i, s in enumerate(scopes):
-            count, token_sum = int(res[2 + 2 * i]), int(res[3 + 2 * i])
-            lim = s.limits
-            remaining[s.key] = (
-                lim.rpm - count - 1 if lim.rpm else None,
-                lim.tpm - token_sum - tokens if lim.tpm else None,
-            )
-        finish_keys = keys.copy()
+        finish_keys = keys[:-1]
         del finish_keys[::4]  # w, t, c, d per scope -> t, c, d
         for i in range(0, len(finish_keys), 3):  # -> t, d, c
             finish_keys[i + 1], finish_keys[i + 2] = finish_keys[i + 2], finish_keys[i + 1]
         handle = _Handle(
             rid,
-            int(res[1]),
+            int(res[6]),
             [k for i, k in enumerate(finish_keys) if i % 3 != 2],
             finish_keys[2::3],
             finish_keys,
         )
-        return Reservation(scopes, tokens, rate_headers(scopes, remaining), handle)
+        reservation = Reservation(scopes, tokens, rate_status(scopes, counts, at, tokens, full_for / 1e6), handle)
+        self._live[rid] = reservation
+        self._start_task()
+        return reservation
+
+    def _saw_epoch(self, epoch: str, lost: bool, since_us: int, now_us: int, full_for_us: int) -> None:
+        """Note the epoch a reserve found; log one line when it shows this replica that Redis lost its data."""
+        self._refill_end = self._local_now() + full_for_us / 1e6 if full_for_us > 0 else None
+        known, known_lost = self._epoch, self._epoch_lost
+        if epoch == known and lost == known_lost:
+            return
+        self._epoch, self._epoch_lost = epoch, lost
+        changed = epoch != known
+        # a replica that had seen another epoch detected the loss itself; one that had not (it started on the
+        # empty Redis, or wrote the new marker itself) only learns of it from the marker, and only matters
+        # while the windows count as full
+        if not (changed and known is not None) and not (lost and full_for_us > 0):
+            return
+        if full_for_us:
+            outcome = (
+                f"every scope's request and token windows count as full for {full_for_us / 1e6:.1f} s more "
+                "(limits.redis_fresh_policy: closed)"
+            )
+        elif self.fresh_policy == "open":
+            outcome = "limits start again from empty windows (limits.redis_fresh_policy: open)"
+        else:
+            outcome = "nothing is refused for it: the loss is more than a window old"
+        replaced = f", replacing {known}" if changed and known is not None else ""
+        log.warning(
+            "rate limiter: Redis at %s lost its data (a restart without persistence, or a flush): its epoch marker "
+            "%s was written %.1f s ago%s; the last minute's requests are unknown, so %s",
+            self.safe_url,
+            epoch,
+            (now_us - since_us) / 1e6,
+            replaced,
+            outcome,
+        )
+
+    def refill_s(self) -> float:
+        if self._refill_end is None:
+            return 0.0
+        return max(0.0, self._refill_end - self._local_now())
 
     async def settle(self, reservation: Reservation, tokens_used: int) -> None:
         if reservation.settled:
@@ -363,18 +568,26 @@ class RedisRateLimiter:
         await self._release_slots(reservation.handle)
 
     async def _release_slots(self, handle: _Handle) -> None:
+        self._live.pop(handle.id, None)  # no longer renewed, whatever happens next
         if not handle.slot_keys:
             return
         try:
-            await self._release(keys=handle.slot_keys, args=[handle.id])
+            await self._release(keys=handle.slot_keys, args=[handle.id, len(handle.slot_keys)])
         except (RedisError, OSError) as exc:
-            log.warning(
-                "rate limiter: could not release reservation %s on Redis at %s (%s); its slot expires in %g s",
-                handle.id,
-                self.safe_url,
-                exc,
-                self.lease_s,
-            )
+            self._retry_release(handle, exc)
+
+    def _retry_release(self, handle: _Handle, exc: BaseException) -> None:
+        log.warning(
+            "rate limiter: could not release reservation %s on Redis at %s (%s); retrying in the background, "
+            "and its slot expires within %g s in any case",
+            handle.id,
+            self.safe_url,
+            exc,
+            self.lease_s,
+        )
+        self._pending.append(_PendingRelease(handle, 1, self._mono() + RELEASE_RETRY_DELAYS[0]))
+        self._wake.set()
+        self._start_task()
 
     async def finish(self, reservation: Reservation, tokens_used: int) -> None:
         """settle() and release() in one script: one round trip, atomic across the scopes."""
@@ -386,6 +599,7 @@ class RedisRateLimiter:
             return
         reservation.settled = reservation.released = True
         handle: _Handle = reservation.handle
+        self._live.pop(handle.id, None)
         if not handle.finish_keys:
             return
         settle = tokens_used != reservation.tokens
@@ -394,20 +608,111 @@ class RedisRateLimiter:
                 keys=handle.finish_keys, args=[handle.id, tokens_used, reservation.tokens, handle.day, int(settle)]
             )
         except (RedisError, OSError) as exc:
+            # The script ran or it did not: the release (idempotent) is retried, the settle is not (the day
+            # counter would move twice), so at worst the reservation keeps its estimate.
             log.warning(
-                "rate limiter: could not settle and release reservation %s on Redis at %s (%s); "
-                "it keeps its estimate and its slot expires in %g s",
+                "rate limiter: could not settle reservation %s on Redis at %s (%s); it keeps its estimate",
                 handle.id,
                 self.safe_url,
                 exc,
-                self.lease_s,
             )
+            self._retry_release(handle, exc)
         except asyncio.CancelledError:
             # Cancelled in flight: the script ran or it did not. Give the slot back again (ZREM of an id
             # that is gone changes nothing); the settle is not repeated (the day counter would move twice),
             # so at worst the reservation keeps its estimate: over-counting, never overshoot.
             await self._release_slots(handle)
             raise
+
+    # -- the background task: lease renewal and release retries ------------------------------------------
+
+    def _start_task(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._maintain(), name="ratelimit-leases")
+
+    async def _maintain(self) -> None:
+        """Renew every live reservation's leases every renew_every_s; retry failed releases when due."""
+        next_renewal = self._mono() + self.renew_every_s
+        while True:
+            try:
+                now = self._mono()
+                wake_at = min([next_renewal, *(p.due for p in self._pending)])
+                if wake_at > now:
+                    await self._pause(wake_at - now)
+                    continue  # slept, or woken early by a queued release: look again
+                if now >= next_renewal:
+                    next_renewal = now + self.renew_every_s
+                    await self.renew_leases()
+                await self._retry_releases(now)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug here must not end the renewals: every live slot would lapse
+                log.exception("rate limiter: lease maintenance failed; trying again in %g s", self.renew_every_s)
+                await self._pause(self.renew_every_s)
+
+    async def _pause(self, delay: float) -> None:
+        """Wait `delay` seconds, or less when a release is queued."""
+        self._wake.clear()
+        sleeper = asyncio.ensure_future(self._sleep(delay))
+        waker = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait((sleeper, waker), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            waker.cancel()
+
+    async def renew_leases(self) -> int:
+        """Extend the lease of every slot held by a live reservation of this limiter to lease_s from now, in
+        one script call per RENEW_BATCH reservations. Returns how many reservations were renewed; a Redis error
+        is logged (their leases run on, and the next renewal tries again)."""
+        handles = [r.handle for r in list(self._live.values()) if not r.released and r.handle.slot_keys]
+        for i in range(0, len(handles), RENEW_BATCH):
+            keys, args = _slot_args(handles[i : i + RENEW_BATCH])
+            try:
+                await self._renew(keys=keys, args=[round(self.lease_s * 1_000_000), self._now_arg(), *args])
+            except (RedisError, OSError) as exc:
+                log.warning(
+                    "rate limiter: could not renew the leases of %d requests on Redis at %s (%s); trying again "
+                    "in %g s, and a slot whose lease runs out (%g s after its last renewal) is freed early",
+                    len(handles) - i,
+                    self.safe_url,
+                    exc,
+                    self.renew_every_s,
+                    self.lease_s,
+                )
+                return i
+        return len(handles)
+
+    async def _retry_releases(self, now: float) -> None:
+        """Retry, in one script call, every failed release that is due; requeue or give up on failures."""
+        due = [p for p in self._pending if p.due <= now]
+        if not due:
+            return
+        self._pending = [p for p in self._pending if p.due > now]
+        keys, args = _slot_args([p.handle for p in due])
+        try:
+            await self._release(keys=keys, args=args)
+        except (RedisError, OSError) as exc:
+            for p in due:
+                if p.attempts < len(RELEASE_RETRY_DELAYS):
+                    retry = _PendingRelease(p.handle, p.attempts + 1, now + RELEASE_RETRY_DELAYS[p.attempts])
+                    self._pending.append(retry)
+            gave_up = [p.handle.id for p in due if p.attempts >= len(RELEASE_RETRY_DELAYS)]
+            if gave_up:
+                log.warning(
+                    "rate limiter: gave up releasing %d reservations on Redis at %s after %d attempts (%s); "
+                    "their slots expire with their leases (within %g s)",
+                    len(gave_up),
+                    self.safe_url,
+                    len(RELEASE_RETRY_DELAYS) + 1,
+                    exc,
+                    self.lease_s,
+                )
+
+    @property
+    def pending_releases(self) -> int:
+        """Releases that failed and wait for a retry (metrics and tests)."""
+        return len(self._pending)
 
     async def in_flight(self, scope_key: str) -> int:
         try:
@@ -422,4 +727,21 @@ class RedisRateLimiter:
             return False
 
     async def close(self) -> None:
+        """Stop the background task, try the pending releases once more, and close the connections."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._pending:
+            await self._retry_releases(float("inf"))
+            if self._pending:  # not given up on yet, but there is no later: say so once
+                log.warning(
+                    "rate limiter: closing with %d releases that failed on Redis at %s; their slots expire with "
+                    "their leases (within %g s)",
+                    len(self._pending),
+                    self.safe_url,
+                    self.lease_s,
+                )
+                self._pending.clear()
         await self._redis.aclose()

@@ -72,18 +72,18 @@ class HttpUpstream:
         return f"{self.cfg.base_url}/{'chat/completions' if req.api == 'chat' else 'completions'}"
 
     def _fail(self, exc: BaseException) -> UpstreamError:
+        where = f"the model server at {self.cfg.base_url}"
         if isinstance(exc, asyncio.TimeoutError):
             return UpstreamError(
                 504,
-                f"the model server at {self.cfg.base_url} did not answer within {self.cfg.read_timeout_s:g} s",
+                f"the model server did not answer within {self.cfg.read_timeout_s:g} s",
+                f"{where} did not answer within {self.cfg.read_timeout_s:g} s",
             )
         if isinstance(exc, aiohttp.ClientConnectorError):
             return UpstreamError(
-                502, f"cannot connect to the model server at {self.cfg.base_url}: {exc.os_error}"
+                502, "cannot connect to the model server", f"cannot connect to {where}: {exc.os_error}"
             )
-        return UpstreamError(
-            502, f"the model server at {self.cfg.base_url} failed: {type(exc).__name__}: {exc}"
-        )
+        return UpstreamError(502, "the model server failed", f"{where} failed: {type(exc).__name__}: {exc}")
 
     async def _check_status(self, resp: aiohttp.ClientResponse) -> None:
         if resp.status < 400:
@@ -97,7 +97,9 @@ class HttpUpstream:
         if resp.status in _PASSED_4XX:
             raise UpstreamError(resp.status, f"the model server rejected the request: {detail}")
         raise UpstreamError(
-            502, f"the model server at {self.cfg.base_url} returned HTTP {resp.status}: {detail}"
+            502,
+            f"the model server failed (HTTP {resp.status})",
+            f"the model server at {self.cfg.base_url} returned HTTP {resp.status}: {detail}",
         )
 
     async def complete(self, req: GenRequest) -> dict[str, Any]:
@@ -114,10 +116,10 @@ class HttpUpstream:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError:
             raise UpstreamError(
-                502, f"the model server at {self.cfg.base_url} answered with invalid JSON"
+                502, "the model server answered with invalid JSON", f"{self.cfg.base_url}: invalid JSON: {raw[:200]!r}"
             ) from None
         if not isinstance(data, dict):
-            raise UpstreamError(502, f"the model server at {self.cfg.base_url} answered with a non-object")
+            raise UpstreamError(502, "the model server answered with a non-object")
         return data
 
     async def stream(self, req: GenRequest) -> AsyncIterator[dict[str, Any]]:

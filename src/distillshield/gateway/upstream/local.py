@@ -187,7 +187,7 @@ def _model_error(exc: BaseException) -> UpstreamError:
     msg = str(exc)
     if "exceed context window" in msg:  # llama.cpp: "Requested tokens (N) exceed context window of M"
         return UpstreamError(400, f"the prompt is too long for the model: {msg}; shorten the messages")
-    return UpstreamError(502, f"the embedded model failed: {type(exc).__name__}: {msg}")
+    return UpstreamError(502, "the embedded model failed", f"the embedded model failed: {type(exc).__name__}: {msg}")
 
 
 def _text(content: Any) -> str:
