@@ -127,11 +127,15 @@ def write_config(
     port: int = 8787,
     upstream_kind: str = "local",
     upstream_url: str = "http://127.0.0.1:8000/v1",
-    key_file: str = "distillshield-checkpoint.key",
-    checkpoint_file: str = "distillshield-checkpoints.txt",
+    key_file: str | None = None,
+    checkpoint_file: str | None = None,
 ) -> str:
-    """Write a commented config with a fresh admin token; returns the token (shown once)."""
+    """Write a commented config with a fresh admin token; returns the token (shown once). The checkpoint
+    signing key and file default to absolute paths beside the config file, wherever the gateway is run."""
     token = "dsadmin-" + secrets.token_hex(24)
+    here = path.parent.resolve()
+    key_file = key_file or str(here / "distillshield-checkpoint.key")
+    checkpoint_file = checkpoint_file or str(here / "distillshield-checkpoints.txt")
     path.write_text(
         CONFIG_TEMPLATE.format(
             host=host,
