@@ -256,4 +256,5 @@ def test_readiness_includes_the_limiter(gateway_factory) -> None:
     dead = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     gw = gateway_factory({"upstream": FakeUpstream()}, limits__backend="redis", limits__redis_url=dead)
     r = httpx.get(f"{gw.base}/readyz", timeout=10)
-    assert r.status_code == 503 and r.json()["checks"] == {"upstream": True, "store": True, "limiter": False}
+    checks = {"upstream": True, "store": True, "limiter": False, "audit": True}
+    assert r.status_code == 503 and r.json()["checks"] == checks

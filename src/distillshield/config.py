@@ -213,10 +213,23 @@ class AuditSettings(_Strict):
     batch_size: int = Field(256, ge=1)
     flush_interval_ms: int = Field(50, ge=1)
     max_body_chars: int = Field(200_000, ge=0, description="longer request/response texts are truncated")
+    spool: bool = Field(
+        True,
+        description="while the database is unreachable, keep audit rows in a durable local spool (fsync'd) and "
+        "replay them when it is back; off: rows wait in memory and a crash loses them",
+    )
+    spool_dir: str | None = Field(
+        None,
+        description="the spool's directory; default: beside the SQLite file (<file>.spool), else ./distillshield-spool",
+    )
+    spool_max_mb: int = Field(1024, ge=1, description="when the spool holds this much, new requests get 503")
 
 
 class AuthSettings(_Strict):
     cache_ttl_s: float = Field(5.0, ge=0, description="how long a key lookup is cached")
+    stale_ttl_s: float = Field(
+        300.0, ge=0, description="while the database is unreachable, keys looked up this recently still authenticate"
+    )
 
 
 class WatermarkSettings(_Strict):

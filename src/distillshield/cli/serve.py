@@ -70,9 +70,13 @@ audit:
   batch_size: 256                # rows per write transaction
   flush_interval_ms: 50          # how long a batch may gather
   max_body_chars: 200000         # longer request/response texts are truncated in the log
+  spool: true                    # database away: rows go to a durable local spool, replayed when it is back
+  spool_dir: null                # default: beside the SQLite file (<file>.spool), else ./distillshield-spool
+  spool_max_mb: 1024             # a full spool (and no database) answers new requests 503
 
 auth:
   cache_ttl_s: 5                 # key lookups are cached this long (admin-API revocation is immediate)
+  stale_ttl_s: 300               # database away: keys looked up this recently still authenticate
 
 # Countermeasures (docs/policy.md): ordered rules turn detection verdicts into actions.
 policy:

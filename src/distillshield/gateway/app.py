@@ -13,9 +13,11 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
+from sqlalchemy.engine import make_url
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -37,6 +39,7 @@ from distillshield.gateway.risk import RiskBoard
 from distillshield.gateway.upstream import Upstream, build_upstream
 from distillshield.store import Store
 from distillshield.store.checkpoint import Checkpointer
+from distillshield.store.spool import Spool
 
 log = logging.getLogger("distillshield.gateway")
 _JSON = "application/json"
@@ -59,6 +62,20 @@ class AppState:
     policy: PolicyStage | None = None
 
 
+def audit_spool(settings: Settings) -> Spool | None:
+    """The audit spool the settings ask for (store/spool.py), or None when it is off."""
+    a = settings.audit
+    if not a.spool:
+        return None
+    if a.spool_dir:
+        where = Path(a.spool_dir)
+    else:
+        url = make_url(settings.store.url)
+        db = url.database if url.get_backend_name() == "sqlite" else None
+        where = Path(f"{db}.spool") if db and db != ":memory:" else Path("distillshield-spool")
+    return Spool(where, a.spool_max_mb << 20)
+
+
 def build_state(
     settings: Settings,
     *,
@@ -69,7 +86,7 @@ def build_state(
     store = store or Store(settings.store.url)
     upstream = upstream or build_upstream(settings)
     limiter = limiter or build_limiter(settings.limits)
-    auth = Authenticator(store, settings.auth.cache_ttl_s)
+    auth = Authenticator(store, settings.auth.cache_ttl_s, settings.auth.stale_ttl_s)
     cp = settings.checkpoints
     audit = AuditWriter(
         store,
@@ -78,6 +95,7 @@ def build_state(
         checkpointer=Checkpointer.from_settings(cp),  # creates the signing key on first use
         checkpoint_every_rows=cp.every_rows,
         checkpoint_every_s=cp.every_s,
+        spool=audit_spool(settings),
     )
     metrics = GatewayMetrics()
     metrics.bind_audit(lambda: audit.pending, lambda: audit.written)
@@ -165,9 +183,16 @@ def build_app(settings: Settings, **components: Any) -> Starlette:
             "upstream": state.upstream.ready(),
             "store": await state.store.ping(),
             "limiter": await state.limiter.ping(),
+            "audit": state.audit.accepting,
         }
-        ok = all(checks.values())
+        # A database outage alone leaves the replica ready while the audit spool takes its rows (keys seen
+        # recently still authenticate from the cache): like the limiter's refill below, the database is shared
+        # by every replica, and pulling them all out at once would turn answers into connection errors.
+        # Ready needs rows to be recordable: the database, or the spool while it is away.
+        ok = checks["upstream"] and checks["limiter"] and checks["audit"]
         body: dict[str, Any] = {"ready": ok, "checks": checks}
+        if state.audit.spool_pending:
+            body["audit_spool_batches"] = state.audit.spool_pending
         # After the limiter's Redis lost its data, the windows count as full for up to 60 s (redis.py). That
         # stays READY on purpose: every replica shares the one Redis, so all would leave the load balancer at
         # once and clients would get connection errors or bare 503s instead of 429s whose Retry-After says when

@@ -4,6 +4,13 @@ Handlers hand finished rows to `submit()` (a queue put, no I/O); a background ta
 batches, each batch one transaction that extends the hash chain and the Merkle tree. `stop()` drains the
 queue, so a graceful shutdown (SIGTERM) loses no accepted request.
 
+When the database is unreachable, batches go to a durable local spool (store/spool.py) instead of waiting
+in memory, and a drain task moves them into the database, in order and exactly once, as soon as it is
+back (and at the next start, for a spool a killed process left behind). While the database is away, each
+row's request waits for its row to be spooled before it is answered (`submit` returns a future then), so
+no answer a client saw is unrecorded; and when neither the database nor the spool can take rows,
+`accepting` turns false and the gateway answers 503 before serving anything.
+
 With a checkpointer, the writer signs the tree head every `checkpoint_every_rows` rows or
 `checkpoint_every_s` seconds (when rows were added), in a task of its own so a slow checkpoint command
 never holds up the log, and once more on stop.
@@ -17,6 +24,7 @@ from typing import Any
 
 from distillshield.store.checkpoint import Checkpointer
 from distillshield.store.database import Store
+from distillshield.store.spool import Spool, SpoolError
 
 log = logging.getLogger("distillshield.audit")
 
@@ -31,6 +39,7 @@ class AuditWriter:
         checkpointer: Checkpointer | None = None,
         checkpoint_every_rows: int = 1000,
         checkpoint_every_s: float = 60.0,
+        spool: Spool | None = None,
     ) -> None:
         self.store = store
         self.batch_size = batch_size
@@ -39,6 +48,13 @@ class AuditWriter:
         self._task: asyncio.Task[None] | None = None
         self.written = 0
         self.failed_batches = 0
+        self.spool = spool
+        self.spooled = 0  # rows written to the spool (all time)
+        self.store_down = False  # the last write found the database unreachable
+        self.spool_failed: str | None = None  # why the spool refused the last batch it was given
+        self._acks: dict[int, asyncio.Future[None]] = {}  # id(row) -> its request's wait, while degraded
+        self._drain_task: asyncio.Task[None] | None = None
+        self._drain_wake = asyncio.Event()
         self.checkpointer = checkpointer
         self.checkpoint_every_rows = checkpoint_every_rows
         self.checkpoint_every_s = checkpoint_every_s
@@ -48,8 +64,26 @@ class AuditWriter:
         self._signing: asyncio.Task[None] | None = None
         self._timer: asyncio.Task[None] | None = None
 
-    def submit(self, row: dict[str, Any]) -> None:
+    def submit(self, row: dict[str, Any]) -> asyncio.Future[None] | None:
+        """Queue a finished row. While the database is away, returns a future that is done once the row is
+        durable (spooled or stored): the request awaits it before answering."""
         self._queue.put_nowait(row)
+        if not self.store_down:
+            return None
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._acks[id(row)] = fut
+        return fut
+
+    @property
+    def accepting(self) -> bool:
+        """False when rows could not be made durable now: the database is unreachable and there is no spool,
+        or the spool refused rows (full, disk error). The gateway then refuses new requests with 503."""
+        return not self.store_down or (self.spool is not None and self.spool_failed is None)
+
+    @property
+    def spool_pending(self) -> int:
+        """Batches in the spool, not yet in the database."""
+        return len(self.spool) if self.spool is not None else 0
 
     @property
     def pending(self) -> int:
@@ -57,6 +91,8 @@ class AuditWriter:
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="distillshield-audit")
+        if self.spool is not None:
+            self._drain_task = asyncio.create_task(self._drain(), name="distillshield-audit-spool")
         if self.checkpointer is not None:
             self._timer = asyncio.create_task(self._checkpoint_timer(), name="distillshield-checkpoints")
 
@@ -68,12 +104,17 @@ class AuditWriter:
             await self._signing
 
     async def stop(self) -> None:
-        """Write everything queued, then stop."""
+        """Write everything queued (to the spool, while the database is away: a shutdown does not wait for
+        the database), then stop; spooled batches wait for the next start."""
         if self._task is None:
             return
         self._queue.put_nowait(None)
         await self._task
         self._task = None
+        if self._drain_task is not None:
+            self._drain_task.cancel()
+            await asyncio.gather(self._drain_task, return_exceptions=True)
+            self._drain_task = None
         if self._timer is not None:
             self._timer.cancel()
             await asyncio.gather(self._timer, return_exceptions=True)
@@ -127,10 +168,65 @@ class AuditWriter:
                 else:
                     batch.append(item)
             if batch:
-                await self._write(batch)
+                if self.spool is not None and (self.store_down or self.spool_pending):
+                    # Batches already wait in the spool: later ones queue behind them, in order.
+                    if not self._to_spool(batch):
+                        await self._write(batch)
+                else:
+                    await self._write(batch)
                 self._maybe_checkpoint()
+                self._ack(batch)
             for _ in range(got):
                 self._queue.task_done()
+
+    def _ack(self, batch: list[dict[str, Any]]) -> None:
+        if self._acks:
+            for r in batch:
+                fut = self._acks.pop(id(r), None)
+                if fut is not None and not fut.done():
+                    fut.set_result(None)
+
+    def _to_spool(self, batch: list[dict[str, Any]]) -> bool:
+        """Spool a batch durably; False (and `accepting` turns false) when the spool refuses it."""
+        assert self.spool is not None
+        try:
+            self.spool.append(batch)
+        except SpoolError as exc:
+            if self.spool_failed is None:
+                log.error("%s; audit rows wait in memory and new requests get 503", exc)
+            self.spool_failed = str(exc)
+            return False
+        self.spool_failed = None
+        self.spooled += len(batch)
+        self._drain_wake.set()
+        return True
+
+    async def _drain(self) -> None:
+        """Move spooled batches into the database, oldest first, whenever it answers. A batch whose rows the
+        database already holds (a crash between its commit and the batch's removal) is not written twice."""
+        assert self.spool is not None
+        delay = 0.1
+        while True:
+            if not self.spool_pending:
+                self._drain_wake.clear()
+                await self._drain_wake.wait()
+            try:
+                for b in self.spool.batches():
+                    held = await self.store.existing_request_ids([r["request_id"] for r in b.rows])
+                    rows = [r for r in b.rows if r["request_id"] not in held]
+                    if rows:
+                        await self.store.append_audit(rows)
+                        self.written += len(rows)
+                        self._unsigned += len(rows)
+                    self.spool.remove(b)
+                self.store_down = False
+                self.spool_failed = None
+                log.info("audit spool drained into the database")
+                delay = 0.1
+            except Exception as exc:  # noqa: BLE001 - the database is still away: try again later
+                log.warning("audit spool waits for the database (%s); retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def _write(self, batch: list[dict[str, Any]]) -> None:
         """Write a batch; retry while the database is away, isolate rows it refuses."""
@@ -140,12 +236,19 @@ class AuditWriter:
                 await self.store.append_audit(batch)
                 self.written += len(batch)
                 self._unsigned += len(batch)
+                if self.store_down and not self.spool_pending:
+                    self.store_down = False  # back, and nothing waits in a spool
                 return
             except Exception as exc:  # noqa: BLE001 - classified below; the writer must never die
                 if await self.store.ping():
                     break  # the database is up but refuses this data: isolate the bad row below
-                # The database is unreachable: keep the rows and retry with backoff.
                 self.failed_batches += 1
+                if not self.store_down:
+                    log.error("audit write of %d rows failed: the database is unreachable (%s)", len(batch), exc)
+                self.store_down = True
+                if self.spool is not None and self._to_spool(batch):
+                    return  # durable in the spool; the drain task takes it to the database later
+                # No spool (or it refuses): keep the rows in memory and retry with backoff.
                 log.error("audit write of %d rows failed (%s); retrying in %.1f s", len(batch), exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)

@@ -3,7 +3,9 @@
 Keys arrive as `Authorization: Bearer ds-...` (OpenAI SDK) or `x-api-key: ds-...` (Anthropic SDK).
 The key id part selects the record; the secret part is hashed with the record's salt and compared in
 constant time. Lookups are cached for a few seconds (auth.cache_ttl_s); revoking through the admin
-API drops the cache entry at once. Keys never appear in logs or errors.
+API drops the cache entry at once. While the database is unreachable, a key looked up within
+auth.stale_ttl_s still authenticates from the cache; any other answers 503 store_unavailable. Keys never
+appear in logs or errors.
 """
 
 from __future__ import annotations
@@ -30,9 +32,10 @@ def presented_key(headers: Mapping[str, str]) -> str | None:
 
 
 class Authenticator:
-    def __init__(self, store: Store, cache_ttl_s: float = 5.0) -> None:
+    def __init__(self, store: Store, cache_ttl_s: float = 5.0, stale_ttl_s: float = 300.0) -> None:
         self.store = store
         self.ttl = cache_ttl_s
+        self.stale_ttl = stale_ttl_s  # how old a cached key may be, used only while the database is away
         self._cache: dict[str, KeyContext] = {}
         self._unknown: OrderedDict[str, float] = OrderedDict()  # key ids that do not exist, with expiry
         self._loading: dict[str, asyncio.Future[KeyContext | None]] = {}
@@ -79,6 +82,20 @@ class Authenticator:
         try:
             ctx = await self.store.load_key_context(key_id)
             fut.set_result(ctx)
+        except Exception as exc:  # noqa: BLE001 - the database is away: a recent lookup stands in, or 503
+            stale = self._cache.get(key_id)
+            if stale is not None and now - stale.loaded_at < self.stale_ttl:
+                fut.set_result(stale)
+                return stale
+            err = ApiError(
+                503,
+                "the key store is unavailable; retry shortly",
+                code="store_unavailable",
+                headers={"retry-after": "5"},
+            )
+            fut.set_exception(err)
+            fut.exception()  # mark retrieved
+            raise err from exc
         except BaseException as exc:
             fut.set_exception(exc)
             fut.exception()  # mark retrieved

@@ -46,6 +46,8 @@ from distillshield.store.database import KeyContext
 log = logging.getLogger("distillshield.gateway")
 ENDPOINT_OF = {"chat": "/v1/chat/completions", "completions": "/v1/completions", "messages": "/v1/messages"}
 CLIENT_CLOSED = 499  # nginx's convention, used in the audit log for streams the client abandoned
+STORE_DOWN = "the audit log cannot record requests right now (database and spool unavailable); retry shortly"
+DURABLE_WAIT_S = 5.0  # how long an answer waits for its audit row to be spooled while the database is away
 SHUTDOWN_CUT = "the gateway shut down before the stream finished (graceful timeout); retry the request"
 
 
@@ -137,6 +139,7 @@ class Call:
     reservation: Reservation | None = None
     decision: Decision | None = None  # the policy's, when a rule was involved (None: plain allow)
     transform: ResponseTransform | None = None  # what the response goes through (degrade)
+    ack: asyncio.Future[None] | None = None  # while the database is away: done once the row is durable
 
     @property
     def anthropic(self) -> bool:
@@ -182,6 +185,8 @@ class Gateway:
         call = self._start(scope, headers, api)
         handed_to_stream = False
         try:
+            if not self.audit.accepting:  # no row could be made durable now: serve nothing unrecorded
+                raise ApiError(503, STORE_DOWN, code="store_unavailable", headers={"retry-after": "5"})
             ctx = await self.auth.authenticate(headers)
             row = call.row
             row["account_id"], row["org_id"], row["key_id"] = ctx.account.id, ctx.org.id, ctx.key.id
@@ -203,7 +208,8 @@ class Gateway:
                 response = await self._stream(call)
                 handed_to_stream = True
                 return response
-            return await self._complete(call)
+            response = await self._complete(call)
+            return response if call.ack is None else await self._when_durable(call, response)
         except LimitExceeded as exc:
             self.metrics.rate_limited.labels(exc.scope.kind, exc.limit).inc()
             headers = {**exc.headers(), **self._rate_headers(call, exc.rate)}
@@ -583,6 +589,19 @@ class Gateway:
         body = err.anthropic_body() if call.anthropic else err.openai_body()
         return Response(body, err.status, headers, media_type=_JSON)
 
+    async def _when_durable(self, call: Call, response: Response) -> Response:
+        """While the database is away, answer only once the row is durable in the spool; if it cannot be
+        made durable in time, say so (503) rather than hand over an answer the log may not hold."""
+        assert call.ack is not None
+        try:
+            async with asyncio.timeout(DURABLE_WAIT_S):
+                await asyncio.shield(call.ack)
+            return response
+        except TimeoutError:
+            err = ApiError(503, STORE_DOWN, code="store_unavailable", headers={"retry-after": "5"})
+            body = err.anthropic_body() if call.anthropic else err.openai_body()
+            return Response(body, 503, {"x-request-id": call.request_id, **err.headers}, media_type=_JSON)
+
     def _finish(self, call: Call, status: int) -> None:
         row = call.row
         elapsed = time.perf_counter() - call.t0
@@ -594,7 +613,9 @@ class Gateway:
         self.metrics.observe(
             row["endpoint"], status, elapsed, row.get("prompt_tokens") or 0, row.get("completion_tokens") or 0
         )
-        self.audit.submit(row)
+        ack = self.audit.submit(row)
+        if status == 200 and not row.get("stream"):
+            call.ack = ack
         for observe in self.observers:
             try:
                 observe(row)
