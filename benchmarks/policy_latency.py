@@ -29,9 +29,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `tests.fakes` for the fake upstream
 
 from distillshield.config import LimitSet, PolicySettings  # noqa: E402
+from distillshield.contracts import AccountRisk  # noqa: E402
 from distillshield.gateway.limits import Scope  # noqa: E402
 from distillshield.gateway.policy import PolicyError, PolicyRefusal, PolicyStage  # noqa: E402
-from distillshield.gateway.risk import AccountRisk, RiskBoard  # noqa: E402
+from distillshield.gateway.risk import LocalRiskBoard  # noqa: E402
 from distillshield.gateway.transforms import ResponseTransform  # noqa: E402
 from distillshield.gateway.upstream.base import GenRequest  # noqa: E402
 from distillshield.store.database import Account, ApiKey, KeyContext, Org  # noqa: E402
@@ -54,7 +55,7 @@ def per_call_us(fn: Callable[[], Any], n: int, repeats: int = 5) -> float:
 
 
 def micro(n: int) -> dict[str, float]:
-    board = RiskBoard()
+    board = LocalRiskBoard()
     stage = PolicyStage(PolicySettings(), board)
     engine = stage.engine
     scopes = (

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -20,6 +19,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from benchmarks._faults import TcpProxy
 from distillshield.gateway.audit import AuditWriter
 from distillshield.gateway.auth import Authenticator
 from distillshield.gateway.errors import ApiError
@@ -166,57 +166,6 @@ async def test_keys_seen_recently_authenticate_while_the_database_is_away(tmp_pa
     with pytest.raises(ApiError, match="key store is unavailable"):  # the stale window is bounded
         await strict.authenticate({"authorization": f"Bearer {alice}"})
     await store.close()
-
-
-class TcpProxy:
-    """A TCP forwarder to PostgreSQL that can be cut (every connection dropped, new ones refused)."""
-
-    def __init__(self, target_port: int) -> None:
-        self.port = free_port()
-        self.target_port = target_port
-        self.loop = asyncio.new_event_loop()
-        self.server: asyncio.Server | None = None
-        self.writers: set[asyncio.StreamWriter] = set()
-        threading.Thread(target=self.loop.run_forever, daemon=True).start()
-        self._call(self._start())
-
-    def _call(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
-
-    async def _pipe(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        try:
-            while data := await r.read(65536):
-                w.write(data)
-                await w.drain()
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            w.close()
-
-    async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        try:
-            ur, uw = await asyncio.open_connection("127.0.0.1", self.target_port)
-        except OSError:
-            w.close()
-            return
-        self.writers |= {w, uw}
-        await asyncio.gather(self._pipe(r, uw), self._pipe(ur, w))
-
-    async def _start(self) -> None:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
-
-    async def _cut(self) -> None:
-        assert self.server is not None
-        self.server.close()
-        for w in self.writers:
-            w.transport.abort()
-        self.writers.clear()
-
-    def cut(self) -> None:
-        self._call(self._cut())
-
-    def restore(self) -> None:
-        self._call(self._start())
 
 
 async def test_sigkill_during_a_database_outage_loses_no_answered_request(tmp_path: Path) -> None:

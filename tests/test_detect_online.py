@@ -172,9 +172,10 @@ def test_trusted_rows_read_as_the_validated_records_do() -> None:
 
 
 def test_online_rescoring_does_not_undo_a_stronger_report_verdict() -> None:
-    from distillshield.gateway.risk import AccountRisk, RiskBoard
+    from distillshield.contracts import AccountRisk
+    from distillshield.gateway.risk import LocalRiskBoard
 
-    board = RiskBoard()
+    board = LocalRiskBoard()
     board.update(AccountRisk("acct-r", 0.95, "extraction", source="report"))
     board.update(AccountRisk("acct-o", 0.95, "extraction", source="online"))
     milder = [AccountRisk("acct-r", 0.1, "benign"), AccountRisk("acct-o", 0.1, "benign")]

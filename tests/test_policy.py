@@ -18,7 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from distillshield.cli import app as cli_app
-from distillshield.gateway.risk import AccountRisk
+from distillshield.contracts import AccountRisk
 from tests.conftest import RunningGateway, make_settings, start_gateway
 from tests.fakes import ReasoningUpstream
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from distillshield.contracts import AccountRisk
 from distillshield.gateway.policy import ALLOW, DEFAULT_POLICY, PolicyEngine, PolicyError, compile_policy, parse_policy
 from distillshield.gateway.policy.engine import Mark
 from distillshield.gateway.policy.rules import load_policy
-from distillshield.gateway.risk import AccountRisk
 from distillshield.store.database import Account, ApiKey, KeyContext, Org
 
 

@@ -272,9 +272,10 @@ def test_short_texts_need_the_exact_p_value_that_z_promises() -> None:
 def _ext_state(upstream: str) -> object:
     from types import SimpleNamespace
 
-    from distillshield.gateway.risk import AccountRisk, RiskBoard
+    from distillshield.contracts import AccountRisk
+    from distillshield.gateway.risk import LocalRiskBoard
 
-    risk = RiskBoard()
+    risk = LocalRiskBoard()
     risk.update(AccountRisk("h1", 0.9, "extraction", cluster_id="c9"))
     return SimpleNamespace(gateway=SimpleNamespace(logits_hook_factory=None), upstream=SimpleNamespace(name=upstream),
                            risk=risk)  # fmt: skip

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from distillshield.contracts import REPORT_SCHEMA
 from distillshield.detect.content import CONTENT_LABEL, content_encoder, single_threaded_blas
 from distillshield.detect.corpus import Extractor, LineErrors, Obs, read_records, strip_ground_truth
 from distillshield.detect.embeddings import Encoder
@@ -28,7 +29,6 @@ from distillshield.detect.scoring import RISK_SUSPICIOUS, DetectionModel
 from distillshield.detect.signals.cot import PromptClassifier
 from distillshield.traffic import LineError, TrafficRecord, parse_line
 
-REPORT_SCHEMA = "distillshield.analyze/1"
 RECLUSTER_EVERY = 5000
 EMBED_BATCH = 512
 

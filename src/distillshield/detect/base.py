@@ -13,14 +13,14 @@ turns a score into a Reason a trust-and-safety analyst can check.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+from distillshield.contracts import Verdict
 
 if TYPE_CHECKING:
     from distillshield.detect.corpus import Obs
     from distillshield.detect.engine import Context
 
-Verdict = Literal["benign", "suspicious", "extraction"]
-VERDICTS: tuple[str, ...] = ("benign", "suspicious", "extraction")
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, cast
 
+from distillshield.contracts import AccountRisk
 from distillshield.detect.base import AccountScore
 from distillshield.store.export import row_body
 
@@ -145,7 +146,7 @@ class DetectionExtension:
     async def start(self, state: Any) -> None:
         self._state = state
         self._lock = asyncio.Lock()  # one batch of engine work at a time (replay, background, flush)
-        store = getattr(state, "store", None)
+        store = state.store
         # The log's head as the observer starts: rows up to it are replayed, rows after it arrive as queued rows.
         self._replay_head = (await store.chain_head())[0] if store is not None else 0
         state.gateway.observers.append(self.observe)
@@ -205,7 +206,7 @@ class DetectionExtension:
         """Fold the last `replay_rows` rows of the audit log into the engine and publish the verdicts, so
         that a restart is no amnesty: an account flagged before it is flagged after it, before its next
         request. Rows served by this process meanwhile only queue, and come after the log's head as of now."""
-        store = getattr(self._state, "store", None)
+        store = self._state.store
         head = self._replay_head
         if self.engine is None or store is None or self.replay_rows <= 0 or self._lock is None:
             self.replayed = 0
@@ -330,11 +331,7 @@ class DetectionExtension:
         return changed
 
     def _publish(self, scores: list[AccountScore]) -> None:
-        board = getattr(self._state, "risk", None)
-        if board is None:
-            return
-        from distillshield.gateway.risk import AccountRisk
-
+        board = self._state.risk
         online = [
             AccountRisk(
                 s.account_id,
@@ -375,9 +372,7 @@ class DetectionExtension:
 
 def detection_extension(settings: Settings) -> DetectionExtension | None:
     """The factory registered in gateway/extensions.py: on unless `detection.enabled` is false."""
-    cfg = getattr(settings, "detection", None)
-    if cfg is None:
-        return DetectionExtension()
+    cfg = settings.detection
     if not cfg.enabled:
         return None
     return DetectionExtension(

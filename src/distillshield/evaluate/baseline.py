@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from distillshield.contracts import FLAGGED_VERDICTS
 from distillshield.evaluate.truth import PROGRESS_EVERY, TrafficTruth
-from distillshield.evaluate.verdicts import FLAGGED_VERDICTS
 from distillshield.traffic import iter_jsonl
 
 # Used when the traffic has no dev benign accounts to calibrate on (e.g. unlabelled production logs).

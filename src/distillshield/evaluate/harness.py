@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from distillshield.contracts import FLAGGED_VERDICTS
 from distillshield.evaluate.baseline import VolumeBaseline, run_baseline
 from distillshield.evaluate.metrics import (
     SPLIT_ORDER,
@@ -22,7 +23,7 @@ from distillshield.evaluate.metrics import (
     summarize_split,
 )
 from distillshield.evaluate.truth import TrafficTruth, read_truth
-from distillshield.evaluate.verdicts import FLAGGED_VERDICTS, ReportError, Verdicts, load_report, parse_report
+from distillshield.evaluate.verdicts import ReportError, Verdicts, load_report, parse_report
 
 SCHEMA = "distillshield.evaluate/1"
 HOLDOUT_RULE = (

@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from distillshield.contracts import FLAGGED_VERDICTS
 from distillshield.evaluate.truth import SPLITS, AccountTruth, TrafficTruth
-from distillshield.evaluate.verdicts import FLAGGED_VERDICTS, AccountVerdict, ReportError, Verdicts
+from distillshield.evaluate.verdicts import AccountVerdict, ReportError, Verdicts
 
 FPR_TARGETS: tuple[float, ...] = (0.001, 0.01)  # benign false-positive rates at which TPR is reported
 SPLIT_ORDER: tuple[str, ...] = (*SPLITS, "all")

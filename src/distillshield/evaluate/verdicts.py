@@ -17,18 +17,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-Verdict = Literal["benign", "suspicious", "extraction"]
-FlagOn = Literal["suspicious", "extraction"]
-# Which verdicts count as "flagged" for each --flag-on level.
-FLAGGED_VERDICTS: dict[str, frozenset[str]] = {
-    "suspicious": frozenset({"suspicious", "extraction"}),
-    "extraction": frozenset({"extraction"}),
-}
+from distillshield.contracts import Verdict
 
 
 class ReportError(ValueError):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.openapi.utils import get_openapi
@@ -17,9 +17,11 @@ from pydantic import BaseModel, Field
 
 from distillshield.config import AdminSettings, LimitSet
 from distillshield.gateway.policy.admin import register_policy_routes
-from distillshield.store.database import TIERS, VERIFICATION_LEVELS, StoreError
+from distillshield.store.database import NO_NUL, TIERS, VERIFICATION_LEVELS, StoreError
 
-NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL
+if TYPE_CHECKING:
+    from distillshield.gateway.app import AppState
+
 SWAGGER_UI = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5"
 DOCS_PAGE = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>DistillShield admin API</title>
@@ -45,18 +47,19 @@ document.getElementById("login").addEventListener("submit", async (ev) => {{
 """
 
 
+# Lengths are the store's column widths (store/tables.py): PostgreSQL refuses longer text, SQLite would keep it.
 class AccountIn(BaseModel):
     id: str = Field(..., min_length=1, max_length=64, pattern=NO_NUL)
     org_id: str = Field("default", min_length=1, max_length=64, pattern=NO_NUL)
-    name: str = Field("", pattern=NO_NUL)
+    name: str = Field("", max_length=200, pattern=NO_NUL)
     tier: str = Field("standard", description=f"one of {', '.join(TIERS)}")
     verification: str = Field("none", description=f"one of {', '.join(VERIFICATION_LEVELS)}")
     limits: LimitSet | None = None
 
 
 class KeyIn(BaseModel):
-    account_id: str = Field(..., min_length=1, pattern=NO_NUL)
-    name: str = Field("", pattern=NO_NUL)
+    account_id: str = Field(..., min_length=1, max_length=64, pattern=NO_NUL)
+    name: str = Field("", max_length=200, pattern=NO_NUL)
     limits: LimitSet | None = None
 
 
@@ -82,7 +85,7 @@ def bearer_refusal(request: Request, digests: list[str], what: str) -> tuple[int
     return None if ok else (401, f"invalid {what} token")
 
 
-def build_admin_app(state: Any) -> FastAPI:
+def build_admin_app(state: AppState) -> FastAPI:
     """`state` is the gateway's AppState (store, auth, limiter, audit, settings)."""
     # The spec and its docs page are served by the routes below, behind the admin token like the rest.
     app = FastAPI(title="DistillShield admin API", docs_url=None, openapi_url=None)
@@ -163,10 +166,9 @@ def build_admin_app(state: Any) -> FastAPI:
     @app.get("/risk", dependencies=deps)
     async def risk_board(min_risk: float = 0.0, verdict: str | None = None) -> dict[str, Any]:
         """Every account's latest detection verdict (online or loaded from a report), riskiest first."""
-        board = getattr(state, "risk", None)
-        rows = [r.as_dict() for r in board.all()] if board is not None else []
+        rows = [r.as_dict() for r in state.risk.all()]
         rows = [r for r in rows if r["risk"] >= min_risk and (verdict is None or r["verdict"] == verdict)]
-        det = getattr(state, "detection", None)
+        det = state.detection
         return {"accounts": sorted(rows, key=lambda r: -r["risk"]), "detection": det.status() if det else None}
 
     @app.post("/accounts/{account_id}/suspend", dependencies=deps)
@@ -221,11 +223,11 @@ def build_admin_app(state: Any) -> FastAPI:
     return app
 
 
-def _detection(state: Any, account_id: str) -> dict[str, Any] | None:
+def _detection(state: AppState, account_id: str) -> dict[str, Any] | None:
     """The account's risk, verdict and reasons from online detection (or the risk board), None if unscored."""
-    det = getattr(state, "detection", None)
+    det = state.detection
     found = det.account(account_id) if det is not None else None
-    if found is None and getattr(state, "risk", None) is not None:
+    if found is None:
         board_entry = state.risk.get(account_id)
         found = board_entry.as_dict() if board_entry is not None else None
     return found

@@ -26,6 +26,7 @@ from starlette.routing import Mount, Route
 from starlette.types import Receive, Scope, Send
 
 from distillshield.config import Settings
+from distillshield.contracts import DetectionService, RiskBoard, WatermarkControl
 from distillshield.gateway.admin import bearer_refusal, build_admin_app, configured_admin_digest
 from distillshield.gateway.audit import AuditWriter
 from distillshield.gateway.auth import Authenticator
@@ -35,7 +36,7 @@ from distillshield.gateway.limits import RateLimiter, build_limiter
 from distillshield.gateway.metrics import GatewayMetrics
 from distillshield.gateway.pipeline import ENDPOINT_OF, Gateway
 from distillshield.gateway.policy import PolicyStage
-from distillshield.gateway.risk import RiskBoard
+from distillshield.gateway.risk import LocalRiskBoard
 from distillshield.gateway.upstream import Upstream, build_upstream
 from distillshield.store import Store
 from distillshield.store.checkpoint import Checkpointer
@@ -60,6 +61,8 @@ class AppState:
     extensions: list[Extension]
     risk: RiskBoard
     policy: PolicyStage | None = None
+    detection: DetectionService | None = None  # set by online detection when it starts (detect/online.py)
+    watermark: WatermarkControl | None = None  # set by the watermark extension (watermark/gateway.py)
 
 
 def audit_spool(settings: Settings) -> Spool | None:
@@ -101,7 +104,7 @@ def build_state(
     metrics.bind_audit(lambda: audit.pending, lambda: audit.written)
     gateway = Gateway(settings, upstream, limiter, auth, audit, metrics)
     extensions = [ext for factory in extension_factories() if (ext := factory(settings)) is not None]
-    risk = RiskBoard()
+    risk = LocalRiskBoard()
     policy = PolicyStage.from_settings(settings.policy, risk) if settings.policy.enabled else None
     if policy is not None:
         gateway.policy = policy

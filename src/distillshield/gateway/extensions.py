@@ -8,7 +8,7 @@ instead of editing the request path:
     - `gateway.logits_hook_factory(ctx, gen) -> LogitsHook | None`: generation-time hook per caller;
     - `gateway.observers`: callables given each finished audit row (a dict) right after the response.
       They run on the event loop, so they must be cheap (update a sketch, enqueue work), never block.
-    - `state.risk` (gateway/risk.py RiskBoard): detection publishes each account's latest verdict
+    - `state.risk` (contracts.RiskBoard): detection publishes each account's latest verdict
       there; the policy stage reads it per request.
 - `EXTENSIONS`: the factories the app builds, each `factory(settings) -> Extension | None`.
   Register a new one by adding one line to `extension_factories()`.

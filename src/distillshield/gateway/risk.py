@@ -1,46 +1,24 @@
 """The risk board: the latest detection verdict per account, shared by detection and policy.
 
 Detection writes it (the online extension as it rescores, or a batch report loaded through the
-admin API); the policy stage reads it on every request, so reads are dictionary lookups. One board
-per gateway process.
+admin API); the policy stage reads it on every request, so reads are dictionary lookups. The protocol and
+AccountRisk are declared in contracts.py; this is the in-process board, one per gateway process.
 """
 
 from __future__ import annotations
 
-import time
+import json
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
-VERDICTS = ("benign", "suspicious", "extraction")
-_SEVERITY = {v: i for i, v in enumerate(VERDICTS)}
+from distillshield.contracts import VERDICT_RANK, VERDICTS, AccountRisk
+
+_SEVERITY = VERDICT_RANK
 
 
-@dataclass(frozen=True)
-class AccountRisk:
-    account_id: str
-    risk: float
-    verdict: str
-    cluster_id: str | None = None
-    signals: dict[str, float] = field(default_factory=dict)  # signal name -> score in 0..1
-    reasons: tuple[dict[str, Any], ...] = ()  # {"signal", "score", "detail"}
-    source: str = "online"  # online | report
-    updated_at: float = field(default_factory=time.time)
+class LocalRiskBoard:
+    """The in-process RiskBoard (contracts.RiskBoard): one per gateway process."""
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "account_id": self.account_id,
-            "risk": self.risk,
-            "verdict": self.verdict,
-            "cluster_id": self.cluster_id,
-            "signals": dict(self.signals),
-            "reasons": list(self.reasons),
-            "source": self.source,
-            "updated_at": self.updated_at,
-        }
-
-
-class RiskBoard:
     def __init__(self) -> None:
         self._accounts: dict[str, AccountRisk] = {}
         self._clusters: dict[str, set[str]] = {}
@@ -85,26 +63,43 @@ class RiskBoard:
 
 
 def risks_from_report(report: dict[str, Any], source: str = "report") -> list[AccountRisk]:
-    """AccountRisk entries from an analyser report ({"accounts": [...]}); raises ValueError naming the bad field."""
+    """AccountRisk entries from an analyser report ({"accounts": [...]}); raises ValueError naming the bad field.
+
+    What is accepted can be stored and answered: ids fit the review queue's columns (64 characters, no NUL, which
+    PostgreSQL refuses) and reasons are finite JSON (no NaN or Infinity, which no JSON answer can carry)."""
     accounts = report.get("accounts")
     if not isinstance(accounts, list):
         raise ValueError("report.accounts must be an array")
     out = []
     for i, a in enumerate(accounts):
-        if not isinstance(a, dict) or not isinstance(a.get("account_id"), str):
-            raise ValueError(f"report.accounts[{i}].account_id must be a string")
+        where = f"report.accounts[{i}]"
+        if not isinstance(a, dict) or not _is_id(a.get("account_id")):
+            raise ValueError(f"{where}.account_id must be a string of 1-64 characters without NUL")
         risk = a.get("risk")
         if isinstance(risk, bool) or not isinstance(risk, (int, float)) or not 0 <= risk <= 1:
-            raise ValueError(f"report.accounts[{i}].risk must be a number in 0..1")
+            raise ValueError(f"{where}.risk must be a number in 0..1")
         if a.get("verdict") not in VERDICTS:
-            raise ValueError(f"report.accounts[{i}].verdict must be one of {', '.join(VERDICTS)}")
-        reasons = tuple(r for r in (a.get("reasons") or []) if isinstance(r, dict))
-        signals = {
-            str(r["signal"]): float(r["score"])
-            for r in reasons
-            if "signal" in r and isinstance(r.get("score"), (int, float))
-        }
-        out.append(
-            AccountRisk(a["account_id"], float(risk), a["verdict"], a.get("cluster_id"), signals, reasons, source)
-        )
+            raise ValueError(f"{where}.verdict must be one of {', '.join(VERDICTS)}")
+        cluster_id = a.get("cluster_id") or None
+        if cluster_id is not None and not _is_id(cluster_id):
+            raise ValueError(f"{where}.cluster_id must be null or a string of 1-64 characters without NUL")
+        reasons = a.get("reasons") or []
+        if not isinstance(reasons, list) or not all(isinstance(r, dict) for r in reasons):
+            raise ValueError(f"{where}.reasons must be an array of objects")
+        for j, r in enumerate(reasons):
+            score = r.get("score")
+            if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))):
+                raise ValueError(f"{where}.reasons[{j}].score must be a number")
+        try:
+            json.dumps(reasons, allow_nan=False)
+            signals = {
+                str(r["signal"]): float(r["score"]) for r in reasons if "signal" in r and r.get("score") is not None
+            }
+        except (ValueError, OverflowError):
+            raise ValueError(f"{where}.reasons must hold finite numbers only (no NaN, Infinity or 1e400)") from None
+        out.append(AccountRisk(a["account_id"], float(risk), a["verdict"], cluster_id, signals, tuple(reasons), source))
     return out
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, str) and 1 <= len(value) <= 64 and "\x00" not in value

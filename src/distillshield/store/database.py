@@ -33,6 +33,8 @@ log = logging.getLogger("distillshield.store")
 KEY_PREFIX = "ds"
 TIERS = ("free", "standard", "pro", "enterprise")
 VERIFICATION_LEVELS = ("none", "email", "phone", "id", "business")
+# PostgreSQL text cannot hold NUL (SQLite can): a pattern for every API field whose text reaches the store.
+NO_NUL = r"^[^\x00]*$"
 
 
 class StoreError(Exception):

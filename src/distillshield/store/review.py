@@ -29,6 +29,7 @@ from distillshield.store.tables import accounts, audit_log, review_decisions, re
 DECISIONS = {"confirm": "confirmed", "clear": "cleared", "allowlist": "allowlisted"}
 KINDS = ("account", "cluster", "org")
 STATUSES = ("open", "confirmed", "cleared", "allowlisted")
+MAX_ITEM_ID = 2**31 - 1  # review_items.id is an INTEGER
 VERDICT_RANK = {None: 0, "benign": 0, "suspicious": 1, "extraction": 2}
 
 
@@ -104,8 +105,10 @@ class DecisionResult:
 
 
 def parse_ref(ref: str) -> tuple[int | None, str | None, str | None]:
-    """'12' -> by id; 'account:alice', 'cluster:c3', 'org:acme' -> by subject; a bare name is an account."""
-    if ref.isdigit():
+    """'12' -> by id; 'account:alice', 'cluster:c3', 'org:acme' -> by subject; a bare name is an account.
+    Only ASCII digits within the id column's range (32-bit on PostgreSQL) make an id: int() takes other
+    digits ('\u0663') or refuses them ('\u00b2'), and the drivers refuse larger numbers."""
+    if ref.isascii() and ref.isdigit() and int(ref) <= MAX_ITEM_ID:
         return int(ref), None, None
     kind, sep, subject = ref.partition(":")
     if sep and kind in KINDS and subject:

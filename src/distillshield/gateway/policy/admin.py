@@ -13,29 +13,33 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Query
 from pydantic import BaseModel, Field
 
 from distillshield.gateway.policy.rules import PolicyError
 from distillshield.gateway.risk import risks_from_report
+from distillshield.store.database import NO_NUL
 from distillshield.store.review import ReviewStore
+
+if TYPE_CHECKING:
+    from distillshield.gateway.app import AppState
 
 
 class ReloadIn(BaseModel):
-    path: str | None = Field(None, description="another policy file; default: the one loaded")
+    path: str | None = Field(None, pattern=NO_NUL, description="another policy file; default: the one loaded")
     mode: Literal["enforce", "shadow"] | None = Field(None, description="switch mode too")
 
 
 class DecideIn(BaseModel):
     decision: Literal["confirm", "clear", "allowlist"]
-    note: str = ""
-    reviewer: str = ""
+    note: str = Field("", pattern=NO_NUL)
+    reviewer: str = Field("", max_length=64, pattern=NO_NUL)  # the width of review_decisions.reviewer
     org: bool = Field(False, description="allowlist: the account's whole org instead of the account")
 
 
-def register_policy_routes(app: FastAPI, state: Any, deps: list[Any]) -> None:
+def register_policy_routes(app: FastAPI, state: AppState, deps: list[Any]) -> None:
     """Add the policy endpoints to the admin app."""
 
     def stage() -> Any:
@@ -72,7 +76,9 @@ def register_policy_routes(app: FastAPI, state: Any, deps: list[Any]) -> None:
         return {"loaded": len(risks), "flagged": flagged, "queued": queued}
 
     @app.get("/review", dependencies=deps)
-    async def review_list(status: str | None = None, kind: str | None = None, limit: int = 200) -> dict[str, Any]:
+    async def review_list(
+        status: str | None = None, kind: str | None = None, limit: int = Query(200, ge=1, le=10_000)
+    ) -> dict[str, Any]:
         items = await ReviewStore(state.store).list_items(status, kind, limit)
         return {"items": [i.as_dict() for i in items]}
 
@@ -93,7 +99,7 @@ def register_policy_routes(app: FastAPI, state: Any, deps: list[Any]) -> None:
         return result.as_dict()
 
 
-async def review_detail(state: Any, ref: str) -> dict[str, Any]:
+async def review_detail(state: AppState, ref: str) -> dict[str, Any]:
     """An item with its decisions, its accounts' latest requests and (in a gateway) their live state."""
     store = ReviewStore(state.store)
     item = await store.get(ref)
@@ -105,6 +111,6 @@ async def review_detail(state: Any, ref: str) -> dict[str, Any]:
         "decisions": [d.as_dict() for d in await store.decisions(item.id)],
         "recent_requests": await store.recent_requests(members, 10),
     }
-    if getattr(state, "policy", None) is not None and item.kind == "account":
+    if state.policy is not None and item.kind == "account":
         out["live"] = state.policy.live(item.subject)
     return out

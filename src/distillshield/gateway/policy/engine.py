@@ -22,10 +22,10 @@ from typing import Any
 
 import orjson
 
+from distillshield.contracts import VERDICT_RANK, AccountRisk
 from distillshield.gateway.policy.rules import (
     SEVERITY,
     TERMINAL,
-    VERDICT_RANK,
     BlockParams,
     ChallengeParams,
     DegradeParams,
@@ -35,7 +35,6 @@ from distillshield.gateway.policy.rules import (
     ThrottleParams,
     WatermarkParams,
 )
-from distillshield.gateway.risk import AccountRisk
 from distillshield.store.database import VERIFICATION_LEVELS, KeyContext
 
 Mode = str  # enforce | shadow

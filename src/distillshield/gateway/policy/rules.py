@@ -27,16 +27,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from distillshield.config import LimitSet, yaml_error_detail
+from distillshield.contracts import Verdict
 from distillshield.store.database import TIERS, VERIFICATION_LEVELS
 
 ACTIONS = ("allow", "monitor", "watermark", "throttle", "degrade", "challenge", "block")
 SEVERITY = {a: i for i, a in enumerate(ACTIONS)}  # the decision's action is the most severe one applied
 TERMINAL = frozenset({"allow", "challenge", "block"})  # these stop evaluation even with continue: true
-VERDICT_RANK = {"benign": 0, "suspicious": 1, "extraction": 2}
 REVIEW_STATES = ("none", "open", "confirmed")
 
 Action = Literal["allow", "monitor", "watermark", "throttle", "degrade", "challenge", "block"]
-Verdict = Literal["benign", "suspicious", "extraction"]
 Tier = Literal["free", "standard", "pro", "enterprise"]
 Verification = Literal["none", "email", "phone", "id", "business"]
 ReviewState = Literal["none", "open", "confirmed"]
@@ -274,7 +273,7 @@ def load_policy(path: str | Path) -> PolicyDoc:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise PolicyError(f"policy file {p} not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: not UTF-8, or a NUL in the path
         raise PolicyError(f"cannot read policy file {p}: {exc}") from None
     return parse_policy(text, str(p))
 

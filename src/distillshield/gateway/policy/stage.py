@@ -21,18 +21,21 @@ import signal
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from distillshield.config import ConfigError, PolicySettings
+from distillshield.contracts import VERDICT_RANK, AccountRisk, RiskBoard
 from distillshield.gateway.limits import Scope
 from distillshield.gateway.policy.actions import Throttler, block_refusal, challenge_refusal
 from distillshield.gateway.policy.engine import ALLOW, CompiledPolicy, Decision, Mark, PolicyEngine, compile_policy
-from distillshield.gateway.policy.rules import DEFAULT_POLICY, VERDICT_RANK, PolicyError, WatermarkParams, load_policy
-from distillshield.gateway.risk import AccountRisk, RiskBoard
+from distillshield.gateway.policy.rules import DEFAULT_POLICY, PolicyError, WatermarkParams, load_policy
 from distillshield.gateway.transforms import ResponseTransform, cap_request
 from distillshield.gateway.upstream.base import GenRequest
 from distillshield.store.database import KeyContext
 from distillshield.store.review import DecisionResult, Flag, ReviewItem, ReviewStore
+
+if TYPE_CHECKING:
+    from distillshield.gateway.app import AppState
 
 log = logging.getLogger("distillshield.policy")
 _POLL_MARGIN_S = 5.0  # re-read a little before the last poll: clocks of replicas and the CLI differ
@@ -49,7 +52,7 @@ class PolicyStage:
         self.throttler = Throttler()
         self.counts: Counter[str] = Counter()  # decisions by action ('shadow:<action>' when not enforced)
         self.review: ReviewStore | None = None
-        self._state: Any = None
+        self._state: AppState | None = None
         self._task: asyncio.Task[None] | None = None
         self._seen = 0.0
         self._queued: dict[tuple[str, str], tuple[Any, ...]] = {}
@@ -121,7 +124,7 @@ class PolicyStage:
             return
         # Integration point: the watermark extension publishes its registry as state.watermark; without
         # it (no watermark.secret configured) the decision still records the intent in the audit log.
-        registry = getattr(self._state, "watermark", None)
+        registry = self._state.watermark if self._state is not None else None
         if registry is None:
             return
         if want[1] is not None:
@@ -170,7 +173,7 @@ class PolicyStage:
 
     # -- upkeep: review book, queue ---------------------------------------------------------------
 
-    async def start(self, state: Any) -> None:
+    async def start(self, state: AppState) -> None:
         self._state = state
         self.review = ReviewStore(state.store)
         await self.refresh(full=True)
@@ -231,7 +234,7 @@ class PolicyStage:
         if item.status in ("cleared", "allowlisted"):
             blocks.lift_account(item.subject)
             if self._watermarked.pop(item.subject, None) is not None:
-                registry = getattr(self._state, "watermark", None)
+                registry = self._state.watermark if self._state is not None else None
                 if registry is not None:
                     registry.clear(item.subject)
 

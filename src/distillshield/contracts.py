@@ -1,0 +1,92 @@
+"""The seams between DistillShield's layers, declared once.
+
+Detection (detect/), evaluation (evaluate/), the watermark (watermark/) and the gateway (gateway/) meet
+here and only here, so no lower layer imports the gateway:
+
+- the verdict vocabulary (`Verdict`, `VERDICTS`, `VERDICT_RANK`, `FLAGGED_VERDICTS`) and the analyser
+  report's schema id (`REPORT_SCHEMA`);
+- `AccountRisk`, one account's latest verdict, and `RiskBoard`, where verdicts are published and read
+  (the gateway's in-process board is gateway/risk.py `LocalRiskBoard`);
+- what an extension publishes to the gateway: `DetectionService` (online detection's reads, for the admin
+  API) and `WatermarkControl` (the per-account watermark switch the policy turns), typed fields of the
+  gateway's AppState instead of attributes patched on and probed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+Verdict = Literal["benign", "suspicious", "extraction"]
+VERDICTS: tuple[Verdict, ...] = ("benign", "suspicious", "extraction")
+VERDICT_RANK: dict[str, int] = {v: i for i, v in enumerate(VERDICTS)}  # higher: more severe
+FlagOn = Literal["suspicious", "extraction"]
+# Which verdicts count as "flagged" at each level.
+FLAGGED_VERDICTS: dict[str, frozenset[str]] = {
+    "suspicious": frozenset({"suspicious", "extraction"}),
+    "extraction": frozenset({"extraction"}),
+}
+REPORT_SCHEMA = "distillshield.analyze/1"  # `summary.schema` of an analyser report (docs/detection.md)
+
+
+@dataclass(frozen=True)
+class AccountRisk:
+    """One account's latest verdict, as detection (online, or a report loaded by an analyst) publishes it."""
+
+    account_id: str
+    risk: float
+    verdict: str
+    cluster_id: str | None = None
+    signals: dict[str, float] = field(default_factory=dict)  # signal name -> score in 0..1
+    reasons: tuple[dict[str, Any], ...] = ()  # {"signal", "score", "detail"}
+    source: str = "online"  # online | report
+    updated_at: float = field(default_factory=time.time)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "account_id": self.account_id,
+            "risk": self.risk,
+            "verdict": self.verdict,
+            "cluster_id": self.cluster_id,
+            "signals": dict(self.signals),
+            "reasons": list(self.reasons),
+            "source": self.source,
+            "updated_at": self.updated_at,
+        }
+
+
+class RiskBoard(Protocol):
+    """The latest verdict per account: detection writes it, the policy reads it on every request (reads
+    must be local lookups)."""
+
+    def get(self, account_id: str) -> AccountRisk | None: ...
+
+    def update(self, risk: AccountRisk) -> None: ...
+
+    def update_many(self, risks: Iterable[AccountRisk], *, keep_stronger_reports: bool = False) -> int: ...
+
+    def cluster_members(self, cluster_id: str) -> set[str]: ...
+
+    def cluster_size(self, cluster_id: str) -> int: ...
+
+    def all(self) -> list[AccountRisk]: ...
+
+
+class DetectionService(Protocol):
+    """Online detection as the admin API reads it."""
+
+    def account(self, account_id: str) -> dict[str, Any] | None: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+
+class WatermarkControl(Protocol):
+    """The per-account watermark switch the policy turns (watermark/gateway.py WatermarkRegistry)."""
+
+    def set(
+        self, account_id: str, mode: str, *, key_scope: str | None = None, cluster_id: str | None = None
+    ) -> Any: ...
+
+    def clear(self, account_id: str) -> None: ...
