@@ -206,7 +206,7 @@ class DetectionExtension:
         """Fold the last `replay_rows` rows of the audit log into the engine and publish the verdicts, so
         that a restart is no amnesty: an account flagged before it is flagged after it, before its next
         request. Rows served by this process meanwhile only queue, and come after the log's head as of now."""
-        store = self._state.store
+        store = self._state.store if self._state is not None else None
         head = self._replay_head
         if self.engine is None or store is None or self.replay_rows <= 0 or self._lock is None:
             self.replayed = 0
@@ -331,6 +331,8 @@ class DetectionExtension:
         return changed
 
     def _publish(self, scores: list[AccountScore]) -> None:
+        if self._state is None:  # not started in a gateway (tests, batch use): nowhere to publish
+            return
         board = self._state.risk
         online = [
             AccountRisk(
