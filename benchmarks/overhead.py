@@ -216,9 +216,14 @@ def _serve_asgi(app: Any, port: int) -> None:
     )
 
 
-def _serve_gateway(port: int, upstream: str, workdir: str) -> None:
+def _serve_gateway(port: int, upstream: str, workdir: str, overrides: list[str] | None = None) -> None:
     from distillshield.cli.serve import run_server
     from distillshield.config import load_settings
+
+    extra: dict[str, Any] = {}
+    for item in overrides or ():
+        k, _, v = item.partition("=")
+        extra[k] = v
 
     huge = {"rpm": 10**9, "tpm": 10**12, "concurrent": 10**6, "tpd": 10**15}
     settings = load_settings(
@@ -233,6 +238,7 @@ def _serve_gateway(port: int, upstream: str, workdir: str) -> None:
         limits__key=huge,
         limits__account=huge,
         limits__org=huge,
+        **extra,
     )
     # The same entry point as `distillshield serve`: uvicorn, uvloop, httptools, one worker.
     run_server(settings, "127.0.0.1", port, "warning")
@@ -528,7 +534,7 @@ def _audit_drain(gw: Target) -> dict[str, float]:
     Rows are written off the request path, so a backlog at the end of a window is work the measured
     throughput did not pay for yet; draining it before the next cell keeps cells independent.
     """
-    metrics = _http("GET", gw.base + "/metrics")
+    metrics = _http("GET", gw.base + "/metrics", token=ADMIN_TOKEN)
     text = metrics.decode() if isinstance(metrics, bytes) else str(metrics)
     backlog = next(
         (float(line.split()[-1]) for line in text.splitlines() if line.startswith("distillshield_audit_queue ")),
@@ -641,7 +647,9 @@ def _print_report(
         console.print(f"[yellow]note:[/yellow] {note}")
 
 
-def _summarise(cells: dict[tuple[str, bool, int], Cell], concs: list[int], notes: list[str]) -> dict[str, Any]:
+def _summarise(
+    cells: dict[tuple[str, bool, int], Cell], concs: list[int], notes: list[str], variants: list[str] | None = None
+) -> dict[str, Any]:
     checks = []
     hi = max(concs)
     for stream in (False, True):
@@ -669,7 +677,7 @@ def _summarise(cells: dict[tuple[str, bool, int], Cell], concs: list[int], notes
             }
         )
     comparisons = {}
-    for name in ("bare", "distillshield", "litellm"):
+    for name in ("bare", "distillshield", *(variants or ()), "litellm"):
         for stream in (False, True):
             mode = "stream" if stream else "non_stream"
             comparisons[f"{name}.{mode}.added_p50_ms_c1"] = _added(cells, name, stream)
@@ -733,6 +741,22 @@ def orchestrate(args: argparse.Namespace) -> int:
                 env=gw_env,
             )
             started.append(gw)
+            variants: list[Target] = []
+            for spec in args.variant or ():
+                vname, _, sets = spec.partition(":")
+                v = Target(f"ds-{vname}", f"distillshield gateway ({vname})", f"http://127.0.0.1:{free_port()}")
+                vdir = work / f"variant-{vname}"
+                vdir.mkdir()
+                v.log = work / f"gateway-{vname}.log"
+                set_args = [a for kv in sets.split(",") if kv for a in ("--set", kv)]
+                v.proc = _spawn(
+                    _self("gateway", "--port", v.base.rsplit(":", 1)[1], "--upstream", mock.base, "--workdir",
+                          str(vdir), *set_args),
+                    v.log,
+                    env=gw_env,
+                )  # fmt: skip
+                started.append(v)
+                variants.append(v)
 
             ll: Target | None = None
             if use_litellm:
@@ -767,8 +791,10 @@ def orchestrate(args: argparse.Namespace) -> int:
 
             _wait_ready(bare, "/v1/models", 30)
             _wait_ready(gw, "/healthz", 120)
-            _http("POST", gw.base + "/admin/accounts", {"id": "bench", "org_id": "bench-org"}, ADMIN_TOKEN)
-            gw.key = _http("POST", gw.base + "/admin/keys", {"account_id": "bench"}, ADMIN_TOKEN)["key"]
+            for g in (gw, *variants):
+                _wait_ready(g, "/healthz", 120)
+                _http("POST", g.base + "/admin/accounts", {"id": "bench", "org_id": "bench-org"}, ADMIN_TOKEN)
+                g.key = _http("POST", g.base + "/admin/keys", {"account_id": "bench"}, ADMIN_TOKEN)["key"]
             if ll is not None:
                 try:
                     _wait_ready(ll, "/health/liveliness", 180)
@@ -778,7 +804,7 @@ def orchestrate(args: argparse.Namespace) -> int:
                     _stop(ll.proc)
                     started.remove(ll)
                     ll = None
-            targets = [mock, bare, gw] + ([ll] if ll else [])
+            targets = [mock, bare, gw, *variants] + ([ll] if ll else [])
             for t in targets:
                 _smoke(t)
 
@@ -800,8 +826,8 @@ def orchestrate(args: argparse.Namespace) -> int:
                             cpu0 = group_cpu_s(pid) if pid else None
                             probe = _OtherLoad([p.proc.pid for p in started if p.proc])
                             r = _loadgen(t, conc, stream, args.warmup, args.duration)
-                            if t is gw:
-                                r.update(_audit_drain(gw))  # before the CPU reading: the audit log is its work
+                            if t is gw or t in variants:
+                                r.update(_audit_drain(t))  # before the CPU reading: the audit log is its work
                             cpu1 = group_cpu_s(pid) if pid else None
                             r["cpu_us_per_req"] = (
                                 (cpu1 - cpu0) / r["answered_total"] * 1e6
@@ -820,7 +846,7 @@ def orchestrate(args: argparse.Namespace) -> int:
             for t in reversed(started):
                 _stop(t.proc)
 
-    summary = _summarise(cells, concs, notes)
+    summary = _summarise(cells, concs, notes, [v.name for v in variants])
     _print_report(cells, targets, concs, summary)
     if args.json_out:
         payload = {
@@ -864,6 +890,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM row")
     ap.add_argument("--json-out", help="write the results as JSON to this file")
     ap.add_argument("--check", action="store_true", help="exit 1 when a DistillShield target is missed")
+    ap.add_argument(
+        "--variant",
+        action="append",
+        metavar="NAME:KEY=VALUE[,KEY=VALUE]",
+        help="also measure a gateway with these settings (load_settings keys), side by side; repeatable.\n"
+        "e.g. --variant not-durable:audit__durable_answers=false",
+    )
+    ap.add_argument("--set", action="append", help=argparse.SUPPRESS)
     # Internal: the roles the script plays in its child processes.
     ap.add_argument("--role", choices=["mock", "bare", "gateway", "loadgen"], help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -878,7 +912,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.role == "bare":
         _serve_asgi(make_bare_proxy_app(args.upstream), args.port)
     elif args.role == "gateway":
-        _serve_gateway(args.port, args.upstream, args.workdir)
+        _serve_gateway(args.port, args.upstream, args.workdir, args.set)
     elif args.role == "loadgen":
         args.concurrency = args.concurrency[0]
         _run_loadgen(args)

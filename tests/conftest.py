@@ -23,6 +23,7 @@ import uvicorn
 from distillshield.cli.serve import uvicorn_proxy_options
 from distillshield.config import Settings, load_settings
 from distillshield.gateway.app import build_app
+from distillshield.gateway.wire import uvicorn_http_options
 
 os.environ.pop("DISTILLSHIELD_CONFIG", None)  # tests never read a user's config
 os.environ["COLUMNS"] = "250"  # Rich wraps CLI output at the terminal width; keep lines whole in tests
@@ -107,7 +108,7 @@ def start_gateway(settings: Settings, **components: Any) -> RunningGateway:
             port=port,
             log_level="warning",
             loop="asyncio",
-            http="httptools",
+            **uvicorn_http_options(app),  # as `distillshield serve`: httptools, invalid HTTP audited
             timeout_graceful_shutdown=10,
             **uvicorn_proxy_options(settings),  # as `distillshield serve` runs it
         )

@@ -136,7 +136,7 @@ async def test_client_controlled_strings_that_do_not_fit_are_stored_truncated(st
 
 
 async def test_audit_writer_survives_a_row_the_database_refuses(store: Store) -> None:
-    from distillshield.gateway.audit import AuditWriter
+    from distillshield.store.writer import AuditWriter
 
     writer = AuditWriter(store, batch_size=8, flush_interval_s=0.01)
     await writer.start()

@@ -17,7 +17,6 @@ import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from distillshield.cli import app
-from distillshield.gateway.audit import AuditWriter
 from distillshield.store import Store
 from distillshield.store.chain import GENESIS, link
 from distillshield.store.checkpoint import (
@@ -31,6 +30,7 @@ from distillshield.store.checkpoint import (
 )
 from distillshield.store.tables import audit_log, chain_head
 from distillshield.store.transparency import TreeReport, open_checkpoints, verify_log
+from distillshield.store.writer import AuditWriter
 from tests.conftest import PG_URL, require_service
 from tests.test_audit_chain import row
 

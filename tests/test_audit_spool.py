@@ -20,12 +20,12 @@ import pytest
 import sqlalchemy as sa
 
 from benchmarks._faults import TcpProxy
-from distillshield.gateway.audit import AuditWriter
 from distillshield.gateway.auth import Authenticator
 from distillshield.gateway.errors import ApiError
 from distillshield.store import Store
 from distillshield.store.database import KeyContext
 from distillshield.store.spool import Spool, SpoolError
+from distillshield.store.writer import AuditWriter
 from tests.conftest import PG_URL, free_port, require_service
 
 
@@ -65,6 +65,20 @@ class OutageStore(Store):
         return not self.down and await super().ping()
 
 
+def serve_gateway(cfg: Path, env: Mapping[str, str], base: str) -> subprocess.Popen[bytes]:
+    """`distillshield serve` in a process of its own, returned once /healthz answers."""
+    proc = subprocess.Popen([sys.executable, "-m", "distillshield", "-c", str(cfg), "serve", "--log-level", "warning"],
+                            env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    for _ in range(300):
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(proc.communicate()[0].decode())
+
+
 async def stored(store: Store) -> list[dict[str, Any]]:
     return [r async for r in store.iter_audit()]
 
@@ -92,7 +106,8 @@ async def test_rows_go_to_the_spool_while_the_database_is_away_and_reach_it_once
     store = OutageStore(f"sqlite+aiosqlite:///{tmp_path / 'a.db'}")
     await store.init()
     spool = Spool(tmp_path / "spool")
-    w = AuditWriter(store, batch_size=4, flush_interval_s=0.01, spool=spool)
+    # durable=False: rows are acknowledged only while the database is away (durable answers: next test)
+    w = AuditWriter(store, batch_size=4, flush_interval_s=0.01, spool=spool, durable=False)
     await w.start()
     store.down = True
     rows = [row(i) for i in range(10)]
@@ -122,6 +137,46 @@ async def test_rows_go_to_the_spool_while_the_database_is_away_and_reach_it_once
     assert [r["request_id"] for r in got] == [r["request_id"] for r in rows] + [got[-1]["request_id"]]
     assert got[-1]["ts"] == row(10)["ts"] and len(got) == 11  # in order, exactly once, the new row last
     assert (await store.verify_chain()).ok and w2.spool_pending == 0
+    await store.close()
+
+
+class SlowStore(Store):
+    """A real SQLite store whose commits take `commit_s` and are counted."""
+
+    def __init__(self, url: str, commit_s: float) -> None:
+        super().__init__(url)
+        self.commit_s = commit_s
+        self.commits: list[int] = []
+
+    async def append_audit(self, rows: Sequence[Mapping[str, Any]]) -> int:
+        await asyncio.sleep(self.commit_s)
+        n = await super().append_audit(rows)
+        self.commits.append(len(rows))
+        return n
+
+
+async def test_durable_answers_wait_for_the_commit_and_are_group_committed(tmp_path: Path) -> None:
+    store = SlowStore(f"sqlite+aiosqlite:///{tmp_path / 'd.db'}", commit_s=0.05)
+    await store.init()
+    # A 10 s flush interval: rows someone waits for must not linger for it.
+    w = AuditWriter(store, batch_size=256, flush_interval_s=10.0)
+    await w.start()
+    first = w.submit(row(0))
+    assert first is not None and not first.done()
+    async with asyncio.timeout(2):
+        await first
+    assert len(await stored(store)) == 1  # done means committed
+    # 200 rows arriving while commits run: each waits for its own commit, and they share commits
+    acks = []
+    for i in range(1, 201):
+        acks.append(w.submit(row(i)))
+        if i % 20 == 0:
+            await asyncio.sleep(0.01)
+    async with asyncio.timeout(5):
+        await asyncio.gather(*acks)  # type: ignore[arg-type]
+    assert len(await stored(store)) == 201
+    assert len(store.commits) < 50 and sum(store.commits) == 201  # grouped: rows per commit > 1
+    await w.stop()
     await store.close()
 
 
@@ -189,16 +244,7 @@ async def test_sigkill_during_a_database_outage_loses_no_answered_request(tmp_pa
     base = f"http://127.0.0.1:{port}"
 
     def serve() -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen([sys.executable, "-m", "distillshield", "-c", str(cfg), "serve", "--log-level",
-                                 "warning"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
-        for _ in range(300):
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    return proc
-            except httpx.TransportError:
-                time.sleep(0.1)
-        proc.kill()
-        raise RuntimeError(proc.communicate()[0].decode())
+        return serve_gateway(cfg, env, base)
 
     proc = serve()
     answered: list[str] = []
@@ -254,3 +300,85 @@ async def test_sigkill_during_a_database_outage_loses_no_answered_request(tmp_pa
     contents = [json.loads(r["request"])["messages"][0]["content"] for r in rows]
     assert len(contents) == len(set(contents))  # exactly once
     assert set(answered) <= set(contents)  # every 200 a client saw, including those served during the outage
+
+
+@pytest.mark.parametrize("durable", [True, False])
+async def test_sigkill_with_the_database_up_loses_no_answered_request(tmp_path: Path, durable: bool) -> None:
+    """SIGKILL under load with the database up: every request a client saw answered whole (a 200 body, or a
+    stream through its last event) is in the log exactly once, because the answer waits for its row's commit
+    (durable_answers, group commit). The writer's flush interval is set to 2 s: with durable answers the rows
+    someone waits for are written at once, so answers stay fast; without, rows wait in memory for the interval
+    and the kill takes them (the control case, which shows that the test sees losses)."""
+    from distillshield.cli.serve import write_config
+    from tests.fakes import MockOpenAIServer
+
+    up = MockOpenAIServer(free_port(), delay=0.02).start()
+    port = free_port()
+    cfg = tmp_path / "distillshield.yaml"
+    db = tmp_path / "log.db"
+    token = write_config(cfg, store_url=f"sqlite+aiosqlite:///{db}", port=port, upstream_kind="http",
+                         upstream_url=up.base_url)  # fmt: skip
+    env = {**os.environ, "DISTILLSHIELD_AUDIT__FLUSH_INTERVAL_MS": "2000",
+           "DISTILLSHIELD_AUDIT__DURABLE_ANSWERS": str(durable).lower()}  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    proc = serve_gateway(cfg, env, base)
+    answered: list[str] = []
+    latencies: list[float] = []
+    stop = asyncio.Event()
+    try:
+        admin = {"authorization": f"Bearer {token}"}
+        assert httpx.post(f"{base}/admin/accounts", json={"id": "k1"}, headers=admin).status_code == 201
+        key = httpx.post(f"{base}/admin/keys", json={"account_id": "k1"}, headers=admin).json()["key"]
+        auth = {"authorization": f"Bearer {key}"}
+
+        async def client_loop(client: httpx.AsyncClient, c: int) -> None:
+            i = 0
+            while not stop.is_set():
+                q = f"c{c}-{i}"
+                i += 1
+                stream = i % 2 == 0
+                body = {"model": "mock-model", "stream": stream, "messages": [{"role": "user", "content": q}]}
+                t0 = time.perf_counter()
+                try:
+                    if stream:
+                        async with client.stream("POST", f"{base}/v1/chat/completions", headers=auth,
+                                                 json=body) as r:  # fmt: skip
+                            text = "".join([part async for part in r.aiter_text()])
+                            whole = r.status_code == 200 and text.rstrip().endswith("data: [DONE]")
+                    else:
+                        r = await client.post(f"{base}/v1/chat/completions", headers=auth, json=body)
+                        whole = r.status_code == 200
+                except httpx.TransportError:
+                    return  # the process is gone
+                if whole:
+                    answered.append(q)
+                    latencies.append(time.perf_counter() - t0)
+
+        async with httpx.AsyncClient(timeout=30) as client:
+            tasks = [asyncio.create_task(client_loop(client, c)) for c in range(8)]
+            await asyncio.sleep(3.0)
+            proc.send_signal(signal.SIGKILL)  # mid-load: no drain, no shutdown of any kind
+            await asyncio.wait_for(asyncio.gather(*tasks), 30)
+        proc.communicate(timeout=30)
+    finally:
+        stop.set()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
+        up.stop()
+    assert len(answered) >= 40, answered
+    store = Store(f"sqlite+aiosqlite:///{db}")
+    try:
+        rows = [r async for r in store.iter_audit() if r["account_id"] == "k1" and r["status"] == 200]
+        assert (await store.verify_chain()).ok
+    finally:
+        await store.close()
+    contents = [json.loads(r["request"])["messages"][0]["content"] for r in rows]
+    assert len(contents) == len(set(contents))  # never twice
+    missing = set(answered) - set(contents)
+    if durable:
+        assert not missing, f"{len(missing)} of {len(answered)} answered requests are not in the log"
+        latencies.sort()
+        assert latencies[len(latencies) // 2] < 1.0  # not held for the 2 s flush interval: group commit
+    else:
+        assert missing  # rows waiting in memory for the interval die with the process

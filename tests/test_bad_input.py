@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import time
+
 import httpx
 import pytest
 
@@ -258,3 +261,53 @@ def test_readiness_includes_the_limiter(gateway_factory) -> None:
     r = httpx.get(f"{gw.base}/readyz", timeout=10)
     checks = {"upstream": True, "store": True, "limiter": False, "audit": True}
     assert r.status_code == 503 and r.json()["checks"] == checks
+
+
+def _raw(gw: RunningGateway, data: bytes) -> bytes:
+    import socket
+
+    host, port = gw.base.rsplit("//", 1)[1].split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(data)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    return out
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"GARBAGE\x00 / HTTP/1.1\r\n\r\n",  # a bad request line (and a NUL, which PostgreSQL text refuses)
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: abc\r\n\r\n",
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nno colon here\r\n\r\n",
+    ],
+)
+def test_requests_that_are_not_http_get_a_json_400_and_an_audit_row(
+    fake_gateway: RunningGateway, data: bytes
+) -> None:
+    before = len(fake_gateway.run(_rows(fake_gateway)))
+    raw = _raw(fake_gateway, data)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400") and b"application/json" in head
+    assert json.loads(body)["error"]["code"] == "invalid_http"
+    fake_gateway.flush_audit()
+    rows = fake_gateway.run(_rows(fake_gateway))[before:]
+    assert len(rows) == 1 and rows[0]["status"] == 400 and rows[0]["decision"] == "refuse:invalid_http"
+    assert rows[0]["request"].startswith(data[:4].decode()) and rows[0]["ip"] == "127.0.0.1"
+
+
+def test_a_body_framing_error_mid_request_is_audited_once(fake_gateway: RunningGateway, key: str) -> None:
+    # The API is already serving this request when the bad chunk size arrives: it audits it (the client did
+    # not send the whole body); the HTTP layer answers without a second row.
+    before = len(fake_gateway.run(_rows(fake_gateway)))
+    data = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer " + key.encode()
+        + b"\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n5\r\n{\"mod\r\nZZ\r\n"
+    )  # fmt: skip
+    raw = _raw(fake_gateway, data)
+    assert raw.startswith(b"HTTP/1.1 400")
+    time.sleep(0.5)
+    fake_gateway.flush_audit()
+    rows = fake_gateway.run(_rows(fake_gateway))[before:]
+    assert len(rows) == 1 and rows[0]["status"] == 400

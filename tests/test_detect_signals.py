@@ -384,6 +384,22 @@ def test_obs_never_carries_labels() -> None:
     assert isinstance(o, Obs) and not any("label" in f for f in Obs.__slots__)  # type: ignore[attr-defined]
 
 
+def test_obs_of_a_request_with_values_too_deep_to_print() -> None:
+    # An audited 400 keeps the raw body; a model value nested 1,000 levels deep once made str() raise
+    # RecursionError in the extractor, failing the detection round that met the row.
+    deep: object = "m"
+    for _ in range(1000):
+        deep = [deep]
+    r = TrafficRecord(
+        ts=T0,
+        account_id="a",
+        endpoint="/v1/chat/completions",
+        request={"model": deep, "n": deep, "messages": [{"role": "user", "content": "hi"}]},
+    )
+    (o,) = list(Extractor(None, None).extract([r]))
+    assert o.model == "" and o.n == 1 and o.user_chars == 2
+
+
 # -- adversarial variants ------------------------------------------------------------------------------------
 
 

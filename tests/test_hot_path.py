@@ -325,7 +325,15 @@ async def test_stream_text_and_finish_match_chunk_text(api: str) -> None:
 
     state = _StreamState()
     call = SimpleNamespace(gen=SimpleNamespace(api=api), transform=None)
-    out = b"".join([part async for part in Gateway._openai_events(None, call, rest(), batches[0], state, True)])  # type: ignore[arg-type]
+    ended: list[Any] = []
+
+    async def end_stream(c: Any, s: Any) -> bool:  # the row is queued and durable before [DONE]
+        ended.append(c)
+        return True
+
+    gw = SimpleNamespace(_end_stream=end_stream)
+    out = b"".join([part async for part in Gateway._openai_events(gw, call, rest(), batches[0], state, True)])  # type: ignore[arg-type]
+    assert ended == [call]
     assert (state.text(), state.finish) == _reference_text(api, chunks) and state.complete
     assert state.usage == {"prompt_tokens": 3, "completion_tokens": 4}
     events = re.findall(rb"^data: (.*)$", out, re.M)

@@ -71,3 +71,42 @@ async def test_unknown_items_and_decisions_are_clear_errors(review: ReviewStore)
         await review.decide("1", "ban")
     with pytest.raises(StoreError, match="unknown status"):
         await review.list_items(status="pending")
+
+
+async def test_upkeep_logs_a_store_outage_once_and_its_end(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The policy's upkeep ticks every review_poll_s; with the store away it used to log a traceback each tick.
+    import logging
+
+    from distillshield.config import PolicySettings
+    from distillshield.gateway.policy.stage import PolicyStage
+    from distillshield.gateway.risk import LocalRiskBoard
+
+    store = Store(f"sqlite+aiosqlite:///{tmp_path / 'review.db'}")
+    await store.init()
+    stage = PolicyStage(PolicySettings(), LocalRiskBoard())
+    stage.review = ReviewStore(store)
+    real = stage.review.changed_since
+    down = True
+
+    async def changed_since(since: float) -> list:
+        if down:
+            raise ConnectionRefusedError("connection refused\nsecond line")
+        return await real(since)
+
+    stage.review.changed_since = changed_since  # type: ignore[method-assign]
+    caplog.set_level(logging.INFO, logger="distillshield")
+    try:
+        for _ in range(5):
+            await stage.upkeep_once()
+        errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(errors) == 1 and "ConnectionRefusedError: connection refused" in errors[0].getMessage()
+        assert errors[0].exc_info is None and "second line" not in errors[0].getMessage()
+        down = False
+        await stage.upkeep_once()
+        await stage.upkeep_once()
+        recovered = [r for r in caplog.records if "recovered after 5 failed attempts" in r.getMessage()]
+        assert len(recovered) == 1
+    finally:
+        await store.close()

@@ -209,10 +209,43 @@ class LimitsSettings(_Strict):
     tiers: dict[str, TierLimits] = Field(default_factory=dict, description="per-tier overrides")
 
 
+class RiskSettings(_Strict):
+    """Where detection's verdicts live (gateway/risk/): in this process, or shared by every replica."""
+
+    backend: Literal["local", "redis"] = Field(
+        "local",
+        description="local: one board per gateway process; redis: one board for every replica (a local copy "
+        "per replica, kept current through a Redis stream; reads stay in memory)",
+    )
+    redis_url: str | None = Field(None, description="redis: the board's Redis; default: limits.redis_url")
+    namespace: str = Field(
+        "distillshield",
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_.:-]+$",
+        description="redis: key prefix; replicas of one deployment share it",
+    )
+
+
 class AuditSettings(_Strict):
+    sink: Literal["database", "redis"] = Field(
+        "database",
+        description="database: each gateway writes the log itself; redis: gateways append finished requests to "
+        "a Redis stream and `distillshield worker audit` processes write the log (many replicas)",
+    )
+    redis_url: str | None = Field(None, description="redis sink: the stream's Redis; default: limits.redis_url")
+    stream_key: str = Field(
+        "distillshield:audit:events", min_length=1, max_length=200, description="redis sink: the stream's key"
+    )
     batch_size: int = Field(256, ge=1)
     flush_interval_ms: int = Field(50, ge=1)
     max_body_chars: int = Field(200_000, ge=0, description="longer request/response texts are truncated")
+    durable_answers: bool = Field(
+        True,
+        description="answer a request (or send a stream's last event) only once its audit row is committed, "
+        "or spooled while the database is away (group commit): a killed process loses no answered request; "
+        "off: rows are written up to flush_interval_ms after the answer",
+    )
     spool: bool = Field(
         True,
         description="while the database is unreachable, keep audit rows in a durable local spool (fsync'd) and "
@@ -372,6 +405,7 @@ class Settings(BaseSettings):
     store: StoreSettings = StoreSettings()
     upstream: UpstreamSettings = UpstreamSettings()
     limits: LimitsSettings = LimitsSettings()
+    risk: RiskSettings = RiskSettings()
     audit: AuditSettings = AuditSettings()
     auth: AuthSettings = AuthSettings()
     policy: PolicySettings = PolicySettings()

@@ -6,7 +6,9 @@ here and only here, so no lower layer imports the gateway:
 - the verdict vocabulary (`Verdict`, `VERDICTS`, `VERDICT_RANK`, `FLAGGED_VERDICTS`) and the analyser
   report's schema id (`REPORT_SCHEMA`);
 - `AccountRisk`, one account's latest verdict, and `RiskBoard`, where verdicts are published and read
-  (the gateway's in-process board is gateway/risk.py `LocalRiskBoard`);
+  (gateway/risk/: `LocalRiskBoard` in one process, `RedisRiskBoard` shared by every replica);
+- `AuditSink`, where the gateway's audit writer puts finished requests: the database (store.Store) or the
+  event stream the audit workers read (workers/stream.py);
 - what an extension publishes to the gateway: `DetectionService` (online detection's reads, for the admin
   API) and `WatermarkControl` (the per-account watermark switch the policy turns), typed fields of the
   gateway's AppState instead of attributes patched on and probed.
@@ -15,7 +17,7 @@ here and only here, so no lower layer imports the gateway:
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -56,10 +58,29 @@ class AccountRisk:
             "updated_at": self.updated_at,
         }
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AccountRisk:
+        """The inverse of as_dict (a board shared through Redis carries them as JSON)."""
+        return cls(
+            account_id=str(d["account_id"]),
+            risk=float(d["risk"]),
+            verdict=str(d["verdict"]),
+            cluster_id=d.get("cluster_id") or None,
+            signals={str(k): float(v) for k, v in (d.get("signals") or {}).items()},
+            reasons=tuple(d.get("reasons") or ()),
+            source=str(d.get("source") or "online"),
+            updated_at=float(d.get("updated_at") or time.time()),
+        )
+
 
 class RiskBoard(Protocol):
     """The latest verdict per account: detection writes it, the policy reads it on every request (reads
-    must be local lookups)."""
+    must be local lookups). A shared board keeps a local copy current in the background between `start`
+    and `stop`; writes apply to the local copy at once and reach the other replicas from there."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
 
     def get(self, account_id: str) -> AccountRisk | None: ...
 
@@ -90,3 +111,16 @@ class WatermarkControl(Protocol):
     ) -> Any: ...
 
     def clear(self, account_id: str) -> None: ...
+
+
+class AuditSink(Protocol):
+    """Where audit rows are made durable: the hash-chained log itself, or a stream the audit workers move into
+    it. `existing_request_ids` lets a replay skip rows the sink already holds (a stream answers none)."""
+
+    async def append_audit(self, rows: Sequence[Mapping[str, Any]]) -> int: ...
+
+    async def existing_request_ids(self, ids: Sequence[str]) -> set[str]: ...
+
+    async def ping(self) -> bool: ...
+
+    async def close(self) -> None: ...

@@ -13,6 +13,7 @@ from distillshield.cli import evidence as evidence_cli
 from distillshield.cli import simulate as simulate_cli
 from distillshield.cli import train as train_cli
 from distillshield.cli import watermark as watermark_cli
+from distillshield.cli import worker as worker_cli
 from distillshield.cli.common import CliError, set_config_path
 from distillshield.config import ConfigError
 from distillshield.store.database import StoreError
@@ -53,6 +54,7 @@ app.add_typer(keys.app, name="keys")
 app.add_typer(logs.app, name="logs")
 app.add_typer(review.app, name="review")
 app.add_typer(watermark_cli.app, name="watermark")
+app.add_typer(worker_cli.app, name="worker")
 
 
 def main() -> None:

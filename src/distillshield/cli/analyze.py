@@ -196,7 +196,7 @@ def run_live_demo(base: str, admin_token: str, model: str, state: Any, loop: Any
 
     from distillshield.simulate import engine, live, scenario
 
-    ext = getattr(state, "detection", None)
+    ext = state.detection
     if ext is None:
         console.print("[yellow]online detection is disabled (detection.enabled: false); skipping its demo[/yellow]")
         return

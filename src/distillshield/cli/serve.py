@@ -66,9 +66,16 @@ limits:
   org:     {{rpm: null, tpm: null,   concurrent: null, tpd: null}}
   tiers: {{}}                      # e.g. {{free: {{account: {{rpm: 20, tpm: 40000}}}}}}
 
+# Detection's verdicts per account, read by the policy on every request.
+risk:
+  backend: local                 # local: this process; redis: one board for every replica (local copy, Redis stream)
+  redis_url: null                # null = limits.redis_url
+  namespace: distillshield       # key prefix; the replicas of one deployment share it
+
 audit:
   batch_size: 256                # rows per write transaction
-  flush_interval_ms: 50          # how long a batch may gather
+  flush_interval_ms: 50          # how long a batch may gather (when no answer waits for it)
+  durable_answers: true          # answer only once the row is committed (group commit): SIGKILL loses nothing
   max_body_chars: 200000         # longer request/response texts are truncated in the log
   spool: true                    # database away: rows go to a durable local spool, replayed when it is back
   spool_dir: null                # default: beside the SQLite file (<file>.spool), else ./distillshield-spool
@@ -216,13 +223,15 @@ def run_server(s: Settings, host: str, port: int, log_level: str = "info") -> No
     import uvicorn
 
     from distillshield.gateway.app import build_app
+    from distillshield.gateway.wire import uvicorn_http_options
 
+    app = build_app(s)
     uvicorn.run(
-        build_app(s),
+        app,
         host=host,
         port=port,
         loop="uvloop",
-        http="httptools",
+        **uvicorn_http_options(app),  # httptools, with invalid HTTP answered in JSON and audited
         log_level=log_level,
         timeout_graceful_shutdown=int(s.server.graceful_timeout_s),
         access_log=False,

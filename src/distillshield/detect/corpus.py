@@ -69,6 +69,16 @@ def _end_user(req: dict[str, Any]) -> int:
     return T.stable_hash(user) if isinstance(user, str) and user else 0
 
 
+def _label(v: Any) -> str:
+    """A short label from a request field: its text when it is a string or a number, else "" (a logged
+    request may carry anything there, up to values nested hundreds of levels deep that str() cannot print)."""
+    if isinstance(v, str):
+        return v[:80]
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return str(v)[:80]
+    return ""
+
+
 def _num(v: Any) -> float | None:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return None
@@ -165,7 +175,7 @@ class Extractor:
             ts=rec.ts,
             account=sys.intern(rec.account_id),
             endpoint=ENDPOINT_CODES.get(rec.endpoint, 0),
-            model=sys.intern(str(req.get("model", ""))[:80]),
+            model=sys.intern(_label(req.get("model"))),
             org=sys.intern(rec.org_id or ""),
             ip24=sys.intern(ip_prefix(rec.ip)),
             ua=sys.intern((rec.user_agent or "")[:120]),

@@ -19,7 +19,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, cast
 
-from distillshield.contracts import AccountRisk
+from distillshield.contracts import AccountRisk, RiskBoard
 from distillshield.detect.base import AccountScore
 from distillshield.store.export import row_body
 
@@ -128,7 +128,9 @@ class DetectionExtension:
         self.engine: Engine | None = None
         self._extractor: Any = None
         self._encoder: Any = None
-        self._state: Any = None
+        self._state: Any = None  # the gateway's AppState, when started in one
+        self._store: Any = None  # where the audit log is read back from at start (replay)
+        self._board: RiskBoard | None = None  # where verdicts are published
         self._task: asyncio.Task[None] | None = None
         self._since_recluster = 0
         self.last_run_s = 0.0
@@ -144,13 +146,19 @@ class DetectionExtension:
     # -- lifecycle --------------------------------------------------------------------------------------
 
     async def start(self, state: Any) -> None:
+        """Start in a gateway: observe its finished requests, publish to its risk board."""
         self._state = state
-        self._lock = asyncio.Lock()  # one batch of engine work at a time (replay, background, flush)
-        store = state.store
-        # The log's head as the observer starts: rows up to it are replayed, rows after it arrive as queued rows.
-        self._replay_head = (await store.chain_head())[0] if store is not None else 0
+        await self.start_detached(state.store, state.risk)
         state.gateway.observers.append(self.observe)
         state.detection = self
+
+    async def start_detached(self, store: Any, board: RiskBoard) -> None:
+        """Start without a gateway (`distillshield worker detect`): rows are handed to `observe` by the caller;
+        the log in `store` is replayed, verdicts go to `board`."""
+        self._store, self._board = store, board
+        self._lock = asyncio.Lock()  # one batch of engine work at a time (replay, background, flush)
+        # The log's head as the observer starts: rows up to it are replayed, rows after it arrive as queued rows.
+        self._replay_head = (await store.chain_head())[0] if store is not None else 0
         self._task = asyncio.create_task(self._loop(), name="detection-rescoring")
 
     def _load(self) -> None:
@@ -206,7 +214,7 @@ class DetectionExtension:
         """Fold the last `replay_rows` rows of the audit log into the engine and publish the verdicts, so
         that a restart is no amnesty: an account flagged before it is flagged after it, before its next
         request. Rows served by this process meanwhile only queue, and come after the log's head as of now."""
-        store = self._state.store if self._state is not None else None
+        store = self._store
         head = self._replay_head
         if self.engine is None or store is None or self.replay_rows <= 0 or self._lock is None:
             self.replayed = 0
@@ -331,9 +339,9 @@ class DetectionExtension:
         return changed
 
     def _publish(self, scores: list[AccountScore]) -> None:
-        if self._state is None:  # not started in a gateway (tests, batch use): nowhere to publish
+        board = self._board
+        if board is None:  # not started (tests, batch use): nowhere to publish
             return
-        board = self._state.risk
         online = [
             AccountRisk(
                 s.account_id,

@@ -85,6 +85,36 @@ def bearer_refusal(request: Request, digests: list[str], what: str) -> tuple[int
     return None if ok else (401, f"invalid {what} token")
 
 
+_ERRORS = {
+    "400": "bad input: a malformed value, or a NUL character in an id or query parameter",
+    "401": "missing or invalid admin token",
+    "403": "the admin API is disabled (no admin token configured)",
+}
+
+
+def _declare_errors(doc: dict[str, Any]) -> None:
+    """Declare in the spec the errors every operation can answer besides FastAPI's 422, all with the body
+    {"detail": "..."}: 400/401/403 everywhere, 404 where a path names something, 409 where a POST creates."""
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    schemas["AdminError"] = {
+        "title": "AdminError",
+        "type": "object",
+        "properties": {"detail": {"type": "string", "title": "Detail"}},
+        "required": ["detail"],
+    }
+    body = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/AdminError"}}}}
+    for path, ops in doc.get("paths", {}).items():
+        for method, op in ops.items():
+            errors = dict(_ERRORS)
+            if "{" in path:
+                errors["404"] = "no such object"
+            if method == "post":
+                errors["409"] = "it exists already, or conflicts with its current state"
+            responses = op.setdefault("responses", {})
+            for status, what in errors.items():
+                responses.setdefault(status, {"description": what, **body})
+
+
 def build_admin_app(state: AppState) -> FastAPI:
     """`state` is the gateway's AppState (store, auth, limiter, audit, settings)."""
     # The spec and its docs page are served by the routes below, behind the admin token like the rest.
@@ -120,6 +150,7 @@ def build_admin_app(state: AppState) -> FastAPI:
                 "adminBearer": {"type": "http", "scheme": "bearer", "description": "the admin token"}
             }
             doc["security"] = [{"adminBearer": []}]
+            _declare_errors(doc)
             app.openapi_schema = doc
         return app.openapi_schema
 

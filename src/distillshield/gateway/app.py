@@ -26,9 +26,8 @@ from starlette.routing import Mount, Route
 from starlette.types import Receive, Scope, Send
 
 from distillshield.config import Settings
-from distillshield.contracts import DetectionService, RiskBoard, WatermarkControl
+from distillshield.contracts import AuditSink, DetectionService, RiskBoard, WatermarkControl
 from distillshield.gateway.admin import bearer_refusal, build_admin_app, configured_admin_digest
-from distillshield.gateway.audit import AuditWriter
 from distillshield.gateway.auth import Authenticator
 from distillshield.gateway.errors import ApiError
 from distillshield.gateway.extensions import Extension, extension_factories
@@ -36,11 +35,12 @@ from distillshield.gateway.limits import RateLimiter, build_limiter
 from distillshield.gateway.metrics import GatewayMetrics
 from distillshield.gateway.pipeline import ENDPOINT_OF, Gateway
 from distillshield.gateway.policy import PolicyStage
-from distillshield.gateway.risk import LocalRiskBoard
+from distillshield.gateway.risk import build_risk_board
 from distillshield.gateway.upstream import Upstream, build_upstream
 from distillshield.store import Store
 from distillshield.store.checkpoint import Checkpointer
 from distillshield.store.spool import Spool
+from distillshield.store.writer import AuditWriter
 
 log = logging.getLogger("distillshield.gateway")
 _JSON = "application/json"
@@ -91,20 +91,29 @@ def build_state(
     limiter = limiter or build_limiter(settings.limits)
     auth = Authenticator(store, settings.auth.cache_ttl_s, settings.auth.stale_ttl_s)
     cp = settings.checkpoints
+    sink: AuditSink = store
+    checkpointer = None
+    if settings.audit.sink == "redis":  # the audit workers write the log (and sign its checkpoints)
+        from distillshield.workers.stream import AuditStream
+
+        sink = AuditStream(settings.audit.redis_url or settings.limits.redis_url, settings.audit.stream_key)
+    else:
+        checkpointer = Checkpointer.from_settings(cp)  # creates the signing key on first use
     audit = AuditWriter(
-        store,
+        sink,
         settings.audit.batch_size,
         settings.audit.flush_interval_ms / 1000.0,
-        checkpointer=Checkpointer.from_settings(cp),  # creates the signing key on first use
+        checkpointer=checkpointer,
         checkpoint_every_rows=cp.every_rows,
         checkpoint_every_s=cp.every_s,
         spool=audit_spool(settings),
+        durable=settings.audit.durable_answers,
     )
     metrics = GatewayMetrics()
     metrics.bind_audit(lambda: audit.pending, lambda: audit.written)
     gateway = Gateway(settings, upstream, limiter, auth, audit, metrics)
     extensions = [ext for factory in extension_factories() if (ext := factory(settings)) is not None]
-    risk = LocalRiskBoard()
+    risk = build_risk_board(settings.risk, settings.limits.redis_url)
     policy = PolicyStage.from_settings(settings.policy, risk) if settings.policy.enabled else None
     if policy is not None:
         gateway.policy = policy
@@ -228,6 +237,10 @@ def build_app(settings: Settings, **components: Any) -> Starlette:
             404: f"no such endpoint: {request.method} {request.url.path}",
             405: f"method {request.method} is not allowed on {request.url.path}",
         }.get(exc.status_code, str(exc.detail))
+        if request.url.path.startswith("/admin/"):
+            # The admin mount did not match (its pattern stops at a newline in an id): answer in the admin
+            # API's own error shape, the one its spec declares.
+            return Response(orjson.dumps({"detail": msg}), exc.status_code, media_type=_JSON)
         return Response(ApiError(exc.status_code, msg).openai_body(), exc.status_code, media_type=_JSON)
 
     async def server_error(request: Request, exc: Exception) -> Response:
@@ -240,6 +253,7 @@ def build_app(settings: Settings, **components: Any) -> Starlette:
         await state.store.init()
         await state.upstream.start()
         await state.audit.start()
+        await state.risk.start()  # before the extensions: detection replays into it, the policy reads it
         for ext in state.extensions:
             await ext.start(state)
         # Start-up objects live for the whole run: keep them out of the cyclic GC, whose full
@@ -265,7 +279,10 @@ def build_app(settings: Settings, **components: Any) -> Starlette:
                 log.error("streams still open %g s into shutdown; their audit rows may be lost", STREAM_UNWIND_S)
             for ext in reversed(state.extensions):
                 await ext.stop()
+            await state.risk.stop()
             await state.audit.stop()  # every accepted request reaches the log before we exit
+            if state.audit.store is not state.store:
+                await state.audit.store.close()  # the audit stream
             await state.upstream.close()
             await state.limiter.close()
             await state.store.close()

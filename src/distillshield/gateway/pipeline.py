@@ -22,7 +22,6 @@ from starlette.types import Receive
 from starlette.types import Scope as AsgiScope
 
 from distillshield.config import LimitSet, Settings
-from distillshield.gateway.audit import AuditWriter
 from distillshield.gateway.auth import Authenticator
 from distillshield.gateway.errors import ApiError, UpstreamError, bad_request
 from distillshield.gateway.limits import (
@@ -42,18 +41,25 @@ from distillshield.gateway.streaming import Ending, LastChunk, SSEResponse
 from distillshield.gateway.transforms import ResponseTransform
 from distillshield.gateway.upstream.base import ChunkBatch, GenRequest, LogitsHook, Upstream, batches_of
 from distillshield.store.database import KeyContext
+from distillshield.store.writer import AuditWriter
 
 log = logging.getLogger("distillshield.gateway")
 ENDPOINT_OF = {"chat": "/v1/chat/completions", "completions": "/v1/completions", "messages": "/v1/messages"}
 CLIENT_CLOSED = 499  # nginx's convention, used in the audit log for streams the client abandoned
 STORE_DOWN = "the audit log cannot record requests right now (database and spool unavailable); retry shortly"
-DURABLE_WAIT_S = 5.0  # how long an answer waits for its audit row to be spooled while the database is away
+DURABLE_WAIT_S = 5.0  # how long an answer waits for its audit row to be committed or spooled
 SHUTDOWN_CUT = "the gateway shut down before the stream finished (graceful timeout); retry the request"
 
 
 def openai_shutdown_event() -> bytes:
     """The error event an OpenAI-style stream ends with when the gateway's shutdown cuts it."""
     err = {"error": {"message": SHUTDOWN_CUT, "type": "server_error", "code": "server_shutdown"}}
+    return b"data: " + orjson.dumps(err) + b"\n\n"
+
+
+def openai_store_down_event() -> bytes:
+    """The error event an OpenAI-style stream ends with when its audit row could not be made durable."""
+    err = {"error": {"message": STORE_DOWN, "type": "server_error", "code": "store_unavailable"}}
     return b"data: " + orjson.dumps(err) + b"\n\n"
 _JSON = "application/json"
 _SSE_DATA = b"data: "
@@ -139,7 +145,8 @@ class Call:
     reservation: Reservation | None = None
     decision: Decision | None = None  # the policy's, when a rule was involved (None: plain allow)
     transform: ResponseTransform | None = None  # what the response goes through (degrade)
-    ack: asyncio.Future[None] | None = None  # while the database is away: done once the row is durable
+    ack: asyncio.Future[None] | None = None  # done once the audit row is durable (see AuditWriter.submit)
+    finished: bool = False  # the audit row is queued (a stream's is, before its last event goes out)
 
     @property
     def anthropic(self) -> bool:
@@ -384,6 +391,25 @@ class Gateway:
         self._streams_closed.clear()
         return SSEResponse(body, headers, on_close, watch_disconnect=not complete, cut_event=cut)
 
+    def audit_invalid_http(self, ip: str | None, first_bytes: bytes) -> None:
+        """Audit a request the HTTP parser rejected before it reached the API (gateway/wire.py): no account,
+        no endpoint, the start of what was sent."""
+        row: dict[str, Any] = {
+            "ts": time.time(),
+            "request_id": new_request_id(),
+            "endpoint": "-",
+            "ip": ip,
+            "user_agent": None,
+            "stream": False,
+            "status": 400,
+            "latency_ms": 0.0,
+            "request": first_bytes.decode("utf-8", "replace").replace("\x00", "\\0"),  # PostgreSQL text: no NUL
+            "decision": "refuse:invalid_http",
+            "error": "not valid HTTP/1.1; answered by the HTTP layer",
+        }
+        self.metrics.observe("-", 400, 0.0, 0, 0)
+        self.audit.submit(row)
+
     async def streams_closed(self) -> None:
         """Return once every open stream has closed (and queued its audit row): a shutdown that cancels
         streams waits for their rows (under its own time limit) before it stops the audit writer."""
@@ -448,7 +474,11 @@ class Gateway:
                 state.add(chunk_text(api, extra)[0], None)
                 out.append(sse(extra))
             state.complete = True
-            out.append(openai.DONE)
+            # The row goes to the log before the last event: a client that saw the stream end has its row.
+            if await self._end_stream(call, state):
+                out.append(openai.DONE)
+            else:
+                out.append(openai_store_down_event())
             yield LastChunk(b"".join(out))
         except UpstreamError as exc:
             state.error = exc
@@ -506,14 +536,27 @@ class Gateway:
                 out.append(ms.delta(text))
             prompt, completion = _usage(state.usage or {}, gen, state.text())
             state.complete = True
-            out.append(ms.finish(state.finish, completion, prompt))
+            if await self._end_stream(call, state):  # the row is durable before the closing events
+                out.append(ms.finish(state.finish, completion, prompt))
+            else:
+                out.append(ms.error("api_error", STORE_DOWN))
             yield LastChunk(b"".join(out))
         except UpstreamError as exc:
             state.error = exc
             out.append(ms.error("api_error", exc.message))
             yield b"".join(out)
 
+    async def _end_stream(self, call: Call, state: _StreamState) -> bool:
+        """A stream that ran to its end: settle, queue its row (200) and wait for it to be durable; False
+        when it could not be made durable in time (the stream then ends with an error event)."""
+        await self._close_stream(call, state, "finished")
+        return await self._durable(call)
+
     async def _close_stream(self, call: Call, state: _StreamState, ending: Ending) -> None:
+        """Settle the stream's tokens and queue its audit row (once: a finished stream did so before its
+        last event)."""
+        if call.finished:
+            return
         gen = call.gen
         assert gen is not None and call.reservation is not None
         text = state.text()
@@ -590,19 +633,29 @@ class Gateway:
         return Response(body, err.status, headers, media_type=_JSON)
 
     async def _when_durable(self, call: Call, response: Response) -> Response:
-        """While the database is away, answer only once the row is durable in the spool; if it cannot be
-        made durable in time, say so (503) rather than hand over an answer the log may not hold."""
-        assert call.ack is not None
+        """Answer only once the row is durable (committed, or spooled while the database is away); if it
+        cannot be made durable in time, say so (503) rather than hand over an answer the log may not hold."""
+        if await self._durable(call):
+            return response
+        err = ApiError(503, STORE_DOWN, code="store_unavailable", headers={"retry-after": "5"})
+        body = err.anthropic_body() if call.anthropic else err.openai_body()
+        return Response(body, 503, {"x-request-id": call.request_id, **err.headers}, media_type=_JSON)
+
+    @staticmethod
+    async def _durable(call: Call) -> bool:
+        """Wait (at most DURABLE_WAIT_S) for the call's audit row to be durable; True when it is."""
+        if call.ack is None:
+            return True
         try:
             async with asyncio.timeout(DURABLE_WAIT_S):
                 await asyncio.shield(call.ack)
-            return response
+            return True
         except TimeoutError:
-            err = ApiError(503, STORE_DOWN, code="store_unavailable", headers={"retry-after": "5"})
-            body = err.anthropic_body() if call.anthropic else err.openai_body()
-            return Response(body, 503, {"x-request-id": call.request_id, **err.headers}, media_type=_JSON)
+            log.error("request %s: its audit row was not durable within %.0f s", call.request_id, DURABLE_WAIT_S)
+            return False
 
     def _finish(self, call: Call, status: int) -> None:
+        call.finished = True
         row = call.row
         elapsed = time.perf_counter() - call.t0
         row["status"] = status
@@ -614,7 +667,7 @@ class Gateway:
             row["endpoint"], status, elapsed, row.get("prompt_tokens") or 0, row.get("completion_tokens") or 0
         )
         ack = self.audit.submit(row)
-        if status == 200 and not row.get("stream"):
+        if status == 200:
             call.ack = ack
         for observe in self.observers:
             try:

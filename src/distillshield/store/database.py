@@ -190,6 +190,17 @@ def _storable_row(r: Mapping[str, Any]) -> dict[str, Any]:
     return rec
 
 
+def _unheld(rows: Sequence[Mapping[str, Any]], held: set[str]) -> list[Mapping[str, Any]]:
+    """The rows whose request id is not in `held`, each once (a batch may carry a redelivered row twice)."""
+    out, seen = [], set(held)
+    for r in rows:
+        rid = r["request_id"]
+        if rid not in seen:
+            seen.add(rid)
+            out.append(r)
+    return out
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
@@ -425,18 +436,20 @@ class Store:
                 found.update(r[0] for r in (await conn.execute(q)).all())
         return found
 
-    async def append_audit(self, rows: Sequence[Mapping[str, Any]]) -> int:
+    async def append_audit(self, rows: Sequence[Mapping[str, Any]], *, skip_existing: bool = False) -> int:
         """Append rows to the hash chain in one transaction; returns the last seq written.
 
         The chain head row is locked (FOR UPDATE on PostgreSQL; SQLite serialises writers), so
         several writers, in one process or in several replicas, extend a single unbroken chain.
+        `skip_existing`: rows whose request id the log already holds are left out, checked under that
+        lock, so concurrent writers given the same row (a redelivered stream entry) store it once.
         """
         if not rows:
             return 0
         async with self._write_lock:
             for attempt in range(20):
                 try:
-                    return await self._append_once(rows)
+                    return await self._append_once(rows, skip_existing)
                 except (OperationalError, sqlite3.OperationalError) as exc:  # SQLite "database is locked": retry
                     if attempt == 19 or "locked" not in str(exc).lower():
                         raise
@@ -479,11 +492,13 @@ class Store:
         for r in rows:
             tree.append(merkle.leaf_hash(chain.canonical(r)))
 
-    async def _append_once(self, rows: Sequence[Mapping[str, Any]]) -> int:
+    async def _append_once(self, rows: Sequence[Mapping[str, Any]], skip_existing: bool = False) -> int:
         if self._audit_file is not None:
             if self._audit_executor is None:
                 self._audit_executor = ThreadPoolExecutor(1, thread_name_prefix="distillshield-audit")
-            return await asyncio.get_running_loop().run_in_executor(self._audit_executor, self._append_sqlite, rows)
+            return await asyncio.get_running_loop().run_in_executor(
+                self._audit_executor, self._append_sqlite, rows, skip_existing
+            )
         async with self.engine.begin() as conn:
             if self._insert_sql is None:
                 # The driver's own SQL, compiled once: batches go to the driver's executemany as plain
@@ -495,6 +510,15 @@ class Store:
                 # Take the write lock before reading the head so two processes cannot fork the chain.
                 await conn.execute(_LOCK_HEAD)
             head = (await conn.execute(_READ_HEAD)).one()
+            if skip_existing:
+                held: set[str] = set()
+                ids = [r["request_id"] for r in rows]
+                for i in range(0, len(ids), 500):
+                    q = sa.select(audit_log.c.request_id).where(audit_log.c.request_id.in_(ids[i : i + 500]))
+                    held.update(r[0] for r in (await conn.execute(q)).all())
+                rows = _unheld(rows, held)
+                if not rows:
+                    return int(head.seq)
             tree = await self._load_tree(conn, head.seq)
             out, seq, prev = self._chain(rows, head.seq, head.hash, names, tree)
             await conn.exec_driver_sql(sql, out)
@@ -521,7 +545,7 @@ class Store:
             after = batch[-1]["seq"]
         return tree
 
-    def _append_sqlite(self, rows: Sequence[Mapping[str, Any]]) -> int:
+    def _append_sqlite(self, rows: Sequence[Mapping[str, Any]], skip_existing: bool = False) -> int:
         """One batch on a SQLite file, in the audit thread: the whole transaction is one hand-off from the
         event loop instead of one per statement through aiosqlite, and the chaining (hashes, copies) runs
         here too. BEGIN IMMEDIATE takes the write lock before the head is read, so two writers (threads or
@@ -536,6 +560,18 @@ class Store:
         conn.execute("BEGIN IMMEDIATE")
         try:
             seq, prev = conn.execute(_SQLITE_READ_HEAD, (1,)).fetchone()
+            if skip_existing:
+                held: set[str] = set()
+                ids = [r["request_id"] for r in rows]
+                for i in range(0, len(ids), 500):
+                    part = ids[i : i + 500]
+                    marks = ",".join("?" * len(part))
+                    q = f"SELECT request_id FROM audit_log WHERE request_id IN ({marks})"  # noqa: S608 - placeholders
+                    held.update(r[0] for r in conn.execute(q, part))
+                rows = _unheld(rows, held)
+                if not rows:
+                    conn.execute("COMMIT")
+                    return int(seq)
             tree = self._load_tree_sqlite(conn, seq)
             out, seq, prev = self._chain(rows, seq, prev, names, tree)
             conn.executemany(sql, out)

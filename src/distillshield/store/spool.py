@@ -97,12 +97,16 @@ class Spool:
         self._count += 1
         return path
 
-    def batches(self) -> list[SpooledBatch]:
-        """Every spooled batch, oldest first."""
-        out = []
+    def batches(self, max_rows: int | None = None) -> list[SpooledBatch]:
+        """The spooled batches, oldest first: every one, or the oldest ones up to the first that brings
+        their rows to `max_rows`."""
+        out, n = [], 0
         for p in self._files():
             rows = [orjson.loads(line) for line in p.read_bytes().splitlines() if line.strip()]
             out.append(SpooledBatch(p, rows))
+            n += len(rows)
+            if max_rows is not None and n >= max_rows:
+                break
         return out
 
     def remove(self, batch: SpooledBatch) -> None:

@@ -31,6 +31,7 @@ from distillshield.gateway.policy.engine import ALLOW, CompiledPolicy, Decision,
 from distillshield.gateway.policy.rules import DEFAULT_POLICY, PolicyError, WatermarkParams, load_policy
 from distillshield.gateway.transforms import ResponseTransform, cap_request
 from distillshield.gateway.upstream.base import GenRequest
+from distillshield.outage import Outage
 from distillshield.store.database import KeyContext
 from distillshield.store.review import DecisionResult, Flag, ReviewItem, ReviewStore
 
@@ -58,6 +59,7 @@ class PolicyStage:
         self._queued: dict[tuple[str, str], tuple[Any, ...]] = {}
         self._watermarked: dict[str, tuple[str, str | None]] = {}
         self._sighup = False
+        self._outage = Outage(log, "policy upkeep (review book scan and refresh)")
 
     @classmethod
     def from_settings(cls, settings: PolicySettings, board: RiskBoard) -> PolicyStage:
@@ -202,11 +204,18 @@ class PolicyStage:
     async def _upkeep(self) -> None:
         while True:
             await asyncio.sleep(self.settings.review_poll_s)
-            try:
-                await self.scan()
-                await self.refresh()
-            except Exception:  # noqa: BLE001 - upkeep retries on the next tick; the request path is unaffected
-                log.exception("policy upkeep failed; retrying in %.1f s", self.settings.review_poll_s)
+            await self.upkeep_once()
+
+    async def upkeep_once(self) -> None:
+        """One tick of upkeep: scan for new verdicts, refresh the review book. A failure (the store away) is
+        logged once per outage; the next tick retries and the request path is unaffected."""
+        try:
+            await self.scan()
+            await self.refresh()
+        except Exception as exc:  # noqa: BLE001 - retried on the next tick
+            self._outage.failed(exc, self.settings.review_poll_s)
+        else:
+            self._outage.succeeded()
 
     async def refresh(self, full: bool = False) -> int:
         """Apply review items changed since the last poll (all of them when `full`) to the review book."""

@@ -1,4 +1,4 @@
-"""The off-path audit log writer.
+"""The audit log writer, off the request path.
 
 Handlers hand finished rows to `submit()` (a queue put, no I/O); a background task writes them in
 batches, each batch one transaction that extends the hash chain and the Merkle tree. `stop()` drains the
@@ -6,10 +6,16 @@ queue, so a graceful shutdown (SIGTERM) loses no accepted request.
 
 When the database is unreachable, batches go to a durable local spool (store/spool.py) instead of waiting
 in memory, and a drain task moves them into the database, in order and exactly once, as soon as it is
-back (and at the next start, for a spool a killed process left behind). While the database is away, each
-row's request waits for its row to be spooled before it is answered (`submit` returns a future then), so
-no answer a client saw is unrecorded; and when neither the database nor the spool can take rows,
-`accepting` turns false and the gateway answers 503 before serving anything.
+back (and at the next start, for a spool a killed process left behind). The drain writes many spooled
+batches per transaction, so it catches up under the load that filled the spool.
+
+Durable answers (`durable=True`, the default: `audit.durable_answers`): `submit` returns a future that is
+done once the row is committed (or spooled), and the request answers only then, so no answer a client saw
+is unrecorded even if the process is killed the next instant. The writer group-commits: while requests wait,
+it does not linger for a batch to gather (`flush_interval_s`) but writes what is queued at once, and
+what arrives during one commit forms the next batch. With `durable=False`, rows are acknowledged only while
+the database is away (then they wait for the spool). When neither the database nor the spool can take
+rows, `accepting` turns false and the gateway answers 503 before serving anything.
 
 With a checkpointer, the writer signs the tree head every `checkpoint_every_rows` rows or
 `checkpoint_every_s` seconds (when rows were added), in a task of its own so a slow checkpoint command
@@ -22,17 +28,21 @@ import asyncio
 import logging
 from typing import Any
 
+from distillshield.contracts import AuditSink
+from distillshield.outage import Outage
 from distillshield.store.checkpoint import Checkpointer
 from distillshield.store.database import Store
 from distillshield.store.spool import Spool, SpoolError
 
 log = logging.getLogger("distillshield.audit")
 
+DRAIN_ROWS = 5000  # spooled rows moved into the database per transaction
+
 
 class AuditWriter:
     def __init__(
         self,
-        store: Store,
+        store: AuditSink,
         batch_size: int = 256,
         flush_interval_s: float = 0.05,
         *,
@@ -40,8 +50,14 @@ class AuditWriter:
         checkpoint_every_rows: int = 1000,
         checkpoint_every_s: float = 60.0,
         spool: Spool | None = None,
+        durable: bool = True,
+        idempotent: bool = False,
     ) -> None:
+        """`store`: the log (store.Store) or the audit event stream (workers/stream.py). `idempotent`: rows
+        whose request id the log holds are skipped under the chain lock (the audit workers, whose input is
+        delivered at least once); needs a Store."""
         self.store = store
+        self.idempotent = idempotent
         self.batch_size = batch_size
         self.flush_interval_s = flush_interval_s
         self._queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
@@ -52,9 +68,14 @@ class AuditWriter:
         self.spooled = 0  # rows written to the spool (all time)
         self.store_down = False  # the last write found the database unreachable
         self.spool_failed: str | None = None  # why the spool refused the last batch it was given
-        self._acks: dict[int, asyncio.Future[None]] = {}  # id(row) -> its request's wait, while degraded
+        self.durable = durable
+        self._acks: dict[int, asyncio.Future[None]] = {}  # id(row) -> its request's wait for durability
         self._drain_task: asyncio.Task[None] | None = None
         self._drain_wake = asyncio.Event()
+        self._drain_live = False  # the drain reached the database and is moving the spool into it
+        self._drain_idle = asyncio.Event()  # set while it is not
+        self._drain_idle.set()
+        self._drain_outage = Outage(log, "moving the audit spool into the database")
         self.checkpointer = checkpointer
         self.checkpoint_every_rows = checkpoint_every_rows
         self.checkpoint_every_s = checkpoint_every_s
@@ -65,10 +86,11 @@ class AuditWriter:
         self._timer: asyncio.Task[None] | None = None
 
     def submit(self, row: dict[str, Any]) -> asyncio.Future[None] | None:
-        """Queue a finished row. While the database is away, returns a future that is done once the row is
-        durable (spooled or stored): the request awaits it before answering."""
+        """Queue a finished row. Returns a future that is done once the row is durable (committed or
+        spooled) when the writer is durable or the database is away, else None: the request awaits it
+        before answering."""
         self._queue.put_nowait(row)
-        if not self.store_down:
+        if not (self.durable or self.store_down):
             return None
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._acks[id(row)] = fut
@@ -142,6 +164,7 @@ class AuditWriter:
         assert self.checkpointer is not None
         self._unsigned = 0
         try:
+            assert isinstance(self.store, Store)  # checkpoints are signed where the log is written
             if await self.checkpointer.checkpoint(self.store) is not None:
                 self.checkpoints += 1
         except Exception as exc:  # noqa: BLE001 - a failed checkpoint is logged and retried; the log goes on
@@ -158,8 +181,10 @@ class AuditWriter:
                 stopping = True
             else:
                 batch.append(item)
-                if self._queue.qsize() < self.batch_size:
-                    await asyncio.sleep(self.flush_interval_s)  # let a batch gather
+                if not self._acks and self._queue.qsize() < self.batch_size:
+                    # Nobody waits for these rows: let a batch gather. (Rows someone waits for are written
+                    # at once; those that arrive meanwhile make the next batch: group commit.)
+                    await asyncio.sleep(self.flush_interval_s)
             while not self._queue.empty() and (stopping or len(batch) < self.batch_size):
                 item = self._queue.get_nowait()
                 got += 1
@@ -168,6 +193,12 @@ class AuditWriter:
                 else:
                     batch.append(item)
             if batch:
+                if self.spool is not None and (self.store_down or self.spool_pending):
+                    if self._drain_live and self.spool_pending:
+                        # The drain is moving the spool into the database, which answers again: wait for it
+                        # to finish rather than add batches behind it (under load it would never see the
+                        # spool empty), then write directly.
+                        await self._drain_idle.wait()
                 if self.spool is not None and (self.store_down or self.spool_pending):
                     # Batches already wait in the spool: later ones queue behind them, in order.
                     if not self._to_spool(batch):
@@ -202,8 +233,10 @@ class AuditWriter:
         return True
 
     async def _drain(self) -> None:
-        """Move spooled batches into the database, oldest first, whenever it answers. A batch whose rows the
-        database already holds (a crash between its commit and the batch's removal) is not written twice."""
+        """Move spooled batches into the database, oldest first, whenever it answers. Consecutive batches
+        go in one transaction of up to DRAIN_ROWS rows (a transaction per small batch could not keep up with
+        the load that keeps adding batches behind them). A batch whose rows the database already holds (a
+        crash between its commit and the batch's removal) is not written twice."""
         assert self.spool is not None
         delay = 0.1
         while True:
@@ -211,29 +244,49 @@ class AuditWriter:
                 self._drain_wake.clear()
                 await self._drain_wake.wait()
             try:
-                for b in self.spool.batches():
-                    held = await self.store.existing_request_ids([r["request_id"] for r in b.rows])
-                    rows = [r for r in b.rows if r["request_id"] not in held]
+                while self.spool_pending:
+                    group = self.spool.batches(max_rows=DRAIN_ROWS)
+                    rows_all = [r for b in group for r in b.rows]
+                    held = await self.store.existing_request_ids([r["request_id"] for r in rows_all])
+                    self._set_drain_live(True)  # the database answers: the writer stops adding to the spool
+                    rows = [r for r in rows_all if r["request_id"] not in held]
                     if rows:
                         await self.store.append_audit(rows)
                         self.written += len(rows)
                         self._unsigned += len(rows)
-                    self.spool.remove(b)
+                    for b in group:
+                        self.spool.remove(b)
+                # The spool is empty at this instant (no await since the check): later batches go straight
+                # to the database.
                 self.store_down = False
                 self.spool_failed = None
+                self._set_drain_live(False)
+                self._drain_outage.succeeded()
                 log.info("audit spool drained into the database")
                 delay = 0.1
             except Exception as exc:  # noqa: BLE001 - the database is still away: try again later
-                log.warning("audit spool waits for the database (%s); retrying in %.1f s", exc, delay)
+                self._set_drain_live(False)
+                self._drain_outage.failed(exc, 5.0)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    def _set_drain_live(self, live: bool) -> None:
+        self._drain_live = live
+        if live:
+            self._drain_idle.clear()
+        else:
+            self._drain_idle.set()
 
     async def _write(self, batch: list[dict[str, Any]]) -> None:
         """Write a batch; retry while the database is away, isolate rows it refuses."""
         delay = 0.1
         while True:
             try:
-                await self.store.append_audit(batch)
+                if self.idempotent:
+                    assert isinstance(self.store, Store)
+                    await self.store.append_audit(batch, skip_existing=True)
+                else:
+                    await self.store.append_audit(batch)
                 self.written += len(batch)
                 self._unsigned += len(batch)
                 if self.store_down and not self.spool_pending:
@@ -249,7 +302,7 @@ class AuditWriter:
                 if self.spool is not None and self._to_spool(batch):
                     return  # durable in the spool; the drain task takes it to the database later
                 # No spool (or it refuses): keep the rows in memory and retry with backoff.
-                log.error("audit write of %d rows failed (%s); retrying in %.1f s", len(batch), exc, delay)
+                log.debug("audit write of %d rows failed (%s); retrying in %.1f s", len(batch), exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
         if len(batch) > 1:

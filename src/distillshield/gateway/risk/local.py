@@ -1,8 +1,8 @@
-"""The risk board: the latest detection verdict per account, shared by detection and policy.
+"""The in-process risk board: one per gateway process (the embedded default).
 
-Detection writes it (the online extension as it rescores, or a batch report loaded through the
-admin API); the policy stage reads it on every request, so reads are dictionary lookups. The protocol and
-AccountRisk are declared in contracts.py; this is the in-process board, one per gateway process.
+Detection writes it (the online extension as it rescores, or a batch report loaded through the admin API);
+the policy stage reads it on every request, so reads are dictionary lookups. The shared board (redis.py)
+keeps one of these as its local copy.
 """
 
 from __future__ import annotations
@@ -22,6 +22,12 @@ class LocalRiskBoard:
     def __init__(self) -> None:
         self._accounts: dict[str, AccountRisk] = {}
         self._clusters: dict[str, set[str]] = {}
+
+    async def start(self) -> None:
+        """Nothing to start: the board is this process's memory."""
+
+    async def stop(self) -> None:
+        """Nothing to stop."""
 
     def get(self, account_id: str) -> AccountRisk | None:
         return self._accounts.get(account_id)
@@ -43,13 +49,16 @@ class LocalRiskBoard:
         it must not silently undo a report's evidence. A newer report or a review decision does."""
         n = 0
         for r in risks:
-            if keep_stronger_reports:
-                old = self._accounts.get(r.account_id)
-                if old is not None and old.source != "online" and _SEVERITY[old.verdict] > _SEVERITY[r.verdict]:
-                    continue
+            if keep_stronger_reports and self.outranked(r):
+                continue
             self.update(r)
             n += 1
         return n
+
+    def outranked(self, risk: AccountRisk) -> bool:
+        """True when the board holds a stronger verdict from a report for this account than `risk`."""
+        old = self._accounts.get(risk.account_id)
+        return old is not None and old.source != "online" and _SEVERITY[old.verdict] > _SEVERITY[risk.verdict]
 
     def cluster_members(self, cluster_id: str) -> set[str]:
         return set(self._clusters.get(cluster_id, ()))

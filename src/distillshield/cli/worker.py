@@ -1,0 +1,110 @@
+"""`distillshield worker audit`: the processes beside a fleet of gateways (src/distillshield/workers/)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import typer
+
+from distillshield.cli.common import CliError, console, settings
+
+app = typer.Typer(help="Workers beside a fleet of gateways.", no_args_is_help=True)
+
+
+@app.command("audit")
+def audit(
+    name: str = typer.Option(None, help="consumer name (default audit-<host>-<pid>); reuse it after a restart"),
+    claim_idle_s: float = typer.Option(30.0, help="take over entries another worker held this long unacknowledged"),
+    batch: int = typer.Option(1000, min=1, help="entries per read and rows per transaction"),
+    log_level: str = typer.Option("info", help="log level"),
+) -> None:
+    """Move the audit event stream (gateways with audit.sink: redis) into the hash-chained log, exactly once.
+
+    Example: distillshield -c distillshield.yaml worker audit --name audit-1
+    """
+    from distillshield.store.checkpoint import Checkpointer
+    from distillshield.store.database import Store
+    from distillshield.workers.audit import AuditWorker, default_name
+    from distillshield.workers.stream import AuditStream
+
+    s = settings()
+    if s.audit.sink != "redis":
+        raise CliError("audit.sink is 'database': the gateways write the log themselves; set audit.sink: redis")
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    async def main() -> None:
+        store = Store(s.store.url)
+        await store.init()
+        stream = AuditStream(s.audit.redis_url or s.limits.redis_url, s.audit.stream_key)
+        cp = s.checkpoints
+        worker = AuditWorker(
+            store,
+            stream,
+            name or default_name(),
+            batch=batch,
+            claim_idle_ms=int(claim_idle_s * 1000),
+            checkpointer=Checkpointer.from_settings(cp),
+            checkpoint_every_rows=cp.every_rows,
+            checkpoint_every_s=cp.every_s,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        console.print(f"audit worker [bold]{worker.name}[/bold]: {stream.key} -> {store.safe_url}")
+        try:
+            await worker.run(stop)
+        finally:
+            await stream.close()
+            await store.close()
+        console.print(f"audit worker {worker.name} stopped: {worker.stored} rows stored")
+
+    asyncio.run(main())
+
+
+@app.command("detect")
+def detect(
+    name: str = typer.Option(None, help="consumer name (default detect-<host>-<pid>); reuse it after a restart"),
+    log_level: str = typer.Option("info", help="log level"),
+) -> None:
+    """Run online detection over every replica's traffic (the audit stream) and publish verdicts to the shared
+    risk board (needs audit.sink: redis and risk.backend: redis; set detection.enabled: false on the gateways).
+
+    Example: distillshield -c distillshield.yaml worker detect --name detect-1
+    """
+    from distillshield.detect.online import detection_extension
+    from distillshield.gateway.risk import build_risk_board
+    from distillshield.store.database import Store
+    from distillshield.workers.detect import DetectWorker, default_name
+    from distillshield.workers.stream import AuditStream
+
+    s = settings()
+    if s.audit.sink != "redis":
+        raise CliError("audit.sink is 'database': there is no stream to read; set audit.sink: redis")
+    if s.risk.backend != "redis":
+        raise CliError("risk.backend is 'local': the gateways would not see the verdicts; set risk.backend: redis")
+    ext = detection_extension(s.model_copy(update={"detection": s.detection.model_copy(update={"enabled": True})}))
+    assert ext is not None
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    async def main() -> None:
+        store = Store(s.store.url)
+        await store.init()
+        stream = AuditStream(s.audit.redis_url or s.limits.redis_url, s.audit.stream_key)
+        board = build_risk_board(s.risk, s.limits.redis_url)
+        worker = DetectWorker(ext, store, stream, board, name or default_name())
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        console.print(f"detect worker [bold]{worker.name}[/bold]: {stream.key} -> risk board {s.risk.namespace}")
+        try:
+            await worker.run(stop)
+        finally:
+            await stream.close()
+            await store.close()
+        console.print(f"detect worker {worker.name} stopped: {worker.received} requests observed")
+
+    asyncio.run(main())

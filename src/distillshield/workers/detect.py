@@ -1,0 +1,96 @@
+"""`distillshield worker detect`: online detection over the whole fleet's traffic, off the gateways.
+
+The worker is the `detectors` consumer group of the audit event stream: it sees every request any gateway
+replica served, folds them into the same online engine the gateway runs in-process (detect/online.py,
+`start_detached`: the same sketches, rescoring and clustering, so the same verdicts as one process serving
+all the traffic), and publishes verdicts to the shared risk board (`risk.backend: redis`), which every
+replica applies on its next request. At start it replays the log's tail (restart without amnesty) and
+takes back the entries it had been given and not acknowledged.
+
+One detector worker per deployment: the engine's cross-account indexes (hydra clusters) live in its
+memory, and a second worker in the group would see a random half of each account's traffic. Entries are
+acknowledged once queued for the engine (detection is not the record; a crash costs the queue, and the
+replay at the next start covers what reached the log).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+
+from distillshield.contracts import RiskBoard
+from distillshield.detect.online import DetectionExtension
+from distillshield.outage import Outage
+from distillshield.store.database import Store
+from distillshield.workers.stream import DETECT_GROUP, AuditStream
+
+log = logging.getLogger("distillshield.worker.detect")
+
+
+def default_name() -> str:
+    return f"detect-{socket.gethostname()}-{os.getpid()}"
+
+
+class DetectWorker:
+    def __init__(
+        self,
+        detection: DetectionExtension,
+        store: Store,
+        stream: AuditStream,
+        board: RiskBoard,
+        name: str,
+        *,
+        batch: int = 2000,
+        block_ms: int = 1000,
+    ) -> None:
+        self.detection = detection
+        self.store = store
+        self.stream = stream
+        self.board = board
+        self.name = name
+        self.batch = batch
+        self.block_ms = block_ms
+        self.received = 0
+        self._flushed_at = 0
+        self._outage = Outage(log, "reading the audit stream (Redis)")
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.board.start()
+        await self.detection.start_detached(self.store, self.board)
+        try:
+            backlog = True
+            while not stop.is_set():
+                try:
+                    if backlog:
+                        await self.stream.ensure_group(DETECT_GROUP)
+                    entries = await self.stream.read(
+                        DETECT_GROUP, self.name, self.batch, self.block_ms, pending=backlog
+                    )
+                    backlog = backlog and bool(entries)
+                    self._outage.succeeded()
+                except Exception as exc:  # noqa: BLE001 - Redis away: retry; entries wait in the stream
+                    self._outage.failed(exc, 1.0)
+                    backlog = True
+                    try:
+                        await asyncio.wait_for(stop.wait(), 1.0)
+                    except TimeoutError:
+                        pass
+                    continue
+                if not entries and self.received > self._flushed_at:
+                    # The stream is idle: re-cluster and rescore everyone now, so the board holds the verdicts
+                    # of everything served rather than those of the last rescoring checkpoint.
+                    await self.detection.flush()
+                    self._flushed_at = self.received
+                for _eid, row in entries:
+                    self.detection.observe(row)
+                self.received += len(entries)
+                if entries:
+                    try:
+                        await self.stream.ack(DETECT_GROUP, [eid for eid, _row in entries])
+                    except Exception as exc:  # noqa: BLE001 - redelivered later: counted twice at worst
+                        self._outage.failed(exc, 1.0)
+        finally:
+            await self.detection.stop()
+            await self.board.stop()

@@ -1,0 +1,126 @@
+"""The audit event stream: finished requests on a Redis Stream, between the gateways and the audit workers.
+
+With `audit.sink: redis`, each gateway's audit writer hands its batches to `AuditStream.append_audit` (one
+XADD per row, a batch in one MULTI/EXEC) instead of the database; `distillshield worker audit` processes
+read them through a consumer group and write them into the hash-chained log. It has the audit sink's shape
+(contracts.AuditSink), so the gateway's writer keeps everything it does for the database: durable answers
+(the answer waits for the XADD), the local spool while Redis is away, the 503 when nothing can record.
+
+Each kind of worker is a consumer group: `audit-writers` (the log) and `detectors` (online detection); every
+entry reaches every group. Delivery is at least once (a worker killed between its commit and its XACK leaves
+the entries pending, and another worker claims them after `claim_idle_ms`); the log is exactly once because
+audit workers write with `skip_existing` (request ids checked under the chain head's lock). The audit workers
+trim the stream to what some group has not yet acknowledged (`trim`), so it holds only the backlog.
+
+Redis Streams because the Redis is already there (limits, risk board) and consumer groups give exactly what
+is needed: shared consumption, per-consumer pending lists, claiming from dead consumers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+AUDIT_GROUP = "audit-writers"
+DETECT_GROUP = "detectors"
+
+
+class AuditStream:
+    def __init__(self, url: str, key: str = "distillshield:audit:events", *, client: aioredis.Redis | None = None):
+        self.url = url
+        self.key = key
+        self._redis = client or aioredis.from_url(url, socket_timeout=10, socket_connect_timeout=2)
+
+    # -- the gateway's side: contracts.AuditSink ------------------------------------------------------------
+
+    async def append_audit(self, rows: Sequence[Mapping[str, Any]]) -> int:
+        """Append the rows (a batch is one MULTI/EXEC: all or none); returns how many."""
+        if not rows:
+            return 0
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for r in rows:
+                pipe.xadd(self.key, {b"row": orjson.dumps(dict(r), default=str)})
+            await pipe.execute()
+        return len(rows)
+
+    async def existing_request_ids(self, ids: Sequence[str]) -> set[str]:
+        """Always empty: the stream does not deduplicate; the workers do (by request id, under the lock)."""
+        return set()
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._redis.ping())
+        except Exception:  # noqa: BLE001 - any failure means "not reachable"
+            return False
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+    # -- the workers' side -----------------------------------------------------------------------------------
+
+    async def ensure_group(self, group: str) -> None:
+        """Create the consumer group (and the stream) when missing; it starts at the stream's beginning."""
+        try:
+            await self._redis.xgroup_create(self.key, group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def read(
+        self, group: str, consumer: str, count: int, block_ms: int, *, pending: bool = False
+    ) -> list[tuple[bytes, dict[str, Any]]]:
+        """New entries for this consumer (blocking up to block_ms), or with `pending` the ones it was given
+        before and has not acknowledged (its own backlog after a failure or a restart under the same name)."""
+        got = await self._redis.xreadgroup(
+            group, consumer, {self.key: "0" if pending else ">"}, count=count, block=None if pending else block_ms
+        )
+        return [(eid, orjson.loads(fields[b"row"])) for _k, entries in got or () for eid, fields in entries if fields]
+
+    async def claim(
+        self, group: str, consumer: str, min_idle_ms: int, count: int
+    ) -> list[tuple[bytes, dict[str, Any]]]:
+        """Entries pending on other consumers for at least min_idle_ms (a worker that died): now this one's."""
+        res = await self._redis.xautoclaim(self.key, group, consumer, min_idle_ms, start_id="0-0", count=count)
+        entries = res[1] if len(res) > 1 else []
+        return [(eid, orjson.loads(fields[b"row"])) for eid, fields in entries if fields]
+
+    async def ack(self, group: str, ids: Sequence[bytes]) -> None:
+        """The group is done with these entries."""
+        if ids:
+            await self._redis.xack(self.key, group, *ids)
+
+    async def backlog(self, group: str) -> int:
+        """Entries the group has not acknowledged: delivered and pending, plus not yet delivered."""
+        for g in await self._redis.xinfo_groups(self.key):
+            name = g["name"].decode() if isinstance(g["name"], bytes) else g["name"]
+            if name == group:
+                lag = g.get("lag")
+                return int(g["pending"]) + (int(lag) if lag is not None else int(await self._redis.xlen(self.key)))
+        return int(await self._redis.xlen(self.key))
+
+    async def trim(self) -> int:
+        """Drop the entries every group has acknowledged; returns how many were dropped."""
+        groups = await self._redis.xinfo_groups(self.key)
+        if not groups:
+            return 0
+        keep: tuple[int, int] | None = None
+        for g in groups:
+            if int(g["pending"]):
+                summary = await self._redis.xpending(self.key, g["name"])
+                first = _sid(summary["min"])
+            else:
+                ms, seq = _sid(g["last-delivered-id"])
+                first = (ms, seq + 1)
+            keep = first if keep is None or first < keep else keep
+        assert keep is not None
+        return int(await self._redis.xtrim(self.key, minid=f"{keep[0]}-{keep[1]}"))
+
+
+def _sid(raw: bytes | str) -> tuple[int, int]:
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
