@@ -44,6 +44,38 @@ def require_service(name: str, host: str, port: int) -> None:
         pytest.skip(f"{msg}; start it to run this test")
 
 
+def pg_autocommit(sql: str) -> None:
+    """Run one statement on the test PostgreSQL outside a transaction (CREATE/DROP DATABASE)."""
+    import sqlalchemy as sa
+
+    from distillshield.store import Store
+
+    async def run() -> None:
+        engine = Store(PG_URL).engine
+        try:
+            async with engine.connect() as conn:
+                await (await conn.execution_options(isolation_level="AUTOCOMMIT")).execute(sa.text(sql))
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())
+
+
+@pytest.fixture
+def pg_database() -> Iterator[str]:
+    """A PostgreSQL database of the test's own, dropped afterwards (the shared one is used by tests that
+    drop tables)."""
+    import uuid
+
+    require_service("PostgreSQL", "127.0.0.1", 5432)
+    db = f"ds_test_{uuid.uuid4().hex[:8]}"
+    pg_autocommit(f"CREATE DATABASE {db}")
+    try:
+        yield PG_URL.rsplit("/", 1)[0] + f"/{db}"
+    finally:
+        pg_autocommit(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

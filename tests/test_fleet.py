@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,12 +22,11 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 import redis.asyncio as aioredis
-import sqlalchemy as sa
 
 from distillshield.store import Store
 from distillshield.workers.audit import AuditWorker
 from distillshield.workers.stream import AUDIT_GROUP, AuditStream
-from tests.conftest import PG_URL, REDIS_URL, require_service
+from tests.conftest import REDIS_URL, require_service
 from tests.fakes import FakeUpstream
 from tests.test_audit_spool import row
 
@@ -84,26 +83,6 @@ async def test_rows_reach_the_log_once_however_often_they_are_delivered(tmp_path
 
 async def _done(stream: AuditStream) -> bool:
     return await stream.backlog(AUDIT_GROUP) == 0
-
-
-@pytest.fixture
-def pg_database() -> Iterator[str]:
-    require_service("PostgreSQL", "127.0.0.1", 5432)
-    db = f"ds_fleet_{uuid.uuid4().hex[:8]}"
-
-    async def run(sql: str) -> None:
-        engine = Store(PG_URL).engine
-        try:
-            async with engine.connect() as conn:
-                await (await conn.execution_options(isolation_level="AUTOCOMMIT")).execute(sa.text(sql))
-        finally:
-            await engine.dispose()
-
-    asyncio.run(run(f"CREATE DATABASE {db}"))
-    try:
-        yield PG_URL.rsplit("/", 1)[0] + f"/{db}"
-    finally:
-        asyncio.run(run(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
 
 
 def _worker(cfg: Path, env: dict[str, str], name: str) -> subprocess.Popen[bytes]:

@@ -7,9 +7,7 @@ that `make test` stays quick, and derandomized: a failure reproduces on the next
 
 from __future__ import annotations
 
-import asyncio
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,7 +15,6 @@ import httpx
 import pytest
 import requests
 import schemathesis
-import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
@@ -25,22 +22,12 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.core.failures import FailureGroup
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
-from distillshield.store import Store
-from tests.conftest import ADMIN_TOKEN, PG_URL, RunningGateway, require_service
+from tests.conftest import ADMIN_TOKEN, RunningGateway
 from tests.fakes import FakeUpstream
 
 EXAMPLES_PER_OPERATION = 100
 EXAMPLES_WITHOUT_INPUTS = 10  # an operation with no parameters and no body: only the token varies
 AUTH = {"authorization": f"Bearer {ADMIN_TOKEN}"}
-
-
-async def _autocommit(sql: str) -> None:
-    engine = Store(PG_URL).engine
-    try:
-        async with engine.connect() as conn:
-            await (await conn.execution_options(isolation_level="AUTOCOMMIT")).execute(sa.text(sql))
-    finally:
-        await engine.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -50,13 +37,7 @@ def store_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
     if request.param == "sqlite":
         yield None
         return
-    require_service("PostgreSQL", "127.0.0.1", 5432)
-    db = f"ds_fuzz_admin_{uuid.uuid4().hex[:8]}"
-    asyncio.run(_autocommit(f"CREATE DATABASE {db}"))
-    try:
-        yield PG_URL.rsplit("/", 1)[0] + f"/{db}"
-    finally:
-        asyncio.run(_autocommit(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+    yield request.getfixturevalue("pg_database")
 
 
 @pytest.fixture

@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Awaitable, Callable
 
 import typer
 
 from distillshield.cli.common import CliError, console, settings
+from distillshield.config import Settings
+from distillshield.store.database import Store
+from distillshield.workers.stream import AuditStream
 
 app = typer.Typer(help="Workers beside a fleet of gateways.", no_args_is_help=True)
 
@@ -25,19 +29,14 @@ def audit(
     Example: distillshield -c distillshield.yaml worker audit --name audit-1
     """
     from distillshield.store.checkpoint import Checkpointer
-    from distillshield.store.database import Store
     from distillshield.workers.audit import AuditWorker, default_name
-    from distillshield.workers.stream import AuditStream
 
     s = settings()
     if s.audit.sink != "redis":
         raise CliError("audit.sink is 'database': the gateways write the log themselves; set audit.sink: redis")
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    async def main() -> None:
-        store = Store(s.store.url)
-        await store.init()
-        stream = AuditStream(s.audit.redis_url or s.limits.redis_url, s.audit.stream_key)
+    async def run(store: Store, stream: AuditStream, stop: asyncio.Event) -> str:
         cp = s.checkpoints
         worker = AuditWorker(
             store,
@@ -49,19 +48,11 @@ def audit(
             checkpoint_every_rows=cp.every_rows,
             checkpoint_every_s=cp.every_s,
         )
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
         console.print(f"audit worker [bold]{worker.name}[/bold]: {stream.key} -> {store.safe_url}")
-        try:
-            await worker.run(stop)
-        finally:
-            await stream.close()
-            await store.close()
-        console.print(f"audit worker {worker.name} stopped: {worker.stored} rows stored")
+        await worker.run(stop)
+        return f"audit worker {worker.name} stopped: {worker.stored} rows stored"
 
-    asyncio.run(main())
+    _serve(s, run)
 
 
 @app.command("detect")
@@ -76,9 +67,7 @@ def detect(
     """
     from distillshield.detect.online import detection_extension
     from distillshield.gateway.risk import build_risk_board
-    from distillshield.store.database import Store
     from distillshield.workers.detect import DetectWorker, default_name
-    from distillshield.workers.stream import AuditStream
 
     s = settings()
     if s.audit.sink != "redis":
@@ -89,22 +78,32 @@ def detect(
     assert ext is not None
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+    async def run(store: Store, stream: AuditStream, stop: asyncio.Event) -> str:
+        board = build_risk_board(s.risk, s.limits.redis_url)
+        worker = DetectWorker(ext, store, stream, board, name or default_name())
+        console.print(f"detect worker [bold]{worker.name}[/bold]: {stream.key} -> risk board {s.risk.namespace}")
+        await worker.run(stop)
+        return f"detect worker {worker.name} stopped: {worker.received} requests observed"
+
+    _serve(s, run)
+
+
+def _serve(s: Settings, run: Callable[[Store, AuditStream, asyncio.Event], Awaitable[str]]) -> None:
+    """Open the store and the stream, run the worker until SIGTERM or SIGINT, close both, say what it did."""
+
     async def main() -> None:
         store = Store(s.store.url)
         await store.init()
         stream = AuditStream(s.audit.redis_url or s.limits.redis_url, s.audit.stream_key)
-        board = build_risk_board(s.risk, s.limits.redis_url)
-        worker = DetectWorker(ext, store, stream, board, name or default_name())
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        console.print(f"detect worker [bold]{worker.name}[/bold]: {stream.key} -> risk board {s.risk.namespace}")
         try:
-            await worker.run(stop)
+            said = await run(store, stream, stop)
         finally:
             await stream.close()
             await store.close()
-        console.print(f"detect worker {worker.name} stopped: {worker.received} requests observed")
+        console.print(said)
 
     asyncio.run(main())

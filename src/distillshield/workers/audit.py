@@ -16,13 +16,12 @@ import asyncio
 import logging
 import os
 import socket
-from typing import Any
 
 from distillshield.outage import Outage
 from distillshield.store.checkpoint import Checkpointer
 from distillshield.store.database import Store
 from distillshield.store.writer import AuditWriter
-from distillshield.workers.stream import AUDIT_GROUP, AuditStream
+from distillshield.workers.stream import AUDIT_GROUP, AuditStream, Entry, consume
 
 log = logging.getLogger("distillshield.worker.audit")
 TRIM_EVERY = 5000  # entries acknowledged between trims (and whenever the worker has caught up)
@@ -62,36 +61,19 @@ class AuditWorker:
             idempotent=True,
         )
         self.stored = 0  # entries acknowledged (their rows in the log)
-        self._outage = Outage(log, "reading the audit stream (Redis)")
+        self._outage = Outage(log, "acknowledging audit entries (Redis)")
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.writer.start()
         try:
-            backlog = True  # our own unacknowledged entries first
-            while not stop.is_set():
-                try:
-                    if backlog:
-                        await self.stream.ensure_group(AUDIT_GROUP)
-                        entries = await self.stream.read(
-                            AUDIT_GROUP, self.name, self.batch, self.block_ms, pending=True
-                        )
-                        backlog = bool(entries)
-                    else:
-                        entries = await self.stream.claim(AUDIT_GROUP, self.name, self.claim_idle_ms, self.batch)
-                        if not entries:
-                            entries = await self.stream.read(AUDIT_GROUP, self.name, self.batch, self.block_ms)
-                    self._outage.succeeded()
-                except Exception as exc:  # noqa: BLE001 - Redis away: retry; entries wait in the stream
-                    self._outage.failed(exc, 1.0)
-                    backlog = True
-                    await _sleep_or_stop(stop, 1.0)
-                    continue
-                if entries:
-                    await self._store(entries)
+            await consume(self.stream, AUDIT_GROUP, self.name, self._store, stop, batch=self.batch,
+                          block_ms=self.block_ms, claim_idle_ms=self.claim_idle_ms)  # fmt: skip
         finally:
             await self.writer.stop()
 
-    async def _store(self, entries: list[tuple[bytes, dict[str, Any]]]) -> None:
+    async def _store(self, entries: list[Entry]) -> None:
+        if not entries:
+            return
         acks = [self.writer.submit(row) for _eid, row in entries]
         await asyncio.gather(*[a for a in acks if a is not None])  # committed (the writer retries meanwhile)
         ids = [eid for eid, _row in entries]
@@ -104,11 +86,5 @@ class AuditWorker:
             except Exception as exc:  # noqa: BLE001 - unacknowledged entries would be redelivered: harmless
                 self._outage.failed(exc, 1.0)
                 await asyncio.sleep(1.0)
+        self._outage.succeeded()
         self.stored += len(ids)
-
-
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    try:
-        await asyncio.wait_for(stop.wait(), seconds)
-    except TimeoutError:
-        pass

@@ -24,7 +24,7 @@ from distillshield.contracts import RiskBoard
 from distillshield.detect.online import DetectionExtension
 from distillshield.outage import Outage
 from distillshield.store.database import Store
-from distillshield.workers.stream import DETECT_GROUP, AuditStream
+from distillshield.workers.stream import DETECT_GROUP, AuditStream, Entry, consume
 
 log = logging.getLogger("distillshield.worker.detect")
 
@@ -54,43 +54,31 @@ class DetectWorker:
         self.block_ms = block_ms
         self.received = 0
         self._flushed_at = 0
-        self._outage = Outage(log, "reading the audit stream (Redis)")
+        self._outage = Outage(log, "acknowledging observed entries (Redis)")
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.board.start()
         await self.detection.start_detached(self.store, self.board)
         try:
-            backlog = True
-            while not stop.is_set():
-                try:
-                    if backlog:
-                        await self.stream.ensure_group(DETECT_GROUP)
-                    entries = await self.stream.read(
-                        DETECT_GROUP, self.name, self.batch, self.block_ms, pending=backlog
-                    )
-                    backlog = backlog and bool(entries)
-                    self._outage.succeeded()
-                except Exception as exc:  # noqa: BLE001 - Redis away: retry; entries wait in the stream
-                    self._outage.failed(exc, 1.0)
-                    backlog = True
-                    try:
-                        await asyncio.wait_for(stop.wait(), 1.0)
-                    except TimeoutError:
-                        pass
-                    continue
-                if not entries and self.received > self._flushed_at:
-                    # The stream is idle: re-cluster and rescore everyone now, so the board holds the verdicts
-                    # of everything served rather than those of the last rescoring checkpoint.
-                    await self.detection.flush()
-                    self._flushed_at = self.received
-                for _eid, row in entries:
-                    self.detection.observe(row)
-                self.received += len(entries)
-                if entries:
-                    try:
-                        await self.stream.ack(DETECT_GROUP, [eid for eid, _row in entries])
-                    except Exception as exc:  # noqa: BLE001 - redelivered later: counted twice at worst
-                        self._outage.failed(exc, 1.0)
+            await consume(self.stream, DETECT_GROUP, self.name, self._observe, stop, batch=self.batch,
+                          block_ms=self.block_ms)  # fmt: skip
         finally:
             await self.detection.stop()
             await self.board.stop()
+
+    async def _observe(self, entries: list[Entry]) -> None:
+        if not entries:
+            if self.received > self._flushed_at:
+                # The stream is idle: re-cluster and rescore everyone now, so the board holds the verdicts of
+                # everything served rather than those of the last rescoring checkpoint.
+                await self.detection.flush()
+                self._flushed_at = self.received
+            return
+        for _eid, row in entries:
+            self.detection.observe(row)
+        self.received += len(entries)
+        try:
+            await self.stream.ack(DETECT_GROUP, [eid for eid, _row in entries])
+            self._outage.succeeded()
+        except Exception as exc:  # noqa: BLE001 - redelivered later: observed twice at worst
+            self._outage.failed(exc, 1.0)

@@ -18,12 +18,19 @@ is needed: shared consumption, per-consumer pending lists, claiming from dead co
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
+
+from distillshield.outage import Outage
+
+log = logging.getLogger("distillshield.worker")
+Entry = tuple[bytes, dict[str, Any]]
 
 AUDIT_GROUP = "audit-writers"
 DETECT_GROUP = "detectors"
@@ -118,6 +125,47 @@ class AuditStream:
             keep = first if keep is None or first < keep else keep
         assert keep is not None
         return int(await self._redis.xtrim(self.key, minid=f"{keep[0]}-{keep[1]}"))
+
+
+async def consume(
+    stream: AuditStream,
+    group: str,
+    consumer: str,
+    handle: Callable[[list[Entry]], Awaitable[None]],
+    stop: asyncio.Event,
+    *,
+    batch: int,
+    block_ms: int = 1000,
+    claim_idle_ms: int | None = None,
+) -> None:
+    """The loop every worker runs: its own unacknowledged entries first (a restart under the same name), then,
+    with `claim_idle_ms`, entries other consumers held that long (a dead worker's), then new ones; each read
+    handed to `handle` (an empty list when the stream was idle for `block_ms`), which acknowledges what it is
+    done with. Returns when `stop` is set. Redis away: logged once, retried every second."""
+    outage = Outage(log, f"reading the audit stream (Redis) as {group}/{consumer}")
+    backlog = True
+    while not stop.is_set():
+        try:
+            if backlog:
+                await stream.ensure_group(group)
+                entries = await stream.read(group, consumer, batch, block_ms, pending=True)
+                backlog = bool(entries)
+            else:
+                entries = []
+                if claim_idle_ms is not None:
+                    entries = await stream.claim(group, consumer, claim_idle_ms, batch)
+                if not entries:
+                    entries = await stream.read(group, consumer, batch, block_ms)
+            outage.succeeded()
+        except Exception as exc:  # noqa: BLE001 - Redis away: retry; the entries wait in the stream
+            outage.failed(exc, 1.0)
+            backlog = True
+            try:
+                await asyncio.wait_for(stop.wait(), 1.0)
+            except TimeoutError:
+                pass
+            continue
+        await handle(entries)
 
 
 def _sid(raw: bytes | str) -> tuple[int, int]:
