@@ -190,6 +190,9 @@ def _storable_row(r: Mapping[str, Any]) -> dict[str, Any]:
     return rec
 
 
+_SCHEMA_LOCK = 0x44535348  # "DSSH": the advisory lock around schema creation on PostgreSQL
+
+
 def _unheld(rows: Sequence[Mapping[str, Any]], held: set[str]) -> list[Mapping[str, Any]]:
     """The rows whose request id is not in `held`, each once (a batch may carry a redelivered row twice)."""
     out, seen = [], set(held)
@@ -233,6 +236,10 @@ class Store:
         """Create missing tables and the chain head and tree rows. Safe to call on every start."""
         try:
             async with self.engine.begin() as conn:
+                if not self.is_sqlite:
+                    # Replicas and workers starting at once on a fresh database would race to create the same
+                    # tables ("relation already exists"): one at a time, the lock released with the transaction.
+                    await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _SCHEMA_LOCK})
                 await conn.run_sync(metadata.create_all)
                 head = (await conn.execute(sa.select(chain_head.c.seq).where(chain_head.c.id == 1))).first()
                 if head is None:
