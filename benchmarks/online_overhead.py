@@ -65,6 +65,7 @@ def start(enabled: bool, tmp: Path) -> tuple[object, threading.Thread, str, obje
     import uvicorn
 
     from distillshield.config import load_settings
+    from distillshield.extensions import standard_extensions
     from distillshield.gateway.app import build_app
     from tests.fakes import FakeUpstream
 
@@ -79,7 +80,7 @@ def start(enabled: bool, tmp: Path) -> tuple[object, threading.Thread, str, obje
         limits__key={"rpm": None, "tpm": None, "concurrent": None},
         limits__account={"rpm": None, "tpm": None, "concurrent": None, "tpd": None},
     )
-    app = build_app(s, upstream=FakeUpstream())
+    app = build_app(s, standard_extensions(), upstream=FakeUpstream())
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", loop="asyncio"))
     th = threading.Thread(target=server.run, daemon=True)
     th.start()

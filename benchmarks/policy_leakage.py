@@ -130,6 +130,7 @@ class Gateway:
     def __init__(self, workdir: Path, policy: bool) -> None:
         import uvicorn
 
+        from distillshield.extensions import standard_extensions
         from distillshield.gateway.app import build_app
 
         self.port = free_port()
@@ -144,7 +145,7 @@ class Gateway:
             policy__review_poll_s=1.0,
             detection__enabled=False,  # batch reports drive the risk board (see the module docstring)
         )
-        self.app = build_app(self.settings, upstream=ReasoningModel())
+        self.app = build_app(self.settings, standard_extensions(), upstream=ReasoningModel())
         cfg = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="error", loop="asyncio")
         self.server = uvicorn.Server(cfg)
         self.thread = threading.Thread(target=self.server.run, daemon=True)

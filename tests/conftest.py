@@ -22,6 +22,7 @@ import uvicorn
 
 from distillshield.cli.serve import uvicorn_proxy_options
 from distillshield.config import Settings, load_settings
+from distillshield.extensions import standard_extensions
 from distillshield.gateway.app import build_app
 from distillshield.gateway.wire import uvicorn_http_options
 
@@ -131,7 +132,7 @@ class RunningGateway:
 
 
 def start_gateway(settings: Settings, **components: Any) -> RunningGateway:
-    app = build_app(settings, **components)
+    app = build_app(settings, standard_extensions(), **components)
     port = settings.server.port
     server = uvicorn.Server(
         uvicorn.Config(

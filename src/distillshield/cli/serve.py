@@ -222,10 +222,11 @@ def register(app: typer.Typer) -> None:
 def run_server(s: Settings, host: str, port: int, log_level: str = "info") -> None:
     import uvicorn
 
+    from distillshield.extensions import standard_extensions
     from distillshield.gateway.app import build_app
     from distillshield.gateway.wire import uvicorn_http_options
 
-    app = build_app(s)
+    app = build_app(s, standard_extensions())
     uvicorn.run(
         app,
         host=host,
@@ -250,6 +251,7 @@ def uvicorn_proxy_options(s: Settings) -> dict[str, Any]:
 def run_demo(port: int, directory: Path, once: bool) -> None:
     import uvicorn
 
+    from distillshield.extensions import standard_extensions
     from distillshield.gateway.app import build_app
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -266,7 +268,7 @@ def run_demo(port: int, directory: Path, once: bool) -> None:
         token_file.write_text(token + "\n", encoding="utf-8")
         token_file.chmod(0o600)
     s = load_settings(cfg, server__port=port)
-    app = build_app(s)
+    app = build_app(s, standard_extensions())
     server = uvicorn.Server(
         uvicorn.Config(
             app,

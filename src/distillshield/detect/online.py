@@ -381,7 +381,7 @@ class DetectionExtension:
 
 
 def detection_extension(settings: Settings) -> DetectionExtension | None:
-    """The factory registered in gateway/extensions.py: on unless `detection.enabled` is false."""
+    """The factory in distillshield.extensions.standard_extensions: on unless `detection.enabled` is false."""
     cfg = settings.detection
     if not cfg.enabled:
         return None

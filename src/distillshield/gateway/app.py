@@ -11,7 +11,7 @@ import contextlib
 import gc
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from distillshield.contracts import AuditSink, DetectionService, RiskBoard, Wate
 from distillshield.gateway.admin import bearer_refusal, build_admin_app, configured_admin_digest
 from distillshield.gateway.auth import Authenticator
 from distillshield.gateway.errors import ApiError
-from distillshield.gateway.extensions import Extension, extension_factories
+from distillshield.gateway.extensions import Extension, ExtensionFactory
 from distillshield.gateway.limits import RateLimiter, build_limiter
 from distillshield.gateway.metrics import GatewayMetrics
 from distillshield.gateway.pipeline import ENDPOINT_OF, Gateway
@@ -81,6 +81,7 @@ def audit_spool(settings: Settings) -> Spool | None:
 
 def build_state(
     settings: Settings,
+    extensions: Sequence[ExtensionFactory],
     *,
     upstream: Upstream | None = None,
     store: Store | None = None,
@@ -112,13 +113,13 @@ def build_state(
     metrics = GatewayMetrics()
     metrics.bind_audit(lambda: audit.pending, lambda: audit.written)
     gateway = Gateway(settings, upstream, limiter, auth, audit, metrics)
-    extensions = [ext for factory in extension_factories() if (ext := factory(settings)) is not None]
+    started = [ext for factory in extensions if (ext := factory(settings)) is not None]
     risk = build_risk_board(settings.risk, settings.limits.redis_url)
     policy = PolicyStage.from_settings(settings.policy, risk) if settings.policy.enabled else None
     if policy is not None:
         gateway.policy = policy
-        extensions.insert(0, policy)  # started first and stopped last: it loads the review book
-    return AppState(settings, store, upstream, limiter, auth, audit, metrics, gateway, extensions, risk, policy)
+        started.insert(0, policy)  # started first and stopped last: it loads the review book
+    return AppState(settings, store, upstream, limiter, auth, audit, metrics, gateway, started, risk, policy)
 
 
 _API_ROUTES = {path: api for api, path in ENDPOINT_OF.items()}
@@ -159,9 +160,11 @@ class GatewayApp(Starlette):
         await response(scope, receive, send)
 
 
-def build_app(settings: Settings, **components: Any) -> Starlette:
-    """The gateway as an ASGI app. `components` may replace the upstream, store or limiter (tests)."""
-    state = build_state(settings, **components)
+def build_app(settings: Settings, extensions: Sequence[ExtensionFactory], **components: Any) -> Starlette:
+    """The gateway as an ASGI app, running the extensions the factories make (distillshield.extensions
+    `standard_extensions()` is what `distillshield serve` runs; `[]` is a gateway without detection and
+    watermarks). `components` may replace the upstream, store or limiter (tests)."""
+    state = build_state(settings, extensions, **components)
     gw = state.gateway
 
     # GatewayApp serves POSTs to these three paths itself; the routes stay so that other methods on them

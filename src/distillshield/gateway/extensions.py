@@ -10,8 +10,9 @@ instead of editing the request path:
       They run on the event loop, so they must be cheap (update a sketch, enqueue work), never block.
     - `state.risk` (contracts.RiskBoard): detection publishes each account's latest verdict
       there; the policy stage reads it per request.
-- `EXTENSIONS`: the factories the app builds, each `factory(settings) -> Extension | None`.
-  Register a new one by adding one line to `extension_factories()`.
+- `ExtensionFactory`: `factory(settings) -> Extension | None` (None: switched off by its settings). The
+  factories are handed to `build_app`; the standard set (watermark, detection) is
+  `distillshield.extensions.standard_extensions()`, outside the gateway, which imports none of them.
 """
 
 from __future__ import annotations
@@ -32,11 +33,3 @@ class Extension(Protocol):
 
 
 ExtensionFactory = Callable[["Settings"], "Extension | None"]
-
-
-def extension_factories() -> list[ExtensionFactory]:
-    """Every extension the gateway knows, in start order (imported lazily: the hot path stays light)."""
-    from distillshield.detect.online import detection_extension
-    from distillshield.watermark.gateway import watermark_extension
-
-    return [watermark_extension, detection_extension]

@@ -1,0 +1,148 @@
+"""Does one detector worker keep up with the fleet? The audit stream's backlog for `distillshield worker detect`
+while requests arrive at a given rate.
+
+Takes a simulated scenario's traffic (`--scenario`, `--seed`) as audit rows, starts one detector worker process
+(`python -m distillshield -c CFG worker detect`, on real Redis, an empty SQLite log so nothing is replayed),
+appends the rows to a fresh audit stream at `--rate` rows per second for `--seconds`, and samples the
+`detectors` group's backlog (entries not yet acknowledged) every half second. Reports the rate achieved, the
+backlog's peak and its value at the end of the load, how long the worker then took to catch up, and the worker's
+own rate (rows over the time until it caught up).
+
+    .venv/bin/python benchmarks/detect_worker_lag.py --scenario smoke --seed 1 --rate 3000 --seconds 20
+
+Needs Redis (--redis-url). The producer, Redis and the worker share this machine's cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import redis.asyncio as aioredis  # noqa: E402
+
+from distillshield.cli.serve import write_config  # noqa: E402
+from distillshield.simulate import engine, scenario  # noqa: E402
+from distillshield.store.export import record_to_row  # noqa: E402
+from distillshield.traffic import TrafficRecord  # noqa: E402
+from distillshield.workers.stream import DETECT_GROUP, AuditStream  # noqa: E402
+
+
+def rows_of(name: str, seed: int, limit: int) -> list[dict[str, Any]]:
+    sc, seed = scenario.load(name, seed)
+    out = []
+    for rec in engine.iter_records(sc, seed):
+        row = record_to_row(TrafficRecord.model_validate(rec))
+        row["request_id"] = uuid.uuid4().hex
+        out.append(row)
+        if len(out) >= limit:
+            break
+    return out
+
+
+async def run(a: argparse.Namespace, rows: list[dict[str, Any]], work: Path) -> dict[str, Any]:
+    key = f"dsbench:audit:{uuid.uuid4().hex[:8]}"
+    cfg = work / "worker.yaml"
+    write_config(cfg, store_url=f"sqlite+aiosqlite:///{work / 'log.db'}")
+    env = {
+        **os.environ,
+        "DISTILLSHIELD_AUDIT__SINK": "redis",
+        "DISTILLSHIELD_AUDIT__STREAM_KEY": key,
+        "DISTILLSHIELD_RISK__BACKEND": "redis",
+        "DISTILLSHIELD_RISK__NAMESPACE": key.replace(":", "-"),
+        "DISTILLSHIELD_LIMITS__REDIS_URL": a.redis_url,
+    }
+    stream = AuditStream(a.redis_url, key)
+    await stream.ensure_group(DETECT_GROUP)
+    log = (work / "worker.log").open("wb")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "distillshield", "-c", str(cfg), "worker", "detect", "--name", "bench"],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    samples: list[tuple[float, int]] = []
+    try:
+        await asyncio.sleep(a.warmup_s)  # the worker loads its model
+        t0 = time.perf_counter()
+        sent = 0
+        next_sample = 0.0
+        batch = max(1, int(a.rate / 50))  # 50 appends a second
+        while sent < len(rows) and time.perf_counter() - t0 < a.seconds:
+            due = int((time.perf_counter() - t0) * a.rate)
+            if due > sent:
+                n = min(due - sent, batch * 4, len(rows) - sent)
+                await stream.append_audit(rows[sent : sent + n])
+                sent += n
+            now = time.perf_counter() - t0
+            if now >= next_sample:
+                samples.append((round(now, 2), await stream.backlog(DETECT_GROUP)))
+                next_sample += 0.5
+            await asyncio.sleep(1 / 100)
+        load_s = time.perf_counter() - t0
+        at_end = await stream.backlog(DETECT_GROUP)
+        while (b := await stream.backlog(DETECT_GROUP)) > 0 and time.perf_counter() - t0 < load_s + a.drain_timeout_s:
+            samples.append((round(time.perf_counter() - t0, 2), b))
+            await asyncio.sleep(0.5)
+        caught_up_s = time.perf_counter() - t0
+        left = await stream.backlog(DETECT_GROUP)
+    finally:
+        worker.terminate()
+        worker.wait(60)
+        r = aioredis.from_url(a.redis_url)
+        await r.delete(key, f"{key.replace(':', '-')}:risk:board", f"{key.replace(':', '-')}:risk:events")
+        await r.aclose()
+        await stream.close()
+    return {
+        "rows_sent": sent,
+        "load_s": round(load_s, 2),
+        "rate_achieved": round(sent / load_s, 1),
+        "backlog_peak": max((b for _t, b in samples), default=0),
+        "backlog_at_load_end": at_end,
+        "caught_up_after_load_s": None if left else round(caught_up_s - load_s, 2),
+        "backlog_left": left,
+        "worker_rows_per_s": None if left else round(sent / caught_up_s, 1),
+        "samples": samples,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scenario", default="smoke")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--rate", type=float, default=3000.0, help="rows per second appended to the stream")
+    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--warmup-s", type=float, default=8.0, help="wait for the worker to load its model")
+    ap.add_argument("--drain-timeout-s", type=float, default=120.0)
+    ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    ap.add_argument("--json-out", type=Path)
+    a = ap.parse_args()
+    rows = rows_of(a.scenario, a.seed, int(a.rate * a.seconds))
+    with tempfile.TemporaryDirectory(prefix="ds-lag-") as tmp:
+        res = asyncio.run(run(a, rows, Path(tmp)))
+    res = {"scenario": a.scenario, "seed": a.seed, "rate": a.rate, "seconds": a.seconds, **res}
+    print(
+        f"{res['rows_sent']:,} rows in {res['load_s']} s ({res['rate_achieved']:,}/s asked {a.rate:,.0f}/s); "
+        f"backlog peak {res['backlog_peak']:,}, {res['backlog_at_load_end']:,} at the end of the load; "
+        + (
+            f"caught up {res['caught_up_after_load_s']} s later; worker {res['worker_rows_per_s']:,} rows/s"
+            if res["backlog_left"] == 0
+            else f"{res['backlog_left']:,} still waiting after {a.drain_timeout_s} s"
+        )
+    )
+    if a.json_out:
+        a.json_out.write_text(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    main()
