@@ -41,14 +41,20 @@ from distillshield.workers.stream import DETECT_GROUP, AuditStream  # noqa: E402
 
 
 def rows_of(name: str, seed: int, limit: int) -> list[dict[str, Any]]:
+    """`limit` audit rows of the scenario; a scenario with fewer is replayed again after its end (same accounts,
+    later timestamps, new request ids), as its traffic would go on."""
     sc, seed = scenario.load(name, seed)
-    out = []
+    base = []
     for rec in engine.iter_records(sc, seed):
-        row = record_to_row(TrafficRecord.model_validate(rec))
-        row["request_id"] = uuid.uuid4().hex
-        out.append(row)
-        if len(out) >= limit:
+        base.append(record_to_row(TrafficRecord.model_validate(rec)))
+        if len(base) >= limit:
             break
+    span = (base[-1]["ts"] - base[0]["ts"] + 1.0) if base else 0.0
+    out = []
+    while base and len(out) < limit:
+        shift = span * (len(out) // len(base))
+        for row in base[: limit - len(out)]:
+            out.append({**row, "ts": row["ts"] + shift, "request_id": uuid.uuid4().hex})
     return out
 
 
@@ -96,14 +102,25 @@ async def run(a: argparse.Namespace, rows: list[dict[str, Any]], work: Path) -> 
             await asyncio.sleep(0.5)
         caught_up_s = time.perf_counter() - t0
         left = await stream.backlog(DETECT_GROUP)
+        # The worker acknowledges entries once they are queued for its engine: wait until the engine has
+        # processed them (or dropped them: its queue is bounded), which it reports when it stops.
+        await asyncio.sleep(a.settle_s)
     finally:
         worker.terminate()
         worker.wait(60)
+        log.close()
         r = aioredis.from_url(a.redis_url)
         await r.delete(key, f"{key.replace(':', '-')}:risk:board", f"{key.replace(':', '-')}:risk:events")
         await r.aclose()
         await stream.close()
+    said = (work / "worker.log").read_text(errors="replace")
+    import re
+
+    said = " ".join(said.split())  # the worker's console wraps long lines
+    m = re.search(r"(\d+) requests observed, (\d+) processed by the engine, (\d+) dropped", said)
     return {
+        "engine_processed": int(m.group(2)) if m else None,
+        "engine_dropped": int(m.group(3)) if m else None,
         "rows_sent": sent,
         "load_s": round(load_s, 2),
         "rate_achieved": round(sent / load_s, 1),
@@ -124,6 +141,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--warmup-s", type=float, default=8.0, help="wait for the worker to load its model")
     ap.add_argument("--drain-timeout-s", type=float, default=120.0)
+    ap.add_argument("--settle-s", type=float, default=5.0, help="after the stream drained: for the engine's queue")
     ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     ap.add_argument("--json-out", type=Path)
     a = ap.parse_args()
@@ -139,6 +157,7 @@ def main() -> None:
             if res["backlog_left"] == 0
             else f"{res['backlog_left']:,} still waiting after {a.drain_timeout_s} s"
         )
+        + f"; the engine processed {res['engine_processed']} and dropped {res['engine_dropped']}"
     )
     if a.json_out:
         a.json_out.write_text(json.dumps(res, indent=2))

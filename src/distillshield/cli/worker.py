@@ -83,7 +83,11 @@ def detect(
         worker = DetectWorker(ext, store, stream, board, name or default_name())
         console.print(f"detect worker [bold]{worker.name}[/bold]: {stream.key} -> risk board {s.risk.namespace}")
         await worker.run(stop)
-        return f"detect worker {worker.name} stopped: {worker.received} requests observed"
+        st = ext.status()
+        return (
+            f"detect worker {worker.name} stopped: {worker.received} requests observed, {st['processed']} "
+            f"processed by the engine, {st['dropped']} dropped (its queue was full), {st['queued']} still queued"
+        )
 
     _serve(s, run)
 
