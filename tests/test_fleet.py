@@ -381,3 +381,50 @@ async def test_the_local_topology_serves_shares_verdicts_and_stops_cleanly(
     contents = [json.loads(r["request"])["messages"][0]["content"] for r in rows]
     assert sorted(contents) == sorted(sent)  # each exactly once (the challenged requests are 403s)
     shutil.rmtree(tmp_path / "logs", ignore_errors=True)
+
+
+async def test_a_gateway_whose_redis_is_away_spools_and_replays_into_the_stream(
+    tmp_path: Path, stream_key: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """audit.sink: redis with Redis unreachable: answers wait for the local spool (durable), the outage is
+    logged once, and the spooled rows reach the stream, in order, when Redis is back."""
+    import logging
+
+    from benchmarks._faults import TcpProxy
+    from distillshield.store.spool import Spool
+    from distillshield.store.writer import AuditWriter
+
+    caplog.set_level(logging.INFO, logger="distillshield")
+    proxy = TcpProxy(_url.port or 6379, _url.hostname or "127.0.0.1")
+    via_proxy = f"redis://127.0.0.1:{proxy.port}/{_url.path.lstrip('/') or '0'}"
+    stream = AuditStream(via_proxy, stream_key)
+    writer = AuditWriter(stream, batch_size=8, flush_interval_s=0.01, spool=Spool(tmp_path / "spool"))
+    await writer.start()
+    rows = [row(i) for i in range(40)]
+    try:
+        for a in [writer.submit(r) for r in rows[:10]]:
+            assert a is not None
+            await asyncio.wait_for(a, 5)
+        proxy.cut()
+        acks = [writer.submit(r) for r in rows[10:30]]
+        await asyncio.wait_for(asyncio.gather(*acks), 10)  # durable in the spool while Redis is away
+        assert writer.store_down and writer.spool_pending > 0 and writer.accepting
+        proxy.restore()
+        acks = [writer.submit(r) for r in rows[30:]]
+        await asyncio.wait_for(asyncio.gather(*acks), 20)
+        deadline = time.monotonic() + 20
+        while writer.spool_pending and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert writer.spool_pending == 0 and not writer.store_down
+    finally:
+        await writer.stop()
+        await stream.close()
+        proxy.cut()
+    direct = AuditStream(REDIS_URL, stream_key)
+    await direct.ensure_group(AUDIT_GROUP)
+    got = await direct.read(AUDIT_GROUP, "check", 1000, 100)
+    await direct.close()
+    ids = [r["request_id"] for _e, r in got]
+    assert ids == [r["request_id"] for r in rows]  # every row once, in the order served
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert 1 <= len(errors) <= 2, errors  # the outage is logged (by the writer, and the drain once), not per retry
