@@ -45,7 +45,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -54,7 +54,7 @@ import orjson
 
 from distillshield.config import load_settings
 from distillshield.detect.scoring import DEFAULT_ARTEFACT
-from distillshield.gateway.upstream.base import GenRequest
+from distillshield.gateway.upstream.base import ChunkBatch, GenRequest, batches_of
 
 ADMIN = "bench-admin-token"
 CAMPAIGNS = ("bulk_harvester", "cot_harvester", "hydra")
@@ -105,6 +105,9 @@ class ReasoningModel:
             obj = "text_completion"
         return {"id": "b", "object": obj, "created": 0, "model": req.model, "choices": [choice],
                 "usage": self._usage(req, len(words))}  # fmt: skip
+
+    def stream_batches(self, req: GenRequest) -> AsyncGenerator[ChunkBatch, None]:
+        return batches_of(self.stream(req))
 
     async def stream(self, req: GenRequest) -> AsyncIterator[dict[str, Any]]:
         words = self._words(req)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from distillshield.gateway.upstream.base import GenRequest
+from distillshield.gateway.upstream.base import ChunkBatch, GenRequest, batches_of
 
 
 class FakeUpstream:
@@ -75,6 +75,9 @@ class FakeUpstream:
             "choices": [{"index": 0, "text": text, "finish_reason": "length"}],
             "usage": usage,
         }
+
+    def stream_batches(self, req: GenRequest) -> AsyncGenerator[ChunkBatch, None]:
+        return batches_of(self.stream(req))
 
     async def stream(self, req: GenRequest) -> AsyncIterator[dict[str, Any]]:
         self.calls += 1

@@ -174,13 +174,15 @@ class DetectionExtension:
         if self.encoder_spec != "none":
             self._encoder = load_encoder(self.encoder_spec)
             reference = embedding_reference(self._encoder)
-        self.engine = Engine(model.combiner(self._encoder is not None), reference)  # type: ignore[arg-type]
+        engine = Engine(model.combiner(self._encoder is not None), reference)  # type: ignore[arg-type]
         from distillshield.detect.content import content_encoder
 
         self._extractor = Extractor(
             PromptClassifier.from_dict(model.classifier), MinHasher(), content_encoder(self.content)
         )
         self.model_version = model.version
+        # Last: `engine` set means loaded (run_once and flush may be called from another task meanwhile).
+        self.engine = engine
 
     async def stop(self) -> None:
         if self._task is not None:

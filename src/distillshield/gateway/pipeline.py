@@ -39,7 +39,7 @@ from distillshield.gateway.policy import Decision, PolicyRefusal, PolicyStage
 from distillshield.gateway.protocols import anthropic, openai
 from distillshield.gateway.streaming import Ending, LastChunk, SSEResponse
 from distillshield.gateway.transforms import ResponseTransform
-from distillshield.gateway.upstream.base import ChunkBatch, GenRequest, LogitsHook, Upstream, batches_of
+from distillshield.gateway.upstream.base import ChunkBatch, GenRequest, LogitsHook, Upstream
 from distillshield.store.database import KeyContext
 from distillshield.store.writer import AuditWriter
 
@@ -353,10 +353,7 @@ class Gateway:
     async def _stream(self, call: Call) -> SSEResponse:
         gen = call.gen
         assert gen is not None
-        stream_batches = getattr(self.upstream, "stream_batches", None)
-        batches: AsyncGenerator[ChunkBatch, None] = (
-            stream_batches(gen) if stream_batches is not None else batches_of(self.upstream.stream(gen))
-        )
+        batches: AsyncGenerator[ChunkBatch, None] = self.upstream.stream_batches(gen)
         # Wait for the first chunks before answering 200, so an upstream that is down or slow to start
         # gets a proper 502/504 JSON error instead of a broken stream.
         try:

@@ -1,7 +1,9 @@
-"""The audit log writer, off the request path.
+"""The audit log writer, off the request path: the gateway's, and the audit workers'.
 
 Handlers hand finished rows to `submit()` (a queue put, no I/O); a background task writes them in
-batches, each batch one transaction that extends the hash chain and the Merkle tree. `stop()` drains the
+batches to its sink (contracts.AuditSink): the database, each batch one transaction that extends the hash
+chain and the Merkle tree, or the audit event stream (workers/stream.py) that `worker audit` processes move
+into the database with this same writer (`idempotent=True`). `stop()` drains the
 queue, so a graceful shutdown (SIGTERM) loses no accepted request.
 
 When the database is unreachable, batches go to a durable local spool (store/spool.py) instead of waiting

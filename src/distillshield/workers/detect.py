@@ -68,11 +68,14 @@ class DetectWorker:
 
     async def _observe(self, entries: list[Entry]) -> None:
         if not entries:
-            if self.received > self._flushed_at:
+            if self.received > self._flushed_at and self.detection.engine is not None:
                 # The stream is idle: re-cluster and rescore everyone now, so the board holds the verdicts of
                 # everything served rather than those of the last rescoring checkpoint.
-                await self.detection.flush()
-                self._flushed_at = self.received
+                try:
+                    await self.detection.flush()
+                    self._flushed_at = self.received
+                except Exception:  # noqa: BLE001 - a failed rescoring round must not stop the worker
+                    log.exception("detection rescoring failed; the next idle moment retries")
             return
         for _eid, row in entries:
             self.detection.observe(row)

@@ -75,5 +75,8 @@ class Upstream(Protocol):
 
     def stream(self, req: GenRequest) -> AsyncIterator[dict[str, Any]]: ...
 
-    # Optional: `stream_batches(req) -> AsyncIterator[ChunkBatch]`, the same chunks grouped as they arrived
-    # and with their raw bytes (see HttpUpstream). The gateway uses it when present, else `batches_of`.
+    def stream_batches(self, req: GenRequest) -> AsyncGenerator[ChunkBatch, None]:
+        """The same chunks grouped as they arrived, with their raw bytes where the upstream has them (see
+        HttpUpstream); what the gateway relays. An upstream with nothing better returns
+        `batches_of(self.stream(req))`."""
+        ...

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -131,7 +131,7 @@ class HttpUpstream:
         finally:
             await batches.aclose()
 
-    async def stream_batches(self, req: GenRequest) -> AsyncIterator[ChunkBatch]:
+    async def stream_batches(self, req: GenRequest) -> AsyncGenerator[ChunkBatch, None]:
         """The stream's chunks, grouped by the read they arrived in, each with its own JSON bytes."""
         assert self._session is not None, "upstream not started"
         body = dict(req.body)

@@ -11,14 +11,14 @@ import asyncio
 import importlib.util
 import threading
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from distillshield.config import LocalUpstreamSettings
 from distillshield.gateway.errors import UpstreamError
-from distillshield.gateway.upstream.base import GenRequest
+from distillshield.gateway.upstream.base import ChunkBatch, GenRequest, batches_of
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _PASSED = ("temperature", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty")
@@ -121,6 +121,9 @@ class LocalUpstream:
             raise _model_error(exc) from None
         resp["model"] = req.model
         return resp
+
+    def stream_batches(self, req: GenRequest) -> AsyncGenerator[ChunkBatch, None]:
+        return batches_of(self.stream(req))  # chunks come one at a time from the model, as dicts
 
     async def stream(self, req: GenRequest) -> AsyncIterator[dict[str, Any]]:
         kw = self._kwargs(req)
