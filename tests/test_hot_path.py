@@ -115,9 +115,17 @@ class BrokenUpstream(FakeUpstream):
 def test_unexpected_error_on_an_api_route_is_a_logged_500(gateway_factory) -> None:
     gw = gateway_factory({"upstream": BrokenUpstream()})
     key = gw.create_key("broken")
-    r = _post(gw, key, "/v1/chat/completions", {"model": "fake-model", "messages": [{"role": "user", "content": "x"}]})
-    assert r.status_code == 500
-    assert r.json()["error"]["message"] == "internal error in the gateway; it has been logged"
+    body = {"model": "fake-model", "messages": [{"role": "user", "content": "x"}]}
+    with httpx.Client(timeout=30) as client:  # one keep-alive connection
+        auth = {"authorization": f"Bearer {key}"}
+        r = client.post(f"{gw.base}/v1/chat/completions", json=body, headers=auth)
+        assert r.status_code == 500 and r.headers.get("connection", "").lower() != "close"
+        assert r.json()["error"]["message"] == "internal error in the gateway; it has been logged"
+        again = client.post(f"{gw.base}/v1/chat/completions", json={**body, "stream": True}, headers=auth)
+        assert again.status_code == 200  # the same connection still serves (streams do not call complete())
+    failed = [row for row in _audit_rows(gw) if row["status"] == 500]
+    assert len(failed) == 1 and "RuntimeError: bug in an upstream" in failed[0]["error"]
+    assert failed[0]["request_id"] == r.headers["x-request-id"]
 
 
 def test_other_methods_and_paths_still_go_through_starlette(fake_gateway) -> None:

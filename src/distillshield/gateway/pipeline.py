@@ -48,6 +48,7 @@ ENDPOINT_OF = {"chat": "/v1/chat/completions", "completions": "/v1/completions",
 CLIENT_CLOSED = 499  # nginx's convention, used in the audit log for streams the client abandoned
 STORE_DOWN = "the audit log cannot record requests right now (database and spool unavailable); retry shortly"
 DURABLE_WAIT_S = 5.0  # how long an answer waits for its audit row to be committed or spooled
+INTERNAL_ERROR = "internal error in the gateway; it has been logged"
 SHUTDOWN_CUT = "the gateway shut down before the stream finished (graceful timeout); retry the request"
 
 
@@ -225,6 +226,10 @@ class Gateway:
             return self._error(call, exc.to_api_error(), detail=exc.detail)
         except ApiError as exc:
             return self._error(call, exc)
+        except Exception as exc:  # noqa: BLE001 - a bug: logged, audited as 500, and the connection stays usable
+            log.exception("unhandled error on %s (request %s)", ENDPOINT_OF[api], call.request_id)
+            err = ApiError(500, INTERNAL_ERROR, code="internal_error")
+            return self._error(call, err, detail=f"internal error: {type(exc).__name__}: {exc}"[:2000])
         finally:
             if not handed_to_stream and call.reservation is not None:
                 await self._release(call)
