@@ -49,9 +49,9 @@ class OutageStore(Store):
         if self.down:
             raise ConnectionRefusedError("connection refused (test outage)")
 
-    async def append_audit(self, rows: Sequence[Mapping[str, Any]]) -> int:
+    async def append_audit(self, rows: Sequence[Mapping[str, Any]], *, skip_existing: bool = False) -> int:
         self._check()
-        return await super().append_audit(rows)
+        return await super().append_audit(rows, skip_existing=skip_existing)
 
     async def existing_request_ids(self, ids: Sequence[str]) -> set[str]:
         self._check()
@@ -77,6 +77,17 @@ def serve_gateway(cfg: Path, env: Mapping[str, str], base: str) -> subprocess.Po
             time.sleep(0.1)
     proc.kill()
     raise RuntimeError(proc.communicate()[0].decode())
+
+
+async def logged_prompts(url: str, account: str) -> list[str]:
+    """The user prompts of `account`'s 200 rows in the log at `url`, in log order, after checking the chain."""
+    store = Store(url)
+    try:
+        rows = [r async for r in store.iter_audit() if r["account_id"] == account and r["status"] == 200]
+        assert (await store.verify_chain()).ok
+    finally:
+        await store.close()
+    return [json.loads(r["request"])["messages"][0]["content"] for r in rows]
 
 
 async def stored(store: Store) -> list[dict[str, Any]]:
@@ -148,9 +159,9 @@ class SlowStore(Store):
         self.commit_s = commit_s
         self.commits: list[int] = []
 
-    async def append_audit(self, rows: Sequence[Mapping[str, Any]]) -> int:
+    async def append_audit(self, rows: Sequence[Mapping[str, Any]], *, skip_existing: bool = False) -> int:
         await asyncio.sleep(self.commit_s)
-        n = await super().append_audit(rows)
+        n = await super().append_audit(rows, skip_existing=skip_existing)
         self.commits.append(len(rows))
         return n
 
@@ -367,13 +378,7 @@ async def test_sigkill_with_the_database_up_loses_no_answered_request(tmp_path: 
             proc.communicate(timeout=30)
         up.stop()
     assert len(answered) >= 40, answered
-    store = Store(f"sqlite+aiosqlite:///{db}")
-    try:
-        rows = [r async for r in store.iter_audit() if r["account_id"] == "k1" and r["status"] == 200]
-        assert (await store.verify_chain()).ok
-    finally:
-        await store.close()
-    contents = [json.loads(r["request"])["messages"][0]["content"] for r in rows]
+    contents = await logged_prompts(f"sqlite+aiosqlite:///{db}", "k1")
     assert len(contents) == len(set(contents))  # never twice
     missing = set(answered) - set(contents)
     if durable:

@@ -7,7 +7,6 @@ over the replicas are those of one process seeing the same traffic. Each test us
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -28,7 +27,7 @@ from distillshield.workers.audit import AuditWorker
 from distillshield.workers.stream import AUDIT_GROUP, AuditStream
 from tests.conftest import REDIS_URL, require_service
 from tests.fakes import FakeUpstream
-from tests.test_audit_spool import row
+from tests.test_audit_spool import logged_prompts, row
 
 _url = urlsplit(REDIS_URL)
 
@@ -146,13 +145,7 @@ async def test_a_worker_killed_mid_load_loses_and_duplicates_nothing(
                 out = p.communicate(timeout=30)[0].decode()
                 assert p.returncode == 0, out
     assert len(answered) >= 50
-    store = Store(pg_database)
-    try:
-        rows = [r async for r in store.iter_audit() if r["account_id"] == "fleet-1" and r["status"] == 200]
-        assert (await store.verify_chain()).ok
-    finally:
-        await store.close()
-    contents = [json.loads(r["request"])["messages"][0]["content"] for r in rows]
+    contents = await logged_prompts(pg_database, "fleet-1")
     assert len(contents) == len(set(contents))  # no duplicates
     assert set(answered) <= set(contents)  # every answered request, from both replicas
 
@@ -372,13 +365,7 @@ async def test_the_local_topology_serves_shares_verdicts_and_stops_cleanly(
         up.stop()
     assert fleet.returncode == 0, "".join(out) + rest
     assert "fleet stopped" in rest
-    store = Store(pg_database)
-    try:
-        rows = [r async for r in store.iter_audit() if r["account_id"] == "fleet-a" and r["status"] == 200]
-        assert (await store.verify_chain()).ok
-    finally:
-        await store.close()
-    contents = [json.loads(r["request"])["messages"][0]["content"] for r in rows]
+    contents = await logged_prompts(pg_database, "fleet-a")
     assert sorted(contents) == sorted(sent)  # each exactly once (the challenged requests are 403s)
     shutil.rmtree(tmp_path / "logs", ignore_errors=True)
 

@@ -115,9 +115,10 @@ class WatermarkControl(Protocol):
 
 class AuditSink(Protocol):
     """Where audit rows are made durable: the hash-chained log itself, or a stream the audit workers move into
-    it. `existing_request_ids` lets a replay skip rows the sink already holds (a stream answers none)."""
+    it. `existing_request_ids` lets a replay skip rows the sink already holds, and `skip_existing` leaves them
+    out of an append (a stream holds none and skips none: its workers append with `skip_existing`)."""
 
-    async def append_audit(self, rows: Sequence[Mapping[str, Any]]) -> int: ...
+    async def append_audit(self, rows: Sequence[Mapping[str, Any]], *, skip_existing: bool = False) -> int: ...
 
     async def existing_request_ids(self, ids: Sequence[str]) -> set[str]: ...
 

@@ -12,7 +12,7 @@ import typer
 from distillshield.cli.common import CliError, console, settings
 from distillshield.config import Settings
 from distillshield.store.database import Store
-from distillshield.workers.stream import AuditStream
+from distillshield.workers.stream import AuditStream, consumer_name
 
 app = typer.Typer(help="Workers beside a fleet of gateways.", no_args_is_help=True)
 
@@ -29,7 +29,7 @@ def audit(
     Example: distillshield -c distillshield.yaml worker audit --name audit-1
     """
     from distillshield.store.checkpoint import Checkpointer
-    from distillshield.workers.audit import AuditWorker, default_name
+    from distillshield.workers.audit import AuditWorker
 
     s = settings()
     if s.audit.sink != "redis":
@@ -41,7 +41,7 @@ def audit(
         worker = AuditWorker(
             store,
             stream,
-            name or default_name(),
+            name or consumer_name("audit"),
             batch=batch,
             claim_idle_ms=int(claim_idle_s * 1000),
             checkpointer=Checkpointer.from_settings(cp),
@@ -67,7 +67,7 @@ def detect(
     """
     from distillshield.detect.online import detection_extension
     from distillshield.gateway.risk import build_risk_board
-    from distillshield.workers.detect import DetectWorker, default_name
+    from distillshield.workers.detect import DetectWorker
 
     s = settings()
     if s.audit.sink != "redis":
@@ -80,7 +80,7 @@ def detect(
 
     async def run(store: Store, stream: AuditStream, stop: asyncio.Event) -> str:
         board = build_risk_board(s.risk, s.limits.redis_url)
-        worker = DetectWorker(ext, store, stream, board, name or default_name())
+        worker = DetectWorker(ext, store, stream, board, name or consumer_name("detect"))
         console.print(f"detect worker [bold]{worker.name}[/bold]: {stream.key} -> risk board {s.risk.namespace}")
         await worker.run(stop)
         st = ext.status()

@@ -52,16 +52,11 @@ INTERNAL_ERROR = "internal error in the gateway; it has been logged"
 SHUTDOWN_CUT = "the gateway shut down before the stream finished (graceful timeout); retry the request"
 
 
-def openai_shutdown_event() -> bytes:
-    """The error event an OpenAI-style stream ends with when the gateway's shutdown cuts it."""
-    err = {"error": {"message": SHUTDOWN_CUT, "type": "server_error", "code": "server_shutdown"}}
-    return b"data: " + orjson.dumps(err) + b"\n\n"
+def openai_error_event(message: str, kind: str, code: str | None) -> bytes:
+    """The error event an OpenAI-style stream ends with (upstream failure, shutdown cut, row not durable)."""
+    return b"data: " + orjson.dumps({"error": {"message": message, "type": kind, "code": code}}) + b"\n\n"
 
 
-def openai_store_down_event() -> bytes:
-    """The error event an OpenAI-style stream ends with when its audit row could not be made durable."""
-    err = {"error": {"message": STORE_DOWN, "type": "server_error", "code": "store_unavailable"}}
-    return b"data: " + orjson.dumps(err) + b"\n\n"
 _JSON = "application/json"
 _SSE_DATA = b"data: "
 _SSE_END = b"\n\n"
@@ -388,7 +383,11 @@ class Gateway:
         # watcher is needed (see SSEResponse).
         complete = first is None or first.last
         headers = self._headers(call)
-        cut = anthropic.MessageStream.error("api_error", SHUTDOWN_CUT) if call.anthropic else openai_shutdown_event()
+        cut = (
+            anthropic.MessageStream.error("api_error", SHUTDOWN_CUT)
+            if call.anthropic
+            else openai_error_event(SHUTDOWN_CUT, "server_error", "server_shutdown")
+        )
         self._open_streams += 1  # from here the response runs, and on_close counts it down on every path
         self._streams_closed.clear()
         return SSEResponse(body, headers, on_close, watch_disconnect=not complete, cut_event=cut)
@@ -480,23 +479,11 @@ class Gateway:
             if await self._end_stream(call, state):
                 out.append(openai.DONE)
             else:
-                out.append(openai_store_down_event())
+                out.append(openai_error_event(STORE_DOWN, "server_error", "store_unavailable"))
             yield LastChunk(b"".join(out))
         except UpstreamError as exc:
             state.error = exc
-            yield (
-                b"data: "
-                + orjson.dumps(
-                    {
-                        "error": {
-                            "message": exc.message,
-                            "type": "upstream_error",
-                            "code": exc.to_api_error().code,
-                        }
-                    }
-                )
-                + b"\n\n"
-            )
+            yield openai_error_event(exc.message, "upstream_error", exc.to_api_error().code)
 
     async def _anthropic_events(
         self,

@@ -17,8 +17,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from distillshield.gateway.errors import ApiError
 
 INVALID_HTTP = "the request is not valid HTTP/1.1 (malformed request line, header or body framing)"
 
@@ -42,10 +43,7 @@ def audited_http_protocol(on_invalid: Callable[[str | None, bytes], None]) -> ty
                     on_invalid(self.client[0] if self.client else None, self._first)
                 except Exception:  # noqa: BLE001 - the answer must go out whatever the hook does
                     self.logger.exception("auditing an invalid HTTP request failed")
-            body = orjson.dumps(
-                {"error": {"message": INVALID_HTTP, "type": "invalid_request_error", "param": None,
-                           "code": "invalid_http"}}
-            )  # fmt: skip
+            body = ApiError(400, INVALID_HTTP, code="invalid_http").openai_body()
             head = [b"HTTP/1.1 400 Bad Request\r\n"]
             for name, value in self.server_state.default_headers:
                 head += [name, b": ", value, b"\r\n"]

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from distillshield.store import chain, merkle
 from distillshield.store.merkle import Frontier
@@ -191,6 +191,28 @@ def _storable_row(r: Mapping[str, Any]) -> dict[str, Any]:
 
 
 _SCHEMA_LOCK = 0x44535348  # "DSSH": the advisory lock around schema creation on PostgreSQL
+
+
+_IDS_PER_QUERY = 500  # request ids per IN (...) lookup
+
+
+async def _held_ids(conn: AsyncConnection, ids: Sequence[str]) -> set[str]:
+    """Which of `ids` the audit log holds, on an open (async) connection."""
+    found: set[str] = set()
+    for i in range(0, len(ids), _IDS_PER_QUERY):
+        q = sa.select(audit_log.c.request_id).where(audit_log.c.request_id.in_(list(ids[i : i + _IDS_PER_QUERY])))
+        found.update(r[0] for r in (await conn.execute(q)).all())
+    return found
+
+
+def _held_ids_sqlite(conn: sqlite3.Connection, ids: Sequence[str]) -> set[str]:
+    """The same on the audit thread's plain sqlite3 connection."""
+    found: set[str] = set()
+    for i in range(0, len(ids), _IDS_PER_QUERY):
+        part = list(ids[i : i + _IDS_PER_QUERY])
+        q = f"SELECT request_id FROM audit_log WHERE request_id IN ({','.join('?' * len(part))})"  # noqa: S608
+        found.update(r[0] for r in conn.execute(q, part))
+    return found
 
 
 def _unheld(rows: Sequence[Mapping[str, Any]], held: set[str]) -> list[Mapping[str, Any]]:
@@ -436,12 +458,8 @@ class Store:
 
     async def existing_request_ids(self, ids: Sequence[str]) -> set[str]:
         """Which of these request ids the audit log already holds (imports use it to stay idempotent)."""
-        found: set[str] = set()
         async with self.engine.connect() as conn:
-            for i in range(0, len(ids), 500):
-                q = sa.select(audit_log.c.request_id).where(audit_log.c.request_id.in_(list(ids[i : i + 500])))
-                found.update(r[0] for r in (await conn.execute(q)).all())
-        return found
+            return await _held_ids(conn, ids)
 
     async def append_audit(self, rows: Sequence[Mapping[str, Any]], *, skip_existing: bool = False) -> int:
         """Append rows to the hash chain in one transaction; returns the last seq written.
@@ -518,12 +536,7 @@ class Store:
                 await conn.execute(_LOCK_HEAD)
             head = (await conn.execute(_READ_HEAD)).one()
             if skip_existing:
-                held: set[str] = set()
-                ids = [r["request_id"] for r in rows]
-                for i in range(0, len(ids), 500):
-                    q = sa.select(audit_log.c.request_id).where(audit_log.c.request_id.in_(ids[i : i + 500]))
-                    held.update(r[0] for r in (await conn.execute(q)).all())
-                rows = _unheld(rows, held)
+                rows = _unheld(rows, await _held_ids(conn, [r["request_id"] for r in rows]))
                 if not rows:
                     return int(head.seq)
             tree = await self._load_tree(conn, head.seq)
@@ -568,14 +581,7 @@ class Store:
         try:
             seq, prev = conn.execute(_SQLITE_READ_HEAD, (1,)).fetchone()
             if skip_existing:
-                held: set[str] = set()
-                ids = [r["request_id"] for r in rows]
-                for i in range(0, len(ids), 500):
-                    part = ids[i : i + 500]
-                    marks = ",".join("?" * len(part))
-                    q = f"SELECT request_id FROM audit_log WHERE request_id IN ({marks})"  # noqa: S608 - placeholders
-                    held.update(r[0] for r in conn.execute(q, part))
-                rows = _unheld(rows, held)
+                rows = _unheld(rows, _held_ids_sqlite(conn, [r["request_id"] for r in rows]))
                 if not rows:
                     conn.execute("COMMIT")
                     return int(seq)

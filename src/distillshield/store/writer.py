@@ -57,7 +57,7 @@ class AuditWriter:
     ) -> None:
         """`store`: the log (store.Store) or the audit event stream (workers/stream.py). `idempotent`: rows
         whose request id the log holds are skipped under the chain lock (the audit workers, whose input is
-        delivered at least once); needs a Store."""
+        delivered at least once)."""
         self.store = store
         self.idempotent = idempotent
         self.batch_size = batch_size
@@ -74,8 +74,8 @@ class AuditWriter:
         self._acks: dict[int, asyncio.Future[None]] = {}  # id(row) -> its request's wait for durability
         self._drain_task: asyncio.Task[None] | None = None
         self._drain_wake = asyncio.Event()
-        self._drain_live = False  # the drain reached the database and is moving the spool into it
-        self._drain_idle = asyncio.Event()  # set while it is not
+        # Cleared while the drain, having reached the database again, moves the spool into it.
+        self._drain_idle = asyncio.Event()
         self._drain_idle.set()
         self._drain_outage = Outage(log, "moving the audit spool into the database")
         self.checkpointer = checkpointer
@@ -195,12 +195,11 @@ class AuditWriter:
                 else:
                     batch.append(item)
             if batch:
-                if self.spool is not None and (self.store_down or self.spool_pending):
-                    if self._drain_live and self.spool_pending:
-                        # The drain is moving the spool into the database, which answers again: wait for it
-                        # to finish rather than add batches behind it (under load it would never see the
-                        # spool empty), then write directly.
-                        await self._drain_idle.wait()
+                if not self._drain_idle.is_set():
+                    # The drain is moving the spool into the database, which answers again: wait for it to
+                    # finish rather than add batches behind it (under load it would never see the spool
+                    # empty), then write directly.
+                    await self._drain_idle.wait()
                 if self.spool is not None and (self.store_down or self.spool_pending):
                     # Batches already wait in the spool: later ones queue behind them, in order.
                     if not self._to_spool(batch):
@@ -250,7 +249,7 @@ class AuditWriter:
                     group = self.spool.batches(max_rows=DRAIN_ROWS)
                     rows_all = [r for b in group for r in b.rows]
                     held = await self.store.existing_request_ids([r["request_id"] for r in rows_all])
-                    self._set_drain_live(True)  # the database answers: the writer stops adding to the spool
+                    self._drain_idle.clear()  # the database answers: the writer stops adding to the spool
                     rows = [r for r in rows_all if r["request_id"] not in held]
                     if rows:
                         await self.store.append_audit(rows)
@@ -262,33 +261,22 @@ class AuditWriter:
                 # to the database.
                 self.store_down = False
                 self.spool_failed = None
-                self._set_drain_live(False)
+                self._drain_idle.set()
                 self._drain_outage.succeeded()
                 log.info("audit spool drained into the database")
                 delay = 0.1
             except Exception as exc:  # noqa: BLE001 - the database is still away: try again later
-                self._set_drain_live(False)
+                self._drain_idle.set()
                 self._drain_outage.failed(exc, 5.0)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-
-    def _set_drain_live(self, live: bool) -> None:
-        self._drain_live = live
-        if live:
-            self._drain_idle.clear()
-        else:
-            self._drain_idle.set()
 
     async def _write(self, batch: list[dict[str, Any]]) -> None:
         """Write a batch; retry while the database is away, isolate rows it refuses."""
         delay = 0.1
         while True:
             try:
-                if self.idempotent:
-                    assert isinstance(self.store, Store)
-                    await self.store.append_audit(batch, skip_existing=True)
-                else:
-                    await self.store.append_audit(batch)
+                await self.store.append_audit(batch, skip_existing=self.idempotent)
                 self.written += len(batch)
                 self._unsigned += len(batch)
                 if self.store_down and not self.spool_pending:

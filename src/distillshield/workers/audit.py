@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
 
 from distillshield.outage import Outage
 from distillshield.store.checkpoint import Checkpointer
@@ -25,10 +23,6 @@ from distillshield.workers.stream import AUDIT_GROUP, AuditStream, Entry, consum
 
 log = logging.getLogger("distillshield.worker.audit")
 TRIM_EVERY = 5000  # entries acknowledged between trims (and whenever the worker has caught up)
-
-
-def default_name() -> str:
-    return f"audit-{socket.gethostname()}-{os.getpid()}"
 
 
 class AuditWorker:

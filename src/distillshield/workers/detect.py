@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
 
 from distillshield.contracts import RiskBoard
 from distillshield.detect.online import DetectionExtension
@@ -27,10 +25,6 @@ from distillshield.store.database import Store
 from distillshield.workers.stream import DETECT_GROUP, AuditStream, Entry, consume
 
 log = logging.getLogger("distillshield.worker.detect")
-
-
-def default_name() -> str:
-    return f"detect-{socket.gethostname()}-{os.getpid()}"
 
 
 class DetectWorker:

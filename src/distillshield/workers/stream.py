@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import os
+import socket
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -44,8 +46,9 @@ class AuditStream:
 
     # -- the gateway's side: contracts.AuditSink ------------------------------------------------------------
 
-    async def append_audit(self, rows: Sequence[Mapping[str, Any]]) -> int:
-        """Append the rows (a batch is one MULTI/EXEC: all or none); returns how many."""
+    async def append_audit(self, rows: Sequence[Mapping[str, Any]], *, skip_existing: bool = False) -> int:
+        """Append the rows (a batch is one MULTI/EXEC: all or none); returns how many. The stream does not
+        deduplicate (`skip_existing` is the workers' business, under the log's lock)."""
         if not rows:
             return 0
         async with self._redis.pipeline(transaction=True) as pipe:
@@ -79,21 +82,20 @@ class AuditStream:
 
     async def read(
         self, group: str, consumer: str, count: int, block_ms: int, *, pending: bool = False
-    ) -> list[tuple[bytes, dict[str, Any]]]:
+    ) -> list[Entry]:
         """New entries for this consumer (blocking up to block_ms), or with `pending` the ones it was given
         before and has not acknowledged (its own backlog after a failure or a restart under the same name)."""
         got = await self._redis.xreadgroup(
             group, consumer, {self.key: "0" if pending else ">"}, count=count, block=None if pending else block_ms
         )
-        return [(eid, orjson.loads(fields[b"row"])) for _k, entries in got or () for eid, fields in entries if fields]
+        return _entries(e for _k, entries in got or () for e in entries)
 
     async def claim(
         self, group: str, consumer: str, min_idle_ms: int, count: int
-    ) -> list[tuple[bytes, dict[str, Any]]]:
+    ) -> list[Entry]:
         """Entries pending on other consumers for at least min_idle_ms (a worker that died): now this one's."""
         res = await self._redis.xautoclaim(self.key, group, consumer, min_idle_ms, start_id="0-0", count=count)
-        entries = res[1] if len(res) > 1 else []
-        return [(eid, orjson.loads(fields[b"row"])) for eid, fields in entries if fields]
+        return _entries(res[1] if len(res) > 1 else [])
 
     async def ack(self, group: str, ids: Sequence[bytes]) -> None:
         """The group is done with these entries."""
@@ -118,9 +120,9 @@ class AuditStream:
         for g in groups:
             if int(g["pending"]):
                 summary = await self._redis.xpending(self.key, g["name"])
-                first = _sid(summary["min"])
+                first = stream_id(summary["min"])
             else:
-                ms, seq = _sid(g["last-delivered-id"])
+                ms, seq = stream_id(g["last-delivered-id"])
                 first = (ms, seq + 1)
             keep = first if keep is None or first < keep else keep
         assert keep is not None
@@ -168,7 +170,18 @@ async def consume(
         await handle(entries)
 
 
-def _sid(raw: bytes | str) -> tuple[int, int]:
+def stream_id(raw: bytes | str) -> tuple[int, int]:
+    """A Redis stream entry id ("<ms>-<seq>") as a comparable pair."""
     text = raw.decode() if isinstance(raw, bytes) else raw
     ms, _, seq = text.partition("-")
     return int(ms), int(seq or 0)
+
+
+def consumer_name(kind: str) -> str:
+    """A worker's default consumer name: `<kind>-<host>-<pid>`."""
+    return f"{kind}-{socket.gethostname()}-{os.getpid()}"
+
+
+def _entries(raw: Iterable[tuple[bytes, dict[bytes, bytes]]]) -> list[Entry]:
+    """Decoded (id, row) pairs of XREADGROUP/XAUTOCLAIM entries (deleted ones come back without fields)."""
+    return [(eid, orjson.loads(fields[b"row"])) for eid, fields in raw if fields]

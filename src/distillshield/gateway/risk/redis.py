@@ -31,20 +31,15 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from distillshield.contracts import VERDICTS, AccountRisk
+from distillshield.contracts import AccountRisk
 from distillshield.gateway.risk.local import LocalRiskBoard
 from distillshield.outage import Outage
+from distillshield.workers.stream import stream_id
 
 log = logging.getLogger("distillshield.risk")
 
 PUBLISH_BATCH = 500  # accounts per MULTI/EXEC
 STREAM_MAX = 100_000  # entries kept in the events stream (approximate trim)
-
-
-def _stream_id(raw: bytes | str) -> tuple[int, int]:
-    text = raw.decode() if isinstance(raw, bytes) else raw
-    ms, _, seq = text.partition("-")
-    return int(ms), int(seq or 0)
 
 
 class RedisRiskBoard:
@@ -97,9 +92,7 @@ class RedisRiskBoard:
     # -- writes: local at once, published in the background ----------------------------------------------
 
     def update(self, risk: AccountRisk) -> None:
-        if risk.verdict not in VERDICTS:
-            raise ValueError(f"verdict must be one of {', '.join(VERDICTS)}, got {risk.verdict!r}")
-        self.local.update(risk)
+        self.local.update(risk)  # validates (ValueError) before anything is queued
         self._unsent.pop(risk.account_id, None)  # re-inserted last: the publish order follows the writes
         self._unsent[risk.account_id] = risk
         self._wake.set()
@@ -131,10 +124,7 @@ class RedisRiskBoard:
         """Publish what is still unsent (bounded wait), then stop."""
         if self._unsent and self._tasks:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(flush_timeout_s):
-                    while self._unsent or self._inflight:
-                        self._wake.set()
-                        await asyncio.sleep(0.01)
+                await self.wait_published(flush_timeout_s)
         if self.unsent:
             log.warning("%d risk-board verdicts were not published before shutdown", self.unsent)
         # The loops end at their next turn (the reader's within one block interval). Not cancelled first:
@@ -161,12 +151,10 @@ class RedisRiskBoard:
     async def _load(self) -> None:
         """The whole board from the hash; the stream is then followed from the entry before the load (entries
         applied twice set the same values)."""
-        last = await self._redis.xrevrange(self.events_key, count=1)
-        start = _stream_id(last[0][0]) if last else (0, 0)
+        start = await self._head_id()
         n = 0
         async for account_id, raw in self._redis.hscan_iter(self.board_key, count=1000):
-            aid = account_id.decode() if isinstance(account_id, bytes) else account_id
-            if aid not in self._unsent and aid not in self._inflight:
+            if not self._pending(account_id.decode() if isinstance(account_id, bytes) else account_id):
                 self.local.update(AccountRisk.from_dict(orjson.loads(raw)))
                 n += 1
         self._last_id = start
@@ -216,7 +204,7 @@ class RedisRiskBoard:
                     for _stream, entries in got:
                         for entry_id, fields in entries:
                             self._apply(fields)
-                            self._last_id = _stream_id(entry_id)
+                            self._last_id = stream_id(entry_id)
                 else:
                     await self._check_lost()
                 self._outage.succeeded()
@@ -227,14 +215,22 @@ class RedisRiskBoard:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
+    def _pending(self, account_id: str | None) -> bool:
+        """Written here and not yet published (queued, or in the MULTI/EXEC being sent)."""
+        return account_id in self._unsent or account_id in self._inflight
+
+    async def _head_id(self) -> tuple[int, int]:
+        """The events stream's last entry id; (0, 0) when the stream is empty or missing."""
+        last = await self._redis.xrevrange(self.events_key, count=1)
+        return stream_id(last[0][0]) if last else (0, 0)
+
     def _apply(self, fields: dict[Any, Any]) -> None:
         raw = fields.get(b"r") or fields.get("r")
         if raw is None:
             return
         for d in orjson.loads(raw):
-            aid = d.get("account_id")
             # A verdict this replica wrote after this entry wins: it is published later, and applied then.
-            if aid in self._unsent or aid in self._inflight:
+            if self._pending(d.get("account_id")):
                 continue
             self.local.update(AccountRisk.from_dict(d))
             self.received += 1
@@ -244,8 +240,8 @@ class RedisRiskBoard:
         replica's copy, so that the shared board is rebuilt (every replica does; the values agree)."""
         if self._last_id == (0, 0):
             return
-        last = await self._redis.xrevrange(self.events_key, count=1)
-        if last and _stream_id(last[0][0]) >= self._last_id:
+        head = await self._head_id()
+        if head != (0, 0) and head >= self._last_id:
             return
         log.warning("the shared risk board's Redis lost its data; republishing %d verdicts", len(self.local.all()))
         self._last_id = (0, 0)
