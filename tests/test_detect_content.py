@@ -306,3 +306,64 @@ def test_prompts_without_words_are_not_content_evidence() -> None:
 
     assert content_text("") is None and content_text("  ...?!  ") is None
     assert content_text("量子") == "量子" and content_text("x" * 5000) == "x" * 600
+
+
+def test_typicality_counts_each_account_once() -> None:
+    """A prompt is typical when several users ask something like it: its neighbours are the best match of
+    each other account (and each reference prompt), so one account sending many prompts like it (or the
+    other accounts of a campaign) vouches once, not K times."""
+    rng = np.random.default_rng(3)
+
+    def unit(x: np.ndarray) -> np.ndarray:
+        return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+    x = unit(rng.normal(size=64))
+    other = unit(rng.normal(size=(3, 64)) - np.outer(unit(rng.normal(size=(3, 64))) @ x, x))
+
+    def like_x(cos: float, i: int) -> np.ndarray:  # a prompt whose cosine with x is `cos`
+        o = other[i] - (other[i] @ x) * x
+        return unit(cos * x + np.sqrt(1 - cos**2) * unit(o))
+
+    pop = ContentPopulation(dim=64)
+    pop.anchors = unit(rng.normal(size=(200, 64)))  # the packaged reference's stand-in
+    rows = {f"user-{i:02d}": list(unit(rng.normal(size=(12, 64)))) for i in range(30)}
+    rows["twin"] = [unit(x + 0.01 * rng.normal(size=64)) for _ in range(4)] + list(unit(rng.normal(size=(8, 64))))
+    for i, (name, cos) in enumerate((("near-a", 0.7), ("near-b", 0.6))):
+        rows[name] = [like_x(cos, i)] + list(unit(rng.normal(size=(11, 64))))
+    for account, vecs in rows.items():
+        for v in vecs:
+            pop.offer(account, v)
+    pop.refresh()
+    assert pop.stats.tau > -0.5 and not {"twin", "near-a", "near-b"} & pop.excluded
+    got = float(pop.typicality(x[None, :], "someone-else")[0])
+    # By hand: each active account's best cosine with x, and every reference prompt's.
+    best = [max(float(v @ x) for v in vecs) for a, vecs in rows.items() if a not in pop.excluded]
+    best += [float(v @ x) for v in pop.anchors]
+    want = float(np.mean(sorted(best)[-3:]))
+    assert got == pytest.approx(want, abs=1e-4)
+    assert got < 0.8  # the twin's four near-copies count once: (1.0 + 0.7 + 0.6) / 3, not 1.0
+
+
+WRAPPER = (
+    "Classify the following customer message into exactly one of these categories: billing, shipping, "
+    "returns, account access, product question, complaint, other. Answer with the category only.\n\nMessage: "
+)
+
+
+def test_a_wrapper_every_prompt_carries_is_boilerplate_and_the_payload_decides() -> None:
+    """An intent-routing app wraps every message in one instruction. Task-domain extraction sends a book's
+    sentences through the same wrapper: the wrapper makes every prompt alike, so the service's boilerplate
+    is projected out and the payloads are compared. Chat traffic has no such boilerplate."""
+    rng = random.Random(12)
+    chat = list(chat_prompts())
+    sentences = [s.strip() for p in corpora.book_passages() for s in p.split(". ") if len(s.split()) >= 6]
+    plans = {f"user-{i:02d}": [WRAPPER + rng.choice(chat)[:400] for _ in range(80)] for i in range(18)}
+    plans.update({f"bank-{i}": [WRAPPER + s for s in rng.sample(sentences, 80)] for i in range(3)})
+    records = sorted((request(rng, a, p, T0, 86_400) for a, ps in plans.items() for p in ps), key=lambda r: r.ts)
+    analysis = analyze_records(records)
+    assert analysis.engine.population.content.boilerplate
+    v = verdicts(analysis.report)
+    assert all(v[a] != "benign" for a in plans if a.startswith("bank-")), v
+    assert [a for a in plans if a.startswith("user-") and v[a] != "benign"] == []
+    chat_analysis = analyze_records(content_only()[0])
+    assert not chat_analysis.engine.population.content.boilerplate

@@ -13,10 +13,13 @@ keeps a sample of the deployment's own prompts to measure it against:
 - `ContentPopulation`: a bottom-k sample of accounts by a stable hash of their id (at most
   POP_PER_ACCOUNT prompts each), so the sample does not depend on the order traffic arrives in and batch
   and online analysis agree. From it, at each refresh: every sampled prompt's *typicality* (the mean
-  cosine similarity of its K_NEIGHBOURS nearest prompts of *other* accounts), the benign null of
-  typicality (its NULL_QUANTILE quantile), and the spread of per-account statistics. Refreshes are
-  robust to attackers in the population: accounts that are themselves outliers are excluded from the
-  neighbour set and the null, and the statistic is recomputed (two passes).
+  cosine similarity of its K_NEIGHBOURS most similar *other users*: each other account counts once, by
+  its best-matching prompt, so one account or a small campaign cannot vouch for a prompt on its own),
+  the benign null of typicality (its NULL_QUANTILE quantile), and the spread of per-account statistics.
+  Refreshes are robust to attackers in the population: accounts that are themselves outliers are
+  excluded from the neighbour set and the null, and the statistic is recomputed (two passes). A fixed
+  instruction that an application wraps around every prompt (the service's boilerplate) is projected
+  out before prompts are compared (`ContentPopulation.centred`).
 
 Hand-written rather than a library's kNN/outlier detector: what is needed is a *leave-own-account-out*
 neighbour score against a trimmed, order-independent population sample, with an explicit null that a
@@ -51,6 +54,11 @@ REFRESH_GROWTH = 0.25  # refresh the population's statistics when this share of 
 EXCLUDE_EXCESS = 0.1  # an account this far above the median far share is left out of the neighbours and null
 EXCLUDE_Z = 3.0  # ...or whose prompts rank this many spreads below the typical account's
 EXCLUDE_AT_MOST = 0.25  # ...but never more than this share of the sampled accounts
+BOILERPLATE_QUANTILE = 0.1  # boilerplate: a direction at least 90% of a service's sampled prompts carry...
+# ...with at least this cosine. A shared language or genre gives far less: the 10% quantile was 0.03-0.07
+# on the chat, maths-tutoring and code deployments of benchmarks/detect_realbank.py, 0.52 where every
+# prompt was wrapped in one classification instruction.
+BOILERPLATE_MIN = 0.25
 LOW_RANK = 0.2  # prompts ranked this low in typicality are the service's less typical ones
 ASSOC_FLOOR = 0.02  # the base rate of resembling far accounts' prompts is never taken as below this
 AREAS = 24  # topic areas of the service's traffic (k-means over the sample and the reference)
@@ -221,8 +229,12 @@ class ContentPopulation:
         self._out_owner = np.zeros(0, dtype=np.int64)
         self._ok = np.zeros(0, dtype=bool)
         self.anchors: np.ndarray | None = None
+        self.centre = np.zeros(dim, dtype=np.float32)  # unit direction of the service's mean prompt
+        self.boilerplate = False  # nearly every prompt carries it: a fixed wrapper (see `centred`)
         self._cols = np.zeros((0, dim), dtype=np.float32)
         self._col_owner = np.zeros(0, dtype=np.int64)
+        self._n_sample_cols = 0
+        self._seg_starts = self._seg_owner = np.zeros(0, dtype=np.int64)
         self.areas = np.zeros((0, dim), dtype=np.float32)  # unit centroids of the topic areas
 
     # -- sampling -------------------------------------------------------------------------------------
@@ -252,13 +264,36 @@ class ContentPopulation:
 
     # -- statistics -------------------------------------------------------------------------------------
 
-    def _typicality(self, x: np.ndarray, own: np.ndarray | None, drop: np.ndarray | None = None) -> np.ndarray:
-        sims = x @ self._cols.T
-        if own is not None:
-            sims[own[:, None] == self._col_owner[None, :]] = -1.0
-        if drop is not None and len(drop):
-            sims[:, np.isin(self._col_owner, drop)] = -1.0
+    def _typicality(self, x: np.ndarray, own: np.ndarray, drop: np.ndarray | None = None) -> np.ndarray:
+        """Typicality of prompts `x` (rows of accounts with sample index `own`, -1 outside the sample): the
+        mean similarity of the K_NEIGHBOURS most similar *users*, each sampled account counting once (by
+        its best-matching prompt) and each reference prompt on its own, leaving out the row's own account
+        and `drop`. A prompt is ordinary when several of the service's users ask something like it, not
+        when one other account (or two accounts of one campaign) sends many prompts like it."""
+        if len(self._cols) == 0:
+            return np.ones(len(x), dtype=np.float32)
+        sims = self.centred(x) @ self._cols.T
+        ns = self._n_sample_cols
+        if ns:
+            best = np.maximum.reduceat(sims[:, :ns], self._seg_starts, axis=1)
+            best[own[:, None] == self._seg_owner[None, :]] = -1.0
+            if drop is not None and len(drop):
+                best[:, np.isin(self._seg_owner, drop)] = -1.0
+            sims = np.hstack([best, sims[:, ns:]])
         return top_k_mean(sims)
+
+    def centred(self, x: np.ndarray) -> np.ndarray:
+        """Rows without the service's boilerplate, renormalised. A service has boilerplate when nearly all
+        its sampled prompts (BOILERPLATE_QUANTILE) carry its common direction (the unit mean of its prompts)
+        with a cosine of at least BOILERPLATE_MIN: a fixed instruction an application wraps around every
+        payload. It says nothing about who asks what, and drowns the payload; projected out, similarity is
+        about the payload. Where prompts merely share a language or a genre (chat, word problems, code) their
+        components along the mean vary widely, many carry little of it, and nothing is removed: there the
+        shared vocabulary is the service's content. Cf. Mu & Viswanath 2018, "All-but-the-Top"."""
+        y = x.astype(np.float32)
+        if self.boilerplate:
+            y = y - np.outer(y @ self.centre, self.centre)
+        return y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-8)
 
     def _set_columns(self, with_sample: bool = True) -> None:
         """What typicality is measured against: the non-excluded sample plus the packaged benign reference
@@ -271,8 +306,14 @@ class ContentPopulation:
         if self.anchors is not None:
             cols.append(self.anchors)
             owners.append(np.full(len(self.anchors), -2, dtype=np.int64))
-        self._cols = np.vstack(cols).astype(np.float32)
+        self._cols = self.centred(np.vstack(cols))
         self._col_owner = np.concatenate(owners)
+        # Sample columns are in account order: one segment per account, whose best match stands for it.
+        sample_owner = self.owner[ok]
+        self._n_sample_cols = len(sample_owner)
+        starts = np.flatnonzero(np.r_[True, np.diff(sample_owner) != 0]) if len(sample_owner) else sample_owner
+        self._seg_starts = starts.astype(np.int64)
+        self._seg_owner = sample_owner[starts] if len(sample_owner) else sample_owner
 
     def group_null(self, members: set[str]) -> ContentNull:
         """The null for judging a group of accounts that ask alike: typicality against the packaged reference
@@ -300,11 +341,11 @@ class ContentPopulation:
         `resembles_outliers`)."""
         if windows is not None:
             kept = [(self._index[a], w) for a, w in sorted(windows.items()) if a in self.excluded and len(w)]
-            self._out_cols = np.concatenate([w for _, w in kept]).astype(np.float32) if kept else self.matrix[:0]
+            self._out_cols = self.centred(np.concatenate([w for _, w in kept])) if kept else self.matrix[:0]
             self._out_owner = np.asarray([i for i, w in kept for _ in range(len(w))], dtype=np.int64)
         else:
             bad = np.asarray([self.accounts[o] in self.excluded for o in self.owner], dtype=bool)
-            self._out_cols = self.matrix[bad]
+            self._out_cols = self.centred(self.matrix[bad])
             self._out_owner = self.owner[bad]
         self.stats.assoc_base = ASSOC_FLOOR
         if len(self._out_cols) and self._ok.any() and len(self.stats.null):
@@ -314,7 +355,7 @@ class ContentPopulation:
             self.stats.assoc_base = max(float(hits.mean()), ASSOC_FLOOR)
 
     def _resembles(self, x: np.ndarray, own: np.ndarray, typ: np.ndarray) -> np.ndarray:
-        sims = x @ self._out_cols.T
+        sims = self.centred(x) @ self._out_cols.T
         sims[own[:, None] == self._out_owner[None, :]] = -1.0
         near = top_k_mean(sims)
         return (near > typ) & (self.stats.rank(typ) < LOW_RANK)
@@ -338,6 +379,10 @@ class ContentPopulation:
         self.matrix = np.asarray([v for _, v in vecs], dtype=np.float32).reshape(-1, self.dim)
         self.owner = np.asarray([i for i, _ in vecs], dtype=np.int64)
         n_acc = len(self.accounts)
+        mean = self.matrix.mean(axis=0) if len(self.matrix) else np.zeros(self.dim, dtype=np.float32)
+        self.centre = (mean / max(float(np.linalg.norm(mean)), 1e-8)).astype(np.float32)
+        along = self.matrix @ self.centre
+        self.boilerplate = bool(len(along)) and float(np.quantile(along, BOILERPLATE_QUANTILE)) >= BOILERPLATE_MIN
         # Three passes of a trimmed estimate: against the reference alone (a campaign's accounts cannot
         # vouch for each other there), then twice against the sample less the accounts found far.
         self.excluded = set()
@@ -381,7 +426,7 @@ class ContentPopulation:
         """The nearest topic area of each row (-1 before any area exists)."""
         if len(self.areas) == 0:
             return np.full(len(x), -1, dtype=np.int64)
-        return np.argmax(x.astype(np.float32) @ self.areas.T, axis=1)
+        return np.argmax(self.centred(x) @ self.areas.T, axis=1)
 
     def typicality_many(
         self, x: np.ndarray, accounts: list[str], chunk: int = 4096, also_exclude: set[str] | None = None
