@@ -47,6 +47,9 @@ class SignalScore:
     def reason(self) -> Reason:
         return Reason(self.signal, self.score, self.detail)
 
+    def with_detail(self, detail: str) -> SignalScore:
+        return SignalScore(self.signal, self.score, detail, self.features)
+
 
 @dataclass(slots=True)
 class AccountScore:

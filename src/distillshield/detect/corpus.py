@@ -21,7 +21,7 @@ import numpy as np
 
 from distillshield.detect import text as T
 from distillshield.detect.content import CONTENT_CHARS
-from distillshield.traffic import LineError, TrafficRecord, parse_line
+from distillshield.traffic import LineError, TrafficRecord, iter_lines, parse_line
 
 ENDPOINT_CODES = {"/v1/chat/completions": 0, "/v1/completions": 1, "/v1/messages": 2}
 COT_BATCH = 2048  # requests classified together: the classifier is vectorised per batch
@@ -61,12 +61,13 @@ def ip_prefix(ip: str | None) -> str:
     return str(ipaddress.ip_network(f"{ip}/48", strict=False))
 
 
-def _end_user(req: dict[str, Any]) -> int:
+def _end_user_id(req: dict[str, Any]) -> str:
+    """The request's end-user id (OpenAI `user`, Anthropic `metadata.user_id`), "" when there is none."""
     user = req.get("user")
     if not isinstance(user, str):
         meta = req.get("metadata")
         user = meta.get("user_id") if isinstance(meta, dict) else None
-    return T.stable_hash(user) if isinstance(user, str) and user else 0
+    return user if isinstance(user, str) else ""
 
 
 def _label(v: Any) -> str:
@@ -113,6 +114,7 @@ class Obs:
     status: int
     completion_tokens: int
     end_user: int = 0  # hash of the request's end-user field (OpenAI `user`, Anthropic metadata.user_id)
+    end_user_id: str = ""  # that field as sent (its first 80 characters), for reasons an analyst can act on
     cot: float = -1.0  # CoT-elicitation classifier probability; -1 = not classified (not sampled)
     rubric: float = -1.0  # rubric/grading classifier probability; -1 = not classified
     index: int = 0  # the account's request number, 0-based, in arrival order
@@ -171,6 +173,7 @@ class Extractor:
         lp = req.get("logprobs")
         n = req.get("n", 1)
         mt = _num(req.get("max_tokens", req.get("max_completion_tokens")))
+        end_user = _end_user_id(req)
         ob = Obs(
             ts=rec.ts,
             account=sys.intern(rec.account_id),
@@ -195,7 +198,8 @@ class Extractor:
             tools=bool(req.get("tools") or req.get("functions")),
             status=rec.status or 200,
             completion_tokens=usage.completion_tokens if usage is not None else 0,
-            end_user=_end_user(req),
+            end_user=T.stable_hash(end_user) if end_user else 0,
+            end_user_id=sys.intern(end_user[:80]),
             index=index,
             text=user[:200] if embedded(index) else (user[:90] if is_sampled else None),
             embed=embedded(index),
@@ -281,17 +285,18 @@ def read_records(
     errors: LineErrors,
     on_line: Callable[[int], None] | None = None,
 ) -> Iterator[TrafficRecord]:
-    """Valid records of a traffic file; malformed lines go to `errors` and are skipped.
+    """Valid records of a traffic file (JSONL or Parquet) or JSONL stream; malformed lines go to `errors`
+    and are skipped.
 
     Ground truth is dropped here, at the edge, so nothing downstream can read it (strip_ground_truth).
     """
-    if isinstance(source, (str, Path)):
-        with open(source, "rb") as fh:
-            yield from read_records(fh, errors, on_line)
-        return
-    for i, raw in enumerate(source, start=1):
+    lines = iter_lines(source) if isinstance(source, (str, Path)) else enumerate(source, start=1)
+    for i, raw in lines:
         if on_line is not None and i % 4096 == 0:
             on_line(i)
+        if isinstance(raw, LineError):
+            errors.add(raw)
+            continue
         if not raw.strip():
             continue
         rec = parse_line(raw, i)

@@ -29,7 +29,7 @@ from distillshield.detect.cluster import (
 from distillshield.detect.content import ContentPopulation
 from distillshield.detect.corpus import Obs
 from distillshield.detect.scoring import RISK_EXTRACTION, RISK_SUSPICIOUS, Combiner, OperatingPoint
-from distillshield.detect.signals.behaviour import Behaviour, BehaviourState
+from distillshield.detect.signals.behaviour import Behaviour, BehaviourState, param_sweep
 from distillshield.detect.signals.content import ContentState, PopulationContent
 from distillshield.detect.signals.cot import CotElicitation, CotState
 from distillshield.detect.signals.coverage import CapabilityCoverage
@@ -41,6 +41,10 @@ MEMBER_CAP = 512  # distinct accounts remembered per template / IP range (counts
 MIN_EVIDENCE = 8  # fewer requests than this flag an account only through a flagged cluster
 LSH_THRESHOLD = 0.5
 NUM_PERM = 64
+END_USERS_TRACKED = 32  # an account's most active end users, each judged on its own (see EndUsers)
+ATTRIBUTABLE = 10  # an account relaying at least this many distinct end users is judged per person
+# Behaviour features that add up over the people behind an account; per person, they are divided by them.
+PER_PERSON = ("log_volume", "log_per_day", "log_peak_hour")
 
 
 def checkpoints(limit: int = 1 << 30) -> list[int]:
@@ -134,6 +138,28 @@ class Context:
     own_template_share: float = 0.0  # the account's traffic share in its most-used template (apps: high)
 
 
+class EndUsers:
+    """The most active end users of an account that names them (OpenAI `user`, Anthropic
+    `metadata.user_id`): a reseller, a platform, an app passing its customers' ids. Each has its own
+    template, CoT and behaviour state, so that the account is judged per person and an end user who
+    harvests is found among honest ones. At most END_USERS_TRACKED: a new end user takes the place of
+    the least active one when all places are taken, so the heavy ones (the only ones with enough evidence
+    to judge) stay. Hand-written: a dict and a min over 32 entries; no sketch library keeps state per key."""
+
+    __slots__ = ("states",)
+
+    def __init__(self) -> None:
+        self.states: dict[int, AccountState] = {}
+
+    def state_for(self, obs: Obs) -> AccountState:
+        st = self.states.get(obs.end_user)
+        if st is None:
+            if len(self.states) >= END_USERS_TRACKED:
+                del self.states[min(self.states, key=lambda k: self.states[k].n)]
+            st = self.states[obs.end_user] = AccountState(obs.end_user_id or f"#{obs.end_user & 0xFFFFFFFF:08x}")
+        return st
+
+
 @dataclass
 class AccountState:
     """Everything detection keeps about one account: bounded, whatever its volume."""
@@ -153,6 +179,7 @@ class AccountState:
     features: dict[str, float] = field(default_factory=dict)
     cluster_id: str | None = None
     dirty: bool = True
+    end_users: EndUsers | None = None  # per end user, when the account's requests name them
 
     @property
     def n(self) -> int:
@@ -295,6 +322,15 @@ class Engine:
             fid = self._family(obs.minhash)
             pop.families.add(fid, obs.account)
             self.templates.add_family(acc.templates, fid)
+        if obs.end_user:
+            if acc.end_users is None:
+                acc.end_users = EndUsers()
+            sub = acc.end_users.state_for(obs)
+            self.templates.update(sub.templates, obs)
+            self.cot.update(sub.cot, obs)
+            self.behaviour.update(sub.behaviour, obs)
+            if obs.minhash is not None:
+                self.templates.add_family(sub.templates, fid)
         if obs.cvec is not None and acc.content.is_new(obs.raw_hash):
             self.content.update(acc.content, obs.cvec)
             pop.content.offer(obs.account, obs.cvec)
@@ -383,14 +419,68 @@ class Engine:
             feats[name] = cluster.features.get(name, 0.0) if cluster else 0.0
         return feats, sigs
 
+    def _people(self, acc: AccountState) -> float:
+        """How many people the account relays, when it is enough to judge it per person (else 0)."""
+        if acc.end_users is None:
+            return 0.0
+        people = acc.behaviour.end_users.estimate()
+        return people if people >= ATTRIBUTABLE else 0.0
+
+    def _per_person(self, acc: AccountState, feats: dict[str, float], people: float) -> dict[str, float]:
+        """The account's features as one of its people sees them: volumes divided by the people it relays, and
+        the largest parameter sweep any one tracked end user runs (a reseller relays each user's settings)."""
+        assert acc.end_users is not None
+        out = dict(feats)
+        for k in PER_PERSON:
+            out[k] = math.log1p(math.expm1(feats[k]) / people)
+        out["param_sweep"] = max((param_sweep(s.behaviour) for s in acc.end_users.states.values()), default=0.0)
+        return out
+
+    def _worst_end_user(
+        self, acc: AccountState, feats: dict[str, float]
+    ) -> tuple[float, float, dict[str, float], list[Any], AccountState] | None:
+        """The tracked end user with the most evidence against it: (risk, log-odds, contributions, signals,
+        state). Its own templates, CoT and behaviour; the account's content, addresses and cluster."""
+        assert acc.end_users is not None
+        cluster = self.clusters.get(acc.cluster_id) if acc.cluster_id else None
+        worst = None
+        for sub in acc.end_users.states.values():
+            if sub.n < MIN_EVIDENCE or sub.cot.n < MIN_EVIDENCE:
+                continue  # too little of its own: rates over a handful of classified prompts are noise
+            ctx = Context(self.population, cluster, _own_template_share(sub.templates, self.population))
+            sigs = [
+                self.templates.score(sub.templates, ctx),
+                self.cot.score(sub.cot, ctx),
+                self.behaviour.score(sub.behaviour, ctx),
+            ]
+            f = dict(feats)
+            for sg in sigs:
+                f.update(sg.features)
+            logit, contrib = self.combiner.explain(self.combiner.vector(f))
+            risk = self.combiner.risk(logit, self.operating.shift)
+            if worst is None or risk > worst[0]:
+                worst = (risk, logit, contrib, sigs, sub)
+        return worst
+
     def rescore(self, acc: AccountState) -> AccountScore:
         feats, sigs = self.features(acc)
+        people = self._people(acc)
+        if people:
+            feats = self._per_person(acc, feats, people)
         if self.snapshots is not None:
             self.snapshots.append((acc.account_id, acc.n, feats))
         x = self.combiner.vector(feats)
         logit, contrib = self.combiner.explain(x)
         acc.logit = logit
         risk = self.combiner.risk(logit, self.operating.shift)
+        person = self._worst_end_user(acc, feats) if people else None
+        if person is not None and person[0] > risk:
+            risk, _, contrib, sub_sigs, sub = person
+            # The end user's own signals stand in for the account's (content stays the account's).
+            sigs = [
+                *(s.with_detail(f"end user {sub.account_id}: {s.detail}") for s in sub_sigs),
+                *(s for s in sigs if s.signal not in {"templates", "cot", "behaviour"}),
+            ]
         content = next((s for s in sigs if s.signal == "content"), None)
         if content is None:
             pass
@@ -415,6 +505,10 @@ class Engine:
             risk = min(risk, RISK_SUSPICIOUS * 0.98)
         verdict = "extraction" if risk >= RISK_EXTRACTION else "suspicious" if risk >= RISK_SUSPICIOUS else "benign"
         reasons = self._reasons(sigs, contrib, cluster, acc)
+        if people:
+            reasons.append(
+                Reason("end_users", 0.0, f"relays {people:.0f} end users: volume and timing are judged per end user")
+            )
         if thin:
             reasons.append(Reason("evidence", 0.0, f"only {acc.n} requests: not flagged on its own evidence yet"))
         prev = acc.score

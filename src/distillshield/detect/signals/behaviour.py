@@ -93,6 +93,11 @@ class BehaviourState:
         self.end_users = DistinctCounter(64)  # an app or reseller relays many people; a harvester is one
 
 
+def param_sweep(st: BehaviourState) -> float:
+    """How many max_tokens and temperature values the account has used (log scale)."""
+    return math.log1p(len(st.max_tokens)) + math.log1p(len(st.temps))
+
+
 class Behaviour:
     """Volume, timing, parameters and models of one account."""
 
@@ -196,7 +201,7 @@ class Behaviour:
             "fast_share": st.fast / n,
             "diurnal_entropy": diurnal,
             "single_turn": st.single / n,
-            "param_sweep": math.log1p(len(st.max_tokens)) + math.log1p(len(st.temps)),
+            "param_sweep": param_sweep(st),
             "n_multi": st.n_multi / n,
             "logprobs": (st.logprobs + st.logit_bias) / n,
             "tools": st.tools / n,
