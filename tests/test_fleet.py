@@ -1,6 +1,6 @@
 """Many replicas, one brain (issue 11), on a real Redis and PostgreSQL: the audit event stream and the audit
 worker (rows reach the log exactly once whatever is redelivered, entries of a dead worker are claimed by
-another, a worker killed with SIGKILL mid-load loses and duplicates nothing), and the loopback topology of
+another, a worker or a gateway killed with SIGKILL mid-load loses and duplicates nothing), and the loopback topology of
 three gateways, an audit worker and a detector worker, whose verdicts on a hydra campaign sent round-robin
 over the replicas are those of one process seeing the same traffic. Each test uses its own stream key."""
 
@@ -415,3 +415,107 @@ async def test_a_gateway_whose_redis_is_away_spools_and_replays_into_the_stream(
     assert ids == [r["request_id"] for r in rows]  # every row once, in the order served
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert 1 <= len(errors) <= 2, errors  # the outage is logged (by the writer, and the drain once), not per retry
+
+
+async def test_a_gateway_killed_mid_load_loses_and_duplicates_nothing(
+    tmp_path: Path, stream_key: str, pg_database: str
+) -> None:
+    """Two gateway processes and an audit worker on the fleet config: SIGKILL one gateway under load. Every
+    request that got a 200 from either (the killed one included, up to its last answer) is in the log exactly
+    once, and the hash chain verifies: an answer is sent only once its row is in the stream."""
+    import yaml
+
+    from distillshield.gateway.admin import admin_token_digest
+    from tests.conftest import free_port
+    from tests.fakes import MockOpenAIServer
+
+    up = MockOpenAIServer(free_port()).start()
+    cfg = yaml.safe_load((REPO / "deploy" / "fleet.yaml").read_text())
+    token = "dsadmin-" + uuid.uuid4().hex
+    cfg["admin"]["token_sha256"] = admin_token_digest(token)
+    cfg["store"]["url"] = pg_database
+    cfg["upstream"]["http"]["base_url"] = up.base_url
+    cfg["limits"]["redis_url"] = REDIS_URL
+    cfg["limits"]["key"] = cfg["limits"]["account"] = {"rpm": 100_000, "tpm": 100_000_000, "concurrent": 64}
+    cfg["audit"]["stream_key"] = stream_key
+    cfg["risk"]["namespace"] = stream_key.replace(":", "-")
+    path = tmp_path / "fleet.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    ports = [free_port() for _ in range(2)]
+
+    def start(*args: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "distillshield", "-c", str(path), *args],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+
+    worker = start("worker", "audit", "--name", "audit-1")
+    gws = [start("serve", "--port", str(p), "--log-level", "warning") for p in ports]
+    base = [f"http://127.0.0.1:{p}" for p in ports]
+    answered: list[str] = []
+    others: list[int] = []
+    stop = asyncio.Event()
+    killed = asyncio.Event()
+    try:
+        async with httpx.AsyncClient(timeout=30) as http:
+            for b in base:
+                await _until(lambda b=b: _ready(http, b), timeout=60)
+            admin = {"authorization": f"Bearer {token}"}
+            made = await http.post(f"{base[0]}/admin/accounts", json={"id": "fleet-k"}, headers=admin)
+            assert made.status_code == 201, made.text
+            key = (await http.post(f"{base[0]}/admin/keys", json={"account_id": "fleet-k"}, headers=admin)).json()
+            key = key["key"]
+
+            async def client(c: int) -> None:
+                i = 0
+                while not stop.is_set():
+                    q = f"k{c}-{i}"
+                    target = base[i % 2] if not killed.is_set() else base[1]
+                    i += 1
+                    body = {"model": "mock-model", "messages": [{"role": "user", "content": q}]}
+                    try:
+                        r = await http.post(f"{target}/v1/chat/completions", json=body,
+                                            headers={"authorization": f"Bearer {key}"})  # fmt: skip
+                    except httpx.TransportError:
+                        continue  # the killed replica: the client retries elsewhere, as a load balancer would
+                    if r.status_code == 200:
+                        answered.append(q)
+                    else:
+                        others.append(r.status_code)
+
+            tasks = [asyncio.create_task(client(c)) for c in range(6)]
+            await asyncio.sleep(2.5)
+            before = len(answered)
+            gws[0].send_signal(signal.SIGKILL)
+            gws[0].communicate(timeout=30)
+            killed.set()
+            await asyncio.sleep(2.0)
+            stop.set()
+            await asyncio.gather(*tasks)
+        stream = AuditStream(REDIS_URL, stream_key)
+        await _until(lambda: _done(stream), timeout=60)
+        await stream.close()
+    finally:
+        stop.set()
+        up.stop()
+        ends = []
+        for p in (gws[1], worker):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+            ends.append((p.communicate(timeout=60)[0].decode(), p.returncode))
+    for out, code in ends:
+        assert code in (0, -signal.SIGTERM), out  # the survivors stop cleanly (uvicorn re-raises SIGTERM)
+    assert before >= 20 and len(answered) > before, others[:5]  # load ran on both, then on the survivor
+    contents = await logged_prompts(pg_database, "fleet-k")
+    assert len(contents) == len(set(contents))  # no duplicates
+    assert set(answered) <= set(contents)  # every answered request, the killed replica's included
+    store = Store(pg_database)
+    try:
+        assert (await store.verify_chain()).ok
+    finally:
+        await store.close()
+
+
+async def _ready(http: httpx.AsyncClient, base: str) -> bool:
+    try:
+        return (await http.get(f"{base}/readyz")).status_code == 200
+    except httpx.TransportError:
+        return False
