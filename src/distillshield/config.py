@@ -332,6 +332,31 @@ class PolicySettings(_Strict):
     )
 
 
+class LogitSettings(_Strict):
+    """What the API gives away about the model's output layer, for every account (gateway/logits.py).
+    `logit_bias` together with logprobs recovered the embedding projection of production models
+    (Carlini et al., ICML 2024); providers answered by refusing the combination and limiting
+    `top_logprobs`."""
+
+    logit_bias_with_logprobs: Literal["refuse", "allow"] = Field(
+        "refuse", description="refuse (400) a request that asks for logit_bias together with logprobs"
+    )
+    max_top_logprobs: int = Field(
+        5, ge=0, le=20, description="top_logprobs (chat) and logprobs (completions) above this are lowered to it"
+    )
+    max_logit_bias_tokens: int = Field(300, ge=0, description="a logit_bias naming more tokens is refused (400)")
+    logprob_noise: float = Field(
+        0.0,
+        ge=0.0,
+        le=5.0,
+        description="standard deviation (nats) of Gaussian noise added to every returned logprob; the same "
+        "request gets the same noise (keyed by noise_key), so repeating a query does not average it away",
+    )
+    noise_key: str | None = Field(
+        None, description="secret that keys the noise; set it to the same value on every replica (null: per process)"
+    )
+
+
 class DetectionSettings(_Strict):
     """Online detection beside the hot path (src/distillshield/detect/, docs/detection.md)."""
 
@@ -409,6 +434,7 @@ class Settings(BaseSettings):
     audit: AuditSettings = AuditSettings()
     auth: AuthSettings = AuthSettings()
     policy: PolicySettings = PolicySettings()
+    logits: LogitSettings = LogitSettings()
     watermark: WatermarkSettings = WatermarkSettings()
     detection: DetectionSettings = DetectionSettings()
     checkpoints: CheckpointSettings = CheckpointSettings()

@@ -93,6 +93,14 @@ policy:
   verification_url: https://example.com/verify   # where challenged users verify (quoted in the 403)
   review_poll_s: 2               # how often flagged accounts are queued and review decisions picked up
 
+# What the API gives away about the output layer, for every account (docs/policy.md, "Logit extraction").
+logits:
+  logit_bias_with_logprobs: refuse   # refuse | allow: logit_bias together with logprobs recovered models' output layers
+  max_top_logprobs: 5            # top_logprobs (chat) / logprobs (completions) above this are lowered to it
+  max_logit_bias_tokens: 300     # a logit_bias naming more tokens is refused
+  logprob_noise: 0               # std (nats) of keyed Gaussian noise on returned logprobs; 0 = exact
+  noise_key: null                # keys that noise; the same on every replica (env DISTILLSHIELD_LOGITS__NOISE_KEY)
+
 # Per-account output watermarks (docs/watermark.md). The policy can switch them per account at run time.
 watermark:
   secret: null                   # keys derive from it (HMAC); prefer env DISTILLSHIELD_WATERMARK__SECRET

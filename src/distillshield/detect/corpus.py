@@ -115,6 +115,8 @@ class Obs:
     completion_tokens: int
     end_user: int = 0  # hash of the request's end-user field (OpenAI `user`, Anthropic metadata.user_id)
     end_user_id: str = ""  # that field as sent (its first 80 characters), for reasons an analyst can act on
+    bias_tokens: int = 0  # tokens named in logit_bias
+    bias_set: int = 0  # hash of the sorted token ids of logit_bias (0: none)
     cot: float = -1.0  # CoT-elicitation classifier probability; -1 = not classified (not sampled)
     rubric: float = -1.0  # rubric/grading classifier probability; -1 = not classified
     index: int = 0  # the account's request number, 0-based, in arrival order
@@ -174,6 +176,8 @@ class Extractor:
         n = req.get("n", 1)
         mt = _num(req.get("max_tokens", req.get("max_completion_tokens")))
         end_user = _end_user_id(req)
+        bias = req.get("logit_bias")
+        bias_keys = sorted(str(k) for k in bias) if isinstance(bias, dict) else []
         ob = Obs(
             ts=rec.ts,
             account=sys.intern(rec.account_id),
@@ -200,6 +204,8 @@ class Extractor:
             completion_tokens=usage.completion_tokens if usage is not None else 0,
             end_user=T.stable_hash(end_user) if end_user else 0,
             end_user_id=sys.intern(end_user[:80]),
+            bias_tokens=len(bias_keys),
+            bias_set=T.stable_hash(",".join(bias_keys)) if bias_keys else 0,
             index=index,
             text=user[:200] if embedded(index) else (user[:90] if is_sampled else None),
             embed=embedded(index),

@@ -34,6 +34,7 @@ from distillshield.detect.signals.content import ContentState, PopulationContent
 from distillshield.detect.signals.cot import CotElicitation, CotState
 from distillshield.detect.signals.coverage import CapabilityCoverage
 from distillshield.detect.signals.distribution import DistributionTest, EmbeddingReference, EmbedState
+from distillshield.detect.signals.logits import LogitSweep
 from distillshield.detect.signals.templates import TemplateReuse, TemplateState, is_template
 
 NEW_MODEL_AFTER = 12 * 3600.0  # a model first seen this long after traffic began counts as a new release
@@ -243,6 +244,11 @@ def content_risk(score: float) -> float:
     return RISK_SUSPICIOUS + (RISK_EXTRACTION - RISK_SUSPICIOUS) * 0.98 * min(max((score - 0.5) / 0.5, 0.0), 1.0)
 
 
+def logit_risk(score: float) -> float:
+    """The risk of logit-extraction evidence (score 0.5..1): the extraction band, 0.8..0.99."""
+    return RISK_EXTRACTION + (0.99 - RISK_EXTRACTION) * min(max((score - 0.5) / 0.5, 0.0), 1.0)
+
+
 def _band(risk: float) -> int:
     return 2 if risk >= RISK_EXTRACTION else 1 if risk >= RISK_SUSPICIOUS else 0
 
@@ -261,6 +267,7 @@ class Engine:
         self.distribution = DistributionTest()
         self.coverage = CapabilityCoverage()
         self.content = PopulationContent()
+        self.logits = LogitSweep()
         self.reference = reference
         if reference is not None:
             self.distribution.fit(reference)
@@ -407,6 +414,8 @@ class Engine:
         ]
         if acc.content.count:  # content on (detect/content.py) and this account has sampled prompts
             sigs.append(self.content.score(acc.content, ctx))
+        if acc.behaviour.logit_sweeps:
+            sigs.append(self.logits.score(acc.behaviour, ctx))
         if self.reference is not None:
             sigs.append(self.distribution.score(acc.embed, ctx))
             sigs.append(self.coverage.score(acc.embed, ctx))
@@ -491,6 +500,11 @@ class Engine:
             contrib["content"] = max(contrib.get("content", 0.0), 10.0 * content.score)
         elif content.score >= 0.3:
             contrib["content"] = max(contrib.get("content", 0.0), 0.06)  # worth reading, not what decided
+        logits = next((s for s in sigs if s.signal == "logits"), None)
+        if logits is not None and logits.score >= RISK_SUSPICIOUS:
+            # A known technique with no honest use: it puts the account in the extraction band on its own.
+            risk = max(risk, logit_risk(logits.score))
+            contrib["logits"] = max(contrib.get("logits", 0.0), 10.0 * logits.score)
         acc.own_risk = risk
         cluster = self.clusters.get(acc.cluster_id) if acc.cluster_id else None
         in_campaign = cluster is not None and acc.account_id in cluster.campaign

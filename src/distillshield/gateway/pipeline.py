@@ -34,6 +34,7 @@ from distillshield.gateway.limits import (
     estimate_tokens,
     openai_headers,
 )
+from distillshield.gateway.logits import LogitGuard, asks_logprobs
 from distillshield.gateway.metrics import GatewayMetrics
 from distillshield.gateway.policy import Decision, PolicyRefusal, PolicyStage
 from distillshield.gateway.protocols import anthropic, openai
@@ -167,6 +168,7 @@ class Gateway:
         self.auth = auth
         self.audit = audit
         self.metrics = metrics
+        self.logit_guard = LogitGuard(settings.logits)  # what a request may learn of the output layer
         self._scopes: dict[int, tuple[KeyContext, tuple[Scope, ...]]] = {}
         # Extension point for generation-time behaviour per account (the watermark uses it): returns
         # a logits hook for this caller and request, or None. Only in-process upstreams honour it.
@@ -200,6 +202,10 @@ class Gateway:
             scopes = self._scopes_for(ctx)
             if self.policy is not None:  # may refuse (403), cap the request and throttle its scopes
                 scopes, call.transform, call.decision = self.policy.apply(ctx, gen, scopes, row)
+            if api != "messages":  # what the policy left: may refuse logit_bias with logprobs (400)
+                self.logit_guard.apply(gen)
+            if self.logit_guard.noise > 0 and asks_logprobs(gen):
+                self._add_logprob_noise(call, gen)
             n_messages = len(gen.body.get("messages") or ()) or 1
             est = estimate_tokens(gen.prompt_text, gen.max_tokens, gen.n, n_messages)
             call.reservation = await self.limiter.reserve(scopes, est)
@@ -298,6 +304,14 @@ class Gateway:
         if api == "completions":
             return openai.parse_completion(body, s.default_max_tokens, s.max_max_tokens)
         return anthropic.parse_messages(body, s.max_max_tokens)
+
+    def _add_logprob_noise(self, call: Call, gen: GenRequest) -> None:
+        """Keyed noise on the logprobs this request gets back (settings `logits.logprob_noise`)."""
+        tf = call.transform
+        if tf is None:
+            tf = call.transform = ResponseTransform(gen.api, reasoning="keep", drop_logprobs=False)
+        if not tf.drop_logprobs:
+            tf.logprob_noise, tf.noise_seed = self.logit_guard.noise, self.logit_guard.noise_seed(gen)
 
     def _check_model(self, model: str) -> None:
         served = self.upstream.models()

@@ -24,6 +24,7 @@ BASELINE_AT = 64  # the account's own baseline: its first this-many requests
 EWMA = 1 / 64  # recent behaviour: exponentially weighted over about the last 64 requests
 PIVOT_WINDOW = DAY  # a pivot is a move to a new model within this long of its first appearance
 MAX_DISTINCT = 16
+SWEEP_MAX_TOKENS = 4  # a logit read needs one output token; answers are not what such a request is for
 
 
 def _entropy(counts: list[int]) -> float:
@@ -62,6 +63,8 @@ class BehaviourState:
         "ewma_tpl",
         "last_head",
         "end_users",
+        "logit_sweeps",
+        "bias_sets",
     )
 
     def __init__(self) -> None:
@@ -91,6 +94,8 @@ class BehaviourState:
         self.ewma_tpl = 0.0
         self.last_head = 0
         self.end_users = DistinctCounter(64)  # an app or reseller relays many people; a harvester is one
+        self.logit_sweeps = 0  # requests combining logit_bias with logprobs at a few output tokens (signals/logits.py)
+        self.bias_sets = DistinctCounter(64)  # distinct token sets those requests biased
 
 
 def param_sweep(st: BehaviourState) -> float:
@@ -149,6 +154,9 @@ class Behaviour:
         st.errors += obs.status == 429
         if obs.end_user:
             st.end_users.add(obs.end_user)
+        if obs.bias_set and obs.logprobs and (obs.max_tokens is None or obs.max_tokens <= SWEEP_MAX_TOKENS):
+            st.logit_sweeps += 1
+            st.bias_sets.add(obs.bias_set)
         st.chars.add(math.log1p(obs.user_chars))
         same = 1.0 if obs.head and obs.head == st.last_head else 0.0
         st.last_head = obs.head

@@ -7,7 +7,7 @@ transform here serves both API formats: what it removes never reaches the Anthro
 - removes reasoning fields (`reasoning_content`, `reasoning`, `reasoning_details`) from messages and
   deltas, or replaces them with a summary;
 - filters chain-of-thought segments out of the content text (transforms/reasoning.py);
-- drops `logprobs` from choices.
+- drops `logprobs` from choices, or adds keyed noise to them (`logprob_noise`, gateway/logits.py).
 
 Streams: text a filter holds back (a tag cut in two) is released on the choice's finish chunk, or by
 `tail()` if the upstream ends without one; a chunk whose only content was withheld is skipped.
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from distillshield.gateway.logits import keyed_gauss
 from distillshield.gateway.transforms.reasoning import Mode, ReasoningFilter, summarize
 
 REASONING_FIELDS = ("reasoning_content", "reasoning", "reasoning_details")
@@ -27,7 +28,10 @@ THINKING_BLOCKS = ("thinking", "redacted_thinking")
 class ResponseTransform:
     """What one degraded request's response goes through. reasoning: keep | strip | summarize."""
 
-    __slots__ = ("api", "reasoning", "sections", "summary_chars", "open_at_start", "drop_logprobs", "_choices", "_last")
+    __slots__ = (
+        "api", "reasoning", "sections", "summary_chars", "open_at_start", "drop_logprobs", "logprob_noise",
+        "noise_seed", "_choices", "_last",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -38,6 +42,8 @@ class ResponseTransform:
         summary_chars: int = 240,
         open_at_start: bool = False,
         drop_logprobs: bool = True,
+        logprob_noise: float = 0.0,
+        noise_seed: bytes = b"",
     ) -> None:
         self.api = api  # chat | completions (the upstream's shape)
         self.reasoning = reasoning
@@ -45,12 +51,14 @@ class ResponseTransform:
         self.summary_chars = summary_chars
         self.open_at_start = open_at_start
         self.drop_logprobs = drop_logprobs
+        self.logprob_noise = logprob_noise  # std (nats) of the keyed noise on returned logprobs; 0: exact
+        self.noise_seed = noise_seed
         self._choices: dict[int, _Choice] = {}
         self._last: dict[str, Any] | None = None
 
     @property
     def active(self) -> bool:
-        return self.reasoning != "keep" or self.drop_logprobs
+        return self.reasoning != "keep" or self.drop_logprobs or self.logprob_noise > 0
 
     def _filter(self) -> ReasoningFilter | None:
         if self.reasoning == "keep":
@@ -73,6 +81,8 @@ class ResponseTransform:
             c = dict(c)
             if self.drop_logprobs and c.get("logprobs") is not None:
                 c["logprobs"] = None
+            elif self.logprob_noise > 0 and isinstance(c.get("logprobs"), dict):
+                c["logprobs"], _ = self._noised(c["logprobs"], c.get("index", 0), 0)
             if self.reasoning != "keep":
                 if self.api == "chat" and isinstance(c.get("message"), dict):
                     msg = dict(c["message"])
@@ -88,6 +98,50 @@ class ResponseTransform:
                     c["text"] = f.filter(c["text"])
             out.append(c)
         return {**resp, "choices": out}
+
+    def _noise(self, choice: int, position: int, token: Any) -> float:
+        return keyed_gauss(self.noise_seed + f"{choice}:{position}:{token}".encode(), 0, self.logprob_noise)
+
+    def _noised(self, lp: dict[str, Any], choice: int, start: int) -> tuple[dict[str, Any], int]:
+        """A copy of a choice's logprobs with keyed noise on every value (the same token at the same position
+        gets the same noise wherever it appears), and the next position. Chat: `content` entries with
+        `top_logprobs`; completions: `token_logprobs` and `top_logprobs` maps."""
+        out = dict(lp)
+        pos = start
+        if isinstance(lp.get("content"), list):
+            items = []
+            for i, e in enumerate(lp["content"]):
+                if not isinstance(e, dict):
+                    items.append(e)
+                    continue
+                e = dict(e)
+                if isinstance(e.get("logprob"), (int, float)):
+                    e["logprob"] = min(e["logprob"] + self._noise(choice, start + i, e.get("token")), 0.0)
+                if isinstance(e.get("top_logprobs"), list):
+                    e["top_logprobs"] = [
+                        {**t, "logprob": min(t["logprob"] + self._noise(choice, start + i, t.get("token")), 0.0)}
+                        if isinstance(t, dict) and isinstance(t.get("logprob"), (int, float)) else t
+                        for t in e["top_logprobs"]
+                    ]  # fmt: skip
+                items.append(e)
+            out["content"] = items
+            pos = start + len(items)
+        if isinstance(lp.get("token_logprobs"), list):
+            tokens = lp.get("tokens") if isinstance(lp.get("tokens"), list) else []
+            out["token_logprobs"] = [
+                min(v + self._noise(choice, start + i, tokens[i] if i < len(tokens) else None), 0.0)
+                if isinstance(v, (int, float)) else v
+                for i, v in enumerate(lp["token_logprobs"])
+            ]  # fmt: skip
+            if isinstance(lp.get("top_logprobs"), list):
+                out["top_logprobs"] = [
+                    {t: min(v + self._noise(choice, start + i, t), 0.0) if isinstance(v, (int, float)) else v
+                     for t, v in m.items()}
+                    if isinstance(m, dict) else m
+                    for i, m in enumerate(lp["top_logprobs"])
+                ]  # fmt: skip
+            pos = start + len(lp["token_logprobs"])
+        return out, pos
 
     def _fields(self, obj: dict[str, Any], st: _Choice | None) -> None:
         """Reasoning fields out of a message (st None) or a delta (collected for the summary)."""
@@ -122,6 +176,8 @@ class ResponseTransform:
                 st = self._choices[c.get("index", 0)] = _Choice(self._filter())
             if self.drop_logprobs and c.get("logprobs") is not None:
                 c["logprobs"] = None
+            elif self.logprob_noise > 0 and isinstance(c.get("logprobs"), dict):
+                c["logprobs"], st.positions = self._noised(c["logprobs"], c.get("index", 0), st.positions)
             finish = c.get("finish_reason")
             if self.api == "chat":
                 delta = c.get("delta")
@@ -175,12 +231,13 @@ class ResponseTransform:
 
 
 class _Choice:
-    __slots__ = ("filter", "field_parts", "done")
+    __slots__ = ("filter", "field_parts", "done", "positions")
 
     def __init__(self, f: ReasoningFilter | None) -> None:
         self.filter = f
         self.field_parts: list[str] = []
         self.done = False
+        self.positions = 0  # logprob positions seen so far (the noise is keyed by position)
 
     def feed(self, text: str) -> str:
         return self.filter.feed(text) if self.filter is not None else text
