@@ -49,8 +49,12 @@ def run_live(
 
 @pytest.fixture
 def trusting_gateway(gateway_factory: Any) -> RunningGateway:
-    """A gateway on the fast fake upstream that records X-Forwarded-For as the client IP."""
-    return gateway_factory({"upstream": FakeUpstream()}, server__trust_forwarded_for=True)
+    """A gateway on the fast fake upstream that records X-Forwarded-For as the client IP. It serves the
+    smoke scenario's logprobs harvester (logit_bias with logprobs), which the default logit stage refuses
+    (tests/test_logit_defence.py): these tests are about the replay, which should see every request served."""
+    return gateway_factory(
+        {"upstream": FakeUpstream()}, server__trust_forwarded_for=True, logits__logit_bias_with_logprobs="allow"
+    )
 
 
 def test_non_loopback_targets_are_refused() -> None:
