@@ -186,3 +186,42 @@ def test_detection_flags_a_logit_sweep_even_when_every_request_was_refused() -> 
         "reasons"][0]["detail"]  # fmt: skip
     for honest in ("router-app", "eval-harness"):
         assert not any(r["signal"] == "logits" and r["score"] >= 0.5 for r in accounts[honest]["reasons"]), honest
+
+
+def test_the_embedded_model_serves_logprobs_and_applies_logit_bias_before_them(local_gateway: Any) -> None:
+    """The embedded model (llama.cpp) answers logprobs with OpenAI's semantics: top alternatives in order,
+    the chosen token among them at temperature 0, completions' parallel lists; and a logit_bias (alone, as
+    the gateway allows) changes what is sampled."""
+    c = openai.OpenAI(base_url=f"{local_gateway.base}/v1", api_key=local_gateway.create_key("lp-user"), max_retries=0)
+    model = local_gateway.state.upstream.models()[0]
+    r = c.chat.completions.create(model=model, messages=[{"role": "user", "content": "Name a colour."}],
+                                  max_tokens=3, temperature=0, logprobs=True, top_logprobs=3)  # fmt: skip
+    content = r.choices[0].logprobs.content
+    assert 1 <= len(content) <= 3 and "".join(e.token for e in content) == r.choices[0].message.content
+    for e in content:
+        alts = [a.logprob for a in e.top_logprobs]
+        assert len(alts) == 3 and alts == sorted(alts, reverse=True) and alts[0] <= 0.0
+        assert e.logprob == pytest.approx(alts[0])  # greedy: the chosen token is the most likely one
+    comp = c.completions.create(model=model, prompt="The capital of France is", max_tokens=2, temperature=0,
+                                logprobs=2)  # fmt: skip
+    lp = comp.choices[0].logprobs
+    assert "".join(lp.tokens) == comp.choices[0].text and len(lp.token_logprobs) == len(lp.top_logprobs) == 2
+    forced = c.chat.completions.create(model=model, messages=[{"role": "user", "content": "Name a colour."}],
+                                       max_tokens=1, temperature=0, logit_bias={"100": 100})  # fmt: skip
+    from llama_cpp import Llama
+
+    from distillshield.gateway.upstream.local import default_model_path
+
+    vocab = Llama(model_path=str(default_model_path()), vocab_only=True, verbose=False)  # token 100's piece
+    assert forced.choices[0].message.content == vocab.detokenize([100]).decode()
+
+
+def test_a_stream_from_the_embedded_model_carries_the_logprobs_of_its_tokens(local_gateway: Any) -> None:
+    c = openai.OpenAI(base_url=f"{local_gateway.base}/v1", api_key=local_gateway.create_key("lp-stream"), max_retries=0)
+    model = local_gateway.state.upstream.models()[0]
+    stream = c.chat.completions.create(model=model, messages=[{"role": "user", "content": "Say hi."}], max_tokens=4,
+                                       temperature=0, logprobs=True, top_logprobs=2, stream=True)  # fmt: skip
+    chunks = list(stream)
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    entries = [e for ch in chunks if ch.choices and ch.choices[0].logprobs for e in ch.choices[0].logprobs.content]
+    assert text and "".join(e.token for e in entries) == text and all(len(e.top_logprobs) == 2 for e in entries)

@@ -2,7 +2,8 @@
 
 The model runs on one dedicated worker thread (a llama.cpp context is not thread-safe), so the event
 loop never blocks on generation; requests queue for that thread. A per-request logits hook lets the
-watermark bias the next-token scores.
+watermark bias the next-token scores. `logit_bias` and logprobs are served with OpenAI's semantics by
+`_LogitReader` (the bias changes what is sampled and what the logprobs report).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from distillshield.config import LocalUpstreamSettings
 from distillshield.gateway.errors import UpstreamError
@@ -89,26 +92,33 @@ class LocalUpstream:
                 }
                 for m in body["messages"]
             ]
-            if body.get("logprobs"):
-                kw["logprobs"] = True
-                kw["top_logprobs"] = body.get("top_logprobs") or 0
         else:
             if not isinstance(body["prompt"], str):
                 raise UpstreamError(400, "the embedded model takes one prompt string per request")
             kw["prompt"] = body["prompt"]
-            if body.get("logprobs") is not None:
-                kw["logprobs"] = body["logprobs"]
-        if req.logits_hook is not None:
+        processors: list[Any] = [req.logits_hook] if req.logits_hook is not None else []
+        reader = _LogitReader.for_request(req)
+        if reader is not None:
+            processors.append(reader)
+            kw["_reader"] = reader
+        if processors:
             from llama_cpp import LogitsProcessorList
 
-            kw["logits_processor"] = LogitsProcessorList([req.logits_hook])
+            kw["logits_processor"] = LogitsProcessorList(processors)
         return kw
 
     def _call(self, req: GenRequest, kw: dict[str, Any], stream: bool) -> Any:
         if self._llm is None:
             raise UpstreamError(503, "the embedded model is not loaded yet")
+        kw = dict(kw)
+        reader: _LogitReader | None = kw.pop("_reader", None)
         fn = self._llm.create_chat_completion if req.api == "chat" else self._llm.create_completion
-        return fn(**kw, stream=stream)
+        out = fn(**kw, stream=stream)
+        if reader is not None and reader.want and not stream:
+            for c in out["choices"]:
+                text = (c.get("message") or {}).get("content") if req.api == "chat" else c.get("text")
+                c["logprobs"] = reader.logprobs(self._llm, text or "", c.get("finish_reason"), req.api)
+        return out
 
     async def complete(self, req: GenRequest) -> dict[str, Any]:
         kw = self._kwargs(req)
@@ -142,6 +152,8 @@ class LocalUpstream:
                 return
             try:
                 gen = self._call(req, kw, True)
+                reader: _LogitReader | None = kw.get("_reader")
+                text = ""
                 completion = 0
                 prompt: int | None = None
                 for chunk in gen:
@@ -154,6 +166,11 @@ class LocalUpstream:
                         prompt = int(self._llm.n_tokens)
                     if _chunk_has_text(chunk):
                         completion += 1
+                        text += _chunk_text(chunk)
+                    if reader is not None and reader.want:
+                        for c in chunk.get("choices") or ():
+                            if c.get("finish_reason"):  # all positions' logprobs ride on the finishing chunk
+                                c["logprobs"] = reader.logprobs(self._llm, text, c["finish_reason"], req.api)
                     put("chunk", chunk)
                 if prompt is None:
                     prompt = int(self._llm.n_tokens)
@@ -197,6 +214,100 @@ def _text(content: Any) -> str:
     if isinstance(content, list):
         return "\n".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
     return content or ""
+
+
+def _chunk_text(chunk: dict[str, Any]) -> str:
+    return "".join((c.get("delta") or {}).get("content") or c.get("text") or "" for c in chunk.get("choices") or ())
+
+
+class _LogitReader:
+    """A llama.cpp logits processor for one request: adds `logit_bias` to the next-token scores and, when
+    logprobs are asked for, records the log-softmax of the biased scores at every generated position (the
+    top-k alternatives, and the chosen token's value, known when the next position starts or, for the last,
+    from the text). Hand-written: llama.cpp's own logprobs need `logits_all` (the logits of every prompt
+    position kept) and report the scores before any bias, where OpenAI reported them after it."""
+
+    def __init__(self, bias: dict[int, float], top: int, want: bool) -> None:
+        self.ids = np.asarray(list(bias), dtype=np.intp)
+        self.vals = np.asarray(list(bias.values()), dtype=np.float32)
+        self.top = top
+        self.want = want
+        self.tops: list[tuple[np.ndarray, np.ndarray]] = []  # per position: top-k ids and logprobs
+        self.chosen: list[tuple[int, float]] = []  # per position but the last: the token and its logprob
+        self._prev: np.ndarray | None = None  # the last position's full logprobs
+
+    @classmethod
+    def for_request(cls, req: GenRequest) -> _LogitReader | None:
+        body = req.body
+        bias_in = body.get("logit_bias") if isinstance(body.get("logit_bias"), dict) else {}
+        bias = {int(k): float(v) for k, v in bias_in.items() if str(k).isdigit()}
+        if req.api == "chat":
+            want = body.get("logprobs") is True
+            top = int(body.get("top_logprobs") or 0) if want else 0
+        else:
+            lp = body.get("logprobs")
+            want = isinstance(lp, int) and not isinstance(lp, bool)
+            top = int(lp) if want else 0
+        return cls(bias, top, want) if bias or want else None
+
+    def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        if len(self.ids):
+            valid = self.ids < len(scores)
+            scores[self.ids[valid]] += self.vals[valid]
+        if self.want:
+            if self._prev is not None:
+                tok = int(input_ids[-1])
+                self.chosen.append((tok, float(self._prev[tok])))
+            z = scores.astype(np.float64)
+            m = float(z.max())
+            lp = z - (m + float(np.log(np.exp(z - m).sum())))
+            k = min(self.top, len(lp))
+            idx = np.argpartition(-lp, k)[:k] if 0 < k < len(lp) else np.arange(len(lp))[:k]
+            idx = idx[np.argsort(-lp[idx], kind="stable")]
+            self.tops.append((idx, lp[idx]))
+            self._prev = lp
+        return scores
+
+    def logprobs(self, llm: Any, text: str, finish: str | None, api: str) -> dict[str, Any]:
+        """The OpenAI logprobs object of the answer `text` (chat: `content` entries; completions: parallel
+        lists). The last position's token is the one whose piece ends the text (on a stop, the last position
+        sampled the end-of-sequence token, which the text does not show and the logprobs leave out)."""
+        steps = list(self.chosen)
+        if self._prev is not None:
+            done = b"".join(llm.detokenize([t]) for t, _ in steps)
+            rest = text.encode()[len(done) :]
+            if rest or finish != "stop":
+                order = np.argsort(-self._prev)[:256]
+                tok = next((int(t) for t in order if llm.detokenize([int(t)]) == rest), int(order[0]))
+                steps.append((tok, float(self._prev[tok])))
+        entries = []
+        for i, (tok, val) in enumerate(steps):
+            piece = llm.detokenize([tok])
+            ids, lps = self.tops[i] if i < len(self.tops) else (np.zeros(0, dtype=np.intp), np.zeros(0))
+            alts = [(llm.detokenize([int(t)]), float(v)) for t, v in zip(ids, lps, strict=True)]
+            entries.append((piece, val, alts))
+        if api == "chat":
+            content = [
+                {
+                    "token": p.decode("utf-8", "replace"),
+                    "logprob": v,
+                    "bytes": list(p),
+                    "top_logprobs": [{"token": a.decode("utf-8", "replace"), "logprob": av, "bytes": list(a)}
+                                     for a, av in alts],
+                }
+                for p, v, alts in entries
+            ]  # fmt: skip
+            return {"content": content, "refusal": None}
+        offsets, at = [], 0
+        for p, _v, _a in entries:
+            offsets.append(at)
+            at += len(p.decode("utf-8", "replace"))
+        return {
+            "tokens": [p.decode("utf-8", "replace") for p, _, _ in entries],
+            "token_logprobs": [v for _, v, _ in entries],
+            "top_logprobs": [{a.decode("utf-8", "replace"): av for a, av in alts} for _, _, alts in entries],
+            "text_offset": offsets,
+        }
 
 
 def _chunk_has_text(chunk: dict[str, Any]) -> bool:
