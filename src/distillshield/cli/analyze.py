@@ -63,7 +63,9 @@ def _export_log(dest: Path) -> int:
 
 
 def analyze_command(
-    traffic: Path = typer.Argument(None, help="traffic JSONL (docs/traffic-format.md); omit with --from-log"),
+    traffic: Path = typer.Argument(
+        None, help="traffic file, JSONL or Parquet (docs/traffic-format.md); omit with --from-log"
+    ),
     out: Path = typer.Option(None, "--out", "-o", help="write the report JSON here"),
     from_log: bool = typer.Option(False, "--from-log", help="analyse the configured gateway's audit log"),
     model: Path = typer.Option(None, "--model", help="trained model artefact (default: the one shipped)"),
@@ -71,7 +73,17 @@ def analyze_command(
         "none", "--encoder", help=ENCODER_HELP + " (the model must have been trained with embeddings)"
     ),
     top: int = typer.Option(15, "--top", help="flagged accounts to list in the terminal"),
-    workers: int = typer.Option(2, "--workers", min=1, max=64, help="processes that read and extract the traffic"),
+    workers: int = typer.Option(
+        2, "--workers", min=1, max=1024, help="processes (local) or Ray CPUs (ray) that read and extract the traffic"
+    ),
+    engine: str = typer.Option(
+        "local", "--engine", help="local (a process pool on this machine) or ray (Ray Data; the same report)"
+    ),
+    ray_address: str = typer.Option(
+        None,
+        "--ray-address",
+        help="with --engine ray: the Ray cluster to run on (default: $RAY_ADDRESS, else a local Ray on --workers CPUs)",
+    ),
     content: bool = typer.Option(
         True,
         "--content/--no-content",
@@ -85,10 +97,22 @@ def analyze_command(
     line numbers and skipped. The report lists every account once with risk (0..1), verdict
     (benign / suspicious / extraction), cluster and reasons, then the clusters; see docs/detection.md.
 
+    --engine ray reads and extracts on Ray Data (a local Ray on --workers CPUs, or the cluster at
+    --ray-address / $RAY_ADDRESS, whose nodes must all see the file); scoring stays in this process, and the
+    report is the local engine's (docs/performance.md, "Batch analysis on Ray").
+
     Example: distillshield analyze traffic.jsonl --out report.json
+
+    Example: distillshield analyze traffic.parquet --engine ray --workers 8 --out report.json
     """
     from distillshield.detect.analyze import analyze_file
 
+    if engine not in ("local", "ray"):
+        raise CliError(f"--engine {engine}: use local or ray")
+    if ray_address is not None and engine != "ray":
+        raise CliError("--ray-address needs --engine ray")
+    if workers > 64 and engine == "local":
+        raise CliError(f"--workers {workers}: the local engine takes at most 64 processes (more with --engine ray)")
     if from_log == (traffic is not None):
         raise CliError("give a traffic file or --from-log (the configured audit log), not both or neither")
     if traffic is not None and not traffic.is_file():
@@ -113,9 +137,12 @@ def analyze_command(
         assert path is not None
         with progress() as bar:
             on_progress = PhaseProgress(bar)
-            analysis = analyze_file(
-                path, model=det_model, encoder=enc, progress=on_progress, workers=workers, content=content
-            )
+            if engine == "ray":
+                analysis = _analyze_on_ray(path, det_model, enc, on_progress, workers, content, ray_address)
+            else:
+                analysis = analyze_file(
+                    path, model=det_model, encoder=enc, progress=on_progress, workers=workers, content=content
+                )
             if "reading traffic" in on_progress.tasks:
                 t = on_progress.tasks["reading traffic"]
                 bar.update(t, total=bar.tasks[t].completed or 1, completed=bar.tasks[t].completed or 1)
@@ -132,6 +159,21 @@ def analyze_command(
     print_tables(report, top)
     if out is not None:
         console.print(f"wrote the report ({report['summary']['accounts']} accounts) to {out}")
+
+
+def _analyze_on_ray(
+    path: Path, model: Any, enc: Any, on_progress: PhaseProgress, workers: int, content: bool, address: str | None
+) -> Any:
+    try:
+        from distillshield.detect.ray_engine import RayEngineError, analyze_file_ray
+    except ImportError as exc:
+        raise CliError(f"--engine ray needs Ray Data ({exc}): pip install 'ray[data]'") from None
+    try:
+        return analyze_file_ray(
+            path, model=model, encoder=enc, progress=on_progress, workers=workers, content=content, address=address
+        )
+    except RayEngineError as exc:
+        raise CliError(str(exc)) from None
 
 
 def print_tables(report: dict[str, Any], top: int = 15) -> None:

@@ -28,7 +28,7 @@ from distillshield.store.checkpoint import (
 )
 from distillshield.store.export import record_to_row, row_to_record
 from distillshield.store.transparency import TreeReport, open_checkpoints, verify_log
-from distillshield.traffic import LineError, iter_jsonl
+from distillshield.traffic import LineError, ParquetWriter, TrafficRecord, iter_jsonl
 
 app = typer.Typer(help="The audit log. Example: distillshield logs verify", no_args_is_help=True)
 
@@ -214,27 +214,40 @@ def checkpoint_(as_json: bool = typer.Option(False, "--json", help="print JSON")
 
 @app.command("export")
 def export(
-    out: Path = typer.Option(..., "--out", "-o", help="JSONL file to write ('-' for stdout)"),
+    out: Path = typer.Option(..., "--out", "-o", help="file to write ('-' for stdout, JSONL only)"),
     since: float = typer.Option(None, help="only requests at or after this Unix time"),
     until: float = typer.Option(None, help="only requests before this Unix time"),
     account: str = typer.Option(None, "--account", help="only this account"),
+    fmt: str = typer.Option(
+        None, "--format", help="jsonl or parquet (default: parquet when --out ends in .parquet, else jsonl)"
+    ),
 ) -> None:
-    """Write the audit log as traffic JSONL (docs/traffic-format.md), the input of analyze and evaluate.
+    """Write the audit log as traffic records (docs/traffic-format.md), the input of analyze and evaluate:
+    JSON Lines, or with --format parquet the same records as a Parquet file (its schema: the
+    "Parquet" section of docs/traffic-format.md), which `analyze` reads too.
 
     Rows without an account (unauthenticated) or without a JSON-object body (malformed requests)
     cannot be expressed in the format and are counted as skipped.
 
     Example: distillshield logs export --out traffic.jsonl --since 1767225600
-    """
 
+    Example: distillshield logs export --format parquet --out traffic.parquet
+    """
     to_stdout = str(out) == "-"
-    try:
-        fh = sys.stdout.buffer if to_stdout else open(out, "wb")  # noqa: SIM115 - closed below
-    except OSError as exc:
-        raise CliError(f"cannot write {out}: {exc.strerror}") from None
+    fmt = fmt or ("parquet" if out.suffix == ".parquet" else "jsonl")
+    if fmt not in ("jsonl", "parquet"):
+        raise CliError(f"--format {fmt}: use jsonl or parquet")
+    if fmt == "parquet" and to_stdout:
+        raise CliError("--format parquet writes a file: give --out FILE")
+    if not to_stdout and not out.parent.is_dir():
+        raise CliError(f"cannot write {out}: folder {out.parent} does not exist")
 
     async def go(store: Store) -> tuple[int, int]:
         head, _ = await store.chain_head()
+        try:  # opened once the log is known to exist, so a missing log leaves no empty file behind
+            sink: _JsonlSink | ParquetWriter = _JsonlSink(out) if fmt == "jsonl" else ParquetWriter(out)
+        except OSError as exc:
+            raise CliError(f"cannot write {out}: {exc.strerror or str(exc).splitlines()[0]}") from None
         written = skipped = 0
         try:
             with progress() as bar:
@@ -249,17 +262,31 @@ def export(
                     if rec is None:
                         skipped += 1
                         continue
-                    fh.write(rec.to_json() + b"\n")
+                    sink.write(rec)
                     written += 1
         finally:
-            if not to_stdout:
-                fh.close()
+            sink.close()
         return written, skipped
 
     written, skipped = with_store(go, existing=True)
     err_console.print(
         f"exported {written} requests to {out}" + (f"; skipped {skipped} (no account or body)" if skipped else "")
     )
+
+
+class _JsonlSink:
+    """Records as JSON Lines to a file or stdout (the Parquet sink is traffic.ParquetWriter)."""
+
+    def __init__(self, out: Path) -> None:
+        self.to_stdout = str(out) == "-"
+        self.fh = sys.stdout.buffer if self.to_stdout else open(out, "wb")  # noqa: SIM115 - closed by close()
+
+    def write(self, rec: TrafficRecord) -> None:
+        self.fh.write(rec.to_json() + b"\n")
+
+    def close(self) -> None:
+        if not self.to_stdout:
+            self.fh.close()
 
 
 @app.command("import")

@@ -27,7 +27,7 @@ from distillshield.detect.embeddings import Encoder
 from distillshield.detect.engine import CHECKPOINTS, Engine, MinHasher
 from distillshield.detect.scoring import RISK_SUSPICIOUS, DetectionModel
 from distillshield.detect.signals.cot import PromptClassifier
-from distillshield.traffic import LineError, TrafficRecord, parse_line
+from distillshield.traffic import LineError, TrafficRecord, iter_lines, parse_line
 
 RECLUSTER_EVERY = 5000
 EMBED_BATCH = 512
@@ -62,19 +62,20 @@ def _extract_part(args: tuple[str, int, int]) -> tuple[list[Obs], int, list[Line
     errors = LineErrors()
     ex = Extractor(PromptClassifier.from_dict(_FORK_MODEL.classifier), MinHasher(), content_encoder(_FORK_CONTENT))
     out: list[Obs] = []
-    with open(path, "rb") as fh:
-        for i, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue
-            m = _ACCOUNT.search(raw)
-            owner = zlib.crc32(m.group(1)) % parts if m else 0
-            if owner != part:
-                continue
-            rec = parse_line(raw, i)
-            if isinstance(rec, LineError):
-                errors.add(rec)
-                continue
-            out.extend(ex.feed(strip_ground_truth(rec), i))
+    for i, raw in iter_lines(path):
+        if isinstance(raw, LineError):  # a Parquet row that is not a record at all: one part reports it
+            if part == 0:
+                errors.add(raw)
+            continue
+        m = _ACCOUNT.search(raw)
+        owner = zlib.crc32(m.group(1)) % parts if m else 0
+        if owner != part:
+            continue
+        rec = parse_line(raw, i)
+        if isinstance(rec, LineError):
+            errors.add(rec)
+            continue
+        out.extend(ex.feed(strip_ground_truth(rec), i))
     out.extend(ex.finish())
     return out, errors.count, errors.kept
 
@@ -243,10 +244,26 @@ def analyze_file(
     workers: int = 1,
     content: bool = True,
 ) -> Analysis:
-    """Analyse a traffic JSONL file; malformed lines are counted, kept with their numbers, and skipped.
+    """Analyse a traffic file (JSONL, or Parquet: docs/traffic-format.md); malformed lines are counted, kept
+    with their numbers (a Parquet row's: its index + 1), and skipped.
 
-    `workers` > 1 extracts on that many processes (split by account); the report is the same.
+    `workers` > 1 extracts on that many processes (split by account); the report is the same
+    (`detect/ray_engine.py` does the same split on Ray).
     """
+    an = _analyze_file(path, model=model, encoder=encoder, progress=progress, workers=workers, content=content)
+    an.report["summary"]["engine"] = {"name": "local", "workers": workers}
+    return an
+
+
+def _analyze_file(
+    path: str | Path,
+    *,
+    model: DetectionModel | None,
+    encoder: Encoder | None,
+    progress: Progress | None,
+    workers: int,
+    content: bool,
+) -> Analysis:
     errors = LineErrors()
     model = model or DetectionModel.load()
     if workers > 1:
