@@ -277,8 +277,12 @@ class _LogitReader:
             done = b"".join(llm.detokenize([t]) for t, _ in steps)
             rest = text.encode()[len(done) :]
             if rest or finish != "stop":
-                order = np.argsort(-self._prev)[:256]
-                tok = next((int(t) for t in order if llm.detokenize([int(t)]) == rest), int(order[0]))
+                best = int(np.argmax(self._prev))  # usually the one; else the likeliest token whose piece fits
+                if llm.detokenize([best]) != rest:
+                    near = np.argpartition(-self._prev, 256)[:256]
+                    near = near[np.argsort(-self._prev[near])]
+                    best = next((int(t) for t in near if llm.detokenize([int(t)]) == rest), best)
+                tok = best
                 steps.append((tok, float(self._prev[tok])))
         entries = []
         for i, (tok, val) in enumerate(steps):
