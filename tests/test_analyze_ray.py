@@ -216,3 +216,17 @@ def test_cli_analyzes_parquet_on_ray(smoke_parquet: Path, local_report: dict, tm
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["engine"] == {"name": "ray", "workers": 2, "ray": "local (2 CPUs)"}
     assert core(json.loads(out.read_text())) == core(local_report)
+
+
+def test_every_traffic_reader_takes_parquet(smoke: Path, smoke_parquet: Path) -> None:
+    """evaluate, logs import and evidence read through `iter_jsonl`: a Parquet export gives them the same
+    records as the JSONL file, and evaluate the same metrics."""
+    from distillshield.evaluate.truth import read_truth
+
+    assert read_jsonl(smoke_parquet) == read_jsonl(smoke)
+    def summary(path: Path) -> dict[str, tuple[Any, ...]]:
+        truth = read_truth(path)
+        return {a: (t.kind, t.persona, t.split, t.cluster_id, t.requests, t.served, t.served_tokens, t.first_ts,
+                    t.last_ts, t.link_ts) for a, t in truth.accounts.items()}  # fmt: skip
+
+    assert summary(smoke_parquet) == summary(smoke)

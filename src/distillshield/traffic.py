@@ -113,15 +113,17 @@ def parse_line(raw: bytes | str, line_no: int = 0) -> TrafficRecord | LineError:
 def iter_jsonl(
     source: str | Path | IO[bytes], errors: list[LineError] | None = None
 ) -> Iterator[TrafficRecord]:
-    """Yield valid records from a JSONL file or binary stream.
+    """Yield valid records from a traffic file (JSONL, or Parquet: `iter_lines` tells them apart) or a
+    JSONL binary stream.
 
     Bad lines are appended to `errors` (with line numbers) and skipped; blank lines are ignored.
     """
-    if isinstance(source, (str, Path)):
-        with open(source, "rb") as fh:
-            yield from iter_jsonl(fh, errors)
-        return
-    for i, raw in enumerate(source, start=1):
+    lines = iter_lines(source) if isinstance(source, (str, Path)) else enumerate(source, start=1)
+    for i, raw in lines:
+        if isinstance(raw, LineError):
+            if errors is not None:
+                errors.append(raw)
+            continue
         if not raw.strip():
             continue
         rec = parse_line(raw, i)
