@@ -578,3 +578,18 @@ def test_a_model_that_flags_a_deployments_ordinary_accounts_is_shifted_by_the_de
     assert n == 0 and op["shift"] == pytest.approx(5.0) and op["accounts"] == 24
     n, op = flagged(_constant_model(2.0, reference=2.0))
     assert n == 24 and op["shift"] == 0.0  # a deployment like the calibration's keeps them
+
+
+def test_a_prompt_that_is_both_cot_and_rubric_counts_once() -> None:
+    """A campaign's share of prompts asking for reasoning or grading counts each prompt once (it used to add
+    the two counts, and a reason could say "102% of their 557 classified prompts")."""
+    from types import SimpleNamespace
+
+    from distillshield.detect.signals.cot import FLAG_AT, CotElicitation
+
+    sig = CotElicitation()
+    st = sig.new_state()
+    hi, lo = FLAG_AT + 0.1, FLAG_AT - 0.1
+    for c, r in ((hi, hi), (hi, lo), (lo, lo)):
+        sig.update(st, SimpleNamespace(cot=c, rubric=r, text="q"))  # type: ignore[arg-type]
+    assert (st.n, st.cot_hits, st.rubric_hits, st.either_hits) == (3, 2, 1, 2)

@@ -108,7 +108,7 @@ class ContentCampaigns:
         # prompts mostly ask for the model's reasoning, spread over many topic areas (a capability sweep
         # wrapped in a reasoning-elicitation instruction). Students asking for steps stay in a few areas.
         asked = sum(accounts[m].cot.n for m in members)
-        cot = sum(accounts[m].cot.cot_hits + accounts[m].cot.rubric_hits for m in members) / max(asked, 1)
+        cot = sum(accounts[m].cot.either_hits for m in members) / max(asked, 1)  # a prompt counts once
         wide = spread(areas)
         if verdict.score >= RISK_SUSPICIOUS:
             score, why = verdict.score, verdict.detail

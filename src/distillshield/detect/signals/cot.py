@@ -97,13 +97,14 @@ class PromptClassifier:
 
 
 class CotState:
-    __slots__ = ("n", "cot_sum", "cot_hits", "rubric_hits", "example")
+    __slots__ = ("n", "cot_sum", "cot_hits", "rubric_hits", "either_hits", "example")
 
     def __init__(self) -> None:
         self.n = 0
         self.cot_sum = 0.0
         self.cot_hits = 0
         self.rubric_hits = 0
+        self.either_hits = 0  # prompts that are one or the other (a prompt can be both)
         self.example: str | None = None
 
 
@@ -129,6 +130,8 @@ class CotElicitation:
                 st.example = obs.text[:100]
         if obs.rubric >= FLAG_AT:
             st.rubric_hits += 1
+        if obs.cot >= FLAG_AT or obs.rubric >= FLAG_AT:
+            st.either_hits += 1
 
     def score(self, st: CotState, ctx: Context) -> SignalScore:
         n = max(st.n, 1)
