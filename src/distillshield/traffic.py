@@ -118,20 +118,23 @@ def iter_jsonl(
 
     Bad lines are appended to `errors` (with line numbers) and skipped; blank lines are ignored.
     """
-    lines = iter_lines(source) if isinstance(source, (str, Path)) else enumerate(source, start=1)
-    for i, raw in lines:
-        if isinstance(raw, LineError):
-            if errors is not None:
-                errors.append(raw)
-            continue
-        if not raw.strip():
-            continue
-        rec = parse_line(raw, i)
+    for _, rec in iter_parsed(source):
         if isinstance(rec, LineError):
             if errors is not None:
                 errors.append(rec)
             continue
         yield rec
+
+
+def iter_parsed(source: str | Path | IO[bytes]) -> Iterator[tuple[int, TrafficRecord | LineError]]:
+    """Every non-blank line of a traffic file (JSONL, or Parquet: `iter_lines` tells them apart) or of a
+    JSONL binary stream, parsed: its number, and its record or the LineError that names what is wrong."""
+    lines = iter_lines(source) if isinstance(source, (str, Path)) else enumerate(source, start=1)
+    for i, raw in lines:
+        if isinstance(raw, LineError):
+            yield i, raw
+        elif raw.strip():
+            yield i, parse_line(raw, i)
 
 
 def read_jsonl(source: str | Path | IO[bytes]) -> tuple[list[TrafficRecord], list[LineError]]:

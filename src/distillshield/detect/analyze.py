@@ -15,7 +15,7 @@ import multiprocessing
 import re
 import time
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,29 +54,54 @@ _FORK_MODEL: DetectionModel | None = None  # handed to forked workers without pi
 _FORK_CONTENT = True
 
 
-def _extract_part(args: tuple[str, int, int]) -> tuple[list[Obs], int, list[LineError]]:
-    """Worker: extract the records of the accounts that hash to `part` (every line is scanned, only the
-    account id is looked at for the others), so each account's requests stay in one process, in order."""
-    path, part, parts = args
-    assert _FORK_MODEL is not None
-    errors = LineErrors()
-    ex = Extractor(PromptClassifier.from_dict(_FORK_MODEL.classifier), MinHasher(), content_encoder(_FORK_CONTENT))
-    out: list[Obs] = []
-    for i, raw in iter_lines(path):
-        if isinstance(raw, LineError):  # a Parquet row that is not a record at all: one part reports it
-            if part == 0:
-                errors.add(raw)
-            continue
-        m = _ACCOUNT.search(raw)
-        owner = zlib.crc32(m.group(1)) % parts if m else 0
-        if owner != part:
+def extract_lines(
+    lines: Iterable[tuple[int, bytes | LineError]], classifier: dict[str, Any], content: bool, errors: LineErrors
+) -> Iterator[list[Obs]]:
+    """One Extractor over one partition's lines, in file order: the observations of each record as it is fed
+    (and the last ones at the end); malformed lines go to `errors`. Both parallel engines run this per
+    partition (the process pool here, Ray in ray_engine.py)."""
+    ex = Extractor(PromptClassifier.from_dict(classifier), MinHasher(), content_encoder(content))
+    for i, raw in lines:
+        if isinstance(raw, LineError):
+            errors.add(raw)
             continue
         rec = parse_line(raw, i)
         if isinstance(rec, LineError):
             errors.add(rec)
             continue
-        out.extend(ex.feed(strip_ground_truth(rec), i))
-    out.extend(ex.finish())
+        out = ex.feed(strip_ground_truth(rec), i)
+        if out:
+            yield out
+    yield ex.finish()
+
+
+def merge_parts(obs: list[Obs], kept: list[LineError], errors: LineErrors) -> list[Obs]:
+    """The partitions' observations in (ts, line) order, and their kept errors, first lines first, in `errors`
+    (whose count the caller has summed)."""
+    for e in sorted(kept, key=lambda e: e.line)[: errors.keep]:
+        errors.kept.append(e)
+    obs.sort(key=lambda o: (o.ts, o.line))
+    return obs
+
+
+def _extract_part(args: tuple[str, int, int]) -> tuple[list[Obs], int, list[LineError]]:
+    """Worker: extract the records of the accounts that hash to `part` (every line is scanned, only the
+    account id is looked at for the others), so each account's requests stay in one process, in order."""
+    path, part, parts = args
+    assert _FORK_MODEL is not None
+
+    def mine() -> Iterator[tuple[int, bytes | LineError]]:
+        for i, raw in iter_lines(path):
+            if isinstance(raw, LineError):  # a Parquet row that is not a record at all: one part reports it
+                if part == 0:
+                    yield i, raw
+                continue
+            m = _ACCOUNT.search(raw)
+            if (zlib.crc32(m.group(1)) % parts if m else 0) == part:
+                yield i, raw
+
+    errors = LineErrors()
+    out = [o for batch in extract_lines(mine(), _FORK_MODEL.classifier, _FORK_CONTENT, errors) for o in batch]
     return out, errors.count, errors.kept
 
 
@@ -97,10 +122,7 @@ def extract_parallel(
         obs.extend(part_obs)
         errors.count += count
         kept.extend(part_kept)
-    for e in sorted(kept, key=lambda e: e.line)[: errors.keep]:
-        errors.kept.append(e)
-    obs.sort(key=lambda o: (o.ts, o.line))
-    return obs
+    return merge_parts(obs, kept, errors)
 
 
 def embed(obs: list[Obs], encoder: Encoder, progress: Progress | None = None) -> int:

@@ -232,7 +232,6 @@ class ContentPopulation:
         self.centre = np.zeros(dim, dtype=np.float32)  # unit direction of the service's mean prompt
         self.boilerplate = False  # nearly every prompt carries it: a fixed wrapper (see `centred`)
         self._cols = np.zeros((0, dim), dtype=np.float32)
-        self._col_owner = np.zeros(0, dtype=np.int64)
         self._n_sample_cols = 0
         self._seg_starts = self._seg_owner = np.zeros(0, dtype=np.int64)
         self.areas = np.zeros((0, dim), dtype=np.float32)  # unit centroids of the topic areas
@@ -302,12 +301,9 @@ class ContentPopulation:
             self.anchors = default_content_encoder().reference_vectors() if self.dim == CONTENT_DIM else None
         ok = self._ok if with_sample else np.zeros(len(self.owner), dtype=bool)
         cols = [self.matrix[ok]]
-        owners = [self.owner[ok]]
         if self.anchors is not None:
             cols.append(self.anchors)
-            owners.append(np.full(len(self.anchors), -2, dtype=np.int64))
         self._cols = self.centred(np.vstack(cols))
-        self._col_owner = np.concatenate(owners)
         # Sample columns are in account order: one segment per account, whose best match stands for it.
         sample_owner = self.owner[ok]
         self._n_sample_cols = len(sample_owner)

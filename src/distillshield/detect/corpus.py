@@ -21,7 +21,7 @@ import numpy as np
 
 from distillshield.detect import text as T
 from distillshield.detect.content import CONTENT_CHARS
-from distillshield.traffic import LineError, TrafficRecord, iter_lines, parse_line
+from distillshield.traffic import LineError, TrafficRecord, iter_parsed
 
 ENDPOINT_CODES = {"/v1/chat/completions": 0, "/v1/completions": 1, "/v1/messages": 2}
 COT_BATCH = 2048  # requests classified together: the classifier is vectorised per batch
@@ -115,7 +115,6 @@ class Obs:
     completion_tokens: int
     end_user: int = 0  # hash of the request's end-user field (OpenAI `user`, Anthropic metadata.user_id)
     end_user_id: str = ""  # that field as sent (its first 80 characters), for reasons an analyst can act on
-    bias_tokens: int = 0  # tokens named in logit_bias
     bias_set: int = 0  # hash of the sorted token ids of logit_bias (0: none)
     cot: float = -1.0  # CoT-elicitation classifier probability; -1 = not classified (not sampled)
     rubric: float = -1.0  # rubric/grading classifier probability; -1 = not classified
@@ -204,7 +203,6 @@ class Extractor:
             completion_tokens=usage.completion_tokens if usage is not None else 0,
             end_user=T.stable_hash(end_user) if end_user else 0,
             end_user_id=sys.intern(end_user[:80]),
-            bias_tokens=len(bias_keys),
             bias_set=T.stable_hash(",".join(bias_keys)) if bias_keys else 0,
             index=index,
             text=user[:200] if embedded(index) else (user[:90] if is_sampled else None),
@@ -296,16 +294,9 @@ def read_records(
 
     Ground truth is dropped here, at the edge, so nothing downstream can read it (strip_ground_truth).
     """
-    lines = iter_lines(source) if isinstance(source, (str, Path)) else enumerate(source, start=1)
-    for i, raw in lines:
+    for i, rec in iter_parsed(source):
         if on_line is not None and i % 4096 == 0:
             on_line(i)
-        if isinstance(raw, LineError):
-            errors.add(raw)
-            continue
-        if not raw.strip():
-            continue
-        rec = parse_line(raw, i)
         if isinstance(rec, LineError):
             errors.add(rec)
             continue

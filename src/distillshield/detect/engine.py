@@ -46,6 +46,7 @@ END_USERS_TRACKED = 32  # an account's most active end users, each judged on its
 ATTRIBUTABLE = 10  # an account relaying at least this many distinct end users is judged per person
 # Behaviour features that add up over the people behind an account; per person, they are divided by them.
 PER_PERSON = ("log_volume", "log_per_day", "log_peak_hour")
+OWN_SIGNALS = frozenset({"templates", "cot", "behaviour"})  # what `Engine._own_signals` scores
 
 
 def checkpoints(limit: int = 1 << 30) -> list[int]:
@@ -407,11 +408,7 @@ class Engine:
         ctx = Context(self.population, cluster, _own_template_share(acc.templates, self.population))
         if self.population.content.stale():
             self._refresh_content()
-        sigs = [
-            self.templates.score(acc.templates, ctx),
-            self.cot.score(acc.cot, ctx),
-            self.behaviour.score(acc.behaviour, ctx),
-        ]
+        sigs = self._own_signals(acc, ctx)
         if acc.content.count:  # content on (detect/content.py) and this account has sampled prompts
             sigs.append(self.content.score(acc.content, ctx))
         if acc.behaviour.logit_sweeps:
@@ -427,6 +424,14 @@ class Engine:
         for name in CLUSTER_FEATURES:
             feats[name] = cluster.features.get(name, 0.0) if cluster else 0.0
         return feats, sigs
+
+    def _own_signals(self, acc: AccountState, ctx: Context) -> list[Any]:
+        """The signals of what one actor (an account, or one of its end users) did itself: OWN_SIGNALS."""
+        return [
+            self.templates.score(acc.templates, ctx),
+            self.cot.score(acc.cot, ctx),
+            self.behaviour.score(acc.behaviour, ctx),
+        ]
 
     def _people(self, acc: AccountState) -> float:
         """How many people the account relays, when it is enough to judge it per person (else 0)."""
@@ -447,9 +452,9 @@ class Engine:
 
     def _worst_end_user(
         self, acc: AccountState, feats: dict[str, float]
-    ) -> tuple[float, float, dict[str, float], list[Any], AccountState] | None:
-        """The tracked end user with the most evidence against it: (risk, log-odds, contributions, signals,
-        state). Its own templates, CoT and behaviour; the account's content, addresses and cluster."""
+    ) -> tuple[float, dict[str, float], list[Any], AccountState] | None:
+        """The tracked end user with the most evidence against it: (risk, contributions, signals, state). Its
+        own templates, CoT and behaviour; the account's content, addresses and cluster."""
         assert acc.end_users is not None
         cluster = self.clusters.get(acc.cluster_id) if acc.cluster_id else None
         worst = None
@@ -457,18 +462,14 @@ class Engine:
             if sub.n < MIN_EVIDENCE or sub.cot.n < MIN_EVIDENCE:
                 continue  # too little of its own: rates over a handful of classified prompts are noise
             ctx = Context(self.population, cluster, _own_template_share(sub.templates, self.population))
-            sigs = [
-                self.templates.score(sub.templates, ctx),
-                self.cot.score(sub.cot, ctx),
-                self.behaviour.score(sub.behaviour, ctx),
-            ]
+            sigs = self._own_signals(sub, ctx)
             f = dict(feats)
             for sg in sigs:
                 f.update(sg.features)
             logit, contrib = self.combiner.explain(self.combiner.vector(f))
             risk = self.combiner.risk(logit, self.operating.shift)
             if worst is None or risk > worst[0]:
-                worst = (risk, logit, contrib, sigs, sub)
+                worst = (risk, contrib, sigs, sub)
         return worst
 
     def rescore(self, acc: AccountState) -> AccountScore:
@@ -484,11 +485,11 @@ class Engine:
         risk = self.combiner.risk(logit, self.operating.shift)
         person = self._worst_end_user(acc, feats) if people else None
         if person is not None and person[0] > risk:
-            risk, _, contrib, sub_sigs, sub = person
+            risk, contrib, sub_sigs, sub = person
             # The end user's own signals stand in for the account's (content stays the account's).
             sigs = [
                 *(s.with_detail(f"end user {sub.account_id}: {s.detail}") for s in sub_sigs),
-                *(s for s in sigs if s.signal not in {"templates", "cot", "behaviour"}),
+                *(s for s in sigs if s.signal not in OWN_SIGNALS),
             ]
         content = next((s for s in sigs if s.signal == "content"), None)
         if content is None:

@@ -34,14 +34,11 @@ from typing import Any
 
 import orjson
 
-from distillshield.detect.analyze import Analysis, Progress, analyze_records
-from distillshield.detect.content import content_encoder
-from distillshield.detect.corpus import Extractor, LineErrors, Obs, strip_ground_truth
+from distillshield.detect.analyze import Analysis, Progress, analyze_records, extract_lines, merge_parts
+from distillshield.detect.corpus import LineErrors, Obs
 from distillshield.detect.embeddings import Encoder
-from distillshield.detect.engine import MinHasher
 from distillshield.detect.scoring import DetectionModel
-from distillshield.detect.signals.cot import PromptClassifier
-from distillshield.traffic import Chunk, LineError, iter_lines, parse_line, split
+from distillshield.traffic import Chunk, LineError, iter_lines, split
 
 PARTS_PER_WORKER = 4  # account partitions per worker: small groups balance better across the cores
 CHUNK_BYTES = 32 << 20  # read chunks: about this size (a file smaller than workers x 4 MiB is read in fewer)
@@ -98,26 +95,14 @@ def _extract_group(group: Any, classifier: dict[str, Any], content: bool) -> Any
     group = group.sort_by("line")
     part = group.column("part")[0].as_py() if group.num_rows else 0
     errors = LineErrors()
-    ex = Extractor(PromptClassifier.from_dict(classifier), MinHasher(), content_encoder(content))
-    batches: list[list[Obs]] = []
     cols = zip(
         group.column("line").to_pylist(),
         group.column("raw").to_pylist(),
         group.column("problem").to_pylist(),
         strict=True,
     )
-    for i, raw, problem in cols:
-        if problem is not None:
-            errors.add(LineError(i, problem))
-            continue
-        rec = parse_line(raw, i)
-        if isinstance(rec, LineError):
-            errors.add(rec)
-            continue
-        out = ex.feed(strip_ground_truth(rec), i)
-        if out:
-            batches.append(out)
-    batches.append(ex.finish())
+    lines = ((i, raw if problem is None else LineError(i, problem)) for i, raw, problem in cols)
+    batches = list(extract_lines(lines, classifier, content, errors))
     payloads = [pickle.dumps(b, protocol=pickle.HIGHEST_PROTOCOL) for b in batches]
     payloads.append(pickle.dumps((errors.count, errors.kept), protocol=pickle.HIGHEST_PROTOCOL))
     return pa.table(
@@ -227,9 +212,7 @@ def extract_ray(
                     progress(phase, min(done, total), total)
     except Exception as exc:  # a task failed on the cluster: say what, in one line
         raise RayEngineError(f"the Ray pipeline failed: {_first_line(exc)}") from None
-    for e in sorted(kept, key=lambda e: e.line)[: errors.keep]:
-        errors.kept.append(e)
-    obs.sort(key=lambda o: (o.ts, o.line))
+    merge_parts(obs, kept, errors)
     if progress is not None:
         progress(phase, total, total)
     return obs

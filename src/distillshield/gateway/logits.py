@@ -6,7 +6,8 @@ logprobs: biasing a chosen set of tokens into the returned top-k reads their log
 reference token, a few thousand queries per output dimension. Finlayson et al. (2024) showed that full
 logit vectors of a few thousand prompts reveal the hidden size through the softmax bottleneck. Providers
 answered by refusing the combination and limiting `top_logprobs`. This stage does the same for every
-account, by settings (`logits`), before the policy stage and the rate limiter:
+account, by settings (`logits`), after the policy stage (a degraded account's logprobs are gone by then)
+and before the rate limiter:
 
 - `logit_bias` is validated (token ids as keys, biases in [-100, 100], at most `max_logit_bias_tokens`);
 - `logit_bias` together with logprobs is refused with a 400 that says why (`logit_bias_with_logprobs`);
@@ -44,14 +45,13 @@ def asks_logprobs(gen: GenRequest) -> bool:
     return lp is not None and lp is not False
 
 
-def _validate_bias(bias: Any, limit: int) -> dict[str, float]:
+def _validate_bias(bias: Any, limit: int) -> None:
     if not isinstance(bias, dict):
         raise ApiError(400, "'logit_bias' must be an object mapping token ids to biases", param="logit_bias")
     if len(bias) > limit:
         raise ApiError(
             400, f"'logit_bias' may name at most {limit} tokens, got {len(bias)}", param="logit_bias"
         )
-    out = {}
     for k, v in bias.items():
         if not (isinstance(k, str) and k.isdigit()):
             raise ApiError(400, f"'logit_bias' keys must be token ids (digits), got {k[:40]!r}", param="logit_bias")
@@ -59,8 +59,6 @@ def _validate_bias(bias: Any, limit: int) -> dict[str, float]:
             raise ApiError(
                 400, f"'logit_bias[{k}]' must be a number from -100 to 100, got {str(v)[:40]}", param="logit_bias"
             )
-        out[k] = float(v)
-    return out
 
 
 class LogitGuard:
@@ -71,10 +69,9 @@ class LogitGuard:
         key = cfg.noise_key.encode() if cfg.noise_key else secrets.token_bytes(32)
         self._noise_key = hashlib.blake2b(key, digest_size=32).digest()
 
-    def apply(self, gen: GenRequest) -> list[str]:
-        """Refuse or lower what the settings say; returns the fields lowered (for the audit row)."""
+    def apply(self, gen: GenRequest) -> None:
+        """Refuse (ApiError 400) or lower, in place, what the settings say."""
         body = gen.body
-        changed: list[str] = []
         if "logit_bias" in body and body["logit_bias"] is not None:
             _validate_bias(body["logit_bias"], self.cfg.max_logit_bias_tokens)
             if self.cfg.logit_bias_with_logprobs == "refuse" and asks_logprobs(gen):
@@ -90,8 +87,6 @@ class LogitGuard:
         asked = body.get(field)
         if isinstance(asked, int) and not isinstance(asked, bool) and asked > cap:
             body[field] = cap
-            changed.append(field)
-        return changed
 
     @property
     def noise(self) -> float:

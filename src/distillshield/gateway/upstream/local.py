@@ -78,7 +78,8 @@ class LocalUpstream:
     def models(self) -> list[str]:
         return [self.cfg.model_name]
 
-    def _kwargs(self, req: GenRequest) -> dict[str, Any]:
+    def _kwargs(self, req: GenRequest) -> tuple[dict[str, Any], _LogitReader | None]:
+        """llama.cpp's arguments for the request, and the reader of its logprobs (None: no bias, no logprobs)."""
         if req.n != 1:
             raise UpstreamError(400, "the embedded model generates one choice per request: set n to 1")
         body = req.body
@@ -100,18 +101,15 @@ class LocalUpstream:
         reader = _LogitReader.for_request(req)
         if reader is not None:
             processors.append(reader)
-            kw["_reader"] = reader
         if processors:
             from llama_cpp import LogitsProcessorList
 
             kw["logits_processor"] = LogitsProcessorList(processors)
-        return kw
+        return kw, reader
 
-    def _call(self, req: GenRequest, kw: dict[str, Any], stream: bool) -> Any:
+    def _call(self, req: GenRequest, kw: dict[str, Any], reader: _LogitReader | None, stream: bool) -> Any:
         if self._llm is None:
             raise UpstreamError(503, "the embedded model is not loaded yet")
-        kw = dict(kw)
-        reader: _LogitReader | None = kw.pop("_reader", None)
         fn = self._llm.create_chat_completion if req.api == "chat" else self._llm.create_completion
         out = fn(**kw, stream=stream)
         if reader is not None and reader.want and not stream:
@@ -121,10 +119,10 @@ class LocalUpstream:
         return out
 
     async def complete(self, req: GenRequest) -> dict[str, Any]:
-        kw = self._kwargs(req)
+        kw, reader = self._kwargs(req)
         loop = asyncio.get_running_loop()
         try:
-            resp = await loop.run_in_executor(self._executor, self._call, req, kw, False)
+            resp = await loop.run_in_executor(self._executor, self._call, req, kw, reader, False)
         except UpstreamError:
             raise
         except Exception as exc:  # noqa: BLE001 - llama.cpp errors become 400 (prompt too long) or 502
@@ -136,7 +134,7 @@ class LocalUpstream:
         return batches_of(self.stream(req))  # chunks come one at a time from the model, as dicts
 
     async def stream(self, req: GenRequest) -> AsyncIterator[dict[str, Any]]:
-        kw = self._kwargs(req)
+        kw, reader = self._kwargs(req)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         cancel = threading.Event()
@@ -151,8 +149,7 @@ class LocalUpstream:
             if cancel.is_set():  # the client left while this request waited for the model
                 return
             try:
-                gen = self._call(req, kw, True)
-                reader: _LogitReader | None = kw.get("_reader")
+                gen = self._call(req, kw, reader, True)
                 text = ""
                 completion = 0
                 prompt: int | None = None
@@ -164,9 +161,10 @@ class LocalUpstream:
                         # When the first token is handed out the context holds exactly the prompt (that token
                         # is sampled, not yet evaluated); counting back from the end was off by one.
                         prompt = int(self._llm.n_tokens)
-                    if _chunk_has_text(chunk):
+                    piece = _chunk_text(chunk)
+                    if piece:
                         completion += 1
-                        text += _chunk_text(chunk)
+                        text += piece
                     if reader is not None and reader.want:
                         for c in chunk.get("choices") or ():
                             if c.get("finish_reason"):  # all positions' logprobs ride on the finishing chunk
@@ -314,8 +312,3 @@ class _LogitReader:
         }
 
 
-def _chunk_has_text(chunk: dict[str, Any]) -> bool:
-    for c in chunk.get("choices") or ():
-        if (c.get("delta") or {}).get("content") or c.get("text"):
-            return True
-    return False
