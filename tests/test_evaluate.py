@@ -430,6 +430,23 @@ def test_splits_are_scored_separately_and_every_block_names_its_split(tmp_path: 
         assert rows and all(r["split"] == name for r in rows)
 
 
+def test_every_simulator_split_is_scored_on_its_own_in_split_order(tmp_path: Path) -> None:
+    # The simulator's splits (docs/simulator.md, "Hold-out discipline"), the reported-once fresh ones included.
+    splits = ("dev", "heldout", "fresh", "fresh2", "fresh3")
+    recs: list[dict[str, Any]] = []
+    verdicts = []
+    for i, split in enumerate(reversed(splits)):  # file order is not the report order
+        recs += account(f"{split}-b", "benign", "chat", [10 * i + 1], split=split)
+        recs += account(f"{split}-a", "attack", "bulk", [10 * i + 2], split=split)
+        verdicts += [verdict(f"{split}-b", 0.1), verdict(f"{split}-a", 0.9, "extraction", ts=10.0 * i + 2)]
+    m = evaluate(write_traffic(tmp_path / "s.jsonl", recs), report=write_report(tmp_path / "s.json", verdicts)).metrics
+    assert list(m["splits"]) == [*splits, "all"]
+    for split in splits:
+        block = m["splits"][split]
+        assert block["split"] == split and block["accounts"]["benign"] == block["accounts"]["attack"] == 1
+    assert m["data"]["accounts_without_split"] == 0
+
+
 def test_unlabelled_bad_label_and_conflicting_accounts_are_counted_not_scored(tmp_path: Path) -> None:
     recs = account("u", None, "", [1, 2]) + account("b", "benign", "chat", [1]) + account("a", "attack", "x", [2])
     recs.append({**record("weird", 3), "label": "friendly:chat"})

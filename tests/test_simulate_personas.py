@@ -10,19 +10,24 @@ from typing import Any
 import numpy as np
 import pytest
 
-from distillshield.simulate import corpora, engine, fresh2_text, fresh_text, netid, scenario
+from distillshield.simulate import corpora, engine, fresh2_text, fresh3_text, fresh_text, netid, scenario
 from distillshield.simulate.personas import harvest
+from distillshield.simulate.personas.attack import paraphrase_fanout, selfinstruct_farm
 from distillshield.simulate.personas.attack.trivia_sweep import knowledge_bank
 from tests.test_simulate import (  # noqa: F401
     ALL_PERSONAS,
     FRESH2_PERSONAS,
     FRESH2_TEST_SEED,
+    FRESH3_PERSONAS,
+    FRESH3_TEST_SEED,
     FRESH_PERSONAS,
     FRESH_TEST_SEED,
     all_personas_bytes,
     all_personas_records,
     fresh2_bytes,
     fresh2_records,
+    fresh3_bytes,
+    fresh3_records,
     fresh_bytes,
     fresh_records,
 )
@@ -776,3 +781,234 @@ def test_anthropic_platform_names_end_users_in_metadata(fresh2_by_persona: dict[
         assert hours_active([r["ts"] for r in acct]) == 24
         assert len({r["user_agent"] for r in acct}) == 1 and acct[0]["user_agent"].startswith("Anthropic/")
         assert all(is_cloud(r["ip"]) for r in acct)
+
+
+# -- the fresh3 split (docs/simulator.md, "Fresh3 held-out split") --------------------------------------------
+
+F3_START = 1781481600.0  # FRESH3_PERSONAS starts 2026-06-15T00:00:00Z (a Monday)
+F3_LIMITS = FRESH3_PERSONAS["limits"]
+
+
+@pytest.fixture(scope="module")
+def fresh3_by_persona(fresh3_records: Records) -> dict[str, Records]:  # noqa: F811
+    out: dict[str, Records] = defaultdict(list)
+    for rec in fresh3_records:
+        out[rec["label_meta"]["persona"]].append(rec)
+    return out
+
+
+@pytest.fixture(scope="module")
+def fresh3_tz() -> dict[str, float]:
+    """Each fresh3 account's time zone (re-planned from the same scenario and seed)."""
+    sc = scenario.build(FRESH3_PERSONAS, "t", FRESH3_TEST_SEED)
+    return {a.id: a.tz for a, _ in engine.plan_accounts(sc, FRESH3_TEST_SEED)}
+
+
+def local_hours(records: Records, tz: dict[str, float]) -> list[int]:
+    return [int(((r["ts"] + tz[r["account_id"]] * 3600) % DAY) // 3600) for r in records]
+
+
+def test_vertical_bank_asks_each_taxonomy_question_once_under_one_schema(
+    fresh3_by_persona: dict[str, Records], fresh3_tz: dict[str, float]
+) -> None:
+    recs = fresh3_by_persona["vertical_bank"]
+    for vertical in ("legal", "medical"):
+        bank = {q for q, _cell in fresh3_text.vertical_bank(vertical)}
+        asks = [r for r in recs if r["sim"]["template_id"] == f"vertical/{vertical}"]
+        assert asks and all(r["sim"]["harvest"] for r in asks)
+        for r in asks:  # one clean question, the answer schema in the system prompt
+            assert last_user_text(r) in bank and system_text(r) == fresh3_text.VERTICAL_SYSTEM[vertical]
+            assert sum(m["role"] == "user" for m in r["request"]["messages"]) == 1
+        texts = [last_user_text(r) for r in asks]
+        assert len(set(texts)) == len(texts)  # the accounts split the taxonomy: no question twice
+        assert len({r["sim"]["cell"].split("/")[1] for r in asks}) >= 10  # many areas / conditions
+    assert len(fresh3_text.vertical_bank("legal")) >= 4000 and len(fresh3_text.vertical_bank("medical")) >= 3000
+    legal = accounts([r for r in recs if r["sim"]["template_id"] == "vertical/legal"])
+    medical = accounts([r for r in recs if r["sim"]["template_id"] == "vertical/medical"])
+    assert len(legal) == 12 and np.median([len(a) for a in legal.values()]) >= 30  # mid-volume
+    assert len(medical) >= 50 and all(len(a) <= 10 for a in medical.values())  # thin: account_cap
+    for acct in [*legal.values(), *medical.values()]:
+        assert len({r["ip"] for r in acct}) == 1
+    # Office hours of each account's own time zone; the campaign spans several time zones.
+    hours = local_hours(recs, fresh3_tz)
+    assert sum(8 <= h < 19 for h in hours) >= 0.75 * len(hours)
+    assert len({fresh3_tz[a] for a in legal}) >= 3
+
+
+def test_trajectory_farm_runs_templated_tool_episodes_around_the_clock(fresh3_by_persona: dict[str, Records]) -> None:
+    recs = fresh3_by_persona["trajectory_farm"]
+    domains = Counter(r["sim"]["template_id"].split("/")[1] for r in recs)
+    assert set(domains) == set(fresh3_text.EPISODE_TOOLS) and max(domains.values()) < 2 * min(domains.values())
+    for r in recs:
+        req = r["request"]
+        assert r["endpoint"] == "/v1/chat/completions" and req["tools"] and req["tool_choice"] == "auto"
+        msgs = req["messages"]
+        assert msgs[0]["role"] == "system" and msgs[1]["role"] == "user"
+        assert len(msgs) == 2 + 2 * (r["sim"]["turn"] - 1)  # one tool call + one made-up result per step
+        assert [m["role"] for m in msgs[2:]] == ["assistant", "tool"] * (r["sim"]["turn"] - 1)
+    assert max(r["sim"]["turn"] for r in recs) >= 4
+    for acct in accounts(recs).values():
+        ts = [r["ts"] for r in acct]
+        assert hours_active(ts) == 24 and max_per_window(ts, 60) <= F3_LIMITS["rpm"]
+        assert len({r["ip"] for r in acct}) == 1 and is_cloud(acct[0]["ip"])
+    # Slot values are fresh each episode: first user turns rarely repeat.
+    firsts = {r["request"]["messages"][1]["content"] for r in recs if r["sim"]["turn"] == 1}
+    assert len(firsts) >= 0.9 * sum(r["sim"]["turn"] == 1 for r in recs)
+
+
+def test_paraphrase_fanout_spreads_each_items_paraphrases_over_accounts(
+    fresh3_by_persona: dict[str, Records], fresh3_tz: dict[str, float]
+) -> None:
+    recs = fresh3_by_persona["paraphrase_fanout"]
+    asks = [r for r in recs if r["sim"]["harvest"]]
+    by_item: dict[int, Records] = defaultdict(list)
+    for r in asks:
+        by_item[r["sim"]["seed_item"]].append(r)
+    multi = [rs for rs in by_item.values() if len(rs) >= 2]
+    assert len(multi) >= 30
+    for rs in by_item.values():  # each paraphrase of an item from another account, in other words
+        assert len({r["account_id"] for r in rs}) == len(rs)
+        assert len({last_user_text(r) for r in rs}) == len(rs)
+    bank = paraphrase_fanout.fanout_bank(FRESH3_TEST_SEED, 3, 5, 600)
+    assert all(3 <= len(v) <= 5 and len({t for _, t, _, _ in v}) == len(v) for v in bank)
+    assert {r["sim"]["capability"] for r in asks} == {"general", "math"}
+    assert 0.02 <= 1 - len(asks) / len(recs) <= 0.3  # a little chat as cover
+    assert not any(is_cloud(r["ip"]) for r in recs)
+    assert night_share(recs, fresh3_tz) < 0.08
+
+
+def test_mixed_in_app_runs_a_bank_side_job_on_a_real_apps_key(fresh3_by_persona: dict[str, Records]) -> None:
+    recs = fresh3_by_persona["mixed_in_app"]
+    for acct in accounts(recs).values():
+        side = [r for r in acct if r["sim"]["harvest"]]
+        app = [r for r in acct if not r["sim"]["harvest"]]
+        assert 0.15 <= len(side) / len(acct) <= 0.35
+        systems = {system_text(r) for r in app}
+        assert len(systems) == 1 and next(iter(systems)).startswith("You are the assistant built into")
+        assert all(system_text(r) is None for r in side)  # the side job drops the app's prompt
+        assert len({r["sim"]["template_id"] for r in side}) == 1
+        assert any(r["sim"]["turn"] >= 2 for r in app)
+        assert len({r["user_agent"] for r in acct}) == 1 and all(is_cloud(r["ip"]) for r in acct)
+        assert {r["ip"] for r in side} <= {r["ip"] for r in app}  # the same servers
+        assert hours_active([r["ts"] for r in side]) == 24
+        # The app's users follow their day; the side job does not.
+        assert quietest_share([r["ts"] for r in app]) < 0.5 * quietest_share([r["ts"] for r in side])
+        caps = Counter(r["sim"]["capability"] for r in side)
+        assert len(caps) >= 4
+
+
+def test_selfinstruct_farm_asks_for_batches_of_tasks_with_worked_answers(
+    fresh3_by_persona: dict[str, Records],
+) -> None:
+    recs = fresh3_by_persona["selfinstruct_farm"]
+    seeds = selfinstruct_farm.seed_tasks()
+    cells: set[str] = set()
+    for acct in accounts(recs).values():
+        assert len({r["sim"]["template_id"] for r in acct}) == 1
+        t_idx = int(acct[0]["sim"]["template_id"].split("/")[1])
+        head = fresh3_text.SI_INSTRUCTIONS[t_idx][:40]
+        for r in acct:
+            text = last_user_text(r)
+            assert text.startswith(head) or head.split("{")[0] in text
+            assert r["request"]["max_tokens"] == 4096 and r["request"]["temperature"] == 1.0
+            examples = re.findall(r"^\d\. (.+)$", text, flags=re.M)
+            assert len(examples) >= 3
+        cells |= {r["sim"]["cell"] for r in acct}
+        ts = [r["ts"] for r in acct]
+        assert hours_active(ts) == 24 and max_per_window(ts, 60) <= F3_LIMITS["rpm"]
+        assert len({r["ip"] for r in acct}) == 1 and is_cloud(acct[0]["ip"])
+    assert len(cells) >= 60
+    assert any(s[:60] in last_user_text(recs[0]) for s in (" ".join(x.split()) for x in seeds))
+
+
+def test_law_firm_is_many_lawyers_behind_one_office_on_live_matters(
+    fresh3_by_persona: dict[str, Records], fresh3_tz: dict[str, float]
+) -> None:
+    recs = fresh3_by_persona["law_firm"]
+    acct = recs
+    assert len({r["account_id"] for r in acct}) == 1
+    assert len({r["sim"]["end_user"] for r in acct}) >= 15 and acct[0]["label_meta"]["end_users"] == 25
+    assert len({r["ip"] for r in acct}) <= 2 and not is_cloud(acct[0]["ip"])
+    assert len({r["user_agent"] for r in acct}) == 1 and acct[0]["user_agent"] in netid.USER_AGENTS["chat-app"]
+    assert len({system_text(r) for r in acct}) == 1
+    firsts = [first_user_text(r) for r in acct if r["sim"]["turn"] == 1]
+    assert len(set(firsts)) >= 0.9 * len(firsts)  # own words, matter by matter
+    issues = [i for v in fresh3_text.LEGAL_ISSUES.values() for i in v]
+    assert sum(any(i[:30] in f for i in issues) for f in firsts) >= 0.5 * len(firsts)  # typos aside
+    assert sum(r["sim"]["turn"] >= 2 for r in acct) >= 0.2 * len(acct)
+    hours = local_hours(acct, fresh3_tz)
+    assert sum(8 <= h < 19 for h in hours) >= 0.75 * len(hours)
+
+
+def test_support_bot_names_customers_and_calls_order_tools(fresh3_by_persona: dict[str, Records]) -> None:
+    recs = fresh3_by_persona["support_bot"]
+    tools = {t["function"]["name"] for t in fresh3_text.EPISODE_TOOLS["retail"]}
+    for r in recs:
+        req = r["request"]
+        assert req["user"] == r["sim"]["end_user"] and req["user"].startswith("cus_")
+        assert {t["function"]["name"] for t in req["tools"]} == tools
+        calls = [m for m in req["messages"] if m["role"] == "assistant" and m.get("tool_calls")]
+        assert all(m["content"] is None for m in calls)  # the bot does not narrate its reasoning
+    assert len({r["sim"]["end_user"] for r in recs}) >= 100
+    # Tool steps follow each other within seconds; customers take longer to reply.
+    gaps = []
+    for conv in accounts([dict(r, account_id=r["sim"]["conversation_id"]) for r in recs]).values():
+        for a, b in zip(conv, conv[1:], strict=False):
+            if b["request"]["messages"][-1]["role"] == "tool":
+                gaps.append(b["ts"] - a["ts"])
+    assert gaps and np.median(gaps) < 10
+    firsts = [r["request"]["messages"][1]["content"] for r in recs if r["sim"]["turn"] == 1]
+    assert len(set(firsts)) >= 0.9 * len(firsts)
+    assert quietest_share([r["ts"] for r in recs]) < 0.08
+    assert all(is_cloud(r["ip"]) for r in recs)
+
+
+def test_nightly_eval_reruns_the_same_items_in_three_formats_each_night(
+    fresh3_by_persona: dict[str, Records], fresh3_tz: dict[str, float]
+) -> None:
+    recs = fresh3_by_persona["nightly_eval"]
+    nights: dict[int, set[str]] = defaultdict(set)
+    for r in recs:
+        nights[int(r["sim"]["conversation_id"].split(":night")[1].split(":")[0])].add(last_user_text(r))
+        assert r["request"]["temperature"] == 0.0
+    assert len(nights) == 2 and nights[0] == nights[1]  # the same texts night after night
+    formats = Counter(r["sim"]["template_id"] for r in recs)
+    assert len(formats) == 3 and len(set(formats.values())) == 1
+    items = Counter(r["sim"]["conversation_id"].rsplit(":", 1)[0] for r in recs)
+    assert set(items.values()) == {3}  # each item in each prompt format
+    hours = Counter(local_hours(recs, fresh3_tz))
+    assert sum(hours[h] for h in (2, 3)) >= 0.95 * len(recs)  # cron at 02:00 local
+    assert len({r["ip"] for r in recs}) == 1 and is_cloud(recs[0]["ip"])
+
+
+def test_copy_agency_sends_catalogue_batches_and_staff_chat_from_one_key(
+    fresh3_by_persona: dict[str, Records], fresh3_tz: dict[str, float]
+) -> None:
+    recs = fresh3_by_persona["copy_agency"]
+    batch = [r for r in recs if r["sim"].get("template_id", "").startswith("copy/")]
+    chat = [r for r in recs if r not in batch]
+    assert batch and chat
+    for r in batch:
+        client = fresh3_text.AGENCY_CLIENTS[int(r["sim"]["template_id"].split("/")[1])]
+        assert f"{client} " in last_user_text(r)  # the client's brand in the brief
+    assert len({last_user_text(r) for r in batch}) >= 0.9 * len(batch)  # varied products
+    assert len({r["sim"]["template_id"] for r in batch}) >= 2
+    assert any(r["sim"]["turn"] >= 2 for r in chat) and len({r["sim"]["end_user"] for r in chat}) >= 3
+    assert len({r["user_agent"] for r in recs}) == 2 and len({r["ip"] for r in recs}) == 1
+    hours = local_hours(recs, fresh3_tz)
+    assert sum(7 <= h < 20 for h in hours) >= 0.8 * len(hours)
+
+
+def test_quiz_app_names_teachers_and_students_on_one_subject(fresh3_by_persona: dict[str, Records]) -> None:
+    recs = fresh3_by_persona["quiz_app"]
+    assert all(r["request"]["user"] == r["sim"]["end_user"] and r["sim"]["end_user"].startswith("cp_") for r in recs)
+    assert all(system_text(r) == fresh3_text.QUIZ_APP_SYSTEM for r in recs)
+    quiz = [r for r in recs if r["sim"]["source"] == "quiz-requests" and r["sim"]["turn"] == 1]
+    asks = [r for r in recs if r["sim"]["source"] == "chem-asks" and r["sim"]["turn"] == 1]
+    assert quiz and len(asks) > 2 * len(quiz)
+    heads = tuple(t.split("{")[0] for t in fresh3_text.QUIZ_REQUESTS)
+    assert all(last_user_text(r).startswith(heads) for r in quiz)
+    assert all(any(t in last_user_text(r) for t in fresh3_text.CHEM_TOPICS) for r in quiz)
+    assert len({r["sim"]["end_user"] for r in recs}) >= 100
+    assert len({first_user_text(r) for r in asks}) >= 0.7 * len(asks)
+    assert all(is_cloud(r["ip"]) for r in recs)

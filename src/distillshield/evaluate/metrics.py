@@ -1,7 +1,8 @@
 """The evaluator's metrics: the join of ground truth with a report, and the figures computed on it.
 
 docs/evaluation.md defines every figure; the definitions below are the implementation of that page.
-Every block this module returns carries the split it was computed on ("dev", "heldout", "fresh", "fresh2" or "all").
+Every block this module returns carries the split it was computed on ("dev", "heldout", "fresh", "fresh2",
+"fresh3" or "all").
 """
 
 from __future__ import annotations

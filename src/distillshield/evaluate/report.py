@@ -20,7 +20,14 @@ import orjson
 
 from distillshield.evaluate.metrics import ScoredAccount, split_groups
 
-SPLIT_COLOURS = {"dev": "#1f77b4", "heldout": "#d62728", "fresh": "#2ca02c", "fresh2": "#9467bd", "all": "#555555"}
+SPLIT_COLOURS = {
+    "dev": "#1f77b4",
+    "heldout": "#d62728",
+    "fresh": "#2ca02c",
+    "fresh2": "#9467bd",
+    "fresh3": "#ff7f0e",
+    "all": "#555555",
+}
 
 
 # ---------------------------------------------------------------- formatting (shared with the CLI)

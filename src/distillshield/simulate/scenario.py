@@ -22,19 +22,24 @@ from distillshield.simulate.personas import PERSONAS, Context, Limits, ModelPlan
 
 # Hold-out discipline: seeds below HELDOUT_SEED_MIN are development seeds, seeds from it up to
 # FRESH_SEED_MIN are held out, seeds from FRESH_SEED_MIN up to FRESH2_SEED_MIN belong to the fresh split
-# (defined 2026-12-02 before the detector was retrained; reported once, see docs/simulator.md), and seeds
-# at or above FRESH2_SEED_MIN belong to the fresh2 split (defined 2026-12-03 before anyone measured on
-# it; reported once, docs/simulator.md "Fresh2 held-out split").
+# (defined 2026-12-02 before the detector was retrained; reported once, see docs/simulator.md), seeds from
+# FRESH2_SEED_MIN up to FRESH3_SEED_MIN belong to the fresh2 split (defined 2026-12-03 before anyone
+# measured on it; reported once, docs/simulator.md "Fresh2 held-out split"), and seeds at or above
+# FRESH3_SEED_MIN belong to the fresh3 split (defined 2026-12-03, later, before anyone measured on it;
+# reported once, docs/simulator.md "Fresh3 held-out split").
 HELDOUT_SEED_MIN = 10_000
 FRESH_SEED_MIN = 20_000
 FRESH2_SEED_MIN = 30_000
-# Which personas a scenario of each split may hold. fresh2 takes dev and held-out background but not the
-# fresh personas: a fresh2 report must not reveal figures of the fresh split before its one report.
+FRESH3_SEED_MIN = 40_000
+# Which personas a scenario of each split may hold. fresh2 and fresh3 take dev and held-out background but
+# not the personas of another fresh split: a report on one must not reveal figures of another before its
+# own one report.
 ALLOWED_PERSONA_SPLITS: dict[str, tuple[str, ...]] = {
     "dev": ("dev",),
     "heldout": ("dev", "heldout"),
     "fresh": ("dev", "heldout", "fresh"),
     "fresh2": ("dev", "heldout", "fresh2"),
+    "fresh3": ("dev", "heldout", "fresh3"),
 }
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)?\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
@@ -99,7 +104,7 @@ class PersonaEntry(_Strict):
 class ScenarioSpec(_Strict):
     name: str = Field(..., min_length=1)
     description: str = ""
-    split: Literal["dev", "heldout", "fresh", "fresh2"] = "dev"
+    split: Literal["dev", "heldout", "fresh", "fresh2", "fresh3"] = "dev"
     seed: int | None = Field(None, ge=0, description="default seed (the CLI's --seed overrides it)")
     start: float = Field(1_772_409_600.0, description="Unix seconds or an ISO date (default 2026-03-02, a Monday)")
     duration: float = Field(86_400.0, gt=0)
@@ -168,7 +173,7 @@ class Scenario:
 
     def check_seed(self, seed: int) -> None:
         """Hold-out discipline: each split's scenarios run only on that split's seeds (dev < 10000 <= held-out
-        < 20000 <= fresh < 30000 <= fresh2)."""
+        < 20000 <= fresh < 30000 <= fresh2 < 40000 <= fresh3)."""
         own = seed_split(seed)
         what, lo = _SEED_KIND.get(own, ("dev seed", 0))
         if self.split == "dev" and own != "dev":
@@ -181,25 +186,28 @@ class Scenario:
                 f"scenario '{self.name}' is held out: run it with a held-out seed (>= {HELDOUT_SEED_MIN}), "
                 f"never with a dev seed ({seed})"
             )
-        if self.split == "heldout" and seed >= FRESH_SEED_MIN:
-            raise ScenarioError(
-                f"seed {seed} is a {what} (>= {lo}); held-out seeds are {HELDOUT_SEED_MIN}-{FRESH_SEED_MIN - 1}. "
-                f"{own.capitalize()} seeds run only scenarios with split: {own}"
-            )
         if self.split == "fresh" and seed < FRESH_SEED_MIN:
             raise ScenarioError(
                 f"scenario '{self.name}' is in the fresh split: run it with a fresh seed (>= {FRESH_SEED_MIN}), "
                 f"never with a dev or held-out seed ({seed})"
             )
-        if self.split == "fresh" and seed >= FRESH2_SEED_MIN:
-            raise ScenarioError(
-                f"seed {seed} is a fresh2-split seed (>= {FRESH2_SEED_MIN}); fresh seeds are {FRESH_SEED_MIN}-"
-                f"{FRESH2_SEED_MIN - 1}. Fresh2 seeds run only scenarios with split: fresh2"
-            )
         if self.split == "fresh2" and seed < FRESH2_SEED_MIN:
             raise ScenarioError(
-                f"scenario '{self.name}' is in the fresh2 split: run it with a fresh2 seed (>= {FRESH2_SEED_MIN}), "
-                f"never with a dev, held-out or fresh seed ({seed})"
+                f"scenario '{self.name}' is in the fresh2 split: run it with a fresh2 seed ({FRESH2_SEED_MIN}-"
+                f"{FRESH3_SEED_MIN - 1}), never with a dev, held-out or fresh seed ({seed})"
+            )
+        if self.split == "fresh3" and seed < FRESH3_SEED_MIN:
+            raise ScenarioError(
+                f"scenario '{self.name}' is in the fresh3 split: run it with a fresh3 seed (>= {FRESH3_SEED_MIN}), "
+                f"never with a dev, held-out, fresh or fresh2 seed ({seed})"
+            )
+        # A seed of a later split than the scenario's: name the split the seed belongs to and the scenario's range.
+        if self.split in _SEED_RANGE and own != self.split and self.split != "dev":
+            lo_own, hi_own = _SEED_RANGE[self.split]
+            name = "held-out" if self.split == "heldout" else self.split
+            raise ScenarioError(
+                f"seed {seed} is a {what} (>= {lo}); {name} seeds are {lo_own}-{hi_own - 1}. "
+                f"{own.capitalize()} seeds run only scenarios with split: {own}"
             )
 
 
@@ -208,18 +216,28 @@ _SEED_KIND: dict[str, tuple[str, int]] = {
     "heldout": ("held-out seed", HELDOUT_SEED_MIN),
     "fresh": ("fresh-split seed", FRESH_SEED_MIN),
     "fresh2": ("fresh2-split seed", FRESH2_SEED_MIN),
+    "fresh3": ("fresh3-split seed", FRESH3_SEED_MIN),
+}
+# The closed seed ranges [lo, hi) of the splits that have an upper bound (fresh3 is open-ended).
+_SEED_RANGE: dict[str, tuple[int, int]] = {
+    "heldout": (HELDOUT_SEED_MIN, FRESH_SEED_MIN),
+    "fresh": (FRESH_SEED_MIN, FRESH2_SEED_MIN),
+    "fresh2": (FRESH2_SEED_MIN, FRESH3_SEED_MIN),
 }
 
 
 def seed_split(seed: int) -> str:
-    """The split a seed belongs to: dev (< 10000), heldout (< 20000), fresh (< 30000) or fresh2."""
+    """The split a seed belongs to: dev (< 10000), heldout (< 20000), fresh (< 30000), fresh2 (< 40000) or
+    fresh3."""
     if seed < HELDOUT_SEED_MIN:
         return "dev"
     if seed < FRESH_SEED_MIN:
         return "heldout"
     if seed < FRESH2_SEED_MIN:
         return "fresh"
-    return "fresh2"
+    if seed < FRESH3_SEED_MIN:
+        return "fresh2"
+    return "fresh3"
 
 
 def _fmt(err: ValidationError, prefix: str = "") -> list[str]:
@@ -279,8 +297,8 @@ def build(data: Any, source: str = "scenario", seed: int = 0) -> Scenario:
         elif cls.split not in ALLOWED_PERSONA_SPLITS[spec.split]:
             problems.append(
                 f"{where}.persona: '{e.persona}' belongs to the {cls.split} split; it may only appear in a scenario "
-                f"with split: {cls.split} (fresh and fresh2 personas are never used to tune anything and are reported "
-                "once)"
+                f"with split: {cls.split} (fresh, fresh2 and fresh3 personas are never used to tune anything and are "
+                "reported once)"
             )
         if cls.needs_release and spec.models.release is None:
             problems.append(f"{where}.persona: '{e.persona}' needs a model release: add models.release (model, at)")

@@ -1,7 +1,7 @@
 """Personas: one small module per kind of client, honest (personas/honest) and attacking (personas/attack).
 
 `PERSONAS` maps each persona's name (as used in scenario files and in labels) to its class; each
-class's `split` says whether it is a dev, held-out, fresh or fresh2 persona.
+class's `split` says whether it is a dev, held-out, fresh, fresh2 or fresh3 persona.
 """
 
 from __future__ import annotations
@@ -16,13 +16,18 @@ from distillshield.simulate.personas.attack.human_sweep import HumanSweep
 from distillshield.simulate.personas.attack.hydra import Hydra
 from distillshield.simulate.personas.attack.label_distiller import LabelDistiller
 from distillshield.simulate.personas.attack.logprobs_harvester import LogprobsHarvester
+from distillshield.simulate.personas.attack.mixed_in_app import MixedInApp
 from distillshield.simulate.personas.attack.model_pivot import ModelPivot
+from distillshield.simulate.personas.attack.paraphrase_fanout import ParaphraseFanout
 from distillshield.simulate.personas.attack.polyglot_sweep import PolyglotSweep
 from distillshield.simulate.personas.attack.reseller_mix import ResellerMix
 from distillshield.simulate.personas.attack.rubric_grader import RubricGrader
+from distillshield.simulate.personas.attack.selfinstruct_farm import SelfInstructFarm
 from distillshield.simulate.personas.attack.slow_hydra import SlowHydra
 from distillshield.simulate.personas.attack.thin_hydra import ThinHydra
+from distillshield.simulate.personas.attack.trajectory_farm import TrajectoryFarm
 from distillshield.simulate.personas.attack.trivia_sweep import TriviaSweep
+from distillshield.simulate.personas.attack.vertical_bank import VerticalBank
 from distillshield.simulate.personas.base import Account, Context, Knobs, Limits, ModelPlan, Persona, Req
 from distillshield.simulate.personas.honest.agent import Agent
 from distillshield.simulate.personas.honest.anthropic_platform import AnthropicPlatform
@@ -30,20 +35,25 @@ from distillshield.simulate.personas.honest.batch_pipeline import BatchPipeline
 from distillshield.simulate.personas.honest.bench_burst import BenchBurst
 from distillshield.simulate.personas.honest.casual_chat import CasualChat
 from distillshield.simulate.personas.honest.coding_assistant import CodingAssistant
+from distillshield.simulate.personas.honest.copy_agency import CopyAgency
 from distillshield.simulate.personas.honest.corporate_nat import CorporateNat
 from distillshield.simulate.personas.honest.doc_pipeline import DocPipeline
 from distillshield.simulate.personas.honest.education import Education
 from distillshield.simulate.personas.honest.eval_run import EvalRun
 from distillshield.simulate.personas.honest.helpdesk_rag import HelpdeskRag
 from distillshield.simulate.personas.honest.labeling_pipeline import LabelingPipeline
+from distillshield.simulate.personas.honest.law_firm import LawFirm
 from distillshield.simulate.personas.honest.light_user import LightUser
 from distillshield.simulate.personas.honest.multilingual import Multilingual
+from distillshield.simulate.personas.honest.nightly_eval import NightlyEval
 from distillshield.simulate.personas.honest.platform_reseller import PlatformReseller
+from distillshield.simulate.personas.honest.quiz_app import QuizApp
 from distillshield.simulate.personas.honest.rag_support import RagSupport
 from distillshield.simulate.personas.honest.research_power_user import ResearchPowerUser
 from distillshield.simulate.personas.honest.reseller import Reseller
 from distillshield.simulate.personas.honest.school_district import SchoolDistrict
 from distillshield.simulate.personas.honest.student import Student
+from distillshield.simulate.personas.honest.support_bot import SupportBot
 from distillshield.simulate.personas.honest.translation_app import TranslationApp
 
 PERSONAS: dict[str, type[Persona]] = {
@@ -90,6 +100,18 @@ PERSONAS: dict[str, type[Persona]] = {
         SlowHydra,
         HiddenEndUser,
         PolyglotSweep,
+        # The fresh3 split (docs/simulator.md, "Fresh3 held-out split"): defined 2026-12-03 before anyone
+        # measured on it; reported once, never tuned on.
+        LawFirm,
+        SupportBot,
+        NightlyEval,
+        CopyAgency,
+        QuizApp,
+        VerticalBank,
+        TrajectoryFarm,
+        ParaphraseFanout,
+        MixedInApp,
+        SelfInstructFarm,
     )
 }
 
