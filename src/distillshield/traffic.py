@@ -17,8 +17,45 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 FORMAT_VERSION = "1"
 
-Endpoint = Literal["/v1/chat/completions", "/v1/completions", "/v1/messages"]
-ENDPOINTS: tuple[str, ...] = ("/v1/chat/completions", "/v1/completions", "/v1/messages")
+Endpoint = Literal["/v1/chat/completions", "/v1/completions", "/v1/messages", "/v1/responses"]
+ENDPOINTS: tuple[str, ...] = ("/v1/chat/completions", "/v1/completions", "/v1/messages", "/v1/responses")
+RESPONSES_ROLES = ("user", "assistant", "system", "developer")
+_RESPONSES_TEXT_PARTS = ("input_text", "output_text")
+
+
+def responses_messages(request: dict[str, Any]) -> list[dict[str, str]]:
+    """The conversation of an OpenAI Responses body (`/v1/responses`) as chat messages with text content.
+
+    `instructions` comes first, as a system message; then `input`: a string is one user message, a list
+    holds message items (`type` "message" or absent; content a string or parts, of which `input_text` and
+    `output_text` carry text). Anything else (reasoning items passed back, tool calls, images) carries no
+    prompt text and is left out. Lenient, for reading traffic: the gateway validates before it calls this.
+    """
+    out: list[dict[str, str]] = []
+    instructions = request.get("instructions")
+    if isinstance(instructions, str) and instructions:
+        out.append({"role": "system", "content": instructions})
+    given = request.get("input")
+    if isinstance(given, str):
+        out.append({"role": "user", "content": given})
+        return out
+    for item in given if isinstance(given, list) else ():
+        if not isinstance(item, dict) or item.get("type", "message") != "message":
+            continue
+        role = item.get("role")
+        if role not in RESPONSES_ROLES:
+            continue
+        content = item.get("content")
+        if isinstance(content, list):
+            texts = [
+                p["text"]
+                for p in content
+                if isinstance(p, dict) and p.get("type") in _RESPONSES_TEXT_PARTS and isinstance(p.get("text"), str)
+            ]
+            content = "\n".join(texts)
+        if isinstance(content, str):
+            out.append({"role": role, "content": content})
+    return out
 
 
 class Usage(BaseModel):

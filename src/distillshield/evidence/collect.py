@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from distillshield.traffic import responses_messages
+
 
 class EvidenceError(ValueError):
     """The bundle cannot be built or checked; the message names the file, field or row."""
@@ -71,7 +73,8 @@ def resolve_subject(target: str, report: dict[str, Any] | None) -> Subject:
 
 
 def prompt_text(request: Any) -> str:
-    """The user's prompt in a request body (JSON string or dict): the last user message, or `prompt`."""
+    """The user's prompt in a request body (JSON string or dict): the last user message (of `messages`, or of
+    a Responses body's `input`), or `prompt`."""
     body = request
     if isinstance(request, str):
         try:
@@ -81,6 +84,8 @@ def prompt_text(request: Any) -> str:
     if not isinstance(body, dict):
         return ""
     msgs = body.get("messages")
+    if msgs is None and "input" in body:
+        msgs = responses_messages(body)
     if isinstance(msgs, list):
         for m in reversed(msgs):
             if isinstance(m, dict) and m.get("role") == "user":

@@ -126,7 +126,7 @@ _API_ROUTES = {path: api for api, path in ENDPOINT_OF.items()}
 
 
 class GatewayApp(Starlette):
-    """The Starlette app, with the three API POST routes dispatched before Starlette's stack.
+    """The Starlette app, with the API POST routes dispatched before Starlette's stack.
 
     Hand-written because Starlette has no cheaper way to serve a route: every call otherwise runs the
     error and exception middleware, the router's match over every route, the request/response wrappers,
@@ -167,7 +167,7 @@ def build_app(settings: Settings, extensions: Sequence[ExtensionFactory], **comp
     state = build_state(settings, extensions, **components)
     gw = state.gateway
 
-    # GatewayApp serves POSTs to these three paths itself; the routes stay so that other methods on them
+    # GatewayApp serves POSTs to these paths itself; the routes stay so that other methods on them
     # get Starlette's 405, and so that a mounted copy of the app still answers.
     async def chat(request: Request) -> Any:
         return await gw.handle(request.scope, request.receive, "chat")
@@ -177,6 +177,9 @@ def build_app(settings: Settings, extensions: Sequence[ExtensionFactory], **comp
 
     async def messages(request: Request) -> Any:
         return await gw.handle(request.scope, request.receive, "messages")
+
+    async def responses(request: Request) -> Any:
+        return await gw.handle(request.scope, request.receive, "responses")
 
     async def models(request: Request) -> Response:
         try:
@@ -295,6 +298,7 @@ def build_app(settings: Settings, extensions: Sequence[ExtensionFactory], **comp
         Route("/v1/chat/completions", chat, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/messages", messages, methods=["POST"]),
+        Route("/v1/responses", responses, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),

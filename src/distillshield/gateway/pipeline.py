@@ -1,5 +1,8 @@
 """The request path, in order: auth -> parse -> policy -> limits -> upstream -> response -> audit.
 
+Every API speaks OpenAI chat to the upstream: /v1/messages and /v1/responses are translated at the edge
+(protocols/anthropic.py, protocols/responses.py), so every stage in between sees one request shape.
+
 `Gateway.handle` takes one API call through every stage. Every exit path (success, 4xx, upstream
 failure, client disconnect mid-stream) settles and releases the rate-limit reservation and hands one
 row to the audit writer; nothing on this path waits for the database.
@@ -14,6 +17,7 @@ import os
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import orjson
@@ -37,7 +41,7 @@ from distillshield.gateway.limits import (
 from distillshield.gateway.logits import LogitGuard, asks_logprobs
 from distillshield.gateway.metrics import GatewayMetrics
 from distillshield.gateway.policy import Decision, PolicyRefusal, PolicyStage
-from distillshield.gateway.protocols import anthropic, openai
+from distillshield.gateway.protocols import anthropic, openai, responses
 from distillshield.gateway.streaming import Ending, LastChunk, SSEResponse
 from distillshield.gateway.transforms import ResponseTransform
 from distillshield.gateway.upstream.base import ChunkBatch, GenRequest, LogitsHook, Upstream
@@ -45,7 +49,12 @@ from distillshield.store.database import KeyContext
 from distillshield.store.writer import AuditWriter
 
 log = logging.getLogger("distillshield.gateway")
-ENDPOINT_OF = {"chat": "/v1/chat/completions", "completions": "/v1/completions", "messages": "/v1/messages"}
+ENDPOINT_OF = {
+    "chat": "/v1/chat/completions",
+    "completions": "/v1/completions",
+    "messages": "/v1/messages",
+    "responses": "/v1/responses",
+}
 CLIENT_CLOSED = 499  # nginx's convention, used in the audit log for streams the client abandoned
 STORE_DOWN = "the audit log cannot record requests right now (database and spool unavailable); retry shortly"
 DURABLE_WAIT_S = 5.0  # how long an answer waits for its audit row to be committed or spooled
@@ -133,7 +142,7 @@ def request_headers(scope: AsgiScope) -> dict[str, str]:
 class Call:
     """One API call on its way through the stages."""
 
-    api: str  # chat | completions | messages
+    api: str  # chat | completions | messages | responses
     request_id: str
     started: float  # wall clock, for the audit log
     t0: float  # perf counter, for latency
@@ -142,6 +151,7 @@ class Call:
     reservation: Reservation | None = None
     decision: Decision | None = None  # the policy's, when a rule was involved (None: plain allow)
     transform: ResponseTransform | None = None  # what the response goes through (degrade)
+    responses_request: responses.ResponsesRequest | None = None  # a /v1/responses call: what its answer restates
     ack: asyncio.Future[None] | None = None  # done once the audit row is durable (see AuditWriter.submit)
     finished: bool = False  # the audit row is queued (a stream's is, before its last event goes out)
 
@@ -196,7 +206,7 @@ class Gateway:
             row = call.row
             row["account_id"], row["org_id"], row["key_id"] = ctx.account.id, ctx.org.id, ctx.key.id
             body = self._parse_body(await self._read_body(receive, headers, call))
-            call.gen = gen = self._parse_api(api, body)
+            call.gen = gen = self._parse_api(call, body)
             row["model"], row["stream"] = gen.model, gen.stream
             self._check_model(gen.model)
             scopes = self._scopes_for(ctx)
@@ -297,12 +307,15 @@ class Gateway:
             raise bad_request(f"request body is nested more than {MAX_NESTING} levels deep", code="invalid_json")
         return body
 
-    def _parse_api(self, api: str, body: dict[str, Any]) -> GenRequest:
+    def _parse_api(self, call: Call, body: dict[str, Any]) -> GenRequest:
         s = self.settings.server
-        if api == "chat":
+        if call.api == "chat":
             return openai.parse_chat(body, s.default_max_tokens, s.max_max_tokens)
-        if api == "completions":
+        if call.api == "completions":
             return openai.parse_completion(body, s.default_max_tokens, s.max_max_tokens)
+        if call.api == "responses":
+            call.responses_request = responses.parse_responses(body, s.default_max_tokens, s.max_max_tokens)
+            return call.responses_request.gen
         return anthropic.parse_messages(body, s.max_max_tokens)
 
     def _add_logprob_noise(self, call: Call, gen: GenRequest) -> None:
@@ -358,6 +371,8 @@ class Gateway:
         if call.anthropic:
             payload = anthropic.to_message(resp, gen.model, call.request_id)
             payload["usage"] = {"input_tokens": prompt, "output_tokens": completion}
+        elif call.responses_request is not None:
+            payload = responses.to_response(resp, call.responses_request, call.request_id, prompt, completion)
         else:
             payload = resp
         call.row.update(response_text=text, finish_reason=finish, prompt_tokens=prompt, completion_tokens=completion)
@@ -376,11 +391,17 @@ class Gateway:
             first = None
         state = _StreamState()
         include_usage = bool((gen.body.get("stream_options") or {}).get("include_usage"))
-        body = (
-            self._anthropic_events(call, batches, first, state)
-            if call.anthropic
-            else self._openai_events(call, batches, first, state, include_usage)
-        )
+        cut: bytes | Callable[[], bytes]
+        if call.anthropic:
+            body = self._anthropic_events(call, batches, first, state)
+            cut = anthropic.MessageStream.error("api_error", SHUTDOWN_CUT)
+        elif call.responses_request is not None:
+            rs = responses.ResponseStream(call.responses_request, call.request_id)
+            body = self._responses_events(call, rs, batches, first, state)
+            cut = partial(rs.error, "server_shutdown", SHUTDOWN_CUT)  # made when sent: its sequence number
+        else:
+            body = self._openai_events(call, batches, first, state, include_usage)
+            cut = openai_error_event(SHUTDOWN_CUT, "server_error", "server_shutdown")
 
         async def on_close(ending: Ending) -> None:
             try:
@@ -397,11 +418,6 @@ class Gateway:
         # watcher is needed (see SSEResponse).
         complete = first is None or first.last
         headers = self._headers(call)
-        cut = (
-            anthropic.MessageStream.error("api_error", SHUTDOWN_CUT)
-            if call.anthropic
-            else openai_error_event(SHUTDOWN_CUT, "server_error", "server_shutdown")
-        )
         self._open_streams += 1  # from here the response runs, and on_close counts it down on every path
         self._streams_closed.clear()
         return SSEResponse(body, headers, on_close, watch_disconnect=not complete, cut_event=cut)
@@ -547,6 +563,55 @@ class Gateway:
         except UpstreamError as exc:
             state.error = exc
             out.append(ms.error("api_error", exc.message))
+            yield b"".join(out)
+
+    async def _responses_events(
+        self,
+        call: Call,
+        rs: responses.ResponseStream,
+        batches: AsyncGenerator[ChunkBatch, None],
+        first: ChunkBatch | None,
+        state: _StreamState,
+    ) -> AsyncGenerator[bytes, None]:
+        """A /v1/responses stream: the upstream's chat chunks (through the policy's transform) as Responses
+        events (protocols/responses.py)."""
+        gen = call.gen
+        assert gen is not None
+        tf = call.transform
+        chunk_text = openai.chunk_text
+        out: list[bytes] = [rs.start()]
+        try:
+            batch = first
+            while batch is not None:
+                for _raw, chunk in batch.chunks:
+                    usage = chunk.get("usage")
+                    if usage:
+                        state.usage = usage
+                    if tf is not None:
+                        chunk = tf.chunk(chunk)
+                        if chunk is None:
+                            continue
+                    state.add(*chunk_text("chat", chunk))
+                    out.append(rs.chunk(chunk))
+                if batch.last:
+                    break
+                if out:
+                    yield b"".join(out)
+                    out = []
+                batch = await anext(batches, None)
+            for extra in tf.tail() if tf is not None else ():
+                state.add(chunk_text("chat", extra)[0], None)
+                out.append(rs.chunk(extra))
+            prompt, completion = _usage(state.usage or {}, gen, state.text())
+            state.complete = True
+            if await self._end_stream(call, state):  # the row is durable before the closing events
+                out.append(rs.finish(state.finish, prompt, completion))
+            else:
+                out.append(rs.error("store_unavailable", STORE_DOWN))
+            yield LastChunk(b"".join(out))
+        except UpstreamError as exc:
+            state.error = exc
+            out.append(rs.error(exc.to_api_error().code, exc.message))
             yield b"".join(out)
 
     async def _end_stream(self, call: Call, state: _StreamState) -> bool:

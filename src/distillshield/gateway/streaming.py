@@ -37,14 +37,15 @@ class SSEResponse:
         on_close: Callable[[Ending], Awaitable[None]],
         *,
         watch_disconnect: bool = True,
-        cut_event: bytes = b"",
+        cut_event: bytes | Callable[[], bytes] = b"",
     ) -> None:
         """`watch_disconnect=False` when `chunks` never waits for anything (the upstream's whole stream came
         in its first read): the body then goes out in one LastChunk, and a disconnect only counts before the
         last chunk is handed to `send`, so the watcher could never act; not starting it saves a task, a
         receive() and a cancellation per stream. A body that waits needs the watcher (uvicorn's `send`
         returns without error on a closed connection, so nothing else would notice the client leaving).
-        `cut_event`: the protocol's error event, sent as the last bytes when the server cuts the stream."""
+        `cut_event`: the protocol's error event, sent as the last bytes when the server cuts the stream (or a
+        function that makes it then, for protocols whose events are numbered)."""
         self.chunks = chunks
         self.on_close = on_close
         self.watch_disconnect = watch_disconnect
@@ -93,8 +94,9 @@ class SSEResponse:
                 # cancellation proceed.
                 ending = "server"
                 if started and not finished and self.cut_event:
+                    cut = self.cut_event if isinstance(self.cut_event, bytes) else self.cut_event()
                     try:
-                        await send({"type": "http.response.body", "body": self.cut_event, "more_body": False})
+                        await send({"type": "http.response.body", "body": cut, "more_body": False})
                     except (OSError, RuntimeError):
                         pass  # the connection is already gone
                 raise
