@@ -367,3 +367,45 @@ def test_a_wrapper_every_prompt_carries_is_boilerplate_and_the_payload_decides()
     assert [a for a in plans if a.startswith("user-") and v[a] != "benign"] == []
     chat_analysis = analyze_records(content_only()[0])
     assert not chat_analysis.engine.population.content.boilerplate
+
+
+def code_requests(rng: random.Random, n: int) -> list[str]:
+    """A developer's questions about real programs (CodeI/O), each in its own words (the task the program
+    solves): a genre a chat service's users rarely send, with no shared template to link the developers."""
+    out = []
+    for _ in range(n):
+        s = rng.choice(corpora.code_samples())
+        out.append(f"{s.description[:200]}\n```python\n{s.code[:400]}\n```")
+    return out
+
+
+def genre_deployment(devs: int, seed: int = 11) -> tuple[list[TrafficRecord], list[str]]:
+    """150 chat users who each send 7 real chat prompts no one else sends (every prompt of the pool at most
+    once, as in a real service, where few users type the same words), and `devs` developers of 80 code
+    requests each. Times, addresses and clients are drawn alike for everyone."""
+    rng = random.Random(seed)
+    pool = sorted(set(chat_prompts()))
+    rng.shuffle(pool)
+    plans = {f"user-{i:03d}": pool[7 * i : 7 * i + 7] for i in range(150)}
+    names = [f"dev-{i:02d}" for i in range(devs)]
+    plans.update({d: code_requests(rng, 80) for d in names})
+    records = [request(rng, a, p, T0, 86_400) for a, prompts in plans.items() for p in prompts]
+    records.sort(key=lambda r: r.ts)
+    return records, names
+
+
+def test_a_minority_genre_of_independent_accounts_is_unusual_but_not_a_sweep() -> None:
+    """Ten developers among 150 chat users: too few to weigh in the population sample, so their prompts
+    are far from the service's (mostly chat) traffic; but each has at least K_PEERS other unlinked accounts
+    asking alike, so content reads them as a genre of this service. Three accounts alone sending the same
+    kind of prompts are not a genre, and are flagged."""
+    records, devs = genre_deployment(10)
+    report = analyze_records(records).report
+    for a in devs:
+        reason = content_reason(report, a)
+        assert "minority genre of this service" in reason and "not a sweep" in reason, (a, reason)
+    assert all(v == "benign" for a, v in verdicts(report).items() if a in devs)
+    records, few = genre_deployment(3)
+    report = analyze_records(records).report
+    flagged = [a for a, v in verdicts(report).items() if a in few and v != "benign"]
+    assert flagged == few, [content_reason(report, a) for a in few]

@@ -69,6 +69,31 @@ def _rewrite(r: random.Random, text: str, strength: float) -> str:
     return (OPENERS[r.randrange(len(OPENERS))] + text + CLOSERS[r.randrange(len(CLOSERS))]).strip()
 
 
+def _last_user_text(items: list[Any]) -> tuple[dict[str, Any], str] | None:
+    """(the dict that holds the last user turn's text under "text" or "content", that key) in a list of chat
+    messages or Responses input items (copied in place, so the caller's records stay as they were); None
+    when the last user turn has no plain text."""
+    for i in range(len(items) - 1, -1, -1):
+        m = items[i]
+        if not isinstance(m, dict) or m.get("role") != "user" or m.get("type", "message") != "message":
+            continue
+        m = items[i] = dict(m)
+        if isinstance(m.get("content"), str):
+            return m, "content"
+        if isinstance(m.get("content"), list):  # Responses content parts: the last input_text part
+            parts = m["content"] = list(m["content"])
+            for j in range(len(parts) - 1, -1, -1):
+                if (
+                    isinstance(parts[j], dict)
+                    and parts[j].get("type") == "input_text"
+                    and isinstance(parts[j].get("text"), str)
+                ):
+                    parts[j] = dict(parts[j])
+                    return parts[j], "text"
+        return None
+    return None
+
+
 def paraphrase(records: Iterable[dict[str, Any]], seed: int, strength: float = 0.5) -> list[dict[str, Any]]:
     """Reword each attack prompt's last user turn (openers, closers, synonym swaps, instruction moved)."""
     r = random.Random(seed)
@@ -77,7 +102,16 @@ def paraphrase(records: Iterable[dict[str, Any]], seed: int, strength: float = 0
         if is_attack(rec):
             rec = {**rec, "request": dict(rec["request"])}
             req = rec["request"]
-            if isinstance(req.get("messages"), list) and req["messages"]:
+            if rec.get("endpoint") == "/v1/responses":  # OpenAI Responses: the prompt is in `input`
+                if isinstance(req.get("input"), str):
+                    req["input"] = _rewrite(r, req["input"], strength)
+                elif isinstance(req.get("input"), list):
+                    req["input"] = list(req["input"])
+                    found = _last_user_text(req["input"])
+                    if found is not None:
+                        holder, key = found
+                        holder[key] = _rewrite(r, holder[key], strength)
+            elif isinstance(req.get("messages"), list) and req["messages"]:
                 msgs = [dict(m) if isinstance(m, dict) else m for m in req["messages"]]
                 for m in reversed(msgs):
                     if isinstance(m, dict) and m.get("role") == "user" and isinstance(m.get("content"), str):
@@ -177,6 +211,20 @@ def _strip_frame(text: str) -> str:
     return max(plain or parts, key=len)
 
 
+def _responses_question(req: dict[str, Any]) -> str | None:
+    """The last input turn's text of a Responses body when that turn is the user's (as humanize reads the
+    last chat message), else None."""
+    given = req.get("input")
+    if isinstance(given, str):
+        return given
+    if isinstance(given, list) and given:
+        last = given[-1]
+        if isinstance(last, dict) and last.get("role") == "user" and last.get("type", "message") == "message":
+            found = _last_user_text([last])
+            return found[0][found[1]] if found is not None else None
+    return None
+
+
 def humanize(
     records: Iterable[dict[str, Any]], seed: int, converse_share: float = 0.5, ask_share: float = 1.0
 ) -> list[dict[str, Any]]:
@@ -198,23 +246,32 @@ def humanize(
             rec = {**rec, "ts": t, "ip": r.choice(ips), "user_agent": "Mozilla/5.0 (Windows NT 10.0; Win64; x64)",
                    "request": dict(rec["request"])}  # fmt: skip
             req = rec["request"]
+            responses = rec.get("endpoint") == "/v1/responses"
+            last = _responses_question(req) if responses else None
             msgs = req.get("messages")
-            if (
+            if not responses and (
                 isinstance(msgs, list)
                 and msgs
                 and isinstance(msgs[-1], dict)
                 and isinstance(msgs[-1].get("content"), str)
             ):
-                q = _strip_frame(msgs[-1]["content"])
+                last = msgs[-1]["content"]
+            if last is not None:
+                q = _strip_frame(last)
                 ask = ASKS[r.randrange(len(ASKS))] if r.random() < ask_share else ""
                 body = f"{OPENERS[r.randrange(len(OPENERS))]}{q} {ask}{CLOSERS[r.randrange(len(CLOSERS))]}".strip()
                 new = [{"role": "user", "content": body}]
                 if r.random() < converse_share:
                     new = [{"role": "user", "content": r.choice(CHATTER)},
                            {"role": "assistant", "content": r.choice(REPLIES)}] + new  # fmt: skip
-                req["messages"] = new
-                req.pop("system", None)
-                req.pop("max_tokens", None)
+                if responses:
+                    req["input"] = new
+                    req.pop("instructions", None)
+                    req.pop("max_output_tokens", None)
+                else:
+                    req["messages"] = new
+                    req.pop("system", None)
+                    req.pop("max_tokens", None)
             out.append(rec)
     return out
 

@@ -62,6 +62,10 @@ BOILERPLATE_MIN = 0.25
 LOW_RANK = 0.2  # prompts ranked this low in typicality are the service's less typical ones
 ASSOC_FLOOR = 0.02  # the base rate of resembling far accounts' prompts is never taken as below this
 AREAS = 24  # topic areas of the service's traffic (k-means over the sample and the reference)
+K_PEERS = 8  # a genre: at least this many other accounts ask like an unusual account's less typical prompt
+GENRE_ROWS = 16  # less typical prompts per unusual account that stand for it among the genre's peers
+GENRE_MAX = 256  # unusual accounts compared (the most active): the comparison is N*GENRE_ROWS squared
+GENRE_SHARE = 0.5  # an account whose less typical prompts are at least this much a genre's is one of it
 
 
 # Scripts written without spaces (CJK, kana, Thai): each character becomes a word, so word 1-2-grams are
@@ -448,6 +452,55 @@ class ContentPopulation:
             return np.ones(len(x), dtype=np.float32)
         own = self._index.get(account, -1)
         return self._typicality(x.astype(np.float32), np.full(len(x), own, dtype=np.int64))
+
+
+@dataclass
+class Genre:
+    """What a minority genre says about one unusual account: the share of its less typical prompts that at
+    least K_PEERS other unusual accounts ask alike (each holding a prompt as similar as the service's far
+    threshold), and how many such accounts a prompt has (the median over its prompts)."""
+
+    share: float = 0.0
+    peers: int = 0
+
+
+def genres(
+    windows: dict[str, np.ndarray], vouchers: set[str], groups: dict[str, str], pop: ContentPopulation
+) -> dict[str, Genre]:
+    """Genre support for unusual accounts, from their windows' less typical prompts (centred rows, chosen by
+    the caller), judged among the `vouchers`: the unusual accounts with enough traffic to be judged on
+    their own (thin accounts that ask alike are judged together, as content campaigns).
+
+    The population sample is one of accounts: a genre that a few percent of a deployment's accounts share
+    (developers sending code to a chat service) has a handful of accounts in it, or none, and its prompts
+    read as far. Judged among the other unusual accounts of the *whole* population, such a prompt is a
+    genre's when at least K_PEERS of them each hold a prompt as similar to it as the service's far
+    threshold (each account counting once, by its best-matching prompt, as the sample's typicality counts
+    users). Accounts of one cluster (`groups`: linked by templates,
+    addresses or a content campaign) are one actor and do not vouch for each other, and a bank sent by a
+    few accounts (fewer than K_PEERS others) never reaches a genre. Hand-written for the same reason as
+    `_typicality`: a leave-own-group-out, each-account-once neighbour count that no library's kNN gives."""
+    out = {a: Genre() for a in windows}
+    voters = sorted((a for a in vouchers if a in windows), key=lambda a: (-len(windows[a]), a))[:GENRE_MAX]
+    voters.sort()
+    if len(voters) < K_PEERS or pop.stats.tau < -0.5:
+        return out
+    rows = [windows[a][:GENRE_ROWS] for a in voters]
+    cols = np.concatenate(rows).astype(np.float32)
+    starts = np.cumsum([0] + [len(r) for r in rows[:-1]])
+    ids: dict[str, int] = {}
+    gid = np.asarray([ids.setdefault(groups.get(a, a), len(ids)) for a in voters])
+    tau = pop.stats.tau
+    for a, x in windows.items():
+        own = ids.setdefault(groups.get(a, a), len(ids))
+        others = gid != own  # itself, and accounts of its own cluster, do not vouch
+        if others.sum() < K_PEERS or not len(x):
+            continue
+        x = x[: 2 * GENRE_ROWS]
+        best = np.maximum.reduceat(x.astype(np.float32) @ cols.T, starts, axis=1)[:, others]
+        alike = (best >= tau).sum(axis=1)  # per prompt: other accounts with a prompt at least this similar
+        out[a] = Genre(float((alike >= K_PEERS).mean()), int(np.median(alike)))
+    return out
 
 
 _DEFAULT: ContentEncoder | None = None

@@ -23,7 +23,10 @@ from distillshield.detect import text as T
 from distillshield.detect.content import CONTENT_CHARS
 from distillshield.traffic import LineError, TrafficRecord, iter_parsed
 
-ENDPOINT_CODES = {"/v1/chat/completions": 0, "/v1/completions": 1, "/v1/messages": 2}
+# `Obs.endpoint`: kept for analysts and tools, read by no signal and not a feature of the trained model
+# (detect/train.py builds its vectors from the signals' features), so a new endpoint can have its own code.
+ENDPOINT_CODES = {"/v1/chat/completions": 0, "/v1/completions": 1, "/v1/messages": 2, "/v1/responses": 3}
+RESPONSES_LOGPROBS = "message.output_text.logprobs"  # the `include` entry that asks a Responses body for logprobs
 COT_BATCH = 2048  # requests classified together: the classifier is vectorised per batch
 
 
@@ -173,7 +176,9 @@ class Extractor:
         usage = resp.usage if resp is not None else None
         lp = req.get("logprobs")
         n = req.get("n", 1)
-        mt = _num(req.get("max_tokens", req.get("max_completion_tokens")))
+        mt = _num(req.get("max_tokens", req.get("max_completion_tokens", req.get("max_output_tokens"))))
+        include = req.get("include")
+        lp_include = isinstance(include, list) and RESPONSES_LOGPROBS in include
         end_user = _end_user_id(req)
         bias = req.get("logit_bias")
         bias_keys = sorted(str(k) for k in bias) if isinstance(bias, dict) else []
@@ -196,7 +201,7 @@ class Extractor:
             max_tokens=mt,
             temperature=_num(req.get("temperature")),
             n=n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1,
-            logprobs=bool(lp) or bool(req.get("top_logprobs")),
+            logprobs=bool(lp) or bool(req.get("top_logprobs")) or lp_include,
             logit_bias=bool(req.get("logit_bias")),
             tools=bool(req.get("tools") or req.get("functions")),
             status=rec.status or 200,

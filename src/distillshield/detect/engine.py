@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from distillshield.detect.base import AccountScore, Reason
-from distillshield.detect.campaign import ContentCampaigns
+from distillshield.detect.campaign import THIN_MAX, ContentCampaigns
 from distillshield.detect.cluster import (
     BOILERPLATE_SHARE,
     CLUSTER_FEATURES,
@@ -26,7 +26,7 @@ from distillshield.detect.cluster import (
     Cluster,
     HydraClusterDetector,
 )
-from distillshield.detect.content import ContentPopulation
+from distillshield.detect.content import ContentPopulation, Genre, genres
 from distillshield.detect.corpus import Obs
 from distillshield.detect.scoring import RISK_EXTRACTION, RISK_SUSPICIOUS, Combiner, OperatingPoint
 from distillshield.detect.signals.behaviour import Behaviour, BehaviourState, param_sweep
@@ -39,6 +39,7 @@ from distillshield.detect.signals.templates import TemplateReuse, TemplateState,
 
 NEW_MODEL_AFTER = 12 * 3600.0  # a model first seen this long after traffic began counts as a new release
 MEMBER_CAP = 512  # distinct accounts remembered per template / IP range (counts saturate there)
+GENRE_GROWTH = 0.25  # find minority genres again when the number of unusual accounts moved this much
 MIN_EVIDENCE = 8  # fewer requests than this flag an account only through a flagged cluster
 LSH_THRESHOLD = 0.5
 NUM_PERM = 64
@@ -274,6 +275,7 @@ class Engine:
             self.distribution.fit(reference)
         self.hydra = HydraClusterDetector()
         self.campaigns = ContentCampaigns()
+        self._genre_n = 0  # unusual accounts when minority genres were last found
         self.clusters: dict[str, Cluster] = {}
         self._lsh = _minhash_lsh()
         self._hasher: MinHasher | None = None
@@ -384,7 +386,26 @@ class Engine:
             if cid != acc.cluster_id:
                 acc.cluster_id = cid
                 acc.dirty = True
+        self._genres(member_of, final)
         return self.clusters
+
+    def _genres(self, member_of: dict[str, str], final: bool) -> None:
+        """Which unusual accounts belong to a minority genre of this service (content.genres), recomputed at
+        the end and whenever the number of unusual accounts has moved by a quarter."""
+        pop = self.population.content
+        unusual = {a: acc for a, acc in self.accounts.items() if acc.content.unusual}
+        n = len(unusual)
+        if not final and abs(n - self._genre_n) < max(GENRE_GROWTH * self._genre_n, 1):
+            return
+        self._genre_n = n
+        windows = {a: pop.centred(acc.content.less_typical(pop.stats).astype(np.float32)) for a, acc in unusual.items()}
+        vouchers = {a for a, acc in unusual.items() if acc.n > THIN_MAX}
+        found = genres(windows, vouchers, member_of, pop)
+        for a, acc in self.accounts.items():
+            g = found.get(a, Genre())
+            if g != acc.content.genre:
+                acc.content.genre = g
+                acc.dirty = True
 
     def operate(self) -> list[AccountState]:
         """Set the model's operating point from this deployment's accounts (scoring.OperatingPoint); returns the
@@ -563,6 +584,7 @@ class Engine:
         if content.rows:
             self._refresh_content(new_epoch=True)
             self.content.rejudge_all([a.content for a in self.accounts.values()], content)
+            self.content.mark_unusual([a.content for a in self.accounts.values()], content)
         self.recluster(final=True)
         for acc in self.accounts.values():
             self.rescore(acc)

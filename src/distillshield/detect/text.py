@@ -16,6 +16,8 @@ import re
 from hashlib import blake2b
 from typing import Any
 
+from distillshield.traffic import responses_messages
+
 FRAME_WORDS = 8  # opening/closing words that make a frame; long enough that casual chat rarely collides
 MIN_FRAME_WORDS = 5  # shorter prompts have no frame: "hi there" is not a template
 SHINGLE_WORDS = 3
@@ -56,10 +58,15 @@ def request_texts(endpoint: str, request: dict[str, Any]) -> tuple[str, str, int
         if isinstance(prompt, list):
             prompt = "\n".join(p for p in prompt if isinstance(p, str))
         return (prompt if isinstance(prompt, str) else ""), "", 1, 1
-    messages = request.get("messages")
-    if not isinstance(messages, list):
-        messages = []
-    system = _content_text(request.get("system", ""))  # Anthropic
+    if endpoint == "/v1/responses":
+        # OpenAI Responses: `instructions` (as a system message) and `input`, read as chat messages.
+        messages: Any = responses_messages(request)
+        system = ""
+    else:
+        messages = request.get("messages")
+        if not isinstance(messages, list):
+            messages = []
+        system = _content_text(request.get("system", ""))  # Anthropic
     user = ""
     users = turns = 0
     for m in messages:

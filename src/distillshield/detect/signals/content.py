@@ -22,12 +22,15 @@ from scipy.special import bdtrc
 from distillshield.detect.base import SignalScore
 from distillshield.detect.content import (
     CONTENT_DIM,
+    GENRE_SHARE,
+    K_PEERS,
     LOW_RANK,
     MIN_CONTENT,
     NULL_QUANTILE,
     WINDOW,
     ContentNull,
     ContentPopulation,
+    Genre,
     breadth,
 )
 
@@ -61,7 +64,7 @@ def spread(areas: np.ndarray) -> float:
 
 
 class ContentState:
-    __slots__ = ("account", "window", "typ", "area", "assoc", "count", "epoch", "seen", "flagged")
+    __slots__ = ("account", "window", "typ", "area", "assoc", "count", "epoch", "seen", "flagged", "unusual", "genre")
 
     def __init__(self, account: str = "") -> None:
         self.account = account
@@ -73,6 +76,15 @@ class ContentState:
         self.epoch = -1  # population epoch `typ` was computed in
         self.seen: dict[int, None] = {}  # recent prompt hashes: a prompt sent again is not new evidence
         self.flagged = False  # its last content verdict was unusual and broad (it can then vouch against others)
+        self.unusual = False  # its last content verdict was unusual, broad or not
+        self.genre = Genre()  # how much its less typical prompts are a minority genre's (engine._genres)
+
+    def less_typical(self, stats: ContentNull) -> np.ndarray:
+        """The window's prompts among the service's less typical ones (LOW_RANK), as stored (float16)."""
+        if self.window is None:
+            return np.zeros((0, 0), dtype=np.float16)
+        typ = self.typ[: self.m]
+        return self.window[: self.m][~np.isnan(typ) & (stats.rank(typ) < LOW_RANK)]
 
     def is_new(self, prompt_hash: int) -> bool:
         """True (and remembered) the first time a prompt is seen among the account's recent ones."""
@@ -150,6 +162,16 @@ class PopulationContent:
         if batch:
             self._rejudge(batch, pop)
 
+    def mark_unusual(self, states: list[ContentState], pop: ContentPopulation) -> None:
+        """Set every state's `unusual` from its current typicality (after `rejudge_all`, before minority
+        genres are found among the unusual accounts: engine._genres)."""
+        for st in states:
+            m = st.m
+            if st.window is None or m < MIN_CONTENT or pop.stats.tau < -0.5 or np.isnan(st.typ[:m]).any():
+                st.unusual = False
+                continue
+            st.unusual = _judge(self.name, st.typ[:m], st.assoc[:m], st.area[:m], pop.stats, 0.0, st.window[:m])[1]
+
     @staticmethod
     def _rejudge(states: list[ContentState], pop: ContentPopulation) -> None:
         x = np.concatenate([st.window[: st.m] for st in states if st.window is not None]).astype(np.float32)
@@ -168,6 +190,7 @@ class PopulationContent:
         pop: ContentPopulation = ctx.population.content
         m = st.m
         if st.window is None or m < MIN_CONTENT or pop.stats.tau < -0.5:
+            st.unusual = False
             return SignalScore(self.name, 0.0, f"content: {m} sampled prompts, not judged yet", dict(NEUTRAL))
         win = st.window[:m]
         if st.epoch != pop.epoch:
@@ -179,9 +202,9 @@ class PopulationContent:
             st.typ[:m][todo] = t = pop.typicality(x, st.account)
             st.assoc[:m][todo] = pop.resembles_outliers(x, st.account, t)
             st.area[:m][todo] = pop.area_of(x)
-        out = judge(
+        out, st.unusual = _judge(
             self.name, st.typ[:m], st.assoc[:m], st.area[:m], pop.stats, ctx.own_template_share, st.window[:m],
-            st.account,
+            st.account, genre=st.genre,
         )  # fmt: skip
         st.flagged = out.score >= 0.5
         return out
@@ -199,10 +222,28 @@ def judge(
     excess_min: float = EXCESS_MIN,
     rank_gap: float = RANK_GAP,
 ) -> SignalScore:
-    """The content verdict on a window of prompts (an account's, or a campaign's pooled), from each prompt's
-    typicality, whether it resembles the far accounts' prompts, and its topic area. A group is held to a
-    larger effect (`excess_min`, `rank_gap`): removing a group that asks alike removes its own near twins,
-    so any such group looks somewhat far from everyone else."""
+    """The content verdict on a window of prompts (an account's, or a campaign's pooled): see `_judge`."""
+    return _judge(name, typ, assoc_mask, area, null, own_template_share, window, account, excess_min, rank_gap)[0]
+
+
+def _judge(
+    name: str,
+    typ: np.ndarray,
+    assoc_mask: np.ndarray,
+    area: np.ndarray,
+    null: ContentNull,
+    own_template_share: float,
+    window: np.ndarray,
+    account: str = "",
+    excess_min: float = EXCESS_MIN,
+    rank_gap: float = RANK_GAP,
+    genre: Genre | None = None,
+) -> tuple[SignalScore, bool]:
+    """The content verdict on a window of prompts, and whether it is unusual, from each prompt's typicality,
+    whether it resembles the far accounts' prompts, and its topic area. A group is held to a larger effect
+    (`excess_min`, `rank_gap`): removing a group that asks alike removes its own near twins, so any such
+    group looks somewhat far from everyone else. An account whose less typical prompts are a minority
+    genre's (`genre`: content.genres) is unusual for this service but not a sweep."""
     m = len(typ)
     far = int((typ < null.tau).sum())
     ranks = null.rank(typ)
@@ -224,7 +265,8 @@ def judge(
     assoc = logp_assoc >= LOGP_ASSOC and alike / m - null.assoc_base >= max(EXCESS_ASSOC, excess_min - EXCESS_MIN)
     unusual = tail or shift or assoc
     app = own_template_share >= APP_TEMPLATE_SHARE
-    focused = areas < AREAS_SWEEP or app
+    of_genre = genre is not None and genre.share >= GENRE_SHARE
+    focused = areas < AREAS_SWEEP or app or of_genre
     feats = {
         "content_far": frac,
         "content_logp": logp / 30.0,
@@ -263,16 +305,21 @@ def judge(
         detail = f"{evidence}, spread over {areas:.1f} topic areas like a sweep"
     elif unusual:
         score = 0.3
-        why = (
-            f"{own_template_share:.0%} of its traffic runs through one template of its own"
-            if app
-            else f"its atypical prompts stay in {areas:.1f} topic area(s)"
-        )
-        detail = f"{evidence}, but focused like an app: {why}; unusual, not a sweep"
+        if app:
+            why = f"focused like an app: {own_template_share:.0%} of its traffic runs through one template of its own"
+        elif areas < AREAS_SWEEP:
+            why = f"focused like an app: its atypical prompts stay in {areas:.1f} topic area(s)"
+        else:
+            assert genre is not None
+            why = (
+                f"a minority genre of this service: {genre.share:.0%} of its less typical prompts are asked alike "
+                f"by at least {K_PEERS} other accounts (a median {genre.peers}) that are not linked to it"
+            )
+        detail = f"{evidence}, but {why}; unusual, not a sweep"
     else:
         score = min(0.45, 0.45 * max(logp / LOGP_UNUSUAL, -rank_z / Z_UNUSUAL, 0.0))
         detail = (
             f"{far} of {m} recent prompts are farther from this service's traffic than "
             f"{1 - NULL_QUANTILE:.0%} of its prompts; within its usual range (typical accounts: {med:.0%})"
         )
-    return SignalScore(name, score, detail, feats)
+    return SignalScore(name, score, detail, feats), unusual
