@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
-from distillshield.detect.analyze import analyze_file
+from distillshield.detect.analyze import analyze_file, partition
 from distillshield.evaluate import evaluate
 
 
@@ -134,3 +134,21 @@ def test_cli_analyze_from_the_audit_log(smoke: Path, tmp_path: Path) -> None:
     assert {a["account_id"] for a in rep["accounts"]} == {
         orjson.loads(x)["account_id"] for x in part.read_bytes().splitlines()
     }
+
+
+def test_a_line_is_partitioned_by_its_own_account_not_one_in_its_body() -> None:
+    """The parallel engines split a file by account; an "account_id" inside the request body, written before
+    the record's own, or an id with escapes, must not move a request to another account's partition."""
+    import zlib
+
+    def part_of(account: str, parts: int = 7) -> int:
+        return zlib.crc32(account.encode()) % parts
+
+    own = {"account_id": "acct-owner", "ts": 1.0, "endpoint": "/v1/chat/completions", "request": {}}
+    nested = {"request": {"metadata": {"account_id": "acct-other"}}, **own}
+    assert list(nested)[0] == "request"  # the body comes first in the line
+    for rec in (own, nested, {**own, "account_id": "acct-\u00e9t\u00e9"}):
+        raw = json.dumps(rec).encode()
+        assert partition(raw, 7) == part_of(json.loads(raw)["account_id"]), raw
+    assert partition(json.dumps({"account_id": "acct-é"}, ensure_ascii=False).encode(), 7) == part_of("acct-é")
+    assert partition(b"not json", 7) == 0 and partition(b'{"ts": 1}', 7) == 0

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from distillshield.contracts import REPORT_SCHEMA
 from distillshield.detect.content import CONTENT_LABEL, content_encoder, single_threaded_blas
 from distillshield.detect.corpus import Extractor, LineErrors, Obs, read_records, strip_ground_truth
@@ -50,6 +52,28 @@ def extract(records: Iterable[TrafficRecord], model: DetectionModel, content: bo
 
 
 _ACCOUNT = re.compile(rb'"account_id"\s*:\s*"((?:[^"\\]|\\.)*)"')
+_ACCOUNT_KEY = b'"account_id"'
+
+
+def partition(raw: bytes, parts: int) -> int:
+    """The partition of a line's account: crc32 of its top-level account_id (UTF-8) % parts; 0 for a line
+    that has none (it is only reported as malformed, by whichever extractor gets it). Both parallel engines
+    split by this, so an account's requests stay together, in order. A regex reads the id when the key
+    occurs once and the id has no escapes (nearly every line, at a fraction of a parse's cost); otherwise
+    the line is parsed, so an "account_id" inside a request body (tool arguments, metadata) written before
+    the record's own never decides."""
+    if raw.count(_ACCOUNT_KEY) == 1:
+        m = _ACCOUNT.search(raw)
+        if m is not None and b"\\" not in m.group(1):
+            return zlib.crc32(m.group(1)) % parts
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return 0
+    aid = obj.get("account_id") if isinstance(obj, dict) else None
+    return zlib.crc32(aid.encode("utf-8", "surrogatepass")) % parts if isinstance(aid, str) else 0
+
+
 _FORK_MODEL: DetectionModel | None = None  # handed to forked workers without pickling
 _FORK_CONTENT = True
 
@@ -96,8 +120,7 @@ def _extract_part(args: tuple[str, int, int]) -> tuple[list[Obs], int, list[Line
                 if part == 0:
                     yield i, raw
                 continue
-            m = _ACCOUNT.search(raw)
-            if (zlib.crc32(m.group(1)) % parts if m else 0) == part:
+            if partition(raw, parts) == part:
                 yield i, raw
 
     errors = LineErrors()
@@ -265,6 +288,7 @@ def analyze_file(
     progress: Progress | None = None,
     workers: int = 1,
     content: bool = True,
+    on_engine: Callable[[Engine], None] | None = None,
 ) -> Analysis:
     """Analyse a traffic file (JSONL, or Parquet: docs/traffic-format.md); malformed lines are counted, kept
     with their numbers (a Parquet row's: its index + 1), and skipped.
@@ -272,7 +296,9 @@ def analyze_file(
     `workers` > 1 extracts on that many processes (split by account); the report is the same
     (`detect/ray_engine.py` does the same split on Ray).
     """
-    an = _analyze_file(path, model=model, encoder=encoder, progress=progress, workers=workers, content=content)
+    an = _analyze_file(
+        path, model=model, encoder=encoder, progress=progress, workers=workers, content=content, on_engine=on_engine
+    )
     an.report["summary"]["engine"] = {"name": "local", "workers": workers}
     return an
 
@@ -285,6 +311,7 @@ def _analyze_file(
     progress: Progress | None,
     workers: int,
     content: bool,
+    on_engine: Callable[[Engine], None] | None = None,
 ) -> Analysis:
     errors = LineErrors()
     model = model or DetectionModel.load()
@@ -297,7 +324,7 @@ def _analyze_file(
         if progress is not None:
             progress(f"reading traffic ({workers} processes)", 1, 1)
         an = analyze_records((), model=model, encoder=encoder, errors=errors, progress=progress, source=str(path),
-                             observations=obs, content=content)  # fmt: skip
+                             observations=obs, content=content, on_engine=on_engine)  # fmt: skip
         an.timings["extract_s"] = extract_s
         an.report["summary"]["timings_s"]["extract_s"] = round(an.timings["extract_s"], 3)
         return an
@@ -308,5 +335,6 @@ def _analyze_file(
 
     records = read_records(path, errors, on_line)
     return analyze_records(
-        records, model=model, encoder=encoder, errors=errors, progress=progress, source=str(path), content=content
+        records, model=model, encoder=encoder, errors=errors, progress=progress, source=str(path), content=content,
+        on_engine=on_engine,
     )

@@ -25,16 +25,20 @@ import pickle
 import re
 import socket
 import time
-import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import orjson
-
-from distillshield.detect.analyze import Analysis, Progress, analyze_records, extract_lines, merge_parts
+from distillshield.detect.analyze import (
+    Analysis,
+    Progress,
+    analyze_records,
+    extract_lines,
+    merge_parts,
+    partition,
+)
 from distillshield.detect.corpus import LineErrors, Obs
 from distillshield.detect.embeddings import Encoder
 from distillshield.detect.scoring import DetectionModel
@@ -46,17 +50,6 @@ CHUNK_BYTES = 32 << 20  # read chunks: about this size (a file smaller than work
 
 class RayEngineError(Exception):
     """Ray could not be started or reached, or the pipeline failed on the cluster: one line for the user."""
-
-
-def partition(raw: bytes, parts: int) -> int:
-    """The partition of a line's account: crc32(account_id) % parts; 0 for a line that has none (it is
-    only reported as malformed, by whichever extractor gets it)."""
-    try:
-        obj = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return 0
-    aid = obj.get("account_id") if isinstance(obj, dict) else None
-    return zlib.crc32(aid.encode("utf-8", "surrogatepass")) % parts if isinstance(aid, str) else 0
 
 
 def _read_chunks(batch: Any, parts: int) -> Any:
