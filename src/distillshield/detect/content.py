@@ -64,7 +64,7 @@ ASSOC_FLOOR = 0.02  # the base rate of resembling far accounts' prompts is never
 AREAS = 24  # topic areas of the service's traffic (k-means over the sample and the reference)
 K_PEERS = 8  # a genre: at least this many other accounts ask like an unusual account's less typical prompt
 GENRE_ROWS = 16  # less typical prompts per unusual account that stand for it among the genre's peers
-GENRE_MAX = 256  # unusual accounts compared (the most active): the comparison is N*GENRE_ROWS squared
+GENRE_MAX = 256  # vouching accounts compared (those with the most less typical prompts): cost ~ (N*GENRE_ROWS)^2
 GENRE_SHARE = 0.5  # an account whose less typical prompts are at least this much a genre's is one of it
 
 
