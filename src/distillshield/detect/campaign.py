@@ -103,7 +103,7 @@ class ContentCampaigns:
         typ = content.reference_typicality(x)
         assoc = np.zeros(len(x), dtype=bool)
         areas = content.area_of(x)
-        verdict = judge("content", typ, assoc, areas, null, 0.0, x, excess_min=GROUP_EXCESS, rank_gap=GROUP_GAP)
+        verdict, _ = judge("content", typ, assoc, areas, null, 0.0, x, excess_min=GROUP_EXCESS, rank_gap=GROUP_GAP)
         # Or the known technique, whatever the questions look like: a dense group of thin accounts whose
         # prompts mostly ask for the model's reasoning, spread over many topic areas (a capability sweep
         # wrapped in a reasoning-elicitation instruction). Students asking for steps stay in a few areas.

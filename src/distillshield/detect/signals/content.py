@@ -170,7 +170,7 @@ class PopulationContent:
             if st.window is None or m < MIN_CONTENT or pop.stats.tau < -0.5 or np.isnan(st.typ[:m]).any():
                 st.unusual = False
                 continue
-            st.unusual = _judge(self.name, st.typ[:m], st.assoc[:m], st.area[:m], pop.stats, 0.0, st.window[:m])[1]
+            st.unusual = judge(self.name, st.typ[:m], st.assoc[:m], st.area[:m], pop.stats, 0.0, st.window[:m])[1]
 
     @staticmethod
     def _rejudge(states: list[ContentState], pop: ContentPopulation) -> None:
@@ -202,7 +202,7 @@ class PopulationContent:
             st.typ[:m][todo] = t = pop.typicality(x, st.account)
             st.assoc[:m][todo] = pop.resembles_outliers(x, st.account, t)
             st.area[:m][todo] = pop.area_of(x)
-        out, st.unusual = _judge(
+        out, st.unusual = judge(
             self.name, st.typ[:m], st.assoc[:m], st.area[:m], pop.stats, ctx.own_template_share, st.window[:m],
             st.account, genre=st.genre,
         )  # fmt: skip
@@ -221,28 +221,12 @@ def judge(
     account: str = "",
     excess_min: float = EXCESS_MIN,
     rank_gap: float = RANK_GAP,
-) -> SignalScore:
-    """The content verdict on a window of prompts (an account's, or a campaign's pooled): see `_judge`."""
-    return _judge(name, typ, assoc_mask, area, null, own_template_share, window, account, excess_min, rank_gap)[0]
-
-
-def _judge(
-    name: str,
-    typ: np.ndarray,
-    assoc_mask: np.ndarray,
-    area: np.ndarray,
-    null: ContentNull,
-    own_template_share: float,
-    window: np.ndarray,
-    account: str = "",
-    excess_min: float = EXCESS_MIN,
-    rank_gap: float = RANK_GAP,
     genre: Genre | None = None,
 ) -> tuple[SignalScore, bool]:
-    """The content verdict on a window of prompts, and whether it is unusual, from each prompt's typicality,
-    whether it resembles the far accounts' prompts, and its topic area. A group is held to a larger effect
-    (`excess_min`, `rank_gap`): removing a group that asks alike removes its own near twins, so any such
-    group looks somewhat far from everyone else. An account whose less typical prompts are a minority
+    """The content verdict on a window of prompts (an account's, or a campaign's pooled), and whether it is
+    unusual, from each prompt's typicality, whether it resembles the far accounts' prompts, and its topic
+    area. A group is held to a larger effect (`excess_min`, `rank_gap`): removing a group that asks alike
+    removes its own near twins, so any such group looks somewhat far from everyone else. An account whose less typical prompts are a minority
     genre's (`genre`: content.genres) is unusual for this service but not a sweep."""
     m = len(typ)
     far = int((typ < null.tau).sum())
