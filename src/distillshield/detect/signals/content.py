@@ -226,8 +226,9 @@ def judge(
     """The content verdict on a window of prompts (an account's, or a campaign's pooled), and whether it is
     unusual, from each prompt's typicality, whether it resembles the far accounts' prompts, and its topic
     area. A group is held to a larger effect (`excess_min`, `rank_gap`): removing a group that asks alike
-    removes its own near twins, so any such group looks somewhat far from everyone else. An account whose less typical prompts are a minority
-    genre's (`genre`: content.genres) is unusual for this service but not a sweep."""
+    removes its own near twins, so any such group looks somewhat far from everyone else. An account whose
+    less typical prompts are a minority genre's (`genre`: content.genres) is unusual for this service but
+    not a sweep."""
     m = len(typ)
     far = int((typ < null.tau).sum())
     ranks = null.rank(typ)
