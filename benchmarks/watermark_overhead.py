@@ -24,6 +24,7 @@ from watermark_common import SECRET, chat, load_llm, machine, prompts
 from distillshield.watermark.gumbel import GumbelWatermark
 from distillshield.watermark.keys import KeyRing
 from distillshield.watermark.kgw import GreenListWatermark
+from distillshield.watermark.tournament import TournamentWatermark
 
 
 class Timed:
@@ -53,20 +54,21 @@ def main() -> None:
     schemes = {
         "kgw": lambda k: GreenListWatermark(0.25, 2.0, 1).processor(k),
         "gumbel": lambda k: GumbelWatermark(4).processor(k, temperature=1.0),
+        "tournament": lambda k: TournamentWatermark(4).processor(k, temperature=1.0),
     }
     llm = load_llm()
     ps = prompts(args.prompts)
     chat(llm, "warm up", 8, 1.0, 0)
-    per_token: dict[str, list[float]] = {"none": [], "kgw": [], "gumbel": []}
-    hook_share: dict[str, list[float]] = {"kgw": [], "gumbel": []}
-    hook_us: dict[str, list[float]] = {"kgw": [], "gumbel": []}
+    per_token: dict[str, list[float]] = {"none": [], **{k: [] for k in schemes}}
+    hook_share: dict[str, list[float]] = {k: [] for k in schemes}
+    hook_us: dict[str, list[float]] = {k: [] for k in schemes}
     for rnd in range(args.rounds):
         for i, p in enumerate(ps):
-            arms = ("none", "kgw", "gumbel")
+            arms = ("none", *schemes)
             # Interleaved: each prompt runs all arms back to back, in an order that rotates so no arm is
             # always first. reset() drops llama.cpp's prompt cache, so every arm pays the same prompt
             # processing (otherwise the arms after the first reuse the cached prompt and look faster).
-            for arm in arms[(i + rnd) % 3 :] + arms[: (i + rnd) % 3]:
+            for arm in arms[(i + rnd) % len(arms) :] + arms[: (i + rnd) % len(arms)]:
                 hook = Timed(schemes[arm](ring.account(f"acct-{i:04d}"))) if arm != "none" else None
                 llm.reset()
                 _, n, dt = chat(llm, p, args.tokens, 1.0, seed=rnd * 1000 + i, hook=hook)
@@ -83,7 +85,7 @@ def main() -> None:
         "max_tokens": args.tokens,
         "rounds": args.rounds,
         "ms_per_token_median": {k: round(1e3 * statistics.median(v), 3) for k, v in per_token.items()},
-        "ab_overhead_pct": {k: round(100 * (statistics.median(per_token[k]) / base - 1), 2) for k in ("kgw", "gumbel")},
+        "ab_overhead_pct": {k: round(100 * (statistics.median(per_token[k]) / base - 1), 2) for k in schemes},
         "hook_us_per_token_median": {k: round(statistics.median(v), 1) for k, v in hook_us.items()},
         "hook_share_of_generation_pct": {k: round(100 * statistics.median(v), 2) for k, v in hook_share.items()},
     }

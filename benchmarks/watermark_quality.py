@@ -26,6 +26,7 @@ from watermark_common import SECRET, bench_dir, chat, load_llm, machine, read_js
 from distillshield.watermark.gumbel import GumbelWatermark
 from distillshield.watermark.keys import KeyRing
 from distillshield.watermark.kgw import GreenListWatermark
+from distillshield.watermark.tournament import TournamentWatermark
 
 CAPITALS = {
     "France": "Paris", "Germany": "Berlin", "Italy": "Rome", "Spain": "Madrid", "Portugal": "Lisbon",
@@ -81,6 +82,7 @@ def main() -> None:
     ap.add_argument("--ppl-texts", type=int, default=100)
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--parts", default="ppl,task")
+    ap.add_argument("--arms", nargs="*", default=None, help="task: only these arms (and the unwatermarked baseline)")
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args()
     parts = set(args.parts.split(","))
@@ -125,7 +127,10 @@ def task(args: Any, result: dict[str, Any]) -> None:
         "kgw delta=3": lambda k, t: GreenListWatermark(0.25, 3.0, 1).processor(k),
         "kgw delta=4 (strong)": lambda k, t: GreenListWatermark(0.25, 4.0, 1).processor(k),
         "gumbel h=4": lambda k, t: GumbelWatermark(4).processor(k, temperature=t),
+        "tournament h=4 m=8": lambda k, t: TournamentWatermark(4).processor(k, temperature=t),
     }
+    if args.arms:
+        arms = {name: make for name, make in arms.items() if name == "none" or name in args.arms}
     for temperature, seeds in ((1.0, args.seeds), (0.2, 1)):
         for arm, make in arms.items():
             right = total = 0

@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
+import numpy as np
 import orjson
 from aiohttp import web
 
+from distillshield.gateway.protocols.embeddings import embedding_list, input_texts
 from distillshield.gateway.upstream.base import ChunkBatch, GenRequest, batches_of
+
+FAKE_DIMS = 8
+
+
+def fake_vector(text: str) -> np.ndarray:
+    """The fake upstream's embedding of `text` before normalisation: FAKE_DIMS numbers from its hash."""
+    digest = hashlib.blake2b(text.encode(), digest_size=FAKE_DIMS).digest()
+    return np.frombuffer(digest, dtype=np.uint8).astype(np.float32) - 127.5
 
 
 class FakeUpstream:
@@ -28,6 +39,7 @@ class FakeUpstream:
         self.model = model
         self.calls = 0
         self.closed_streams = 0
+        self.embed_bodies: list[dict[str, Any]] = []  # the bodies `embed` was given
 
     async def start(self) -> None:
         pass
@@ -78,6 +90,14 @@ class FakeUpstream:
 
     def stream_batches(self, req: GenRequest) -> AsyncGenerator[ChunkBatch, None]:
         return batches_of(self.stream(req))
+
+    async def embed(self, req: GenRequest) -> dict[str, Any]:
+        """FAKE_DIMS-dimensional vectors that depend on the text only (fake_vector); `prompt_tokens` per input."""
+        self.calls += 1
+        self.embed_bodies.append(dict(req.body))
+        texts = input_texts(req.body)
+        vectors = np.stack([fake_vector(t) for t in texts])
+        return embedding_list(vectors, req.body, req.model, self.prompt_tokens * len(texts))
 
     async def stream(self, req: GenRequest) -> AsyncIterator[dict[str, Any]]:
         self.calls += 1
@@ -132,6 +152,7 @@ class MockOpenAIServer:
         self.port = port
         self.delay = delay
         self.status = status
+        self.embed_bodies: list[dict[str, Any]] = []  # the bodies /v1/embeddings received
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self._ready = threading.Event()
@@ -198,6 +219,17 @@ class MockOpenAIServer:
         await resp.write(b"data: [DONE]\n\n")
         return resp
 
+    async def _embeddings(self, request: web.Request) -> web.Response:
+        """OpenAI's /v1/embeddings: fake_vector of each input, in the body's encoding; 2 tokens per input."""
+        body = await request.json()
+        self.embed_bodies.append(body)
+        if self.status != 200:
+            return web.json_response({"error": {"message": "mock failure"}}, status=self.status)
+        given = body["input"]
+        texts = [given] if isinstance(given, str) else given
+        answer = embedding_list(np.stack([fake_vector(t) for t in texts]), body, body["model"], 2 * len(texts))
+        return web.json_response(answer)
+
     async def _models(self, _request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": "mock-model", "object": "model"}]})
 
@@ -205,6 +237,7 @@ class MockOpenAIServer:
         self._loop = asyncio.new_event_loop()
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_get("/v1/models", self._models)
         self._runner = web.AppRunner(app)
         self._loop.run_until_complete(self._runner.setup())

@@ -214,7 +214,7 @@ def test_responses_has_its_own_endpoint_code() -> None:
     ex = Extractor(None, None)
     codes = {e: ex._obs(record(e, {"input": "hi", "messages": [], "prompt": "hi"})).endpoint for e in ENDPOINT_CODES}
     assert codes[RESPONSES] == ENDPOINT_CODES[RESPONSES]
-    assert len(set(ENDPOINT_CODES.values())) == len(ENDPOINT_CODES) == 4
+    assert len(set(ENDPOINT_CODES.values())) == len(ENDPOINT_CODES) == 5
 
 
 # --- a campaign, sent as chat and as Responses ------------------------------------------------------------

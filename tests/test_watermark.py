@@ -16,8 +16,10 @@ from distillshield.watermark.gumbel import GumbelWatermark
 from distillshield.watermark.keys import KeyRing, context_seed, context_seeds, derive_key, prf32
 from distillshield.watermark.kgw import GreenListProcessor, GreenListWatermark
 from distillshield.watermark.radioactivity import radioactivity_test
+from distillshield.watermark.schemes import build_scheme
 from distillshield.watermark.stats import binomial_log10_sf, gamma_log10_sf, holm_log10, z_score
 from distillshield.watermark.texts import TextsError, read_texts
+from distillshield.watermark.tournament import TournamentWatermark, tournament
 
 SECRET = "unit-test-secret-0123456789abcdef"
 V = 3000  # a small vocabulary keeps the synthetic model fast
@@ -151,6 +153,61 @@ def test_gumbel_sampling_is_distortion_free_over_keys() -> None:
         )
         counts[int(np.argmax(out))] += 1
     assert np.allclose(counts / counts.sum(), [0.5, 0.3, 0.15, 0.05], atol=0.03)
+
+
+def test_tournament_is_detected_under_its_key_only_with_a_calibrated_null() -> None:
+    wm, key = TournamentWatermark(context_width=2), keys().account("alice")
+    marked = wm.detect(key, generate(wm.processor(key, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0), seed=4))
+    plain = wm.detect(key, generate(None, seed=4))
+    other = wm.detect(keys().account("bob"), generate(wm.processor(key, temperature=1.0), seed=5))
+    assert marked.detected and not plain.detected and not other.detected, (marked, plain, other)
+    rng = np.random.default_rng(6)
+    p = [wm.detect(keys().account(f"n{i}"), rng.integers(0, V, 120)).p_value for i in range(400)]
+    assert 0.02 < np.mean(np.array(p) < 0.05) < 0.09
+    ctx, tok, seen = scored_pairs(generate(wm.processor(key, temperature=1.0), seed=7), 2)
+    many = wm.score_many([key, keys().account("bob")], ctx, tok, seen)
+    assert [d.as_dict() for d in many] == [wm.score_pairs(k, ctx, tok, seen).as_dict()
+                                           for k in (key, keys().account("bob"))]  # fmt: skip
+
+
+def test_tournament_rounds_keep_the_distribution_over_keys() -> None:
+    """One round of the tournament turns q into q * (1 + g - q.g); over random bits that is q again (the
+    per-step distortion-freeness), checked exactly on the rounds and on the processor's draws."""
+    p = np.array([0.5, 0.3, 0.15, 0.05])
+    rng = np.random.default_rng(1)
+    mean = np.mean([tournament(p, rng.integers(0, 2, (4, 16)).astype(float)) for _ in range(20_000)], axis=0)
+    assert np.allclose(mean, p, atol=0.01), mean
+    q = tournament(p, np.array([[1.0], [0.0], [0.0], [1.0]]))
+    assert np.allclose(q, p * (1 + np.array([1, 0, 0, 1]) - (0.5 + 0.05)))  # two draws, the larger g wins
+    scores = np.full(V, -50.0, np.float32)
+    scores[:4] = np.log(p)
+    wm, ring = TournamentWatermark(1), keys()
+    counts = np.zeros(4)
+    for i in range(4000):
+        hook = wm.processor(ring.account(f"k{i}"), temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=i)
+        counts[int(np.argmax(hook(np.array([1]), scores.copy())))] += 1
+    assert np.allclose(counts / counts.sum(), p, atol=0.03)
+
+
+def test_tournament_samples_differ_where_gumbel_repeats_itself() -> None:
+    """Under one key and one context Gumbel-max always picks the same token; the tournament draws from a
+    distribution, so repeated samples of the same prompt differ, as unwatermarked sampling does."""
+    scores = np.full(V, -50.0, np.float32)
+    scores[:6] = np.log(np.full(6, 1 / 6))
+    key = keys().account("alice")
+
+    def picks(wm: object, n: int = 200) -> set[int]:
+        out = set()
+        for i in range(n):
+            hook = wm.processor(key, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=i)  # type: ignore[attr-defined]
+            out.add(int(np.argmax(hook(np.array([3]), scores.copy()))))
+        return out
+
+    assert len(picks(GumbelWatermark(1))) == 1
+    assert len(picks(TournamentWatermark(1, layers=4))) >= 4  # 4 rounds leave ~4 likely tokens of 6
+    assert isinstance(build_scheme("tournament"), TournamentWatermark)
+    with pytest.raises(ValueError, match="tournament"):
+        build_scheme("synthid")
 
 
 # -- attribution and radioactivity ------------------------------------------------------------------------

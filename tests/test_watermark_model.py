@@ -111,24 +111,31 @@ def test_audit_queries_a_loopback_target(wm_gateway: RunningGateway, config: Pat
     assert out["filtered_by_reference"] and out["radioactive_for"] == ["account:wm-suspect"]
 
 
-def test_gumbel_scheme_through_the_gateway(gateway_factory) -> None:
+@pytest.mark.parametrize("scheme", ["gumbel", "tournament"])
+def test_sampling_schemes_through_the_gateway(gateway_factory, scheme: str) -> None:
+    """The keyed sampling schemes through the same hook: detected under the account's key only; the
+    tournament's two answers to one prompt differ (it samples), Gumbel-max's are identical (it picks)."""
     gw = gateway_factory(
-        watermark__secret=SECRET, watermark__scheme="gumbel", watermark__context_width=4, upstream__local__n_threads=1
+        watermark__secret=SECRET, watermark__scheme=scheme, watermark__context_width=4, upstream__local__n_threads=1
     )
     gw.state.watermark.set("g-alice", "on")
     client = openai.OpenAI(base_url=f"{gw.base}/v1", api_key=gw.create_key("g-alice"))
-    text = (
+    texts = [
         client.chat.completions.create(
             model=MODEL, messages=[{"role": "user", "content": PROMPT}], max_tokens=96, temperature=1.0, seed=3
         )
         .choices[0]
         .message.content
-    )
-    from distillshield.watermark.gumbel import GumbelWatermark
+        for _ in range(2)
+    ]
+    from distillshield.watermark.schemes import build_scheme
 
-    det = Detector(GumbelWatermark(4), default_tokenizer())
-    assert det.detect(text, KeyRing(SECRET).account("g-alice")).detected
-    assert not det.detect(text, KeyRing(SECRET).account("g-bob")).detected
+    tok = default_tokenizer()
+    wm = build_scheme(scheme, context_width=4)
+    ids = [tok.encode(t) for t in texts]
+    assert wm.detect(KeyRing(SECRET).account("g-alice"), ids).detected
+    assert not wm.detect(KeyRing(SECRET).account("g-bob"), ids).detected
+    assert (texts[0] == texts[1]) == (scheme == "gumbel"), texts
 
 
 def test_cli_errors_are_one_line(

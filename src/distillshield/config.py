@@ -276,14 +276,21 @@ class WatermarkSettings(_Strict):
     mode: Literal["off", "on", "strong"] = Field(
         "off", description="default for accounts the policy has not set: off, on (delta) or strong (strong_delta)"
     )
-    scheme: Literal["kgw", "gumbel"] = Field(
-        "kgw", description="kgw: keyed green-list bias; gumbel: distortion-free keyed Gumbel-max sampling"
+    scheme: Literal["kgw", "gumbel", "tournament"] = Field(
+        "kgw",
+        description="kgw: keyed green-list bias; gumbel: distortion-free keyed Gumbel-max sampling; tournament: "
+        "SynthID-style tournament sampling (distortion-free per step, and repeated samples still differ)",
     )
     gamma: float = Field(0.25, gt=0, le=0.9, description="kgw: share of the vocabulary in each green list")
     delta: float = Field(2.0, gt=0, le=20, description="kgw: logit bias added to green tokens in mode on")
     strong_delta: float = Field(4.0, gt=0, le=20, description="kgw: logit bias in mode strong")
     context_width: int = Field(
-        1, ge=1, le=8, description="previous tokens that seed each green list (kgw) or draw (gumbel)"
+        1, ge=1, le=8, description="previous tokens that seed each green list (kgw) or draw (gumbel, tournament)"
+    )
+    tournament_layers: int = Field(
+        8, ge=1, le=32,
+        description="tournament: knock-out rounds per token; more rounds detect sooner and make one account's "
+        "repeated samples of a prompt less diverse (docs/watermark.md, 'Tournament sampling')",
     )
     key_scope: Literal["account", "cluster"] = Field(
         "account", description="key per account, or per detected cluster when the risk board names one"
@@ -332,6 +339,17 @@ class PolicySettings(_Strict):
     )
 
 
+class BatchSettings(_Strict):
+    """OpenAI's Batch API (/v1/files, /v1/batches; gateway/batches.py, docs/batches-api.md). Every request
+    in a batch takes the live request path: the owner's limits, the policy, the audit log, detection."""
+
+    enabled: bool = Field(True, description="serve /v1/files and /v1/batches and run batches in-process")
+    concurrency: int = Field(4, ge=1, le=1024, description="requests of all batches run at once, per gateway")
+    max_file_bytes: int = Field(100 << 20, ge=1, description="largest batch input file accepted (413 above)")
+    max_requests: int = Field(50_000, ge=1, description="requests per input file, as OpenAI's limit")
+    poll_s: float = Field(1.0, gt=0, description="how often the runner looks for batches other replicas queued")
+
+
 class LogitSettings(_Strict):
     """What the API gives away about the model's output layer, for every account (gateway/logits.py).
     `logit_bias` together with logprobs recovered the embedding projection of production models
@@ -377,6 +395,38 @@ class DetectionSettings(_Strict):
         True, description="population-relative content signal (hashed TF-IDF; no model, no download): flags "
         "accounts whose prompts are far from this deployment's own traffic"
     )
+
+
+class IntelSettings(_Strict):
+    """Threat-intelligence exchange: campaign indicators as STIX 2.1 over TAXII 2.1 (intel/, docs/intel.md)."""
+
+    producer: str = Field(
+        "DistillShield deployment", min_length=1, max_length=200, description="the name exported bundles carry"
+    )
+    salt: SecretStr | None = Field(
+        None,
+        description="secret of the salted pseudonyms that stand for campaigns and accounts in exported bundles "
+        "(HMAC-SHA256); prefer env DISTILLSHIELD_INTEL__SALT; keep it, so a re-export updates the same objects",
+    )
+    tlp: Literal["clear", "green", "amber", "amber+strict", "red"] = Field(
+        "amber", description="TLP 2.0 marking of exported bundles"
+    )
+    valid_days: float = Field(90.0, gt=0, description="exported indicators expire this many days after the export")
+    match: bool = Field(True, description="match requests against imported indicators in online detection")
+    refresh_s: float = Field(30.0, gt=0, description="how often online detection reloads the imported indicators")
+    taxii_url: str | None = Field(None, description="TAXII 2.1 API root (https://host/api-root/) for push and pull")
+    taxii_collection: str | None = Field(None, description="the collection's id at that API root")
+    taxii_user: str | None = Field(None, description="HTTP basic user at the TAXII server")
+    taxii_password: SecretStr | None = Field(
+        None, description="its password; prefer env DISTILLSHIELD_INTEL__TAXII_PASSWORD"
+    )
+
+    @field_validator("salt")
+    @classmethod
+    def _salt_long_enough(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and len(v.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters (use a random string, e.g. `openssl rand -hex 32`)")
+        return v
 
 
 class CheckpointSettings(_Strict):
@@ -438,6 +488,8 @@ class Settings(BaseSettings):
     watermark: WatermarkSettings = WatermarkSettings()
     detection: DetectionSettings = DetectionSettings()
     checkpoints: CheckpointSettings = CheckpointSettings()
+    intel: IntelSettings = IntelSettings()
+    batches: BatchSettings = BatchSettings()
 
     @classmethod
     def settings_customise_sources(

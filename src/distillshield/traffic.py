@@ -17,8 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 FORMAT_VERSION = "1"
 
-Endpoint = Literal["/v1/chat/completions", "/v1/completions", "/v1/messages", "/v1/responses"]
-ENDPOINTS: tuple[str, ...] = ("/v1/chat/completions", "/v1/completions", "/v1/messages", "/v1/responses")
+Endpoint = Literal["/v1/chat/completions", "/v1/completions", "/v1/messages", "/v1/responses", "/v1/embeddings"]
+ENDPOINTS: tuple[str, ...] = (
+    "/v1/chat/completions", "/v1/completions", "/v1/messages", "/v1/responses", "/v1/embeddings",
+)  # fmt: skip
 RESPONSES_ROLES = ("user", "assistant", "system", "developer")
 _RESPONSES_TEXT_PARTS = ("input_text", "output_text")
 
@@ -58,6 +60,15 @@ def responses_messages(request: dict[str, Any]) -> list[dict[str, str]]:
     return out
 
 
+def embedding_texts(request: dict[str, Any]) -> list[str]:
+    """The input texts of an OpenAI embeddings body (`/v1/embeddings`): `input` as a string, or the strings of
+    an `input` list (token-id arrays carry no text and are left out). Lenient, for reading traffic."""
+    given = request.get("input")
+    if isinstance(given, str):
+        return [given]
+    return [t for t in given if isinstance(t, str)] if isinstance(given, list) else []
+
+
 class Usage(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -95,6 +106,9 @@ class TrafficRecord(BaseModel):
     response: ResponseInfo | None = None
     status: int | None = Field(None, ge=100, le=599)
     latency_ms: float | None = Field(None, ge=0)
+    batch_id: str | None = Field(
+        None, description="the Batch API batch the request ran in (docs/batches-api.md); absent for live requests"
+    )
     label: str | None = Field(
         None, description="simulator ground truth, e.g. 'attack:hydra'; ignored by analysis"
     )

@@ -10,6 +10,7 @@ from distillshield.cli import accounts, evaluate, keys, logs, review, serve
 from distillshield.cli import analyze as analyze_cli
 from distillshield.cli import audit as audit_cli
 from distillshield.cli import evidence as evidence_cli
+from distillshield.cli import intel as intel_cli
 from distillshield.cli import simulate as simulate_cli
 from distillshield.cli import train as train_cli
 from distillshield.cli import watermark as watermark_cli
@@ -55,6 +56,7 @@ app.add_typer(logs.app, name="logs")
 app.add_typer(review.app, name="review")
 app.add_typer(watermark_cli.app, name="watermark")
 app.add_typer(worker_cli.app, name="worker")
+app.add_typer(intel_cli.app, name="intel")
 
 
 def main() -> None:

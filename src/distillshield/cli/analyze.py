@@ -89,6 +89,9 @@ def analyze_command(
         "--content/--no-content",
         help="population-relative content signal and content campaigns (prompts far from this traffic's own)",
     ),
+    intel: bool = typer.Option(
+        False, "--intel", help="also match the indicators imported into the configured store (distillshield intel)"
+    ),
     as_json: bool = typer.Option(False, "--json", help="print the report summary as JSON instead of tables"),
 ) -> None:
     """Score every account for distillation (extraction) and find coordinated account clusters (hydras).
@@ -104,6 +107,8 @@ def analyze_command(
     Example: distillshield analyze traffic.jsonl --out report.json
 
     Example: distillshield analyze traffic.parquet --engine ray --workers 8 --out report.json
+
+    Example: distillshield analyze traffic.jsonl --intel   # flag accounts matching imported indicators (docs/intel.md)
     """
     from distillshield.detect.analyze import analyze_file
 
@@ -119,6 +124,9 @@ def analyze_command(
         raise CliError(f"traffic file {traffic} does not exist or is not a file")
     if out is not None and not out.parent.is_dir():
         raise CliError(f"cannot write {out}: folder {out.parent} does not exist")
+    if intel and engine == "ray":
+        raise CliError("--intel needs --engine local")
+    on_engine = _intel_matcher() if intel else None
     det_model = load_model_or_exit(model)
     enc = load_encoder_or_exit(encoder)
     from distillshield.detect.scoring import ModelError
@@ -141,7 +149,13 @@ def analyze_command(
                 analysis = _analyze_on_ray(path, det_model, enc, on_progress, workers, content, ray_address)
             else:
                 analysis = analyze_file(
-                    path, model=det_model, encoder=enc, progress=on_progress, workers=workers, content=content
+                    path,
+                    model=det_model,
+                    encoder=enc,
+                    progress=on_progress,
+                    workers=workers,
+                    content=content,
+                    on_engine=on_engine,
                 )
             if "reading traffic" in on_progress.tasks:
                 t = on_progress.tasks["reading traffic"]
@@ -159,6 +173,17 @@ def analyze_command(
     print_tables(report, top)
     if out is not None:
         console.print(f"wrote the report ({report['summary']['accounts']} accounts) to {out}")
+
+
+def _intel_matcher() -> Any:
+    """`on_engine` for analyze_file: switch on the intel signal with the store's active indicators."""
+    from distillshield.intel.store import load_matcher
+
+    matcher = with_store(load_matcher, existing=True)
+    if matcher is None:
+        raise CliError("--intel: the store holds no active indicator (distillshield intel import BUNDLE.json)")
+    err_console.print(f"matching {len(matcher)} imported indicators")
+    return lambda engine: engine.intel.fit(matcher)
 
 
 def _analyze_on_ray(

@@ -44,7 +44,7 @@ def audit_command(
     ),
     correction: str = typer.Option("holm", help=f"with several keys: {' | '.join(CORRECTIONS)}"),
     alpha: float = typer.Option(0.001, help="significance level (family-wise with several keys)"),
-    scheme: str = typer.Option(None, help="kgw | gumbel (default: watermark.scheme)"),
+    scheme: str = typer.Option(None, help="kgw | gumbel | tournament (default: watermark.scheme)"),
     gamma: float = typer.Option(None, help="kgw green share (default: watermark.gamma)"),
     context_width: int = typer.Option(None, help="default: watermark.context_width"),
     tokenizer: Path = typer.Option(None, help="GGUF file of the tokenizer our outputs were generated with"),

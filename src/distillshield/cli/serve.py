@@ -105,7 +105,7 @@ logits:
 watermark:
   secret: null                   # keys derive from it (HMAC); prefer env DISTILLSHIELD_WATERMARK__SECRET
   mode: "off"                    # default per account: off | on | strong (needs a secret)
-  scheme: kgw                    # kgw: keyed green-list bias; gumbel: distortion-free Gumbel-max sampling
+  scheme: kgw                    # kgw: keyed green-list bias; gumbel: Gumbel-max; tournament: SynthID-style
   gamma: 0.25                    # kgw: share of the vocabulary in each green list
   delta: 2.0                     # kgw: logit bias for green tokens in mode on
   strong_delta: 4.0              # kgw: logit bias in mode strong
@@ -135,6 +135,27 @@ checkpoints:
   command_timeout_s: 30
   every_rows: 1000               # the gateway signs the tree head after this many new rows
   every_s: 60                    # ... or after this many seconds, when rows were added
+
+# Threat-intelligence exchange (docs/intel.md): campaign indicators as STIX 2.1, shared over TAXII 2.1.
+intel:
+  producer: DistillShield deployment   # the name your exported bundles carry
+  salt: null                     # pseudonym secret (16+ characters; prefer env DISTILLSHIELD_INTEL__SALT)
+  tlp: amber                     # TLP 2.0 marking of exported bundles: clear, green, amber, amber+strict, red
+  valid_days: 90                 # exported indicators expire this many days after the export
+  match: true                    # flag requests that match imported indicators (online detection)
+  refresh_s: 30                  # how often online detection reloads imported indicators
+  taxii_url: null                # TAXII 2.1 API root for `intel push` / `intel pull`
+  taxii_collection: null         # the collection's id there
+  taxii_user: null
+  taxii_password: null           # prefer env DISTILLSHIELD_INTEL__TAXII_PASSWORD
+
+# OpenAI's Batch API (docs/batches-api.md): each request of a batch takes the live path (limits, policy, audit).
+batches:
+  enabled: true
+  concurrency: 4                 # requests of all batches run at once, per gateway
+  max_file_bytes: 104857600      # largest input file accepted
+  max_requests: 50000            # requests per input file
+  poll_s: 1.0                    # how often the runner looks for batches queued by other replicas
 """
 
 
@@ -327,6 +348,7 @@ def _demo_session(
     console.print(f"gateway:   {base}  (embedded model [bold]{model}[/bold], SQLite at {s.store.url})")
     console.print(f"demo key:  [bold yellow]{key}[/bold yellow]")
     console.print(f"admin token: in {token_file}")
+    console.print(f"console:   {base}/console/  (log in with the admin token: cat {token_file})")
     console.print("\n[bold]curl[/bold]")
     console.print(
         f"curl -s {base}/v1/chat/completions -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n"

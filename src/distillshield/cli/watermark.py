@@ -43,6 +43,7 @@ def setup(
             cfg.gamma if gamma is None else gamma,
             cfg.delta,
             cfg.context_width if context_width is None else context_width,
+            cfg.tournament_layers,
         )
     except ValueError as exc:
         raise CliError(str(exc)) from None
@@ -90,7 +91,7 @@ def detect(
     correction: str = typer.Option("holm", help=f"multiple-testing correction: {' | '.join(CORRECTIONS)}"),
     alpha: float = typer.Option(0.001, help="family-wise error rate for naming an account"),
     top: int = typer.Option(5, help="candidates shown per text in attribution mode"),
-    scheme: str = typer.Option(None, help="kgw | gumbel (default: watermark.scheme)"),
+    scheme: str = typer.Option(None, help="kgw | gumbel | tournament (default: watermark.scheme)"),
     gamma: float = typer.Option(None, help="kgw green share (default: watermark.gamma)"),
     context_width: int = typer.Option(None, help="default: watermark.context_width"),
     threshold: float = typer.Option(None, help="z threshold (default: watermark.z_threshold)"),

@@ -335,6 +335,12 @@ def _analyze_file(
 
     records = read_records(path, errors, on_line)
     return analyze_records(
-        records, model=model, encoder=encoder, errors=errors, progress=progress, source=str(path), content=content,
+        records,
+        model=model,
+        encoder=encoder,
+        errors=errors,
+        progress=progress,
+        source=str(path),
+        content=content,
         on_engine=on_engine,
     )

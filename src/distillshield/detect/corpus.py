@@ -25,7 +25,9 @@ from distillshield.traffic import LineError, TrafficRecord, iter_parsed
 
 # `Obs.endpoint`: kept for analysts and tools, read by no signal and not a feature of the trained model
 # (detect/train.py builds its vectors from the signals' features), so a new endpoint can have its own code.
-ENDPOINT_CODES = {"/v1/chat/completions": 0, "/v1/completions": 1, "/v1/messages": 2, "/v1/responses": 3}
+ENDPOINT_CODES = {
+    "/v1/chat/completions": 0, "/v1/completions": 1, "/v1/messages": 2, "/v1/responses": 3, "/v1/embeddings": 4,
+}  # fmt: skip
 RESPONSES_LOGPROBS = "message.output_text.logprobs"  # the `include` entry that asks a Responses body for logprobs
 COT_BATCH = 2048  # requests classified together: the classifier is vectorised per batch
 

@@ -34,6 +34,7 @@ from distillshield.detect.signals.content import ContentState, PopulationContent
 from distillshield.detect.signals.cot import CotElicitation, CotState
 from distillshield.detect.signals.coverage import CapabilityCoverage
 from distillshield.detect.signals.distribution import DistributionTest, EmbeddingReference, EmbedState
+from distillshield.detect.signals.intel import IntelMatch, IntelState, intel_risk
 from distillshield.detect.signals.logits import LogitSweep
 from distillshield.detect.signals.templates import TemplateReuse, TemplateState, is_template
 
@@ -183,6 +184,7 @@ class AccountState:
     cluster_id: str | None = None
     dirty: bool = True
     end_users: EndUsers | None = None  # per end user, when the account's requests name them
+    intel: IntelState | None = None  # imported indicators it matched (signals/intel.py), once intel is on
 
     @property
     def n(self) -> int:
@@ -270,6 +272,7 @@ class Engine:
         self.coverage = CapabilityCoverage()
         self.content = PopulationContent()
         self.logits = LogitSweep()
+        self.intel = IntelMatch()  # imported threat intelligence: off until `engine.intel.fit(matcher)`
         self.reference = reference
         if reference is not None:
             self.distribution.fit(reference)
@@ -328,6 +331,10 @@ class Engine:
         self.templates.update(acc.templates, obs)
         self.cot.update(acc.cot, obs)
         self.behaviour.update(acc.behaviour, obs)
+        if self.intel.matcher is not None:
+            if acc.intel is None:
+                acc.intel = self.intel.new_state()
+            self.intel.update(acc.intel, obs)
         if obs.minhash is not None:
             fid = self._family(obs.minhash)
             pop.families.add(fid, obs.account)
@@ -539,6 +546,13 @@ class Engine:
         if thin:
             # A handful of requests is too little to accuse an account on its own evidence.
             risk = min(risk, RISK_SUSPICIOUS * 0.98)
+        intel = self.intel.score(acc.intel, Context(self.population, cluster)) if acc.intel is not None else None
+        if intel is not None and intel_risk(intel.score) > 0:
+            # Another provider's indicator is evidence from outside this account: it flags even a new one.
+            risk = max(risk, intel_risk(intel.score))
+            contrib["intel"] = 10.0 * intel.score
+            sigs.append(intel)
+            thin = thin and risk < RISK_SUSPICIOUS
         verdict = "extraction" if risk >= RISK_EXTRACTION else "suspicious" if risk >= RISK_SUSPICIOUS else "benign"
         reasons = self._reasons(sigs, contrib, cluster, acc)
         if people:

@@ -111,8 +111,14 @@ class DetectionExtension:
         prune_above: int = 2_000_000,
         content: bool = True,
         replay_rows: int = 200_000,
+        intel: bool = True,
+        intel_refresh_s: float = 30.0,
     ) -> None:
         self.content = content
+        self.intel = intel  # match imported threat-intelligence indicators (detect/signals/intel.py)
+        self.intel_refresh_s = intel_refresh_s
+        self._intel_version: tuple[int, float] | None = None
+        self._intel_checked = 0.0
         self.replay_rows = replay_rows
         self.replayed: int | None = None  # rows of the log replayed at start (None until that is done)
         self._replay_head = 0
@@ -200,6 +206,7 @@ class DetectionExtension:
         except Exception:  # noqa: BLE001 - a broken model disables detection, never the gateway
             log.exception("detection disabled: the model could not be loaded")
             return
+        await self.refresh_intel(force=True)
         try:
             await self.replay_log()
         except Exception:  # noqa: BLE001 - a log that cannot be read costs the history, not the gateway
@@ -207,6 +214,7 @@ class DetectionExtension:
             self.replayed = 0
         while True:
             await asyncio.sleep(self.interval_s)
+            await self.refresh_intel()
             try:
                 await self.run_once()
             except Exception:  # noqa: BLE001 - detection must never take the gateway down
@@ -263,9 +271,36 @@ class DetectionExtension:
         with single_threaded_blas():
             return self._process(rows)
 
+    async def refresh_intel(self, force: bool = False) -> int | None:
+        """Load the store's active indicators into the engine when an import changed them, or one expired
+        (checked every `intel_refresh_s`); returns how many are loaded, None when nothing was reloaded."""
+        if not self.intel or self.engine is None or self._store is None:
+            return None
+        now = time.time()
+        matcher = self.engine.intel.matcher
+        expired = matcher is not None and matcher.stale(now)
+        if not force and not expired and now - self._intel_checked < self.intel_refresh_s:
+            return None
+        self._intel_checked = now
+        try:
+            from distillshield.intel.store import IntelStore, load_matcher
+
+            version = await IntelStore(self._store).version()
+            if version == self._intel_version and not expired:
+                return None
+            fresh = await load_matcher(self._store, now)
+        except Exception:  # noqa: BLE001 - intelligence that cannot be read never stops detection
+            log.exception("imported indicators could not be loaded; matching what was loaded before")
+            return None
+        async with self._locked():
+            self.engine.intel.fit(fresh)
+        self._intel_version = version
+        return len(fresh) if fresh is not None else 0
+
     async def flush(self) -> int:
         """Process everything queued, then re-cluster and rescore every account (the demo and tests use it
         to see verdicts now instead of at the next interval)."""
+        await self.refresh_intel(force=True)
         n = await self.run_once()
         if self.engine is not None:
             async with self._locked():
@@ -395,4 +430,6 @@ def detection_extension(settings: Settings) -> DetectionExtension | None:
         model_path=cfg.model_path,
         content=cfg.content,
         replay_rows=cfg.replay_on_start_rows,
+        intel=settings.intel.match,
+        intel_refresh_s=settings.intel.refresh_s,
     )

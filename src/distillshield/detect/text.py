@@ -16,7 +16,7 @@ import re
 from hashlib import blake2b
 from typing import Any
 
-from distillshield.traffic import responses_messages
+from distillshield.traffic import embedding_texts, responses_messages
 
 FRAME_WORDS = 8  # opening/closing words that make a frame; long enough that casual chat rarely collides
 MIN_FRAME_WORDS = 5  # shorter prompts have no frame: "hi there" is not a template
@@ -58,6 +58,9 @@ def request_texts(endpoint: str, request: dict[str, Any]) -> tuple[str, str, int
         if isinstance(prompt, list):
             prompt = "\n".join(p for p in prompt if isinstance(p, str))
         return (prompt if isinstance(prompt, str) else ""), "", 1, 1
+    if endpoint == "/v1/embeddings":
+        # The texts an account embeds are its prompt: what it covers is what content signals compare.
+        return "\n".join(embedding_texts(request)), "", 1, 1
     if endpoint == "/v1/responses":
         # OpenAI Responses: `instructions` (as a system message) and `input`, read as chat messages.
         messages: Any = responses_messages(request)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from distillshield.traffic import responses_messages
+from distillshield.traffic import embedding_texts, responses_messages
 
 
 class EvidenceError(ValueError):
@@ -74,7 +74,7 @@ def resolve_subject(target: str, report: dict[str, Any] | None) -> Subject:
 
 def prompt_text(request: Any) -> str:
     """The user's prompt in a request body (JSON string or dict): the last user message (of `messages`, or of
-    a Responses body's `input`), or `prompt`."""
+    a Responses body's `input`), an embeddings body's input texts, or `prompt`."""
     body = request
     if isinstance(request, str):
         try:
@@ -85,6 +85,9 @@ def prompt_text(request: Any) -> str:
         return ""
     msgs = body.get("messages")
     if msgs is None and "input" in body:
+        texts = embedding_texts(body)  # an embeddings body: its input texts; a Responses body: none here
+        if texts and not isinstance(body["input"], str):
+            return "\n".join(texts)
         msgs = responses_messages(body)
     if isinstance(msgs, list):
         for m in reversed(msgs):

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from distillshield.config import AdminSettings, LimitSet
@@ -22,7 +23,8 @@ from distillshield.store.database import NO_NUL, TIERS, VERIFICATION_LEVELS, Sto
 if TYPE_CHECKING:
     from distillshield.gateway.app import AppState
 
-SWAGGER_UI = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5"
+# Swagger UI (swagger-ui-dist 5.35.0, Apache-2.0) ships in the package (gateway/static/): the page works offline.
+SWAGGER_UI = "static"
 DOCS_PAGE = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>DistillShield admin API</title>
 <link rel="stylesheet" href="{SWAGGER_UI}/swagger-ui.css"></head>
@@ -119,6 +121,7 @@ def build_admin_app(state: AppState) -> FastAPI:
     """`state` is the gateway's AppState (store, auth, limiter, audit, settings)."""
     # The spec and its docs page are served by the routes below, behind the admin token like the rest.
     app = FastAPI(title="DistillShield admin API", docs_url=None, openapi_url=None)
+    app.mount("/static", StaticFiles(packages=[("distillshield.gateway", "static")]), name="static")
     expected = configured_admin_digest(state.settings.admin)
 
     async def require_admin(request: Request) -> None:
@@ -204,15 +207,19 @@ def build_admin_app(state: AppState) -> FastAPI:
 
     @app.post("/accounts/{account_id}/suspend", dependencies=deps)
     async def suspend(account_id: str) -> dict[str, str]:
-        await state.store.set_account_status(account_id, "suspended")
-        state.auth.invalidate(account_id=account_id)
+        await set_account_status(state, account_id, "suspended")
         return {"id": account_id, "status": "suspended"}
 
     @app.post("/accounts/{account_id}/activate", dependencies=deps)
     async def activate(account_id: str) -> dict[str, str]:
-        await state.store.set_account_status(account_id, "active")
-        state.auth.invalidate(account_id=account_id)
+        await set_account_status(state, account_id, "active")
         return {"id": account_id, "status": "active"}
+
+    @app.post("/accounts/{account_id}/limits", dependencies=deps)
+    async def change_limits(account_id: str, body: LimitSet) -> dict[str, Any]:
+        """Replace the account's own limits (a field left out: the configured default for its tier applies)."""
+        limits = await set_account_limits(state, account_id, body)
+        return {"id": account_id, "limits": limits}
 
     @app.get("/keys", dependencies=deps)
     async def list_keys(account_id: str | None = None) -> dict[str, Any]:
@@ -252,6 +259,20 @@ def build_admin_app(state: AppState) -> FastAPI:
 
     register_policy_routes(app, state, deps)  # /policy, /risk (POST), /review: gateway/policy/admin.py
     return app
+
+
+async def set_account_status(state: AppState, account_id: str, status: str) -> None:
+    """Suspend or activate an account; its keys' cached lookups are dropped so the next request sees it."""
+    await state.store.set_account_status(account_id, status)
+    state.auth.invalidate(account_id=account_id)
+
+
+async def set_account_limits(state: AppState, account_id: str, limits: LimitSet) -> dict[str, Any] | None:
+    """Replace an account's own limits; the next request of any of its keys is limited by them."""
+    stored = limits.model_dump(exclude_none=True) or None
+    await state.store.set_account_limits(account_id, stored)
+    state.auth.invalidate(account_id=account_id)
+    return stored
 
 
 def _detection(state: AppState, account_id: str) -> dict[str, Any] | None:

@@ -26,9 +26,11 @@ from starlette.routing import Mount, Route
 from starlette.types import Receive, Scope, Send
 
 from distillshield.config import Settings
+from distillshield.console import build_console
 from distillshield.contracts import AuditSink, DetectionService, RiskBoard, WatermarkControl
 from distillshield.gateway.admin import bearer_refusal, build_admin_app, configured_admin_digest
 from distillshield.gateway.auth import Authenticator
+from distillshield.gateway.batches import BatchApi, BatchRunner, MessageBatchApi
 from distillshield.gateway.errors import ApiError
 from distillshield.gateway.extensions import Extension, ExtensionFactory
 from distillshield.gateway.limits import RateLimiter, build_limiter
@@ -38,6 +40,7 @@ from distillshield.gateway.policy import PolicyStage
 from distillshield.gateway.risk import build_risk_board
 from distillshield.gateway.upstream import Upstream, build_upstream
 from distillshield.store import Store
+from distillshield.store.batches import BatchStore
 from distillshield.store.checkpoint import Checkpointer
 from distillshield.store.spool import Spool
 from distillshield.store.writer import AuditWriter
@@ -63,6 +66,7 @@ class AppState:
     policy: PolicyStage | None = None
     detection: DetectionService | None = None  # set by online detection when it starts (detect/online.py)
     watermark: WatermarkControl | None = None  # set by the watermark extension (watermark/gateway.py)
+    batches: BatchRunner | None = None  # the Batch API's runner (gateway/batches.py), when batches.enabled
 
 
 def audit_spool(settings: Settings) -> Spool | None:
@@ -181,6 +185,9 @@ def build_app(settings: Settings, extensions: Sequence[ExtensionFactory], **comp
     async def responses(request: Request) -> Any:
         return await gw.handle(request.scope, request.receive, "responses")
 
+    async def embeddings(request: Request) -> Any:
+        return await gw.handle(request.scope, request.receive, "embeddings")
+
     async def models(request: Request) -> Response:
         try:
             await state.auth.authenticate(request.headers)
@@ -262,6 +269,8 @@ def build_app(settings: Settings, extensions: Sequence[ExtensionFactory], **comp
         await state.risk.start()  # before the extensions: detection replays into it, the policy reads it
         for ext in state.extensions:
             await ext.start(state)
+        if state.batches is not None:
+            await state.batches.start()
         # Start-up objects live for the whole run: keep them out of the cyclic GC, whose full
         # collections otherwise stall the event loop for ~100 ms under load (visible in p99).
         gc.collect()
@@ -276,6 +285,8 @@ def build_app(settings: Settings, extensions: Sequence[ExtensionFactory], **comp
         try:
             yield
         finally:
+            if state.batches is not None:  # running batches stop launching requests and write their files
+                await state.batches.stop()
             # Streams the server cut at its graceful timeout finish their audit rows as their tasks unwind,
             # concurrently with this shutdown: wait for them (bounded) before the audit writer stops.
             try:
@@ -294,16 +305,26 @@ def build_app(settings: Settings, extensions: Sequence[ExtensionFactory], **comp
             await state.store.close()
             gc.set_threshold(*thresholds)
 
+    batch_routes: list[Route] = []
+    if settings.batches.enabled:
+        batch_store = BatchStore(state.store.engine)
+        state.batches = BatchRunner(gw, batch_store, settings.batches)
+        batch_routes = BatchApi(gw, batch_store, state.batches, settings.batches).routes()
+        batch_routes += MessageBatchApi(gw, batch_store, state.batches, settings.batches).routes()
+
     routes = [
         Route("/v1/chat/completions", chat, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/messages", messages, methods=["POST"]),
         Route("/v1/responses", responses, methods=["POST"]),
+        Route("/v1/embeddings", embeddings, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        *batch_routes,  # /v1/files, /v1/batches, /v1/messages/batches
         Mount("/admin", app=build_admin_app(state)),
+        Mount("/console", app=build_console(state)),  # the analyst console (console/app.py)
     ]
     app = GatewayApp(
         routes=routes,

@@ -60,8 +60,21 @@ class Authenticator:
         ctx = await self._lookup(key_id)
         if ctx is None or not secret_matches(ctx.key, secret):
             raise ApiError(401, "invalid API key", code="invalid_api_key")
+        return self._usable(ctx)
+
+    async def authenticate_key_id(self, key_id: str) -> KeyContext:
+        """The context of a key that authenticated earlier, without its secret: a batch's requests run as the
+        key that created the batch (gateway/batches.py). The same revocation and account checks as
+        `authenticate`, so a key revoked or an account suspended since then stops the batch."""
+        ctx = await self._lookup(key_id)
+        if ctx is None:
+            raise ApiError(401, f"API key {key_id} no longer exists", code="invalid_api_key")
+        return self._usable(ctx)
+
+    @staticmethod
+    def _usable(ctx: KeyContext) -> KeyContext:
         if ctx.key.revoked:
-            raise ApiError(401, f"API key {key_id} has been revoked", code="revoked_api_key")
+            raise ApiError(401, f"API key {ctx.key.id} has been revoked", code="revoked_api_key")
         if ctx.account.status != "active":
             raise ApiError(403, f"account {ctx.account.id} is {ctx.account.status}", code="account_suspended")
         return ctx

@@ -2,6 +2,8 @@
 
 Every API speaks OpenAI chat to the upstream: /v1/messages and /v1/responses are translated at the edge
 (protocols/anthropic.py, protocols/responses.py), so every stage in between sees one request shape.
+/v1/embeddings takes the same stages (its inputs are the prompt; it generates nothing) and the upstream's
+`embed` (protocols/embeddings.py).
 
 `Gateway.handle` takes one API call through every stage. Every exit path (success, 4xx, upstream
 failure, client disconnect mid-stream) settles and releases the rate-limit reservation and hands one
@@ -41,7 +43,7 @@ from distillshield.gateway.limits import (
 from distillshield.gateway.logits import LogitGuard, asks_logprobs
 from distillshield.gateway.metrics import GatewayMetrics
 from distillshield.gateway.policy import Decision, PolicyRefusal, PolicyStage
-from distillshield.gateway.protocols import anthropic, openai, responses
+from distillshield.gateway.protocols import anthropic, embeddings, openai, responses
 from distillshield.gateway.streaming import Ending, LastChunk, SSEResponse
 from distillshield.gateway.transforms import ResponseTransform
 from distillshield.gateway.upstream.base import ChunkBatch, GenRequest, LogitsHook, Upstream
@@ -54,6 +56,7 @@ ENDPOINT_OF = {
     "completions": "/v1/completions",
     "messages": "/v1/messages",
     "responses": "/v1/responses",
+    "embeddings": "/v1/embeddings",
 }
 CLIENT_CLOSED = 499  # nginx's convention, used in the audit log for streams the client abandoned
 STORE_DOWN = "the audit log cannot record requests right now (database and spool unavailable); retry shortly"
@@ -138,11 +141,20 @@ def request_headers(scope: AsgiScope) -> dict[str, str]:
     return {k.decode("latin-1"): v.decode("latin-1") for k, v in reversed(scope["headers"])}
 
 
+@dataclass(frozen=True)
+class BatchOrigin:
+    """Who a request of a batch runs as (gateway/batches.py): the key that created the batch, whose account's
+    limits, policy and detection apply as to a live request, and the batch id its audit row carries."""
+
+    batch_id: str
+    key_id: str
+
+
 @dataclass
 class Call:
     """One API call on its way through the stages."""
 
-    api: str  # chat | completions | messages | responses
+    api: str  # chat | completions | messages | responses | embeddings
     request_id: str
     started: float  # wall clock, for the audit log
     t0: float  # perf counter, for latency
@@ -194,15 +206,23 @@ class Gateway:
 
     # -- entry point ----------------------------------------------------------------------------------
 
-    async def handle(self, scope: AsgiScope, receive: Receive, api: str) -> Response | SSEResponse:
-        """Take one API call (the ASGI scope and receive channel of a POST) through every stage."""
+    async def handle(
+        self, scope: AsgiScope, receive: Receive, api: str, origin: BatchOrigin | None = None
+    ) -> Response | SSEResponse:
+        """Take one API call (the ASGI scope and receive channel of a POST) through every stage; `origin`: a
+        request of a batch, run as the batch's key instead of one the request presents."""
         headers = request_headers(scope)
         call = self._start(scope, headers, api)
+        if origin is not None:
+            call.row["batch_id"] = origin.batch_id
         handed_to_stream = False
         try:
             if not self.audit.accepting:  # no row could be made durable now: serve nothing unrecorded
                 raise ApiError(503, STORE_DOWN, code="store_unavailable", headers={"retry-after": "5"})
-            ctx = await self.auth.authenticate(headers)
+            if origin is None:
+                ctx = await self.auth.authenticate(headers)
+            else:
+                ctx = await self.auth.authenticate_key_id(origin.key_id)
             row = call.row
             row["account_id"], row["org_id"], row["key_id"] = ctx.account.id, ctx.org.id, ctx.key.id
             body = self._parse_body(await self._read_body(receive, headers, call))
@@ -212,7 +232,7 @@ class Gateway:
             scopes = self._scopes_for(ctx)
             if self.policy is not None:  # may refuse (403), cap the request and throttle its scopes
                 scopes, call.transform, call.decision = self.policy.apply(ctx, gen, scopes, row)
-            if api != "messages":  # what the policy left: may refuse logit_bias with logprobs (400)
+            if api not in ("messages", "embeddings"):  # what the policy left: may refuse logit_bias with logprobs
                 self.logit_guard.apply(gen)
             if self.logit_guard.noise > 0 and asks_logprobs(gen):
                 self._add_logprob_noise(call, gen)
@@ -220,9 +240,12 @@ class Gateway:
             est = estimate_tokens(gen.prompt_text, gen.max_tokens, gen.n, n_messages)
             call.reservation = await self.limiter.reserve(scopes, est)
             row.setdefault("decision", "allow")
-            if self.logits_hook_factory is not None:
+            if self.logits_hook_factory is not None and api != "embeddings":  # vectors are not sampled
                 gen.logits_hook = self.logits_hook_factory(ctx, gen)
             self.metrics.in_flight.inc()
+            if api == "embeddings":
+                response = await self._embed(call)
+                return response if call.ack is None else await self._when_durable(call, response)
             if gen.stream:
                 response = await self._stream(call)
                 handed_to_stream = True
@@ -316,6 +339,8 @@ class Gateway:
         if call.api == "responses":
             call.responses_request = responses.parse_responses(body, s.default_max_tokens, s.max_max_tokens)
             return call.responses_request.gen
+        if call.api == "embeddings":
+            return embeddings.parse_embeddings(body)
         return anthropic.parse_messages(body, s.max_max_tokens)
 
     def _add_logprob_noise(self, call: Call, gen: GenRequest) -> None:
@@ -376,6 +401,22 @@ class Gateway:
         else:
             payload = resp
         call.row.update(response_text=text, finish_reason=finish, prompt_tokens=prompt, completion_tokens=completion)
+        self._finish(call, 200)
+        return Response(orjson.dumps(payload), 200, self._headers(call), media_type=_JSON)
+
+    async def _embed(self, call: Call) -> Response:
+        """An embeddings request: the upstream's vectors, settled to its count of input tokens (or the
+        reservation's estimate when it gave none). The policy's response transforms have nothing to act on."""
+        gen = call.gen
+        assert gen is not None and call.reservation is not None
+        resp = await self.upstream.embed(gen)
+        prompt = embeddings.upstream_tokens(resp)
+        if prompt is None:
+            prompt = estimate_tokens(gen.prompt_text, 0)
+        payload = embeddings.answer(resp, gen, prompt)
+        await self._settle_and_release(call, prompt)
+        # No text is served: the row's response text is empty, its usage the input tokens.
+        call.row.update(response_text="", finish_reason=None, prompt_tokens=prompt, completion_tokens=0)
         self._finish(call, 200)
         return Response(orjson.dumps(payload), 200, self._headers(call), media_type=_JSON)
 

@@ -1,8 +1,8 @@
 """The audit log's sha256 hash chain: canonical records, linking, and verification.
 
 Each row's hash is sha256(prev_hash || "\\n" || canonical(row)), where canonical(row) is the row's
-fields (seq included, hashes excluded) as sorted-key compact JSON. Editing a row breaks its own hash;
-deleting one leaves a gap in seq and a broken link; reordering breaks the links.
+fields (seq included, hashes excluded; `batch_id` only when set) as sorted-key compact JSON. Editing a row
+breaks its own hash; deleting one leaves a gap in seq and a broken link; reordering breaks the links.
 
 The chain alone cannot show a rewrite by someone who recomputes every later hash; the Merkle tree over
 the same canonical bytes (merkle.py) and its signed checkpoints (checkpoint.py) can.
@@ -39,12 +39,17 @@ CHAINED_FIELDS = (
     "completion_tokens",
     "decision",
     "error",
+    "batch_id",
 )
+# Fields added after the log's first release: hashed only when set, so rows written before them (and live
+# requests, where they are null) keep their hashes.
+OPTIONAL_FIELDS = frozenset({"batch_id"})
 
 
 def canonical(row: Mapping[str, Any]) -> bytes:
     """The bytes that are hashed for one row."""
-    return orjson.dumps({k: row.get(k) for k in CHAINED_FIELDS}, option=orjson.OPT_SORT_KEYS)
+    rec = {k: v for k in CHAINED_FIELDS if (v := row.get(k)) is not None or k not in OPTIONAL_FIELDS}
+    return orjson.dumps(rec, option=orjson.OPT_SORT_KEYS)
 
 
 def link(prev_hash: str, row: Mapping[str, Any]) -> str:

@@ -190,6 +190,15 @@ def _storable_row(r: Mapping[str, Any]) -> dict[str, Any]:
     return rec
 
 
+def _add_missing_audit_columns(conn: sa.Connection) -> None:
+    """Add the audit columns a log created by an earlier release lacks (create_all adds tables, not columns).
+    Each is nullable and hashed only when set (chain.OPTIONAL_FIELDS), so the old rows still verify."""
+    have = {c["name"] for c in sa.inspect(conn).get_columns("audit_log")}
+    for name in sorted(chain.OPTIONAL_FIELDS - have):
+        column = audit_log.c[name]
+        conn.execute(sa.text(f"ALTER TABLE audit_log ADD COLUMN {name} {column.type.compile(conn.dialect)}"))
+
+
 _SCHEMA_LOCK = 0x44535348  # "DSSH": the advisory lock around schema creation on PostgreSQL
 
 
@@ -263,6 +272,7 @@ class Store:
                     # tables ("relation already exists"): one at a time, the lock released with the transaction.
                     await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _SCHEMA_LOCK})
                 await conn.run_sync(metadata.create_all)
+                await conn.run_sync(_add_missing_audit_columns)
                 head = (await conn.execute(sa.select(chain_head.c.seq).where(chain_head.c.id == 1))).first()
                 if head is None:
                     await conn.execute(chain_head.insert().values(id=1, seq=0, hash=chain.GENESIS))
@@ -375,6 +385,13 @@ class Store:
     async def set_account_status(self, account_id: str, status: str) -> None:
         async with self.engine.begin() as conn:
             res = await conn.execute(accounts.update().where(accounts.c.id == account_id).values(status=status))
+        if res.rowcount == 0:
+            raise StoreError(f"account '{account_id}' does not exist")
+
+    async def set_account_limits(self, account_id: str, limits: dict[str, Any] | None) -> None:
+        """Replace the account's own limits (None: its tier's defaults apply again)."""
+        async with self.engine.begin() as conn:
+            res = await conn.execute(accounts.update().where(accounts.c.id == account_id).values(limits=limits))
         if res.rowcount == 0:
             raise StoreError(f"account '{account_id}' does not exist")
 

@@ -50,6 +50,7 @@ def row_to_record(row: dict[str, Any]) -> TrafficRecord | None:
         response=response,
         status=row.get("status"),
         latency_ms=row.get("latency_ms"),
+        batch_id=row.get("batch_id"),
     )
 
 
@@ -79,4 +80,5 @@ def record_to_row(rec: TrafficRecord) -> dict[str, Any]:
         "completion_tokens": usage.completion_tokens if usage else None,
         "decision": None,
         "error": None,
+        "batch_id": rec.batch_id,
     }

@@ -65,6 +65,9 @@ audit_log = sa.Table(
     sa.Column("completion_tokens", sa.Integer, nullable=True),
     sa.Column("decision", sa.Text, nullable=True),
     sa.Column("error", sa.Text, nullable=True),
+    # The batch (store/batches.py) a row's request ran in; null for live requests. Added after the log's
+    # first release: Store.init adds it to older databases, and chain.canonical leaves it out when null.
+    sa.Column("batch_id", sa.String(64), nullable=True, index=True),
     sa.Column("prev_hash", sa.String(64), nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),
 )
@@ -120,4 +123,66 @@ review_decisions = sa.Table(
     sa.Column("verdict", sa.String(16), nullable=True),  # detection's verdict when decided
     sa.Column("members", sa.JSON, nullable=True),  # the accounts (or orgs) it applied to
     sa.Column("ts", sa.Double, nullable=False),
+)
+
+# Imported threat intelligence (intel/store.py): one row per STIX indicator id, its latest version only;
+# `data` is its matchable form (intel/indicators.py Indicator).
+intel_indicators = sa.Table(
+    "intel_indicators",
+    metadata,
+    sa.Column("id", sa.String(100), primary_key=True),
+    sa.Column("modified", sa.Double, nullable=False),
+    sa.Column("producer", sa.String(200), nullable=False),
+    sa.Column("revoked", sa.Boolean, nullable=False, default=False),
+    sa.Column("valid_until", sa.Double, nullable=True),
+    sa.Column("source", sa.String(500), nullable=False, default=""),
+    sa.Column("data", sa.JSON, nullable=False),
+    sa.Column("imported_at", sa.Double, nullable=False, index=True),
+)
+
+# Where each TAXII collection's last pull ended (the latest `date_added` of its manifest), per collection URL.
+intel_pulls = sa.Table(
+    "intel_pulls",
+    metadata,
+    sa.Column("collection", sa.String(500), primary_key=True),
+    sa.Column("added_after", sa.String(64), nullable=True),
+    sa.Column("pulled_at", sa.Double, nullable=False),
+)
+
+# The Batch API (store/batches.py, docs/batches-api.md): uploaded and produced files, one row each with
+# its bytes, and batches, each owned by the account (and key) that created it.
+files = sa.Table(
+    "files",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("account_id", sa.String(64), nullable=False, index=True),
+    sa.Column("purpose", sa.String(32), nullable=False),  # batch | batch_output
+    sa.Column("filename", sa.String(500), nullable=False),
+    sa.Column("bytes", sa.BigInteger, nullable=False),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("content", sa.LargeBinary, nullable=False),
+)
+
+batches = sa.Table(
+    "batches",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("account_id", sa.String(64), nullable=False, index=True),
+    sa.Column("key_id", sa.String(32), nullable=False),  # the key whose limits each request is charged to
+    # Where the batch came from: its requests' audit rows carry them, as a live request's would.
+    sa.Column("client_ip", sa.String(64), nullable=True),
+    sa.Column("user_agent", sa.Text, nullable=True),
+    sa.Column("endpoint", sa.String(64), nullable=False),
+    sa.Column("input_file_id", sa.String(64), nullable=False),
+    sa.Column("completion_window", sa.String(16), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False, index=True),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("updated_at", sa.Double, nullable=False),
+    sa.Column("times", sa.JSON, nullable=False),  # in_progress_at, completed_at, ... (Unix seconds)
+    sa.Column("output_file_id", sa.String(64), nullable=True),
+    sa.Column("error_file_id", sa.String(64), nullable=True),
+    sa.Column("request_counts", sa.JSON, nullable=False),  # {total, completed, failed}
+    sa.Column("errors", sa.JSON, nullable=True),  # [{code, message, line, param}]
+    sa.Column("user_metadata", sa.JSON, nullable=True),  # the client's `metadata`
+    sa.Column("usage", sa.JSON, nullable=True),  # {input_tokens, output_tokens}
 )

@@ -3,6 +3,8 @@
 - keys.py: HMAC key derivation per account/cluster and the seeding function all schemes share
 - kgw.py: GreenListWatermark (Kirchenbauer et al.): processor and detector side by side
 - gumbel.py: GumbelWatermark: distortion-free keyed Gumbel-max sampling and its detector
+- tournament.py: TournamentWatermark: SynthID-style tournament sampling (distortion-free per step, still
+  random) and its mean-score detector
 - stats.py: exact one-sided p-values, Holm/Bonferroni correction
 - attribution.py: test a text under every account key and name the likely sources
 - radioactivity.py: was a suspect model trained on our watermarked outputs? (Sander et al. 2024)
@@ -19,6 +21,7 @@ from distillshield.watermark.keys import KeyRing, WatermarkKey, derive_key, key_
 from distillshield.watermark.kgw import GreenListWatermark
 from distillshield.watermark.radioactivity import radioactivity_test
 from distillshield.watermark.schemes import build_scheme
+from distillshield.watermark.tournament import TournamentWatermark
 
 __all__ = [
     "Attribution",
@@ -27,6 +30,7 @@ __all__ = [
     "GreenListWatermark",
     "GumbelWatermark",
     "KeyRing",
+    "TournamentWatermark",
     "WatermarkKey",
     "attribute",
     "build_scheme",

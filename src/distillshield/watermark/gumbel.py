@@ -39,6 +39,27 @@ def uniforms(values: np.ndarray) -> np.ndarray:
     return (values.astype(np.float64) + 0.5) / 2.0**32
 
 
+def truncated(scores: np.ndarray, top_k: int, top_p: float, min_p: float) -> np.ndarray:
+    """Token ids llama.cpp's sampler chain (top-k -> top-p -> min-p on the raw logits) would keep, most
+    likely first: the candidates a keyed sampler chooses among, so that it changes nothing else."""
+    top = float(scores.max())
+    cand = np.flatnonzero(scores >= top - _PREFILTER)
+    logits = scores[cand].astype(np.float64)
+    if 0 < top_k < cand.size:  # partial selection first: flat logits can pass the prefilter en masse
+        part = np.argpartition(-logits, top_k - 1)[:top_k]
+        cand, logits = cand[part], logits[part]
+    order = np.argsort(-logits, kind="stable")
+    cand, logits = cand[order], logits[order]
+    if top_p < 1.0:
+        p = np.exp(logits - logits[0])
+        cum = np.cumsum(p / p.sum())
+        keep = int(np.searchsorted(cum, top_p)) + 1  # up to and including the crossing token
+        cand, logits = cand[:keep], logits[:keep]
+    if min_p > 0.0:
+        cand = cand[logits >= logits[0] + math.log(min_p)]
+    return cand
+
+
 class GumbelWatermark(PairScorer):
     """Gumbel-max sampling keyed by (key, previous h tokens)."""
 
@@ -94,11 +115,12 @@ class GumbelWatermark(PairScorer):
 
 
 class GumbelProcessor:
-    """Per-request hook: replaces the sampler's random draw by the keyed Gumbel-max choice."""
+    """Per-request hook: replaces the sampler's random draw by the keyed Gumbel-max choice (`choose`; the
+    tournament's processor chooses differently over the same candidates, contexts and keyed values)."""
 
     def __init__(
         self,
-        scheme: GumbelWatermark,
+        scheme: PairScorer,
         key: WatermarkKey,
         temperature: float,
         top_k: int,
@@ -117,22 +139,12 @@ class GumbelProcessor:
 
     def candidates(self, scores: np.ndarray) -> np.ndarray:
         """Token ids llama.cpp's chain (top-k -> top-p -> min-p on raw logits) would keep."""
-        top = float(scores.max())
-        cand = np.flatnonzero(scores >= top - _PREFILTER)
-        logits = scores[cand].astype(np.float64)
-        if 0 < self.top_k < cand.size:  # partial selection first: flat logits can pass the prefilter en masse
-            part = np.argpartition(-logits, self.top_k - 1)[: self.top_k]
-            cand, logits = cand[part], logits[part]
-        order = np.argsort(-logits, kind="stable")
-        cand, logits = cand[order], logits[order]
-        if self.top_p < 1.0:
-            p = np.exp(logits - logits[0])
-            cum = np.cumsum(p / p.sum())
-            keep = int(np.searchsorted(cum, self.top_p)) + 1  # up to and including the crossing token
-            cand, logits = cand[:keep], logits[:keep]
-        if self.min_p > 0.0:
-            cand = cand[logits >= logits[0] + math.log(self.min_p)]
-        return cand
+        return truncated(scores, self.top_k, self.top_p, self.min_p)
+
+    def choose(self, logits: np.ndarray, values: np.ndarray) -> int:
+        """The index of the keyed choice among the candidates (their tempered logits and keyed values):
+        Gumbel-max, argmax of logit + G with G = -log(-log u)."""
+        return int(np.argmax(logits - np.log(-np.log(uniforms(values)))))
 
     def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
         if len(input_ids) < self.h or self.temperature <= 0.0:
@@ -144,8 +156,8 @@ class GumbelProcessor:
         self._seen.add(ctx)
         cand = self.candidates(scores)
         table = token_table(self.key, scores.shape[-1])
-        u = uniforms(fmix32(table[cand] ^ np.uint32(context_seed(self.key, ctx))))
-        winner = int(cand[np.argmax(scores[cand].astype(np.float64) / self.temperature - np.log(-np.log(u)))])
+        values = fmix32(table[cand] ^ np.uint32(context_seed(self.key, ctx)))
+        winner = int(cand[self.choose(scores[cand].astype(np.float64) / self.temperature, values)])
         keep = scores[winner]
         scores[:] = _SUPPRESS
         scores[winner] = keep

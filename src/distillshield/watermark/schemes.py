@@ -7,25 +7,28 @@ from typing import TYPE_CHECKING
 from distillshield.watermark.gumbel import GumbelWatermark
 from distillshield.watermark.keys import KeyRing
 from distillshield.watermark.kgw import GreenListWatermark
+from distillshield.watermark.tournament import LAYERS, TournamentWatermark
 
 if TYPE_CHECKING:
     from distillshield.config import WatermarkSettings
 
-Scheme = GreenListWatermark | GumbelWatermark
+Scheme = GreenListWatermark | GumbelWatermark | TournamentWatermark
 
 
 def build_scheme(
-    name: str, gamma: float = 0.25, delta: float = 2.0, context_width: int = 1
-) -> GreenListWatermark | GumbelWatermark:
+    name: str, gamma: float = 0.25, delta: float = 2.0, context_width: int = 1, layers: int = LAYERS
+) -> Scheme:
     if name == "kgw":
         return GreenListWatermark(gamma, delta, context_width)
     if name == "gumbel":
         return GumbelWatermark(context_width)
-    raise ValueError(f"unknown watermark scheme {name!r}; choose kgw or gumbel")
+    if name == "tournament":
+        return TournamentWatermark(context_width, layers)
+    raise ValueError(f"unknown watermark scheme {name!r}; choose kgw, gumbel or tournament")
 
 
-def scheme_from_settings(cfg: WatermarkSettings) -> GreenListWatermark | GumbelWatermark:
-    return build_scheme(cfg.scheme, cfg.gamma, cfg.delta, cfg.context_width)
+def scheme_from_settings(cfg: WatermarkSettings) -> Scheme:
+    return build_scheme(cfg.scheme, cfg.gamma, cfg.delta, cfg.context_width, cfg.tournament_layers)
 
 
 def keyring_from_settings(cfg: WatermarkSettings) -> KeyRing:

@@ -322,6 +322,9 @@ def _checks(rule: Rule) -> tuple[Check, ...]:
     if w.review is not None:
         states = frozenset(w.review)
         out.append(lambda s: s.review in states)
+    if w.intel_match is not None:
+        matched = w.intel_match  # detection names the signal "intel" (detect/signals/intel.py)
+        out.append(lambda s: (s.signals.get("intel", 0.0) > 0.0) is matched)
     if w.tier is not None:
         tiers = frozenset(w.tier)
         out.append(lambda s: s.ctx.account.tier in tiers)
@@ -353,6 +356,8 @@ def _matches_clean(rule: Rule) -> bool:
     if w.any_signal is not None and not any(r.holds(0.0) for r in w.any_signal.values()):
         return False
     if w.in_cluster is True or (w.cluster_size is not None and not w.cluster_size.holds(0)):
+        return False
+    if w.intel_match is True:
         return False
     return not (w.review is not None and "none" not in w.review)
 

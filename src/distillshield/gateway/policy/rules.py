@@ -89,6 +89,11 @@ class When(_Strict):
     review: list[ReviewState] | None = Field(
         None, description="the account's review state: none (never queued), open (awaiting review), confirmed"
     )
+    intel_match: bool | None = Field(
+        None,
+        description="the account's requests match (true) or do not match (false) an imported threat-intelligence "
+        "indicator (docs/intel.md)",
+    )
 
     @field_validator("verdict", "tier", "verification", "org", "account", "review", mode="before")
     @classmethod

@@ -2,7 +2,7 @@
 
 The gateway speaks OpenAI's chat/completions shapes internally: every upstream takes an OpenAI-format
 body and returns an OpenAI-format response (or stream of chunks). The Anthropic endpoint translates
-at the edge (protocols/anthropic.py).
+at the edge (protocols/anthropic.py). Embeddings (`embed`) take and return OpenAI's embeddings shapes.
 """
 
 from __future__ import annotations
@@ -45,13 +45,13 @@ async def batches_of(chunks: AsyncIterator[dict[str, Any]]) -> AsyncGenerator[Ch
 class GenRequest:
     """One generation as the upstream sees it."""
 
-    api: Literal["chat", "completions"]
+    api: Literal["chat", "completions", "embeddings"]
     body: dict[str, Any]  # OpenAI-format request body, max_tokens already bounded
     model: str
     stream: bool
     max_tokens: int
     prompt_text: str  # the prompt as plain text, for estimates and the audit log
-    n: int = 1
+    n: int = 1  # choices to generate (embeddings: the number of inputs)
     logits_hook: LogitsHook | None = None
     account_id: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -79,4 +79,9 @@ class Upstream(Protocol):
         """The same chunks grouped as they arrived, with their raw bytes where the upstream has them (see
         HttpUpstream); what the gateway relays. An upstream with nothing better returns
         `batches_of(self.stream(req))`."""
+        ...
+
+    async def embed(self, req: GenRequest) -> dict[str, Any]:
+        """An embeddings request (api "embeddings", its body validated by protocols/embeddings.py) -> OpenAI's
+        embeddings list, one vector per input in the body's `encoding_format`, with `usage.prompt_tokens`."""
         ...

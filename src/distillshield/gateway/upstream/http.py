@@ -103,9 +103,16 @@ class HttpUpstream:
         )
 
     async def complete(self, req: GenRequest) -> dict[str, Any]:
+        return await self._post(self._url(req), req.body)
+
+    async def embed(self, req: GenRequest) -> dict[str, Any]:
+        """The body as validated, to the server's /embeddings; its answer as it came (the gateway checks it)."""
+        return await self._post(f"{self.cfg.base_url}/embeddings", req.body)
+
+    async def _post(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
         assert self._session is not None, "upstream not started"
         try:
-            async with self._session.post(self._url(req), data=orjson.dumps(req.body)) as resp:
+            async with self._session.post(url, data=orjson.dumps(body)) as resp:
                 await self._check_status(resp)
                 raw = await resp.read()
         except UpstreamError:

@@ -4,6 +4,13 @@ The model runs on one dedicated worker thread (a llama.cpp context is not thread
 loop never blocks on generation; requests queue for that thread. A per-request logits hook lets the
 watermark bias the next-token scores. `logit_bias` and logprobs are served with OpenAI's semantics by
 `_LogitReader` (the bias changes what is sampled and what the logprobs report).
+
+Embeddings (`embed`) come from a second llama.cpp instance of the same GGUF file, made with `embedding=True`
+and mean pooling: a context in embedding mode pools its outputs instead of serving generation, so one
+context cannot do both. It is loaded on the first embeddings request (a gateway that serves none pays
+nothing) on the same worker thread. The weights are memory-mapped, so the file's pages are shared; the second
+context adds about 80 MB, and up to ~200 MB once a batch fills it (llama.cpp keeps an output row per input
+token). Inputs are at most EMBED_CTX tokens each.
 """
 
 from __future__ import annotations
@@ -21,9 +28,11 @@ import numpy as np
 
 from distillshield.config import LocalUpstreamSettings
 from distillshield.gateway.errors import UpstreamError
+from distillshield.gateway.protocols.embeddings import embedding_list, input_texts
 from distillshield.gateway.upstream.base import ChunkBatch, GenRequest, batches_of
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBED_CTX = 512  # tokens per embedded input, and per llama.cpp batch of inputs (its memory grows with it)
 _PASSED = ("temperature", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty")
 
 
@@ -46,6 +55,8 @@ class LocalUpstream:
     def __init__(self, cfg: LocalUpstreamSettings) -> None:
         self.cfg = cfg
         self._llm: Any = None
+        self._embedder: Any = None  # the embedding-mode instance, loaded on first use (see the module doc)
+        self._path: str | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="distillshield-llm")
 
     async def start(self) -> None:
@@ -53,7 +64,8 @@ class LocalUpstream:
         if not path.is_file():
             raise FileNotFoundError(f"model file {path} does not exist (upstream.local.model_path)")
         loop = asyncio.get_running_loop()
-        self._llm = await loop.run_in_executor(self._executor, self._load, str(path))
+        self._path = str(path)
+        self._llm = await loop.run_in_executor(self._executor, self._load, self._path)
 
     def _load(self, path: str) -> Any:
         from llama_cpp import Llama
@@ -66,11 +78,26 @@ class LocalUpstream:
             verbose=False,
         )
 
+    def _load_embedder(self) -> Any:
+        import llama_cpp
+
+        return llama_cpp.Llama(
+            model_path=self._path,
+            n_ctx=EMBED_CTX,
+            n_batch=EMBED_CTX,
+            n_ubatch=EMBED_CTX,  # a pooled sequence must fit one physical batch
+            n_threads=self.cfg.n_threads,
+            embedding=True,
+            pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
+            verbose=False,
+        )
+
     async def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
-        llm, self._llm = self._llm, None
-        if llm is not None:
-            llm.close()  # free the model now, not at interpreter teardown
+        models, self._llm, self._embedder = (self._llm, self._embedder), None, None
+        for llm in models:
+            if llm is not None:
+                llm.close()  # free the model now, not at interpreter teardown
 
     def ready(self) -> bool:
         return self._llm is not None
@@ -132,6 +159,34 @@ class LocalUpstream:
 
     def stream_batches(self, req: GenRequest) -> AsyncGenerator[ChunkBatch, None]:
         return batches_of(self.stream(req))  # chunks come one at a time from the model, as dicts
+
+    async def embed(self, req: GenRequest) -> dict[str, Any]:
+        """Mean-pooled, L2-normalised embeddings of the inputs (protocols/embeddings.py shapes the answer)."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, self._embed, req)
+        except UpstreamError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - llama.cpp errors become 502
+            raise _model_error(exc) from None
+
+    def _embed(self, req: GenRequest) -> dict[str, Any]:
+        if self._llm is None or self._path is None:
+            raise UpstreamError(503, "the embedded model is not loaded yet")
+        if self._embedder is None:
+            self._embedder = self._load_embedder()
+        emb = self._embedder
+        texts = input_texts(req.body)
+        for i, text in enumerate(texts):
+            n = len(emb.tokenize(text.encode("utf-8")))
+            if n > EMBED_CTX:
+                raise UpstreamError(
+                    400,
+                    f"'input[{i}]' is {n} tokens; the embedded model embeds at most {EMBED_CTX} tokens per input: "
+                    "split the text",
+                )
+        vectors, tokens = emb.embed(texts, normalize=False, truncate=False, return_count=True)
+        return embedding_list(np.asarray(vectors, dtype=np.float32), req.body, req.model, int(tokens))
 
     async def stream(self, req: GenRequest) -> AsyncIterator[dict[str, Any]]:
         kw, reader = self._kwargs(req)

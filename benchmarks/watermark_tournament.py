@@ -1,0 +1,144 @@
+"""Tournament sampling (SynthID-style) on the embedded model: detection, false positives and diversity.
+
+For each number of tournament rounds in --layers, on the embedded model (llama.cpp's default top-k 40 /
+top-p 0.95 / min-p 0.05, context width 4, each completion under a random one of the benchmark's account
+keys); plain sampling and Gumbel-max (h=4) beside it for diversity (docs/watermark.md has Gumbel's
+detection figures):
+
+  detection    completions of real user prompts at T = 1.0 and 0.7, cut to exactly 200 tokens (shorter
+               ones are left out and counted), each tested under its own key: share detected (z >= 4 and
+               exact p <= 3.2e-5: Detection.detected)
+  false pos.   real unwatermarked text (human prompts, GPT-4 answers, book passages, programs) tested under
+               each of --keys account keys: share detected
+  diversity    --diversity-prompts prompts, each sampled --samples times at T = 1.0 under ONE account key
+               (what a customer who samples a prompt repeatedly gets): distinct-2 (distinct bigrams over
+               all bigrams of the samples, per prompt) and self-BLEU (sacrebleu: each sample against the
+               others; lower = more diverse), against plain sampling with the same seeds
+
+    .venv/bin/python benchmarks/watermark_tournament.py --json-out tournament.json
+    .venv/bin/python benchmarks/watermark_tournament.py --layers 2 4 8 --prompts 20 --diversity-prompts 5
+
+Needs sacrebleu (`pip install .[bench]`). Results: docs/watermark.md, "Tournament sampling".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from watermark_common import SECRET, account_ids, chat, load_llm, machine, prompts, rng
+from watermark_detection import real_corpora, upper95
+
+from distillshield.watermark.gumbel import GumbelWatermark
+from distillshield.watermark.keys import KeyRing
+from distillshield.watermark.tokenizer import default_tokenizer
+from distillshield.watermark.tournament import TournamentWatermark
+
+L = 200
+
+
+def distinct2(texts: list[str]) -> float:
+    grams = [tuple(t.split()[i : i + 2]) for t in texts for i in range(max(len(t.split()) - 1, 0))]
+    return len(set(grams)) / len(grams) if grams else float("nan")
+
+
+def self_bleu(texts: list[str]) -> float:
+    import sacrebleu
+
+    scores = [sacrebleu.sentence_bleu(t, [o for j, o in enumerate(texts) if j != i]).score for i, t in enumerate(texts)]
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--layers", type=int, nargs="+", default=[4, 8])
+    ap.add_argument("--prompts", type=int, default=20, help="prompts per temperature for detection")
+    ap.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 0.7])
+    ap.add_argument("--keys", type=int, default=1000)
+    ap.add_argument("--real-limit", type=int, default=100, help="texts per real corpus for false positives")
+    ap.add_argument("--diversity-prompts", type=int, default=5)
+    ap.add_argument("--samples", type=int, default=8)
+    ap.add_argument("--diversity-tokens", type=int, default=100)
+    ap.add_argument("--json-out", default=None)
+    args = ap.parse_args()
+    tok = default_tokenizer()
+    ring = KeyRing(SECRET)
+    accounts = account_ids(args.keys)
+    keys = [ring.account(a) for a in accounts]
+    llm = load_llm()
+    ps = prompts(args.prompts + args.diversity_prompts)
+    det_prompts, div_prompts = ps[: args.prompts], ps[args.prompts :]
+    schemes: dict[str, Any] = {f"tournament m={m}": TournamentWatermark(4, layers=m) for m in args.layers}
+    out: dict[str, Any] = {"machine": machine(), "L": L, "detection": {}, "false_positives": {}, "diversity": {}}
+    t0 = time.perf_counter()
+
+    for name, wm in schemes.items():
+        for temp in args.temperatures:
+            pick = rng(7)
+            hit = n = short = 0
+            zs = []
+            for i, prompt in enumerate(det_prompts):
+                key = ring.account(pick.choice(accounts))
+                hook = wm.processor(key, temperature=temp, seed=2000 + i)
+                text, _, _ = chat(llm, prompt, L + 40, temp, seed=2000 + i, hook=hook)
+                ids = tok.encode(text)
+                if len(ids) < L:
+                    short += 1
+                    continue
+                d = wm.detect(key, ids[:L])
+                n += 1
+                hit += int(d.detected)
+                zs.append(d.z)
+            out["detection"][f"{name} T={temp}"] = {
+                "detected": hit, "n": n, "rate": hit / n if n else float("nan"),
+                "median_z": float(np.median(zs)) if zs else float("nan"), "shorter_than_L": short,
+            }  # fmt: skip
+            took = time.perf_counter() - t0
+            print(f"detection {name} T={temp}: {hit}/{n} ({took:.0f}s)", file=sys.stderr, flush=True)
+
+    texts = [t for corpus in real_corpora(args.real_limit).values() for t in corpus]
+    ids = [x for x in (tok.encode(t) for t in texts) if len(x) >= 50]
+    for name, wm in schemes.items():
+        flagged = sum(d.detected for x in ids for d in wm.score_many(keys, *_pairs(x, wm.context_width)))
+        tests = len(ids) * len(keys)
+        out["false_positives"][name] = {"detected": flagged, "tests": tests, "texts": len(ids), "keys": len(keys),
+                                        "rate": flagged / tests, "upper95": upper95(flagged, tests)}  # fmt: skip
+        print(f"false positives {name}: {flagged}/{tests}", file=sys.stderr, flush=True)
+
+    div: dict[str, Callable[[Any], Any] | None] = {"plain": None}
+    div["gumbel h=4"] = GumbelWatermark(4)  # deterministic per key and context: the contrast
+    div.update(schemes)
+    key = ring.account(accounts[0])
+    for name, wm in div.items():
+        d2, sb = [], []
+        for i, prompt in enumerate(div_prompts):
+            samples = []
+            for s in range(args.samples):
+                hook = None if wm is None else wm.processor(key, temperature=1.0, seed=3000 + 31 * i + s)  # type: ignore[union-attr]
+                samples.append(chat(llm, prompt, args.diversity_tokens, 1.0, seed=3000 + 31 * i + s, hook=hook)[0])
+            d2.append(distinct2(samples))
+            sb.append(self_bleu(samples))
+        out["diversity"][name] = {"distinct2": float(np.mean(d2)), "self_bleu": float(np.mean(sb)),
+                                  "prompts": len(div_prompts), "samples": args.samples}  # fmt: skip
+        print(f"diversity {name}: distinct-2 {np.mean(d2):.3f} self-BLEU {np.mean(sb):.1f}", file=sys.stderr)
+
+    out["seconds"] = round(time.perf_counter() - t0, 1)
+    print(json.dumps(out, indent=2))
+    if args.json_out:
+        with open(args.json_out, "w") as fh:
+            json.dump(out, fh, indent=2)
+
+
+def _pairs(ids: list[int], h: int) -> tuple[Any, Any, int]:
+    from distillshield.watermark.base import scored_pairs
+
+    return scored_pairs(ids, h)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,408 @@
+"""The analyst console: server-rendered pages (Jinja2 + htmx) mounted by the gateway at /console.
+
+    GET  /login, POST /login, POST /logout     the admin token in, a session cookie out
+    GET  /                                     overview: verdicts, open review items, countermeasures, traffic
+    GET  /accounts?q=&sort=&dir=&verdict=&page= accounts, paginated on the server
+    GET  /accounts/{id}                        one account: every reason, limits, policy state, review
+    POST /accounts/{id}/limits                 change its limits          (admin.set_account_limits)
+    POST /accounts/{id}/suspend|activate       suspend or reactivate it   (admin.set_account_status)
+    GET  /review?status=&page=                 the review queue
+    GET  /review/{ref}                         one item with its evidence (policy.admin.review_detail)
+    POST /review/{ref}/decide                  confirm, clear or allowlist with a note (PolicyStage.decide)
+    GET  /audit?page=                          every review decision: who, what, why, when
+    GET  /policy, POST /policy/reload          the active policy; reload its file, switch enforce/shadow
+
+Actions call the same functions as the admin API's endpoints, in process. Every asset is in `static/`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hmac
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, quote
+
+import jinja2
+import yaml
+from fastapi import HTTPException
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from distillshield.config import LimitSet
+from distillshield.console import queries
+from distillshield.console.session import CSRF_FIELD, Session, SessionSigner, csrf_matches
+from distillshield.gateway.admin import (
+    _detection,
+    admin_token_digest,
+    configured_admin_digest,
+    set_account_limits,
+    set_account_status,
+)
+from distillshield.gateway.policy.admin import review_detail
+from distillshield.gateway.policy.rules import PolicyError
+from distillshield.store.database import StoreError
+from distillshield.store.review import DECISIONS
+
+if TYPE_CHECKING:
+    from distillshield.gateway.app import AppState
+
+MAX_FORM_BYTES = 64 * 1024
+# Scripts only from the console's own files: no inline script, no CDN, no eval.
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+)
+DECISION_LABELS = {"confirm": "Confirm", "clear": "Dismiss (clear)", "allowlist": "Allowlist"}
+
+Handler = Callable[[Request, Session], Awaitable[Response]]
+
+
+def _utc(ts: float | None) -> str:
+    if ts is None:
+        return "—"
+    return dt.datetime.fromtimestamp(float(ts), dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("distillshield.console", "templates"),
+        autoescape=jinja2.select_autoescape(default=True),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["utc"] = _utc
+    env.filters["quote"] = lambda s: quote(str(s), safe="")
+    env.filters["yaml"] = lambda v: yaml.safe_dump(v, sort_keys=False, default_flow_style=None, allow_unicode=True)
+    return env
+
+
+class Console:
+    """The console's routes over the gateway's AppState."""
+
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+        digest = configured_admin_digest(state.settings.admin)
+        self.digest = digest
+        self.signer = SessionSigner(digest) if digest else None
+        self.env = _environment()
+        self.traffic = queries.HourlyTraffic()
+        self.volume = queries.VolumeRanking()
+
+    # -- plumbing -----------------------------------------------------------------------------------
+
+    def render(
+        self, request: Request, template: str, *, code: int = 200, session: Session | None = None, **ctx: Any
+    ) -> HTMLResponse:
+        base = request.scope.get("root_path", "")
+        html = self.env.get_template(template).render(
+            base=base, csrf=session.csrf if session else "", csrf_field=CSRF_FIELD, request=request, **ctx
+        )
+        return HTMLResponse(html, code, headers=_security_headers())
+
+    def error(self, request: Request, status: int, message: str, session: Session | None = None) -> HTMLResponse:
+        return self.render(request, "error.html", code=status, session=session, status=status, message=message, nav="")
+
+    def page(self, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+        """A GET handler that needs a session: without one the browser goes to the login page."""
+
+        async def endpoint(request: Request) -> Response:
+            refused = self._disabled(request)
+            if refused is not None:
+                return refused
+            assert self.signer is not None
+            session = self.signer.read(request)
+            if session is None:
+                return self._to_login(request)
+            try:
+                return await handler(request, session)
+            except HTTPException as exc:
+                return self.error(request, exc.status_code, str(exc.detail), session)
+
+        return endpoint
+
+    def action(self, handler: Callable[[Request, Session, dict[str, str]], Awaitable[Response]]) -> Any:
+        """A POST handler: needs a session and the session's CSRF token; gets the parsed form."""
+
+        async def endpoint(request: Request) -> Response:
+            refused = self._disabled(request)
+            if refused is not None:
+                return refused
+            assert self.signer is not None
+            session = self.signer.read(request)
+            if session is None:
+                return self._to_login(request)
+            form = await _form(request)
+            if form is None:
+                return self.error(request, 413, f"the form is larger than {MAX_FORM_BYTES} bytes", session)
+            if not csrf_matches(session, request, form):
+                return self.error(
+                    request, 403, "the form's CSRF token is missing or wrong: reload the page and try again", session
+                )
+            try:
+                return await handler(request, session, form)
+            except (HTTPException, StoreError) as exc:
+                status = exc.status_code if isinstance(exc, HTTPException) else _store_status(exc)
+                message = str(exc.detail) if isinstance(exc, HTTPException) else str(exc)
+                return self.error(request, status, message, session)
+
+        return endpoint
+
+    def _disabled(self, request: Request) -> Response | None:
+        if self.signer is None:
+            return self.error(
+                request, 403, "the console is disabled: set admin.token_sha256 (see `distillshield init`)"
+            )
+        return None
+
+    def _to_login(self, request: Request) -> Response:
+        base = request.scope.get("root_path", "")
+        target = f"{base}/login"
+        if request.method == "GET":
+            here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            target += f"?next={quote(here, safe='')}"
+        if request.headers.get("hx-request"):
+            return Response(status_code=204, headers={"HX-Redirect": target})
+        return RedirectResponse(target, 303)
+
+    def redirect(self, request: Request, path: str) -> RedirectResponse:
+        return RedirectResponse(request.scope.get("root_path", "") + path, 303)
+
+    # -- login --------------------------------------------------------------------------------------
+
+    async def login_form(self, request: Request) -> Response:
+        refused = self._disabled(request)
+        if refused is not None:
+            return refused
+        return self._login_page(request, "", _safe_next(request, request.query_params.get("next")))
+
+    def _login_page(self, request: Request, error: str, next_url: str, status: int = 200) -> Response:
+        assert self.signer is not None
+        token = self.signer.new_login_token()
+        response = self.render(request, "login.html", code=status, error=error, next=next_url, nav="", login_csrf=token)
+        self.signer.set_login_cookie(request, response, token)
+        return response
+
+    async def login(self, request: Request) -> Response:
+        refused = self._disabled(request)
+        if refused is not None:
+            return refused
+        assert self.signer is not None and self.digest is not None
+        form = await _form(request) or {}
+        next_url = _safe_next(request, form.get("next"))
+        if not self.signer.login_token_matches(request, form.get(CSRF_FIELD, "")):
+            return self._login_page(request, "The login form expired: enter the token again.", next_url, 403)
+        token = form.get("token", "").strip()
+        if not token or not hmac.compare_digest(admin_token_digest(token), self.digest):
+            return self._login_page(request, "That is not the admin token.", next_url, 401)
+        response = RedirectResponse(next_url, 303)
+        self.signer.start(request, response)
+        return response
+
+    async def logout(self, request: Request, session: Session, form: dict[str, str]) -> Response:
+        assert self.signer is not None
+        response = self.redirect(request, "/login")
+        self.signer.end(request, response)
+        return response
+
+    # -- pages --------------------------------------------------------------------------------------
+
+    async def overview(self, request: Request, session: Session) -> Response:
+        data = await queries.overview(self.state, self.traffic)
+        return self.render(request, "overview.html", session=session, nav="overview", o=data)
+
+    async def accounts(self, request: Request, session: Session) -> Response:
+        p = request.query_params
+        sort = p.get("sort", "risk")
+        if sort not in queries.SORTS:
+            sort = "risk"
+        desc = p.get("dir", "desc" if sort in queries.DESC_BY_DEFAULT else "asc") == "desc"
+        q = p.get("q", "").strip()[:200]
+        verdict = p.get("verdict", "")
+        page = await queries.account_list(
+            self.state, self.volume, q=q, sort=sort, desc=desc, verdict=verdict, page=queries.page_number(p.get("page"))
+        )
+        return self.render(
+            request,
+            "accounts.html",
+            session=session,
+            nav="accounts",
+            page=page,
+            q=q,
+            sort=sort,
+            desc=desc,
+            verdict=verdict if verdict in queries.VERDICTS else "",
+            verdicts=queries.VERDICTS,
+            board_sorts=queries.BOARD_SORTS,
+        )
+
+    async def account(self, request: Request, session: Session) -> Response:
+        account_id = request.path_params["account_id"]
+        st = self.state
+        acct = await st.store.get_account(account_id)
+        board = st.risk.get(account_id)
+        # The risk board is what the policy acts on; online detection's latest view (what GET
+        # /admin/accounts/{id} reports first) can differ from it, e.g. after a report was loaded.
+        detection = board.as_dict() if board is not None else _detection(st, account_id)
+        online = st.detection.account(account_id) if st.detection is not None else None
+        if acct is None and detection is None:
+            raise HTTPException(404, f"account '{account_id}' does not exist")
+        ctx: dict[str, Any] = {
+            "account_id": account_id,
+            "acct": acct,
+            "detection": detection,
+            "online": online if online is not None and detection is not None and online != detection else None,
+            "keys": [k.public() for k in await st.store.list_keys(account_id)] if acct else [],
+            "usage": await st.store.account_usage(account_id),
+            "in_flight": await st.limiter.in_flight(f"account:{account_id}"),
+            "live": st.policy.live(account_id) if st.policy is not None else None,
+            "review": await queries.account_review(st, account_id),
+            "limits": queries.effective_limits(st, acct.tier, acct.limits) if acct else None,
+            "limit_fields": list(LimitSet.model_fields),
+            "recent": (await _recent_requests(st, account_id)),
+            "notice": request.query_params.get("done", ""),
+        }
+        return self.render(request, "account.html", session=session, nav="accounts", **ctx)
+
+    async def change_limits(self, request: Request, session: Session, form: dict[str, str]) -> Response:
+        account_id = request.path_params["account_id"]
+        raw = {f: form.get(f, "").strip() for f in LimitSet.model_fields}
+        try:
+            limits = LimitSet(**{f: int(v) for f, v in raw.items() if v})
+        except (ValueError, ValidationError) as exc:
+            raise HTTPException(
+                400, f"limits must be whole numbers of at least 1, or empty for the default: {exc}"
+            ) from None
+        await set_account_limits(self.state, account_id, limits)
+        return self.redirect(request, f"/accounts/{quote(account_id, safe='')}?done=limits")
+
+    async def suspend(self, request: Request, session: Session, form: dict[str, str]) -> Response:
+        account_id = request.path_params["account_id"]
+        await set_account_status(self.state, account_id, "suspended")
+        return self.redirect(request, f"/accounts/{quote(account_id, safe='')}?done=suspended")
+
+    async def activate(self, request: Request, session: Session, form: dict[str, str]) -> Response:
+        account_id = request.path_params["account_id"]
+        await set_account_status(self.state, account_id, "active")
+        return self.redirect(request, f"/accounts/{quote(account_id, safe='')}?done=activated")
+
+    async def review(self, request: Request, session: Session) -> Response:
+        p = request.query_params
+        status = p.get("status", "open")
+        page = await queries.review_list(self.state, status=status, page=queries.page_number(p.get("page")))
+        return self.render(request, "review.html", session=session, nav="review", page=page, status=status)
+
+    async def review_item(self, request: Request, session: Session) -> Response:
+        detail = await review_detail(self.state, request.path_params["ref"])
+        return self.render(
+            request,
+            "review_item.html",
+            session=session,
+            nav="review",
+            d=detail,
+            decisions=DECISION_LABELS,
+            policy_enabled=self.state.policy is not None,
+        )
+
+    async def decide(self, request: Request, session: Session, form: dict[str, str]) -> Response:
+        ref = request.path_params["ref"]
+        decision = form.get("decision", "")
+        if decision not in DECISIONS:
+            raise HTTPException(400, f"unknown decision '{decision}'; choose one of {', '.join(DECISIONS)}")
+        if self.state.policy is None:
+            raise HTTPException(409, "the policy stage is disabled (policy.enabled: false in the config)")
+        note, reviewer = form.get("note", ""), form.get("reviewer", "").strip() or "console"
+        if "\x00" in note or "\x00" in reviewer or len(reviewer) > 64:
+            raise HTTPException(400, "the note and reviewer may not contain NUL; the reviewer is at most 64 characters")
+        # The admin API's POST /admin/review/{ref}/decide path: recorded in the store, applied at once.
+        result = await self.state.policy.decide(ref, decision, reviewer=reviewer, note=note)
+        return self.redirect(request, f"/review/{result.item.id}")
+
+    async def policy(self, request: Request, session: Session) -> Response:
+        described = self.state.policy.describe() if self.state.policy is not None else None
+        return self.render(request, "policy.html", session=session, nav="policy", p=described)
+
+    async def reload_policy(self, request: Request, session: Session, form: dict[str, str]) -> Response:
+        if self.state.policy is None:
+            raise HTTPException(409, "the policy stage is disabled (policy.enabled: false in the config)")
+        mode = form.get("mode") or None
+        if mode not in (None, "enforce", "shadow"):
+            raise HTTPException(400, f"unknown mode '{mode}'; choose enforce or shadow")
+        st = self.state.policy
+        try:  # as POST /admin/policy/reload, for the file already loaded
+            st.reload(None, mode)
+        except PolicyError as exc:
+            raise HTTPException(400, f"{exc} (the previous policy from {st.policy.source} stays active)") from None
+        return self.redirect(request, "/policy?done=reloaded")
+
+    async def audit(self, request: Request, session: Session) -> Response:
+        page = await queries.decision_log(self.state, page=queries.page_number(request.query_params.get("page")))
+        return self.render(request, "audit.html", session=session, nav="audit", page=page)
+
+
+async def _recent_requests(state: AppState, account_id: str) -> list[dict[str, Any]]:
+    from distillshield.store.review import ReviewStore
+
+    rows = await ReviewStore(state.store).recent_requests([account_id], 20)
+    # Prompts and answers stay out of the page: revealing them should be a logged act (not built yet).
+    return [{k: v for k, v in r.items() if k not in ("request", "response_text")} for r in rows]
+
+
+async def _form(request: Request) -> dict[str, str] | None:
+    """The urlencoded form (one value per field), None when too large."""
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM_BYTES:
+            return None
+    return dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+
+
+def _safe_next(request: Request, raw: str | None) -> str:
+    """Where to go after logging in: a path inside the console only (no open redirect)."""
+    base = request.scope.get("root_path", "")
+    if raw and raw.startswith(base + "/") and not raw.startswith("//") and "\\" not in raw and "\n" not in raw:
+        return raw
+    return base + "/"
+
+
+def _store_status(exc: StoreError) -> int:
+    text = str(exc)
+    return 404 if "does not exist" in text else 409 if "already" in text else 400
+
+
+def _security_headers() -> dict[str, str]:
+    return {
+        "content-security-policy": CSP,
+        "x-content-type-options": "nosniff",
+        "referrer-policy": "same-origin",
+        "cache-control": "no-store",
+    }
+
+
+def build_console(state: AppState) -> Starlette:
+    """The console as an ASGI app; the gateway mounts it at /console (gateway/app.py)."""
+    c = Console(state)
+    routes = [
+        Route("/login", c.login_form, methods=["GET"]),
+        Route("/login", c.login, methods=["POST"]),
+        Route("/logout", c.action(c.logout), methods=["POST"]),
+        Route("/", c.page(c.overview), methods=["GET"]),
+        Route("/accounts", c.page(c.accounts), methods=["GET"]),
+        Route("/accounts/{account_id:path}/limits", c.action(c.change_limits), methods=["POST"]),
+        Route("/accounts/{account_id:path}/suspend", c.action(c.suspend), methods=["POST"]),
+        Route("/accounts/{account_id:path}/activate", c.action(c.activate), methods=["POST"]),
+        Route("/accounts/{account_id:path}", c.page(c.account), methods=["GET"]),
+        Route("/review", c.page(c.review), methods=["GET"]),
+        Route("/review/{ref:path}/decide", c.action(c.decide), methods=["POST"]),
+        Route("/review/{ref:path}", c.page(c.review_item), methods=["GET"]),
+        Route("/audit", c.page(c.audit), methods=["GET"]),
+        Route("/policy", c.page(c.policy), methods=["GET"]),
+        Route("/policy/reload", c.action(c.reload_policy), methods=["POST"]),
+        Mount("/static", app=StaticFiles(packages=[("distillshield.console", "static")]), name="static"),
+    ]
+    return Starlette(routes=routes)

@@ -1,0 +1,376 @@
+"""What the console's pages show, read from the store, the risk board and the policy stage.
+
+Every list is paginated here, in the database where the data lives there (accounts, review items,
+decisions, traffic volume) and in memory where it lives in memory (the risk board), so a page costs
+one page of rows whatever the number of accounts.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+from distillshield.contracts import VERDICT_RANK, AccountRisk
+from distillshield.store.review import STATUSES, ReviewStore
+from distillshield.store.tables import accounts, audit_log, review_decisions, review_items
+
+if TYPE_CHECKING:
+    from distillshield.gateway.app import AppState
+
+PER_PAGE = 50
+VOLUME_WINDOW_S = 24 * 3600
+VERDICTS = ("extraction", "suspicious", "benign")
+# Sorts read from the risk board (in memory); the others from the store.
+BOARD_SORTS = ("risk", "verdict", "cluster")
+STORE_SORTS = ("id", "org", "tier", "status")
+SORTS = BOARD_SORTS + STORE_SORTS + ("volume",)
+DESC_BY_DEFAULT = {"risk", "verdict", "volume"}
+
+
+@dataclass(frozen=True)
+class Page:
+    rows: list[Any]
+    number: int
+    total: int
+    per_page: int = PER_PAGE
+
+    @property
+    def pages(self) -> int:
+        return max(1, math.ceil(self.total / self.per_page))
+
+    @property
+    def first(self) -> int:
+        """1-based position of the first row on this page (0 when empty)."""
+        return (self.number - 1) * self.per_page + 1 if self.rows else 0
+
+    @property
+    def last(self) -> int:
+        return self.first + len(self.rows) - 1 if self.rows else 0
+
+
+@dataclass(frozen=True)
+class AccountRow:
+    id: str
+    org_id: str | None
+    tier: str | None
+    status: str | None
+    risk: float | None
+    verdict: str | None
+    cluster_id: str | None
+    requests_24h: int
+
+
+def page_number(raw: str | None) -> int:
+    try:
+        return max(1, int(raw or 1))
+    except ValueError:
+        return 1
+
+
+# -- overview -------------------------------------------------------------------------------------
+
+
+class HourlyTraffic:
+    """Requests per hour over the last 24 h, and how many were refused (status >= 400), from the audit log.
+
+    Hours that ended more than CLOSED_AFTER_S ago are counted once and kept (their rows are all written by
+    then: the audit writer flushes within a second); each call reads only the newer rows."""
+
+    CLOSED_AFTER_S = 300.0
+
+    def __init__(self) -> None:
+        self._closed: dict[int, tuple[int, int]] = {}
+
+    async def read(self, conn: Any, now: float) -> dict[str, list[int]]:
+        first = math.floor(now / 3600) - 23
+        hours = range(first, first + 24)
+        for h in [h for h in self._closed if h < first]:
+            del self._closed[h]
+        closed_until = math.floor((now - self.CLOSED_AFTER_S) / 3600)  # hours before this one are closed
+        since = next((h for h in hours if h not in self._closed or h >= closed_until), first + 24)
+        hour = sa.func.floor(audit_log.c.ts / 3600).label("hour")
+        refused = sa.func.sum(sa.case((audit_log.c.status >= 400, 1), else_=0))
+        q = sa.select(hour, sa.func.count(), refused).where(audit_log.c.ts >= since * 3600).group_by(hour)
+        fresh = {int(h): (int(n), int(r or 0)) for h, n, r in (await conn.execute(q)).all()}
+        for h in range(since, closed_until):
+            self._closed[h] = fresh.get(h, (0, 0))
+        counts = {**fresh, **self._closed}
+        return {
+            "t": [h * 3600 for h in hours],
+            "requests": [counts.get(h, (0, 0))[0] for h in hours],
+            "refused": [counts.get(h, (0, 0))[1] for h in hours],
+        }
+
+
+async def overview(state: AppState, traffic: HourlyTraffic, now: float | None = None) -> dict[str, Any]:
+    now = now or time.time()
+    verdicts = Counter(r.verdict for r in state.risk.all())
+    async with state.store.engine.connect() as conn:
+        n_accounts = (await conn.execute(sa.select(sa.func.count()).select_from(accounts))).scalar_one()
+        suspended = (
+            await conn.execute(sa.select(sa.func.count()).select_from(accounts).where(accounts.c.status == "suspended"))
+        ).scalar_one()
+        open_items = (
+            await conn.execute(
+                sa.select(sa.func.count()).select_from(review_items).where(review_items.c.status == "open")
+            )
+        ).scalar_one()
+        hourly = await traffic.read(conn, now)
+    blocks: list[dict[str, Any]] = []
+    policy: dict[str, Any] | None = None
+    if state.policy is not None:
+        described = state.policy.describe()
+        blocks = [b for b in described["standing_blocks"] if not b["shadow"]]
+        policy = {"mode": described["mode"], "source": described["source"], "decisions": described["decisions"]}
+    return {
+        "accounts": int(n_accounts),
+        "verdicts": {v: verdicts.get(v, 0) for v in VERDICTS},
+        "scored": sum(verdicts.values()),
+        "open_review": int(open_items),
+        "suspended": int(suspended),
+        "blocks": blocks,
+        "policy": policy,
+        "detection": state.detection.status() if state.detection is not None else None,
+        "traffic": hourly,
+    }
+
+
+# -- accounts -------------------------------------------------------------------------------------
+
+
+async def account_list(
+    state: AppState,
+    volume: VolumeRanking,
+    *,
+    q: str = "",
+    sort: str = "risk",
+    desc: bool = True,
+    verdict: str = "",
+    page: int = 1,
+) -> Page:
+    """One page of accounts. Risk, verdict and cluster sorts (and a verdict filter) list the accounts
+    detection has scored; the other sorts list the store's accounts; volume lists accounts with traffic
+    in the last 24 h. Each row carries all the columns whichever list it came from."""
+    if sort not in SORTS:
+        sort = "risk"
+    if verdict not in VERDICTS:
+        verdict = ""
+    if sort in BOARD_SORTS or verdict:
+        return await _scored_accounts(state, q, sort if sort in BOARD_SORTS else "risk", desc, verdict, page)
+    if sort == "volume":
+        return await _busiest_accounts(state, volume, q, desc, page)
+    return await _stored_accounts(state, q, sort, desc, page)
+
+
+async def _scored_accounts(state: AppState, q: str, sort: str, desc: bool, verdict: str, page: int) -> Page:
+    needle = q.lower()
+    risks = [
+        r
+        for r in state.risk.all()
+        if (not verdict or r.verdict == verdict)
+        and (not needle or needle in r.account_id.lower() or needle in (r.cluster_id or "").lower())
+    ]
+
+    def key(r: AccountRisk) -> tuple[Any, ...]:
+        if sort == "verdict":
+            return (VERDICT_RANK.get(r.verdict, 0), r.risk, r.account_id)
+        if sort == "cluster":
+            return (r.cluster_id or "", r.risk, r.account_id)
+        return (r.risk, r.account_id)
+
+    risks.sort(key=key, reverse=desc)
+    start = (page - 1) * PER_PAGE
+    chosen = risks[start : start + PER_PAGE]
+    ids = [r.account_id for r in chosen]
+    async with state.store.engine.connect() as conn:
+        stored = {
+            row.id: row
+            for row in await conn.execute(
+                sa.select(accounts.c.id, accounts.c.org_id, accounts.c.tier, accounts.c.status).where(
+                    accounts.c.id.in_(ids)
+                )
+            )
+        }
+        volume = await _volumes(conn, ids)
+    rows = []
+    for r in chosen:
+        s = stored.get(r.account_id)
+        rows.append(
+            AccountRow(
+                r.account_id,
+                s.org_id if s else None,
+                s.tier if s else None,
+                s.status if s else None,
+                r.risk,
+                r.verdict,
+                r.cluster_id,
+                volume.get(r.account_id, 0),
+            )
+        )
+    return Page(rows, page, len(risks))
+
+
+async def _stored_accounts(state: AppState, q: str, sort: str, desc: bool, page: int) -> Page:
+    c = accounts.c
+    where = sa.or_(c.id.icontains(q, autoescape=True), c.org_id.icontains(q, autoescape=True)) if q else sa.true()
+    column = {"id": c.id, "org": c.org_id, "tier": c.tier, "status": c.status}[sort]
+    order = [sa.desc(column) if desc else column, c.id]
+    query = (
+        sa.select(c.id, c.org_id, c.tier, c.status)
+        .where(where)
+        .order_by(*order)
+        .limit(PER_PAGE)
+        .offset((page - 1) * PER_PAGE)
+    )
+    async with state.store.engine.connect() as conn:
+        total = (await conn.execute(sa.select(sa.func.count()).select_from(accounts).where(where))).scalar_one()
+        found = (await conn.execute(query)).all()
+        volume = await _volumes(conn, [r.id for r in found])
+    return Page([_row(state, r.id, r, volume.get(r.id, 0)) for r in found], page, int(total))
+
+
+class VolumeRanking:
+    """Accounts by their requests in the last 24 h, busiest first: one GROUP BY over a day of the audit
+    log, so it is kept for TTL_S seconds (the volume sort shows counts up to that old)."""
+
+    TTL_S = 30.0
+
+    def __init__(self) -> None:
+        self._ranked: list[tuple[str, int]] = []
+        self._at = -math.inf
+
+    async def read(self, conn: Any, now: float) -> list[tuple[str, int]]:
+        if now - self._at > self.TTL_S:
+            c = audit_log.c
+            n = sa.func.count().label("n")
+            q = (
+                sa.select(c.account_id, n)
+                .where(c.ts >= now - VOLUME_WINDOW_S, c.account_id.is_not(None))
+                .group_by(c.account_id)
+                .order_by(sa.desc(n), c.account_id)
+            )
+            self._ranked = [(a, int(k)) for a, k in (await conn.execute(q)).all()]
+            self._at = now
+        return self._ranked
+
+
+async def _busiest_accounts(state: AppState, volume: VolumeRanking, q: str, desc: bool, page: int) -> Page:
+    async with state.store.engine.connect() as conn:
+        ranked = await volume.read(conn, time.time())
+        needle = q.lower()
+        if needle:
+            ranked = [r for r in ranked if needle in r[0].lower()]
+        if not desc:
+            ranked = ranked[::-1]
+        start = (page - 1) * PER_PAGE
+        chosen = ranked[start : start + PER_PAGE]
+        ids = [a for a, _ in chosen]
+        stored = {
+            row.id: row
+            for row in await conn.execute(
+                sa.select(accounts.c.id, accounts.c.org_id, accounts.c.tier, accounts.c.status).where(
+                    accounts.c.id.in_(ids)
+                )
+            )
+        }
+    return Page([_row(state, a, stored.get(a), n) for a, n in chosen], page, len(ranked))
+
+
+def _row(state: AppState, account_id: str, stored: Any, requests: int) -> AccountRow:
+    risk = state.risk.get(account_id)
+    return AccountRow(
+        account_id,
+        stored.org_id if stored else None,
+        stored.tier if stored else None,
+        stored.status if stored else None,
+        risk.risk if risk else None,
+        risk.verdict if risk else None,
+        risk.cluster_id if risk else None,
+        requests,
+    )
+
+
+async def _volumes(conn: Any, ids: list[str]) -> dict[str, int]:
+    """Requests of each account in the last 24 h."""
+    if not ids:
+        return {}
+    c = audit_log.c
+    q = (
+        sa.select(c.account_id, sa.func.count())
+        .where(c.account_id.in_(ids), c.ts >= time.time() - VOLUME_WINDOW_S)
+        .group_by(c.account_id)
+    )
+    return {a: int(n) for a, n in (await conn.execute(q)).all()}
+
+
+def effective_limits(state: AppState, tier: str, own: dict[str, Any] | None) -> dict[str, Any]:
+    """The account scope's limits as the gateway applies them: defaults, then its tier, then its own."""
+    lim = state.settings.limits
+    tier_limits = lim.tiers.get(tier)
+    tier_set = tier_limits.account if tier_limits else None
+    out = lim.account.merged(tier_set.model_dump(exclude_unset=True) if tier_set else None).merged(own)
+    return out.model_dump()
+
+
+# -- review queue and decisions -------------------------------------------------------------------
+
+
+async def review_list(state: AppState, *, status: str = "open", page: int = 1) -> Page:
+    """Review items, most urgent first (open before decided, then by risk), as `GET /admin/review`."""
+    c = review_items.c
+    where = c.status == status if status in STATUSES else sa.true()
+    open_first = sa.case((c.status == "open", 0), else_=1)
+    q = (
+        review_items.select()
+        .where(where)
+        .order_by(open_first, sa.desc(sa.func.coalesce(c.risk, 0)), c.id)
+        .limit(PER_PAGE)
+        .offset((page - 1) * PER_PAGE)
+    )
+    async with state.store.engine.connect() as conn:
+        total = (await conn.execute(sa.select(sa.func.count()).select_from(review_items).where(where))).scalar_one()
+        rows = [dict(r) for r in (await conn.execute(q)).mappings()]
+    return Page(rows, page, int(total))
+
+
+async def decision_log(state: AppState, *, page: int = 1) -> Page:
+    """Every review decision, newest first, with the item it was made on."""
+    d, i = review_decisions.c, review_items.c
+    q = (
+        sa.select(
+            d.id,
+            d.ts,
+            d.decision,
+            d.scope,
+            d.reviewer,
+            d.note,
+            d.verdict,
+            d.members,
+            i.kind,
+            i.subject,
+            i.id.label("item_id"),
+        )
+        .select_from(review_decisions.join(review_items, d.item_id == i.id))
+        .order_by(sa.desc(d.id))
+        .limit(PER_PAGE)
+        .offset((page - 1) * PER_PAGE)
+    )
+    count = sa.select(sa.func.count()).select_from(review_decisions)
+    async with state.store.engine.connect() as conn:
+        total = (await conn.execute(count)).scalar_one()
+        rows = [dict(r) for r in (await conn.execute(q)).mappings()]
+    return Page(rows, page, int(total))
+
+
+async def account_review(state: AppState, account_id: str) -> dict[str, Any] | None:
+    """The account's own review item and its decisions, if it has one."""
+    store = ReviewStore(state.store)
+    item = await store.get(f"account:{account_id}")
+    if item is None:
+        return None
+    return {"item": item.as_dict(), "decisions": [x.as_dict() for x in await store.decisions(item.id)]}

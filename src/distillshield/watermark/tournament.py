@@ -1,0 +1,161 @@
+"""Tournament sampling (SynthID-Text, Dathathri et al., Nature 2024): distortion-free per step and still
+random, so repeated samples of one prompt differ.
+
+Generation, per step: the candidates and their probabilities p are what the embedded model's sampler
+would use (llama.cpp's top-k, top-p, min-p, then the temperature). Each of `layers` (m) keyed bits
+g_l(x) = bit l of prf32(key, context, x) holds a knock-out round between two independent draws from
+the current distribution: the draw with the larger g wins, a tie is decided by a fair coin. One round
+turns q into
+
+    q'(x) = q(x) * (1 + g_l(x) - sum_y q(y) g_l(y))
+
+(two draws; x wins outright against any y with g_l(y) < g_l(x) and half the ties), so the m rounds are
+applied to p exactly (no 2**m draws), and the token is then drawn from the result with the sampler's own
+randomness: the same prompt gives different answers, unlike Gumbel-max. Over keys, each g_l(x) is a fair
+coin and E[q'(x)] = q(x): the step's distribution is the model's.
+
+Detection: the winners carry more 1-bits than chance. For n distinct (context, token) pairs the score is
+the number of 1-bits among their n*m g values; without the key each is a fair coin, so the count is
+Binomial(n*m, 1/2): z = (S - nm/2) / sqrt(nm/4) and an exact binomial p. This is SynthID's mean score
+(its Bayesian detector needs a trained likelihood model). A context already seen in the response is
+sampled normally (repeated-context masking, as SynthID and Aaronson do), and the first `context_width`
+tokens have no context and are not scored.
+
+Hand-written: SynthID's reference code is JAX/PyTorch and keyed by its own hash; the keys here must be
+the per-account keys of watermark/keys.py that every other scheme and the attribution share.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from distillshield.watermark.base import Detection, PairScorer
+from distillshield.watermark.gumbel import GumbelProcessor
+from distillshield.watermark.keys import WatermarkKey, prf32, prf32_many
+from distillshield.watermark.stats import binomial_log10_sf, z_score
+
+MAX_LAYERS = 32  # bits of one prf32 value
+# Rounds: each adds detection evidence while the winner's distribution still has more than one likely
+# token, and concentrates one key's distribution for a context further, so one account's repeated samples
+# of a prompt grow alike. 8 is the measured compromise (docs/watermark.md, "Tournament sampling": 4 rounds
+# detect too little at T=0.7, 8 lose ~6% of distinct bigrams); watermark.tournament_layers sets it.
+LAYERS = 8
+
+
+def g_bits(values: np.ndarray, layers: int) -> np.ndarray:
+    """(..., layers) 0/1 array: bit l of each prf32 value is g_l."""
+    shifts = np.arange(layers, dtype=np.uint32)
+    return ((values[..., None] >> shifts) & np.uint32(1)).astype(np.float64)
+
+
+def ones(values: np.ndarray, layers: int) -> int:
+    """How many of the low `layers` bits of the values are 1 (the detection score)."""
+    mask = np.uint32((1 << layers) - 1) if layers < MAX_LAYERS else np.uint32(0xFFFFFFFF)
+    return int(np.unpackbits((values & mask).view(np.uint8)).sum())
+
+
+def tournament(p: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """The distribution of the tournament's winner: p (k,) through the rounds g (k, layers)."""
+    q = p.astype(np.float64)
+    for layer in range(g.shape[1]):
+        gl = g[:, layer]
+        q = np.maximum(q * (1.0 + gl - float(q @ gl)), 0.0)  # >= 0 exactly; rounding can dip below
+    return q / q.sum()
+
+
+class TournamentWatermark(PairScorer):
+    """SynthID-style tournament sampling keyed by (key, previous h tokens), with the mean-score detector."""
+
+    name = "tournament"
+
+    def __init__(self, context_width: int = 4, layers: int = LAYERS) -> None:
+        if context_width < 1:
+            raise ValueError(f"context width must be >= 1, got {context_width}")
+        if not 1 <= layers <= MAX_LAYERS:
+            raise ValueError(f"layers must be in 1..{MAX_LAYERS}, got {layers}")
+        self.context_width = context_width
+        self.layers = layers
+
+    def __repr__(self) -> str:
+        return f"TournamentWatermark(h={self.context_width}, m={self.layers})"
+
+    def processor(
+        self,
+        key: WatermarkKey,
+        temperature: float = 0.8,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        seed: int | None = None,
+        **_: object,
+    ) -> TournamentProcessor:
+        return TournamentProcessor(self, key, temperature, top_k, top_p, min_p, seed)
+
+    def _detection(self, key: WatermarkKey, ones_: int, n: int, seen: int, threshold: float) -> Detection:
+        trials = n * self.layers
+        return Detection(
+            scheme=self.name,
+            key_label=key.label,
+            tokens=seen,
+            scored=n,
+            score=float(ones_),
+            z=z_score(ones_, trials, 0.5) if n else 0.0,
+            log10_p=binomial_log10_sf(ones_, trials, 0.5) if n else 0.0,
+            threshold=threshold,
+        )
+
+    def score_pairs(
+        self, key: WatermarkKey, contexts: np.ndarray, tokens: np.ndarray, seen: int, threshold: float = 4.0
+    ) -> Detection:
+        n = int(tokens.size)
+        count = ones(prf32(key, contexts, tokens), self.layers) if n else 0
+        return self._detection(key, count, n, seen, threshold)
+
+    def score_many(
+        self, keys: list[WatermarkKey], contexts: np.ndarray, tokens: np.ndarray, seen: int, threshold: float = 4.0
+    ) -> list[Detection]:
+        n = int(tokens.size)
+        if n == 0:
+            return [self.score_pairs(k, contexts, tokens, seen, threshold) for k in keys]
+        values = prf32_many(keys, contexts, tokens)
+        return [
+            self._detection(k, ones(row, self.layers), n, seen, threshold) for k, row in zip(keys, values, strict=True)
+        ]
+
+
+class TournamentProcessor(GumbelProcessor):
+    """Per-request hook: draws the next token from the tournament's winner distribution over the sampler's
+    candidates (the sampler's own draw is replaced, so the scores handed back leave it one candidate);
+    repeated contexts and greedy requests are handled as for Gumbel-max."""
+
+    def __init__(
+        self,
+        scheme: TournamentWatermark,
+        key: WatermarkKey,
+        temperature: float,
+        top_k: int,
+        top_p: float,
+        min_p: float,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(scheme, key, temperature, top_k, top_p, min_p)
+        self.layers = scheme.layers
+        self.rng = np.random.default_rng(seed)  # fresh entropy per request unless a seed is given (tests)
+
+    def choose(self, logits: np.ndarray, values: np.ndarray) -> int:
+        p = np.exp(logits - logits.max())
+        q = tournament(p / p.sum(), g_bits(values, self.layers))
+        return int(self.rng.choice(len(q), p=q)) if len(q) > 1 else 0
+
+
+def expected_score(p: np.ndarray, layers: int = LAYERS, draws: int = 200, seed: int = 0) -> float:
+    """Mean share of 1-bits of the winner for a step with distribution p, over random g (a diagnostic:
+    0.5 for a one-token distribution, more the higher the entropy)."""
+    rng = np.random.default_rng(seed)
+    total = 0.0
+    for _ in range(draws):
+        g = rng.integers(0, 2, size=(len(p), layers)).astype(np.float64)
+        total += float(tournament(p, g) @ g.mean(axis=1))
+    return total / draws if draws else math.nan
