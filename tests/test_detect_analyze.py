@@ -152,3 +152,23 @@ def test_a_line_is_partitioned_by_its_own_account_not_one_in_its_body() -> None:
         assert partition(raw, 7) == part_of(json.loads(raw)["account_id"]), raw
     assert partition(json.dumps({"account_id": "acct-é"}, ensure_ascii=False).encode(), 7) == part_of("acct-é")
     assert partition(b"not json", 7) == 0 and partition(b'{"ts": 1}', 7) == 0
+
+
+def test_cli_tables_never_cut_an_id_on_a_narrow_terminal(smoke: Path, tmp_path: Path) -> None:
+    """At 80 columns the flagged-accounts table wraps reasons, not ids: every id listed can be copied whole."""
+    import os
+
+    out = tmp_path / "r.json"
+    env = {**os.environ, "COLUMNS": "80", "TERM": "dumb"}
+    r = subprocess.run(
+        [sys.executable, "-m", "distillshield", "analyze", str(smoke), "--out", str(out), "--encoder", "none",
+         "--top", "8"], capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    report = json.loads(out.read_text())
+    flagged = sorted((a for a in report["accounts"] if a["verdict"] != "benign"), key=lambda a: -a["risk"])[:8]
+    assert flagged and max(len(line) for line in r.stdout.splitlines()) <= 80
+    for a in flagged:
+        assert a["account_id"] in r.stdout, a["account_id"]
+        if a["cluster_id"]:
+            assert a["cluster_id"] in r.stdout

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from distillshield.cli.common import CliError, console, fmt_ts, print_json, settings, with_store
+from distillshield.cli.common import CliError, console, fmt_ts, id_column, print_json, settings, with_store
 from distillshield.store import Store
 
 app = typer.Typer(
@@ -50,7 +50,8 @@ def list_(
     if as_json:
         print_json([a.__dict__ for a in accts])
         return
-    t = Table("account", "org", "tier", "verification", "status", "created (UTC)")
+    t = Table(id_column("account", (a.id for a in accts)), id_column("org", (a.org_id for a in accts)), "tier",
+              "verification", "status", "created (UTC)")  # fmt: skip
     for a in accts:
         t.add_row(a.id, a.org_id, a.tier, a.verification, a.status, fmt_ts(a.created_at))
     console.print(t)
@@ -90,7 +91,7 @@ def show(
         f"usage: {usage['requests']} requests, {usage['prompt_tokens']} prompt + "
         f"{usage['completion_tokens']} completion tokens, last {fmt_ts(usage['last_request_ts'])}"
     )
-    t = Table("key", "name", "created (UTC)", "revoked (UTC)")
+    t = Table(id_column("key", (k.id for k in keys)), "name", "created (UTC)", "revoked (UTC)")
     for k in keys:
         t.add_row(k.id, k.name, fmt_ts(k.created_at), fmt_ts(k.revoked_at))
     console.print(t)

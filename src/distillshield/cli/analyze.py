@@ -16,6 +16,7 @@ from distillshield.cli.common import (
     PhaseProgress,
     console,
     err_console,
+    id_column,
     print_json,
     progress,
     with_store,
@@ -212,8 +213,12 @@ def print_tables(report: dict[str, Any], top: int = 15) -> None:
     )
     flagged = sorted((a for a in report["accounts"] if a["verdict"] != "benign"), key=lambda a: -a["risk"])
     if flagged:
-        t = Table("account", "risk", "verdict", "cluster", "requests", "top reasons", title="Flagged accounts")
-        for a in flagged[:top]:
+        shown = flagged[:top]
+        t = Table(
+            id_column("account", (a["account_id"] for a in shown)), "risk", "verdict",
+            id_column("cluster", (a["cluster_id"] for a in shown)), "requests", "top reasons", title="Flagged accounts",
+        )  # fmt: skip
+        for a in shown:
             reasons = "\n".join(f"[{r['signal']}] {r['detail']}" for r in a["reasons"][:3])
             colour = "red" if a["verdict"] == "extraction" else "yellow"
             t.add_row(
@@ -228,7 +233,8 @@ def print_tables(report: dict[str, Any], top: int = 15) -> None:
         if len(flagged) > top:
             console.print(f"... and {len(flagged) - top} more flagged accounts in the report")
     if report["clusters"]:
-        t = Table("cluster", "risk", "accounts", "why", title="Clusters")
+        t = Table(id_column("cluster", (c["cluster_id"] for c in report["clusters"][:top])), "risk", "accounts", "why",
+                  title="Clusters")  # fmt: skip
         for c in report["clusters"][:top]:
             t.add_row(c["cluster_id"], f"{c['risk']:.2f}", str(len(c["accounts"])), c["reasons"][0]["detail"])
         console.print(t)
@@ -289,8 +295,13 @@ def run_live_demo(base: str, admin_token: str, model: str, state: Any, loop: Any
     report = ext.report()
     demo_ids = {r["account_id"] for r in records}
     report["accounts"] = [a for a in report["accounts"] if a["account_id"] in demo_ids]
-    t = Table("account", "risk", "verdict", "cluster", "requests", "top reasons", title="Accounts (online detection)")
-    for a in sorted(report["accounts"], key=lambda a: -a["risk"]):
+    rows = sorted(report["accounts"], key=lambda a: -a["risk"])
+    clusters = [a["cluster_id"] or a.get("linked_group") or "-" for a in rows]
+    t = Table(
+        id_column("account", (a["account_id"] for a in rows)), "risk", "verdict", id_column("cluster", clusters),
+        "requests", "top reasons", title="Accounts (online detection)",
+    )  # fmt: skip
+    for a in rows:
         reasons = "\n".join(f"[{r['signal']}] {r['detail'][:110]}" for r in a["reasons"][:2])
         colour = {"extraction": "red", "suspicious": "yellow"}.get(a["verdict"], "green")
         cluster = a["cluster_id"] or a.get("linked_group") or "-"
@@ -299,7 +310,7 @@ def run_live_demo(base: str, admin_token: str, model: str, state: Any, loop: Any
     console.print(t)
     groups = report["clusters"] + report.get("linked_groups", [])
     if groups:
-        t = Table("cluster", "risk", "accounts", "why", title="Clusters")
+        t = Table(id_column("cluster", (c["cluster_id"] for c in groups)), "risk", "accounts", "why", title="Clusters")
         for c in groups:
             t.add_row(c["cluster_id"], f"{c['risk']:.2f}", str(len(c["accounts"])), c["reasons"][0]["detail"])
         console.print(t)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Column
 
 from distillshield.config import Settings, load_settings
 from distillshield.store import Store
@@ -78,6 +79,13 @@ def with_store(fn: Callable[[Store], Awaitable[T]], *, existing: bool = False) -
 
 def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def id_column(header: str, ids: Iterable[str | None]) -> Column:
+    """A table column of ids (accounts, clusters, review items): never cut or wrapped, however narrow the
+    terminal, so an id can be copied whole into the next command; the other columns wrap instead."""
+    width = max((len(i) for i in ids if i), default=0)
+    return Column(header, no_wrap=True, min_width=max(width, len(header)))
 
 
 def progress() -> Progress:

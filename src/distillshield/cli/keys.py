@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from distillshield.cli.common import console, fmt_ts, print_json, with_store
+from distillshield.cli.common import console, fmt_ts, id_column, print_json, with_store
 from distillshield.store import Store
 
 app = typer.Typer(help="API keys. Example: distillshield keys create --account alice", no_args_is_help=True)
@@ -46,7 +46,8 @@ def list_(
     if as_json:
         print_json([k.public() for k in keys])
         return
-    t = Table("key", "account", "name", "created (UTC)", "revoked (UTC)")
+    t = Table(id_column("key", (k.id for k in keys)), id_column("account", (k.account_id for k in keys)), "name",
+              "created (UTC)", "revoked (UTC)")  # fmt: skip
     for k in keys:
         t.add_row(k.id, k.account_id, k.name, fmt_ts(k.created_at), fmt_ts(k.revoked_at))
     console.print(t)

@@ -7,7 +7,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from distillshield.cli.common import CliError, console, fmt_ts, print_json, with_store
+from distillshield.cli.common import CliError, console, fmt_ts, id_column, print_json, with_store
 from distillshield.store import Store
 from distillshield.store.review import DECISIONS, ReviewStore
 
@@ -33,7 +33,10 @@ def list_(
     if as_json:
         print_json([i.as_dict() for i in items])
         return
-    t = Table("id", "item", "status", "verdict", "risk", "cluster", "top reasons", "updated (UTC)")
+    t = Table(
+        id_column("id", (str(i.id) for i in items)), id_column("item", (i.ref for i in items)), "status", "verdict",
+        "risk", id_column("cluster", (i.cluster_id for i in items)), "top reasons", "updated (UTC)",
+    )  # fmt: skip
     for i in items:
         t.add_row(
             str(i.id),
