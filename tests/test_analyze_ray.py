@@ -182,7 +182,7 @@ def test_bad_parquet_rows_are_reported_by_row_number(ray_local: None, smoke: Pat
     table = pq.read_table(path)
     request = table.column("request").to_pylist()
     endpoint = table.column("endpoint").to_pylist()
-    request[4], endpoint[9] = "{not json", "/v1/embeddings"
+    request[4], endpoint[9] = "{not json", "/v1/images/generations"  # an endpoint the format does not have
     table = table.set_column(3, "request", pa.array(request, pa.string()))
     table = table.set_column(2, "endpoint", pa.array(endpoint, pa.string()))
     pq.write_table(table, path)

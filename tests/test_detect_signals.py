@@ -121,6 +121,9 @@ def test_ip_prefix_and_sampling_rule() -> None:
     assert ip_prefix("203.0.113.77") == "203.0.113.0/24"
     assert ip_prefix("2001:db8:1:2::5") == "2001:db8:1::/48"
     assert ip_prefix(None) == ""
+    # The gateway's own host (a demo, a sidecar) is no evidence of who sent a request, or of sharing.
+    assert ip_prefix("127.0.0.1") == ip_prefix("::1") == ip_prefix("0.0.0.0") == ""
+    assert ip_prefix("10.1.2.3") == "10.1.2.0/24"  # a private range is a real NAT or VPC: kept
     picked = [i for i in range(2000) if sampled(i)]
     assert picked[:32] == list(range(32)) and len(picked) < 32 + 2000 // 8 + 2000 // 64 + 1
 

@@ -54,13 +54,18 @@ def embedded(index: int) -> bool:
 
 
 def ip_prefix(ip: str | None) -> str:
-    """/24 for IPv4, /48 for IPv6: proxy pools and NATs share a range more often than an address."""
+    """/24 for IPv4, /48 for IPv6: proxy pools and NATs share a range more often than an address. A loopback
+    or unspecified address says nothing about who sent the request (the client runs on the gateway's own
+    host: a demo, a sidecar, a test harness), so it is no address at all here, and sharing it is not
+    evidence of coordination."""
     if not ip:
         return ""
     try:
         addr = ipaddress.ip_address(ip)
     except ValueError:
         return ip
+    if addr.is_loopback or addr.is_unspecified:
+        return ""
     if addr.version == 4:
         return ".".join(ip.split(".")[:3]) + ".0/24"
     return str(ipaddress.ip_network(f"{ip}/48", strict=False))
