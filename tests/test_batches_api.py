@@ -254,6 +254,40 @@ def test_token_limits_charge_each_batch_request_exactly_as_live(gw: RunningGatew
     assert [(r["prompt_tokens"], r["completion_tokens"]) for r in batch_rows] == charged
 
 
+def test_a_thousand_batch_requests_over_a_daily_token_quota_are_charged_as_a_thousand_live_ones(
+    gw: RunningGateway,
+) -> None:
+    """The issue's case at its size: 1,000 requests from an account whose daily token quota runs out part-way
+    (tokens per UTC day: no window refills during the test). Line by line the batch gets the statuses and
+    the charged tokens that the same 1,000 requests sent live get on a twin account."""
+    n = 1000
+    probe = client(gw, gw.create_key("tpd-probe"))
+    r = probe.chat.completions.create(model=MODEL, max_tokens=8, messages=[{"role": "user", "content": "Question 0?"}])
+    assert r.usage is not None
+    limits = {"limits": {"tpd": (n // 2) * r.usage.total_tokens}}  # about half of them fit
+    live = client(gw, gw.create_key("tpd-live", **limits))
+    statuses_live = []
+    for i in range(n):
+        try:
+            live.chat.completions.create(
+                model=MODEL, max_tokens=8, messages=[{"role": "user", "content": f"Question {i}?"}]
+            )
+            statuses_live.append(200)
+        except openai.RateLimitError as exc:
+            statuses_live.append(exc.status_code)
+    c = client(gw, gw.create_key("tpd-batch", **limits))
+    b = wait(c, submit(c, [chat_line(i) for i in range(n)]), timeout=300)
+    by_id = {r["custom_id"]: r for r in results(c, b.output_file_id) + results(c, b.error_file_id)}
+    statuses_batch = [by_id[f"req-{i}"]["response"]["status_code"] for i in range(n)]
+    assert 300 < statuses_live.count(200) < 700 and statuses_live.count(429) == n - statuses_live.count(200)
+    assert statuses_batch == statuses_live
+    live_rows, batch_rows = audit_rows(gw, "tpd-live"), audit_rows(gw, "tpd-batch")
+    assert len(live_rows) == len(batch_rows) == n
+    assert [(r["status"], r["prompt_tokens"], r["completion_tokens"]) for r in batch_rows] == [
+        (r["status"], r["prompt_tokens"], r["completion_tokens"]) for r in live_rows
+    ]
+
+
 def test_audit_rows_carry_the_batch_id_and_the_chain_verifies(gw: RunningGateway) -> None:
     c = client(gw, gw.create_key("audited-batcher"))
     c.chat.completions.create(model=MODEL, max_tokens=8, messages=[{"role": "user", "content": "live"}])
