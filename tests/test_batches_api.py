@@ -390,6 +390,60 @@ def test_online_detection_sees_batch_requests_like_live_ones(tmp_path: Path) -> 
         g.stop()
 
 
+def test_a_campaign_sent_by_batch_gets_the_verdict_it_gets_live(tmp_path: Path) -> None:
+    """The same chain-of-thought harvest (the simulator's harvester's own prompts), sent live by one account as
+    fast as it can and as one batch by another, among honest chat users: online detection judges both alike
+    (the same verdict, risk and reasons). Sent this fast, both are judged benign today: the trained model
+    reads machine-paced bursts as an honest pipeline's (docs/batches-api.md); that is detection's gap, and
+    this test pins that batches add no gap of their own."""
+    from distillshield.simulate import engine, scenario
+
+    sc = scenario.build(
+        {"name": "batch-parity", "split": "dev", "start": "2026-03-02T09:00:00Z", "duration": "6h",
+         "models": {"primary": MODEL, "secondary": []},
+         "personas": [{"persona": "casual_chat", "accounts": 6, "knobs": {"requests_per_day": 120}},
+                      {"persona": "cot_harvester", "accounts": 1, "knobs": {"requests_per_day": 400}}]},
+        "batch parity", 5,
+    )  # fmt: skip
+    records = list(engine.iter_records(sc, 5))
+    harvest = [r["request"]["messages"] for r in records if r["label"] == "attack:cot_harvester"][:60]
+    honest = [(r["account_id"], r["request"]["messages"]) for r in records if r["label"].startswith("benign")]
+    assert len(harvest) == 60 and honest
+    settings = make_settings(tmp_path, detection__interval_s=3600, batches__poll_s=0.05)
+    g = start_gateway(settings, upstream=FakeUpstream())
+    try:
+        ext = g.state.detection
+        assert isinstance(ext, DetectionExtension)
+        deadline = time.monotonic() + 60
+        while ext.engine is None:
+            assert time.monotonic() < deadline, "the detection model did not load"
+            time.sleep(0.05)
+        keys: dict[str, openai.OpenAI] = {}
+        for account, messages in honest:
+            c = keys.setdefault(account, client(g, g.create_key(account)))
+            c.chat.completions.create(model=MODEL, max_tokens=8, messages=messages)
+        live = client(g, g.create_key("harvest-live"))
+        for messages in harvest:
+            live.chat.completions.create(model=MODEL, max_tokens=8, messages=messages)
+        c = client(g, g.create_key("harvest-batch"))
+        lines = [{"custom_id": f"h{i}", "method": "POST", "url": CHAT,
+                  "body": {"model": MODEL, "max_tokens": 8, "messages": m}} for i, m in enumerate(harvest)]  # fmt: skip
+        assert wait(c, submit(c, lines), timeout=120).status == "completed"
+        g.run(ext.flush(), timeout=120)
+        got = {a: g.admin("GET", f"/accounts/{a}").json()["detection"] for a in ("harvest-live", "harvest-batch")}
+        assert got["harvest-live"]["requests"] == got["harvest-batch"]["requests"] == 60
+        assert got["harvest-live"]["verdict"] == got["harvest-batch"]["verdict"], got
+        # Timing differs by milliseconds between the two (a loaded machine may stretch either), so allow a hair.
+        assert got["harvest-live"]["risk"] == pytest.approx(got["harvest-batch"]["risk"], abs=0.02)
+        reasons = {a: [(r["signal"], r["score"]) for r in d["reasons"]] for a, d in got.items()}
+        live_r, batch_r = reasons["harvest-live"], reasons["harvest-batch"]
+        assert [r for r, _ in live_r] == [r for r, _ in batch_r]
+        assert [v for _, v in live_r] == pytest.approx([v for _, v in batch_r], abs=0.02)
+        assert dict(reasons["harvest-live"]).get("cot", 0) >= 0.5, reasons  # the harvest is seen for what it asks
+    finally:
+        g.stop()
+
+
 # -- blocked and suspended owners -------------------------------------------------------------------------------
 
 
