@@ -141,6 +141,15 @@ def test_review_state_conditions() -> None:
     assert e.decide(ctx(), risk()).rule == "confirmed"
 
 
+def test_an_escalated_item_is_open_to_the_rules() -> None:
+    e = engine(
+        "rules:\n  - {name: confirmed, when: {review: [confirmed]}, action: block}\n"
+        "  - {name: under-review, when: {review: [open]}, action: monitor}\n"
+    )
+    e.book.set("a1", Mark("escalated", rank=2))
+    assert e.decide(ctx(), risk()).rule == "under-review"
+
+
 def test_cluster_block_stands_for_every_flagged_member() -> None:
     e = engine(
         "rules:\n  - {name: hydra, when: {verdict: [extraction], in_cluster: true}, action: block,"

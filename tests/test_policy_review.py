@@ -64,6 +64,21 @@ async def test_flag_decide_and_reopen(review: ReviewStore) -> None:
     assert any(i.ref == f"account:{d}" for i in await review.list_items(status="open"))
 
 
+async def test_escalate_leaves_the_item_under_review_for_a_senior_reviewer(review: ReviewStore) -> None:
+    run = uuid.uuid4().hex[:8]
+    a, b = f"a-{run}", f"b-{run}"
+    await review.flag([Flag("cluster", f"cl-{run}", "extraction", 0.9, f"cl-{run}", {"members": [a, b]})])
+    result = await review.decide(f"cluster:cl-{run}", "escalate", reviewer="junior", note="not sure")
+    assert result.status == "escalated" and result.accounts == [a, b]
+    assert {(await review.get(x)).status for x in (a, b)} == {"escalated"}  # type: ignore[union-attr]
+    assert [d.decision for d in await review.decisions(result.item.id)] == ["escalate"]
+    listed = {i.ref for i in await review.list_items(status="escalated")}
+    assert {f"cluster:cl-{run}", f"account:{a}", f"account:{b}"} <= listed
+    assert await review.flag([Flag("account", a, "extraction", 0.95)]) == []  # still under review, not re-opened
+    senior = await review.decide(a, "confirm", reviewer="senior")
+    assert senior.status == "confirmed" and (await review.get(a)).status == "confirmed"  # type: ignore[union-attr]
+
+
 async def test_unknown_items_and_decisions_are_clear_errors(review: ReviewStore) -> None:
     with pytest.raises(StoreError, match="does not exist"):
         await review.decide("account:nobody-" + uuid.uuid4().hex, "clear")

@@ -20,7 +20,7 @@ app = typer.Typer(
 
 @app.command("list")
 def list_(
-    status: str = typer.Option(None, help="open, confirmed, cleared or allowlisted"),
+    status: str = typer.Option(None, help="open, escalated, confirmed, cleared or allowlisted"),
     kind: str = typer.Option(None, help="account, cluster or org"),
     limit: int = typer.Option(200, help="at most this many items"),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
@@ -109,14 +109,15 @@ def show(
 @app.command("decide")
 def decide(
     ref: str = typer.Argument(..., help="item id, or account:ID, cluster:ID, org:ID, or a bare account id"),
-    decision: str = typer.Argument(..., help="confirm, clear or allowlist"),
+    decision: str = typer.Argument(..., help="confirm, clear, allowlist or escalate"),
     note: str = typer.Option("", help="why (kept with the decision)"),
     reviewer: str = typer.Option("", help="who decided"),
     org: bool = typer.Option(False, "--org", help="allowlist the account's whole org"),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
 ) -> None:
     """Decide on an item: confirm (the policy keeps acting, the default policy blocks), clear (lift every
-    action), allowlist (never act on it again). A cluster decision applies to each member. A running
+    action), allowlist (never act on it again), escalate (leave it under review for a senior reviewer; the
+    policy treats it as open). A cluster decision applies to each member. A running
     gateway applies it within policy.review_poll_s (through POST /admin/review/REF/decide: at once).
 
     Example: distillshield review decide account:alice clear --note "eval run, known customer"

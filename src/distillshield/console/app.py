@@ -8,7 +8,7 @@
     POST /accounts/{id}/suspend|activate       suspend or reactivate it   (admin.set_account_status)
     GET  /review?status=&page=                 the review queue
     GET  /review/{ref}                         one item with its evidence (policy.admin.review_detail)
-    POST /review/{ref}/decide                  confirm, clear or allowlist with a note (PolicyStage.decide)
+    POST /review/{ref}/decide                  confirm, clear, allowlist or escalate with a note (PolicyStage.decide)
     GET  /audit?page=                          every review decision: who, what, why, when
     GET  /policy, POST /policy/reload          the active policy; reload its file, switch enforce/shadow
 
@@ -57,7 +57,7 @@ CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
     "frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
 )
-DECISION_LABELS = {"confirm": "Confirm", "clear": "Dismiss (clear)", "allowlist": "Allowlist"}
+DECISION_LABELS = {"confirm": "Confirm", "clear": "Dismiss (clear)", "allowlist": "Allowlist", "escalate": "Escalate"}
 
 Handler = Callable[[Request, Session], Awaitable[Response]]
 

@@ -6,7 +6,9 @@ a reviewer decides on it (the CLI `distillshield review`, or the admin API /admi
 - confirm: the flag is right; policy rules with `review: [confirmed]` apply (the default policy blocks);
 - clear: a false positive; every action on the account stops at once and stays off until detection
   reports a worse verdict than the one cleared (then the item re-opens);
-- allowlist: never act on the account again (or on its whole org, `org=True`).
+- allowlist: never act on the account again (or on its whole org, `org=True`);
+- escalate: this reviewer cannot decide; the item stays under review (status escalated) for a senior
+  reviewer, and the policy treats it as open: detection's own verdicts keep applying.
 
 A decision on a cluster item applies to each of its members (recorded in the decision's `members`).
 Items hold the current status; `review_decisions` keeps every decision, who made it and why.
@@ -26,9 +28,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from distillshield.store.database import Store, StoreError
 from distillshield.store.tables import accounts, audit_log, review_decisions, review_items
 
-DECISIONS = {"confirm": "confirmed", "clear": "cleared", "allowlist": "allowlisted"}
+DECISIONS = {"confirm": "confirmed", "clear": "cleared", "allowlist": "allowlisted", "escalate": "escalated"}
 KINDS = ("account", "cluster", "org")
-STATUSES = ("open", "confirmed", "cleared", "allowlisted")
+STATUSES = ("open", "confirmed", "cleared", "allowlisted", "escalated")
 MAX_ITEM_ID = 2**31 - 1  # review_items.id is an INTEGER
 VERDICT_RANK = {None: 0, "benign": 0, "suspicious": 1, "extraction": 2}
 
@@ -237,7 +239,7 @@ class ReviewStore:
             if item is None:
                 raise StoreError(f"review item '{ref}' does not exist; `distillshield review list` shows the queue")
             status = DECISIONS[decision]
-            if item.kind == "org" and decision == "confirm":
+            if item.kind == "org" and decision in ("confirm", "escalate"):
                 raise StoreError(f"{item.ref} is an allowlisted org: decide clear (lift the allowlist) or allowlist")
             members = [item.subject] if item.kind == "account" else list((item.evidence or {}).get("members") or [])
             if item.kind == "org":

@@ -100,7 +100,7 @@ review_items = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("kind", sa.String(16), nullable=False),  # account | cluster | org
     sa.Column("subject", sa.String(64), nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),  # open | confirmed | cleared | allowlisted
+    sa.Column("status", sa.String(16), nullable=False),  # open | confirmed | cleared | allowlisted | escalated
     sa.Column("verdict", sa.String(16), nullable=True),  # detection's latest verdict
     sa.Column("risk", sa.Double, nullable=True),
     sa.Column("cluster_id", sa.String(64), nullable=True),
@@ -116,7 +116,7 @@ review_decisions = sa.Table(
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("item_id", sa.Integer, sa.ForeignKey("review_items.id"), nullable=False, index=True),
-    sa.Column("decision", sa.String(16), nullable=False),  # confirm | clear | allowlist
+    sa.Column("decision", sa.String(16), nullable=False),  # confirm | clear | allowlist | escalate
     sa.Column("scope", sa.String(16), nullable=False),  # account | cluster | org: what it applies to
     sa.Column("reviewer", sa.String(64), nullable=False, default=""),
     sa.Column("note", sa.Text, nullable=False, default=""),

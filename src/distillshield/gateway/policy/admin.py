@@ -33,7 +33,7 @@ class ReloadIn(BaseModel):
 
 
 class DecideIn(BaseModel):
-    decision: Literal["confirm", "clear", "allowlist"]
+    decision: Literal["confirm", "clear", "allowlist", "escalate"]
     note: str = Field("", pattern=NO_NUL)
     reviewer: str = Field("", max_length=64, pattern=NO_NUL)  # the width of review_decisions.reviewer
     org: bool = Field(False, description="allowlist: the account's whole org instead of the account")

@@ -149,7 +149,7 @@ ALLOW = Decision("allow")
 
 @dataclass(frozen=True, slots=True)
 class Mark:
-    """An account's review state in the hot path: open | confirmed | cleared | allowlisted, with the
+    """An account's review state in the hot path: open | confirmed | cleared | allowlisted | escalated, with the
     verdict rank at the time of the decision (a clear holds until detection reports worse)."""
 
     state: str
@@ -469,8 +469,8 @@ class PolicyEngine:
                 if rank <= mark.rank:
                     return self._cleared
                 review = "open"  # detection says worse than what was cleared: back to the queue
-            else:
-                review = mark.state
+            else:  # an escalated item is still under review: for the rules it is open
+                review = "open" if mark.state == "escalated" else mark.state
         if self.book.orgs and acct.org_id in self.book.orgs:
             return self._review_allowlisted
         cluster_id = risk.cluster_id if risk is not None else None
