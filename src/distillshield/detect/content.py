@@ -481,18 +481,25 @@ def genres(
     few accounts (fewer than K_PEERS others) never reaches a genre. Hand-written for the same reason as
     `_typicality`: a leave-own-group-out, each-account-once neighbour count that no library's kNN gives."""
     out = {a: Genre() for a in windows}
-    voters = sorted((a for a in vouchers if a in windows), key=lambda a: (-len(windows[a]), a))[:GENRE_MAX]
+    # An account without less typical prompts has nothing to vouch with (and an empty segment would make
+    # reduceat below read its neighbour's first prompt as its own).
+    voters = sorted((a for a in vouchers if len(windows.get(a, ())) > 0), key=lambda a: (-len(windows[a]), a))
+    voters = voters[:GENRE_MAX]
     voters.sort()
     if len(voters) < K_PEERS or pop.stats.tau < -0.5:
         return out
     rows = [windows[a][:GENRE_ROWS] for a in voters]
     cols = np.concatenate(rows).astype(np.float32)
     starts = np.cumsum([0] + [len(r) for r in rows[:-1]])
-    ids: dict[str, int] = {}
-    gid = np.asarray([ids.setdefault(groups.get(a, a), len(ids)) for a in voters])
+    ids: dict[tuple[str, str], int] = {}
+
+    def actor(a: str) -> int:  # its cluster, or the account alone (kept apart: an id may look like either)
+        return ids.setdefault(("cluster", groups[a]) if a in groups else ("account", a), len(ids))
+
+    gid = np.asarray([actor(a) for a in voters])
     tau = pop.stats.tau
     for a, x in windows.items():
-        own = ids.setdefault(groups.get(a, a), len(ids))
+        own = actor(a)
         others = gid != own  # itself, and accounts of its own cluster, do not vouch
         if others.sum() < K_PEERS or not len(x):
             continue
