@@ -27,8 +27,6 @@ the per-account keys of watermark/keys.py that every other scheme and the attrib
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from distillshield.watermark.base import Detection, PairScorer
@@ -148,14 +146,3 @@ class TournamentProcessor(GumbelProcessor):
         p = np.exp(logits - logits.max())
         q = tournament(p / p.sum(), g_bits(values, self.layers))
         return int(self.rng.choice(len(q), p=q)) if len(q) > 1 else 0
-
-
-def expected_score(p: np.ndarray, layers: int = LAYERS, draws: int = 200, seed: int = 0) -> float:
-    """Mean share of 1-bits of the winner for a step with distribution p, over random g (a diagnostic:
-    0.5 for a one-token distribution, more the higher the entropy)."""
-    rng = np.random.default_rng(seed)
-    total = 0.0
-    for _ in range(draws):
-        g = rng.integers(0, 2, size=(len(p), layers)).astype(np.float64)
-        total += float(tournament(p, g) @ g.mean(axis=1))
-    return total / draws if draws else math.nan
