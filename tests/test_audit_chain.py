@@ -12,7 +12,6 @@ import sqlalchemy as sa
 
 from distillshield.store import Store
 from distillshield.store.tables import audit_log
-from tests.conftest import PG_URL, require_service
 
 
 def row(i: int, account: str = "acct") -> dict:
@@ -40,16 +39,17 @@ def row(i: int, account: str = "acct") -> dict:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-async def store(request: pytest.FixtureRequest, tmp_path) -> AsyncIterator[Store]:
+def store_url(request: pytest.FixtureRequest, tmp_path) -> str:
+    """SQLite in a temporary file, or a PostgreSQL database of the test's own (conftest.pg_database): a
+    clean schema that no other test can drop tables from while this one runs."""
     if request.param == "sqlite":
-        s = Store(f"sqlite+aiosqlite:///{tmp_path / 'chain.db'}")
-    else:
-        require_service("PostgreSQL", "127.0.0.1", 5432)
-        s = Store(PG_URL)
-        async with s.engine.begin() as conn:  # a clean schema for each test
-            await conn.execute(
-                sa.text("DROP TABLE IF EXISTS audit_log, audit_chain_head, api_keys, accounts, orgs")
-            )
+        return f"sqlite+aiosqlite:///{tmp_path / 'chain.db'}"
+    return request.getfixturevalue("pg_database")
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[Store]:
+    s = Store(store_url)
     await s.init()
     await s.append_audit([row(i) for i in range(10)])
     yield s

@@ -31,7 +31,6 @@ from distillshield.store.checkpoint import (
 from distillshield.store.tables import audit_log, chain_head
 from distillshield.store.transparency import TreeReport, open_checkpoints, verify_log
 from distillshield.store.writer import AuditWriter
-from tests.conftest import PG_URL, require_service
 from tests.test_audit_chain import row
 
 runner = CliRunner()
@@ -43,17 +42,17 @@ CONTENT = [c for c in audit_log.c if c.name not in ("seq", "prev_hash", "hash")]
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-async def signed(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[Store, Checkpointer]]:
-    """25 rows with checkpoints at sizes 10, 20 and 25."""
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """SQLite in a temporary file, or a PostgreSQL database of the test's own (conftest.pg_database)."""
     if request.param == "sqlite":
-        s = Store(f"sqlite+aiosqlite:///{tmp_path / 'cp.db'}")
-    else:
-        require_service("PostgreSQL", "127.0.0.1", 5432)
-        s = Store(PG_URL)
-        async with s.engine.begin() as conn:
-            await conn.execute(
-                sa.text("DROP TABLE IF EXISTS audit_log, audit_chain_head, audit_tree, api_keys, accounts, orgs")
-            )
+        return f"sqlite+aiosqlite:///{tmp_path / 'cp.db'}"
+    return request.getfixturevalue("pg_database")
+
+
+@pytest.fixture
+async def signed(store_url: str, tmp_path: Path) -> AsyncIterator[tuple[Store, Checkpointer]]:
+    """25 rows with checkpoints at sizes 10, 20 and 25."""
+    s = Store(store_url)
     await s.init()
     cp = Checkpointer(Signer(ORIGIN, generate_key_file(tmp_path / "k.key")), tmp_path / "cp.txt")
     for lo, hi in ((0, 10), (10, 20), (20, 25)):

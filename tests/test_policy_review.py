@@ -11,16 +11,19 @@ import pytest
 from distillshield.store import Store
 from distillshield.store.database import StoreError
 from distillshield.store.review import Flag, ReviewStore
-from tests.conftest import PG_URL, require_service
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-async def review(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ReviewStore]:
-    if request.param == "postgresql":
-        require_service("PostgreSQL", "127.0.0.1", 5432)
-        store = Store(PG_URL)
-    else:
-        store = Store(f"sqlite+aiosqlite:///{tmp_path / 'review.db'}")
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """SQLite in a temporary file, or a PostgreSQL database of the test's own (conftest.pg_database)."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'review.db'}"
+    return request.getfixturevalue("pg_database")
+
+
+@pytest.fixture
+async def review(store_url: str) -> AsyncIterator[ReviewStore]:
+    store = Store(store_url)
     await store.init()
     try:
         yield ReviewStore(store)
@@ -88,9 +91,7 @@ async def test_unknown_items_and_decisions_are_clear_errors(review: ReviewStore)
         await review.list_items(status="pending")
 
 
-async def test_upkeep_logs_a_store_outage_once_and_its_end(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+async def test_upkeep_logs_a_store_outage_once_and_its_end(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     # The policy's upkeep ticks every review_poll_s; with the store away it used to log a traceback each tick.
     import logging
 
