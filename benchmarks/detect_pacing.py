@@ -10,6 +10,7 @@ trained model's per-signal contributions (log-odds).
 
     .venv/bin/python benchmarks/detect_pacing.py
     .venv/bin/python benchmarks/detect_pacing.py --factor 720 --json-out pacing.json
+    .venv/bin/python benchmarks/detect_pacing.py --model model.json   # a model other than the shipped one
 
 Results: docs/detection.md, "Found this round: machine-paced bursts read as honest".
 """
@@ -18,24 +19,26 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 from distillshield.cli.analyze import DEMO_SCENARIO
 from distillshield.detect.analyze import analyze_records
 from distillshield.detect.corpus import strip_ground_truth
+from distillshield.detect.scoring import DetectionModel
 from distillshield.simulate import engine, scenario
 from distillshield.traffic import TrafficRecord
 
 FEATURES = ("log_dt", "fast_share", "dt_cv", "diurnal_entropy", "log_peak_hour", "cot_mean")
 
 
-def run(records: list[dict[str, Any]], factor: float) -> dict[str, Any]:
+def run(records: list[dict[str, Any]], factor: float, model: DetectionModel | None = None) -> dict[str, Any]:
     t0 = min(r["ts"] for r in records)
     timed = [
         strip_ground_truth(TrafficRecord.model_validate({**r, "ip": "127.0.0.1", "ts": t0 + (r["ts"] - t0) / factor}))
         for r in records
     ]
-    an = analyze_records(timed)
+    an = analyze_records(timed, model=model)
     out = {}
     for a in an.report["accounts"]:
         acc = an.engine.accounts[a["account_id"]]
@@ -55,11 +58,13 @@ def main() -> None:
     ap.add_argument("--factor", type=float, default=72.0, help="time compression of the second run")
     ap.add_argument("--seed", type=int, default=3, help="the demo's seed")
     ap.add_argument("--json-out", default=None)
+    ap.add_argument("--model", type=Path, default=None, help="model artefact (default: the shipped one)")
     args = ap.parse_args()
+    model = DetectionModel.load(args.model) if args.model else None
     sc = scenario.build(DEMO_SCENARIO, "the demo scenario", args.seed)
     records = list(engine.iter_records(sc, args.seed))
     label = {r["account_id"]: r["label"] for r in records}
-    paced, burst = run(records, 1.0), run(records, args.factor)
+    paced, burst = run(records, 1.0, model), run(records, args.factor, model)
     result = {"requests": len(records), "factor": args.factor, "accounts": {}}
     print(f"{len(records)} requests; simulated pace vs compressed {args.factor:g}x")
     for a in sorted(paced, key=lambda a: (label[a], a)):

@@ -430,6 +430,28 @@ def test_evasive_variants_rewrite_attacks_only() -> None:
     assert all("articulate the internal reasoning" not in r["request"]["messages"][-1]["content"] for r in humane)
 
 
+def test_machine_pace_bursts_a_share_of_attack_accounts_and_keeps_their_order() -> None:
+    from distillshield.detect import adversary
+
+    recs = [{"ts": T0 + i * 600.0, "account_id": f"atk{i % 10}", "label": "attack:x", "request": {"i": i}}
+            for i in range(1000)]  # fmt: skip
+    recs += [{"ts": T0 + i * 7.0, "account_id": "ben", "label": "benign:y", "request": {"i": i}} for i in range(50)]
+    out = adversary.machine_pace(recs, seed=5, share=0.5)
+    assert sorted(r["request"]["i"] for r in out if r["account_id"] == "atk0") == list(range(0, 1000, 10))
+    assert [r for r in out if r["account_id"] == "ben"] == recs[-50:]
+    paced = 0
+    for k in range(10):
+        mine = [r for r in out if r["account_id"] == f"atk{k}"]
+        assert [r["request"]["i"] for r in mine] == sorted(r["request"]["i"] for r in mine)  # order kept
+        gaps = sorted(b["ts"] - a["ts"] for a, b in zip(mine, mine[1:], strict=False))
+        if gaps[len(gaps) // 2] < 6.0:  # most gaps a few seconds at most: a burst (the original beat is 6000 s)
+            paced += 1
+            assert mine[0]["ts"] == T0 + k * 600.0
+        else:
+            assert gaps[0] == 6000.0  # untouched
+    assert 2 <= paced <= 8  # about half, never all or none at this seed
+
+
 # -- encoders ---------------------------------------------------------------------------------------------------
 
 

@@ -2,12 +2,14 @@
 
 Each transform takes labelled traffic records (dicts in the public format) and rewrites the attack
 accounts only, the way an adaptive attacker would after being caught: paraphrase the prompts, jitter
-and stretch the timing to look human, mix in benign cover traffic, and spread the campaign over more
-accounts. Benign records pass through untouched. Strength grows with the round number.
+and stretch the timing to look human (or drop pacing altogether and send as fast as a client or a batch
+job can), mix in benign cover traffic, and spread the campaign over more accounts. Benign records pass
+through untouched. Strength grows with the round number.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from collections import defaultdict
 from collections.abc import Iterable
@@ -135,6 +137,34 @@ def jitter(records: Iterable[dict[str, Any]], seed: int, stretch: float = 2.0) -
         for rec in recs:
             out.append({**rec, "ts": t})
             t += mean_gap * r.lognormvariate(-0.5, 1.0)
+    return out
+
+
+def machine_pace(records: Iterable[dict[str, Any]], seed: int, share: float = 0.5) -> list[dict[str, Any]]:
+    """A fast client or a batch job: `share` of the attack accounts drop human pacing and send their requests
+    in dense bursts (20-500 requests a burst, 0.1-5 s apart) separated by pauses of a minute to a day, at
+    any hour. Order within an account is kept; the other attack accounts keep their timing.
+
+    Why: the simulator's attackers pace themselves under the rate limits while its honest pipelines and
+    coding assistants burst, so a model trained on them alone learns that speed is honest (docs/detection.md,
+    "machine-paced bursts"); an attacker who sends fast, or through the Batch API, must be in the data."""
+    r = random.Random(seed)
+    by_acct, out = split_attack_accounts(records)
+    for recs in by_acct.values():
+        if r.random() >= share:
+            out.extend(recs)
+            continue
+        t = recs[0]["ts"]
+        left = 0
+        for i, rec in enumerate(recs):
+            if left == 0:
+                left = round(math.exp(r.uniform(math.log(20), math.log(500))))
+                if i:
+                    t += math.exp(r.uniform(math.log(60), math.log(86400)))
+            elif i:
+                t += math.exp(r.uniform(math.log(0.1), math.log(5.0)))
+            out.append({**rec, "ts": t})
+            left -= 1
     return out
 
 
@@ -279,15 +309,17 @@ def humanize(
 def evasive(records: list[dict[str, Any]], round_no: int, seed: int) -> list[dict[str, Any]]:
     """Evasions at the strength of `round_no`, sorted by time.
 
-    Round 1: paraphrase, timing jitter, 15% cover traffic, each account spread over two.
+    Round 1: paraphrase, timing jitter, 15% cover traffic, each account spread over two; half of the
+    accounts then send at machine pace (bursts, no human day) instead.
     Round 2: the adaptive attacker (humanize: fresh rewording around the bare question with a reasoning
     ask, small talk, a human day, home IPs) with 30% cover traffic, spread over three accounts.
     Round 3 and later: the same with a reasoning ask on only 60% of the prompts, 50% cover traffic,
-    spread over four accounts.
+    spread over four accounts; half of the accounts at machine pace instead of a human day.
     """
     if round_no <= 1:
         out = paraphrase(records, seed, strength=0.3)
         out = jitter(out, seed + 1, stretch=2.0)
+        out = machine_pace(out, seed + 4, share=0.5)
         out = cover(out, seed + 2, share=0.15)
         out = spread(out, seed + 3, factor=2)
     elif round_no == 2:
@@ -296,6 +328,7 @@ def evasive(records: list[dict[str, Any]], round_no: int, seed: int) -> list[dic
         out = spread(out, seed + 3, factor=3)
     else:
         out = humanize(records, seed, ask_share=0.6)
+        out = machine_pace(out, seed + 4, share=0.5)
         out = cover(out, seed + 2, share=0.5)
         out = spread(out, seed + 3, factor=4)
     out.sort(key=lambda x: x["ts"])
