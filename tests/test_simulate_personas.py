@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from distillshield.simulate import corpora, engine, fresh2_text, fresh3_text, fresh_text, netid, scenario
+from distillshield.simulate import corpora, engine, fresh2_text, fresh3_text, fresh4_text, fresh_text, netid, scenario
 from distillshield.simulate.personas import harvest
-from distillshield.simulate.personas.attack import paraphrase_fanout, selfinstruct_farm
+from distillshield.simulate.personas.attack import paraphrase_fanout, rapid_cot, selfinstruct_farm
 from distillshield.simulate.personas.attack.trivia_sweep import knowledge_bank
 from tests.test_simulate import (  # noqa: F401
     ALL_PERSONAS,
@@ -20,6 +20,8 @@ from tests.test_simulate import (  # noqa: F401
     FRESH2_TEST_SEED,
     FRESH3_PERSONAS,
     FRESH3_TEST_SEED,
+    FRESH4_PERSONAS,
+    FRESH4_TEST_SEED,
     FRESH_PERSONAS,
     FRESH_TEST_SEED,
     all_personas_bytes,
@@ -28,6 +30,8 @@ from tests.test_simulate import (  # noqa: F401
     fresh2_records,
     fresh3_bytes,
     fresh3_records,
+    fresh4_bytes,
+    fresh4_records,
     fresh_bytes,
     fresh_records,
 )
@@ -1012,3 +1016,195 @@ def test_quiz_app_names_teachers_and_students_on_one_subject(fresh3_by_persona: 
     assert len({r["sim"]["end_user"] for r in recs}) >= 100
     assert len({first_user_text(r) for r in asks}) >= 0.7 * len(asks)
     assert all(is_cloud(r["ip"]) for r in recs)
+
+
+# -- the fresh4 split: pacing (docs/simulator.md, "Fresh4 held-out split") -------------------------------------
+
+F4_LIMITS = FRESH4_PERSONAS["limits"]
+
+
+@pytest.fixture(scope="module")
+def fresh4_by_persona(fresh4_records: Records) -> dict[str, Records]:  # noqa: F811
+    out: dict[str, Records] = defaultdict(list)
+    for rec in fresh4_records:
+        out[rec["label_meta"]["persona"]].append(rec)
+    return out
+
+
+@pytest.fixture(scope="module")
+def fresh4_tz() -> dict[str, float]:
+    """Each fresh4 account's time zone (re-planned from the same scenario and seed)."""
+    sc = scenario.build(FRESH4_PERSONAS, "t", FRESH4_TEST_SEED)
+    return {a.id: a.tz for a, _ in engine.plan_accounts(sc, FRESH4_TEST_SEED)}
+
+
+def runs_of(ts: list[float], pause: float) -> list[list[float]]:
+    """Sorted times cut wherever two neighbours are more than `pause` seconds apart (bursts, windows)."""
+    out: list[list[float]] = []
+    for t in sorted(ts):
+        if out and t - out[-1][-1] <= pause:
+            out[-1].append(t)
+        else:
+            out.append([t])
+    return out
+
+
+def in_template(text: str, template: str) -> bool:
+    head, _, tail = template.partition("{q}")
+    return text.startswith(head) and text.endswith(tail)
+
+
+def test_rapid_cot_wraps_questions_in_reasoning_asks_in_bursts_of_hundreds(
+    fresh4_by_persona: dict[str, Records],
+) -> None:
+    recs = fresh4_by_persona["rapid_cot"]
+    assert len(accounts(recs)) == 1
+    for r in recs:
+        idx = int(r["sim"]["template_id"].split("/")[1])
+        assert r["sim"]["harvest"] and in_template(last_user_text(r), fresh4_text.REASONING_ASKS[idx])
+    assert len({r["sim"]["template_id"] for r in recs}) == len(fresh4_text.REASONING_ASKS)
+    assert len({r["sim"]["capability"] for r in recs}) == 4
+    ts = [r["ts"] for r in recs]
+    gaps = np.diff(ts)
+    assert np.median(gaps) < 1.5 and np.percentile(gaps, 10) < 0.5  # as fast as the client allows
+    assert max_per_window(ts, 60) <= 0.95 * F4_LIMITS["rpm"] + 1  # ...never over the provider's limit
+    bursts = [b for b in runs_of(ts, 120) if len(b) >= 20]
+    assert len(bursts) >= 8 and np.median([len(b) for b in bursts]) >= 80
+    assert len({int((b[0] % DAY) // (6 * 3600)) for b in bursts}) >= 3  # around the clock: no daily rhythm
+    assert len({r["ip"] for r in recs}) == 1 and is_cloud(recs[0]["ip"])
+    assert recs[0]["user_agent"] in {ua for v in rapid_cot.ASYNC_UA.values() for ua in v}
+
+
+def test_batch_window_sends_the_sweep_grid_once_in_dense_windows(
+    fresh4_by_persona: dict[str, Records], fresh4_tz: dict[str, float]
+) -> None:
+    recs = fresh4_by_persona["batch_window"]
+    grid = {cell: q for q, cell in fresh4_text.sweep_grid()}
+    for r in recs:
+        assert grid[r["sim"]["cell"]] == last_user_text(r) and system_text(r) == fresh4_text.SWEEP_SYSTEM
+    assert len({r["sim"]["cell"] for r in recs}) == len(recs)  # each cell once in the campaign
+    assert len({r["sim"]["template_id"] for r in recs}) == len(fresh4_text.SWEEP_SKILLS)
+    assert len({fresh4_tz[a] for a in accounts(recs)}) == 1  # one operator's scheduler
+    for acct in accounts(recs).values():
+        ts = [r["ts"] for r in acct]
+        windows = runs_of(ts, 600)
+        assert len(windows) == 4  # two windows a day (01:00 and 13:00 local), two days
+        assert all(w[-1] - w[0] < 900 and len(w) >= 100 for w in windows)
+        assert max_per_window(ts, 60) <= 0.95 * F4_LIMITS["rpm"] + 1
+        assert set(local_hours(acct, fresh4_tz)) <= {1, 2, 13, 14}
+        assert len({r["ip"] for r in acct}) == 1 and is_cloud(acct[0]["ip"])
+
+
+def test_burst_hydra_spends_each_account_in_one_short_burst_from_its_own_address(
+    fresh4_by_persona: dict[str, Records],
+) -> None:
+    recs = fresh4_by_persona["burst_hydra"]
+    accts = accounts(recs)
+    assert len(accts) == 30
+    starts = []
+    for acct in accts.values():
+        ts = [r["ts"] for r in acct]
+        assert 20 <= len(acct) <= 60 and len(runs_of(ts, 30)) == 1 and ts[-1] - ts[0] < 300
+        assert acct[0]["label_meta"]["account_created_at"] > ts[0] - 3 * DAY  # made for this burst
+        starts.append(ts[0])
+        for r in acct:
+            ti = int(r["sim"]["template_id"].split("/")[1])
+            head = fresh4_text.HYDRA_TASKS[ti].split("{")[0]
+            assert last_user_text(r).startswith(head) and r["sim"]["harvest"]
+    assert len({acct[0]["ip"] for acct in accts.values()}) == 30  # an address each
+    assert all(len({r["ip"] for r in acct}) == 1 for acct in accts.values())
+    assert len({r["user_agent"] for r in recs}) == 1  # one client for the campaign
+    starts.sort()
+    assert starts[-1] - starts[0] > DAY and min(np.diff(starts)) > 0  # staggered over the scenario
+
+
+def test_crop_desk_asks_an_agronomy_bank_in_detail_at_human_pace(
+    fresh4_by_persona: dict[str, Records], fresh4_tz: dict[str, float]
+) -> None:
+    recs = fresh4_by_persona["crop_desk"]
+    bank = {cell: q for q, cell in fresh4_text.crop_bank()}
+    texts = [last_user_text(r) for r in recs]
+    assert len(set(texts)) == len(texts)  # each question once in the campaign
+    for r in recs:
+        assert bank[r["sim"]["cell"]] == last_user_text(r) and "in detail" in last_user_text(r).lower()
+        assert system_text(r) is None and len(r["request"]["messages"]) == 1
+    for acct in accounts(recs).values():
+        ts = [r["ts"] for r in acct]
+        assert min(np.diff(ts), default=60) >= 30.0  # reading time between questions
+        assert acct[0]["user_agent"] in netid.USER_AGENTS["chat-app"] and not is_cloud(acct[0]["ip"])
+    assert night_share(recs, fresh4_tz) < 0.1
+
+
+def test_ci_evals_fires_the_same_suite_per_push_from_a_fresh_runner(
+    fresh4_by_persona: dict[str, Records], fresh4_tz: dict[str, float]
+) -> None:
+    recs = fresh4_by_persona["ci_evals"]
+    runs: dict[str, Records] = defaultdict(list)
+    for r in recs:
+        assert r["request"]["temperature"] == 0.0 and system_text(r) == fresh4_text.CI_SYSTEM
+        runs[r["sim"]["conversation_id"].rsplit(":", 1)[0]].append(r)
+    suite = fresh4_text.ci_suite()
+    full = [rs for rs in runs.values() if len(rs) == len(suite)]
+    assert len(full) >= 4
+    for rs in full:
+        assert sorted(last_user_text(r) for r in rs) == sorted(suite)  # the same prompts every run
+        ts = [r["ts"] for r in rs]
+        assert max(ts) - min(ts) < 120 and len({r["ip"] for r in rs}) == 1 and is_cloud(rs[0]["ip"])
+    assert len({rs[0]["ip"] for rs in runs.values()}) == len(runs)  # a new runner each push
+    hours = local_hours(recs, fresh4_tz)
+    assert sum(7 <= h < 21 for h in hours) >= 0.8 * len(hours)
+
+
+def test_etl_extract_drains_one_template_every_few_minutes_around_the_clock(
+    fresh4_by_persona: dict[str, Records],
+) -> None:
+    recs = fresh4_by_persona["etl_extract"]
+    head = fresh4_text.ETL_TEMPLATE.split("{doc}")[0]
+    for r in recs:
+        req = r["request"]
+        assert last_user_text(r).startswith(head) and req["temperature"] == 0.0
+        assert req["response_format"] == {"type": "json_object"}
+    assert len({last_user_text(r) for r in recs}) >= 0.95 * len(recs)
+    ts = [r["ts"] for r in recs]
+    drains = runs_of(ts, 60)
+    assert len(drains) >= 150 and np.median([d[-1] - d[0] for d in drains]) < 10
+    assert hours_active(ts) == 24 and quietest_share(ts) > 0.1
+    assert len({r["ip"] for r in recs}) == 1 and is_cloud(recs[0]["ip"])
+
+
+def test_agent_loop_steps_come_seconds_apart_on_a_growing_transcript(fresh4_by_persona: dict[str, Records]) -> None:
+    recs = fresh4_by_persona["agent_loop"]
+    step_gaps, follow_ups = [], 0
+    for conv in accounts([dict(r, account_id=r["sim"]["conversation_id"]) for r in recs]).values():
+        lengths = [len(r["request"]["messages"]) for r in conv]
+        assert lengths == sorted(lengths) and [r["sim"]["turn"] for r in conv] == list(range(1, len(conv) + 1))
+        for a, b in zip(conv, conv[1:], strict=False):
+            if b["request"]["messages"][-1]["role"] == "tool":
+                step_gaps.append(b["ts"] - a["ts"])
+        follow_ups += sum(m["content"] in fresh4_text.LOOP_FOLLOW_UPS for m in conv[-1]["request"]["messages"])
+    assert step_gaps and np.median(step_gaps) < 3.0
+    assert follow_ups >= 3
+    for r in recs:
+        req = r["request"]
+        assert req["tools"] == fresh4_text.LOOP_TOOLS and req["messages"][0]["content"] == fresh4_text.LOOP_SYSTEM
+        assert r["user_agent"] in fresh4_text.LOOP_UA and req["stream"] is True
+    assert max(len(str(r["request"]["messages"])) for r in recs) > 8000  # long contexts
+
+
+def test_l10n_batch_translates_each_string_into_every_language_in_fast_runs(
+    fresh4_by_persona: dict[str, Records], fresh4_tz: dict[str, float]
+) -> None:
+    recs = fresh4_by_persona["l10n_batch"]
+    head = fresh4_text.L10N_TEMPLATE.split("{lang}")[0]
+    langs = set(fresh4_text.L10N_LANGS[:6])
+    runs: dict[str, Records] = defaultdict(list)
+    for r in recs:
+        assert last_user_text(r).startswith(head) and r["sim"]["target_lang"] in langs
+        runs[r["sim"]["conversation_id"].rsplit(":", 1)[0]].append(r)
+    assert len(runs) >= 2
+    for rs in runs.values():
+        per_string = Counter(last_user_text(r).rsplit("String: ", 1)[1] for r in rs)
+        assert set(per_string.values()) == {len(langs)}  # every string once per target language
+        assert max(r["ts"] for r in rs) - min(r["ts"] for r in rs) < 600  # hundreds in minutes
+    hours = local_hours(recs, fresh4_tz)
+    assert sum(7 <= h < 21 for h in hours) >= 0.8 * len(hours)

@@ -2,7 +2,7 @@
 
 docs/evaluation.md defines every figure; the definitions below are the implementation of that page.
 Every block this module returns carries the split it was computed on ("dev", "heldout", "fresh", "fresh2",
-"fresh3" or "all").
+"fresh3", "fresh4" or "all").
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ SPLIT_COLOURS = {
     "fresh": "#2ca02c",
     "fresh2": "#9467bd",
     "fresh3": "#ff7f0e",
+    "fresh4": "#8c564b",
     "all": "#555555",
 }
 

@@ -1,8 +1,8 @@
 """Ground truth from labelled traffic: one streaming pass, per-account aggregates.
 
 The simulator labels every record: `label` is "benign:<persona>" or "attack:<persona>" and `label_meta`
-carries persona, campaign_id, cluster_id, split ("dev" | "heldout" | "fresh" | "fresh2" | "fresh3") and
-end_user. All records of an account carry the same label. This module turns a traffic file into one
+carries persona, campaign_id, cluster_id, split ("dev" | "heldout" | "fresh" | "fresh2" | "fresh3" |
+"fresh4") and end_user. All records of an account carry the same label. This module turns a traffic file into one
 `AccountTruth` per account without keeping records: a 500,000-request scenario costs a few MB, not the
 file's size.
 
@@ -29,7 +29,7 @@ import numpy as np
 from distillshield.traffic import LineError, TrafficRecord, iter_jsonl
 
 LABEL_KINDS = ("benign", "attack")
-SPLITS = ("dev", "heldout", "fresh", "fresh2", "fresh3")
+SPLITS = ("dev", "heldout", "fresh", "fresh2", "fresh3", "fresh4")
 PROGRESS_EVERY = 4096  # records between progress callbacks: often enough for a bar, cheap enough not to matter
 # The analyser cannot link an account to a cluster before the account has sent this many requests: the
 # shipped analyser's own minimum (detect/cluster.py MIN_REQUESTS: "accounts with fewer requests do not link
@@ -70,7 +70,7 @@ class AccountTruth:
     account_id: str
     kind: str | None  # "benign" | "attack"; None = unlabelled (excluded from metrics, counted)
     persona: str | None
-    split: str | None  # "dev" | "heldout" | "fresh" | "fresh2" | "fresh3"; None = no usable split ("all" only)
+    split: str | None  # "dev" | "heldout" | "fresh" | "fresh2" | "fresh3" | "fresh4"; None: no split ("all" only)
     cluster_id: str | None  # ground-truth coordinated cluster, shared by all its member accounts
     campaign_id: str | None
     label: str | None = None  # raw label and meta of the first record, to detect conflicting records

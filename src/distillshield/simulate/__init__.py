@@ -7,7 +7,7 @@
 Scenarios (scenario.py) say which personas (personas/), how many accounts, duration, volume and
 mix; the engine (engine.py) merges every account's requests by time; live.py replays them against a
 gateway on this machine. docs/simulator.md documents personas, knobs, sources and the dev / held-out
-/ fresh / fresh2 / fresh3 splits.
+/ fresh / fresh2 / fresh3 / fresh4 splits.
 """
 
 from __future__ import annotations

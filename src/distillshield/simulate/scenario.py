@@ -24,22 +24,26 @@ from distillshield.simulate.personas import PERSONAS, Context, Limits, ModelPlan
 # FRESH_SEED_MIN are held out, seeds from FRESH_SEED_MIN up to FRESH2_SEED_MIN belong to the fresh split
 # (defined 2026-12-02 before the detector was retrained; reported once, see docs/simulator.md), seeds from
 # FRESH2_SEED_MIN up to FRESH3_SEED_MIN belong to the fresh2 split (defined 2026-12-03 before anyone
-# measured on it; reported once, docs/simulator.md "Fresh2 held-out split"), and seeds at or above
-# FRESH3_SEED_MIN belong to the fresh3 split (defined 2026-12-03, later, before anyone measured on it;
-# reported once, docs/simulator.md "Fresh3 held-out split").
+# measured on it; reported once, docs/simulator.md "Fresh2 held-out split"), seeds from FRESH3_SEED_MIN up
+# to FRESH4_SEED_MIN belong to the fresh3 split (defined 2026-12-03, later, before anyone measured on it;
+# reported once, docs/simulator.md "Fresh3 held-out split"), and seeds at or above FRESH4_SEED_MIN belong
+# to the fresh4 split (pacing; defined 2026-12-03, later still, before anyone measured on it; reported
+# once, docs/simulator.md "Fresh4 held-out split").
 HELDOUT_SEED_MIN = 10_000
 FRESH_SEED_MIN = 20_000
 FRESH2_SEED_MIN = 30_000
 FRESH3_SEED_MIN = 40_000
-# Which personas a scenario of each split may hold. fresh2 and fresh3 take dev and held-out background but
-# not the personas of another fresh split: a report on one must not reveal figures of another before its
-# own one report.
+FRESH4_SEED_MIN = 50_000
+# Which personas a scenario of each split may hold. fresh2, fresh3 and fresh4 take dev and held-out
+# background but not the personas of another fresh split: a report on one must not reveal figures of
+# another before its own one report.
 ALLOWED_PERSONA_SPLITS: dict[str, tuple[str, ...]] = {
     "dev": ("dev",),
     "heldout": ("dev", "heldout"),
     "fresh": ("dev", "heldout", "fresh"),
     "fresh2": ("dev", "heldout", "fresh2"),
     "fresh3": ("dev", "heldout", "fresh3"),
+    "fresh4": ("dev", "heldout", "fresh4"),
 }
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)?\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
@@ -104,7 +108,7 @@ class PersonaEntry(_Strict):
 class ScenarioSpec(_Strict):
     name: str = Field(..., min_length=1)
     description: str = ""
-    split: Literal["dev", "heldout", "fresh", "fresh2", "fresh3"] = "dev"
+    split: Literal["dev", "heldout", "fresh", "fresh2", "fresh3", "fresh4"] = "dev"
     seed: int | None = Field(None, ge=0, description="default seed (the CLI's --seed overrides it)")
     start: float = Field(1_772_409_600.0, description="Unix seconds or an ISO date (default 2026-03-02, a Monday)")
     duration: float = Field(86_400.0, gt=0)
@@ -173,7 +177,7 @@ class Scenario:
 
     def check_seed(self, seed: int) -> None:
         """Hold-out discipline: each split's scenarios run only on that split's seeds (dev < 10000 <= held-out
-        < 20000 <= fresh < 30000 <= fresh2 < 40000 <= fresh3)."""
+        < 20000 <= fresh < 30000 <= fresh2 < 40000 <= fresh3 < 50000 <= fresh4)."""
         own = seed_split(seed)
         what, lo = _SEED_KIND.get(own, ("dev seed", 0))
         if self.split == "dev" and own != "dev":
@@ -198,8 +202,13 @@ class Scenario:
             )
         if self.split == "fresh3" and seed < FRESH3_SEED_MIN:
             raise ScenarioError(
-                f"scenario '{self.name}' is in the fresh3 split: run it with a fresh3 seed (>= {FRESH3_SEED_MIN}), "
-                f"never with a dev, held-out, fresh or fresh2 seed ({seed})"
+                f"scenario '{self.name}' is in the fresh3 split: run it with a fresh3 seed ({FRESH3_SEED_MIN}-"
+                f"{FRESH4_SEED_MIN - 1}), never with a dev, held-out, fresh or fresh2 seed ({seed})"
+            )
+        if self.split == "fresh4" and seed < FRESH4_SEED_MIN:
+            raise ScenarioError(
+                f"scenario '{self.name}' is in the fresh4 split: run it with a fresh4 seed (>= {FRESH4_SEED_MIN}), "
+                f"never with a dev, held-out, fresh, fresh2 or fresh3 seed ({seed})"
             )
         # A seed of a later split than the scenario's: name the split the seed belongs to and the scenario's range.
         if self.split in _SEED_RANGE and own != self.split and self.split != "dev":
@@ -217,18 +226,20 @@ _SEED_KIND: dict[str, tuple[str, int]] = {
     "fresh": ("fresh-split seed", FRESH_SEED_MIN),
     "fresh2": ("fresh2-split seed", FRESH2_SEED_MIN),
     "fresh3": ("fresh3-split seed", FRESH3_SEED_MIN),
+    "fresh4": ("fresh4-split seed", FRESH4_SEED_MIN),
 }
-# The closed seed ranges [lo, hi) of the splits that have an upper bound (fresh3 is open-ended).
+# The closed seed ranges [lo, hi) of the splits that have an upper bound (fresh4 is open-ended).
 _SEED_RANGE: dict[str, tuple[int, int]] = {
     "heldout": (HELDOUT_SEED_MIN, FRESH_SEED_MIN),
     "fresh": (FRESH_SEED_MIN, FRESH2_SEED_MIN),
     "fresh2": (FRESH2_SEED_MIN, FRESH3_SEED_MIN),
+    "fresh3": (FRESH3_SEED_MIN, FRESH4_SEED_MIN),
 }
 
 
 def seed_split(seed: int) -> str:
-    """The split a seed belongs to: dev (< 10000), heldout (< 20000), fresh (< 30000), fresh2 (< 40000) or
-    fresh3."""
+    """The split a seed belongs to: dev (< 10000), heldout (< 20000), fresh (< 30000), fresh2 (< 40000),
+    fresh3 (< 50000) or fresh4."""
     if seed < HELDOUT_SEED_MIN:
         return "dev"
     if seed < FRESH_SEED_MIN:
@@ -237,7 +248,9 @@ def seed_split(seed: int) -> str:
         return "fresh"
     if seed < FRESH3_SEED_MIN:
         return "fresh2"
-    return "fresh3"
+    if seed < FRESH4_SEED_MIN:
+        return "fresh3"
+    return "fresh4"
 
 
 def _fmt(err: ValidationError, prefix: str = "") -> list[str]:
@@ -297,8 +310,8 @@ def build(data: Any, source: str = "scenario", seed: int = 0) -> Scenario:
         elif cls.split not in ALLOWED_PERSONA_SPLITS[spec.split]:
             problems.append(
                 f"{where}.persona: '{e.persona}' belongs to the {cls.split} split; it may only appear in a scenario "
-                f"with split: {cls.split} (fresh, fresh2 and fresh3 personas are never used to tune anything and are "
-                "reported once)"
+                f"with split: {cls.split} (fresh, fresh2, fresh3 and fresh4 personas are never used to tune anything "
+                "and are reported once)"
             )
         if cls.needs_release and spec.models.release is None:
             problems.append(f"{where}.persona: '{e.persona}' needs a model release: add models.release (model, at)")
@@ -320,7 +333,11 @@ def build(data: Any, source: str = "scenario", seed: int = 0) -> Scenario:
         persona = cls(knobs, ctx)
         if target is not None:
             per_day = target / e.accounts / persona.active_days()
-            knobs = cls.Knobs.model_validate({**e.knobs, "requests_per_day": per_day})
+            try:
+                knobs = cls.Knobs.model_validate({**e.knobs, "requests_per_day": per_day})
+            except ValidationError as exc:
+                problems.extend(_fmt(exc, f"{where}.knobs."))
+                continue
             persona = cls(knobs, ctx)
         cap = persona.max_daily()
         if cap is not None and knobs.requests_per_day > cap * 1.0001:

@@ -1,16 +1,19 @@
 """Personas: one small module per kind of client, honest (personas/honest) and attacking (personas/attack).
 
 `PERSONAS` maps each persona's name (as used in scenario files and in labels) to its class; each
-class's `split` says whether it is a dev, held-out, fresh, fresh2 or fresh3 persona.
+class's `split` says whether it is a dev, held-out, fresh, fresh2, fresh3 or fresh4 persona.
 """
 
 from __future__ import annotations
 
 from distillshield.simulate.personas.attack.adaptive import Adaptive
+from distillshield.simulate.personas.attack.batch_window import BatchWindow
 from distillshield.simulate.personas.attack.bulk_harvester import BulkHarvester
+from distillshield.simulate.personas.attack.burst_hydra import BurstHydra
 from distillshield.simulate.personas.attack.capability_sweep import CapabilitySweep
 from distillshield.simulate.personas.attack.cot_harvester import CotHarvester
 from distillshield.simulate.personas.attack.cot_paraphraser import CotParaphraser
+from distillshield.simulate.personas.attack.crop_desk import CropDesk
 from distillshield.simulate.personas.attack.hidden_end_user import HiddenEndUser
 from distillshield.simulate.personas.attack.human_sweep import HumanSweep
 from distillshield.simulate.personas.attack.hydra import Hydra
@@ -20,6 +23,7 @@ from distillshield.simulate.personas.attack.mixed_in_app import MixedInApp
 from distillshield.simulate.personas.attack.model_pivot import ModelPivot
 from distillshield.simulate.personas.attack.paraphrase_fanout import ParaphraseFanout
 from distillshield.simulate.personas.attack.polyglot_sweep import PolyglotSweep
+from distillshield.simulate.personas.attack.rapid_cot import RapidCot
 from distillshield.simulate.personas.attack.reseller_mix import ResellerMix
 from distillshield.simulate.personas.attack.rubric_grader import RubricGrader
 from distillshield.simulate.personas.attack.selfinstruct_farm import SelfInstructFarm
@@ -30,17 +34,21 @@ from distillshield.simulate.personas.attack.trivia_sweep import TriviaSweep
 from distillshield.simulate.personas.attack.vertical_bank import VerticalBank
 from distillshield.simulate.personas.base import Account, Context, Knobs, Limits, ModelPlan, Persona, Req
 from distillshield.simulate.personas.honest.agent import Agent
+from distillshield.simulate.personas.honest.agent_loop import AgentLoop
 from distillshield.simulate.personas.honest.anthropic_platform import AnthropicPlatform
 from distillshield.simulate.personas.honest.batch_pipeline import BatchPipeline
 from distillshield.simulate.personas.honest.bench_burst import BenchBurst
 from distillshield.simulate.personas.honest.casual_chat import CasualChat
+from distillshield.simulate.personas.honest.ci_evals import CiEvals
 from distillshield.simulate.personas.honest.coding_assistant import CodingAssistant
 from distillshield.simulate.personas.honest.copy_agency import CopyAgency
 from distillshield.simulate.personas.honest.corporate_nat import CorporateNat
 from distillshield.simulate.personas.honest.doc_pipeline import DocPipeline
 from distillshield.simulate.personas.honest.education import Education
+from distillshield.simulate.personas.honest.etl_extract import EtlExtract
 from distillshield.simulate.personas.honest.eval_run import EvalRun
 from distillshield.simulate.personas.honest.helpdesk_rag import HelpdeskRag
+from distillshield.simulate.personas.honest.l10n_batch import L10nBatch
 from distillshield.simulate.personas.honest.labeling_pipeline import LabelingPipeline
 from distillshield.simulate.personas.honest.law_firm import LawFirm
 from distillshield.simulate.personas.honest.light_user import LightUser
@@ -112,6 +120,16 @@ PERSONAS: dict[str, type[Persona]] = {
         ParaphraseFanout,
         MixedInApp,
         SelfInstructFarm,
+        # The fresh4 split (docs/simulator.md, "Fresh4 held-out split"): defined 2026-12-03 before anyone
+        # measured on it; about pacing; reported once, never tuned on.
+        CiEvals,
+        EtlExtract,
+        AgentLoop,
+        L10nBatch,
+        RapidCot,
+        BatchWindow,
+        BurstHydra,
+        CropDesk,
     )
 }
 

@@ -4,9 +4,9 @@ A persona does two things: `make_accounts` creates its accounts (ids, org, tier,
 creation time, cluster/campaign membership) and `requests(account)` yields that account's requests in
 time order. The engine merges every account's stream by time and writes records. Each persona has:
 
-- `name`, `kind` ("benign" | "attack"), `split` ("dev" | "heldout" | "fresh" | "fresh2" | "fresh3":
-  held-out and fresh personas are never used to tune anything; fresh, fresh2 and fresh3 ones are
-  reported once, see docs/simulator.md);
+- `name`, `kind` ("benign" | "attack"), `split` ("dev" | "heldout" | "fresh" | "fresh2" | "fresh3" |
+  "fresh4": held-out and fresh personas are never used to tune anything; fresh, fresh2, fresh3 and fresh4
+  ones are reported once, see docs/simulator.md);
 - `Knobs`: a pydantic model (extra keys forbidden) whose field descriptions are the documentation;
 - `signature`: one sentence saying what makes it recognisable, which tests check.
 
@@ -30,7 +30,7 @@ from distillshield.simulate import netid, timing
 from distillshield.simulate.sampling import pick
 
 Kind = Literal["benign", "attack"]
-Split = Literal["dev", "heldout", "fresh", "fresh2", "fresh3"]
+Split = Literal["dev", "heldout", "fresh", "fresh2", "fresh3", "fresh4"]
 Api = Literal["openai", "anthropic"]
 
 # One request as a persona yields it: (ts, endpoint, body, ip, user_agent, sim) where `sim` is the
