@@ -20,6 +20,7 @@ class Demo:
     report: dict[str, Any]
     flagged: list[str]  # riskiest first
     benign: list[str]
+    traffic: Path | None = None  # the demo's traffic file (JSONL, docs/traffic-format.md)
 
 
 def seed_demo(gw: RunningGateway, tmp_path: Path) -> Demo:
@@ -47,7 +48,49 @@ def seed_demo(gw: RunningGateway, tmp_path: Path) -> Demo:
         report,
         [a["account_id"] for a in ranked if a["verdict"] != "benign"],
         [a["account_id"] for a in ranked if a["verdict"] == "benign"],
+        path,
     )
+
+
+def load_traffic_into_audit_log(gw: RunningGateway, path: Path, accounts: set[str] | None = None) -> int:
+    """The traffic file's records (of these accounts) as rows of the gateway's audit log, as if the gateway had
+    served them (their own timestamps, IPs, user agents and prompts); returns how many were written."""
+    import uuid
+
+    rows = []
+    for line in path.read_bytes().splitlines():
+        rec = orjson.loads(line)
+        if accounts is not None and rec["account_id"] not in accounts:
+            continue
+        resp = rec.get("response") or {}
+        usage = resp.get("usage") or {}
+        rows.append(
+            {
+                "ts": float(rec["ts"]),
+                "request_id": uuid.uuid4().hex,
+                "account_id": rec["account_id"],
+                "org_id": rec.get("org_id"),
+                "key_id": rec.get("key_id"),
+                "ip": rec.get("ip"),
+                "user_agent": rec.get("user_agent"),
+                "endpoint": rec["endpoint"],
+                "model": rec["request"].get("model"),
+                "stream": False,
+                "status": int(rec.get("status") or 200),
+                "latency_ms": float(rec.get("latency_ms") or 1.0),
+                "request": orjson.dumps(rec["request"]).decode(),
+                "response_text": resp.get("text"),
+                "finish_reason": resp.get("finish_reason"),
+                "prompt_tokens": usage.get("prompt_tokens"),
+                "completion_tokens": usage.get("completion_tokens"),
+                "decision": None,
+                "error": None,
+            }
+        )
+    rows.sort(key=lambda r: r["ts"])
+    for i in range(0, len(rows), 2000):
+        gw.run(gw.state.store.append_audit(rows[i : i + 2000]))
+    return len(rows)
 
 
 def csrf_of(html: str) -> str:
@@ -79,3 +122,31 @@ def send_traffic(gw: RunningGateway, account_ids: list[str], per_account: int) -
             ]
     gw.flush_audit()
     return statuses
+
+
+DEMO_HYDRA = "cl_demo_hydra"
+
+
+def seed_demo_hydra(gw: RunningGateway, demo: Demo) -> list[str]:
+    """The demo's hydra accounts (its traffic's `attack:hydra` label) as one cluster on the risk board, as the
+    detector names one (a cluster id, a `coordination` reason), loaded through the admin API (which queues the
+    cluster for review); their traffic goes into the audit log. Returns the members."""
+    assert demo.traffic is not None
+    members = sorted(
+        {
+            r["account_id"]
+            for r in map(orjson.loads, demo.traffic.read_bytes().splitlines())
+            if r.get("label") == "attack:hydra"
+        }
+    )
+    assert len(members) >= 3, members
+    detail = f"member of cluster {DEMO_HYDRA}: {len(members)} accounts share prompt templates, first requests bunched"
+    entries = []
+    for a in demo.report["accounts"]:
+        if a["account_id"] in members:
+            reasons = [*a["reasons"], {"signal": "coordination", "score": 0.9, "detail": detail}]
+            entries.append({**a, "cluster_id": DEMO_HYDRA, "reasons": reasons})
+    r = gw.admin("POST", "/risk", json={"accounts": entries})
+    assert r.status_code == 200, r.text
+    load_traffic_into_audit_log(gw, demo.traffic, set(members))
+    return members

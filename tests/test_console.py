@@ -31,7 +31,10 @@ def _set_cookie_headers(r: httpx.Response) -> list[str]:
 # -- authentication -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["/console/", "/console/accounts", "/console/review", "/console/audit"])
+@pytest.mark.parametrize(
+    "path",
+    ["/console/", "/console/accounts", "/console/review", "/console/audit", "/console/clusters", "/console/watermark"],
+)
 def test_pages_send_a_visitor_without_a_session_to_the_login_page(fake_gateway: RunningGateway, path: str) -> None:
     r = httpx.get(fake_gateway.base + path)
     assert r.status_code == 303
@@ -304,6 +307,12 @@ def test_every_page_reads_postgresql_too(gateway_factory: Any, pg_database: str,
     assert f">{demo.benign[0]}</a>" in client.get("/console/accounts", params={"sort": "volume"}).text
     assert client.get("/console/").status_code == 200
     assert client.get("/console/review").status_code == 200
+    account = client.get(f"/console/accounts/{demo.benign[0]}")  # its request timeline and risk history
+    assert account.status_code == 200 and 'data-chart="account-requests"' in account.text
+    report = {"accounts": [{**a, "cluster_id": "cl_pg"} for a in demo.report["accounts"][:3]]}
+    assert gw.admin("POST", "/risk", json=report).status_code == 200
+    assert "cl_pg" in client.get("/console/clusters").text
+    assert client.get("/console/clusters/cl_pg").status_code == 200
     r = client.post(
         f"/console/review/account:{demo.flagged[0]}/decide",
         data={"csrf_token": csrf, "decision": "clear", "note": "ok"},

@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from tests.conftest import ADMIN_TOKEN, RunningGateway, make_settings, start_gateway
-from tests.console_helpers import Demo, seed_demo, send_traffic
+from tests.console_helpers import DEMO_HYDRA, Demo, seed_demo, seed_demo_hydra, send_traffic
 from tests.fakes import FakeUpstream
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
@@ -75,6 +75,7 @@ def demo_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Run
     try:
         demo = seed_demo(gw, tmp)
         send_traffic(gw, demo.flagged[:3] + demo.benign[1:3], 4)  # for the chart and the request timelines
+        seed_demo_hydra(gw, demo)  # its members' traffic in the audit log: the cluster graph's links
         yield gw, demo
     finally:
         gw.stop()
@@ -233,3 +234,45 @@ def test_an_analyst_switches_the_policy_to_shadow_mode_and_back(page: Any, artef
     page.get_by_label("Mode").select_option("enforce")
     page.get_by_role("button", name="Reload the policy file").click()
     expect(page.locator("#policy-mode")).to_contain_text("enforce")
+
+
+def test_an_analyst_opens_the_hydra_cluster_and_follows_a_node_to_its_account(
+    page: Any, artefacts: Path, demo_gateway: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    gw, _ = demo_gateway
+    members = sorted(gw.state.risk.cluster_members(DEMO_HYDRA))
+    _log_in(page)
+    page.get_by_role("link", name="Clusters").click()
+    expect(page.get_by_role("heading", name="Clusters")).to_be_visible()
+    page.screenshot(path=artefacts / "11-clusters.png", full_page=True)
+    page.get_by_role("link", name=DEMO_HYDRA, exact=True).click()
+    expect(page.locator("#cluster-id")).to_have_text(DEMO_HYDRA)
+    graph = page.locator("#cluster-graph")
+    expect(graph).to_be_visible()
+    expect(graph.locator("a.node")).to_have_count(len(members))
+    assert graph.locator("g.edge").count() > 0  # links recomputed from the members' audit rows
+    box = graph.bounding_box()
+    assert box is not None and box["width"] > 600 and box["height"] > 300  # drawn, not collapsed
+    page.screenshot(path=artefacts / "12-cluster-graph.png", full_page=True)
+    member = members[0]
+    graph.locator(f'a.node[data-account="{member}"] circle').click()
+    expect(page.locator("#account-id")).to_have_text(member)
+
+
+def test_the_account_page_draws_its_request_timeline_and_risk_over_time(
+    page: Any, artefacts: Path, demo_gateway: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    _, demo = demo_gateway
+    target = demo.flagged[2]  # sent requests by the fixture, so the policy recorded its risk
+    _log_in(page)
+    page.goto(f"/console/accounts/{target}")
+    expect(page.locator("#account-id")).to_have_text(target)
+    expect(page.locator("#account-requests-chart canvas")).to_have_count(1)  # uPlot drew both charts
+    expect(page.locator("#account-risk-chart canvas")).to_have_count(1)
+    expect(page.locator("#account-requests-chart .u-legend")).to_contain_text("tokens")
+    page.locator("#account-requests-chart").scroll_into_view_if_needed()
+    page.screenshot(path=artefacts / "14-account-charts.png", full_page=True)

@@ -11,6 +11,9 @@
     POST /review/{ref}/decide                  confirm, clear, allowlist or escalate with a note (PolicyStage.decide)
     GET  /audit?page=                          every review decision: who, what, why, when
     GET  /policy, POST /policy/reload          the active policy; reload its file, switch enforce/shadow
+    GET  /watermark, POST /watermark           look leaked text up: which accounts' watermark keys mark it
+    GET  /clusters?page=                       clusters of accounts (risk board and review queue)
+    GET  /clusters/{id}?page=                  one cluster: its graph, what links its members, why and when each joined
 
 Actions call the same functions as the admin API's endpoints, in process. Every asset is in `static/`.
 """
@@ -34,7 +37,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from distillshield.config import LimitSet
-from distillshield.console import queries
+from distillshield.console import clusters, queries
+from distillshield.console import watermark as wm
 from distillshield.console.session import CSRF_FIELD, Session, SessionSigner, csrf_matches
 from distillshield.gateway.admin import (
     _detection,
@@ -152,6 +156,32 @@ class Console:
 
         return endpoint
 
+    def upload(self, handler: Callable[[Request, Session, wm.Upload], Awaitable[Response]]) -> Any:
+        """A POST handler for a multipart form with a file: as `action` (session, CSRF token), with a larger
+        body limit (wm.MAX_UPLOAD_BYTES); the handler answers refusals itself."""
+
+        async def endpoint(request: Request) -> Response:
+            refused = self._disabled(request)
+            if refused is not None:
+                return refused
+            assert self.signer is not None
+            session = self.signer.read(request)
+            if session is None:
+                return self._to_login(request)
+            try:
+                form = await wm.read_multipart(request)
+            except wm.LookupRefused as exc:
+                if exc.status == 413:
+                    return self.error(request, 413, str(exc), session)
+                form = wm.Upload({}, "", b"")  # unreadable: only a CSRF refusal can follow
+            if not csrf_matches(session, request, form.fields):
+                return self.error(
+                    request, 403, "the form's CSRF token is missing or wrong: reload the page and try again", session
+                )
+            return await handler(request, session, form)
+
+        return endpoint
+
     def _disabled(self, request: Request) -> Response | None:
         if self.signer is None:
             return self.error(
@@ -251,6 +281,7 @@ class Console:
         online = st.detection.account(account_id) if st.detection is not None else None
         if acct is None and detection is None:
             raise HTTPException(404, f"account '{account_id}' does not exist")
+        review = await queries.account_review(st, account_id)
         ctx: dict[str, Any] = {
             "account_id": account_id,
             "acct": acct,
@@ -260,10 +291,13 @@ class Console:
             "usage": await st.store.account_usage(account_id),
             "in_flight": await st.limiter.in_flight(f"account:{account_id}"),
             "live": st.policy.live(account_id) if st.policy is not None else None,
-            "review": await queries.account_review(st, account_id),
+            "review": review,
             "limits": queries.effective_limits(st, acct.tier, acct.limits) if acct else None,
             "limit_fields": list(LimitSet.model_fields),
             "recent": (await _recent_requests(st, account_id)),
+            "timeline": await queries.account_timeline(st, account_id),
+            "risk_history": await queries.account_risk_history(st, account_id, review),
+            "timeline_days": queries.TIMELINE_HOURS // 24,
             "notice": request.query_params.get("done", ""),
         }
         return self.render(request, "account.html", session=session, nav="accounts", **ctx)
@@ -339,6 +373,62 @@ class Console:
             raise HTTPException(400, f"{exc} (the previous policy from {st.policy.source} stays active)") from None
         return self.redirect(request, "/policy?done=reloaded")
 
+    async def watermark(self, request: Request, session: Session) -> Response:
+        return self._watermark_page(request, session)
+
+    def _watermark_page(
+        self,
+        request: Request,
+        session: Session,
+        *,
+        code: int = 200,
+        error: str = "",
+        found: dict[str, Any] | None = None,
+        text: str = "",
+        pool: bool = False,
+    ) -> HTMLResponse:
+        cfg = self.state.settings.watermark
+        return self.render(
+            request,
+            "watermark.html",
+            code=code,
+            session=session,
+            nav="watermark",
+            enabled=cfg.secret is not None,
+            scheme=cfg.scheme,
+            error=error,
+            found=found,
+            text=text,
+            pool=pool,
+            fmt_p=wm.fmt_p,
+            max_mib=wm.MAX_UPLOAD_BYTES // (1024 * 1024),
+            max_texts=wm.MAX_TEXTS,
+            alpha=wm.ALPHA,
+        )
+
+    async def watermark_lookup(self, request: Request, session: Session, form: wm.Upload) -> Response:
+        text = form.fields.get("text", "")
+        pool = form.fields.get("pool") == "1"
+        try:
+            texts = wm.texts_of(form)
+            found = await wm.lookup(self.state, texts, pool)
+        except wm.LookupRefused as exc:
+            return self._watermark_page(request, session, code=exc.status, error=str(exc), text=text, pool=pool)
+        return self._watermark_page(request, session, found=found, text=text, pool=pool)
+
+    async def cluster_list(self, request: Request, session: Session) -> Response:
+        page = await clusters.cluster_list(self.state, page=queries.page_number(request.query_params.get("page")))
+        return self.render(request, "clusters.html", session=session, nav="clusters", page=page)
+
+    async def cluster(self, request: Request, session: Session) -> Response:
+        cluster_id = request.path_params["cluster_id"]
+        detail = await clusters.cluster_detail(
+            self.state, cluster_id, page=queries.page_number(request.query_params.get("page"))
+        )
+        if detail is None:
+            raise HTTPException(404, f"cluster '{cluster_id}' does not exist (not on the risk board, never queued)")
+        return self.render(request, "cluster.html", session=session, nav="clusters", c=detail)
+
     async def audit(self, request: Request, session: Session) -> Response:
         page = await queries.decision_log(self.state, page=queries.page_number(request.query_params.get("page")))
         return self.render(request, "audit.html", session=session, nav="audit", page=page)
@@ -401,6 +491,10 @@ def build_console(state: AppState) -> Starlette:
         Route("/review/{ref:path}/decide", c.action(c.decide), methods=["POST"]),
         Route("/review/{ref:path}", c.page(c.review_item), methods=["GET"]),
         Route("/audit", c.page(c.audit), methods=["GET"]),
+        Route("/watermark", c.page(c.watermark), methods=["GET"]),
+        Route("/watermark", c.upload(c.watermark_lookup), methods=["POST"]),
+        Route("/clusters", c.page(c.cluster_list), methods=["GET"]),
+        Route("/clusters/{cluster_id:path}", c.page(c.cluster), methods=["GET"]),
         Route("/policy", c.page(c.policy), methods=["GET"]),
         Route("/policy/reload", c.action(c.reload_policy), methods=["POST"]),
         Mount("/static", app=StaticFiles(packages=[("distillshield.console", "static")]), name="static"),

@@ -13,6 +13,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import orjson
 import sqlalchemy as sa
 
 from distillshield.contracts import VERDICT_RANK, AccountRisk
@@ -374,3 +375,98 @@ async def account_review(state: AppState, account_id: str) -> dict[str, Any] | N
     if item is None:
         return None
     return {"item": item.as_dict(), "decisions": [x.as_dict() for x in await store.decisions(item.id)]}
+
+
+# -- an account's charts --------------------------------------------------------------------------
+
+TIMELINE_HOURS = 7 * 24
+RISK_ROWS_MAX = 20_000  # audit rows read for one account's risk history (its newest)
+
+
+async def account_timeline(state: AppState, account_id: str, now: float | None = None) -> dict[str, Any]:
+    """The account's requests, refusals and tokens per hour over the last TIMELINE_HOURS, from the audit log
+    (one GROUP BY over the account's rows in the window; audit_log.account_id and ts are indexed)."""
+    now = now or time.time()
+    first = math.floor(now / 3600) - TIMELINE_HOURS + 1
+    hours = range(first, first + TIMELINE_HOURS)
+    c = audit_log.c
+    hour = sa.func.floor(c.ts / 3600).label("hour")
+    q = (
+        sa.select(
+            hour,
+            sa.func.count(),
+            sa.func.sum(sa.case((c.status >= 400, 1), else_=0)),
+            sa.func.sum(sa.func.coalesce(c.prompt_tokens, 0)),
+            sa.func.sum(sa.func.coalesce(c.completion_tokens, 0)),
+        )
+        .where(c.account_id == account_id, c.ts >= first * 3600)
+        .group_by(hour)
+    )
+    async with state.store.engine.connect() as conn:
+        found = (await conn.execute(q)).all()
+    got = {int(h): (int(n), int(r or 0), int(p or 0), int(k or 0)) for h, n, r, p, k in found}
+    zero = (0, 0, 0, 0)
+    return {
+        "t": [h * 3600 for h in hours],
+        "requests": [got.get(h, zero)[0] for h in hours],
+        "refused": [got.get(h, zero)[1] for h in hours],
+        "prompt_tokens": [got.get(h, zero)[2] for h in hours],
+        "completion_tokens": [got.get(h, zero)[3] for h in hours],
+        "total": sum(v[0] for v in got.values()),
+    }
+
+
+async def account_risk_history(
+    state: AppState, account_id: str, review: dict[str, Any] | None, now: float | None = None
+) -> dict[str, Any]:
+    """The account's risk over time. The store keeps no history of verdicts (the risk board holds the latest
+    only), so this is derived from what is recorded: the risk and verdict the policy saw on the account's
+    requests when a rule was involved (the audit row's `decision` JSON; the highest per hour, over the last
+    TIMELINE_HOURS, from its newest RISK_ROWS_MAX such rows), then the risk board's current entry; the account's
+    review item (`account_review`) gives the events: when it was queued and each decision."""
+    now = now or time.time()
+    since = (math.floor(now / 3600) - TIMELINE_HOURS + 1) * 3600
+    c = audit_log.c
+    q = (
+        sa.select(c.ts, c.decision)
+        .where(c.account_id == account_id, c.ts >= since, c.decision.like("{%"))
+        .order_by(sa.desc(c.seq))
+        .limit(RISK_ROWS_MAX)
+    )
+    hourly: dict[int, tuple[float, str, float]] = {}  # hour -> (highest risk, its verdict, when)
+    async with state.store.engine.connect() as conn:
+        rows = (await conn.execute(q)).all()
+    for ts, decision in rows:
+        try:
+            d = orjson.loads(decision)
+        except orjson.JSONDecodeError:
+            continue
+        risk = d.get("risk") if isinstance(d, dict) else None
+        if isinstance(risk, bool) or not isinstance(risk, (int, float)):
+            continue
+        h = math.floor(float(ts) / 3600)
+        if h not in hourly or float(risk) > hourly[h][0]:
+            hourly[h] = (float(risk), str(d.get("verdict") or ""), float(ts))
+    points = [(at, r, v, "policy") for _h, (r, v, at) in sorted(hourly.items())]
+    board = state.risk.get(account_id)
+    if board is not None:
+        points.append((float(board.updated_at), float(board.risk), board.verdict, f"risk board ({board.source})"))
+        points.sort(key=lambda p: p[0])
+    events: list[dict[str, Any]] = []
+    if review is not None:
+        item = review["item"]
+        events.append({"ts": item["created_at"], "what": f"queued for review ({item['verdict'] or 'unscored'})"})
+        for x in review["decisions"]:
+            who = x["reviewer"] or "unnamed"
+            events.append(
+                {"ts": x["ts"], "what": f"review decision {x['decision']} by {who} (verdict then: {x['verdict']})"}
+            )
+    return {
+        "t": [p[0] for p in points],
+        "risk": [round(p[1], 4) for p in points],
+        "points": [{"ts": p[0], "risk": p[1], "verdict": p[2], "source": p[3]} for p in points],
+        "from_policy": len(hourly),
+        "rows_read": len(rows),
+        "capped": len(rows) >= RISK_ROWS_MAX,
+        "events": sorted(events, key=lambda e: e["ts"]),
+    }
