@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from distillshield.gateway.app import AppState
 
 MAX_FORM_BYTES = 64 * 1024
+CSRF_REFUSED = "the form's CSRF token is missing or wrong: reload the page and try again"
 # Scripts only from the console's own files: no inline script, no CDN, no eval.
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
@@ -115,13 +116,9 @@ class Console:
         """A GET handler that needs a session: without one the browser goes to the login page."""
 
         async def endpoint(request: Request) -> Response:
-            refused = self._disabled(request)
-            if refused is not None:
-                return refused
-            assert self.signer is not None
-            session = self.signer.read(request)
-            if session is None:
-                return self._to_login(request)
+            session = self._session(request)
+            if isinstance(session, Response):
+                return session
             try:
                 return await handler(request, session)
             except HTTPException as exc:
@@ -133,20 +130,14 @@ class Console:
         """A POST handler: needs a session and the session's CSRF token; gets the parsed form."""
 
         async def endpoint(request: Request) -> Response:
-            refused = self._disabled(request)
-            if refused is not None:
-                return refused
-            assert self.signer is not None
-            session = self.signer.read(request)
-            if session is None:
-                return self._to_login(request)
+            session = self._session(request)
+            if isinstance(session, Response):
+                return session
             form = await _form(request)
             if form is None:
                 return self.error(request, 413, f"the form is larger than {MAX_FORM_BYTES} bytes", session)
             if not csrf_matches(session, request, form):
-                return self.error(
-                    request, 403, "the form's CSRF token is missing or wrong: reload the page and try again", session
-                )
+                return self.error(request, 403, CSRF_REFUSED, session)
             try:
                 return await handler(request, session, form)
             except (HTTPException, StoreError) as exc:
@@ -161,13 +152,9 @@ class Console:
         body limit (wm.MAX_UPLOAD_BYTES); the handler answers refusals itself."""
 
         async def endpoint(request: Request) -> Response:
-            refused = self._disabled(request)
-            if refused is not None:
-                return refused
-            assert self.signer is not None
-            session = self.signer.read(request)
-            if session is None:
-                return self._to_login(request)
+            session = self._session(request)
+            if isinstance(session, Response):
+                return session
             try:
                 form = await wm.read_multipart(request)
             except wm.LookupRefused as exc:
@@ -175,12 +162,20 @@ class Console:
                     return self.error(request, 413, str(exc), session)
                 form = wm.Upload({}, "", b"")  # unreadable: only a CSRF refusal can follow
             if not csrf_matches(session, request, form.fields):
-                return self.error(
-                    request, 403, "the form's CSRF token is missing or wrong: reload the page and try again", session
-                )
+                return self.error(request, 403, CSRF_REFUSED, session)
             return await handler(request, session, form)
 
         return endpoint
+
+    def _session(self, request: Request) -> Session | Response:
+        """The request's session, or the response that refuses it: the console is disabled, or there is no
+        session (the browser goes to the login page)."""
+        refused = self._disabled(request)
+        if refused is not None:
+            return refused
+        assert self.signer is not None
+        session = self.signer.read(request)
+        return self._to_login(request) if session is None else session
 
     def _disabled(self, request: Request) -> Response | None:
         if self.signer is None:
