@@ -47,7 +47,8 @@ def run_seed(scenario: str, seed: int, data: Path, encoder: str, model: Path | N
     if not path.exists():
         sc, s = sc_mod.load(scenario, seed)
         engine.write(sc, s, path)
-    report_path = data / f"{scenario}-{seed}.{encoder}.report.json"
+    tag = "shipped" if model is None else model.stem  # runs with different models may share --data
+    report_path = data / f"{scenario}-{seed}.{encoder}.{tag}.report.json"
     an = analyze_file(
         path, model=DetectionModel.load(model), encoder=None if encoder == "none" else load_encoder(encoder)
     )

@@ -18,6 +18,7 @@ not flagged). Labels in the files are ignored by analysis.
     .venv/bin/python benchmarks/detect_realbank.py                          # all sets, default encoder
     .venv/bin/python benchmarks/detect_realbank.py --json-out realbank.json --strict   # the baseline run
     .venv/bin/python benchmarks/detect_realbank.py --encoder use    # a model trained with embeddings only
+    .venv/bin/python benchmarks/detect_realbank.py --model model.json   # a model other than the shipped one
     .venv/bin/python benchmarks/detect_realbank.py --sets chat-llmbank tutor-capsweep
     .venv/bin/python benchmarks/detect_realbank.py --hash-only              # build (or reuse) and hash
     .venv/bin/python benchmarks/detect_realbank.py --generate-bank          # rewrite the LLM question bank
@@ -686,12 +687,12 @@ def truth(path: Path) -> dict[str, str]:
     return roles
 
 
-def score_set(path: Path, encoder: Any, workers: int) -> dict[str, Any]:
+def score_set(path: Path, encoder: Any, workers: int, model: Any = None) -> dict[str, Any]:
     from distillshield.detect.analyze import analyze_file
 
     t0 = time.perf_counter()
     try:
-        analysis = analyze_file(path, encoder=encoder, workers=workers)
+        analysis = analyze_file(path, model=model, encoder=encoder, workers=workers)
     except Exception as exc:  # noqa: BLE001 - whatever the analyser raises, say which set and why, no traceback
         raise SystemExit(f"the analyser failed on {path.name}: {type(exc).__name__}: {exc}") from exc
     elapsed = time.perf_counter() - t0
@@ -799,6 +800,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"passed to the analyser as `distillshield analyze --encoder` (default: {defaults['encoder']})",
     )
     ap.add_argument("--workers", type=int, default=defaults["workers"], help="analyser processes (as the CLI)")
+    ap.add_argument("--model", type=Path, default=None, help="model artefact (default: the shipped one)")
     ap.add_argument("--data-dir", type=Path, default=None, help="where the set files are built and reused")
     ap.add_argument("--rebuild", action="store_true", help="rebuild the set files even if present")
     ap.add_argument("--json-out", type=Path, default=None, help="write all numbers here as JSON")
@@ -829,6 +831,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if digest == EXPECTED_CONTENT_SHA256 or not args.strict else 1
 
     encoder = load_encoder(args.encoder)
+    from distillshield.detect.scoring import DetectionModel
+
+    model = DetectionModel.load(args.model) if args.model else None
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     results: dict[str, dict[str, Any]] = {}
@@ -837,7 +842,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         task = bar.add_task("analysing sets", total=len(names))
         for name in names:
             bar.update(task, description=f"analysing {name}")
-            results[name] = score_set(paths[name], encoder, args.workers)
+            results[name] = score_set(paths[name], encoder, args.workers, model)
             bar.advance(task)
         bar.update(task, description="analysed")
     pool = pooled(results)

@@ -172,3 +172,15 @@ def test_cli_tables_never_cut_an_id_on_a_narrow_terminal(smoke: Path, tmp_path: 
         assert a["account_id"] in r.stdout, a["account_id"]
         if a["cluster_id"]:
             assert a["cluster_id"] in r.stdout
+
+
+def test_training_leaves_population_content_to_its_own_route(smoke: Path) -> None:
+    """The combiner learns known-TTP evidence from the simulator; population-relative content flags on its
+    own route (engine), so no content feature may enter the trees, or they learn the simulator's content."""
+    from distillshield.detect.train import CONTENT_FEATURES, train
+
+    model = train([smoke], encoder=None, rounds=0)
+    features = model.combiner(False).features
+    assert "cot_mean" in features and "log_dt" in features
+    assert not set(CONTENT_FEATURES) & set(features)
+    assert "content_far" in CONTENT_FEATURES

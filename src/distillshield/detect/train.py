@@ -34,9 +34,14 @@ from distillshield.detect.corpus import LineErrors, read_records
 from distillshield.detect.embeddings import Encoder
 from distillshield.detect.engine import MIN_EVIDENCE
 from distillshield.detect.scoring import Combiner, DetectionModel, population_level
+from distillshield.detect.signals.content import NEUTRAL as CONTENT_NEUTRAL
 from distillshield.detect.signals.cot import PromptClassifier
 
 EMBEDDING_FEATURES = ("mmd_z", "prada", "topic_entropy", "topic_top", "topic_runs")
+# Population-relative content (signals/content.py) flags on its own route in the engine, calibrated on the
+# deployment's own traffic; the trees must not learn it from the simulator's content (what the simulator's
+# attackers ask is its tell, not the problem's), so it is never a combiner feature.
+CONTENT_FEATURES = tuple(CONTENT_NEUTRAL)
 Progress = Callable[[str, int, int | None], None]
 
 # Hand-written positives beyond the simulator's phrasings (what real campaigns were reported to send).
@@ -445,7 +450,7 @@ def train(
         step("collecting features", i, len(datasets))
         samples.extend(collect(recs, clf, encoder, f"r0/{p.name}"))
     step("collecting features", len(datasets), len(datasets))
-    all_features = sorted({k for row in samples.rows for k in row})
+    all_features = sorted({k for row in samples.rows for k in row} - set(CONTENT_FEATURES))
     noembed = [f for f in all_features if f not in EMBEDDING_FEATURES]
     comb, stats = fit_combiner(samples, all_features if encoder else noembed, fpr_suspicious, fpr_extraction, seed)
     rounds_report: list[dict[str, Any]] = [{"round": 0, "data": "simulator traffic (dev split)", **stats}]
