@@ -314,7 +314,10 @@ def evasive(records: list[dict[str, Any]], round_no: int, seed: int) -> list[dic
     Round 2: the adaptive attacker (humanize: fresh rewording around the bare question with a reasoning
     ask, small talk, a human day, home IPs) with 30% cover traffic, spread over three accounts.
     Round 3 and later: the same with a reasoning ask on only 60% of the prompts, 50% cover traffic,
-    spread over four accounts; half of the accounts at machine pace instead of a human day.
+    spread over four accounts.
+
+    Machine pace only in round 1: with half of round 3's accounts bursting too, the human-paced adaptive
+    attacker was under-represented and the model lost half of it (docs/detection.md, round 6).
     """
     if round_no <= 1:
         out = paraphrase(records, seed, strength=0.3)
@@ -328,7 +331,6 @@ def evasive(records: list[dict[str, Any]], round_no: int, seed: int) -> list[dic
         out = spread(out, seed + 3, factor=3)
     else:
         out = humanize(records, seed, ask_share=0.6)
-        out = machine_pace(out, seed + 4, share=0.5)
         out = cover(out, seed + 2, share=0.5)
         out = spread(out, seed + 3, factor=4)
     out.sort(key=lambda x: x["ts"])
