@@ -77,6 +77,15 @@ def pg_database() -> Iterator[str]:
         pg_autocommit(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A store URL for tests that run on both back ends: SQLite in a temporary file, or a PostgreSQL
+    database of the test's own (pg_database), which no other test can drop tables from while it runs."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
+    return request.getfixturevalue("pg_database")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

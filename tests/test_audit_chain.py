@@ -38,15 +38,6 @@ def row(i: int, account: str = "acct") -> dict:
     }
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request: pytest.FixtureRequest, tmp_path) -> str:
-    """SQLite in a temporary file, or a PostgreSQL database of the test's own (conftest.pg_database): a
-    clean schema that no other test can drop tables from while this one runs."""
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'chain.db'}"
-    return request.getfixturevalue("pg_database")
-
-
 @pytest.fixture
 async def store(store_url: str) -> AsyncIterator[Store]:
     s = Store(store_url)

@@ -41,14 +41,6 @@ CONTENT = [c for c in audit_log.c if c.name not in ("seq", "prev_hash", "hash")]
 # -- the tamper matrix --------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """SQLite in a temporary file, or a PostgreSQL database of the test's own (conftest.pg_database)."""
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'cp.db'}"
-    return request.getfixturevalue("pg_database")
-
-
 @pytest.fixture
 async def signed(store_url: str, tmp_path: Path) -> AsyncIterator[tuple[Store, Checkpointer]]:
     """25 rows with checkpoints at sizes 10, 20 and 25."""

@@ -13,14 +13,6 @@ from distillshield.store.database import StoreError
 from distillshield.store.review import Flag, ReviewStore
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """SQLite in a temporary file, or a PostgreSQL database of the test's own (conftest.pg_database)."""
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'review.db'}"
-    return request.getfixturevalue("pg_database")
-
-
 @pytest.fixture
 async def review(store_url: str) -> AsyncIterator[ReviewStore]:
     store = Store(store_url)
