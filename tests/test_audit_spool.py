@@ -113,6 +113,21 @@ def test_spool_batches_are_durable_ordered_and_bounded(tmp_path: Path) -> None:
     assert len(again) == 2  # a refused batch leaves nothing behind
 
 
+def test_a_batch_drained_by_another_process_while_counting_is_not_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process (the gateway replaying its spool) removes a batch between this one's directory
+    listing and its stat: the count and size are of the batches still there, not an error."""
+    sp = Spool(tmp_path / "spool")
+    sp.append([row(0)])
+    kept = sp.append([row(1)])
+    listed = sp._files()  # noqa: SLF001 - the listing as it was before the other process drained one
+    listed[0].unlink()
+    monkeypatch.setattr(Spool, "_files", lambda self: listed)
+    counted = Spool(tmp_path / "spool")
+    assert len(counted) == 1 and counted.bytes == kept.stat().st_size
+
+
 async def test_rows_go_to_the_spool_while_the_database_is_away_and_reach_it_once(tmp_path: Path) -> None:
     store = OutageStore(f"sqlite+aiosqlite:///{tmp_path / 'a.db'}")
     await store.init()

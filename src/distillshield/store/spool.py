@@ -24,6 +24,14 @@ import orjson
 _BATCH = re.compile(r"^batch-(\d{12})\.jsonl$")
 
 
+
+def _size(path: Path) -> int | None:
+    """The file's size, or None when it is gone (drained between the listing and the stat)."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return None
+
 class SpoolError(Exception):
     """The spool cannot take this batch (full, or the disk refused it); the message says which."""
 
@@ -53,8 +61,9 @@ class Spool:
         if self._next is None or self._bytes is None:
             files = self._files()
             self._next = int(_BATCH.match(files[-1].name).group(1)) + 1 if files else 1  # type: ignore[union-attr]
-            self._bytes = sum(p.stat().st_size for p in files)
-            self._count = len(files)
+            sizes = [_size(p) for p in files]  # another process (a replica draining it) may remove files meanwhile
+            self._bytes = sum(n for n in sizes if n is not None)
+            self._count = sum(n is not None for n in sizes)
 
     @property
     def bytes(self) -> int:
