@@ -43,7 +43,7 @@ def run(records: list[dict[str, Any]], factor: float, model: DetectionModel | No
     for a in an.report["accounts"]:
         acc = an.engine.accounts[a["account_id"]]
         feats = acc.features or {}
-        _, contrib = an.engine.combiner.explain(an.engine.combiner.vector(feats))
+        _, _, contrib = an.engine.judge(feats)
         out[a["account_id"]] = {
             "verdict": a["verdict"],
             "risk": round(a["risk"], 3),

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from distillshield.detect.scoring import POPULATION_QUANTILE, DetectionModel, population_level
+from distillshield.detect.scoring import POPULATION_QUANTILE, Combiner, DetectionModel, population_level
 from distillshield.detect.train import Trace, streaming_traces
 from distillshield.simulate import engine, scenario
 
@@ -52,33 +52,50 @@ def main() -> None:
 
     path = args.model or Path(str(resources.files("distillshield.detect") / "data" / "default-model.json"))
     model = DetectionModel.load(path)
-    comb = model.combiner(False)
-    traces: dict[str, Trace] = {}
-    levels: list[float] = []
+    members = model.members(False)
+    traces: list[dict[str, Trace]] = [{} for _ in members]
+    levels: list[list[float]] = [[] for _ in members]
     for seed in args.seeds:
         sc, s = scenario.load(args.scenario, seed)
         recs = list(engine.iter_records(sc, s))
-        seed_traces = streaming_traces(recs, model, f"{args.scenario}-{seed}")
-        for aid, t in seed_traces.items():
-            traces[f"{seed}/{aid}"] = t
-        # The deployment's population level: every account's final log-odds (labels unused), as the engine's
-        # OperatingPoint computes it on a live deployment.
-        level = population_level([t.scores[-1][1] for t in seed_traces.values() if t.scores])
-        if level is not None:
-            levels.append(level)
-        print(f"{args.scenario} seed {seed}: {len(recs)} requests, population level {level}", flush=True)
+        for i, seed_traces in enumerate(streaming_traces(recs, model, f"{args.scenario}-{seed}")):
+            for aid, t in seed_traces.items():
+                traces[i][f"{seed}/{aid}"] = t
+            # The deployment's population level: every account's final log-odds (labels unused), as the
+            # engine's OperatingPoint computes it on a live deployment.
+            level = population_level([t.scores[-1][1] for t in seed_traces.values() if t.scores])
+            if level is not None:
+                levels[i].append(level)
+        print(f"{args.scenario} seed {seed}: {len(recs)} requests, population level {levels[0][-1:]}", flush=True)
+    source = f"{args.scenario} seeds {' '.join(map(str, args.seeds))}"
+    out = []
+    for i, comb in enumerate(members):
+        if len(members) > 1:
+            print(f"-- combiner {i + 1} of {len(members)} (the ensemble's {'primary' if i == 0 else 'member'})")
+        out.append(recalibrate(comb, traces[i], levels[i], args.fpr, source))
+    if args.json_out:
+        doc = out[0] if len(out) == 1 else {"members": out}
+        args.json_out.write_text(json.dumps(doc, indent=2))
+    if args.write:
+        model.save(path)
+        print(f"saved {path}")
+
+
+def recalibrate(comb: Combiner, traces: dict[str, Trace], levels: list[float], fpr: float, source: str) -> dict:
+    """Raise one combiner's extraction threshold on the benign peaks and set its population reference; print
+    and return what that changes."""
     benign = [t for t in traces.values() if t.kind == "benign"]
     attack = [t for t in traces.values() if t.kind == "attack"]
     peaks = np.asarray([t.peak for t in benign if t.scores])
     old_s, old_e = comb.t_suspicious, comb.t_extraction
-    comb.recalibrate_extraction(peaks, args.fpr, f"{args.scenario} seeds {' '.join(map(str, args.seeds))}")
+    comb.recalibrate_extraction(peaks, fpr, source)
     new_e = comb.t_extraction
     old_ref = comb.population_reference
-    ref = comb.set_population_reference(levels, f"{args.scenario} seeds {' '.join(map(str, args.seeds))}")
+    ref = comb.set_population_reference(levels, source)
     print(f"population reference (log-odds, quantile {POPULATION_QUANTILE}): {old_ref} -> {ref:.4f} "
           f"(per deployment: {[round(v, 4) for v in levels]})")  # fmt: skip
     print(f"thresholds (log-odds): suspicious {old_s:.3f}; extraction {old_e:.3f} -> {new_e:.3f} "
-          f"(benign accounts scored with >= MIN_EVIDENCE requests: {len(peaks)}, fpr {args.fpr})")  # fmt: skip
+          f"(benign accounts scored with >= MIN_EVIDENCE requests: {len(peaks)}, fpr {fpr})")  # fmt: skip
 
     # Online-like: an account is acted on from the first rescore at or above the threshold onwards.
     h_req = sum(t.requests for t in benign)
@@ -113,11 +130,7 @@ def main() -> None:
               f"{row['extraction_new']:14d}")  # fmt: skip
     top = np.sort(peaks)[-5:]
     print("highest benign peaks (log-odds above the old extraction threshold):", np.round(top - old_e, 3).tolist())
-    if args.json_out:
-        args.json_out.write_text(json.dumps({"summary": summary, "rows": rows}, indent=2))
-    if args.write:
-        model.save(path)
-        print(f"saved {path}")
+    return {"summary": summary, "rows": rows}
 
 
 if __name__ == "__main__":

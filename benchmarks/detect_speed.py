@@ -10,6 +10,7 @@ machine; wall-clock rates are what a user waits for.
     .venv/bin/python benchmarks/detect_speed.py --large               # also the large scenario (~560k)
     .venv/bin/python benchmarks/detect_speed.py --json-out speed.json --check   # exit 1 below 5,000 req/s CPU
     .venv/bin/python benchmarks/detect_speed.py --large --content both      # content signal off vs on, same run
+    .venv/bin/python benchmarks/detect_speed.py --large --model shipped old.json   # two models, same run
 
 `--content` (default on, as `analyze` runs) switches the population-relative content signal and campaigns
 (detect/content.py, detect/campaign.py); `both` measures every size without and with it, back to back,
@@ -47,16 +48,20 @@ def _cpu() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def measure(path: Path, workers: int, content: bool = True) -> dict:
+def measure(path: Path, workers: int, content: bool = True, model: str = "shipped") -> dict:
     from distillshield.detect.analyze import analyze_file
+    from distillshield.detect.scoring import DetectionModel
 
+    det = DetectionModel.load(None if model == "shipped" else model)
     t0, c0 = time.perf_counter(), _cpu()
-    an = analyze_file(path, encoder=None, workers=workers, content=content)
+    an = analyze_file(path, model=det, encoder=None, workers=workers, content=content)
     wall, cpu = time.perf_counter() - t0, _cpu() - c0
     n = an.report["summary"]["requests"]
     return {
         "file": str(path),
         "content": content,
+        "model": model,
+        "combiners": len(det.members(False)),
         "requests": n,
         "accounts": an.report["summary"]["accounts"],
         "wall_s": round(wall, 2),
@@ -78,10 +83,13 @@ def main() -> int:
     )
     ap.add_argument("--workers", type=int, default=2, help="extraction processes (analyze --workers)")
     ap.add_argument("--content", choices=("on", "off", "both"), default="on", help="content signal (default on)")
+    ap.add_argument(
+        "--model", nargs="+", default=["shipped"], help="model artefacts to measure back to back (shipped: the default)"
+    )
     ap.add_argument("--measure", type=Path, help=argparse.SUPPRESS)  # internal: measure one file in this process
     args = ap.parse_args()
     if args.measure:
-        print(json.dumps(measure(args.measure, args.workers, args.content != "off")))
+        print(json.dumps(measure(args.measure, args.workers, args.content != "off", args.model[0])))
         return 0
     modes = {"on": ["on"], "off": ["off"], "both": ["off", "on"]}[args.content]
     sizes = [("smoke", 5), ("dev", 7)] + ([("large", 7)] if args.large else [])
@@ -94,15 +102,16 @@ def main() -> int:
             if not path.exists():
                 print(f"generating {name} (seed {seed}) ...", file=sys.stderr)
                 generate(name, seed, path)
-            for mode in modes:
-                cmd = [sys.executable, __file__, "--measure", str(path), "--content", mode]
+            for mode, model in ((mo, md) for mo in modes for md in args.model):
+                cmd = [sys.executable, __file__, "--measure", str(path), "--content", mode, "--model", model]
                 cmd += ["--workers", str(args.workers)]
                 out = subprocess.run(cmd, capture_output=True, text=True, check=True)
                 row = json.loads(out.stdout.strip().splitlines()[-1])
                 row["scenario"] = name
                 rows.append(row)
                 print(
-                    f"{name:6s} content {mode:3s} {row['requests']:>8d} req {row['accounts']:>5d} acc  "
+                    f"{name:6s} content {mode:3s} model {Path(model).stem} ({row['combiners']}) "
+                    f"{row['requests']:>8d} req {row['accounts']:>5d} acc  "
                     f"wall {row['wall_s']:>7.1f}s ({row['rps_wall']:>6d} req/s)  cpu {row['cpu_s']:>7.1f}s "
                     f"({row['rps_cpu']:>6d} req/s)  peak {row['peak_rss_mb']} MB  phases {row['phases_s']}"
                 )

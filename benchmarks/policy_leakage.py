@@ -277,7 +277,7 @@ def batch_reports(records: list[dict[str, Any]], model_path: Path, every_s: floa
              for r in records]  # fmt: skip
     obs = extract(clean, model)
     obs.sort(key=lambda o: o.ts)
-    engine = Engine(model.combiner(False), None)  # type: ignore[arg-type]
+    engine = Engine(model.members(False), None)
     out, i = [], 0
     t = records[0]["ts"]
     while i < len(obs):

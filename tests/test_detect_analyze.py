@@ -118,6 +118,12 @@ def test_cli_analyze_writes_the_report_and_prints_json(smoke: Path, tmp_path: Pa
     assert isinstance(r.exception, CliError) and "--encoder word2vec" in str(r.exception)
     assert "Example:" in runner.invoke(app, ["analyze", "--help"]).output
     assert "Example:" in runner.invoke(app, ["train", "--help"]).output
+    (tmp_path / "bad.json").write_text("{not json")
+    for base, problem in (("missing.json", "does not exist"), ("bad.json", "not valid JSON")):
+        args = ["train", str(smoke), "--out", str(tmp_path / "m.json"), "--alongside", str(tmp_path / base)]
+        r = runner.invoke(app, args)
+        assert isinstance(r.exception, CliError) and "--alongside" in str(r.exception) and problem in str(r.exception)
+    assert not (tmp_path / "m.json").exists()  # refused before training, nothing written
 
 
 def test_cli_analyze_from_the_audit_log(smoke: Path, tmp_path: Path) -> None:

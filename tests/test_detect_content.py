@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import json
 import random
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,6 +15,7 @@ import pytest
 
 from distillshield.detect.analyze import analyze_records
 from distillshield.detect.content import ContentEncoder, ContentPopulation, default_content_encoder, words_of
+from distillshield.detect.scoring import Combiner, DetectionModel
 from distillshield.detect.signals.content import far_logp, spread
 from distillshield.simulate import corpora
 from distillshield.traffic import TrafficRecord
@@ -184,16 +186,33 @@ def _row(rec: TrafficRecord, i: int) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def test_online_verdicts_match_batch_on_the_same_traffic() -> None:
+def _eager_ensemble(path: Path) -> DetectionModel:
+    """The shipped model with a second combiner beside it: a copy of its own with thresholds 4 log-odds lower."""
+    shipped = DetectionModel.load()
+    eager = Combiner.from_dict(shipped.combiner(False).to_dict())
+    eager.t_suspicious -= 4.0
+    eager.t_extraction -= 4.0
+    model = DetectionModel("eager", {"noembed": eager}, shipped.classifier).alongside(shipped)
+    model.save(path)
+    return model
+
+
+@pytest.mark.parametrize("ensemble", [False, True], ids=["shipped", "ensemble"])
+def test_online_verdicts_match_batch_on_the_same_traffic(ensemble: bool, tmp_path: Path) -> None:
     """The gateway's detector, fed the same requests in batches as they would arrive, ends with the verdicts
-    and content evidence that batch analysis gives."""
+    and content evidence that batch analysis gives (with the shipped model, and with an ensemble of two)."""
     import asyncio
 
     from distillshield.detect.online import DetectionExtension
 
     records, role = content_only(seed=1)
-    batch = analyze_records(records).report
-    ext = DetectionExtension(recluster_every=500)
+    model = _eager_ensemble(tmp_path / "m.json") if ensemble else None
+    batch = analyze_records(records, model=model).report
+    if ensemble:
+        shipped = analyze_records(records).report
+        flags = [sum(v != "benign" for v in verdicts(r).values()) for r in (shipped, batch)]
+        assert flags[1] > flags[0]  # the eager member flags accounts the shipped combiner clears
+    ext = DetectionExtension(recluster_every=500, model_path=str(tmp_path / "m.json") if ensemble else None)
     ext._load()
     rows = [_row(r, i) for i, r in enumerate(records)]
     for i in range(0, len(rows), 300):
@@ -223,9 +242,17 @@ WRAPPERS = (
 )
 OPENERS = ("hey", "hi", "ok so", "um", "hello!", "quick one", "help", "so", "sorry to bother", "")
 ASKS = (
-    "can u help me with my homework", "i dont get this one", "how do i do this", "im stuck on this from class",
-    "my teacher wants the steps", "can you explain how to solve", "what are the steps here", "pls help",
-    "we had this in the test today", "could you show me how this works", "how would i even start this",
+    "can u help me with my homework",
+    "i dont get this one",
+    "how do i do this",
+    "im stuck on this from class",
+    "my teacher wants the steps",
+    "can you explain how to solve",
+    "what are the steps here",
+    "pls help",
+    "we had this in the test today",
+    "could you show me how this works",
+    "how would i even start this",
 )
 CLOSERS = ("thanks!!", "pls explain like im 12", "step by step pls", "", "ty", "i have a test tomorrow", "?")
 

@@ -5,8 +5,10 @@ behaviour, distribution/coverage, clusters and the combiner. No simulator, no tr
 from __future__ import annotations
 
 import functools
+import json
 import math
 import random
+from typing import Any
 
 import numpy as np
 import pytest
@@ -618,3 +620,56 @@ def test_a_prompt_that_is_both_cot_and_rubric_counts_once() -> None:
     for c, r in ((hi, hi), (hi, lo), (lo, lo)):
         sig.update(st, SimpleNamespace(cot=c, rubric=r, text="q"))  # type: ignore[arg-type]
     assert (st.n, st.cot_hits, st.rubric_hits, st.either_hits) == (3, 2, 1, 2)
+
+
+def test_an_ensemble_flags_what_either_combiner_flags_each_at_its_own_operating_point(tmp_path) -> None:  # noqa: ANN001
+    """A model with a second combiner beside its primary one: an account's risk is the higher of the two, and
+    each is set at its own operating point (a member whose ordinary accounts score high here is shifted alone)."""
+    from distillshield.detect.analyze import analyze_records
+
+    rng = random.Random(5)
+    records = [
+        TrafficRecord(
+            ts=1_772_409_600.0 + rng.uniform(0, 86_400), account_id=f"user-{a:02d}", endpoint="/v1/chat/completions",
+            request={"model": "m1", "messages": [{"role": "user", "content": f"question {rng.random()}"}]},
+            ip=f"10.0.{a}.{rng.randrange(1, 255)}", user_agent="OpenAI/Python 1.99.1",
+        )
+        for a in range(24) for _ in range(12)
+    ]  # fmt: skip
+    records.sort(key=lambda r: r.ts)
+    quiet = _constant_model(-6.0, reference=None)
+    quiet.combiners["noembed"].t_suspicious = 0.0  # scores every account well below its threshold
+
+    def report(model: DetectionModel) -> dict[str, Any]:
+        return analyze_records(list(records), model=model, content=False).report
+
+    def flagged(rep: dict[str, Any]) -> int:
+        return sum(a["verdict"] != "benign" for a in rep["accounts"])
+
+    assert flagged(report(quiet)) == 0
+    loud = _constant_model(2.0, reference=None)
+    both = loud.alongside(quiet)
+    assert [c.base for c in both.members(False)] == [-6.0, 2.0] and both.version == "test+test"
+    path = tmp_path / "both.json"
+    both.save(path)
+    both = DetectionModel.load(path)
+    rep, alone = report(both), report(loud)
+    assert flagged(rep) == 24  # the member flags every account the primary clears
+    assert [a["risk"] for a in rep["accounts"]] == [a["risk"] for a in alone["accounts"]]  # the higher risk
+    assert rep["summary"]["operating_point"]["shift"] == 0.0 and rep["summary"]["ensemble_operating_points"]
+    shifted = _constant_model(2.0, reference=-3.0).alongside(quiet)
+    rep = report(shifted)
+    assert flagged(rep) == 0  # the member's ordinary accounts score 5 above its calibration: it is shifted
+    assert rep["summary"]["ensemble_operating_points"][0]["shift"] == pytest.approx(5.0)
+    assert rep["summary"]["operating_point"]["shift"] == 0.0  # the primary is not moved by the member
+    heads = loud.classifier["heads"]
+    retrained = {**loud.classifier, "heads": {**heads, "cot": {**heads["cot"], "b": heads["cot"]["b"] + 3.0}}}
+    with pytest.raises(ModelError, match="another prompt classifier"):
+        DetectionModel("other", loud.combiners, retrained).alongside(quiet)
+    with pytest.raises(ModelError, match="cannot compare"):
+        DetectionModel("other", loud.combiners, {**loud.classifier, "n_features": -1}).alongside(quiet)
+    data = json.loads(path.read_text())
+    data["ensemble"]["full-x"] = data["ensemble"].pop("noembed")
+    path.write_text(json.dumps(data))
+    with pytest.raises(ModelError, match="no primary combiner"):
+        DetectionModel.load(path)

@@ -22,6 +22,12 @@ def train_command(
     ),
     seed: int = typer.Option(0, "--seed", help="seed for the classifier split, folds and evasive variants"),
     version: str = typer.Option(None, "--version", help="model version string (default: the UTC time)"),
+    alongside: Path = typer.Option(
+        None,
+        "--alongside",
+        help="a model artefact to keep: the combiner trained here is added beside its own, and an account's "
+        "risk is the higher of the two (an ensemble; run benchmarks/detect_recalibrate.py on the result)",
+    ),
     as_json: bool = typer.Option(False, "--json", help="print the model's training metadata as JSON"),
 ) -> None:
     """Train the detection model: the CoT/rubric prompt classifier, then the signal combiner on the dev split
@@ -31,7 +37,10 @@ def train_command(
     Only accounts whose label_meta.split is "dev" are used; held-out personas never tune anything.
 
     Example: distillshield train dev-1.jsonl dev-2.jsonl --out model.json --rounds 2
+
+    Example (beside the shipped model): distillshield train dev-*.jsonl --out both.json --alongside shipped.json
     """
+    from distillshield.detect.scoring import DetectionModel, ModelError
     from distillshield.detect.train import train
 
     for p in traffic:
@@ -39,6 +48,12 @@ def train_command(
             raise CliError(f"traffic file {p} does not exist or is not a file")
     if not out.parent.is_dir():
         raise CliError(f"cannot write {out}: folder {out.parent} does not exist")
+    base = None
+    if alongside is not None:
+        try:
+            base = DetectionModel.load(alongside)
+        except ModelError as exc:
+            raise CliError(f"--alongside: {exc}") from None
     enc = load_encoder_or_exit(encoder)
     with progress() as bar:
         model = train(
@@ -51,7 +66,13 @@ def train_command(
             version=version,
             progress=PhaseProgress(bar),
         )
-    model.save(out)
+    artefact = model
+    if base is not None:
+        try:
+            artefact = model.alongside(base)
+        except ModelError as exc:
+            raise CliError(f"--alongside: {exc}") from None
+    artefact.save(out)
     if as_json:
         print_json(model.meta)
         return
@@ -83,7 +104,7 @@ def train_command(
             str(r["accounts"]),
         )
     console.print(t)
-    console.print(f"wrote model {model.version} to {out}")
+    console.print(f"wrote model {artefact.version} to {out}")
 
 
 def register(app: typer.Typer) -> None:

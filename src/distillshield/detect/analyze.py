@@ -228,6 +228,7 @@ def build_report(engine: Engine, errors: LineErrors, meta: dict[str, Any]) -> di
         "clusters": len(clusters),
         "linked_groups": len(groups),
         "operating_point": engine.operating.to_dict(),
+        "ensemble_operating_points": [op.to_dict() for op in engine.operating_points[1:]],
         "malformed_lines": errors.count,
         "malformed_examples": [str(e) for e in errors.kept[:50]],
         **meta,
@@ -263,7 +264,7 @@ def analyze_records(
         reference = embedding_reference(encoder)
         embed(obs, encoder, progress)
     t2 = time.perf_counter()
-    engine = Engine(model.combiner(encoder is not None), reference)  # type: ignore[arg-type]
+    engine = Engine(model.members(encoder is not None), reference)
     if on_engine is not None:
         on_engine(engine)
     replay(obs, engine, progress)

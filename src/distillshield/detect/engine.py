@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -179,7 +180,7 @@ class AccountState:
     uas: Counter[str] = field(default_factory=Counter)
     score: AccountScore | None = None
     own_risk: float = 0.0  # the combiner's risk before the thin-evidence cap (what the cluster pools)
-    logit: float | None = None  # the combiner's log-odds at the last rescore (what the OperatingPoint pools)
+    logits: list[float] | None = None  # each combiner's log-odds at the last rescore (what OperatingPoints pool)
     features: dict[str, float] = field(default_factory=dict)
     cluster_id: str | None = None
     dirty: bool = True
@@ -258,11 +259,17 @@ def _band(risk: float) -> int:
 
 
 class Engine:
-    """Per-account detection state, population state, clusters, and scoring with one combiner."""
+    """Per-account detection state, population state, clusters, and scoring with the model's combiners.
 
-    def __init__(self, combiner: Combiner, reference: EmbeddingReference | None = None) -> None:
-        self.combiner = combiner
-        self.operating = OperatingPoint(combiner.population_reference)
+    One combiner, or several (scoring.DetectionModel.ensemble): each is set at its own operating point in this
+    deployment, and an account's risk is the highest any of them gives, with that combiner's reasons."""
+
+    def __init__(self, combiner: Combiner | Sequence[Combiner], reference: EmbeddingReference | None = None) -> None:
+        self.combiners = [combiner] if isinstance(combiner, Combiner) else list(combiner)
+        if not self.combiners:
+            raise ValueError("an engine needs at least one combiner")
+        self.operating_points = [OperatingPoint(c.population_reference) for c in self.combiners]
+        self.operating = self.operating_points[0]  # the primary combiner's (summary.operating_point)
         self.population = Population()
         self.accounts: dict[str, AccountState] = {}
         self.templates = TemplateReuse()
@@ -417,19 +424,39 @@ class Engine:
     def operate(self) -> list[AccountState]:
         """Set the model's operating point from this deployment's accounts (scoring.OperatingPoint); returns the
         accounts whose verdict the new shift would change (marked dirty: the caller rescores them)."""
-        before = self.operating.shift
-        logits = [a.logit for a in self.accounts.values() if a.logit is not None and a.n >= MIN_EVIDENCE]
-        if not self.operating.update(logits):
+        before = [op.shift for op in self.operating_points]
+        scored = [a.logits for a in self.accounts.values() if a.logits is not None and a.n >= MIN_EVIDENCE]
+        changed = False
+        for i, op in enumerate(self.operating_points):
+            changed = op.update([lg[i] for lg in scored]) or changed
+        if not changed:
             return []
-        after = self.operating.shift
+        after = [op.shift for op in self.operating_points]
         moved = []
         for acc in self.accounts.values():
-            if acc.logit is None:
+            if acc.logits is None:
                 continue
-            if _band(self.combiner.risk(acc.logit, before)) != _band(self.combiner.risk(acc.logit, after)):
+            if _band(self._risk(acc.logits, before)) != _band(self._risk(acc.logits, after)):
                 acc.dirty = True
                 moved.append(acc)
         return moved
+
+    def _risk(self, logits: list[float], shifts: list[float]) -> float:
+        return max(c.risk(lg, sh) for c, lg, sh in zip(self.combiners, logits, shifts, strict=True))
+
+    def judge(self, feats: dict[str, float]) -> tuple[float, list[float], dict[str, float]]:
+        """(risk, each combiner's log-odds, per-signal contributions) of one feature set: the highest risk any
+        combiner gives at its operating point, with the contributions of the combiner that gave it."""
+        best: tuple[float, dict[str, float]] | None = None
+        logits = []
+        for comb, op in zip(self.combiners, self.operating_points, strict=True):
+            logit, contrib = comb.explain(comb.vector(feats))
+            logits.append(logit)
+            risk = comb.risk(logit, op.shift)
+            if best is None or risk > best[0]:
+                best = (risk, contrib)
+        assert best is not None
+        return best[0], logits, best[1]
 
     def features(self, acc: AccountState) -> tuple[dict[str, float], list[Any]]:
         cluster = self.clusters.get(acc.cluster_id) if acc.cluster_id else None
@@ -494,8 +521,7 @@ class Engine:
             f = dict(feats)
             for sg in sigs:
                 f.update(sg.features)
-            logit, contrib = self.combiner.explain(self.combiner.vector(f))
-            risk = self.combiner.risk(logit, self.operating.shift)
+            risk, _, contrib = self.judge(f)
             if worst is None or risk > worst[0]:
                 worst = (risk, contrib, sigs, sub)
         return worst
@@ -507,10 +533,7 @@ class Engine:
             feats = self._per_person(acc, feats, people)
         if self.snapshots is not None:
             self.snapshots.append((acc.account_id, acc.n, feats))
-        x = self.combiner.vector(feats)
-        logit, contrib = self.combiner.explain(x)
-        acc.logit = logit
-        risk = self.combiner.risk(logit, self.operating.shift)
+        risk, acc.logits, contrib = self.judge(feats)
         person = self._worst_end_user(acc, feats) if people else None
         if person is not None and person[0] > risk:
             risk, contrib, sub_sigs, sub = person

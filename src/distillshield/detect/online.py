@@ -180,7 +180,7 @@ class DetectionExtension:
         if self.encoder_spec != "none":
             self._encoder = load_encoder(self.encoder_spec)
             reference = embedding_reference(self._encoder)
-        engine = Engine(model.combiner(self._encoder is not None), reference)  # type: ignore[arg-type]
+        engine = Engine(model.members(self._encoder is not None), reference)
         from distillshield.detect.content import content_encoder
 
         self._extractor = Extractor(

@@ -348,29 +348,76 @@ class OperatingPoint:
 
 @dataclass
 class DetectionModel:
-    """The trained artefact: combiners (with and without embedding features) and the prompt classifier."""
+    """The trained artefact: combiners (with and without embedding features) and the prompt classifier.
+
+    A key may also have further combiners beside its primary one (`ensemble`): each was trained on its own
+    recipe and calibrated on its own, and the engine scores an account with all of them and takes the highest
+    risk (engine.Engine). One recipe cannot always hold two kinds of attacker at once (machine-paced bursts
+    and human-paced sweeps: docs/detection.md, round 6); two combiners, each holding one, can."""
 
     version: str
     combiners: dict[str, Combiner]  # "full" (embedding signals on) and "noembed"
     classifier: dict[str, Any]  # PromptClassifier.to_dict()
     meta: dict[str, Any] = field(default_factory=dict)
+    ensemble: dict[str, list[Combiner]] = field(default_factory=dict)  # key -> combiners beside the primary
+
+    @staticmethod
+    def _key(with_embeddings: bool) -> str:
+        return "full" if with_embeddings else "noembed"
 
     def combiner(self, with_embeddings: bool) -> Combiner:
-        key = "full" if with_embeddings else "noembed"
+        """The primary combiner of a key (the one `distillshield train` fitted)."""
+        key = self._key(with_embeddings)
         if key not in self.combiners:
             hint = ("it was trained without embedding signals: analyse with --encoder none, or train one with "
                     "`distillshield train ... --encoder use`") if with_embeddings else "retrain it"  # fmt: skip
             raise ModelError(f"model {self.version} has no '{key}' combiner: {hint}")
         return self.combiners[key]
 
+    def members(self, with_embeddings: bool) -> list[Combiner]:
+        """Every combiner the engine scores with for this key: the primary first, then the ensemble's."""
+        return [self.combiner(with_embeddings), *self.ensemble.get(self._key(with_embeddings), [])]
+
+    def alongside(self, base: DetectionModel) -> DetectionModel:
+        """`base` with this model's combiners added beside each of its own (same key), as one artefact.
+
+        Both must classify prompts the same way: the combiners read features the prompt classifier made, so
+        a combiner trained with another classifier would read features it was not trained on."""
+        from distillshield.detect.signals.cot import PromptClassifier
+
+        try:
+            same = base.classifier == self.classifier or PromptClassifier.from_dict(base.classifier).agrees_with(
+                PromptClassifier.from_dict(self.classifier)
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(
+                f"cannot compare the prompt classifiers of {base.version} and {self.version}: {exc}"
+            ) from None
+        if not same:
+            raise ModelError(
+                f"model {base.version} has another prompt classifier than {self.version}: their combiners read "
+                "different features and cannot be joined; retrain both with this version"
+            )
+        ensemble = {k: list(v) for k, v in base.ensemble.items()}
+        for key, comb in self.combiners.items():
+            if key in base.combiners:
+                ensemble.setdefault(key, []).extend([comb, *self.ensemble.get(key, [])])
+        if not any(ensemble.values()):
+            raise ModelError(f"models {base.version} and {self.version} share no combiner key (full or noembed)")
+        meta = {**base.meta, "ensemble": [*base.meta.get("ensemble", []), {"version": self.version, **self.meta}]}
+        return DetectionModel(f"{base.version}+{self.version}", dict(base.combiners), base.classifier, meta, ensemble)
+
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "format": FORMAT,
             "version": self.version,
             "meta": self.meta,
             "combiners": {k: c.to_dict() for k, c in self.combiners.items()},
             "classifier": self.classifier,
         }
+        if any(self.ensemble.values()):
+            out["ensemble"] = {k: [c.to_dict() for c in v] for k, v in self.ensemble.items() if v}
+        return out
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), separators=(",", ":")), encoding="utf-8")
@@ -384,7 +431,12 @@ class DetectionModel:
             )
         try:
             combiners = {k: Combiner.from_dict(v) for k, v in d["combiners"].items()}
-            return cls(str(d["version"]), combiners, dict(d["classifier"]), dict(d.get("meta", {})))
+            ensemble = {k: [Combiner.from_dict(c) for c in v] for k, v in d.get("ensemble", {}).items()}
+            if set(ensemble) - set(combiners):
+                raise ModelError(
+                    f"{source}: an ensemble key has no primary combiner: {sorted(set(ensemble) - set(combiners))}"
+                )
+            return cls(str(d["version"]), combiners, dict(d["classifier"]), dict(d.get("meta", {})), ensemble)
         except (KeyError, TypeError) as exc:
             raise ModelError(f"{source}: missing or bad field {exc}") from None
 

@@ -387,20 +387,23 @@ class Trace:
 
 def streaming_traces(
     records: list[dict[str, Any]], model: DetectionModel, tag: str, encoder: Encoder | None = None, split: str = "dev"
-) -> dict[str, Trace]:
-    """Replay labelled traffic with a trained model: a Trace per account of `split`."""
+) -> list[dict[str, Trace]]:
+    """Replay labelled traffic with a trained model: a Trace per account of `split`, for each of the model's
+    combiners (DetectionModel.members, in that order), from one replay."""
     labels = read_labels(records)
-    out: dict[str, Trace] = {}
+    members = model.members(encoder is not None)
+    out: list[dict[str, Trace]] = [{} for _ in members]
     for rec in records:
         lab = labels.get(rec.get("account_id"))
         if lab is not None and lab[2] == split:
-            t = out.setdefault(rec["account_id"], Trace(lab[0], lab[1]))
-            t.requests += 1
-    comb = model.combiner(encoder is not None)
+            for traces in out:
+                t = traces.setdefault(rec["account_id"], Trace(lab[0], lab[1]))
+                t.requests += 1
     for aid, n, feats in _snapshots(records, model, encoder, tag):
-        t = out.get(aid)
-        if t is not None and n >= MIN_EVIDENCE:
-            t.scores.append((n, comb.logit(comb.vector(feats))))
+        if aid not in out[0] or n < MIN_EVIDENCE:
+            continue
+        for comb, traces in zip(members, out, strict=True):
+            traces[aid].scores.append((n, comb.logit(comb.vector(feats))))
     return out
 
 

@@ -89,6 +89,18 @@ class PromptClassifier:
     def to_dict(self) -> dict[str, Any]:
         return {"n_features": N_FEATURES, "heads": {h: {"b": b, **_pack(w)} for h, (w, b) in self.heads.items()}}
 
+    def agrees_with(self, other: PromptClassifier, tolerance: float = 1e-3) -> bool:
+        """The same heads with the same weights, up to `tolerance` (of the largest weight): two fits on the same
+        data differ in the last float bits (the solver's summation order), not in what they classify."""
+        if self.heads.keys() != other.heads.keys():
+            return False
+        for h, (w, b) in self.heads.items():
+            w2, b2 = other.heads[h]
+            scale = max(float(np.abs(w).max(initial=0.0)), abs(b), 1e-9)
+            if float(np.abs(w - w2).max(initial=0.0)) > tolerance * scale or abs(b - b2) > tolerance * scale:
+                return False
+        return True
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PromptClassifier:
         if d.get("n_features") != N_FEATURES:
