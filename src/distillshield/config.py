@@ -348,6 +348,12 @@ class BatchSettings(_Strict):
     max_file_bytes: int = Field(100 << 20, ge=1, description="largest batch input file accepted (413 above)")
     max_requests: int = Field(50_000, ge=1, description="requests per input file, as OpenAI's limit")
     poll_s: float = Field(1.0, gt=0, description="how often the runner looks for batches other replicas queued")
+    completion_window_s: int = Field(
+        86_400, ge=1, description="a batch not finished this long after its create ends expired (OpenAI's 24h)"
+    )
+    lease_s: float = Field(
+        60.0, gt=0, description="a running batch whose runner has not renewed its lease for this long is taken over"
+    )
 
 
 class LogitSettings(_Strict):

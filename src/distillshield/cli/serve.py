@@ -156,6 +156,8 @@ batches:
   max_file_bytes: 104857600      # largest input file accepted
   max_requests: 50000            # requests per input file
   poll_s: 1.0                    # how often the runner looks for batches queued by other replicas
+  completion_window_s: 86400     # a batch not finished this long after its create ends expired
+  lease_s: 60                    # a running batch whose gateway stopped renewing this long is taken over
 """
 
 

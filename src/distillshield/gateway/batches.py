@@ -8,8 +8,10 @@ blocked or suspended owner stops the batch), an audit row carrying the batch id,
 sees the rows like any others. A batch the policy would refuse is refused at create.
 
 The runner is in-process: one task per running batch, all sharing one bound on requests in flight
-(`batches.concurrency`). A batch a gateway claimed runs there to its end; one cut by a shutdown ends
-`failed` with what it had finished in its output file (docs/batches-api.md).
+(`batches.concurrency`). A batch a gateway claimed runs there to its end, held by a lease the runner renews;
+one cut by a shutdown ends `failed` with what it had finished in its output file, one whose gateway died is
+taken over by another runner once its lease runs out and resumed from the lines that were not sent. A batch
+still running at the end of its completion window ends `expired` (docs/batches-api.md).
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import secrets
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -33,7 +38,7 @@ from distillshield.gateway.pipeline import ENDPOINT_OF, BatchOrigin, Gateway, fo
 from distillshield.gateway.policy.actions import block_refusal, challenge_refusal
 from distillshield.gateway.policy.engine import ALLOW
 from distillshield.gateway.protocols import batches as shapes
-from distillshield.store.batches import BatchRecord, BatchStore
+from distillshield.store.batches import RUNNING, BatchRecord, BatchStore
 from distillshield.store.database import KeyContext
 
 log = logging.getLogger("distillshield.gateway.batches")
@@ -61,33 +66,49 @@ class _Progress:
     """One running batch: what it produced so far."""
 
     batch: BatchRecord
-    outputs: list[bytes] = field(default_factory=list)
-    errors: list[bytes] = field(default_factory=list)
+    results: dict[int, tuple[bool, bytes]] = field(default_factory=dict)  # input line -> (answered 2xx, file line)
     completed: int = 0
     failed: int = 0
     cancelled: int = 0  # of the failed: lines a cancel kept from running
+    expired: int = 0  # of the failed: lines the end of the completion window kept from running
     input_tokens: int = 0
     output_tokens: int = 0
     stop: tuple[str, str, str] | None = None  # (final status, code, message) once the batch must stop
     cancel_seen: bool = False
 
+    def add(self, line: int, ok: bool, data: bytes) -> None:
+        self.results[line] = (ok, data)
+        if ok:
+            self.completed += 1
+        else:
+            self.failed += 1
+
+
+_LOST = "lost"  # a stop status: another runner took the batch over; this one writes nothing more
+
 
 class BatchRunner:
-    """Runs queued batches in this process, each request through `Gateway.handle`."""
+    """Runs queued batches in this process, each request through `Gateway.handle`. It holds each batch it
+    runs by a lease (`batches.lease_s`) that it renews while the batch runs, and takes over the batches whose
+    lease ran out: their runner died without a shutdown."""
 
     def __init__(self, gateway: Gateway, store: BatchStore, settings: BatchSettings) -> None:
         self.gateway = gateway
         self.store = store
         self.settings = settings
+        self.owner = f"{socket.gethostname()[:32]}-{os.getpid()}-{secrets.token_hex(4)}"  # this runner, in leases
         self._slots = asyncio.Semaphore(settings.concurrency)
         self._wake = asyncio.Event()
         self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
+        self._heartbeat_task: asyncio.Task[None] | None = None
         self._running: dict[str, asyncio.Task[None]] = {}
         self._cancelled: set[str] = set()
+        self._lost: set[str] = set()
 
     async def start(self) -> None:
         self._loop_task = asyncio.create_task(self._poll(), name="distillshield-batches")
+        self._heartbeat_task = asyncio.create_task(self._heartbeat(), name="distillshield-batch-leases")
 
     async def stop(self) -> None:
         """Stop taking batches; running ones stop launching requests, finish those in flight, write their
@@ -104,6 +125,10 @@ class BatchRunner:
                     await self._loop_task
         if self._running:
             await asyncio.gather(*self._running.values(), return_exceptions=True)
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat_task
 
     @property
     def stopping(self) -> bool:
@@ -118,27 +143,56 @@ class BatchRunner:
         self._cancelled.add(batch_id)
 
     async def _poll(self) -> None:
+        lease_s = self.settings.lease_s
         while not self._stopping:
             self._wake.clear()
             try:
                 for batch_id in await self.store.waiting():
                     if batch_id in self._running or self._stopping:
                         continue
-                    if await self.store.transition(batch_id, ("validating",), "in_progress"):
-                        task = asyncio.create_task(self._run(batch_id), name=f"distillshield-{batch_id}")
-                        self._running[batch_id] = task
-                        task.add_done_callback(lambda _t, b=batch_id: self._running.pop(b, None))
+                    lease = {"claimed_by": self.owner, "lease_until": time.time() + lease_s}
+                    if await self.store.transition(batch_id, ("validating",), "in_progress", **lease):
+                        self._launch(batch_id)
+                for batch_id in await self.store.orphaned():
+                    if batch_id in self._running or self._stopping:
+                        continue
+                    if await self.store.take_over(batch_id, self.owner, lease_s):
+                        log.warning("batch %s: its runner stopped renewing its lease; resuming it here", batch_id)
+                        self._launch(batch_id)
             except Exception:  # noqa: BLE001 - the store is away: try again at the next poll
                 log.exception("batch runner: cannot read the queued batches")
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.poll_s):
                     await self._wake.wait()
 
+    def _launch(self, batch_id: str) -> None:
+        task = asyncio.create_task(self._run(batch_id), name=f"distillshield-{batch_id}")
+        self._running[batch_id] = task
+        task.add_done_callback(lambda _t, b=batch_id: self._running.pop(b, None))
+
+    async def _heartbeat(self) -> None:
+        """Renew the leases of the batches running here, a few times per lease; a batch whose lease another
+        runner took over (this one stalled past it) stops here."""
+        while True:
+            await asyncio.sleep(self.settings.lease_s / 3)
+            ids = list(self._running)
+            if not ids:
+                continue
+            try:
+                held = await self.store.renew(ids, self.owner, self.settings.lease_s)
+            except Exception:  # noqa: BLE001 - the store is away: renew at the next beat (the lease may run out)
+                log.warning("batch runner: cannot renew the leases of %d batches now", len(ids), exc_info=True)
+                continue
+            for batch_id in ids:
+                if batch_id not in held and batch_id in self._running:
+                    log.warning("batch %s: another runner took it over; it stops here", batch_id)
+                    self._lost.add(batch_id)
+
     async def _run(self, batch_id: str) -> None:
         batch = await self.store.get_batch(batch_id)
         if batch is None:
             return
-        p = _Progress(batch)
+        p = _Progress(batch, cancel_seen=batch.status == "cancelling")
         try:
             content = await self.store.file_content(batch.input_file_id, batch.account_id)
             if content is None:
@@ -147,9 +201,8 @@ class BatchRunner:
                 return
             lines, problems = shapes.parse_input(content, batch.endpoint)
             for bad in problems:
-                p.errors.append(shapes.error_line(bad.custom_id, bad.code, bad.message, bad.line))
-                p.failed += 1
-            await self._run_lines(p, lines)
+                p.add(bad.line, False, shapes.error_line(bad.custom_id, bad.code, bad.message, bad.line))
+            await self._run_lines(p, await self._resume(p, lines))
             await self._finish(p)
         except Exception as exc:  # noqa: BLE001 - a bug: the batch fails with what it has, and it is logged
             log.exception("batch %s failed", batch_id)
@@ -158,6 +211,27 @@ class BatchRunner:
                 await self._finish(p)
         finally:
             self._cancelled.discard(batch_id)
+            self._lost.discard(batch_id)
+
+    async def _resume(self, p: _Progress, lines: list[shapes.InputLine]) -> list[shapes.InputLine]:
+        """The lines still to run: those that no runner sent. A batch taken over from a runner that died keeps
+        the answers that runner recorded; a line it sent but has no answer for was in flight when it died, and
+        is not sent again (it may have reached the model and been charged): its error is batch_interrupted."""
+        sent = await self.store.sent_lines(p.batch.id)
+        for r in sent:
+            if r.state == "sent" or r.data is None:
+                msg = "the gateway running the batch stopped while this request was in flight; its answer was lost"
+                data = shapes.error_line(r.custom_id, "batch_interrupted", msg, r.line)
+                await self.store.record_line(p.batch.id, r.line, "error", data)
+                p.add(r.line, False, data)
+            else:
+                p.add(r.line, r.state == "output", r.data)
+                if r.state == "output":
+                    self._add_usage(p, (orjson.loads(r.data).get("response") or {}).get("body"))
+        if sent:
+            log.info("batch %s: %d of its requests had been sent; running the others", p.batch.id, len(sent))
+        done = {r.line for r in sent}
+        return [line for line in lines if line.line not in done]
 
     async def _run_lines(self, p: _Progress, lines: list[shapes.InputLine]) -> None:
         api = shapes.RUNNABLE_ENDPOINTS[p.batch.endpoint]
@@ -174,7 +248,18 @@ class BatchRunner:
                 self._slots.release()
                 self._cut(p, lines[i:])
                 break
-            task = asyncio.create_task(self._run_line(p, api, origin, line))
+            if line.body.get("stream"):
+                msg = f"line {line.line}: stream is not supported in a batch; leave it out"
+                p.add(line.line, False, shapes.error_line(line.custom_id, "invalid_request", msg, line.line))
+                self._slots.release()
+                continue
+            # Recorded here rather than in the task, so that the requests still reach the gateway in input order.
+            if not await self._claim_line(p, line):
+                self._slots.release()
+                continue
+            task = asyncio.create_task(
+                self._run_line(p, api, origin, line), name=f"distillshield-{p.batch.id}-{line.line}"
+            )
             in_flight.add(task)
             task.add_done_callback(in_flight.discard)
         if in_flight:
@@ -183,10 +268,14 @@ class BatchRunner:
     def _check_stop(self, p: _Progress) -> None:
         if p.stop is not None:
             return
-        if p.batch.id in self._cancelled or p.cancel_seen:
+        if p.batch.id in self._lost:
+            p.stop = (_LOST, "", "")
+        elif p.batch.id in self._cancelled or p.cancel_seen:
             p.stop = ("cancelled", "batch_cancelled", "the batch was cancelled before this request ran")
         elif self._stopping:
             p.stop = ("failed", "gateway_shutdown", "the gateway shut down before this request ran; submit it again")
+        elif time.time() >= (p.batch.times or {}).get("expires_at", float("inf")):
+            p.stop = ("expired", "batch_expired", "the batch's completion window ended before this request ran")
 
     async def _record_progress(self, p: _Progress) -> None:
         """Store the counts so far, and notice a cancel made through another gateway. A store that is away
@@ -200,42 +289,63 @@ class BatchRunner:
 
     def _counts(self, p: _Progress) -> dict[str, int]:
         counts = {"total": p.batch.request_counts["total"], "completed": p.completed, "failed": p.failed}
-        return counts | {"cancelled": p.cancelled} if p.cancelled else counts
+        if p.cancelled:
+            counts["cancelled"] = p.cancelled
+        if p.expired:
+            counts["expired"] = p.expired
+        return counts
 
     @staticmethod
     def _cut(p: _Progress, rest: list[shapes.InputLine]) -> None:
         assert p.stop is not None
         _, code, message = p.stop
         for line in rest:
-            p.errors.append(shapes.error_line(line.custom_id, code, message, line.line))
-            p.failed += 1
+            p.add(line.line, False, shapes.error_line(line.custom_id, code, message, line.line))
             p.cancelled += code == "batch_cancelled"
+            p.expired += code == "batch_expired"
 
     async def _run_line(self, p: _Progress, api: str, origin: BatchOrigin, line: shapes.InputLine) -> None:
         try:
             if p.stop is not None:  # the owner was refused while this line waited: it is not sent
                 self._cut(p, [line])
-                return
-            if line.body.get("stream"):
-                msg = f"line {line.line}: stream is not supported in a batch; leave it out"
-                p.errors.append(shapes.error_line(line.custom_id, "invalid_request", msg, line.line))
-                p.failed += 1
+                await self._record_line(p, line.line, False)
                 return
             status, request_id, body = await self._call(p.batch, api, origin, line.body)
-            if 200 <= status < 300:
-                p.outputs.append(shapes.output_line(line.custom_id, request_id, status, body))
-                p.completed += 1
+            ok = 200 <= status < 300
+            p.add(line.line, ok, shapes.output_line(line.custom_id, request_id, status, body))
+            await self._record_line(p, line.line, ok)
+            if ok:
                 self._add_usage(p, body)
-            else:
-                p.errors.append(shapes.output_line(line.custom_id, request_id, status, body))
-                p.failed += 1
-                if status in _OWNER_OUT and p.stop is None:
-                    err = body.get("error") if isinstance(body, dict) else None
-                    code = (err or {}).get("code") or "account_blocked"
-                    message = (err or {}).get("message") or "the batch's owner can no longer be served"
-                    p.stop = ("failed", str(code), f"the batch was stopped: {message}")
+            elif status in _OWNER_OUT and p.stop is None:
+                err = body.get("error") if isinstance(body, dict) else None
+                code = (err or {}).get("code") or "account_blocked"
+                message = (err or {}).get("message") or "the batch's owner can no longer be served"
+                p.stop = ("failed", str(code), f"the batch was stopped: {message}")
         finally:
             self._slots.release()
+
+    async def _record_line(self, p: _Progress, line: int, ok: bool) -> None:
+        """Record the answer of a line this runner claimed, for a runner that may take the batch over."""
+        try:
+            await self.store.record_line(p.batch.id, line, "output" if ok else "error", p.results[line][1])
+        except Exception:  # noqa: BLE001 - kept here: it reaches the files when the batch ends on this runner
+            log.warning("batch %s: cannot record the answer to line %d now", p.batch.id, line, exc_info=True)
+
+    async def _claim_line(self, p: _Progress, line: shapes.InputLine) -> bool:
+        """Record that this runner sends the line, before it does: a runner taking the batch over later sends
+        only the lines without a record. False when the line is not to be sent."""
+        try:
+            if await self.store.claim_line(p.batch.id, line.line, line.custom_id, self.owner):
+                return True
+        except Exception:  # noqa: BLE001 - unrecorded, it could be sent twice: it is not sent
+            log.warning("batch %s: cannot record line %d before sending it", p.batch.id, line.line, exc_info=True)
+            msg = "the gateway could not record this request before sending it, so it was not sent; submit it again"
+            p.add(line.line, False, shapes.error_line(line.custom_id, "store_unavailable", msg, line.line))
+            return False
+        if p.stop is None:  # another runner sent it: that runner holds the batch now
+            log.warning("batch %s: line %d was sent by another runner; it stops here", p.batch.id, line.line)
+            p.stop = (_LOST, "", "")
+        return False
 
     async def _call(
         self, batch: BatchRecord, api: str, origin: BatchOrigin, body: dict[str, Any]
@@ -280,29 +390,46 @@ class BatchRunner:
         p.output_tokens += int(usage.get("completion_tokens", usage.get("output_tokens", 0)) or 0)
 
     async def _finish(self, p: _Progress) -> None:
-        """Write the output and error files and move the batch to its final status."""
+        """Write the output and error files (the answers in input order) and move the batch to its final
+        status."""
         b = p.batch
         final, code, message = p.stop or ("completed", "", "")
-        if final == "completed" and not await self.store.transition(b.id, ("in_progress",), "finalizing"):
-            final = "cancelled"  # a cancel came in as the last request finished: honour it
+        if final == _LOST:
+            return  # the runner that took it over writes its files
+        if final == "completed" and not await self.store.transition(
+            b.id, ("in_progress",), "finalizing", owner=self.owner
+        ):
+            if await self.store.status(b.id) != "finalizing":  # finalizing: a runner that died was finishing it
+                final = "cancelled"  # a cancel came in as the last request finished: honour it
+        answers = [p.results[n] for n in sorted(p.results)]
+        outputs, errors = [d for ok, d in answers if ok], [d for ok, d in answers if not ok]
         output_id = error_id = None
-        if p.outputs:
-            f = await self.store.create_file(b.account_id, "batch_output", f"{b.id}_output.jsonl", _jsonl(p.outputs))
+        if outputs:
+            f = await self.store.create_file(b.account_id, "batch_output", f"{b.id}_output.jsonl", _jsonl(outputs))
             output_id = f.id
-        if p.errors:
-            f = await self.store.create_file(b.account_id, "batch_output", f"{b.id}_error.jsonl", _jsonl(p.errors))
+        if errors:
+            f = await self.store.create_file(b.account_id, "batch_output", f"{b.id}_error.jsonl", _jsonl(errors))
             error_id = f.id
         fields: dict[str, Any] = {
             "output_file_id": output_id,
             "error_file_id": error_id,
             "request_counts": self._counts(p),
             "usage": {"input_tokens": p.input_tokens, "output_tokens": p.output_tokens},
+            "lease_until": None,
         }
         if final == "failed":
             fields["errors"] = [{"code": code, "message": message, "line": None, "param": None}]
-        moved = await self.store.transition(b.id, ("in_progress", "finalizing", "cancelling"), final, **fields)
+        moved = await self.store.transition(b.id, RUNNING, final, owner=self.owner, **fields)
         if not moved:
-            log.warning("batch %s changed state while finishing; its files are %s, %s", b.id, output_id, error_id)
+            log.warning("batch %s changed state or runner while finishing; its files are dropped", b.id)
+            for fid in (output_id, error_id):
+                if fid is not None:
+                    await self.store.delete_file(fid, b.account_id)
+            return
+        try:
+            await self.store.drop_lines(b.id)
+        except Exception:  # noqa: BLE001 - left over, they take room but change nothing
+            log.warning("batch %s: cannot drop its line records now", b.id, exc_info=True)
 
 
 def _jsonl(lines: list[bytes]) -> bytes:
@@ -428,6 +555,7 @@ class BatchApi:
             account_id=ctx.account.id, key_id=ctx.key.id, endpoint=spec.endpoint, input_file_id=f.id,
             completion_window=spec.completion_window, user_metadata=spec.metadata, total=total,
             client_ip=self._client_ip(request), user_agent=request.headers.get("user-agent"),
+            window_s=self.settings.completion_window_s,
         )  # fmt: skip
         self.runner.wake()
         return _json(shapes.batch_object(b))
@@ -512,6 +640,7 @@ class MessageBatchApi(BatchApi):
             Route("/v1/messages/batches", h(self.create), methods=["POST"]),
             Route("/v1/messages/batches", h(self.list_batches), methods=["GET"]),
             Route("/v1/messages/batches/{batch_id}", h(self.get_batch), methods=["GET"]),
+            Route("/v1/messages/batches/{batch_id}", h(self.delete), methods=["DELETE"]),
             Route("/v1/messages/batches/{batch_id}/cancel", h(self.cancel), methods=["POST"]),
             Route("/v1/messages/batches/{batch_id}/results", h(self.results), methods=["GET"]),
         ]
@@ -531,6 +660,7 @@ class MessageBatchApi(BatchApi):
             account_id=ctx.account.id, key_id=ctx.key.id, endpoint=shapes.MESSAGES, input_file_id=f.id,
             completion_window="24h", user_metadata=None, total=shapes.count_lines(content),
             client_ip=self._client_ip(request), user_agent=request.headers.get("user-agent"),
+            window_s=self.settings.completion_window_s,
         )  # fmt: skip
         self.runner.wake()
         return _json(shapes.message_batch_object(b))
@@ -548,6 +678,19 @@ class MessageBatchApi(BatchApi):
 
     async def cancel(self, request: Request, ctx: KeyContext) -> Response:
         return _json(shapes.message_batch_object(await self._cancel(request, ctx)))
+
+    async def delete(self, request: Request, ctx: KeyContext) -> Response:
+        """Delete an ended message batch with its requests and results (the audit rows of its requests stay); a
+        batch still processing is a 400, as Anthropic's API answers: cancel it first."""
+        b = await self._own(request, ctx)
+        if not b.finished or not await self.store.delete_batch(b.id, ctx.account.id):
+            b = await self._own(request, ctx)  # gone meanwhile: 404
+            raise bad_request(
+                f"message batch {b.id} is still processing; a batch can be deleted once it has ended: cancel it "
+                "first, then delete it once its processing_status is 'ended'",
+                code="batch_not_ended",
+            )
+        return _json({"id": b.id, "type": "message_batch_deleted"})
 
     async def results(self, request: Request, ctx: KeyContext) -> Response:
         b = await self._own(request, ctx)

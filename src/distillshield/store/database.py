@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from distillshield.store import chain, merkle
 from distillshield.store.merkle import Frontier
-from distillshield.store.tables import accounts, api_keys, audit_log, audit_tree, chain_head, metadata, orgs
+from distillshield.store.tables import accounts, api_keys, audit_log, audit_tree, batches, chain_head, metadata, orgs
 
 log = logging.getLogger("distillshield.store")
 
@@ -199,6 +199,21 @@ def _add_missing_audit_columns(conn: sa.Connection) -> None:
         conn.execute(sa.text(f"ALTER TABLE audit_log ADD COLUMN {name} {column.type.compile(conn.dialect)}"))
 
 
+# Columns of the batches table added after its first release (store/batches.py): each nullable, so the
+# batches already there read as before (a null lease: no runner holds the batch by lease).
+_LATER_BATCH_COLUMNS = ("claimed_by", "lease_until")
+
+
+def _add_missing_batch_columns(conn: sa.Connection) -> None:
+    """Add the batch columns a database created by an earlier release lacks (create_all adds tables, not
+    columns)."""
+    have = {c["name"] for c in sa.inspect(conn).get_columns("batches")}
+    for name in _LATER_BATCH_COLUMNS:
+        if name not in have:
+            column = batches.c[name]
+            conn.execute(sa.text(f"ALTER TABLE batches ADD COLUMN {name} {column.type.compile(conn.dialect)}"))
+
+
 _SCHEMA_LOCK = 0x44535348  # "DSSH": the advisory lock around schema creation on PostgreSQL
 
 
@@ -273,6 +288,7 @@ class Store:
                     await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _SCHEMA_LOCK})
                 await conn.run_sync(metadata.create_all)
                 await conn.run_sync(_add_missing_audit_columns)
+                await conn.run_sync(_add_missing_batch_columns)
                 head = (await conn.execute(sa.select(chain_head.c.seq).where(chain_head.c.id == 1))).first()
                 if head is None:
                     await conn.execute(chain_head.insert().values(id=1, seq=0, hash=chain.GENESIS))

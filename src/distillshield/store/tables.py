@@ -185,4 +185,24 @@ batches = sa.Table(
     sa.Column("errors", sa.JSON, nullable=True),  # [{code, message, line, param}]
     sa.Column("user_metadata", sa.JSON, nullable=True),  # the client's `metadata`
     sa.Column("usage", sa.JSON, nullable=True),  # {input_tokens, output_tokens}
+    # The runner that holds the batch and until when (Unix seconds): it renews the lease while it runs the
+    # batch; a batch whose lease ran out (its gateway died) is taken over by another runner. Added after the
+    # Batch API's first release: Store.init adds them to older databases (null: not leased).
+    sa.Column("claimed_by", sa.String(64), nullable=True),
+    sa.Column("lease_until", sa.Double, nullable=True),
+)
+
+# A batch's requests that were sent, one row each, written before the request goes out and again with its
+# answer: a runner taking over a batch runs only the lines that have no row, so no request is sent (or
+# charged) twice. A row still `sent` when the batch is taken over was in flight when its runner died.
+# Dropped once the batch's output and error files are written.
+batch_lines = sa.Table(
+    "batch_lines",
+    metadata,
+    sa.Column("batch_id", sa.String(64), primary_key=True),
+    sa.Column("line", sa.Integer, primary_key=True, autoincrement=False),  # 1-based line of the input file
+    sa.Column("custom_id", sa.Text, nullable=False),
+    sa.Column("state", sa.String(8), nullable=False),  # sent | output | error
+    sa.Column("data", sa.LargeBinary, nullable=True),  # the output or error file line, once answered
+    sa.Column("claimed_by", sa.String(64), nullable=False),
 )

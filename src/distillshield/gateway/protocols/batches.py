@@ -285,7 +285,13 @@ def error_line(custom_id: str | None, code: str, message: str, line: int | None 
 # -- Anthropic's Message Batches (`client.messages.batches`) ---------------------------------------------
 
 MAX_MESSAGE_REQUESTS = 100_000  # requests per Message Batch, as Anthropic's API
-_ANTHROPIC_STATUS = {"cancelling": "canceling", "completed": "ended", "failed": "ended", "cancelled": "ended"}
+_ANTHROPIC_STATUS = {
+    "cancelling": "canceling",
+    "completed": "ended",
+    "failed": "ended",
+    "cancelled": "ended",
+    "expired": "ended",
+}
 
 
 def parse_message_batch(body: dict[str, Any], most: int) -> bytes:
@@ -327,6 +333,7 @@ def message_batch_object(b: BatchRecord) -> dict[str, Any]:
     counts = b.request_counts
     ended = status == "ended"
     cancelled = counts.get("cancelled", 0) if ended else 0
+    expired = counts.get("expired", 0) if ended else 0
     return {
         "id": b.id,
         "type": "message_batch",
@@ -334,9 +341,9 @@ def message_batch_object(b: BatchRecord) -> dict[str, Any]:
         "request_counts": {
             "processing": 0 if ended else counts["total"],
             "succeeded": counts["completed"] if ended else 0,
-            "errored": counts["failed"] - cancelled if ended else 0,
+            "errored": counts["failed"] - cancelled - expired if ended else 0,
             "canceled": cancelled,
-            "expired": 0,
+            "expired": expired,
         },
         "created_at": _rfc3339(b.created_at),
         "expires_at": _rfc3339(times.get("expires_at")),
@@ -357,6 +364,8 @@ def message_result(line: dict[str, Any]) -> dict[str, Any]:
         result = {"type": "errored", "error": response["body"]}
     elif error.get("code") == "batch_cancelled":
         result = {"type": "canceled"}
+    elif error.get("code") == "batch_expired":
+        result = {"type": "expired"}
     else:
         err = {"type": "invalid_request_error", "message": error.get("message") or "the request was not run"}
         result = {"type": "errored", "error": {"type": "error", "error": err}}
