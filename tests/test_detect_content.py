@@ -421,18 +421,28 @@ def genre_deployment(devs: int, seed: int = 11) -> tuple[list[TrafficRecord], li
     return records, names
 
 
+def content_alone() -> DetectionModel:
+    """The shipped model's prompt classifier with a combiner that flags no one: what content decides alone.
+
+    For deployments whose accounts differ only in content: their times and addresses are drawn alike for
+    everyone (an address per request, at any hour), a pattern the trained combiners judge on its own (the
+    shipped ensemble's second combiner calls 80 such requests suspicious, whatever they ask)."""
+    quiet = Combiner([], -20.0, [], t_suspicious=0.0, t_extraction=4.0)
+    return DetectionModel("content-alone", {"noembed": quiet}, DetectionModel.load().classifier)
+
+
 def test_a_minority_genre_of_independent_accounts_is_unusual_but_not_a_sweep() -> None:
     """Ten developers among 150 chat users: too few to weigh in the population sample, so their prompts
     are far from the service's (mostly chat) traffic; but each has at least K_PEERS other unlinked accounts
     asking alike, so content reads them as a genre of this service. Three accounts alone sending the same
     kind of prompts are not a genre, and are flagged."""
     records, devs = genre_deployment(10)
-    report = analyze_records(records).report
+    report = analyze_records(records, model=content_alone()).report
     for a in devs:
         reason = content_reason(report, a)
         assert "minority genre of this service" in reason and "not a sweep" in reason, (a, reason)
     assert all(v == "benign" for a, v in verdicts(report).items() if a in devs)
     records, few = genre_deployment(3)
-    report = analyze_records(records).report
+    report = analyze_records(records, model=content_alone()).report
     flagged = [a for a, v in verdicts(report).items() if a in few and v != "benign"]
     assert flagged == few, [content_reason(report, a) for a in few]
