@@ -319,6 +319,11 @@ def test_every_page_reads_postgresql_too(gateway_factory: Any, pg_database: str,
     )
     assert r.status_code == 303
     assert demo.flagged[0] in client.get("/console/audit").text
+    revealed = client.post(f"/console/accounts/{demo.benign[0]}/reveal", data={"csrf_token": csrf})
+    assert revealed.status_code == 200 and 'id="prompts-revealed"' in revealed.text
+    assert "reveal_prompts" in client.get("/console/audit").text  # an analyst action, written and read back
+    replay = client.get("/console/policy", params={"rule": gw.admin("GET", "/policy").json()["rules"][0]["name"]})
+    assert replay.status_code == 200 and 'id="replay-accounts"' in replay.text
 
 
 def test_the_policy_page_shows_the_rules_and_reloads_into_shadow_mode(fake_gateway: RunningGateway) -> None:

@@ -276,3 +276,36 @@ def test_the_account_page_draws_its_request_timeline_and_risk_over_time(
     expect(page.locator("#account-requests-chart .u-legend")).to_contain_text("tokens")
     page.locator("#account-requests-chart").scroll_into_view_if_needed()
     page.screenshot(path=artefacts / "14-account-charts.png", full_page=True)
+
+
+def test_an_analyst_reveals_an_account_s_prompts_and_the_reveal_is_logged(
+    page: Any, artefacts: Path, demo_gateway: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    _, demo = demo_gateway
+    target = demo.flagged[2]  # with requests in the audit log
+    _log_in(page)
+    page.goto(f"/console/accounts/{target}")
+    expect(page.locator("#sample-prompts td.prompt").first).to_contain_text("template")
+    redacted = page.locator("#sample-prompts").inner_text()
+    page.get_by_role("button", name="Reveal prompts (logged)").click()
+    expect(page.locator("#prompts-revealed")).to_be_visible()
+    prompt = page.locator("#sample-prompts td.prompt").first.inner_text()
+    assert prompt and not prompt.startswith("template") and prompt[:60] not in redacted
+    page.locator("#sample-prompts").scroll_into_view_if_needed()
+    page.screenshot(path=artefacts / "15-account-prompts-revealed.png", full_page=True)
+    page.goto("/console/audit")
+    expect(page.locator("table.analyst-log")).to_contain_text("reveal_prompts")
+
+
+def test_the_policy_page_shows_what_each_rule_would_have_done(page: Any, artefacts: Path, demo_gateway: Any) -> None:
+    from playwright.sync_api import expect
+
+    gw, _ = demo_gateway
+    first = gw.admin("GET", "/policy").json()["rules"][0]["name"]
+    _log_in(page)
+    page.goto(f"/console/policy?rule={first}")
+    expect(page.locator("#replay")).to_contain_text("would have done in the last 24 h")
+    expect(page.locator("#replay-accounts")).to_contain_text(first)
+    page.screenshot(path=artefacts / "16-policy-replay.png", full_page=True)

@@ -95,6 +95,54 @@ def test_an_uploaded_jsonl_file_is_attributed_text_by_text(wm_gateway: RunningGa
     assert "Attributed to nobody" in by_id["leak-wm-bob"]
 
 
+def _lookups(gw: RunningGateway) -> list[dict[str, Any]]:
+    from distillshield.store.tables import analyst_actions
+
+    async def read() -> list[dict[str, Any]]:
+        async with gw.state.store.engine.connect() as conn:
+            q = analyst_actions.select().where(analyst_actions.c.action == "watermark_lookup")
+            return [dict(r) for r in (await conn.execute(q.order_by(analyst_actions.c.id))).mappings()]
+
+    return gw.run(read())
+
+
+def test_a_lookup_is_recorded_with_its_size_and_the_accounts_it_named(
+    wm_gateway: RunningGateway, texts: dict[str, str]
+) -> None:
+    import hashlib
+    import time
+
+    client, csrf = login(wm_gateway)
+    before = len(_lookups(wm_gateway))
+    leaked = "\n".join(json.dumps({"text": t}) for t in texts.values()) + "\n"
+    start = time.time()
+    r = client.post(
+        "/console/watermark",
+        data={"csrf_token": csrf, "reviewer": "ana"},
+        files={"file": ("leaked.jsonl", leaked.encode(), "application/x-ndjson")},
+    )
+    assert r.status_code == 200, r.text
+    rows = _lookups(wm_gateway)
+    assert len(rows) == before + 1
+    row = rows[-1]
+    assert row["actor"] == "ana" and row["session"] == hashlib.sha256(csrf.encode()).hexdigest()[:16]
+    assert row["subject"] == "wm-alice" and start <= row["ts"] <= time.time()
+    assert row["detail"] == {
+        "texts": 2,
+        "bytes": len(leaked.encode()),
+        "file": "leaked.jsonl",
+        "pooled": False,
+        "keys_tested": 4,
+        "attributed": ["account:wm-alice"],
+        "attributed_total": 1,
+    }
+    assert texts["wm-alice"][:40] not in str(row)  # the size of what was looked up, not the text
+    log = client.get("/console/audit").text
+    assert "watermark_lookup" in log and "attributed to: account:wm-alice" in log
+    refused = client.post("/console/watermark", data={"csrf_token": csrf, "text": "  "})
+    assert refused.status_code == 400 and len(_lookups(wm_gateway)) == before + 1  # nothing looked up
+
+
 def test_bad_input_is_refused_with_a_message(wm_gateway: RunningGateway) -> None:
     client, csrf = login(wm_gateway)
     empty = client.post("/console/watermark", data={"csrf_token": csrf, "text": "   "})

@@ -6,12 +6,14 @@
     GET  /accounts/{id}                        one account: every reason, limits, policy state, review
     POST /accounts/{id}/limits                 change its limits          (admin.set_account_limits)
     POST /accounts/{id}/suspend|activate       suspend or reactivate it   (admin.set_account_status)
+    POST /accounts/{id}/reveal                 its sample prompts unredacted (an analyst_actions row)
     GET  /review?status=&page=                 the review queue
     GET  /review/{ref}                         one item with its evidence (policy.admin.review_detail)
     POST /review/{ref}/decide                  confirm, clear, allowlist or escalate with a note (PolicyStage.decide)
-    GET  /audit?page=                          every review decision: who, what, why, when
-    GET  /policy, POST /policy/reload          the active policy; reload its file, switch enforce/shadow
-    GET  /watermark, POST /watermark           look leaked text up: which accounts' watermark keys mark it
+    GET  /audit?page=&apage=                   every review decision, and what analysts revealed or looked up
+    GET  /policy?rule=&page=                   the active policy; what each rule would have done in the last 24 h
+    POST /policy/reload                        reload its file, switch enforce/shadow
+    GET  /watermark, POST /watermark           look leaked text up (logged): which accounts' keys mark it
     GET  /clusters?page=                       clusters of accounts (risk board and review queue)
     GET  /clusters/{id}?page=                  one cluster: its graph, what links its members, why and when each joined
 
@@ -21,6 +23,7 @@ Actions call the same functions as the admin API's endpoints, in process. Every 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import hmac
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -49,6 +52,7 @@ from distillshield.gateway.admin import (
 )
 from distillshield.gateway.policy.admin import review_detail
 from distillshield.gateway.policy.rules import PolicyError
+from distillshield.store.analyst_log import AnalystLog
 from distillshield.store.database import StoreError
 from distillshield.store.review import DECISIONS
 
@@ -97,6 +101,7 @@ class Console:
         self.env = _environment()
         self.traffic = queries.HourlyTraffic()
         self.volume = queries.VolumeRanking()
+        self.replay = queries.ShadowReplay()
 
     # -- plumbing -----------------------------------------------------------------------------------
 
@@ -266,7 +271,11 @@ class Console:
         )
 
     async def account(self, request: Request, session: Session) -> Response:
-        account_id = request.path_params["account_id"]
+        return await self._account_page(request, session, request.path_params["account_id"])
+
+    async def _account_page(
+        self, request: Request, session: Session, account_id: str, revealed: list[dict[str, Any]] | None = None
+    ) -> Response:
         st = self.state
         acct = await st.store.get_account(account_id)
         board = st.risk.get(account_id)
@@ -294,8 +303,30 @@ class Console:
             "risk_history": await queries.account_risk_history(st, account_id, review),
             "timeline_days": queries.TIMELINE_HOURS // 24,
             "notice": request.query_params.get("done", ""),
+            # redacted unless this is the reveal action's answer (revealing is logged: `reveal`)
+            "samples": revealed if revealed is not None else await queries.sample_prompts(st, account_id),
+            "revealed": revealed is not None,
+            "sample_n": queries.SAMPLE_PROMPTS,
         }
         return self.render(request, "account.html", session=session, nav="accounts", **ctx)
+
+    async def reveal(self, request: Request, session: Session, form: dict[str, str]) -> Response:
+        """The account's sample prompts as sent: an analyst_actions row first (who, which account, which
+        requests), then the account page with them unredacted. Never a GET: a page view sends none."""
+        account_id = request.path_params["account_id"]
+        actor = _actor(form)
+        st = self.state
+        if await st.store.get_account(account_id) is None and st.risk.get(account_id) is None:
+            raise HTTPException(404, f"account '{account_id}' does not exist")
+        prompts = await queries.sample_prompts(st, account_id, reveal=True)
+        await AnalystLog(st.store).record(
+            "reveal_prompts",
+            actor=actor,
+            session=_fingerprint(session),
+            subject=account_id,
+            detail={"requests": [p["seq"] for p in prompts], "count": len(prompts)},
+        )
+        return await self._account_page(request, session, account_id, revealed=prompts)
 
     async def change_limits(self, request: Request, session: Session, form: dict[str, str]) -> Response:
         account_id = request.path_params["account_id"]
@@ -344,8 +375,8 @@ class Console:
             raise HTTPException(400, f"unknown decision '{decision}'; choose one of {', '.join(DECISIONS)}")
         if self.state.policy is None:
             raise HTTPException(409, "the policy stage is disabled (policy.enabled: false in the config)")
-        note, reviewer = form.get("note", ""), form.get("reviewer", "").strip() or "console"
-        if "\x00" in note or "\x00" in reviewer or len(reviewer) > 64:
+        note, reviewer = form.get("note", ""), _actor(form)
+        if "\x00" in note:
             raise HTTPException(400, "the note and reviewer may not contain NUL; the reviewer is at most 64 characters")
         # The admin API's POST /admin/review/{ref}/decide path: recorded in the store, applied at once.
         result = await self.state.policy.decide(ref, decision, reviewer=reviewer, note=note)
@@ -353,7 +384,17 @@ class Console:
 
     async def policy(self, request: Request, session: Session) -> Response:
         described = self.state.policy.describe() if self.state.policy is not None else None
-        return self.render(request, "policy.html", session=session, nav="policy", p=described)
+        ctx: dict[str, Any] = {"replay": None, "chosen": None, "accounts": None}
+        if described is not None:
+            p = request.query_params
+            rule = p.get("rule", "").strip()
+            out, chosen, accounts_page = await queries.policy_replay(
+                self.state, self.replay, rule=rule, page=queries.page_number(p.get("page"))
+            )
+            if rule and chosen is None:
+                raise HTTPException(404, f"the active policy has no rule '{rule[:100]}'")
+            ctx = {"replay": out, "chosen": chosen, "accounts": accounts_page}
+        return self.render(request, "policy.html", session=session, nav="policy", p=described, **ctx)
 
     async def reload_policy(self, request: Request, session: Session, form: dict[str, str]) -> Response:
         if self.state.policy is None:
@@ -405,10 +446,21 @@ class Console:
         text = form.fields.get("text", "")
         pool = form.fields.get("pool") == "1"
         try:
+            actor = _actor(form.fields)
+        except HTTPException as exc:
+            return self._watermark_page(request, session, code=400, error=str(exc.detail), text=text, pool=pool)
+        try:
             texts = wm.texts_of(form)
             found = await wm.lookup(self.state, texts, pool)
         except wm.LookupRefused as exc:
             return self._watermark_page(request, session, code=exc.status, error=str(exc), text=text, pool=pool)
+        # A lookup that ran is logged before its answer is sent: who, how much was looked up, who it named.
+        detail = wm.audit_detail(form, found)
+        top = detail["attributed"][0] if detail["attributed"] else None
+        subject = top.removeprefix("account:") if top and top.startswith("account:") else None
+        await AnalystLog(self.state.store).record(
+            "watermark_lookup", actor=actor, session=_fingerprint(session), subject=subject, detail=detail
+        )
         return self._watermark_page(request, session, found=found, text=text, pool=pool)
 
     async def cluster_list(self, request: Request, session: Session) -> Response:
@@ -425,15 +477,31 @@ class Console:
         return self.render(request, "cluster.html", session=session, nav="clusters", c=detail)
 
     async def audit(self, request: Request, session: Session) -> Response:
-        page = await queries.decision_log(self.state, page=queries.page_number(request.query_params.get("page")))
-        return self.render(request, "audit.html", session=session, nav="audit", page=page)
+        p = request.query_params
+        page = await queries.decision_log(self.state, page=queries.page_number(p.get("page")))
+        acts = await queries.analyst_actions(self.state, page=queries.page_number(p.get("apage")))
+        return self.render(request, "audit.html", session=session, nav="audit", page=page, acts=acts)
+
+
+def _actor(form: dict[str, str]) -> str:
+    """Who acts, as review decisions record it: the reviewer name the form gives, else "console" (the admin
+    credential, shared by everyone who has it)."""
+    reviewer = form.get("reviewer", "").strip() or "console"
+    if "\x00" in reviewer or len(reviewer) > 64:
+        raise HTTPException(400, "the note and reviewer may not contain NUL; the reviewer is at most 64 characters")
+    return reviewer
+
+
+def _fingerprint(session: Session) -> str:
+    """Which console session acted: a digest of its CSRF token (one per login), not the token itself."""
+    return hashlib.sha256(session.csrf.encode()).hexdigest()[:16]
 
 
 async def _recent_requests(state: AppState, account_id: str) -> list[dict[str, Any]]:
     from distillshield.store.review import ReviewStore
 
     rows = await ReviewStore(state.store).recent_requests([account_id], 20)
-    # Prompts and answers stay out of the page: revealing them should be a logged act (not built yet).
+    # Prompts and answers stay out of this table: the page's sample prompts are redacted, revealing is logged.
     return [{k: v for k, v in r.items() if k not in ("request", "response_text")} for r in rows]
 
 
@@ -481,6 +549,7 @@ def build_console(state: AppState) -> Starlette:
         Route("/accounts/{account_id:path}/limits", c.action(c.change_limits), methods=["POST"]),
         Route("/accounts/{account_id:path}/suspend", c.action(c.suspend), methods=["POST"]),
         Route("/accounts/{account_id:path}/activate", c.action(c.activate), methods=["POST"]),
+        Route("/accounts/{account_id:path}/reveal", c.action(c.reveal), methods=["POST"]),
         Route("/accounts/{account_id:path}", c.page(c.account), methods=["GET"]),
         Route("/review", c.page(c.review), methods=["GET"]),
         Route("/review/{ref:path}/decide", c.action(c.decide), methods=["POST"]),

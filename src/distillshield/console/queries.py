@@ -8,6 +8,7 @@ one page of rows whatever the number of accounts.
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -17,6 +18,9 @@ import orjson
 import sqlalchemy as sa
 
 from distillshield.contracts import VERDICT_RANK, AccountRisk
+from distillshield.detect.text import request_texts, skeleton, stable_hash, words
+from distillshield.gateway.policy.replay import Replay, RuleImpact, replay_window
+from distillshield.store.analyst_log import AnalystLog
 from distillshield.store.review import STATUSES, ReviewStore
 from distillshield.store.tables import accounts, audit_log, review_decisions, review_items
 
@@ -368,6 +372,12 @@ async def decision_log(state: AppState, *, page: int = 1) -> Page:
     return Page(rows, page, int(total))
 
 
+async def analyst_actions(state: AppState, *, page: int = 1) -> Page:
+    """What analysts revealed or looked up in the console (store/analyst_log.py), newest first."""
+    rows, total = await AnalystLog(state.store).page(PER_PAGE, (page - 1) * PER_PAGE)
+    return Page([r.as_dict() for r in rows], page, total)
+
+
 async def account_review(state: AppState, account_id: str) -> dict[str, Any] | None:
     """The account's own review item and its decisions, if it has one."""
     store = ReviewStore(state.store)
@@ -470,3 +480,96 @@ async def account_risk_history(
         "capped": len(rows) >= RISK_ROWS_MAX,
         "events": sorted(events, key=lambda e: e["ts"]),
     }
+
+
+# -- an account's sample prompts ------------------------------------------------------------------
+
+SAMPLE_PROMPTS = 10  # the account's latest requests whose prompts the page samples
+REVEALED_CHARS = 4000  # a revealed prompt's length (its user turn; the system prompt gets a quarter)
+
+
+PLACEHOLDERS = {"§n": "numbers", "§name": "names", "§q": "quoted", "§url": "URLs or e-mails", "§code": "code"}
+_PLACEHOLDER = re.compile(r"§(?:name|code|url|n|q)\b")
+
+
+def redacted(text: str) -> str:
+    """A prompt with none of its words: its template (a digest of the detector's skeleton, `detect.text.skeleton`,
+    so the same template shows the same digest whatever its data), its length, and what data it carries."""
+    skel = skeleton(text)
+    found = Counter(_PLACEHOLDER.findall(skel))
+    data = ", ".join(f"{PLACEHOLDERS[k]} {n}" for k, n in found.items())
+    n_words = len(words(text))
+    return f"template {stable_hash(skel) & 0xFFFFFFFF:08x} · {n_words} word{'s' if n_words != 1 else ''}" + (
+        f" · {data}" if data else ""
+    )
+
+
+async def sample_prompts(state: AppState, account_id: str, *, reveal: bool = False) -> list[dict[str, Any]]:
+    """The prompts of the account's latest SAMPLE_PROMPTS requests (its last user turn, as detection reads it).
+
+    Redacted (the default): none of the prompt's words (`redacted`); the raw text never leaves this function.
+    With `reveal` (the console's logged reveal action only): the text as sent, cut to REVEALED_CHARS, and
+    the system prompt."""
+    c = audit_log.c
+    q = (
+        sa.select(c.seq, c.ts, c.endpoint, c.request)
+        .where(c.account_id == account_id)
+        .order_by(sa.desc(c.seq))
+        .limit(SAMPLE_PROMPTS)
+    )
+    async with state.store.engine.connect() as conn:
+        rows = (await conn.execute(q)).all()
+    out = []
+    for seq, ts, endpoint, raw in rows:
+        try:
+            body = orjson.loads(raw) if raw else {}
+        except orjson.JSONDecodeError:
+            body = {}
+        user, system, _users, _turns = request_texts(endpoint, body) if isinstance(body, dict) else ("", "", 0, 0)
+        item: dict[str, Any] = {"seq": int(seq), "ts": ts, "endpoint": endpoint, "chars": len(user)}
+        if reveal:
+            item |= {"text": user[:REVEALED_CHARS], "system": system[: REVEALED_CHARS // 4]}
+            item["cut"] = len(user) > REVEALED_CHARS
+        else:
+            item |= {"text": redacted(user), "system": "", "cut": False}
+        out.append(item)
+    return out
+
+
+# -- the policy's shadow replay -------------------------------------------------------------------
+
+
+class ShadowReplay:
+    """What each rule of the active policy would have done over the last 24 h (gateway/policy/replay.py): one
+    GROUP BY over a day of the audit log, so it is kept for TTL_S seconds per policy (paging through a rule's
+    accounts reads nothing again)."""
+
+    TTL_S = 30.0
+
+    def __init__(self) -> None:
+        self._kept: tuple[Any, float, Replay] | None = None
+
+    async def read(self, state: AppState, now: float | None = None) -> Replay:
+        assert state.policy is not None
+        now = now or time.time()
+        policy = state.policy.policy
+        kept = self._kept
+        if kept is not None and kept[0] is policy and now - kept[1] <= self.TTL_S:
+            return kept[2]
+        board = state.risk
+        out = await replay_window(state.store, policy, board.get, board.cluster_size, now=now)
+        self._kept = (policy, now, out)
+        return out
+
+
+async def policy_replay(
+    state: AppState, cache: ShadowReplay, *, rule: str = "", page: int = 1
+) -> tuple[Replay, RuleImpact | None, Page | None]:
+    """The replay, the rule asked for and a page of its accounts (None, None when no rule or an unknown one)."""
+    out = await cache.read(state)
+    chosen = out.rule(rule) if rule else None
+    if chosen is None:
+        return out, None, None
+    ranked = chosen.ranked()
+    start = (page - 1) * PER_PAGE
+    return out, chosen, Page(ranked[start : start + PER_PAGE], page, len(ranked))

@@ -208,3 +208,27 @@ async def lookup(state: AppState, texts: list[Text], pool: bool) -> dict[str, An
 def fmt_p(p: float, log10_p: float) -> str:
     """A p-value that stays readable below the float range (as the CLI prints it)."""
     return f"{p:.3g}" if p > 0 else f"1e{log10_p:.0f}"
+
+
+AUDIT_TOP = 20  # attributed keys named in a lookup's analyst_actions row
+
+
+def audit_detail(upload: Upload, found: dict[str, Any]) -> dict[str, Any]:
+    """What a lookup's analyst_actions row records: its size (texts, bytes, the file's name, keys tested)
+    and the keys it attributed texts to ('account:ID' or 'cluster:ID', most often named first). Not the
+    texts themselves."""
+    named: dict[str, int] = {}
+    for r in found["results"]:
+        for a in r["attributed"]:
+            ref = f"{a['scope']}:{a['id']}"
+            named[ref] = named.get(ref, 0) + 1
+    ranked = sorted(named, key=lambda k: (-named[k], k))
+    return {
+        "texts": found["texts"],
+        "bytes": len(upload.fields.get("text", "").encode()) + len(upload.content),
+        "file": _safe_name(upload.filename) if upload.content else None,
+        "pooled": found["pooled"],
+        "keys_tested": found["keys_tested"],
+        "attributed": ranked[:AUDIT_TOP],
+        "attributed_total": len(ranked),
+    }

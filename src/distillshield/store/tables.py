@@ -125,6 +125,20 @@ review_decisions = sa.Table(
     sa.Column("ts", sa.Double, nullable=False),
 )
 
+# What analysts saw or looked up in the console (store/analyst_log.py): revealing an account's prompts, a
+# watermark lookup. One row per act, written before the result is sent; shown beside the review decisions.
+analyst_actions = sa.Table(
+    "analyst_actions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("ts", sa.Double, nullable=False, index=True),
+    sa.Column("actor", sa.String(64), nullable=False),  # as review_decisions.reviewer: a name, or "console"
+    sa.Column("session", sa.String(32), nullable=False, default=""),  # the console session's fingerprint
+    sa.Column("action", sa.String(32), nullable=False),  # reveal_prompts | watermark_lookup
+    sa.Column("subject", sa.String(64), nullable=True, index=True),  # the account whose prompts were revealed
+    sa.Column("detail", sa.JSON, nullable=True),
+)
+
 # Imported threat intelligence (intel/store.py): one row per STIX indicator id, its latest version only;
 # `data` is its matchable form (intel/indicators.py Indicator).
 intel_indicators = sa.Table(
