@@ -27,7 +27,7 @@ from distillshield.detect.online import DetectionExtension
 from distillshield.gateway.batches import BatchRunner
 from distillshield.gateway.upstream.base import GenRequest
 from distillshield.store import Store
-from distillshield.store.batches import RUNNING, BatchStore
+from distillshield.store.batches import RUNNING, BatchRecord, BatchStore
 from distillshield.store.chain import CHAINED_FIELDS, canonical
 from distillshield.store.export import row_to_record
 from distillshield.traffic import TrafficRecord
@@ -999,15 +999,20 @@ def test_a_request_in_flight_when_its_gateway_died_is_not_sent_again(gateway_fac
     assert [r["status"] for r in audit_rows(g, "cut-off")] == [200, 200, 200]
 
 
+async def a_batch(store: BatchStore, total: int) -> BatchRecord:
+    """A batch of `total` chat lines straight in the store (its input file is not needed by these tests)."""
+    return await store.create_batch(
+        account_id="acct", key_id="k", endpoint=CHAT, input_file_id="file-x", completion_window="24h",
+        user_metadata=None, total=total,
+    )  # fmt: skip
+
+
 def test_a_lease_and_a_line_are_held_by_one_runner_at_a_time(store_url: str) -> None:
     async def go() -> None:
         s = Store(store_url)
         await s.init()
         store = BatchStore(s.engine)
-        b = await store.create_batch(
-            account_id="acct", key_id="k", endpoint=CHAT, input_file_id="file-x", completion_window="24h",
-            user_metadata=None, total=2,
-        )  # fmt: skip
+        b = await a_batch(store, total=2)
         lease = time.time() + 60
         assert await store.transition(b.id, ("validating",), "in_progress", claimed_by="a", lease_until=lease)
         assert not await store.transition(b.id, ("validating",), "in_progress", claimed_by="b", lease_until=lease)
@@ -1033,10 +1038,7 @@ def test_an_older_batches_table_gains_the_lease_columns(tmp_path: Path) -> None:
         s = Store(url)
         await s.init()
         store = BatchStore(s.engine)
-        b = await store.create_batch(
-            account_id="acct", key_id="k", endpoint=CHAT, input_file_id="file-x", completion_window="24h",
-            user_metadata=None, total=1,
-        )  # fmt: skip
+        b = await a_batch(store, total=1)
         await store.transition(b.id, ("validating",), "in_progress")
         await s.close()
         return b.id

@@ -581,10 +581,9 @@ def _constant_model(logit: float, reference: float | None) -> DetectionModel:
     return DetectionModel("test", {"full": comb, "noembed": comb}, clf)
 
 
-def test_a_model_that_flags_a_deployments_ordinary_accounts_is_shifted_by_the_deployment() -> None:
-    from distillshield.detect.analyze import analyze_records
-
-    rng = random.Random(4)
+def ordinary_deployment(seed: int) -> list[TrafficRecord]:
+    """24 ordinary accounts of 12 one-off questions each over a day, each from its own /24, in time order."""
+    rng = random.Random(seed)
     records = [
         TrafficRecord(
             ts=1_772_409_600.0 + rng.uniform(0, 86_400), account_id=f"user-{a:02d}", endpoint="/v1/chat/completions",
@@ -593,7 +592,13 @@ def test_a_model_that_flags_a_deployments_ordinary_accounts_is_shifted_by_the_de
         )
         for a in range(24) for _ in range(12)
     ]  # fmt: skip
-    records.sort(key=lambda r: r.ts)
+    return sorted(records, key=lambda r: r.ts)
+
+
+def test_a_model_that_flags_a_deployments_ordinary_accounts_is_shifted_by_the_deployment() -> None:
+    from distillshield.detect.analyze import analyze_records
+
+    records = ordinary_deployment(seed=4)
 
     def flagged(model: DetectionModel) -> tuple[int, dict[str, object]]:
         report = analyze_records(list(records), model=model, content=False).report
@@ -627,16 +632,7 @@ def test_an_ensemble_flags_what_either_combiner_flags_each_at_its_own_operating_
     each is set at its own operating point (a member whose ordinary accounts score high here is shifted alone)."""
     from distillshield.detect.analyze import analyze_records
 
-    rng = random.Random(5)
-    records = [
-        TrafficRecord(
-            ts=1_772_409_600.0 + rng.uniform(0, 86_400), account_id=f"user-{a:02d}", endpoint="/v1/chat/completions",
-            request={"model": "m1", "messages": [{"role": "user", "content": f"question {rng.random()}"}]},
-            ip=f"10.0.{a}.{rng.randrange(1, 255)}", user_agent="OpenAI/Python 1.99.1",
-        )
-        for a in range(24) for _ in range(12)
-    ]  # fmt: skip
-    records.sort(key=lambda r: r.ts)
+    records = ordinary_deployment(seed=5)
     quiet = _constant_model(-6.0, reference=None)
     quiet.combiners["noembed"].t_suspicious = 0.0  # scores every account well below its threshold
 
