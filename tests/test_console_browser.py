@@ -261,7 +261,7 @@ def test_an_analyst_opens_the_hydra_cluster_and_follows_a_node_to_its_account(
     expect(page.locator("#account-id")).to_have_text(member)
 
 
-def test_the_account_page_draws_its_request_timeline_and_risk_over_time(
+def test_the_account_page_draws_its_request_timeline_cot_share_and_risk_over_time(
     page: Any, artefacts: Path, demo_gateway: Any
 ) -> None:
     from playwright.sync_api import expect
@@ -274,6 +274,9 @@ def test_the_account_page_draws_its_request_timeline_and_risk_over_time(
     expect(page.locator("#account-requests-chart canvas")).to_have_count(1)  # uPlot drew both charts
     expect(page.locator("#account-risk-chart canvas")).to_have_count(1)
     expect(page.locator("#account-requests-chart .u-legend")).to_contain_text("tokens")
+    expect(page.locator("#account-cot-chart canvas")).to_have_count(1)  # and the CoT share beside them
+    expect(page.locator("#account-cot-chart .u-legend")).to_contain_text("sampled")
+    expect(page.locator("#verdict-history")).to_be_visible()
     page.locator("#account-requests-chart").scroll_into_view_if_needed()
     page.screenshot(path=artefacts / "14-account-charts.png", full_page=True)
 

@@ -3,7 +3,7 @@
     GET  /login, POST /login, POST /logout     the admin token in, a session cookie out
     GET  /                                     overview: verdicts, open review items, countermeasures, traffic
     GET  /accounts?q=&sort=&dir=&verdict=&page= accounts, paginated on the server
-    GET  /accounts/{id}                        one account: every reason, limits, policy state, review
+    GET  /accounts/{id}?vpage=                 one account: every reason, limits, policy state, review, verdict history
     POST /accounts/{id}/limits                 change its limits          (admin.set_account_limits)
     POST /accounts/{id}/suspend|activate       suspend or reactivate it   (admin.set_account_status)
     POST /accounts/{id}/reveal                 its sample prompts unredacted (an analyst_actions row)
@@ -102,6 +102,7 @@ class Console:
         self.traffic = queries.HourlyTraffic()
         self.volume = queries.VolumeRanking()
         self.replay = queries.ShadowReplay()
+        self.cot = queries.CotShares()
 
     # -- plumbing -----------------------------------------------------------------------------------
 
@@ -286,6 +287,9 @@ class Console:
         if acct is None and detection is None:
             raise HTTPException(404, f"account '{account_id}' does not exist")
         review = await queries.account_review(st, account_id)
+        verdicts, verdicts_read = await queries.verdict_history(
+            st, account_id, page=strict_page(request.query_params.get("vpage"), "vpage")
+        )
         ctx: dict[str, Any] = {
             "account_id": account_id,
             "acct": acct,
@@ -299,9 +303,11 @@ class Console:
             "limits": queries.effective_limits(st, acct.tier, acct.limits) if acct else None,
             "limit_fields": list(LimitSet.model_fields),
             "recent": (await _recent_requests(st, account_id)),
-            "timeline": await queries.account_timeline(st, account_id),
+            "timeline": await queries.account_timeline(st, account_id, cot=self.cot),
             "risk_history": await queries.account_risk_history(st, account_id, review),
             "timeline_days": queries.TIMELINE_HOURS // 24,
+            "verdicts": verdicts,
+            "verdicts_read": verdicts_read,
             "notice": request.query_params.get("done", ""),
             # redacted unless this is the reveal action's answer (revealing is logged: `reveal`)
             "samples": revealed if revealed is not None else await queries.sample_prompts(st, account_id),
@@ -481,6 +487,16 @@ class Console:
         page = await queries.decision_log(self.state, page=queries.page_number(p.get("page")))
         acts = await queries.analyst_actions(self.state, page=queries.page_number(p.get("apage")))
         return self.render(request, "audit.html", session=session, nav="audit", page=page, acts=acts)
+
+
+def strict_page(raw: str | None, name: str) -> int:
+    """A page number from the query string: absent or empty is page 1; anything but a whole number from 1 is a
+    400 naming the parameter (the account page's `vpage`; the older lists' `page` still fall back to 1)."""
+    if raw is None or raw == "":
+        return 1
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 9 or int(raw) < 1:
+        raise HTTPException(400, f"?{name}= must be a page number, a whole number from 1; got '{raw[:40]}'")
+    return int(raw)
 
 
 def _actor(form: dict[str, str]) -> str:

@@ -7,8 +7,10 @@ one page of rows whatever the number of accounts.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -18,6 +20,7 @@ import orjson
 import sqlalchemy as sa
 
 from distillshield.contracts import VERDICT_RANK, AccountRisk
+from distillshield.detect.scoring import ModelError
 from distillshield.detect.text import request_texts, skeleton, stable_hash, words
 from distillshield.gateway.policy.replay import Replay, RuleImpact, replay_window
 from distillshield.store.analyst_log import AnalystLog
@@ -25,6 +28,7 @@ from distillshield.store.review import STATUSES, ReviewStore
 from distillshield.store.tables import accounts, audit_log, review_decisions, review_items
 
 if TYPE_CHECKING:
+    from distillshield.detect.signals.cot import PromptClassifier
     from distillshield.gateway.app import AppState
 
 PER_PAGE = 50
@@ -393,10 +397,14 @@ TIMELINE_HOURS = 7 * 24
 RISK_ROWS_MAX = 20_000  # audit rows read for one account's risk history (its newest)
 
 
-async def account_timeline(state: AppState, account_id: str, now: float | None = None) -> dict[str, Any]:
+async def account_timeline(
+    state: AppState, account_id: str, now: float | None = None, cot: CotShares | None = None
+) -> dict[str, Any]:
     """The account's requests, refusals and tokens per hour over the last TIMELINE_HOURS, from the audit log
-    (one GROUP BY over the account's rows in the window; audit_log.account_id and ts are indexed)."""
+    (one GROUP BY over the account's rows in the window; audit_log.account_id and ts are indexed), and the
+    share of each hour's requests that ask for step-by-step reasoning (`CotShares`, sampled)."""
     now = now or time.time()
+    cot = cot if cot is not None else CotShares()
     first = math.floor(now / 3600) - TIMELINE_HOURS + 1
     hours = range(first, first + TIMELINE_HOURS)
     c = audit_log.c
@@ -412,8 +420,15 @@ async def account_timeline(state: AppState, account_id: str, now: float | None =
         .where(c.account_id == account_id, c.ts >= first * 3600)
         .group_by(hour)
     )
+    share: dict[int, tuple[float, int]] = {}
+    cot_error = ""
     async with state.store.engine.connect() as conn:
         found = (await conn.execute(q)).all()
+        if found:
+            try:
+                share = await cot.read(conn, account_id, hours, now)
+            except ModelError as exc:  # no model shipped or a bad one: the chart shows no share, the page says why
+                cot_error = str(exc)
     got = {int(h): (int(n), int(r or 0), int(p or 0), int(k or 0)) for h, n, r, p, k in found}
     zero = (0, 0, 0, 0)
     return {
@@ -423,7 +438,106 @@ async def account_timeline(state: AppState, account_id: str, now: float | None =
         "prompt_tokens": [got.get(h, zero)[2] for h in hours],
         "completion_tokens": [got.get(h, zero)[3] for h in hours],
         "total": sum(v[0] for v in got.values()),
+        # share of the hour's sampled requests whose prompt asks for step-by-step reasoning; None: no requests
+        "cot_share": [round(share[h][0], 4) if share.get(h, (0, 0))[1] else None for h in hours],
+        "cot_sampled": [share.get(h, (0.0, 0))[1] for h in hours],
+        "cot_per_hour": COT_SAMPLE_PER_HOUR,
+        "cot_error": cot_error,
     }
+
+
+# -- the CoT share of an account's requests -------------------------------------------------------
+
+COT_SAMPLE_PER_HOUR = 200  # requests classified per hour of the timeline, at most (evenly spread over the hour)
+_classifier: PromptClassifier | None = None
+_classifier_lock = threading.Lock()
+
+
+def cot_classifier() -> PromptClassifier:
+    """The shipped detection model's prompt classifier (`DetectionModel.load().classifier`), loaded once per
+    process on first use (about a second: the model file is parsed)."""
+    global _classifier
+    with _classifier_lock:
+        if _classifier is None:
+            from distillshield.detect.scoring import DetectionModel
+            from distillshield.detect.signals.cot import PromptClassifier
+
+            _classifier = PromptClassifier.from_dict(DetectionModel.load().classifier)
+        return _classifier
+
+
+class CotShares:
+    """Per account and hour, the share of sampled requests that ask for step-by-step reasoning and how many were
+    classified. Hours that ended more than CLOSED_AFTER_S ago are classified once and kept (at most MAX_KEPT
+    account-hours, the oldest kept dropped first); each page load classifies only the account's newer hours.
+    Kept per process: a request that reaches the audit log more than CLOSED_AFTER_S after its hour ended is
+    not counted in a kept hour."""
+
+    CLOSED_AFTER_S = 300.0
+    MAX_KEPT = 100_000
+
+    def __init__(self) -> None:
+        self._kept: dict[tuple[str, int], tuple[float, int]] = {}
+
+    async def read(self, conn: Any, account_id: str, hours: range, now: float) -> dict[int, tuple[float, int]]:
+        closed_until = math.floor((now - self.CLOSED_AFTER_S) / 3600)  # hours before this one are closed
+        since = next((h for h in hours if (account_id, h) not in self._kept or h >= closed_until), hours.stop)
+        kept = {h: self._kept[(account_id, h)] for h in range(hours.start, since)}  # before any await
+        fresh: dict[int, tuple[float, int]] = {}
+        if since < hours.stop:
+            rows = (await conn.execute(_cot_sample_query(account_id, since * 3600))).all()
+            fresh = await asyncio.to_thread(_cot_share_per_hour, rows) if rows else {}
+            for h in range(since, closed_until):
+                self._kept[(account_id, h)] = fresh.get(h, (0.0, 0))
+            while len(self._kept) > self.MAX_KEPT:
+                del self._kept[next(iter(self._kept))]
+        return {**kept, **fresh}
+
+
+def _cot_sample_query(account_id: str, since: float) -> sa.Select[Any]:
+    """The account's audit rows since `since`, at most COT_SAMPLE_PER_HOUR per hour: with n rows in an hour
+    (in seq order, 1-based rank k), a row is kept when floor(k*K/n) > floor((k-1)*K/n), which keeps every row
+    when n <= K and exactly K rows evenly spread over the hour otherwise. The window functions read only seq;
+    the request bodies are read for the kept rows only."""
+    c = audit_log.c
+    hour = sa.func.floor(c.ts / 3600)
+    ranked = (
+        sa.select(
+            c.seq,
+            sa.func.row_number().over(partition_by=hour, order_by=c.seq).label("k"),
+            sa.func.count().over(partition_by=hour).label("n"),
+        )
+        .where(c.account_id == account_id, c.ts >= since)
+        .subquery()
+    )
+    k, n, per = ranked.c.k, ranked.c.n, COT_SAMPLE_PER_HOUR
+    kept = sa.select(ranked.c.seq).where((k * per) // n > ((k - 1) * per) // n)
+    return sa.select(c.ts, c.endpoint, c.request).where(c.seq.in_(kept))
+
+
+def _cot_share_per_hour(rows: list[Any]) -> dict[int, tuple[float, int]]:
+    """hour -> (share of its rows whose prompt the classifier gives P(CoT elicitation) >= FLAG_AT, rows). The
+    prompt is read as detection reads it (`detect.corpus.classifier_text`: the last user turn's start and end,
+    and the system prompt); all rows are classified in one vectorised call."""
+    from distillshield.detect.corpus import classifier_text
+    from distillshield.detect.signals.cot import FLAG_AT
+
+    hours, texts = [], []
+    for ts, endpoint, raw in rows:
+        try:
+            body = orjson.loads(raw) if raw else {}
+        except orjson.JSONDecodeError:
+            body = {}
+        user, system, _users, _turns = request_texts(endpoint, body) if isinstance(body, dict) else ("", "", 0, 0)
+        hours.append(math.floor(float(ts) / 3600))
+        texts.append(classifier_text(user, system))
+    cot, _rubric = cot_classifier()(texts)
+    counts: dict[int, list[int]] = {}
+    for h, p in zip(hours, cot, strict=True):
+        tally = counts.setdefault(h, [0, 0])
+        tally[0] += int(p >= FLAG_AT)
+        tally[1] += 1
+    return {h: (hits / n, n) for h, (hits, n) in counts.items()}
 
 
 async def account_risk_history(
@@ -480,6 +594,63 @@ async def account_risk_history(
         "capped": len(rows) >= RISK_ROWS_MAX,
         "events": sorted(events, key=lambda e: e["ts"]),
     }
+
+
+VERDICT_ROWS_MAX = 50_000  # audit rows read for one account's verdict history (its newest)
+
+
+async def verdict_history(state: AppState, account_id: str, *, page: int = 1) -> tuple[Page, dict[str, Any]]:
+    """The account's verdict changes, newest first, one page of them, and what was read.
+
+    The store keeps no history of verdicts; what it records is the verdict and risk detection gave the account
+    when the policy decided on one of its requests with a rule involved (the audit row's `decision` JSON, as
+    `account_risk_history` reads it). Those rows are read in order (the account's newest VERDICT_ROWS_MAX, all
+    time) and only the transitions kept: the first row, then each row whose verdict differs from the row before.
+    Each carries its risk, the rule that decided and the highest signal the rule named (the top reason)."""
+    c = audit_log.c
+    q = (
+        sa.select(c.seq, c.ts, c.decision)
+        .where(c.account_id == account_id, c.decision.like("{%"))
+        .order_by(sa.desc(c.seq))
+        .limit(VERDICT_ROWS_MAX)
+    )
+    async with state.store.engine.connect() as conn:
+        rows = (await conn.execute(q)).all()
+    changes: list[dict[str, Any]] = []
+    for seq, ts, decision in reversed(rows):
+        try:
+            d = orjson.loads(decision)
+        except orjson.JSONDecodeError:
+            continue
+        if not isinstance(d, dict) or not isinstance(d.get("verdict"), str):
+            continue
+        risk = d.get("risk")
+        if isinstance(risk, bool) or not isinstance(risk, (int, float)):
+            continue
+        if changes and changes[-1]["verdict"] == d["verdict"]:
+            continue
+        raw = d.get("signals")
+        signals = {
+            str(k): float(v)
+            for k, v in (raw.items() if isinstance(raw, dict) else [])
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
+        top = max(signals.items(), key=lambda kv: (kv[1], kv[0])) if signals else None
+        changes.append(
+            {
+                "seq": int(seq),
+                "ts": float(ts),
+                "verdict": d["verdict"],
+                "previous": changes[-1]["verdict"] if changes else None,
+                "risk": float(risk),
+                "rule": d.get("rule") if isinstance(d.get("rule"), str) else None,
+                "top": {"signal": top[0], "score": top[1]} if top else None,
+            }
+        )
+    changes.reverse()
+    start = (page - 1) * PER_PAGE
+    read = {"rows_read": len(rows), "capped": len(rows) >= VERDICT_ROWS_MAX, "max_rows": VERDICT_ROWS_MAX}
+    return Page(changes[start : start + PER_PAGE], page, len(changes)), read
 
 
 # -- an account's sample prompts ------------------------------------------------------------------

@@ -73,10 +73,31 @@
     new uPlot(opts, [d.t, d.risk], el);
   }
 
+  // The share of an account's sampled requests per hour whose prompt asks for step-by-step reasoning, 0..1.
+  function drawAccountCot(el) {
+    var d = dataOf(el);
+    if (!d) return;
+    var opts = {
+      width: Math.max(320, el.clientWidth || 600),
+      height: 160,
+      tzDate: utc,
+      series: [
+        {},
+        { label: "CoT share (sampled, at most " + d.cot_per_hour + " requests/h)", stroke: "#7c3aed", width: 2,
+          points: { show: true, size: 4 }, value: function (u, v) { return v == null ? "—" : Math.round(v * 100) + "%"; } },
+        { label: "requests classified", show: false, value: function (u, v) { return v == null ? "—" : v; } },
+      ],
+      axes: [{}, { label: "CoT share", values: function (u, vals) { return vals.map(function (v) { return Math.round(v * 100) + "%"; }); } }],
+      scales: { y: { range: [0, 1] } },
+    };
+    new uPlot(opts, [d.t, d.cot_share, d.cot_sampled], el);
+  }
+
   function drawAll() {
     document.querySelectorAll('[data-chart="traffic"]').forEach(drawTraffic);
     document.querySelectorAll('[data-chart="account-requests"]').forEach(drawAccountRequests);
     document.querySelectorAll('[data-chart="account-risk"]').forEach(drawAccountRisk);
+    document.querySelectorAll('[data-chart="account-cot"]').forEach(drawAccountCot);
   }
 
   document.addEventListener("DOMContentLoaded", drawAll);
