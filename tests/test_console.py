@@ -198,6 +198,19 @@ def test_an_unknown_account_or_review_item_is_a_404_page(fake_gateway: RunningGa
     assert r.status_code == 404 and "nobody-here" in r.text and "does not exist" in r.text
 
 
+@pytest.mark.parametrize(
+    ("path", "param"),
+    [("/console/accounts", "page"), ("/console/review", "page"), ("/console/clusters", "page"),
+     ("/console/audit", "page"), ("/console/audit", "apage")],
+)  # fmt: skip
+def test_a_bad_page_number_is_a_400_naming_the_parameter(fake_gateway: RunningGateway, path: str, param: str) -> None:
+    client, _ = login(fake_gateway)
+    assert client.get(path, params={param: "2"}).status_code == 200  # a page past the last is a page, not an error
+    for bad in ("abc", "0", "-3", "1.5"):
+        r = client.get(path, params={param: bad})
+        assert r.status_code == 400 and f"?{param}= must be a page number" in r.text, (path, param, bad)
+
+
 def test_every_template_and_asset_ships_in_the_wheel() -> None:
     import fnmatch
     import tomllib

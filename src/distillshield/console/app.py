@@ -255,7 +255,7 @@ class Console:
         q = p.get("q", "").strip()[:200]
         verdict = p.get("verdict", "")
         page = await queries.account_list(
-            self.state, self.volume, q=q, sort=sort, desc=desc, verdict=verdict, page=queries.page_number(p.get("page"))
+            self.state, self.volume, q=q, sort=sort, desc=desc, verdict=verdict, page=strict_page(p.get("page"), "page")
         )
         return self.render(
             request,
@@ -359,7 +359,7 @@ class Console:
     async def review(self, request: Request, session: Session) -> Response:
         p = request.query_params
         status = p.get("status", "open")
-        page = await queries.review_list(self.state, status=status, page=queries.page_number(p.get("page")))
+        page = await queries.review_list(self.state, status=status, page=strict_page(p.get("page"), "page"))
         return self.render(request, "review.html", session=session, nav="review", page=page, status=status)
 
     async def review_item(self, request: Request, session: Session) -> Response:
@@ -395,7 +395,7 @@ class Console:
             p = request.query_params
             rule = p.get("rule", "").strip()
             out, chosen, accounts_page = await queries.policy_replay(
-                self.state, self.replay, rule=rule, page=queries.page_number(p.get("page"))
+                self.state, self.replay, rule=rule, page=strict_page(p.get("page"), "page")
             )
             if rule and chosen is None:
                 raise HTTPException(404, f"the active policy has no rule '{rule[:100]}'")
@@ -470,13 +470,13 @@ class Console:
         return self._watermark_page(request, session, found=found, text=text, pool=pool)
 
     async def cluster_list(self, request: Request, session: Session) -> Response:
-        page = await clusters.cluster_list(self.state, page=queries.page_number(request.query_params.get("page")))
+        page = await clusters.cluster_list(self.state, page=strict_page(request.query_params.get("page"), "page"))
         return self.render(request, "clusters.html", session=session, nav="clusters", page=page)
 
     async def cluster(self, request: Request, session: Session) -> Response:
         cluster_id = request.path_params["cluster_id"]
         detail = await clusters.cluster_detail(
-            self.state, cluster_id, page=queries.page_number(request.query_params.get("page"))
+            self.state, cluster_id, page=strict_page(request.query_params.get("page"), "page")
         )
         if detail is None:
             raise HTTPException(404, f"cluster '{cluster_id}' does not exist (not on the risk board, never queued)")
@@ -484,14 +484,14 @@ class Console:
 
     async def audit(self, request: Request, session: Session) -> Response:
         p = request.query_params
-        page = await queries.decision_log(self.state, page=queries.page_number(p.get("page")))
-        acts = await queries.analyst_actions(self.state, page=queries.page_number(p.get("apage")))
+        page = await queries.decision_log(self.state, page=strict_page(p.get("page"), "page"))
+        acts = await queries.analyst_actions(self.state, page=strict_page(p.get("apage"), "apage"))
         return self.render(request, "audit.html", session=session, nav="audit", page=page, acts=acts)
 
 
 def strict_page(raw: str | None, name: str) -> int:
-    """A page number from the query string: absent or empty is page 1; anything but a whole number from 1 is a
-    400 naming the parameter (the account page's `vpage`; the older lists' `page` still fall back to 1)."""
+    """A page number from the query string (every list's `page`, the account page's `vpage`, the decision log's
+    `apage`): absent or empty is page 1; anything but a whole number from 1 is a 400 naming the parameter."""
     if raw is None or raw == "":
         return 1
     if not raw.isascii() or not raw.isdigit() or len(raw) > 9 or int(raw) < 1:

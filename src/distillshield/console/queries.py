@@ -74,13 +74,6 @@ class AccountRow:
     requests_24h: int
 
 
-def page_number(raw: str | None) -> int:
-    try:
-        return max(1, int(raw or 1))
-    except ValueError:
-        return 1
-
-
 # -- overview -------------------------------------------------------------------------------------
 
 
