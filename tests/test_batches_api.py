@@ -840,16 +840,21 @@ def test_a_batch_gets_the_configured_completion_window(gw: RunningGateway, gatew
     assert m.expires_at is not None and (m.expires_at - m.created_at).total_seconds() == pytest.approx(WINDOW_S)
 
 
+def gated_gateway(gateway_factory: Any, **settings: Any) -> tuple[GatedUpstream, RunningGateway]:
+    """A gateway running one batch request at a time, whose upstream holds each request until `up.gate` is set
+    (`up.entered`: one is waiting there)."""
+    up = GatedUpstream()
+    g = gateway_factory({"upstream": up}, batches__concurrency=1, batches__poll_s=0.05, **settings)
+    up.gate, up.entered = in_loop(g, asyncio.Event), in_loop(g, asyncio.Event)
+    return up, g
+
+
 def sleep_past(expires_at: float) -> None:
     time.sleep(max(0.0, expires_at - time.time()) + 0.2)
 
 
 def test_a_batch_not_finished_in_its_window_ends_expired_with_what_finished(gateway_factory: Any) -> None:
-    up = GatedUpstream()
-    g = gateway_factory(
-        {"upstream": up}, batches__concurrency=1, batches__poll_s=0.05, batches__completion_window_s=WINDOW_S
-    )
-    up.gate, up.entered = in_loop(g, asyncio.Event), in_loop(g, asyncio.Event)
+    up, g = gated_gateway(gateway_factory, batches__completion_window_s=WINDOW_S)
     c = client(g, g.create_key("slow-batcher"))
     created = c.batches.create(
         input_file_id=upload(c, [chat_line(i) for i in range(5)]), endpoint=CHAT, completion_window="24h"
@@ -874,11 +879,7 @@ def test_a_batch_not_finished_in_its_window_ends_expired_with_what_finished(gate
 
 
 def test_a_message_batch_not_finished_in_its_window_has_expired_results(gateway_factory: Any) -> None:
-    up = GatedUpstream()
-    g = gateway_factory(
-        {"upstream": up}, batches__concurrency=1, batches__poll_s=0.05, batches__completion_window_s=WINDOW_S
-    )
-    up.gate, up.entered = in_loop(g, asyncio.Event), in_loop(g, asyncio.Event)
+    up, g = gated_gateway(gateway_factory, batches__completion_window_s=WINDOW_S)
     c = anthropic_client(g, g.create_key("slow-claude-batcher"))
     requests = [message_request(0, model="no-such-model")] + [message_request(i) for i in range(1, 5)]
     created = c.messages.batches.create(requests=requests)  # type: ignore[arg-type]
@@ -977,9 +978,7 @@ def test_a_batch_whose_gateway_died_is_finished_by_another_runner_each_line_once
 
 
 def test_a_request_in_flight_when_its_gateway_died_is_not_sent_again(gateway_factory: Any) -> None:
-    up = GatedUpstream()
-    g = gateway_factory({"upstream": up}, batches__concurrency=1, batches__poll_s=0.05)
-    up.gate, up.entered = in_loop(g, asyncio.Event), in_loop(g, asyncio.Event)
+    up, g = gated_gateway(gateway_factory)
     c = client(g, g.create_key("cut-off"))
     dead = g.state.batches
     bid = submit(c, [chat_line(i) for i in range(4)])
