@@ -58,15 +58,17 @@ def main() -> None:
     for seed in args.seeds:
         sc, s = scenario.load(args.scenario, seed)
         recs = list(engine.iter_records(sc, s))
+        seed_levels = []
         for i, seed_traces in enumerate(streaming_traces(recs, model, f"{args.scenario}-{seed}")):
             for aid, t in seed_traces.items():
                 traces[i][f"{seed}/{aid}"] = t
             # The deployment's population level: every account's final log-odds (labels unused), as the
             # engine's OperatingPoint computes it on a live deployment.
             level = population_level([t.scores[-1][1] for t in seed_traces.values() if t.scores])
+            seed_levels.append(level)
             if level is not None:
                 levels[i].append(level)
-        print(f"{args.scenario} seed {seed}: {len(recs)} requests, population level {levels[0][-1:]}", flush=True)
+        print(f"{args.scenario} seed {seed}: {len(recs)} requests, population level per combiner {seed_levels}")
     source = f"{args.scenario} seeds {' '.join(map(str, args.seeds))}"
     out = []
     for i, comb in enumerate(members):
