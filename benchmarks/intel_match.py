@@ -7,9 +7,14 @@
 2. False matches: each consumer scenario (other seeds, other personas) is read through the detector's
    Extractor and matched against A's indicators; an honest account (simulator truth) with any match is a
    false match. Target: at most 0.1% of honest accounts.
-3. Cost: A's indicators plus synthetic ones up to --indicators (random /24 ranges, user agents, frames, and
-   MinHash signatures of random word sequences drawn from the traffic's own words), matched against every
-   observation of the first consumer; microseconds per request, mean and p99. Target: 20 µs at 10,000.
+3. Cost in detection: A's indicators plus synthetic ones up to --indicators (random /24 ranges, user agents,
+   frames, and MinHash signatures of random word sequences drawn from the traffic's own words), matched against
+   every observation of the first consumer; microseconds per request, mean and p99. Target: 20 µs at 10,000.
+4. Cost on the request path: the same indicators, matched as the policy stage matches a request before it
+   decides (intel/live.py `LiveIndicators.match_request`: the client address, the user agent, and the template
+   frames of the last user turn, computed from the request body), for every request of the first consumer, each
+   from its own address as a gateway sees it. Reported with and without the skeleton and frame computation (the
+   part that grows with the prompt) and with addresses not seen before (no cache). Target: 20 µs at 10,000.
 """
 
 from __future__ import annotations
@@ -31,7 +36,9 @@ from distillshield.detect.text import shingles, skeleton, words
 from distillshield.evaluate.verdicts import load_report
 from distillshield.intel.export import ExportOptions, export_campaign
 from distillshield.intel.indicators import Indicator, read_bundle
+from distillshield.intel.live import LiveIndicators
 from distillshield.intel.matcher import IntelMatcher
+from distillshield.traffic import TrafficRecord
 
 
 def cli(*args: str) -> None:
@@ -83,6 +90,45 @@ def synthetic(n: int, vocabulary: list[str], rng: random.Random) -> list[Indicat
     return out
 
 
+API_OF = {"/v1/completions": "completions", "/v1/embeddings": "embeddings"}  # the rest reach the policy as chat
+
+
+def timed(fn: Any, args: list[tuple[Any, ...]]) -> dict[str, float]:
+    """µs per call of fn(*a) for each a: wall-clock mean and p99, and the mean CPU time of this thread (what the
+    calls cost, without the time other processes held the CPU: the machine is shared)."""
+    wall = []
+    cpu0 = time.thread_time_ns()
+    for a in args:
+        t0 = time.perf_counter_ns()
+        fn(*a)
+        wall.append(time.perf_counter_ns() - t0)
+    cpu = (time.thread_time_ns() - cpu0) / len(args)
+    wall.sort()
+    return {
+        "mean": round(statistics.fmean(wall) / 1000, 2),
+        "p99": round(wall[int(len(wall) * 0.99)] / 1000, 2),
+        "cpu_mean": round(cpu / 1000, 2),
+    }
+
+
+def request_path_cost(matcher: IntelMatcher, records: list[TrafficRecord]) -> dict[str, Any]:
+    """µs per request of LiveIndicators.match_request over `records` (see 4. above): as configured by default
+    (address and user agent), with `intel.request_frames` (template frames too), and from addresses never seen."""
+    live = LiveIndicators(store=None)  # type: ignore[arg-type]  # loaded by hand: no store behind it
+    with_frames = LiveIndicators(store=None, frames=True)  # type: ignore[arg-type]
+    live.matcher = with_frames.matcher = matcher
+    calls = [(r.ip, r.user_agent, r.request, API_OF.get(r.endpoint, "chat")) for r in records]
+    for c in calls[:2000]:  # warm as a running gateway is
+        live.match_request(*c)
+    fresh_ips = [(f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}", *c[1:]) for i, c in enumerate(calls)]
+    return {
+        "requests": len(calls),
+        "address_user_agent": timed(live.match_request, calls),
+        "address_user_agent_uncached": timed(live.match_request, fresh_ips),
+        "address_user_agent_frames": timed(with_frames.match_request, calls),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--consumers", nargs="+", default=["dev", "heldout", "fresh", "fresh2", "fresh3", "thin_hydra"])
@@ -98,12 +144,14 @@ def main() -> None:
         results: dict[str, Any] = {"indicators_shared": len(shared), "false_matches": {}}
         print(f"provider A shares {len(shared)} indicators of its hydra campaign")
         first_obs: list[Obs] | None = None
+        first_records: list[TrafficRecord] | None = None
         for name in args.consumers:
             path = tmp / f"{name}.jsonl"
             cli("simulate", "--scenario", name, "--out", str(path))
             truth = labels(path)
             obs = observations(path)
-            first_obs = first_obs if first_obs is not None else obs
+            if first_obs is None:
+                first_obs, first_records = obs, list(read_records(path, LineErrors()))
             matched = {o.account for o in obs if matcher.match_obs(o)}
             honest = {a for a, lab in truth.items() if lab.startswith("benign")}
             attack = {a for a, lab in truth.items() if lab == "attack:hydra"}
@@ -141,6 +189,15 @@ def main() -> None:
         }
         print(f"matching cost at {len(big)} indicators: {mean:.1f} µs mean, {p99:.1f} µs p99 per request "
               f"({len(costs)} requests of {args.consumers[0]})")  # fmt: skip
+        assert first_records is not None
+        hot = results["request_path_cost_us"] = request_path_cost(big, first_records)
+        for what, label in (
+            ("address_user_agent", "address + user agent (default)"),
+            ("address_user_agent_uncached", "the same, addresses never seen before"),
+            ("address_user_agent_frames", "with intel.request_frames"),
+        ):
+            print(f"request path at {len(big)} indicators, {label}: {hot[what]['mean']:.1f} µs mean, "
+                  f"{hot[what]['p99']:.1f} µs p99, {hot[what]['cpu_mean']:.1f} µs CPU per request")  # fmt: skip
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2))
 

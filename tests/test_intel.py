@@ -111,6 +111,27 @@ def test_exported_bundle_validates_as_stix_2_1_and_every_pattern_parses(campaign
     assert {r["source_ref"] for r in objects(bundle, "relationship")} == {i["id"] for i in indicators}
 
 
+def test_ip_ranges_travel_with_observed_data_that_counts_the_campaigns_requests(campaign: Campaign) -> None:
+    bundle = json.loads(campaign.bundle_path.read_text())
+    by_id = {o["id"]: o for o in bundle["objects"]}
+    ranges = [i for i in objects(bundle, "indicator") if i["labels"] == ["distillshield:ip-range"]]
+    sightings = {s["sighting_of_ref"]: s for s in objects(bundle, "sighting")}
+    assert ranges and len(objects(bundle, "observed-data")) == len(ranges)
+    for ind in ranges:
+        sighting = sightings[ind["id"]]
+        (observed,) = [by_id[ref] for ref in sighting["observed_data_refs"]]
+        assert observed["type"] == "observed-data"
+        assert observed["number_observed"] == sighting["count"] >= 1
+        assert (observed["first_observed"], observed["last_observed"]) == (
+            sighting["first_seen"],
+            sighting["last_seen"],
+        )
+        (address,) = [by_id[ref] for ref in observed["object_refs"]]
+        assert f"ISSUBSET '{address['value']}'" in ind["pattern"]
+        kind = stix2.IPv6Address if address["type"] == "ipv6-addr" else stix2.IPv4Address
+        assert address["id"] == kind(value=address["value"]).id, "the id STIX 2.1 defines for this observable"
+
+
 def test_bundle_is_marked_tlp_amber_by_default_and_confidence_comes_from_the_risk(campaign: Campaign) -> None:
     bundle = json.loads(campaign.bundle_path.read_text())
     (marking,) = objects(bundle, "marking-definition")
@@ -529,8 +550,12 @@ def test_the_gateway_flags_a_new_account_on_imported_indicators_and_the_policy_a
     from tests.fakes import FakeUpstream
     from tests.test_detect_online import detection, wait_loaded
 
+    # On detection's verdict: the request path's own match (tests/test_intel_hot_path.py) cannot act before it.
     policy = tmp_path / "policy.yaml"
-    policy.write_text("version: 1\nrules:\n  - name: shared-intel\n    when: {intel_match: true}\n    action: block\n")
+    policy.write_text(
+        "version: 1\nrules:\n  - name: shared-intel\n    when: {intel_match: true, verdict: [suspicious]}\n"
+        "    action: block\n"
+    )
     gw = gateway_factory(
         {"upstream": FakeUpstream()},
         detection__interval_s=3600,

@@ -418,8 +418,20 @@ class IntelSettings(_Strict):
         "amber", description="TLP 2.0 marking of exported bundles"
     )
     valid_days: float = Field(90.0, gt=0, description="exported indicators expire this many days after the export")
-    match: bool = Field(True, description="match requests against imported indicators in online detection")
-    refresh_s: float = Field(30.0, gt=0, description="how often online detection reloads the imported indicators")
+    match: bool = Field(
+        True,
+        description="match requests against imported indicators: on the request path, before the policy decides "
+        "(its `intel_match` condition), and in online detection (its `intel` signal)",
+    )
+    refresh_s: float = Field(
+        30.0, gt=0, description="how often the gateway and online detection reload the imported indicators"
+    )
+    request_frames: bool = Field(
+        False,
+        description="also match imported template frames on the request path (the skeleton of each request's last "
+        "user turn: tens of µs more per request, over the 20 µs budget; benchmarks/intel_match.py); detection "
+        "matches them either way",
+    )
     taxii_url: str | None = Field(None, description="TAXII 2.1 API root (https://host/api-root/) for push and pull")
     taxii_collection: str | None = Field(None, description="the collection's id at that API root")
     taxii_user: str | None = Field(None, description="HTTP basic user at the TAXII server")

@@ -10,8 +10,9 @@ here and only here, so no lower layer imports the gateway:
 - `AuditSink`, where the gateway's audit writer puts finished requests: the database (store.Store) or the
   event stream the audit workers read (workers/stream.py);
 - what an extension publishes to the gateway: `DetectionService` (online detection's reads, for the admin
-  API) and `WatermarkControl` (the per-account watermark switch the policy turns), typed fields of the
-  gateway's AppState instead of attributes patched on and probed.
+  API), `WatermarkControl` (the per-account watermark switch the policy turns) and `IntelWatch` (imported
+  threat-intelligence indicators, matched on each request before the policy decides; `IntelHit`), typed
+  fields of the gateway's AppState instead of attributes patched on and probed.
 """
 
 from __future__ import annotations
@@ -111,6 +112,46 @@ class WatermarkControl(Protocol):
     ) -> Any: ...
 
     def clear(self, account_id: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class IntelHit:
+    """The imported indicator one request matched (the strongest, when several did): what the policy's
+    `intel_match` condition reads before it decides, and what the decision's audit record names."""
+
+    indicator_id: str  # the STIX id: indicator--...
+    name: str
+    producer: str  # the identity that published it (its name, or its id when the bundle did not carry it)
+    confidence: int  # the producer's, 0..100
+    kind: str  # ip-range | user-agent | frame
+    value: str  # what matched: the range, the user agent, the frame hash
+    strength: float  # confidence / 100 x how specific the kind is (intel.matcher.KIND_WEIGHT), 0..1
+    detail: str  # one line a human can check: the indicator, its producer and confidence, what matched
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "indicator": self.indicator_id,
+            "name": self.name,
+            "producer": self.producer,
+            "confidence": self.confidence,
+            "kind": self.kind,
+            "matched": self.value,
+            "strength": round(self.strength, 4),
+            "detail": self.detail,
+        }
+
+
+class IntelWatch(Protocol):
+    """Imported threat-intelligence indicators as the request path reads them (intel/live.py): a lookup of a
+    few microseconds, never a wait on the store."""
+
+    def match_request(
+        self, ip: str | None, user_agent: str | None, body: dict[str, Any] | None = None, api: str = "chat"
+    ) -> IntelHit | None:
+        """The strongest active indicator the request matches: its client address in an imported range, its
+        user agent, or its prompt's template frame (`body`: the OpenAI-format request of `api`); None when
+        none does."""
+        ...
 
 
 class AuditSink(Protocol):

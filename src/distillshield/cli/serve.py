@@ -142,8 +142,9 @@ intel:
   salt: null                     # pseudonym secret (16+ characters; prefer env DISTILLSHIELD_INTEL__SALT)
   tlp: amber                     # TLP 2.0 marking of exported bundles: clear, green, amber, amber+strict, red
   valid_days: 90                 # exported indicators expire this many days after the export
-  match: true                    # flag requests that match imported indicators (online detection)
-  refresh_s: 30                  # how often online detection reloads imported indicators
+  match: true                    # flag requests that match imported indicators (request path + online detection)
+  refresh_s: 30                  # how often the gateway reloads imported indicators after an import
+  request_frames: false          # also match template frames before the policy decides (costs tens of µs a request)
   taxii_url: null                # TAXII 2.1 API root for `intel push` / `intel pull`
   taxii_collection: null         # the collection's id there
   taxii_user: null

@@ -117,8 +117,7 @@ class DetectionExtension:
         self.content = content
         self.intel = intel  # match imported threat-intelligence indicators (detect/signals/intel.py)
         self.intel_refresh_s = intel_refresh_s
-        self._intel_version: tuple[int, float] | None = None
-        self._intel_checked = 0.0
+        self._indicators: Any = None  # intel.live.LiveIndicators over the store, once detection has loaded
         self.replay_rows = replay_rows
         self.replayed: int | None = None  # rows of the log replayed at start (None until that is done)
         self._replay_head = 0
@@ -276,25 +275,19 @@ class DetectionExtension:
         (checked every `intel_refresh_s`); returns how many are loaded, None when nothing was reloaded."""
         if not self.intel or self.engine is None or self._store is None:
             return None
-        now = time.time()
-        matcher = self.engine.intel.matcher
-        expired = matcher is not None and matcher.stale(now)
-        if not force and not expired and now - self._intel_checked < self.intel_refresh_s:
-            return None
-        self._intel_checked = now
-        try:
-            from distillshield.intel.store import IntelStore, load_matcher
+        if self._indicators is None:
+            from distillshield.intel.live import LiveIndicators
 
-            version = await IntelStore(self._store).version()
-            if version == self._intel_version and not expired:
+            self._indicators = LiveIndicators(self._store, self.intel_refresh_s)
+        try:
+            if not await self._indicators.refresh(force):
                 return None
-            fresh = await load_matcher(self._store, now)
         except Exception:  # noqa: BLE001 - intelligence that cannot be read never stops detection
             log.exception("imported indicators could not be loaded; matching what was loaded before")
             return None
+        fresh = self._indicators.matcher
         async with self._locked():
             self.engine.intel.fit(fresh)
-        self._intel_version = version
         return len(fresh) if fresh is not None else 0
 
     async def flush(self) -> int:

@@ -27,7 +27,7 @@ from starlette.types import Receive, Scope, Send
 
 from distillshield.config import Settings
 from distillshield.console import build_console
-from distillshield.contracts import AuditSink, DetectionService, RiskBoard, WatermarkControl
+from distillshield.contracts import AuditSink, DetectionService, IntelWatch, RiskBoard, WatermarkControl
 from distillshield.gateway.admin import bearer_refusal, build_admin_app, configured_admin_digest
 from distillshield.gateway.auth import Authenticator
 from distillshield.gateway.batches import BatchApi, BatchRunner, MessageBatchApi
@@ -66,6 +66,7 @@ class AppState:
     policy: PolicyStage | None = None
     detection: DetectionService | None = None  # set by online detection when it starts (detect/online.py)
     watermark: WatermarkControl | None = None  # set by the watermark extension (watermark/gateway.py)
+    intel: IntelWatch | None = None  # imported indicators, matched per request (intel/live.py), read by the policy
     batches: BatchRunner | None = None  # the Batch API's runner (gateway/batches.py), when batches.enabled
 
 

@@ -546,7 +546,7 @@ class BatchApi:
                 f"file {f.id} has purpose '{f.purpose}'; a batch reads a file uploaded with purpose \"batch\"",
                 param="input_file_id",
             )
-        refusal = self._policy_refusal(ctx)
+        refusal = self._policy_refusal(ctx, request)
         if refusal is not None:
             raise refusal
         content = await self.store.file_content(f.id, ctx.account.id)
@@ -569,14 +569,15 @@ class BatchApi:
             ip = forwarded_client(forwarded, s.forwarded_for_hops) or ip
         return ip
 
-    def _policy_refusal(self, ctx: KeyContext) -> ApiError | None:
+    def _policy_refusal(self, ctx: KeyContext, request: Request) -> ApiError | None:
         """What the policy would answer a live request of this account now, when that is a refusal: a batch is
-        refused at create as its first request would be."""
+        refused at create as its first request would be (from the creator's address: an imported indicator's)."""
         policy = self.gateway.policy
         if policy is None:
             return None
         risk = policy.board.get(ctx.account.id)
-        d = policy.engine.decide(ctx, risk)
+        hit = policy.intel_match(self._client_ip(request), request.headers.get("user-agent"))
+        d = policy.engine.decide(ctx, risk, hit)
         if d is ALLOW or d.shadow:
             return None
         if d.effects.block is not None:
@@ -652,7 +653,7 @@ class MessageBatchApi(BatchApi):
     async def create(self, request: Request, ctx: KeyContext) -> Response:
         raw = await _read_body(request, self.settings.max_file_bytes)
         content = shapes.parse_message_batch(self.gateway._parse_body(raw), self.settings.max_requests)
-        refusal = self._policy_refusal(ctx)
+        refusal = self._policy_refusal(ctx, request)
         if refusal is not None:
             raise refusal
         f = await self.store.create_file(ctx.account.id, "batch", "message_batch_requests.jsonl", content)

@@ -10,6 +10,8 @@ instead of editing the request path:
       They run on the event loop, so they must be cheap (update a sketch, enqueue work), never block.
     - `state.risk` (contracts.RiskBoard): detection publishes each account's latest verdict
       there; the policy stage reads it per request.
+    - `state.intel` (contracts.IntelWatch): imported threat-intelligence indicators (intel/live.py); the
+      policy stage matches each request against them before it decides.
 - `ExtensionFactory`: `factory(settings) -> Extension | None` (None: switched off by its settings). The
   factories are handed to `build_app`; the standard set (watermark, detection) is
   `distillshield.extensions.standard_extensions()`, outside the gateway, which imports none of them.

@@ -11,6 +11,10 @@ exactly as detection computes it (`detect/text.py` skeletons and frames, `detect
   are not shared: a prompt's last words are most often its payload's (a public question bank's fixed
   suffix), which honest users send too.
 
+Each indicator travels with a sighting (how many of the campaign's requests, from how many of its accounts,
+first and last seen); an IP range also with the observed-data the sighting rests on (the range as an address
+object, `number_observed`).
+
 Only what is specific to the campaign leaves: an indicator must be seen from at least `min_accounts` of its
 accounts and from at most `max_outside` accounts outside it in the same traffic (an honest user's proxy,
 a popular SDK's user agent, a common opening never become indicators). No prompt, response, API key or
@@ -303,25 +307,49 @@ def build_bundle(
                 "target_ref": campaign_id,
             }
         )
-        objects.append(
-            {
-                **common,
-                "type": "sighting",
-                "id": stix.stix_id("sighting", producer, ind_id),
-                "created": ind["created"],
-                "modified": modified,
-                "sighting_of_ref": ind_id,
-                "first_seen": stix.timestamp(c.seen.first),
-                "last_seen": stix.timestamp(c.seen.last),
-                "count": min(c.seen.requests, 999_999_999),
-                "where_sighted_refs": [identity_id],
-                "description": f"seen in {c.seen.requests} requests from {len(c.seen.inside)} of the campaign's "
-                f"accounts",
-                "confidence": confidence,
-            }
-        )
+        sighting: dict[str, Any] = {
+            **common,
+            "type": "sighting",
+            "id": stix.stix_id("sighting", producer, ind_id),
+            "created": ind["created"],
+            "modified": modified,
+            "sighting_of_ref": ind_id,
+            "first_seen": stix.timestamp(c.seen.first),
+            "last_seen": stix.timestamp(c.seen.last),
+            "count": min(c.seen.requests, 999_999_999),
+            "where_sighted_refs": [identity_id],
+            "description": f"seen in {c.seen.requests} requests from {len(c.seen.inside)} of the campaign's accounts",
+            "confidence": confidence,
+        }
+        if c.kind == "ip-range":
+            # What was observed, as STIX records raw observations: the range (a cyber-observable) and how often the
+            # campaign's requests came from it. User agents and template fingerprints have no observed-data: STIX
+            # carries a user agent only inside a network-traffic object, which needs an endpoint address, and a
+            # template fingerprint is no cyber-observable (it travels in the indicator's extension).
+            address = stix.address_object(c.value, marking)
+            observed = _observed_data(common, producer, ind_id, address["id"], c.seen, modified)
+            objects += [address, observed]
+            sighting["observed_data_refs"] = [observed["id"]]
+        objects.append(sighting)
     ids = sorted(o["id"] + o.get("modified", "") for o in objects)
     return {"type": "bundle", "id": stix.stix_id("bundle", *ids), "objects": objects}
+
+
+def _observed_data(
+    common: dict[str, Any], producer: str, ind_id: str, observable_id: str, seen: Seen, modified: str
+) -> dict[str, Any]:
+    """The observed-data of one indicator's observable: how many of the campaign's requests showed it, when."""
+    return {
+        **common,
+        "type": "observed-data",
+        "id": stix.stix_id("observed-data", producer, ind_id),
+        "created": stix.timestamp(seen.first),
+        "modified": modified,
+        "first_observed": stix.timestamp(seen.first),
+        "last_observed": stix.timestamp(seen.last),
+        "number_observed": max(1, min(seen.requests, 999_999_999)),
+        "object_refs": [observable_id],
+    }
 
 
 def summarise(bundle: dict[str, Any]) -> dict[str, Any]:

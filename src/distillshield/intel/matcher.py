@@ -15,6 +15,7 @@ exactly as the producer's were.
 from __future__ import annotations
 
 import ipaddress
+import socket
 from bisect import bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -65,6 +66,24 @@ class IpRanges:
         return tuple(o for o in self.owners[i] if self.bounds[o][1] >= hi)
 
 
+def _bounds(ip: str) -> tuple[int, int, int] | None:
+    """(address family, first, last address) of an address or a network; None when it is neither. An address,
+    what the request path sees on every request from a client not seen before, is parsed by the C library
+    (inet_pton, strict: no shorthand forms): ipaddress takes several times as long."""
+    if "/" not in ip:
+        family, version = (socket.AF_INET6, 6) if ":" in ip else (socket.AF_INET, 4)
+        try:
+            n = int.from_bytes(socket.inet_pton(family, ip), "big")
+        except OSError:
+            return None
+        return version, n, n
+    try:
+        net = ipaddress.ip_network(ip, strict=False)
+    except ValueError:
+        return None
+    return net.version, int(net.network_address), int(net.broadcast_address)
+
+
 @dataclass(frozen=True, slots=True)
 class Hit:
     indicator: Indicator
@@ -75,6 +94,15 @@ class Hit:
     def strength(self) -> float:
         kind = "template" if self.kind in ("frame", "minhash") else self.kind
         return self.indicator.confidence / 100 * KIND_WEIGHT[kind]
+
+    def describe(self) -> str:
+        """What matched, naming the indicator, its producer and its confidence (a reason's first part)."""
+        ind = self.indicator
+        shown = self.value if self.kind != "minhash" else f"signature similarity {self.value}"
+        return (
+            f"matches imported indicator {ind.id} ({ind.name}) from {ind.producer}, confidence {ind.confidence}: "
+            f"{MATCH_LABEL[self.kind]} {shown}"
+        )
 
 
 class IntelMatcher:
@@ -137,12 +165,11 @@ class IntelMatcher:
         hit = self._ip_cache.get(ip)
         if hit is not None:
             return hit
-        try:
-            net = ipaddress.ip_network(ip, strict=False)
-        except ValueError:
+        bounds = _bounds(ip)
+        if bounds is None:
             return ()
-        ranges = self.v4 if net.version == 4 else self.v6
-        owners = ranges.containing(int(net.network_address), int(net.broadcast_address)) if ranges.starts else ()
+        ranges = self.v4 if bounds[0] == 4 else self.v6
+        owners = ranges.containing(bounds[1], bounds[2]) if ranges.starts else ()
         hit = tuple(self._ranges[o] for o in owners)
         if len(self._ip_cache) >= _CACHE_MAX:
             self._ip_cache.clear()

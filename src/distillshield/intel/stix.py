@@ -134,6 +134,18 @@ def template_pattern(fingerprint: str) -> str:
     return f"[{TEMPLATE_OBJECT}:fingerprint = {quote(fingerprint)}]"
 
 
+def address_object(network: str, marking: list[str]) -> dict[str, Any]:
+    """The `ipv4-addr` / `ipv6-addr` cyber-observable of an address range (CIDR, as STIX 2.1 allows), its id the
+    deterministic one STIX 2.1 defines for it (uuid5 over its value, computed by the stix2 library): every
+    producer that observed the same range names it with the same id."""
+    import json
+
+    import stix2
+
+    kind = stix2.IPv6Address if ":" in network else stix2.IPv4Address
+    return dict(json.loads(kind(value=network, object_marking_refs=marking).serialize()))
+
+
 def pattern_errors(pattern: str) -> list[str]:
     """What stix2-patterns finds wrong with a pattern (empty: valid STIX 2.1)."""
     from stix2patterns.validator import run_validator

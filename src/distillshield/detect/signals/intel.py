@@ -69,9 +69,9 @@ class IntelMatch:
                 st.hits[hit.indicator.id] = [1, hit.kind, hit.value]
 
     def score(self, st: IntelState, ctx: Any) -> SignalScore:
-        from distillshield.intel.matcher import MATCH_LABEL, Hit
+        from distillshield.intel.matcher import Hit
 
-        best: tuple[float, Any, list[Any]] | None = None
+        best: tuple[float, Hit, int] | None = None
         live = 0
         by_id = self.matcher.by_id if self.matcher is not None else {}
         for ind_id, entry in st.hits.items():
@@ -79,17 +79,13 @@ class IntelMatch:
             if ind is None:
                 continue  # revoked or expired since
             live += 1
-            strength = Hit(ind, entry[1], entry[2]).strength
-            if best is None or strength > best[0]:
-                best = (strength, ind, entry)
+            hit = Hit(ind, entry[1], entry[2])
+            if best is None or hit.strength > best[0]:
+                best = (hit.strength, hit, entry[0])
         if best is None:
             return SignalScore(self.name, 0.0, "matches no imported indicator", {"intel_match": 0.0})
-        strength, ind, (count, kind, value) = best
-        shown = value if kind != "minhash" else f"signature similarity {value}"
-        detail = (
-            f"matches imported indicator {ind.id} ({ind.name}) from {ind.producer}, confidence {ind.confidence}: "
-            f"{MATCH_LABEL[kind]} {shown} in {count} of {st.n} requests"
-        )
+        strength, hit, count = best
+        detail = f"{hit.describe()} in {count} of {st.n} requests"
         if live > 1:
             detail += f"; {live - 1} more indicator{'s' if live > 2 else ''} matched"
         return SignalScore(self.name, strength, detail, {"intel_match": strength})

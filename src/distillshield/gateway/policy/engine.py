@@ -4,8 +4,9 @@
 `PolicyEngine.decide` is a handful of dictionary lookups and comparisons (the hot-path budget is
 50 µs; benchmarks/policy_latency.py measures it). Order of evaluation:
 
-1. an account with no verdict, no review state and no standing block, under a policy whose rules
-   cannot match such an account, is allowed at once (the common case: honest traffic);
+1. an account with no verdict, no review state and no standing block, whose request matched no imported
+   threat-intelligence indicator, under a policy whose rules cannot match such an account, is allowed at
+   once (the common case: honest traffic);
 2. allowlists (the policy file's, and review decisions 'allowlist') allow;
 3. a review 'clear' allows, as long as detection reports no worse verdict than the one cleared;
 4. standing blocks (a block decision sticks to its key, account, org or cluster until a reviewer
@@ -22,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from distillshield.contracts import VERDICT_RANK, AccountRisk
+from distillshield.contracts import VERDICT_RANK, AccountRisk, IntelHit
 from distillshield.gateway.policy.rules import (
     SEVERITY,
     TERMINAL,
@@ -114,6 +115,7 @@ class Decision:
     risk: float | None = None
     rules: tuple[str, ...] = ()
     shadowed: tuple[tuple[str, str], ...] = ()  # (rule, action) of shadow rules that matched too
+    intel: IntelHit | None = None  # the imported indicator this request matched (the request path's match)
     _json: list[str] = field(default_factory=list, compare=False, repr=False)  # audit() computed once
 
     @property
@@ -129,6 +131,8 @@ class Decision:
             d["rules"] = list(self.rules)
         if self.shadowed:
             d["shadowed"] = [{"rule": r, "action": a} for r, a in self.shadowed]
+        if self.intel is not None:
+            d["intel"] = self.intel.as_dict()
         if refused is not None:
             d["refuse"] = refused
         return d
@@ -257,10 +261,18 @@ class BlockBook:
 class Subject:
     """What conditions look at, read once per request."""
 
-    __slots__ = ("ctx", "verdict", "risk", "signals", "cluster_id", "review", "_size", "_sizer")
+    __slots__ = ("ctx", "verdict", "risk", "signals", "cluster_id", "review", "intel", "_size", "_sizer")
 
-    def __init__(self, ctx: KeyContext, risk: AccountRisk | None, review: str, sizer: Callable[[str], int]) -> None:
+    def __init__(
+        self,
+        ctx: KeyContext,
+        risk: AccountRisk | None,
+        review: str,
+        sizer: Callable[[str], int],
+        intel: IntelHit | None = None,
+    ) -> None:
         self.ctx = ctx
+        self.intel = intel  # what this request matched on the request path (before detection has seen it)
         if risk is None:
             self.verdict, self.risk, self.signals, self.cluster_id = "benign", 0.0, {}, None
         else:
@@ -323,8 +335,10 @@ def _checks(rule: Rule) -> tuple[Check, ...]:
         states = frozenset(w.review)
         out.append(lambda s: s.review in states)
     if w.intel_match is not None:
-        matched = w.intel_match  # detection names the signal "intel" (detect/signals/intel.py)
-        out.append(lambda s: (s.signals.get("intel", 0.0) > 0.0) is matched)
+        # this request matched (the request path, intel/live.py), or the account's did (detection's signal
+        # "intel", detect/signals/intel.py)
+        matched = w.intel_match
+        out.append(lambda s: (s.intel is not None or s.signals.get("intel", 0.0) > 0.0) is matched)
     if w.tier is not None:
         tiers = frozenset(w.tier)
         out.append(lambda s: s.ctx.account.tier in tiers)
@@ -382,6 +396,7 @@ class CompiledPolicy:
     allow_accounts: frozenset[str]
     clean_can_match: bool  # some rule may act on an account without a verdict (tier, org rules)
     uses_cluster_size: bool  # decisions then depend on other accounts too: memoised ones expire
+    uses_intel: bool  # some rule reads `intel_match`: requests are matched against imported indicators first
     loaded_at: float = field(default_factory=time.time)
     chains: dict[tuple[str, ...], tuple[Effects, str, str | None]] = field(default_factory=dict, repr=False)
 
@@ -400,6 +415,7 @@ def compile_policy(doc: PolicyDoc, source: str) -> CompiledPolicy:
         frozenset(doc.allowlist.accounts),
         any(_matches_clean(r) for r in doc.rules),
         any(r.when.cluster_size is not None for r in doc.rules),
+        any(r.when.intel_match is not None for r in doc.rules),
     )
 
 
@@ -419,7 +435,7 @@ class PolicyEngine:
         self.blocks = blocks or BlockBook()
         self.cluster_size = cluster_size or (lambda _cid: 0)
         self.mode = mode
-        # account id -> (risk, mark, ctx, epoch, expiry, decision): the same inputs give the same decision,
+        # account id -> (risk, mark, ctx, epoch, expiry, decision, intel): the same inputs give the same decision,
         # so a flagged account's repeat requests skip the rules (inputs are immutable, compared by identity)
         self._memo: dict[str, tuple[Any, ...]] = {}
         self._allowlisted = Decision("allow", rule="allowlist")
@@ -431,11 +447,13 @@ class PolicyEngine:
             self.blocks.drop_shadow()  # what shadow mode would have blocked is not a real block
         self.mode = mode
 
-    def decide(self, ctx: KeyContext, risk: AccountRisk | None) -> Decision:
+    def decide(self, ctx: KeyContext, risk: AccountRisk | None, intel: IntelHit | None = None) -> Decision:
+        """The decision for one request of `ctx`'s account, whose latest verdict is `risk`; `intel`: the imported
+        indicator the request itself matched (an account detection has not seen yet can match one)."""
         policy = self.policy  # one read: a reload swaps the whole policy atomically
         acct = ctx.account
         mark = self.book.accounts.get(acct.id)
-        if risk is None and mark is None and not self.blocks.count and not policy.clean_can_match:
+        if risk is None and mark is None and intel is None and not self.blocks.count and not policy.clean_can_match:
             return ALLOW
         epoch = (policy, self.mode, self.blocks.version, self.book.version)
         memo = self._memo.get(acct.id)
@@ -446,17 +464,26 @@ class PolicyEngine:
             and memo[2] is ctx
             and memo[3] == epoch
             and (memo[4] == 0.0 or memo[4] > time.monotonic())
+            and memo[6] is intel
         ):
             return memo[5]
-        d = self._decide(ctx, risk, mark, policy)
+        d = self._decide(ctx, risk, mark, policy, intel)
         if len(self._memo) >= 200_000:
             self._memo.clear()
         expiry = time.monotonic() + 1.0 if policy.uses_cluster_size else 0.0  # cluster sizes change elsewhere
         # the epoch after deciding: a block the decision itself set must not invalidate it
-        self._memo[acct.id] = (risk, mark, ctx, (policy, self.mode, self.blocks.version, self.book.version), expiry, d)
+        epoch = (policy, self.mode, self.blocks.version, self.book.version)
+        self._memo[acct.id] = (risk, mark, ctx, epoch, expiry, d, intel)
         return d
 
-    def _decide(self, ctx: KeyContext, risk: AccountRisk | None, mark: Mark | None, policy: CompiledPolicy) -> Decision:
+    def _decide(
+        self,
+        ctx: KeyContext,
+        risk: AccountRisk | None,
+        mark: Mark | None,
+        policy: CompiledPolicy,
+        intel: IntelHit | None = None,
+    ) -> Decision:
         acct = ctx.account
         if acct.id in policy.allow_accounts or acct.org_id in policy.allow_orgs:
             return self._allowlisted
@@ -478,7 +505,7 @@ class PolicyEngine:
             standing = self.blocks.find(ctx, cluster_id, risk is not None and risk.verdict != "benign")
             if standing is not None:
                 return standing.decision
-        return self._rules(policy, Subject(ctx, risk, review, self.cluster_size), risk, ctx)
+        return self._rules(policy, Subject(ctx, risk, review, self.cluster_size, intel), risk, ctx)
 
     def _rules(self, policy: CompiledPolicy, s: Subject, risk: AccountRisk | None, ctx: KeyContext) -> Decision:
         matched: list[CompiledRule] = []
@@ -506,16 +533,20 @@ class PolicyEngine:
             top = max(matched, key=lambda r: SEVERITY[r.action]) if matched else None
             chain = policy.chains[key] = (effects, top.action if top else "allow", top.name if top else None)
         effects, action, rule_name = chain
+        signals = _fired(matched or [], risk, shadowed, policy)
+        if s.intel is not None and s.intel.strength > signals.get("intel", 0.0):
+            signals = {**signals, "intel": round(s.intel.strength, 4)}
         decision = Decision(
             action,
             rule_name,
-            _fired(matched or [], risk, shadowed, policy),
+            signals,
             shadow=self.mode == "shadow" or (not matched and bool(shadowed)),
             effects=effects,
             verdict=s.verdict if risk is not None else None,
             risk=s.risk if risk is not None else None,
             rules=key,
             shadowed=tuple(shadowed),
+            intel=s.intel,
         )
         if effects.block is not None:
             self._stand(decision, effects.block, ctx, s.cluster_id)

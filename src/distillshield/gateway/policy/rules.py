@@ -91,8 +91,9 @@ class When(_Strict):
     )
     intel_match: bool | None = Field(
         None,
-        description="the account's requests match (true) or do not match (false) an imported threat-intelligence "
-        "indicator (docs/intel.md)",
+        description="this request (matched on the request path, before the decision) or the account's earlier ones "
+        "(detection's intel signal) match (true) or do not match (false) an imported threat-intelligence indicator "
+        "(docs/intel.md)",
     )
 
     @field_validator("verdict", "tier", "verification", "org", "account", "review", mode="before")

@@ -1,9 +1,12 @@
 """The policy stage of the request path, and its upkeep beside it.
 
 In the request path (`apply`, between parse and limits): read the account's risk from the risk board,
-decide, record the decision in the audit row, then enforce: 403 for block and challenge; request
-caps (before the token reservation, which is computed from max_tokens and n); throttled scopes for the
-limiter; the account's watermark; and a response transform for the upstream's answer.
+match the request against imported threat-intelligence indicators when a rule reads `intel_match`
+(`state.intel`, intel/live.py: its client address, user agent and template frame, so a new account is acted
+on at its first matching request), decide, record the decision in the audit row, then enforce: 403 for
+block and challenge; request caps (before the token reservation, which is computed from max_tokens and
+n); throttled scopes for the limiter; the account's watermark; and a response transform for the
+upstream's answer.
 
 Beside it (`start`/`stop`, a gateway extension): load the review book from the store, then every
 `policy.review_poll_s` queue newly flagged accounts and clusters from the risk board and pick up
@@ -24,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from distillshield.config import ConfigError, PolicySettings
-from distillshield.contracts import VERDICT_RANK, AccountRisk, RiskBoard
+from distillshield.contracts import VERDICT_RANK, AccountRisk, IntelHit, RiskBoard
 from distillshield.gateway.limits import Scope
 from distillshield.gateway.policy.actions import Throttler, block_refusal, challenge_refusal
 from distillshield.gateway.policy.engine import ALLOW, CompiledPolicy, Decision, Mark, PolicyEngine, compile_policy
@@ -86,7 +89,7 @@ class PolicyStage:
         Raises PolicyRefusal (403) for block and challenge. Records the decision in `row`.
         """
         risk = self.board.get(ctx.account.id)
-        d = self.engine.decide(ctx, risk)
+        d = self.engine.decide(ctx, risk, self.intel_match(row.get("ip"), row.get("user_agent"), gen.body, gen.api))
         if d is ALLOW:
             row["decision"] = "allow"
             return scopes, None, None
@@ -119,6 +122,16 @@ class PolicyStage:
         if e.throttle is not None:
             scopes = self.throttler.scopes(scopes, e.throttle, cluster_id)
         return scopes, transform, d
+
+    def intel_match(
+        self, ip: str | None, user_agent: str | None, body: dict[str, Any] | None = None, api: str = "chat"
+    ) -> IntelHit | None:
+        """The imported indicator a request matches (`state.intel`, intel/live.py), when a rule of the policy
+        reads `intel_match`; None otherwise, or when no indicators are loaded."""
+        intel = self._state.intel if self._state is not None else None
+        if intel is None or not self.engine.policy.uses_intel:
+            return None
+        return intel.match_request(ip, user_agent, body, api)
 
     def _watermark(self, account_id: str, w: WatermarkParams, cluster_id: str | None) -> None:
         want = (w.mode, cluster_id if w.key == "cluster" else None)
