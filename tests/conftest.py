@@ -25,6 +25,7 @@ from distillshield.config import Settings, load_settings
 from distillshield.extensions import standard_extensions
 from distillshield.gateway.app import build_app
 from distillshield.gateway.wire import uvicorn_http_options
+from distillshield.store.tables import ADMIN_ENDPOINT_PREFIX
 
 os.environ.pop("DISTILLSHIELD_CONFIG", None)  # tests never read a user's config
 os.environ["COLUMNS"] = "250"  # Rich wraps CLI output at the terminal width; keep lines whole in tests
@@ -135,9 +136,22 @@ class RunningGateway:
         assert r.status_code == 200, r.text
         return r.json()
 
+    def request_rows(self) -> list[dict[str, Any]]:
+        """The audit log's request rows in seq order, after a flush: the administrative acts the test made
+        (creating its key, store/admin_log.py) left out."""
+        self.flush_audit()
+
+        return self.run(logged_requests(self.state.store))
+
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(60)
+
+
+async def logged_requests(store: Any) -> list[dict[str, Any]]:
+    """A store's audit rows that are requests, in seq order: administrative acts (creating a test's key,
+    store/admin_log.py) left out."""
+    return [r async for r in store.iter_audit() if not r["endpoint"].startswith(ADMIN_ENDPOINT_PREFIX)]
 
 
 def start_gateway(settings: Settings, **components: Any) -> RunningGateway:

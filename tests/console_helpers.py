@@ -150,3 +150,12 @@ def seed_demo_hydra(gw: RunningGateway, demo: Demo) -> list[str]:
     assert r.status_code == 200, r.text
     load_traffic_into_audit_log(gw, demo.traffic, set(members))
     return members
+
+
+def admin_acts(gw: RunningGateway, action: str | None = None) -> list[dict[str, Any]]:
+    """The administrative acts in the gateway's audit log (store/admin_log.py), oldest first."""
+    from distillshield.store.admin_log import AdminLog
+
+    rows, _ = gw.run(AdminLog(gw.state.store).page(10_000))
+    return [a.as_dict() for a in reversed(rows) if action is None or a.action == action]
+

@@ -165,8 +165,7 @@ def test_rejected_requests_are_audited_and_nothing_is_lost(fake_gateway: Running
         fake_gateway, key, b'{"model": "fake-model", "messages": [{"role": "user", "content": "fine"}]}'
     )
     assert ok.status_code == 200
-    fake_gateway.flush_audit()
-    rows = fake_gateway.run(_rows(fake_gateway))
+    rows = fake_gateway.request_rows()
     statuses = [r["status"] for r in rows]
     assert len(rows) == len(CASES) + 1
     assert 500 not in statuses and statuses[-1] == 200

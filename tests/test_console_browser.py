@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from tests.conftest import ADMIN_TOKEN, RunningGateway, make_settings, start_gateway
-from tests.console_helpers import DEMO_HYDRA, Demo, seed_demo, seed_demo_hydra, send_traffic
+from tests.console_helpers import DEMO_HYDRA, Demo, admin_acts, seed_demo, seed_demo_hydra, send_traffic
 from tests.fakes import FakeUpstream
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
@@ -174,8 +174,15 @@ def test_an_analyst_confirms_a_review_item_and_sees_it_in_the_decision_log(
     expect(row).to_contain_text(target)
     expect(row).to_contain_text("confirm")
     expect(row).to_contain_text("same task template as the hydra cluster")
+    # ... and as a row of the hash-chained audit log, listed on the same page
+    act = page.locator("table.admin-log tbody tr").filter(has_text=f"account:{target}").first
+    expect(act).to_contain_text("review_decision")
+    expect(act).to_contain_text("ana")
     page.screenshot(path=artefacts / "07-decision-log.png", full_page=True)
     assert gw.state.policy.live(target)["review"]["state"] == "confirmed"  # applied in the gateway at once
+    [row] = [a for a in admin_acts(gw, "review_decision") if a["subject"] == f"account:{target}"]
+    assert row["actor"] == "ana" and row["detail"]["decision"] == "confirm" and row["via"] == "console"
+    assert gw.run(gw.state.store.verify_chain()).ok
 
 
 def test_an_analyst_changes_a_limit_and_the_next_request_meets_it(
@@ -299,7 +306,7 @@ def test_an_analyst_reveals_an_account_s_prompts_and_the_reveal_is_logged(
     page.locator("#sample-prompts").scroll_into_view_if_needed()
     page.screenshot(path=artefacts / "15-account-prompts-revealed.png", full_page=True)
     page.goto("/console/audit")
-    expect(page.locator("table.analyst-log")).to_contain_text("reveal_prompts")
+    expect(page.locator("table.admin-log")).to_contain_text("reveal_prompts")
 
 
 def test_the_policy_page_shows_what_each_rule_would_have_done(page: Any, artefacts: Path, demo_gateway: Any) -> None:

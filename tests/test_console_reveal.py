@@ -1,5 +1,6 @@
 """An account's sample prompts: redacted on the page, revealed only by a CSRF-protected POST that is recorded
-first (an analyst_actions row: who, which account, which requests, when) and shown in the decision log."""
+first (a row of the hash-chained audit log: who, which account, which requests, when) and shown in the
+decision log."""
 
 from __future__ import annotations
 
@@ -15,9 +16,8 @@ import sqlalchemy as sa
 from markupsafe import escape
 
 from distillshield.detect.text import words
-from distillshield.store.tables import analyst_actions
 from tests.conftest import RunningGateway
-from tests.console_helpers import login
+from tests.console_helpers import admin_acts, login
 
 ACCOUNT = "reveal-acme"
 SECRET_PROMPT = 'Summarise ticket 4711 for our client, mr Jones: "card 4111 1111 1111 1111", write to jo@example.com'
@@ -58,15 +58,6 @@ def seeded(fake_gateway: RunningGateway) -> RunningGateway:
     return fake_gateway
 
 
-def _actions(gw: RunningGateway) -> list[dict[str, Any]]:
-    async def read() -> list[dict[str, Any]]:
-        async with gw.state.store.engine.connect() as conn:
-            q = analyst_actions.select().order_by(analyst_actions.c.id)
-            return [dict(r) for r in (await conn.execute(q)).mappings()]
-
-    return gw.run(read())
-
-
 def _seqs(gw: RunningGateway) -> list[int]:
     async def read() -> list[int]:
         from distillshield.store.tables import audit_log
@@ -90,17 +81,17 @@ def test_the_account_page_sends_redacted_prompts_only_and_logs_nothing(seeded: R
     assert "18 words · numbers 1, names 1, quoted 1, URLs or e-mails 1" in page.text  # what the prompts carry
     assert "8 words · numbers 1" in page.text
     assert "Reveal prompts (logged)" in page.text
-    assert _actions(seeded) == []
+    assert admin_acts(seeded, "reveal_prompts") == []
 
 
-def test_revealing_prompts_writes_one_analyst_action_then_shows_them(seeded: RunningGateway) -> None:
+def test_revealing_prompts_writes_one_audit_log_row_then_shows_them(seeded: RunningGateway) -> None:
     client, csrf = login(seeded)
     before = time.time()
     r = client.post(f"/console/accounts/{ACCOUNT}/reveal", data={"csrf_token": csrf, "reviewer": "ana"})
     assert r.status_code == 200, r.text
     assert str(escape(SECRET_PROMPT)) in r.text and OTHER_PROMPT in r.text
     assert 'id="prompts-revealed"' in r.text
-    [row] = _actions(seeded)
+    [row] = admin_acts(seeded, "reveal_prompts")
     assert row["action"] == "reveal_prompts" and row["subject"] == ACCOUNT and row["actor"] == "ana"
     assert row["session"] == hashlib.sha256(csrf.encode()).hexdigest()[:16]
     assert row["detail"] == {"requests": _seqs(seeded), "count": 2}
@@ -109,7 +100,7 @@ def test_revealing_prompts_writes_one_analyst_action_then_shows_them(seeded: Run
     assert "reveal_prompts" in log and f'href="/console/accounts/{ACCOUNT}"' in log and ">ana<" in log
     # without a reviewer name, the act is the admin credential's, as a review decision's is
     assert client.post(f"/console/accounts/{ACCOUNT}/reveal", data={"csrf_token": csrf}).status_code == 200
-    assert [a["actor"] for a in _actions(seeded)] == ["ana", "console"]
+    assert [a["actor"] for a in admin_acts(seeded, "reveal_prompts")] == ["ana", "console"]
 
 
 @pytest.mark.parametrize("sent", [None, "wrong-token"])
@@ -117,13 +108,13 @@ def test_a_reveal_without_the_csrf_token_is_refused_and_not_logged(seeded: Runni
     client, _ = login(seeded)
     r = client.post(f"/console/accounts/{ACCOUNT}/reveal", data={"csrf_token": sent} if sent else {})
     assert r.status_code == 403 and "CSRF token" in r.text
-    assert "4711" not in r.text and _actions(seeded) == []
+    assert "4711" not in r.text and admin_acts(seeded, "reveal_prompts") == []
 
 
 def test_a_reveal_without_a_session_is_refused_and_not_logged(seeded: RunningGateway) -> None:
     r = httpx.post(f"{seeded.base}/console/accounts/{ACCOUNT}/reveal", data={"csrf_token": "x"})
     assert r.status_code == 303 and r.headers["location"] == "/console/login"
-    assert "4711" not in r.text and _actions(seeded) == []
+    assert "4711" not in r.text and admin_acts(seeded, "reveal_prompts") == []
 
 
 def test_a_reveal_of_an_unknown_account_or_with_a_bad_reviewer_is_a_4xx(seeded: RunningGateway) -> None:
@@ -132,4 +123,4 @@ def test_a_reveal_of_an_unknown_account_or_with_a_bad_reviewer_is_a_4xx(seeded: 
     assert r.status_code == 404 and "does not exist" in r.text
     r = client.post(f"/console/accounts/{ACCOUNT}/reveal", data={"csrf_token": csrf, "reviewer": "x" * 65})
     assert r.status_code == 400 and "at most 64 characters" in r.text and "4711" not in r.text
-    assert _actions(seeded) == []
+    assert admin_acts(seeded, "reveal_prompts") == []

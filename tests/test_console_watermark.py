@@ -18,7 +18,7 @@ import pytest
 
 from distillshield.console.watermark import MAX_UPLOAD_BYTES
 from tests.conftest import ADMIN_TOKEN, RunningGateway, make_settings, start_gateway
-from tests.console_helpers import login
+from tests.console_helpers import admin_acts, login
 from tests.test_console_browser import CHROMIUM_ARGS, _require_browser
 from tests.test_console_browser import artefacts as artefacts  # a fixture, shared
 
@@ -96,14 +96,7 @@ def test_an_uploaded_jsonl_file_is_attributed_text_by_text(wm_gateway: RunningGa
 
 
 def _lookups(gw: RunningGateway) -> list[dict[str, Any]]:
-    from distillshield.store.tables import analyst_actions
-
-    async def read() -> list[dict[str, Any]]:
-        async with gw.state.store.engine.connect() as conn:
-            q = analyst_actions.select().where(analyst_actions.c.action == "watermark_lookup")
-            return [dict(r) for r in (await conn.execute(q.order_by(analyst_actions.c.id))).mappings()]
-
-    return gw.run(read())
+    return admin_acts(gw, "watermark_lookup")
 
 
 def test_a_lookup_is_recorded_with_its_size_and_the_accounts_it_named(

@@ -111,6 +111,32 @@ def test_demo_detection_act_flags_the_campaign(gateway_factory: Any, capsys: Any
     assert any(v != "benign" for v in verdicts.values()) and any(v == "benign" for v in verdicts.values())
 
 
+def test_the_demo_shows_the_policy_stopping_the_campaign_while_honest_users_carry_on(
+    gateway_factory: Any, capsys: Any
+) -> None:
+    """`distillshield demo`'s two acts at its own pace (72x the simulated users'): after 100 requests the
+    campaign is flagged, and the policy refuses most of its next requests while every honest one is served."""
+    from distillshield.cli.analyze import run_live_demo
+    from tests.conftest import ADMIN_TOKEN
+
+    gw = gateway_factory({"upstream": FakeUpstream()}, detection__interval_s=1)
+    wait_loaded(detection(gw))
+    run_live_demo(gw.base, ADMIN_TOKEN, "fake-model", gw.state, gw.loop, 100, after=60, speed=72)
+    out = capsys.readouterr().out
+    assert "What the policy did to the next requests" in out
+
+    from distillshield.cli.analyze import DEMO_SCENARIO
+    from distillshield.simulate import engine, scenario
+
+    labels = {r["account_id"]: r["label"] for r in engine.iter_records(scenario.build(DEMO_SCENARIO, "demo", 3), 3)}
+    second_act = [(r["account_id"], r["status"]) for r in gw.request_rows()[-60:]]
+    honest = [s for a, s in second_act if labels[a].startswith("benign")]
+    campaign = [s for a, s in second_act if labels[a].startswith("attack")]
+    assert honest and set(honest) == {200}, honest  # every honest user carries on
+    assert len(campaign) >= 20 and campaign.count(403) >= len(campaign) / 2, campaign
+    assert f"honest users: {len(honest)} of {len(honest)} requests served" in out
+
+
 def _audit_row(**over: Any) -> dict[str, Any]:
     row = {
         "ts": 1_700_000_000.25, "request_id": "r1", "endpoint": "/v1/chat/completions", "ip": "10.1.2.3",

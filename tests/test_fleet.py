@@ -25,7 +25,7 @@ import redis.asyncio as aioredis
 from distillshield.store import Store
 from distillshield.workers.audit import AuditWorker
 from distillshield.workers.stream import AUDIT_GROUP, AuditStream
-from tests.conftest import REDIS_URL, require_service
+from tests.conftest import REDIS_URL, logged_requests, require_service
 from tests.fakes import FakeUpstream
 from tests.test_audit_spool import logged_prompts, row
 
@@ -40,10 +40,6 @@ async def stream_key() -> AsyncIterator[str]:
     r = aioredis.from_url(REDIS_URL)
     await r.delete(key)
     await r.aclose()
-
-
-async def _stored(store: Store) -> list[dict[str, Any]]:
-    return [r async for r in store.iter_audit()]
 
 
 async def _until(cond: Any, timeout: float = 20.0) -> None:
@@ -72,7 +68,7 @@ async def test_rows_reach_the_log_once_however_often_they_are_delivered(tmp_path
     finally:
         stop.set()
         await task
-    got = await _stored(store)
+    got = await logged_requests(store)
     assert sorted(r["request_id"] for r in got) == sorted(r["request_id"] for r in rows)  # each exactly once
     assert (await store.verify_chain()).ok and await stream.backlog(AUDIT_GROUP) == 0
     assert await stream._redis.xlen(stream_key) == 0  # trimmed: the only group acknowledged everything
@@ -232,7 +228,7 @@ async def test_three_replicas_and_the_workers_reach_the_verdicts_of_one_process(
     # The same traffic through one process: the audit rows, in the log's order, into one online engine.
     store = Store(pg_database)
     try:
-        rows = [r async for r in store.iter_audit()]
+        rows = await logged_requests(store)
         assert (await store.verify_chain()).ok
     finally:
         await store.close()

@@ -6,7 +6,8 @@ import typer
 from rich.table import Table
 
 from distillshield.cli.common import CliError, console, fmt_ts, id_column, print_json, settings, with_store
-from distillshield.store import Store
+from distillshield.store import Store, admin_log
+from distillshield.store.admin_log import Actor
 
 app = typer.Typer(
     help="Accounts (each belongs to an org). Example: distillshield accounts list", no_args_is_help=True
@@ -128,7 +129,7 @@ def _detection(account_id: str, token: str | None) -> tuple[dict | None, str]:
 
 
 def _set_status(account_id: str, status: str) -> None:
-    with_store(lambda store: store.set_account_status(account_id, status))
+    with_store(lambda store: admin_log.set_account_status(store, account_id, status, Actor.cli()))
     console.print(f"account {account_id} is now {status} (a running gateway notices within auth.cache_ttl_s)")
 
 

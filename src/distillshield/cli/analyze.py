@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 import typer
 from rich.table import Table
 
@@ -261,11 +263,21 @@ DEMO_SCENARIO: dict[str, Any] = {
 }
 
 
-def run_live_demo(base: str, admin_token: str, model: str, state: Any, loop: Any, requests: int) -> None:
+def run_live_demo(
+    base: str,
+    admin_token: str,
+    model: str,
+    state: Any,
+    loop: Any,
+    requests: int,
+    after: int = 0,
+    speed: float | None = None,
+) -> None:
     """Replay a short simulation through the running gateway (loopback), let online detection fold it in,
-    and print the accounts and clusters with their verdicts and reasons."""
+    and print the accounts and clusters with their verdicts and reasons; then, with `after` > 0, send the
+    campaign's next `after` requests and show what the policy did to each account's (`_show_policy_act`).
+    `speed`: simulated seconds per real second (None: as fast as the gateway answers)."""
     import asyncio
-    import io
 
     from distillshield.simulate import engine, live, scenario
 
@@ -274,16 +286,18 @@ def run_live_demo(base: str, admin_token: str, model: str, state: Any, loop: Any
         console.print("[yellow]online detection is disabled (detection.enabled: false); skipping its demo[/yellow]")
         return
     sc = scenario.build(DEMO_SCENARIO, "the demo scenario", 3)
-    records = [r for _, r in zip(range(requests), engine.iter_records(sc, 3), strict=False)]
+    both = [r for _, r in zip(range(requests + after), engine.iter_records(sc, 3), strict=False)]
+    records, later = both[:requests], both[requests:]
     console.rule("[bold]Detection: a short live simulation")
+    pace = f" at {speed:g}x their simulated pace" if speed else ""
     console.print(
         f"sending {len(records)} simulated requests (honest chat users, a chain-of-thought harvester and a "
-        f"5-account hydra cluster) to {base} with max_tokens 8 ..."
+        f"5-account hydra cluster) to {base}{pace} with max_tokens 8 ..."
     )
-    opts = live.LiveOptions(target=base, admin_token=admin_token, concurrency=4, max_tokens=8, model=model)
-    with progress() as bar:
-        task = bar.add_task("live simulation", total=len(records))
-        stats = asyncio.run(live.replay(iter(records), opts, io.BytesIO(), on_progress=lambda _rec: bar.advance(task)))
+    opts = live.LiveOptions(
+        target=base, admin_token=admin_token, concurrency=4, max_tokens=8, model=model, speed=speed
+    )
+    stats = _replay_with_bar(records, opts, "live simulation")
     statuses = ", ".join(f"{n} x {code}" for code, n in sorted(stats.by_status.items()))
     console.print(f"served {stats.served} of {stats.sent} requests in {stats.elapsed_s:.1f} s (status: {statuses})")
     if any(code in ("403", "429") for code in stats.by_status):
@@ -303,10 +317,8 @@ def run_live_demo(base: str, admin_token: str, model: str, state: Any, loop: Any
     )  # fmt: skip
     for a in rows:
         reasons = "\n".join(f"[{r['signal']}] {r['detail'][:110]}" for r in a["reasons"][:2])
-        colour = {"extraction": "red", "suspicious": "yellow"}.get(a["verdict"], "green")
         cluster = a["cluster_id"] or a.get("linked_group") or "-"
-        verdict = f"[{colour}]{a['verdict']}[/{colour}]"
-        t.add_row(a["account_id"], f"{a['risk']:.2f}", verdict, cluster, str(a["requests"]), reasons)
+        t.add_row(a["account_id"], f"{a['risk']:.2f}", _coloured(a["verdict"]), cluster, str(a["requests"]), reasons)
     console.print(t)
     groups = report["clusters"] + report.get("linked_groups", [])
     if groups:
@@ -315,3 +327,94 @@ def run_live_demo(base: str, admin_token: str, model: str, state: Any, loop: Any
             t.add_row(c["cluster_id"], f"{c['risk']:.2f}", str(len(c["accounts"])), c["reasons"][0]["detail"])
         console.print(t)
     console.print("the same verdicts: GET /admin/risk, GET /admin/accounts/ID (field 'detection')")
+    if later:
+        truth = {r["account_id"]: str(r.get("label") or "") for r in both}
+        _show_policy_act(later, opts, state, loop, {a["account_id"]: a["verdict"] for a in rows}, truth)
+
+
+def _replay_with_bar(records: list[dict[str, Any]], opts: Any, label: str) -> Any:
+    """`simulate.live.replay` of `records` with a progress bar; what it served is not kept."""
+    import asyncio
+    import io
+
+    from distillshield.simulate import live
+
+    with progress() as bar:
+        task = bar.add_task(label, total=len(records))
+        return asyncio.run(live.replay(iter(records), opts, io.BytesIO(), on_progress=lambda _rec: bar.advance(task)))
+
+
+def _show_policy_act(
+    records: list[dict[str, Any]],
+    opts: Any,
+    state: Any,
+    loop: Any,
+    verdicts: dict[str, str],
+    truth: dict[str, str],
+) -> None:
+    """The demo's second act: the same users go on, and the policy meets each account's next requests by its
+    verdict. One row per account: who the simulator made it (`truth`, its label), its verdict before the act
+    (`verdicts`) and after, its requests' statuses and the policy rules that acted on them, read back from
+    the audit log (the rows' `decision`); then what the honest users and the campaign got in all."""
+    import asyncio
+
+    from distillshield.store.tables import audit_log
+
+    console.rule("[bold]Countermeasures: the campaign goes on")
+    console.print(
+        f"the same accounts send their next {len(records)} requests; the policy meets each by its verdict "
+        "(default policy: a cluster of extraction accounts is blocked, an unverified extraction account is "
+        "challenged, a suspicious one watermarked) ..."
+    )
+    since = time.time()
+    _replay_with_bar(records, opts, "the campaign goes on")
+    asyncio.run_coroutine_threadsafe(state.audit.flush(), loop).result(60)
+    asyncio.run_coroutine_threadsafe(state.detection.flush(), loop).result(120)
+    now = {a["account_id"]: a["verdict"] for a in state.detection.report()["accounts"]}
+
+    async def read() -> list[Any]:
+        c = audit_log.c
+        q = sa.select(c.account_id, c.status, c.decision).where(
+            c.ts >= since, c.account_id.in_(sorted({r["account_id"] for r in records}))
+        )
+        async with state.store.engine.connect() as conn:
+            return list((await conn.execute(q)).all())
+
+    acts: dict[str, Counter[str]] = defaultdict(Counter)
+    statuses: dict[str, Counter[int]] = defaultdict(Counter)
+    for account, status, decision in asyncio.run_coroutine_threadsafe(read(), loop).result(60):
+        statuses[account][int(status)] += 1
+        for rule in _decision_rules(decision):
+            acts[account][rule] += 1
+    order = sorted(statuses, key=lambda a: (not truth.get(a, "").startswith("attack"), truth.get(a, ""), a))
+    t = Table(
+        id_column("account", order), "simulated as", "verdict before → after", "requests", "served (200)",
+        "refused", "policy rules applied", title="What the policy did to the next requests",
+    )  # fmt: skip
+    for a in order:
+        st = statuses[a]
+        refused = ", ".join(f"{n} x {code}" for code, n in sorted(st.items()) if code != 200) or "-"
+        rules = ", ".join(f"{rule} x {n}" for rule, n in acts[a].most_common()) or "-"
+        moved = f"{_coloured(verdicts.get(a, 'benign'))} → {_coloured(now.get(a, 'benign'))}"
+        t.add_row(a, truth.get(a, "?"), moved, str(sum(st.values())), str(st.get(200, 0)), refused, rules)
+    console.print(t)
+    for who, kind in (("honest users", "benign"), ("campaign accounts", "attack")):
+        mine = [a for a in order if truth.get(a, "").startswith(kind)]
+        served = sum(statuses[a].get(200, 0) for a in mine)
+        console.print(f"{who}: {served} of {sum(sum(statuses[a].values()) for a in mine)} requests served")
+    console.print(
+        "each decision is in the audit log (`decision`), on the console's account pages and in GET /admin/policy"
+    )
+
+
+def _coloured(verdict: str) -> str:
+    colour = {"extraction": "red", "suspicious": "yellow"}.get(verdict, "green")
+    return f"[{colour}]{verdict}[/{colour}]"
+
+
+def _decision_rules(decision: str | None) -> list[str]:
+    """The policy rules a logged decision names ('allow' and plain refusals name none)."""
+    if not decision or not decision.startswith("{"):
+        return []
+    d = json.loads(decision)
+    return list(d.get("rules") or ([d["rule"]] if d.get("rule") else []))

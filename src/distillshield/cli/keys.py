@@ -7,6 +7,8 @@ from rich.table import Table
 
 from distillshield.cli.common import console, fmt_ts, id_column, print_json, with_store
 from distillshield.store import Store
+from distillshield.store.admin_log import Actor, record_key_change
+from distillshield.store.database import ApiKey
 
 app = typer.Typer(help="API keys. Example: distillshield keys create --account alice", no_args_is_help=True)
 
@@ -22,8 +24,10 @@ def create(
     Example: distillshield keys create --account alice --name "ci pipeline"
     """
 
-    async def go(store: Store):
-        return await store.create_key(account, name)
+    async def go(store: Store) -> tuple[ApiKey, str]:
+        key, plaintext = await store.create_key(account, name)
+        await record_key_change(store, "key_created", key, Actor.cli())
+        return key, plaintext
 
     key, plaintext = with_store(go)
     if as_json:
@@ -60,5 +64,10 @@ def revoke(key_id: str = typer.Argument(..., help="key id, e.g. k3fa9b1c2d4e5"))
 
     Example: distillshield keys revoke k3fa9b1c2d4e5
     """
-    key = with_store(lambda store: store.revoke_key(key_id))
+    async def go(store: Store) -> ApiKey:
+        key = await store.revoke_key(key_id)
+        await record_key_change(store, "key_revoked", key, Actor.cli())
+        return key
+
+    key = with_store(go)
     console.print(f"revoked key {key.id} of account {key.account_id}")

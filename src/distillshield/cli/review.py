@@ -9,6 +9,7 @@ from rich.table import Table
 
 from distillshield.cli.common import CliError, console, fmt_ts, id_column, print_json, with_store
 from distillshield.store import Store
+from distillshield.store.admin_log import Actor
 from distillshield.store.review import DECISIONS, ReviewStore
 
 app = typer.Typer(
@@ -124,7 +125,11 @@ def decide(
     """
     if decision not in DECISIONS:
         raise CliError(f"unknown decision '{decision}'; choose one of {', '.join(DECISIONS)}")
-    result = with_store(lambda store: ReviewStore(store).decide(ref, decision, reviewer=reviewer, note=note, org=org))
+    result = with_store(
+        lambda store: ReviewStore(store).decide(
+            ref, decision, actor=Actor.cli(), reviewer=reviewer, note=note, org=org
+        )
+    )
     if as_json:
         print_json(result.as_dict())
         return

@@ -392,7 +392,9 @@ def _demo_session(
     if once:  # scripts and tests: keep --once quick and its audit log to the one checked request
         console.print("detection demo: run `distillshield demo` without --once to watch a live campaign get flagged")
     else:
-        run_live_demo(base, admin_token, model, state, server.servers[0].get_loop(), 100)
+        # 100 requests, then the rest of the scenario's 239, at 72x the simulated users' pace (its 2 hours in
+        # 100 s): paced as people send, not in the perfectly regular bursts of a replay at full speed
+        run_live_demo(base, admin_token, model, state, server.servers[0].get_loop(), 100, after=139, speed=72)
     if once:
         return
     console.print("\n[bold]serving; Ctrl-C to stop[/bold]")

@@ -49,10 +49,11 @@ from distillshield.gateway.admin import (
     configured_admin_digest,
     set_account_limits,
     set_account_status,
+    store_error_status,
 )
-from distillshield.gateway.policy.admin import review_detail
+from distillshield.gateway.policy.admin import reload_policy, review_detail
 from distillshield.gateway.policy.rules import PolicyError
-from distillshield.store.analyst_log import AnalystLog
+from distillshield.store.admin_log import Actor, AdminLog
 from distillshield.store.database import StoreError
 from distillshield.store.review import DECISIONS
 
@@ -147,7 +148,7 @@ class Console:
             try:
                 return await handler(request, session, form)
             except (HTTPException, StoreError) as exc:
-                status = exc.status_code if isinstance(exc, HTTPException) else _store_status(exc)
+                status = exc.status_code if isinstance(exc, HTTPException) else store_error_status(exc)
                 message = str(exc.detail) if isinstance(exc, HTTPException) else str(exc)
                 return self.error(request, status, message, session)
 
@@ -317,18 +318,17 @@ class Console:
         return self.render(request, "account.html", session=session, nav="accounts", **ctx)
 
     async def reveal(self, request: Request, session: Session, form: dict[str, str]) -> Response:
-        """The account's sample prompts as sent: an analyst_actions row first (who, which account, which
+        """The account's sample prompts as sent: an audit-log row first (who, which account, which
         requests), then the account page with them unredacted. Never a GET: a page view sends none."""
         account_id = request.path_params["account_id"]
-        actor = _actor(form)
+        actor = _actor(request, session, form)
         st = self.state
         if await st.store.get_account(account_id) is None and st.risk.get(account_id) is None:
             raise HTTPException(404, f"account '{account_id}' does not exist")
         prompts = await queries.sample_prompts(st, account_id, reveal=True)
-        await AnalystLog(st.store).record(
+        await AdminLog(st.store).record(
             "reveal_prompts",
-            actor=actor,
-            session=_fingerprint(session),
+            actor,
             subject=account_id,
             detail={"requests": [p["seq"] for p in prompts], "count": len(prompts)},
         )
@@ -343,17 +343,17 @@ class Console:
             raise HTTPException(
                 400, f"limits must be whole numbers of at least 1, or empty for the default: {exc}"
             ) from None
-        await set_account_limits(self.state, account_id, limits)
+        await set_account_limits(self.state, account_id, limits, _actor(request, session, form))
         return self.redirect(request, f"/accounts/{quote(account_id, safe='')}?done=limits")
 
     async def suspend(self, request: Request, session: Session, form: dict[str, str]) -> Response:
         account_id = request.path_params["account_id"]
-        await set_account_status(self.state, account_id, "suspended")
+        await set_account_status(self.state, account_id, "suspended", _actor(request, session, form))
         return self.redirect(request, f"/accounts/{quote(account_id, safe='')}?done=suspended")
 
     async def activate(self, request: Request, session: Session, form: dict[str, str]) -> Response:
         account_id = request.path_params["account_id"]
-        await set_account_status(self.state, account_id, "active")
+        await set_account_status(self.state, account_id, "active", _actor(request, session, form))
         return self.redirect(request, f"/accounts/{quote(account_id, safe='')}?done=activated")
 
     async def review(self, request: Request, session: Session) -> Response:
@@ -381,11 +381,12 @@ class Console:
             raise HTTPException(400, f"unknown decision '{decision}'; choose one of {', '.join(DECISIONS)}")
         if self.state.policy is None:
             raise HTTPException(409, "the policy stage is disabled (policy.enabled: false in the config)")
-        note, reviewer = form.get("note", ""), _actor(form)
+        note, actor = form.get("note", ""), _actor(request, session, form)
         if "\x00" in note:
             raise HTTPException(400, "the note and reviewer may not contain NUL; the reviewer is at most 64 characters")
-        # The admin API's POST /admin/review/{ref}/decide path: recorded in the store, applied at once.
-        result = await self.state.policy.decide(ref, decision, reviewer=reviewer, note=note)
+        # The admin API's POST /admin/review/{ref}/decide path: recorded in the store and the audit log,
+        # applied at once.
+        result = await self.state.policy.decide(ref, decision, actor=actor, reviewer=actor.name, note=note)
         return self.redirect(request, f"/review/{result.item.id}")
 
     async def policy(self, request: Request, session: Session) -> Response:
@@ -410,7 +411,7 @@ class Console:
             raise HTTPException(400, f"unknown mode '{mode}'; choose enforce or shadow")
         st = self.state.policy
         try:  # as POST /admin/policy/reload, for the file already loaded
-            st.reload(None, mode)
+            await reload_policy(self.state, None, mode, _actor(request, session, form))
         except PolicyError as exc:
             raise HTTPException(400, f"{exc} (the previous policy from {st.policy.source} stays active)") from None
         return self.redirect(request, "/policy?done=reloaded")
@@ -452,7 +453,7 @@ class Console:
         text = form.fields.get("text", "")
         pool = form.fields.get("pool") == "1"
         try:
-            actor = _actor(form.fields)
+            actor = _actor(request, session, form.fields)
         except HTTPException as exc:
             return self._watermark_page(request, session, code=400, error=str(exc.detail), text=text, pool=pool)
         try:
@@ -464,9 +465,10 @@ class Console:
         detail = wm.audit_detail(form, found)
         top = detail["attributed"][0] if detail["attributed"] else None
         subject = top.removeprefix("account:") if top and top.startswith("account:") else None
-        await AnalystLog(self.state.store).record(
-            "watermark_lookup", actor=actor, session=_fingerprint(session), subject=subject, detail=detail
-        )
+        try:
+            await AdminLog(self.state.store).record("watermark_lookup", actor, subject=subject, detail=detail)
+        except StoreError as exc:  # not recorded: not shown
+            return self._watermark_page(request, session, code=store_error_status(exc), error=str(exc), text=text)
         return self._watermark_page(request, session, found=found, text=text, pool=pool)
 
     async def cluster_list(self, request: Request, session: Session) -> Response:
@@ -485,7 +487,7 @@ class Console:
     async def audit(self, request: Request, session: Session) -> Response:
         p = request.query_params
         page = await queries.decision_log(self.state, page=strict_page(p.get("page"), "page"))
-        acts = await queries.analyst_actions(self.state, page=strict_page(p.get("apage"), "apage"))
+        acts = await queries.admin_actions(self.state, page=strict_page(p.get("apage"), "apage"))
         return self.render(request, "audit.html", session=session, nav="audit", page=page, acts=acts)
 
 
@@ -499,13 +501,14 @@ def strict_page(raw: str | None, name: str) -> int:
     return int(raw)
 
 
-def _actor(form: dict[str, str]) -> str:
-    """Who acts, as review decisions record it: the reviewer name the form gives, else "console" (the admin
-    credential, shared by everyone who has it)."""
+def _actor(request: Request, session: Session, form: dict[str, str]) -> Actor:
+    """Who acts, as the audit log and review decisions record it: the reviewer name the form gives, else
+    "console" (the admin credential, shared by everyone who has it), with the console session's fingerprint
+    and the browser's address."""
     reviewer = form.get("reviewer", "").strip() or "console"
     if "\x00" in reviewer or len(reviewer) > 64:
         raise HTTPException(400, "the note and reviewer may not contain NUL; the reviewer is at most 64 characters")
-    return reviewer
+    return Actor(reviewer, "console", _fingerprint(session), request.client.host if request.client else None)
 
 
 def _fingerprint(session: Session) -> str:
@@ -537,11 +540,6 @@ def _safe_next(request: Request, raw: str | None) -> str:
     if raw and raw.startswith(base + "/") and not raw.startswith("//") and "\\" not in raw and "\n" not in raw:
         return raw
     return base + "/"
-
-
-def _store_status(exc: StoreError) -> int:
-    text = str(exc)
-    return 404 if "does not exist" in text else 409 if "already" in text else 400
 
 
 def _security_headers() -> dict[str, str]:

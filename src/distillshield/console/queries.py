@@ -23,9 +23,9 @@ from distillshield.contracts import VERDICT_RANK, AccountRisk
 from distillshield.detect.scoring import ModelError
 from distillshield.detect.text import request_texts, skeleton, stable_hash, words
 from distillshield.gateway.policy.replay import Replay, RuleImpact, replay_window
-from distillshield.store.analyst_log import AnalystLog
+from distillshield.store.admin_log import AdminLog
 from distillshield.store.review import STATUSES, ReviewStore
-from distillshield.store.tables import accounts, audit_log, review_decisions, review_items
+from distillshield.store.tables import accounts, audit_log, is_admin_row, review_decisions, review_items
 
 if TYPE_CHECKING:
     from distillshield.detect.signals.cot import PromptClassifier
@@ -97,7 +97,11 @@ class HourlyTraffic:
         since = next((h for h in hours if h not in self._closed or h >= closed_until), first + 24)
         hour = sa.func.floor(audit_log.c.ts / 3600).label("hour")
         refused = sa.func.sum(sa.case((audit_log.c.status >= 400, 1), else_=0))
-        q = sa.select(hour, sa.func.count(), refused).where(audit_log.c.ts >= since * 3600).group_by(hour)
+        q = (
+            sa.select(hour, sa.func.count(), refused)
+            .where(audit_log.c.ts >= since * 3600, sa.not_(is_admin_row()))  # requests, not operators' acts
+            .group_by(hour)
+        )
         fresh = {int(h): (int(n), int(r or 0)) for h, n, r in (await conn.execute(q)).all()}
         for h in range(since, closed_until):
             self._closed[h] = fresh.get(h, (0, 0))
@@ -369,9 +373,10 @@ async def decision_log(state: AppState, *, page: int = 1) -> Page:
     return Page(rows, page, int(total))
 
 
-async def analyst_actions(state: AppState, *, page: int = 1) -> Page:
-    """What analysts revealed or looked up in the console (store/analyst_log.py), newest first."""
-    rows, total = await AnalystLog(state.store).page(PER_PAGE, (page - 1) * PER_PAGE)
+async def admin_actions(state: AppState, *, page: int = 1) -> Page:
+    """Every administrative act in the audit log (store/admin_log.py): decisions, account and key changes,
+    reveals, lookups; newest first."""
+    rows, total = await AdminLog(state.store).page(PER_PAGE, (page - 1) * PER_PAGE)
     return Page([r.as_dict() for r in rows], page, total)
 
 

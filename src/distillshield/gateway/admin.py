@@ -17,7 +17,9 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from distillshield.config import AdminSettings, LimitSet
-from distillshield.gateway.policy.admin import register_policy_routes
+from distillshield.gateway.policy.admin import api_actor, register_policy_routes
+from distillshield.store import admin_log
+from distillshield.store.admin_log import Actor, AdminLogUnavailable, record_key_change
 from distillshield.store.database import NO_NUL, TIERS, VERIFICATION_LEVELS, StoreError
 
 if TYPE_CHECKING:
@@ -138,8 +140,9 @@ def build_admin_app(state: AppState) -> FastAPI:
 
     @app.exception_handler(StoreError)
     async def _store_error(_request: Request, exc: StoreError) -> JSONResponse:
-        status = 404 if "does not exist" in str(exc) else 409 if "already" in str(exc) else 400
-        return JSONResponse({"detail": str(exc)}, status_code=status)
+        status = store_error_status(exc)
+        headers = {"retry-after": "5"} if status == 503 else None
+        return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
 
     deps = [Depends(require_admin)]
 
@@ -206,19 +209,19 @@ def build_admin_app(state: AppState) -> FastAPI:
         return {"accounts": sorted(rows, key=lambda r: -r["risk"]), "detection": det.status() if det else None}
 
     @app.post("/accounts/{account_id}/suspend", dependencies=deps)
-    async def suspend(account_id: str) -> dict[str, str]:
-        await set_account_status(state, account_id, "suspended")
+    async def suspend(account_id: str, request: Request) -> dict[str, str]:
+        await set_account_status(state, account_id, "suspended", api_actor(request))
         return {"id": account_id, "status": "suspended"}
 
     @app.post("/accounts/{account_id}/activate", dependencies=deps)
-    async def activate(account_id: str) -> dict[str, str]:
-        await set_account_status(state, account_id, "active")
+    async def activate(account_id: str, request: Request) -> dict[str, str]:
+        await set_account_status(state, account_id, "active", api_actor(request))
         return {"id": account_id, "status": "active"}
 
     @app.post("/accounts/{account_id}/limits", dependencies=deps)
-    async def change_limits(account_id: str, body: LimitSet) -> dict[str, Any]:
+    async def change_limits(account_id: str, body: LimitSet, request: Request) -> dict[str, Any]:
         """Replace the account's own limits (a field left out: the configured default for its tier applies)."""
-        limits = await set_account_limits(state, account_id, body)
+        limits = await set_account_limits(state, account_id, body, api_actor(request))
         return {"id": account_id, "limits": limits}
 
     @app.get("/keys", dependencies=deps)
@@ -226,15 +229,17 @@ def build_admin_app(state: AppState) -> FastAPI:
         return {"keys": [k.public() for k in await state.store.list_keys(account_id)]}
 
     @app.post("/keys", status_code=201, dependencies=deps)
-    async def create_key(body: KeyIn) -> dict[str, Any]:
+    async def create_key(body: KeyIn, request: Request) -> dict[str, Any]:
         limits = body.limits.model_dump(exclude_none=True) if body.limits else None
         key, plaintext = await state.store.create_key(body.account_id, body.name, limits)
+        await record_key_change(state.store, "key_created", key, api_actor(request))
         return {**key.public(), "key": plaintext, "note": "store this key now: it is not shown again"}
 
     @app.delete("/keys/{key_id}", dependencies=deps)
-    async def revoke_key(key_id: str) -> dict[str, Any]:
+    async def revoke_key(key_id: str, request: Request) -> dict[str, Any]:
         key = await state.store.revoke_key(key_id)
         state.auth.invalidate(key_id=key_id)
+        await record_key_change(state.store, "key_revoked", key, api_actor(request))
         return key.public()
 
     @app.get("/limits/{kind}/{scope_id}", dependencies=deps)
@@ -261,17 +266,34 @@ def build_admin_app(state: AppState) -> FastAPI:
     return app
 
 
-async def set_account_status(state: AppState, account_id: str, status: str) -> None:
-    """Suspend or activate an account; its keys' cached lookups are dropped so the next request sees it."""
-    await state.store.set_account_status(account_id, status)
-    state.auth.invalidate(account_id=account_id)
+def store_error_status(exc: StoreError) -> int:
+    """The HTTP status for a store refusal (admin API and console): 503 when the audit log could not record
+    an act, 404 for a missing object, 409 for one that already is as asked, else 400."""
+    if isinstance(exc, AdminLogUnavailable):
+        return 503
+    text = str(exc)
+    return 404 if "does not exist" in text else 409 if "already" in text else 400
 
 
-async def set_account_limits(state: AppState, account_id: str, limits: LimitSet) -> dict[str, Any] | None:
-    """Replace an account's own limits; the next request of any of its keys is limited by them."""
+async def set_account_status(state: AppState, account_id: str, status: str, actor: Actor) -> None:
+    """Suspend or activate an account (recorded in the audit log); its keys' cached lookups are dropped so
+    the next request sees it."""
+    try:
+        await admin_log.set_account_status(state.store, account_id, status, actor)
+    finally:  # recorded or not, the store holds the new status
+        state.auth.invalidate(account_id=account_id)
+
+
+async def set_account_limits(
+    state: AppState, account_id: str, limits: LimitSet, actor: Actor
+) -> dict[str, Any] | None:
+    """Replace an account's own limits (recorded in the audit log); the next request of any of its keys is
+    limited by them."""
     stored = limits.model_dump(exclude_none=True) or None
-    await state.store.set_account_limits(account_id, stored)
-    state.auth.invalidate(account_id=account_id)
+    try:
+        await admin_log.set_account_limits(state.store, account_id, stored, actor)
+    finally:
+        state.auth.invalidate(account_id=account_id)
     return stored
 
 

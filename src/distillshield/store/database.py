@@ -26,7 +26,17 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from distillshield.store import chain, merkle
 from distillshield.store.merkle import Frontier
-from distillshield.store.tables import accounts, api_keys, audit_log, audit_tree, batches, chain_head, metadata, orgs
+from distillshield.store.tables import (
+    accounts,
+    admin_rows_index,
+    api_keys,
+    audit_log,
+    audit_tree,
+    batches,
+    chain_head,
+    metadata,
+    orgs,
+)
 
 log = logging.getLogger("distillshield.store")
 
@@ -289,6 +299,8 @@ class Store:
                 await conn.run_sync(metadata.create_all)
                 await conn.run_sync(_add_missing_audit_columns)
                 await conn.run_sync(_add_missing_batch_columns)
+                # create_all makes a table's indexes only with the table: an earlier release's log gets it here
+                await conn.run_sync(lambda c: admin_rows_index.create(c, checkfirst=True))
                 head = (await conn.execute(sa.select(chain_head.c.seq).where(chain_head.c.id == 1))).first()
                 if head is None:
                     await conn.execute(chain_head.insert().values(id=1, seq=0, hash=chain.GENESIS))

@@ -11,11 +11,14 @@ a reviewer decides on it (the CLI `distillshield review`, or the admin API /admi
   reviewer, and the policy treats it as open: detection's own verdicts keep applying.
 
 A decision on a cluster item applies to each of its members (recorded in the decision's `members`).
-Items hold the current status; `review_decisions` keeps every decision, who made it and why.
+Items hold the current status; `review_decisions` keeps every decision, who made it and why, for the queue's
+own pages; each decision is also a row of the hash-chained audit log (store/admin_log.py), its tamper-evident
+record.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,6 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from distillshield.store.admin_log import Actor, AdminLog
 from distillshield.store.database import Store, StoreError
 from distillshield.store.tables import accounts, audit_log, review_decisions, review_items
 
@@ -228,9 +232,10 @@ class ReviewStore:
         return await self._get(conn, str(cur.id)) if reopen else None
 
     async def decide(
-        self, ref: str, decision: str, *, reviewer: str = "", note: str = "", org: bool = False
+        self, ref: str, decision: str, *, actor: Actor, reviewer: str = "", note: str = "", org: bool = False
     ) -> DecisionResult:
-        """Record a decision on an item and apply it to the accounts (or org) it covers."""
+        """Record a decision on an item and apply it to the accounts (or org) it covers, then append its row
+        to the audit log (`actor`: who sent it; `reviewer`: the name they gave, if any)."""
         if decision not in DECISIONS:
             raise StoreError(f"unknown decision '{decision}'; choose one of {', '.join(DECISIONS)}")
         now = time.time()
@@ -274,6 +279,13 @@ class ReviewStore:
             )
             updated = await self._get(conn, str(item.id))
         assert updated is not None
+        applied = orgs if scope == "org" else members
+        detail = {
+            "decision": decision, "status": status, "scope": scope, "reviewer": reviewer, "note": note[:500],
+            "verdict": item.verdict, "members": applied[:50], "member_count": len(applied), "record": rec_id,
+        }  # fmt: skip
+        who = dataclasses.replace(actor, name=reviewer) if reviewer else actor
+        await AdminLog(self.store).record("review_decision", who, subject=item.ref, detail=detail)
         accounts_out = [] if scope == "org" else members
         return DecisionResult(
             updated, ReviewDecision(**row), status, accounts_out, orgs, item.subject if item.kind == "cluster" else None

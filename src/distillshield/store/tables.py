@@ -72,6 +72,21 @@ audit_log = sa.Table(
     sa.Column("hash", sa.String(64), nullable=False),
 )
 
+# Administrative acts (review decisions, account and key changes, reveals: store/admin_log.py) are rows of
+# the audit log too, with the endpoint "admin/<action>" and no account. A partial index holds only them, so
+# listing them does not scan the request rows (and costs the request rows' inserts nothing).
+ADMIN_ENDPOINT_PREFIX = "admin/"
+
+
+def is_admin_row() -> sa.ColumnElement[bool]:
+    """The condition that selects the admin rows: the partial index's own, so both databases use it."""
+    return audit_log.c.endpoint.like(ADMIN_ENDPOINT_PREFIX + "%")
+
+
+admin_rows_index = sa.Index(
+    "ix_audit_log_admin", audit_log.c.seq, sqlite_where=is_admin_row(), postgresql_where=is_admin_row()
+)
+
 # One row (id=1): the last sequence number and hash. Writers lock it, so several gateway replicas
 # sharing one PostgreSQL extend a single chain; verification checks the log's tail against it.
 chain_head = sa.Table(
@@ -123,20 +138,6 @@ review_decisions = sa.Table(
     sa.Column("verdict", sa.String(16), nullable=True),  # detection's verdict when decided
     sa.Column("members", sa.JSON, nullable=True),  # the accounts (or orgs) it applied to
     sa.Column("ts", sa.Double, nullable=False),
-)
-
-# What analysts saw or looked up in the console (store/analyst_log.py): revealing an account's prompts, a
-# watermark lookup. One row per act, written before the result is sent; shown beside the review decisions.
-analyst_actions = sa.Table(
-    "analyst_actions",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("ts", sa.Double, nullable=False, index=True),
-    sa.Column("actor", sa.String(64), nullable=False),  # as review_decisions.reviewer: a name, or "console"
-    sa.Column("session", sa.String(32), nullable=False, default=""),  # the console session's fingerprint
-    sa.Column("action", sa.String(32), nullable=False),  # reveal_prompts | watermark_lookup
-    sa.Column("subject", sa.String(64), nullable=True, index=True),  # the account whose prompts were revealed
-    sa.Column("detail", sa.JSON, nullable=True),
 )
 
 # Imported threat intelligence (intel/store.py): one row per STIX indicator id, its latest version only;

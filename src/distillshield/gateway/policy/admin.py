@@ -15,16 +15,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
-from fastapi import FastAPI, HTTPException, Query
+from fastapi import FastAPI, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 
 from distillshield.gateway.policy.rules import PolicyError
 from distillshield.gateway.risk import risks_from_report
+from distillshield.store.admin_log import Actor, AdminLog
 from distillshield.store.database import NO_NUL
 from distillshield.store.review import ReviewStore
 
 if TYPE_CHECKING:
     from distillshield.gateway.app import AppState
+    from distillshield.gateway.policy.engine import CompiledPolicy
 
 
 class ReloadIn(BaseModel):
@@ -52,11 +54,11 @@ def register_policy_routes(app: FastAPI, state: AppState, deps: list[Any]) -> No
         return stage().describe()
 
     @app.post("/policy/reload", dependencies=deps)
-    async def policy_reload(body: ReloadIn | None = None) -> dict[str, Any]:
+    async def policy_reload(request: Request, body: ReloadIn | None = None) -> dict[str, Any]:
         st = stage()
         body = body or ReloadIn()
         try:
-            compiled = st.reload(body.path, body.mode)
+            compiled = await reload_policy(state, body.path, body.mode, api_actor(request))
         except PolicyError as exc:
             raise HTTPException(400, f"{exc} (the previous policy from {st.policy.source} stays active)") from None
         return {"loaded": compiled.source, "rules": len(compiled.rules), "mode": st.engine.mode}
@@ -94,8 +96,10 @@ def register_policy_routes(app: FastAPI, state: AppState, deps: list[Any]) -> No
         return await review_detail(state, ref)
 
     @app.post("/review/{ref}/decide", dependencies=deps)
-    async def review_decide(ref: str, body: DecideIn) -> dict[str, Any]:
-        result = await stage().decide(ref, body.decision, reviewer=body.reviewer, note=body.note, org=body.org)
+    async def review_decide(ref: str, body: DecideIn, request: Request) -> dict[str, Any]:
+        result = await stage().decide(
+            ref, body.decision, actor=api_actor(request), reviewer=body.reviewer, note=body.note, org=body.org
+        )
         return result.as_dict()
 
 
@@ -114,3 +118,21 @@ async def review_detail(state: AppState, ref: str) -> dict[str, Any]:
     if state.policy is not None and item.kind == "account":
         out["live"] = state.policy.live(item.subject)
     return out
+
+
+def api_actor(request: Request) -> Actor:
+    """Who calls the admin API: the admin credential (one for everyone) and the caller's address."""
+    return Actor("admin-api", "admin-api", ip=request.client.host if request.client else None)
+
+
+async def reload_policy(state: AppState, path: str | None, mode: str | None, actor: Actor) -> CompiledPolicy:
+    """Reload the policy file (or another one) and switch mode, then record it in the audit log (a bad file
+    raises PolicyError and the old policy stays: nothing happened, nothing is recorded)."""
+    stage = state.policy
+    assert stage is not None
+    compiled = stage.reload(path, mode)
+    await AdminLog(state.store).record(
+        "policy_reload", actor, subject=compiled.source,
+        detail={"rules": len(compiled.rules), "mode": stage.engine.mode},
+    )  # fmt: skip
+    return compiled

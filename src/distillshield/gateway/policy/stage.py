@@ -35,6 +35,7 @@ from distillshield.gateway.policy.rules import DEFAULT_POLICY, PolicyError, Wate
 from distillshield.gateway.transforms import ResponseTransform, cap_request
 from distillshield.gateway.upstream.base import GenRequest
 from distillshield.outage import Outage
+from distillshield.store.admin_log import Actor
 from distillshield.store.database import KeyContext
 from distillshield.store.review import DecisionResult, Flag, ReviewItem, ReviewStore
 
@@ -311,11 +312,11 @@ class PolicyStage:
         return len(flags)
 
     async def decide(
-        self, ref: str, decision: str, *, reviewer: str = "", note: str = "", org: bool = False
+        self, ref: str, decision: str, *, actor: Actor, reviewer: str = "", note: str = "", org: bool = False
     ) -> DecisionResult:
-        """Record a review decision and apply it to this gateway at once."""
+        """Record a review decision (and its audit-log row) and apply it to this gateway at once."""
         assert self.review is not None
-        result = await self.review.decide(ref, decision, reviewer=reviewer, note=note, org=org)
+        result = await self.review.decide(ref, decision, actor=actor, reviewer=reviewer, note=note, org=org)
         await self.refresh()
         if result.cluster_id is not None and result.status in ("cleared", "allowlisted"):
             self.engine.blocks.lift("cluster", result.cluster_id)
