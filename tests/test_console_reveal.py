@@ -5,8 +5,11 @@ decision log."""
 from __future__ import annotations
 
 import hashlib
+import io
 import time
 import uuid
+import zipfile
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -124,3 +127,38 @@ def test_a_reveal_of_an_unknown_account_or_with_a_bad_reviewer_is_a_4xx(seeded: 
     r = client.post(f"/console/accounts/{ACCOUNT}/reveal", data={"csrf_token": csrf, "reviewer": "x" * 65})
     assert r.status_code == 400 and "at most 64 characters" in r.text and "4711" not in r.text
     assert admin_acts(seeded, "reveal_prompts") == []
+
+
+def test_an_evidence_bundle_downloads_as_a_zip_that_verifies_and_is_logged(
+    seeded: RunningGateway, tmp_path: Path
+) -> None:
+    from distillshield.evidence import verify_bundle
+
+    client, csrf = login(seeded)
+    r = client.post(f"/console/accounts/{ACCOUNT}/evidence", data={"csrf_token": csrf, "reviewer": "ana"})
+    assert r.status_code == 200, r.text[:300]
+    assert r.headers["content-type"] == "application/zip"
+    assert r.headers["content-disposition"] == f'attachment; filename="evidence-{ACCOUNT}.zip"'
+    with zipfile.ZipFile(io.BytesIO(r.content)) as zf:
+        zf.extractall(tmp_path)
+    bundle = tmp_path / f"evidence-{ACCOUNT}"
+    assert {"report.html", "manifest.json", "rows.jsonl"} <= {p.name for p in bundle.iterdir()}
+    cited = [orjson.loads(line) for line in (bundle / "rows.jsonl").read_bytes().splitlines()]
+    assert sorted(row["seq"] for row in cited) == sorted(_seqs(seeded))  # the account's two requests
+    check = seeded.run(verify_bundle(bundle, seeded.state.store))
+    assert check.ok, check.checks  # the rows are the log's, and the log still holds them
+    [act] = admin_acts(seeded, "evidence_bundle")
+    assert act["actor"] == "ana" and act["subject"] == ACCOUNT and act["via"] == "console"
+    assert act["detail"]["sha256"] == hashlib.sha256(r.content).hexdigest() and act["detail"]["rows_cited"] == 2
+    assert "evidence_bundle" in client.get("/console/audit").text
+
+
+def test_an_evidence_bundle_without_the_csrf_token_or_for_no_account_is_refused_and_not_logged(
+    seeded: RunningGateway,
+) -> None:
+    client, csrf = login(seeded)
+    r = client.post(f"/console/accounts/{ACCOUNT}/evidence", data={})
+    assert r.status_code == 403 and "CSRF token" in r.text and r.headers["content-type"].startswith("text/html")
+    r = client.post("/console/accounts/nobody-here/evidence", data={"csrf_token": csrf})
+    assert r.status_code == 404 and "does not exist" in r.text
+    assert admin_acts(seeded, "evidence_bundle") == []

@@ -23,12 +23,11 @@ from distillshield.cli.common import (
 from distillshield.evidence import (
     EvidenceError,
     build_bundle,
+    chained_traffic,
     load_report,
     traffic_from_file,
-    traffic_from_store,
     verify_bundle,
 )
-from distillshield.evidence.proofs import signed_tree
 from distillshield.store.checkpoint import CheckpointError, load_verifier
 
 
@@ -90,9 +89,7 @@ def evidence_command(
             else:
                 store = await open_store(s)
                 try:
-                    t = await traffic_from_store(store, subject.accounts)
-                    bar.update(task, description="proving the rows against a signed tree head")
-                    t.signed_tree = await signed_tree(store, s.checkpoints, [r["seq"] for r in t.rows])
+                    t = await chained_traffic(store, s.checkpoints, subject.accounts)
                 finally:
                     await store.close()
                 store_url = store.safe_url

@@ -6,7 +6,8 @@
     GET  /accounts/{id}?vpage=                 one account: every reason, limits, policy state, review, verdict history
     POST /accounts/{id}/limits                 change its limits          (admin.set_account_limits)
     POST /accounts/{id}/suspend|activate       suspend or reactivate it   (admin.set_account_status)
-    POST /accounts/{id}/reveal                 its sample prompts unredacted (an analyst_actions row)
+    POST /accounts/{id}/reveal                 its sample prompts unredacted (an audit-log row first)
+    POST /accounts/{id}/evidence               its evidence bundle as a zip (an audit-log row first)
     GET  /review?status=&page=                 the review queue
     GET  /review/{ref}                         one item with its evidence (policy.admin.review_detail)
     POST /review/{ref}/decide                  confirm, clear, allowlist or escalate with a note (PolicyStage.decide)
@@ -22,10 +23,15 @@ Actions call the same functions as the admin API's endpoints, in process. Every 
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import hmac
+import io
+import tempfile
+import zipfile
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote
 
@@ -43,6 +49,7 @@ from distillshield.config import LimitSet
 from distillshield.console import clusters, queries
 from distillshield.console import watermark as wm
 from distillshield.console.session import CSRF_FIELD, Session, SessionSigner, csrf_matches
+from distillshield.evidence import EvidenceError, build_bundle, chained_traffic
 from distillshield.gateway.admin import (
     _detection,
     admin_token_digest,
@@ -334,6 +341,35 @@ class Console:
         )
         return await self._account_page(request, session, account_id, revealed=prompts)
 
+    async def evidence(self, request: Request, session: Session, form: dict[str, str]) -> Response:
+        """The account's evidence bundle as a zip download, built from the audit log as `distillshield evidence
+        ACCOUNT` builds it (findings from the risk board; the watermark is not tested here: the CLI does). It
+        holds prompts and answers, so it is recorded in the audit log (who, its rows, its sha256) before it is
+        sent; a bundle that cannot be recorded is not sent."""
+        account_id = request.path_params["account_id"]
+        actor = _actor(request, session, form)
+        st = self.state
+        entry = st.risk.get(account_id)
+        if entry is None and await st.store.get_account(account_id) is None:
+            raise HTTPException(404, f"account '{account_id}' does not exist")
+        report = {"accounts": [entry.as_dict()], "clusters": []} if entry is not None else None
+        traffic = await chained_traffic(st.store, st.settings.checkpoints, [account_id])
+        name = "evidence-" + "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in account_id)[:80]
+        with tempfile.TemporaryDirectory(prefix="distillshield-evidence-") as tmp:
+            try:  # charts and files: off the event loop
+                manifest = await asyncio.to_thread(build_bundle, account_id, Path(tmp) / name, traffic, report=report)
+            except EvidenceError as exc:
+                raise HTTPException(409, str(exc)) from None
+            data = await asyncio.to_thread(_zip_folder, Path(tmp) / name)
+        proof = manifest["chain_proof"]
+        detail = {
+            "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "rows_cited": proof.get("rows_cited"),
+            "row_range": proof.get("row_range"), "chain_head": proof.get("chain_head"),
+        }  # fmt: skip
+        await AdminLog(st.store).record("evidence_bundle", actor, subject=account_id, detail=detail)
+        headers = {**_security_headers(), "content-disposition": f'attachment; filename="{name}.zip"'}
+        return Response(data, 200, headers, media_type="application/zip")
+
     async def change_limits(self, request: Request, session: Session, form: dict[str, str]) -> Response:
         account_id = request.path_params["account_id"]
         raw = {f: form.get(f, "").strip() for f in LimitSet.model_fields}
@@ -491,6 +527,16 @@ class Console:
         return self.render(request, "audit.html", session=session, nav="audit", page=page, acts=acts)
 
 
+def _zip_folder(folder: Path) -> bytes:
+    """A folder's files as a zip archive (in memory: a bundle is a few megabytes), under the folder's name."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                zf.write(path, f"{folder.name}/{path.relative_to(folder).as_posix()}")
+    return buf.getvalue()
+
+
 def strict_page(raw: str | None, name: str) -> int:
     """A page number from the query string (every list's `page`, the account page's `vpage`, the decision log's
     `apage`): absent or empty is page 1; anything but a whole number from 1 is a 400 naming the parameter."""
@@ -564,6 +610,7 @@ def build_console(state: AppState) -> Starlette:
         Route("/accounts/{account_id:path}/suspend", c.action(c.suspend), methods=["POST"]),
         Route("/accounts/{account_id:path}/activate", c.action(c.activate), methods=["POST"]),
         Route("/accounts/{account_id:path}/reveal", c.action(c.reveal), methods=["POST"]),
+        Route("/accounts/{account_id:path}/evidence", c.action(c.evidence), methods=["POST"]),
         Route("/accounts/{account_id:path}", c.page(c.account), methods=["GET"]),
         Route("/review", c.page(c.review), methods=["GET"]),
         Route("/review/{ref:path}/decide", c.action(c.decide), methods=["POST"]),

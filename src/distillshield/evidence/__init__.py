@@ -1,7 +1,13 @@
 """Evidence bundles for one account or cluster: report, charts, watermark results and the audit-log
 hash-chain proof of the rows cited (bundle.py builds, verify.py checks)."""
 
-from distillshield.evidence.bundle import Traffic, build_bundle, traffic_from_file, traffic_from_store
+from distillshield.evidence.bundle import (
+    Traffic,
+    build_bundle,
+    chained_traffic,
+    traffic_from_file,
+    traffic_from_store,
+)
 from distillshield.evidence.collect import EvidenceError, load_report
 from distillshield.evidence.verify import BundleCheck, verify_bundle
 
@@ -10,6 +16,7 @@ __all__ = [
     "EvidenceError",
     "Traffic",
     "build_bundle",
+    "chained_traffic",
     "load_report",
     "traffic_from_file",
     "traffic_from_store",

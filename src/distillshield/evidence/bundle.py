@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from distillshield.config import CheckpointSettings
 from distillshield.evidence import charts
 from distillshield.evidence.collect import (
     EvidenceError,
@@ -38,7 +39,7 @@ from distillshield.evidence.collect import (
     template_overlap,
 )
 from distillshield.evidence.html import render_html
-from distillshield.evidence.proofs import PROOF_FILE, SignedTree
+from distillshield.evidence.proofs import PROOF_FILE, SignedTree, signed_tree
 from distillshield.store import Store
 from distillshield.store.chain import CHAINED_FIELDS
 from distillshield.store.export import record_to_row
@@ -70,6 +71,14 @@ async def traffic_from_store(store: Store, accounts: list[str]) -> Traffic:
             rows += [dict(r) for r in (await conn.execute(q)).mappings()]
     rows.sort(key=lambda r: r["seq"])
     return Traffic(rows, "audit-log", head)
+
+
+async def chained_traffic(store: Store, checkpoints: CheckpointSettings, accounts: list[str]) -> Traffic:
+    """The accounts' rows from the audit log with the signed tree head that proves them (`signed_tree`): what
+    a bundle built from the gateway's own store cites (`distillshield evidence`, the console)."""
+    traffic = await traffic_from_store(store, accounts)
+    traffic.signed_tree = await signed_tree(store, checkpoints, [r["seq"] for r in traffic.rows])
+    return traffic
 
 
 def traffic_from_file(path: Path, accounts: list[str]) -> tuple[Traffic, list[LineError]]:

@@ -42,6 +42,7 @@ ACTIONS = (
     "policy_reload",
     "reveal_prompts",
     "watermark_lookup",
+    "evidence_bundle",
 )
 
 
