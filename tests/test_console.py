@@ -243,6 +243,20 @@ def test_the_overview_chart_counts_requests_and_refusals_per_hour(fake_gateway: 
     assert after["t"][-1] <= time.time() < after["t"][-1] + 3600
 
 
+
+def test_the_overview_shows_requests_per_day_and_the_event_backlog(fake_gateway: RunningGateway) -> None:
+    client, _ = login(fake_gateway)
+    key = fake_gateway.create_key("acme-8")  # an administrative act too: not counted as a request
+    assert [_chat(fake_gateway, key).status_code for _ in range(2)] == [200, 200]
+    fake_gateway.flush_audit()
+    page = client.get("/console/").text
+    daily = json.loads(re.search(r'id="daily-data">(.*?)</script>', page, re.S).group(1))  # type: ignore[union-attr]
+    assert len(daily["t"]) == 14 and daily["requests"][-1] == 2 and sum(daily["requests"]) == 2
+    assert daily["t"][-1] <= time.time() < daily["t"][-1] + 86400
+    assert 'id="audit-queue">0<' in page and 'id="spooled">0<' in page
+    assert "none: this gateway writes the audit log itself" in page  # the embedded default: no stream
+
+
 # -- actions --------------------------------------------------------------------------------------
 
 

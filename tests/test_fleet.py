@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 
 from distillshield.store import Store
 from distillshield.workers.audit import AuditWorker
-from distillshield.workers.stream import AUDIT_GROUP, AuditStream
+from distillshield.workers.stream import AUDIT_GROUP, DETECT_GROUP, AuditStream
 from tests.conftest import REDIS_URL, logged_requests, require_service
 from tests.fakes import FakeUpstream
 from tests.test_audit_spool import logged_prompts, row
@@ -74,6 +74,27 @@ async def test_rows_reach_the_log_once_however_often_they_are_delivered(tmp_path
     assert await stream._redis.xlen(stream_key) == 0  # trimmed: the only group acknowledged everything
     await stream.close()
     await store.close()
+
+
+async def test_the_stream_reports_each_group_s_backlog_and_none_when_redis_is_away(stream_key: str) -> None:
+    stream = AuditStream(REDIS_URL, stream_key)
+    try:
+        assert await stream.backlogs() == {}  # nothing published yet
+        await stream.ensure_group(AUDIT_GROUP)
+        await stream.ensure_group(DETECT_GROUP)
+        await stream.append_audit([row(i) for i in range(12)])
+        taken = await stream.read(AUDIT_GROUP, "w1", 5, 100)
+        await stream.ack(AUDIT_GROUP, [eid for eid, _r in taken[:3]])
+        # audit writers: 2 delivered and pending + 7 not delivered; detectors: all 12 waiting
+        assert await stream.backlogs() == {AUDIT_GROUP: 9, DETECT_GROUP: 12}
+        assert await stream.backlog(AUDIT_GROUP) == 9
+    finally:
+        await stream.close()
+    away = AuditStream("redis://127.0.0.1:1/0", stream_key)
+    try:
+        assert await away.backlogs() is None
+    finally:
+        await away.close()
 
 
 async def _done(stream: AuditStream) -> bool:

@@ -165,4 +165,9 @@ class AuditSink(Protocol):
 
     async def ping(self) -> bool: ...
 
+    async def backlogs(self) -> dict[str, int] | None:
+        """Rows this sink holds that each of its consumers has not processed yet (a stream: per consumer
+        group); {} for the log itself, where nothing waits; None when the sink does not answer."""
+        ...
+
     async def close(self) -> None: ...

@@ -107,7 +107,8 @@ class Console:
         self.digest = digest
         self.signer = SessionSigner(digest) if digest else None
         self.env = _environment()
-        self.traffic = queries.HourlyTraffic()
+        self.traffic = queries.TrafficSeries(3600, 24)  # the overview's charts: 24 hours, 14 days
+        self.daily = queries.TrafficSeries(86400, 14)
         self.volume = queries.VolumeRanking()
         self.replay = queries.ShadowReplay()
         self.cot = queries.CotShares()
@@ -251,7 +252,7 @@ class Console:
     # -- pages --------------------------------------------------------------------------------------
 
     async def overview(self, request: Request, session: Session) -> Response:
-        data = await queries.overview(self.state, self.traffic)
+        data = await queries.overview(self.state, self.traffic, self.daily)
         return self.render(request, "overview.html", session=session, nav="overview", o=data)
 
     async def accounts(self, request: Request, session: Session) -> Response:

@@ -77,43 +77,49 @@ class AccountRow:
 # -- overview -------------------------------------------------------------------------------------
 
 
-class HourlyTraffic:
-    """Requests per hour over the last 24 h, and how many were refused (status >= 400), from the audit log.
+class TrafficSeries:
+    """Requests per bucket (an hour, a day) over the last `buckets`, and how many were refused (status >= 400),
+    from the audit log: the overview's two charts (24 hours by the hour, 14 days by the day).
 
-    Hours that ended more than CLOSED_AFTER_S ago are counted once and kept (their rows are all written by
+    Buckets that ended more than CLOSED_AFTER_S ago are counted once and kept (their rows are all written by
     then: the audit writer flushes within a second); each call reads only the newer rows."""
 
     CLOSED_AFTER_S = 300.0
 
-    def __init__(self) -> None:
+    def __init__(self, bucket_s: int, buckets: int) -> None:
+        self.bucket_s, self.buckets = bucket_s, buckets
         self._closed: dict[int, tuple[int, int]] = {}
 
     async def read(self, conn: Any, now: float) -> dict[str, list[int]]:
-        first = math.floor(now / 3600) - 23
-        hours = range(first, first + 24)
+        size = self.bucket_s
+        first = math.floor(now / size) - (self.buckets - 1)
+        spans = range(first, first + self.buckets)
         for h in [h for h in self._closed if h < first]:
             del self._closed[h]
-        closed_until = math.floor((now - self.CLOSED_AFTER_S) / 3600)  # hours before this one are closed
-        since = next((h for h in hours if h not in self._closed or h >= closed_until), first + 24)
-        hour = sa.func.floor(audit_log.c.ts / 3600).label("hour")
+        closed_until = math.floor((now - self.CLOSED_AFTER_S) / size)  # buckets before this one are closed
+        since = next((h for h in spans if h not in self._closed or h >= closed_until), first + self.buckets)
+        bucket = sa.func.floor(audit_log.c.ts / size).label("bucket")
         refused = sa.func.sum(sa.case((audit_log.c.status >= 400, 1), else_=0))
         q = (
-            sa.select(hour, sa.func.count(), refused)
-            .where(audit_log.c.ts >= since * 3600, sa.not_(is_admin_row()))  # requests, not operators' acts
-            .group_by(hour)
+            sa.select(bucket, sa.func.count(), refused)
+            .where(audit_log.c.ts >= since * size, sa.not_(is_admin_row()))  # requests, not operators' acts
+            .group_by(bucket)
         )
         fresh = {int(h): (int(n), int(r or 0)) for h, n, r in (await conn.execute(q)).all()}
         for h in range(since, closed_until):
             self._closed[h] = fresh.get(h, (0, 0))
         counts = {**fresh, **self._closed}
         return {
-            "t": [h * 3600 for h in hours],
-            "requests": [counts.get(h, (0, 0))[0] for h in hours],
-            "refused": [counts.get(h, (0, 0))[1] for h in hours],
+            "t": [h * size for h in spans],
+            "requests": [counts.get(h, (0, 0))[0] for h in spans],
+            "refused": [counts.get(h, (0, 0))[1] for h in spans],
         }
 
 
-async def overview(state: AppState, traffic: HourlyTraffic, now: float | None = None) -> dict[str, Any]:
+
+async def overview(
+    state: AppState, traffic: TrafficSeries, daily: TrafficSeries | None = None, now: float | None = None
+) -> dict[str, Any]:
     now = now or time.time()
     verdicts = Counter(r.verdict for r in state.risk.all())
     async with state.store.engine.connect() as conn:
@@ -127,6 +133,7 @@ async def overview(state: AppState, traffic: HourlyTraffic, now: float | None = 
             )
         ).scalar_one()
         hourly = await traffic.read(conn, now)
+        days = await daily.read(conn, now) if daily is not None else None
     blocks: list[dict[str, Any]] = []
     policy: dict[str, Any] | None = None
     if state.policy is not None:
@@ -143,7 +150,24 @@ async def overview(state: AppState, traffic: HourlyTraffic, now: float | None = 
         "policy": policy,
         "detection": state.detection.status() if state.detection is not None else None,
         "traffic": hourly,
+        "daily": days,
+        "events": await event_backlog(state),
     }
+
+
+async def event_backlog(state: AppState) -> dict[str, Any]:
+    """How far behind the gateway's finished requests are processed: rows queued for the audit log, rows in
+    the local spool while the database (or Redis) is away, the event stream's backlog per consumer group
+    (audit writers, detectors) when the gateway publishes to one, and online detection's queue here."""
+    writer = state.audit
+    out: dict[str, Any] = {
+        "audit_queue": writer.pending,
+        "spooled": writer.spool_pending,
+        "stream": await writer.store.backlogs(),  # None: the stream did not answer
+    }
+    det = state.detection
+    out["detection_queue"] = det.status().get("queued") if det is not None else None
+    return out
 
 
 # -- accounts -------------------------------------------------------------------------------------

@@ -343,6 +343,10 @@ class Store:
         except Exception:  # noqa: BLE001 - readiness probe: any failure means not ready
             return False
 
+    async def backlogs(self) -> dict[str, int] | None:
+        """contracts.AuditSink: the log itself has no consumers waiting on it."""
+        return {}
+
     # -- orgs and accounts ------------------------------------------------------------------------
 
     async def create_org(self, org_id: str, name: str = "", limits: dict[str, Any] | None = None) -> Org:

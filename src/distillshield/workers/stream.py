@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from distillshield.outage import Outage
 
@@ -104,12 +104,31 @@ class AuditStream:
 
     async def backlog(self, group: str) -> int:
         """Entries the group has not acknowledged: delivered and pending, plus not yet delivered."""
+        found = await self._group_backlogs()
+        return found[group] if group in found else int(await self._redis.xlen(self.key))
+
+    async def backlogs(self) -> dict[str, int] | None:
+        """`backlog` of every consumer group (contracts.AuditSink: the console's overview); None when Redis
+        does not answer."""
+        try:
+            return await self._group_backlogs()
+        except ResponseError as exc:  # no stream yet: nothing published, nothing waits
+            return {} if "no such key" in str(exc).lower() else None
+        except (RedisError, OSError):
+            return None
+
+    async def _group_backlogs(self) -> dict[str, int]:
+        """Each group's pending entries plus those not yet delivered to it (its `lag`; Redis before 7 has none,
+        then the stream's length stands in)."""
+        out: dict[str, int] = {}
+        length: int | None = None
         for g in await self._redis.xinfo_groups(self.key):
-            name = g["name"].decode() if isinstance(g["name"], bytes) else g["name"]
-            if name == group:
-                lag = g.get("lag")
-                return int(g["pending"]) + (int(lag) if lag is not None else int(await self._redis.xlen(self.key)))
-        return int(await self._redis.xlen(self.key))
+            name = g["name"].decode() if isinstance(g["name"], bytes) else str(g["name"])
+            lag = g.get("lag")
+            if lag is None and length is None:
+                length = int(await self._redis.xlen(self.key))
+            out[name] = int(g["pending"]) + (int(lag) if lag is not None else int(length or 0))
+        return out
 
     async def trim(self) -> int:
         """Drop the entries every group has acknowledged; returns how many were dropped."""
