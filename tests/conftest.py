@@ -186,6 +186,7 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
     base = {
         "store__url": f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}",
         "admin__token": ADMIN_TOKEN,
+        "admin__console_login_rpm": 1000,  # tests log in often; test_console.py checks the real limit
         "server__port": free_port(),
     }
     base.update(overrides)

@@ -72,6 +72,21 @@ def test_a_wrong_token_is_refused_and_sets_no_session(fake_gateway: RunningGatew
     assert client.get("/console/").status_code == 303
 
 
+def test_login_attempts_are_limited_per_address_before_the_token_is_checked(gateway_factory: Any) -> None:
+    gw = gateway_factory({"upstream": FakeUpstream()}, admin__console_login_rpm=3)
+    client = httpx.Client(base_url=gw.base, follow_redirects=False)
+    for _ in range(3):
+        form = client.get("/console/login")
+        guess = client.post("/console/login", data={"csrf_token": csrf_of(form.text), "token": "guess"})
+        assert guess.status_code == 401
+    form = client.get("/console/login")
+    r = client.post("/console/login", data={"csrf_token": csrf_of(form.text), "token": ADMIN_TOKEN})
+    assert r.status_code == 429 and "Too many login attempts from 127.0.0.1" in r.text  # the right token too
+    assert int(r.headers["retry-after"]) >= 1
+    assert not any(c.startswith("ds_console=") for c in _set_cookie_headers(r))
+    assert client.get("/console/").status_code == 303  # no session
+
+
 def test_a_login_without_the_form_csrf_token_is_refused(fake_gateway: RunningGateway) -> None:
     r = httpx.post(f"{fake_gateway.base}/console/login", data={"token": ADMIN_TOKEN})
     assert r.status_code == 403 and "expired" in r.text

@@ -114,6 +114,9 @@ class AdminSettings(_Strict):
     public_metrics: bool = Field(
         False, description="serve /metrics without a token (only behind a network that keeps it private)"
     )
+    console_login_rpm: int = Field(
+        10, ge=1, description="console login attempts per client address per minute (the gateway's limiter)"
+    )
 
     @field_validator("token_sha256", "metrics_token_sha256")
     @classmethod

@@ -33,6 +33,7 @@ server:
 admin:
   # sha256 of the admin API's bearer token (the token itself was printed once by `distillshield init`)
   token_sha256: {admin_sha}
+  console_login_rpm: 10          # console login attempts per client address per minute
 
 store:
   # SQLite by default; PostgreSQL: postgresql+asyncpg://user:password@host:5432/dbname

@@ -58,6 +58,8 @@ from distillshield.gateway.admin import (
     set_account_status,
     store_error_status,
 )
+from distillshield.gateway.errors import ApiError
+from distillshield.gateway.limits import LimitExceeded, Scope
 from distillshield.gateway.policy.admin import reload_policy, review_detail
 from distillshield.gateway.policy.rules import PolicyError
 from distillshield.store.admin_log import Actor, AdminLog
@@ -234,6 +236,19 @@ class Console:
         assert self.signer is not None and self.digest is not None
         form = await _form(request) or {}
         next_url = _safe_next(request, form.get("next"))
+        # Every attempt counts against its address's login limit in the gateway's own limiter (shared by the
+        # replicas when it is Redis), before the token is compared: guessing costs a minute per few tries.
+        client = request.client.host if request.client else "unknown"
+        try:
+            limits = LimitSet(rpm=self.state.settings.admin.console_login_rpm)
+            held = await self.state.limiter.reserve((Scope("console-login", client, limits),), 0)
+        except LimitExceeded as exc:
+            page = self._login_page(request, f"Too many login attempts from {client}: {exc.message}.", next_url, 429)
+            page.headers.update(exc.headers())
+            return page
+        except ApiError as exc:  # the limiter is away (Redis): no login until it is back, it fails closed
+            return self._login_page(request, f"Logging in is unavailable: {exc.message}.", next_url, exc.status)
+        await self.state.limiter.finish(held, 0)
         if not self.signer.login_token_matches(request, form.get(CSRF_FIELD, "")):
             return self._login_page(request, "The login form expired: enter the token again.", next_url, 403)
         token = form.get("token", "").strip()
