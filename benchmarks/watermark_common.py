@@ -18,9 +18,23 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from distillshield.watermark.gumbel import GumbelWatermark
+from distillshield.watermark.kgw import GreenListWatermark
+from distillshield.watermark.schemes import Scheme
+from distillshield.watermark.tournament import TournamentWatermark
+
 SECRET = "benchmark-secret-not-for-production-0123456789"
 N_ACCOUNTS = 1000
 ATTACKER = "acct-attacker"
+
+
+# The schemes as the corpora are generated and tested: KGW gamma 0.25 h=1 (delta per corpus), Gumbel-max
+# h=4, tournament h=4 with its default 8 rounds.
+SCHEMES: dict[str, Scheme] = {
+    "kgw": GreenListWatermark(0.25, 2.0, 1),
+    "gumbel": GumbelWatermark(4),
+    "tournament": TournamentWatermark(4),
+}
 
 
 def bench_dir() -> Path:

@@ -1,7 +1,8 @@
 """Generate the watermark benchmarks' corpora with the embedded model (resumable).
 
-    .venv/bin/python benchmarks/watermark_corpus.py                 # all corpora (1-3 h on 2 shared cores)
+    .venv/bin/python benchmarks/watermark_corpus.py                 # all corpora (2-5 h on 2 shared cores)
     .venv/bin/python benchmarks/watermark_corpus.py --n 40          # at most 40 prompts per corpus
+    .venv/bin/python benchmarks/watermark_corpus.py --corpora kgw,tournament --n 60   # attribution's texts
 
 Corpora (JSONL in BENCH_DIR, one completion per line with prompt, text, tokens, seconds):
   kgw.jsonl          140 prompts, max 400 tokens for the first 100 (attribution) and 200 after: KGW
@@ -11,16 +12,22 @@ Corpora (JSONL in BENCH_DIR, one completion per line with prompt, text, tokens, 
   gumbel.jsonl       60 x max 200 tokens: Gumbel-max h=4, each under a random account key
   strong.jsonl       30 x max 200 tokens: KGW with the strong delta=4, each under a random account key
   kgw3.jsonl         100 x max 200 tokens: KGW with delta=3, each under a random account key
-Every completion: T=1.0, llama.cpp's default top-k 40 / top-p 0.95 / min-p 0.05.
+  tournament.jsonl   100 x max 400 tokens: tournament sampling h=4 m=8, each under a random account key
+  kgw-t0.7.jsonl, tournament-t0.7.jsonl   the same at temperature 0.7 (attribution at T=0.7)
+  gumbel-400.jsonl   100 x max 400 tokens: Gumbel-max h=4 (attribution at 400 tokens)
+Every completion: T=1.0 unless named, llama.cpp's default top-k 40 / top-p 0.95 / min-p 0.05. The prompts
+are the same list for every corpus (prompt i is the i-th of watermark_common.prompts).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 
 from watermark_common import (
     ATTACKER,
+    SCHEMES,
     SECRET,
     account_ids,
     append_jsonl,
@@ -32,19 +39,33 @@ from watermark_common import (
     rng,
 )
 
-from distillshield.watermark.gumbel import GumbelWatermark
 from distillshield.watermark.keys import KeyRing
-from distillshield.watermark.kgw import GreenListWatermark
 
-TEMPERATURE = 1.0
-# (prompts, max tokens, prompts at 400 tokens): small enough for 2 shared cores (~110k tokens in all)
+
+@dataclass(frozen=True)
+class Corpus:
+    prompts: int
+    max_tokens: int  # after the first `n_long` prompts, which get 400
+    n_long: int
+    pick_seed: int  # of the random account per prompt
+    scheme: str | None = None  # a key of SCHEMES; None: unwatermarked
+    delta: float | None = None  # kgw: the bias (None: the scheme's 2.0)
+    temperature: float = 1.0
+    account: str | None = None  # one fixed account for every prompt
+
+
+# small enough for 2 shared cores (~110k tokens for the first six)
 CORPORA = {
-    "kgw": (140, 200, 100),
-    "plain": (100, 200, 0),
-    "attacker": (100, 200, 0),
-    "gumbel": (60, 200, 0),
-    "strong": (30, 200, 0),
-    "kgw3": (100, 200, 0),
+    "kgw": Corpus(140, 200, 100, 2, "kgw"),
+    "plain": Corpus(100, 200, 0, 1),
+    "attacker": Corpus(100, 200, 0, 4, "kgw", account=ATTACKER),
+    "gumbel": Corpus(60, 200, 0, 3, "gumbel"),
+    "strong": Corpus(30, 200, 0, 5, "kgw", delta=4.0),
+    "kgw3": Corpus(100, 200, 0, 6, "kgw", delta=3.0),
+    "tournament": Corpus(100, 400, 100, 7, "tournament"),
+    "kgw-t0.7": Corpus(100, 400, 100, 8, "kgw", temperature=0.7),
+    "tournament-t0.7": Corpus(100, 400, 100, 9, "tournament", temperature=0.7),
+    "gumbel-400": Corpus(100, 400, 100, 10, "gumbel"),
 }
 
 
@@ -53,45 +74,42 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=None, help="at most this many prompts per corpus")
     ap.add_argument("--corpora", default=",".join(CORPORA))
     args = ap.parse_args()
+    names = args.corpora.split(",")
+    if unknown := [c for c in names if c not in CORPORA]:
+        ap.error(f"unknown corpora {', '.join(unknown)}; choose from {', '.join(CORPORA)}")
     keys = KeyRing(SECRET)
-    kgw = GreenListWatermark(0.25, 2.0, 1)
-    gumbel = GumbelWatermark(4)
     accounts = account_ids()
-    ps = prompts(max(c[0] for c in CORPORA.values()))
+    ps = prompts(max(CORPORA[c].prompts for c in names))
     llm = load_llm()
     out = bench_dir()
-    for corpus in args.corpora.split(","):
+    for corpus in names:
+        spec = CORPORA[corpus]
         path = out / f"{corpus}.jsonl"
         done = {r["i"] for r in read_jsonl(path)}
-        pick = rng({"plain": 1, "kgw": 2, "gumbel": 3, "attacker": 4, "strong": 5, "kgw3": 6}[corpus])
-        n_prompts, short, n_long = CORPORA[corpus]
-        n_prompts = min(n_prompts, args.n or n_prompts)
+        pick = rng(spec.pick_seed)
+        n_prompts = min(spec.prompts, args.n or spec.prompts)
         for i, prompt in enumerate(ps[:n_prompts]):
-            account = ATTACKER if corpus == "attacker" else pick.choice(accounts)
+            account = spec.account or pick.choice(accounts)
             if i in done:
                 continue
-            key = keys.account(account)
             hook = None
-            if corpus in ("kgw", "attacker"):
-                hook = kgw.processor(key)
-            elif corpus == "strong":
-                hook = kgw.processor(key, delta=4.0)
-            elif corpus == "kgw3":
-                hook = kgw.processor(key, delta=3.0)
-            elif corpus == "gumbel":
-                hook = gumbel.processor(key, temperature=TEMPERATURE)
-            max_tokens = 400 if i < n_long else short
-            text, n, dt = chat(llm, prompt, max_tokens, TEMPERATURE, seed=1000 + i, hook=hook)
+            if spec.scheme is not None:
+                # kgw reads delta (None: its own); the sampling schemes read the temperature
+                hook = SCHEMES[spec.scheme].processor(keys.account(account), delta=spec.delta,
+                                                      temperature=spec.temperature)  # fmt: skip
+            max_tokens = 400 if i < spec.n_long else spec.max_tokens
+            text, n, dt = chat(llm, prompt, max_tokens, spec.temperature, seed=1000 + i, hook=hook)
             append_jsonl(
                 path,
                 {
                     "i": i,
                     "corpus": corpus,
-                    "account": None if corpus == "plain" else account,
+                    "account": None if spec.scheme is None else account,
                     "prompt": prompt,
                     "text": text,
                     "tokens": n,
                     "seconds": round(dt, 3),
+                    "temperature": spec.temperature,
                 },
             )
             print(f"{corpus} {i + 1}/{n_prompts} {n} tokens {n / dt:.0f} tok/s", file=sys.stderr, flush=True)

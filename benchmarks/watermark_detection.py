@@ -3,35 +3,44 @@ and on real unwatermarked text shipped in PyPI packages.
 
     .venv/bin/python benchmarks/watermark_detection.py [--keys 1000] [--json-out detection.json]
     .venv/bin/python benchmarks/watermark_detection.py --parts fp-real     # real corpora only (no generation)
+    .venv/bin/python benchmarks/watermark_detection.py --parts attribution --keys 10000 \
+        --attribution-corpora kgw,tournament,kgw-t0.7,tournament-t0.7      # attribution at scale
 
   detection    watermarked completions cut to exactly L tokens (L = 50, 100, 200; texts shorter than
                L are left out and counted), each tested under its own account key: share detected
                (z >= 4 and exact p <= 3.2e-5, the normal tail at 4: Detection.detected)
   false pos.   every unwatermarked text (the model's own plain completions, human prompts, books, code,
                GPT-4 reference answers) tested under each of --keys account keys: share detected
-  attribution  watermarked completions cut to 400 (and 200) tokens, tested under all --keys keys (the
-               true one among them): share where the true account ranks first, and where it is named
-               (Holm-adjusted p < 1e-3); plain completions: share where any account is named
+  attribution  each --attribution-corpora corpus's completions (under its own scheme and temperature) cut
+               to 400 and 200 tokens, tested under all --keys keys (the true one among them): share where
+               the true account ranks first, where it is named (Holm-adjusted p < 1e-3), wrong names
+               (first and secondary, these at the stricter secondary alpha, and what alpha alone would
+               have named), the seconds attribute() takes per text, the calibration of the wrong keys'
+               p-values, and pairs of texts of two accounts pooled (both should be named);
+               unwatermarked texts (plain completions, real corpora): share where any account is named
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import time
 from typing import Any
 
 import numpy as np
-from watermark_common import SECRET, account_ids, bench_dir, machine, read_jsonl
+from watermark_common import SCHEMES, SECRET, account_ids, bench_dir, machine, read_jsonl
+from watermark_corpus import CORPORA
 
-from distillshield.watermark.attribution import attribute
+from distillshield.watermark.attribution import ALPHA, SECONDARY_ALPHA, attribute
 from distillshield.watermark.base import scored_pairs
-from distillshield.watermark.gumbel import GumbelWatermark
-from distillshield.watermark.keys import KeyRing
-from distillshield.watermark.kgw import GreenListWatermark
+from distillshield.watermark.keys import KeyRing, WatermarkKey
+from distillshield.watermark.schemes import Scheme
 from distillshield.watermark.stats import binomial_log10_sf
-from distillshield.watermark.tokenizer import default_tokenizer
+from distillshield.watermark.tokenizer import Tokenizer, default_tokenizer
 
 Z = 4.0
+RAW_LEVELS = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6)  # calibration of the wrong keys' raw p-values
 
 
 def upper95(k: int, n: int) -> float:
@@ -60,18 +69,89 @@ def real_corpora(limit: int) -> dict[str, list[str]]:
     }
 
 
+def attribution_at(
+    scheme: Scheme, rows: list[dict[str, Any]], length: int, keys: list[WatermarkKey], tok: Tokenizer
+) -> dict[str, Any]:
+    """Attribute every completion of at least `length` tokens, cut to `length`, under all `keys`."""
+    texts = [(f"account:{r['account']}", ids[:length]) for r in rows if len(ids := tok.encode(r["text"])) >= length]
+    labels = {k.label for k in keys}
+    texts = [(truth, ids) for truth, ids in texts if truth in labels]  # the true key is among the candidates
+    first = named = wrong_first = wrong_secondary = wrong_at_alpha = 0
+    seconds: list[float] = []
+    best_wrong: list[float] = []  # the best wrong key's Holm-adjusted log10 p, per text
+    raw_below = [0] * len(RAW_LEVELS)
+    for truth, ids in texts:
+        t = time.perf_counter()
+        a = attribute(scheme, ids, keys)
+        seconds.append(time.perf_counter() - t)
+        names = [c.label for c in a.attributed]
+        first += a.ranked[0].label == truth
+        named += truth in names
+        wrong_first += bool(names) and names[0] != truth
+        wrong_secondary += any(n != truth for n in names[1:])
+        wrong_at_alpha += any(c.label != truth and c.log10_p_adjusted < math.log10(ALPHA) for c in a.ranked)
+        wrong = [c for c in a.ranked if c.label != truth]
+        best_wrong.append(wrong[0].log10_p_adjusted)
+        raw = np.array([c.detection.log10_p for c in wrong])
+        for j, level in enumerate(RAW_LEVELS):
+            raw_below[j] += int(np.count_nonzero(raw < math.log10(level)))
+    n, tests = len(texts), len(texts) * (len(keys) - 1)
+    pairs = [(texts[i], texts[i + 1]) for i in range(0, n - 1, 2) if texts[i][0] != texts[i + 1][0]]
+    both = both_at_alpha = 0  # two accounts' texts pooled: both named (the second at the secondary alpha)
+    for (truth_x, x), (truth_y, y) in pairs:
+        a = attribute(scheme, [x, y], keys)
+        both += {truth_x, truth_y} <= {c.label for c in a.attributed}
+        both_at_alpha += {truth_x, truth_y} <= {c.label for c in a.ranked if c.log10_p_adjusted < math.log10(ALPHA)}
+    return {
+        "texts": n, "shorter_left_out": len(rows) - n, "keys": len(keys),
+        "ranked_first": first, "rate_first": round(first / n, 4) if n else None,
+        f"named_alpha_{ALPHA:g}": named, "rate_named": round(named / n, 4) if n else None,
+        "wrong_first_named": wrong_first, f"wrong_secondary_named_{SECONDARY_ALPHA:g}": wrong_secondary,
+        f"wrong_named_at_alpha_{ALPHA:g}_alone": wrong_at_alpha,
+        "seconds_per_text_median": round(float(np.median(seconds)), 3) if n else None,
+        "seconds_per_text_p90": round(float(np.quantile(seconds, 0.9)), 3) if n else None,
+        "best_wrong_log10_p_adjusted_min": round(min(best_wrong), 2) if n else None,
+        "best_wrong_log10_p_adjusted_median": round(float(np.median(best_wrong)), 2) if n else None,
+        "wrong_keys_raw_p_below": {f"{lv:g}": {"count": k, "tests": tests, "share": k / tests if tests else None}
+                                   for lv, k in zip(RAW_LEVELS, raw_below, strict=True)},
+        "pooled_pairs": len(pairs), "pooled_pairs_both_named": both,
+        f"pooled_pairs_both_named_at_alpha_{ALPHA:g}_alone": both_at_alpha,
+    }  # fmt: skip
+
+
+def unwatermarked_named(scheme: Scheme, texts: list[str], keys: list[WatermarkKey], tok: Tokenizer) -> dict[str, Any]:
+    """Unwatermarked texts under all keys: how many name any account, and the best key's adjusted p."""
+    named = tested = 0
+    best: list[float] = []
+    for text in texts:
+        ids = tok.encode(text)
+        if len(ids) <= scheme.context_width:
+            continue
+        a = attribute(scheme, ids, keys)
+        tested += 1
+        named += bool(a.attributed)
+        best.append(a.ranked[0].log10_p_adjusted)
+    return {
+        "texts": tested, "keys": len(keys), "any_named": named,
+        "best_log10_p_adjusted_min": round(min(best), 2) if best else None,
+        "share_best_adjusted_below_0.01": round(float(np.mean(np.array(best) < -2)), 4) if best else None,
+    }  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--keys", type=int, default=1000)
     ap.add_argument("--real-limit", type=int, default=300, help="texts per real corpus")
     ap.add_argument("--parts", default="detection,fp,attribution", help="which parts to run")
+    ap.add_argument("--attribution-corpora", default="kgw", help="corpora of watermark_corpus.py to attribute")
+    ap.add_argument("--null-limit", type=int, default=40, help="texts per real corpus in attribution's null (0: none)")
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args()
     parts = set(args.parts.split(","))
     tok = default_tokenizer()
     ring = KeyRing(SECRET)
     keys = [ring.account(a) for a in account_ids(args.keys)]
-    schemes = {"kgw": GreenListWatermark(0.25, 2.0, 1), "gumbel": GumbelWatermark(4)}
+    schemes = {name: SCHEMES[name] for name in ("kgw", "gumbel")}
     d = bench_dir()
     result: dict[str, Any] = {"machine": machine(), "keys": args.keys, "z_threshold": Z}
 
@@ -139,36 +219,23 @@ def main() -> None:
         }  # fmt: skip
 
     # -- attribution among all keys ----------------------------------------------------------------------
-    att: dict[str, Any] = {}
-    rows = read_jsonl(d / "kgw.jsonl")
-    kgw = schemes["kgw"]
-    for length in (400, 200) if "attribution" in parts else ():
-        ranked_first = named = total = 0
-        wrong_named = 0
-        for r in rows:
-            seq = tok.encode(r["text"])
-            if len(seq) < length:
-                continue
-            a = attribute(kgw, seq[:length], keys)
-            total += 1
-            truth = f"account:{r['account']}"
-            ranked_first += a.best is not None and a.best.label == truth
-            named += truth in [c.label for c in a.attributed]
-            wrong_named += any(c.label != truth for c in a.attributed)
-        att[f"L{length}"] = {
-            "texts": total, "ranked_first": ranked_first,
-            "rate_first": round(ranked_first / total, 4) if total else None,
-            "named_holm_1e-3": named, "rate_named": round(named / total, 4) if total else None,
-            "wrong_account_named": wrong_named,
-        }  # fmt: skip
-        print("attribution", length, json.dumps(att[f"L{length}"]), flush=True)
     if "attribution" in parts:
-        plain_named = 0
-        plain_rows = read_jsonl(d / "plain.jsonl")
-        for r in plain_rows:
-            plain_named += bool(attribute(kgw, tok.encode(r["text"]), keys).attributed)
-        att["plain_any_named"] = {"texts": len(plain_rows), "named": plain_named}
-        result["attribution"] = att
+        result["attribution"] = att = {}
+        for corpus in args.attribution_corpora.split(","):
+            rows = read_jsonl(d / f"{corpus}.jsonl")
+            if not rows:
+                print(f"attribution: no {corpus}.jsonl in {d}; run watermark_corpus.py --corpora {corpus}", flush=True)
+                continue
+            scheme = SCHEMES[CORPORA[corpus].scheme or "kgw"]
+            att[corpus] = {"scheme": repr(scheme), "temperature": CORPORA[corpus].temperature, "completions": len(rows)}
+            for length in (400, 200):
+                att[corpus][f"L{length}"] = out = attribution_at(scheme, rows, length, keys, tok)
+                print("attribution", corpus, length, json.dumps(out), flush=True)
+        plain = [r["text"] for r in read_jsonl(d / "plain.jsonl")]
+        null_texts = plain + [t for texts in real_corpora(args.null_limit).values() for t in texts]
+        for name in sorted({CORPORA[c].scheme or "kgw" for c in att}) if null_texts else ():
+            att[f"unwatermarked {name}"] = out = unwatermarked_named(SCHEMES[name], null_texts, keys, tok)
+            print("attribution unwatermarked", name, json.dumps(out), flush=True)
     print(json.dumps(result, indent=2))
     if args.json_out:
         with open(args.json_out, "w") as fh:

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from distillshield.config import ConfigError, Settings, load_settings
-from distillshield.watermark.attribution import attribute
-from distillshield.watermark.base import scored_pairs
+from distillshield.watermark import attribution
+from distillshield.watermark.attribution import Attribution, Candidate, attribute
+from distillshield.watermark.base import Detection, scored_pairs
 from distillshield.watermark.gateway import Watermarker
 from distillshield.watermark.gumbel import GumbelWatermark
 from distillshield.watermark.keys import KeyRing, context_seed, context_seeds, derive_key, prf32
@@ -164,10 +165,6 @@ def test_tournament_is_detected_under_its_key_only_with_a_calibrated_null() -> N
     rng = np.random.default_rng(6)
     p = [wm.detect(keys().account(f"n{i}"), rng.integers(0, V, 120)).p_value for i in range(400)]
     assert 0.02 < np.mean(np.array(p) < 0.05) < 0.09
-    ctx, tok, seen = scored_pairs(generate(wm.processor(key, temperature=1.0), seed=7), 2)
-    many = wm.score_many([key, keys().account("bob")], ctx, tok, seen)
-    assert [d.as_dict() for d in many] == [wm.score_pairs(k, ctx, tok, seen).as_dict()
-                                           for k in (key, keys().account("bob"))]  # fmt: skip
 
 
 def test_tournament_rounds_keep_the_distribution_over_keys() -> None:
@@ -222,6 +219,55 @@ def test_attribution_names_the_right_account_among_many() -> None:
     assert [c.label for c in a.attributed] == ["account:acct-117"]
     none = attribute(wm, generate(None, n=300, seed=7), cands)
     assert none.attributed == [] and none.keys_tested == 200
+
+
+@pytest.mark.parametrize(
+    "wm", [GreenListWatermark(0.25, 2.0, 2), GumbelWatermark(2), TournamentWatermark(2)], ids=lambda w: w.name
+)
+def test_attribution_fast_path_equals_testing_each_key_alone(wm, monkeypatch: pytest.MonkeyPatch) -> None:
+    """attribute() scores keys in vectorised blocks with one tail per distinct count (10,000 keys in a fraction
+    of a second); it must give every key exactly what score_pairs gives it alone, across block edges."""
+    ring = keys()
+    cands = [ring.account(f"acct-{i:03d}") for i in range(23)]
+    ids = generate(wm.processor(cands[5], temperature=1.0), n=150, seed=11)
+    ctx, tok, seen = scored_pairs(ids, wm.context_width)
+    slow = {k.label: wm.score_pairs(k, ctx, tok, seen).as_dict() for k in cands}
+    monkeypatch.setattr(attribution, "_BLOCK_VALUES", 7 * tok.size)  # blocks of 7 keys: 4 blocks, the last short
+    fast = attribute(wm, ids, cands)
+    assert {c.label: {k: v for k, v in c.as_dict().items() if "adjusted" not in k} for c in fast.ranked} == slow
+    assert fast.best is not None and fast.best.label == "account:acct-005"
+    assert [d.as_dict() for d in wm.score_many(cands[:2], ctx[:0], tok[:0], 0)] == [
+        wm.score_pairs(k, ctx[:0], tok[:0], 0).as_dict() for k in cands[:2]
+    ]  # no scored pair: z 0, p 1 on both paths
+
+
+def _attribution(log10_p_adjusted: list[float], **levels: float) -> Attribution:
+    ranked = [Candidate(Detection("kgw", f"account:a{i}", 200, 190, 0.0, 0.0, p), p)
+              for i, p in enumerate(log10_p_adjusted)]  # fmt: skip
+    return Attribution(ranked, "holm", tokens=200, scored=190, **levels)  # type: ignore[arg-type]
+
+
+def test_accounts_after_the_first_are_named_only_at_the_stricter_secondary_alpha() -> None:
+    """The first account is named at alpha (1e-3); each further one only below secondary_alpha (1e-6): a text
+    whose own key is far ahead still leaves its other keys as null tests, the best at ~alpha per text."""
+    a = _attribution([-12.0, -8.0, math.log10(9.5e-4), -1.0], alpha=1e-3)
+    assert a.secondary_alpha == attribution.SECONDARY_ALPHA == 1e-6
+    assert [c.label for c in a.attributed] == ["account:a0", "account:a1"]  # not a2 at p 9.5e-4 (issue 15)
+    assert [c.label for c in _attribution([math.log10(9.5e-4), -1.0], alpha=1e-3).attributed] == ["account:a0"]
+    loose = _attribution([-12.0, -8.0, math.log10(9.5e-4), -1.0], alpha=1e-3, secondary_alpha=1e-3)
+    assert [c.label for c in loose.attributed] == ["account:a0", "account:a1", "account:a2"]
+    assert _attribution([-12.0], alpha=1e-3).as_dict()["secondary_alpha"] == 1e-6
+    with pytest.raises(ValueError, match="secondary_alpha"):
+        attribute(GreenListWatermark(), [1, 2, 3], [keys().account("a")], secondary_alpha=0.0)
+
+
+def test_a_text_pooled_from_two_accounts_names_both() -> None:
+    """The stricter level for secondary names keeps real ones: two accounts' marked outputs pooled."""
+    wm, ring = GreenListWatermark(0.25, 2.0, 1), keys()
+    cands = [ring.account(f"acct-{i:03d}") for i in range(200)]
+    pooled = [generate(wm.processor(cands[17]), n=200, seed=3), generate(wm.processor(cands[117]), n=200, seed=4)]
+    a = attribute(wm, pooled, cands)
+    assert sorted(c.label for c in a.attributed) == ["account:acct-017", "account:acct-117"]
 
 
 def test_radioactivity_test_pools_samples_and_deduplicates() -> None:

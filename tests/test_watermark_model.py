@@ -84,6 +84,10 @@ def test_cli_detects_and_attributes(texts: dict[str, str], config: Path, tmp_pat
     assert out["keys_tested"] >= 4
     assert by_id["wm-alice"]["attributed"] == ["account:wm-alice"]
     assert by_id["wm-bob"]["attributed"] == []
+    assert by_id["wm-alice"]["alpha"] == 1e-3 and by_id["wm-alice"]["secondary_alpha"] == 1e-6
+    args = ["-c", str(config), "watermark", "detect", str(f), "--attribute"]
+    bad = runner.invoke(app, [*args, "--secondary-alpha", "0"])
+    assert bad.exit_code != 0 and "--secondary-alpha must be between 0 and 1" in str(bad.exception)  # main(): exit 2
     plain = runner.invoke(app, ["-c", str(config), "watermark", "detect", str(f), "--account", "wm-alice"])
     assert plain.exit_code == 0 and "wm-alice" in plain.stdout
 

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from distillshield.cli.common import CliError, console, print_json, progress, settings, with_store
 from distillshield.store import Store
-from distillshield.watermark.attribution import CORRECTIONS, attribute
+from distillshield.watermark.attribution import ALPHA, CORRECTIONS, SECONDARY_ALPHA, attribute
 from distillshield.watermark.keys import KeyRing, WatermarkKey, key_label
 from distillshield.watermark.schemes import Scheme, build_scheme, keyring_from_settings
 from distillshield.watermark.texts import TextsError, read_texts
@@ -89,7 +89,10 @@ def detect(
     accounts_file: Path = typer.Option(None, "--accounts", help="candidate account ids, one per line"),
     pool: bool = typer.Option(False, "--pool", help="pool all texts into one test (their distinct pairs once)"),
     correction: str = typer.Option("holm", help=f"multiple-testing correction: {' | '.join(CORRECTIONS)}"),
-    alpha: float = typer.Option(0.001, help="family-wise error rate for naming an account"),
+    alpha: float = typer.Option(ALPHA, help="family-wise error rate for naming an account"),
+    secondary_alpha: float = typer.Option(
+        SECONDARY_ALPHA, help="stricter level for each account named after the first (docs/watermark.md)"
+    ),
     top: int = typer.Option(5, help="candidates shown per text in attribution mode"),
     scheme: str = typer.Option(None, help="kgw | gumbel | tournament (default: watermark.scheme)"),
     gamma: float = typer.Option(None, help="kgw green share (default: watermark.gamma)"),
@@ -107,6 +110,9 @@ def detect(
     """
     if correction not in CORRECTIONS:
         raise CliError(f"--correction must be one of {', '.join(CORRECTIONS)}, got {correction!r}")
+    for option, level in (("--alpha", alpha), ("--secondary-alpha", secondary_alpha)):
+        if not 0.0 < level < 1.0:
+            raise CliError(f"{option} must be between 0 and 1 (exclusive), got {level}")
     if not (account or cluster or attribute_mode):
         raise CliError("name a key: --account ID, --cluster ID, or --attribute to test every account")
     wm = setup(scheme, gamma, context_width, threshold, tokenizer)
@@ -127,7 +133,8 @@ def detect(
         for ident, group in units:
             ids = [wm.tokenizer.encode(t) for t in group]
             if attribute_mode:
-                a = attribute(wm.scheme, ids, keys, correction=correction, alpha=alpha, threshold=wm.threshold)
+                a = attribute(wm.scheme, ids, keys, correction=correction, alpha=alpha,
+                              secondary_alpha=secondary_alpha, threshold=wm.threshold)  # fmt: skip
                 results.append({"id": ident, **a.as_dict(top)})
             else:
                 dets = [wm.scheme.detect(k, ids, wm.threshold) for k in keys]
@@ -147,7 +154,7 @@ def detect(
         print_json(out)
         return
     if attribute_mode:
-        _print_attribution(results, correction, alpha)
+        _print_attribution(results, correction, alpha, secondary_alpha)
     else:
         _print_detection(results)
 
@@ -172,7 +179,7 @@ def _print_detection(results: list[dict]) -> None:
     console.print(t)
 
 
-def _print_attribution(results: list[dict], correction: str, alpha: float) -> None:
+def _print_attribution(results: list[dict], correction: str, alpha: float, secondary_alpha: float) -> None:
     t = Table("text", "rank", "key", "z", "p-value", f"p ({correction})", "named")
     for r in results:
         for i, c in enumerate(r["top"], start=1):
@@ -187,4 +194,7 @@ def _print_attribution(results: list[dict], correction: str, alpha: float) -> No
                 "[red]yes[/red]" if named else "",
             )
     console.print(t)
-    console.print(f"{results[0]['keys_tested']} keys tested; named = adjusted p < {alpha}")
+    console.print(
+        f"{results[0]['keys_tested']} keys tested; named = adjusted p < {alpha} for the first account, "
+        f"< {min(alpha, secondary_alpha)} for each further one"
+    )

@@ -3,8 +3,15 @@ testing many keys (Holm-Bonferroni, or Bonferroni), and name the accounts whose 
 stays below alpha, most likely first.
 
 Keys of different accounts are independent, so under the null of "no key marks this" each test
-is a fair one-sided test; with 1,000 keys the best unkeyed z is about 3.1 by chance alone, which is
-why the raw p-value of the top candidate is not evidence and the adjusted one is.
+is a fair one-sided test; with 1,000 keys the best unkeyed z is about 3.1 by chance alone (3.7 with
+10,000), which is why the raw p-value of the top candidate is not evidence and the adjusted one is.
+
+Secondary names (every account after the first) need a stricter level, `secondary_alpha` (default
+1e-6): a text almost always has one source, and when its own key is far ahead the other keys are still
+independent null tests, so Holm lets the best of them through at about alpha per text (about 1 in
+1,000 texts names a second, wrong account at alpha 1e-3). At 1e-6 that is one per million texts; the
+price is fewer second names where two accounts' texts are pooled into one test (docs/watermark.md,
+"Detection rule and statistics" and "Attribution at scale").
 """
 
 from __future__ import annotations
@@ -21,6 +28,9 @@ from distillshield.watermark.schemes import Scheme
 from distillshield.watermark.stats import bonferroni_log10, holm_log10, p_from_log10
 
 CORRECTIONS = ("holm", "bonferroni")
+ALPHA = 1e-3  # family-wise error of naming the first account
+SECONDARY_ALPHA = 1e-6  # ... and of naming each further one (the module docstring says why)
+_BLOCK_VALUES = 1 << 20  # keyed values per vectorised block: bounds memory (8 MB per uint64 temporary)
 
 
 @dataclass(frozen=True)
@@ -46,6 +56,7 @@ class Attribution:
     alpha: float
     tokens: int
     scored: int
+    secondary_alpha: float = SECONDARY_ALPHA
 
     @property
     def keys_tested(self) -> int:
@@ -53,8 +64,10 @@ class Attribution:
 
     @property
     def attributed(self) -> list[Candidate]:
-        """Candidates whose adjusted p-value is below alpha (family-wise error <= alpha)."""
-        return [c for c in self.ranked if p_from_log10(c.log10_p_adjusted) < self.alpha]
+        """The accounts named: the first candidate if its adjusted p-value is below alpha (family-wise error
+        <= alpha), each later one only below the stricter min(alpha, secondary_alpha)."""
+        levels = (self.alpha, min(self.alpha, self.secondary_alpha))
+        return [c for i, c in enumerate(self.ranked) if p_from_log10(c.log10_p_adjusted) < levels[i > 0]]
 
     @property
     def best(self) -> Candidate | None:
@@ -65,6 +78,7 @@ class Attribution:
             "keys_tested": self.keys_tested,
             "correction": self.correction,
             "alpha": self.alpha,
+            "secondary_alpha": self.secondary_alpha,
             "tokens": self.tokens,
             "scored": self.scored,
             "attributed": [c.label for c in self.attributed],
@@ -78,21 +92,30 @@ def attribute(
     keys: Sequence[WatermarkKey],
     *,
     correction: str = "holm",
-    alpha: float = 0.001,
+    alpha: float = ALPHA,
+    secondary_alpha: float = SECONDARY_ALPHA,
     threshold: float = 4.0,
     dedup: bool = True,
 ) -> Attribution:
-    """Test token ids (one text or several pooled) under each key; rank and correct."""
+    """Test token ids (one text or several pooled) under each key; rank and correct.
+
+    Every key is scored in vectorised blocks (`score_many`, equal to `score_pairs` key by key): one
+    400-token text under 10,000 keys takes a fraction of a second (docs/watermark.md, "Attribution").
+    """
     if correction not in CORRECTIONS:
         raise ValueError(f"correction must be one of {', '.join(CORRECTIONS)}, got {correction!r}")
     if not keys:
         raise ValueError("attribution needs at least one candidate key")
+    for name, level in (("alpha", alpha), ("secondary_alpha", secondary_alpha)):
+        if not 0.0 < level < 1.0:
+            raise ValueError(f"{name} must be in (0, 1), got {level}")
     ctx, tok, seen = scored_pairs(ids, scheme.context_width, dedup)  # type: ignore[arg-type]
+    block = max(1, _BLOCK_VALUES // max(int(tok.size), 1))
     detections: list[Detection] = []
-    for i in range(0, len(keys), 256):  # vectorised over keys, in blocks that bound memory
-        detections += scheme.score_many(list(keys[i : i + 256]), ctx, tok, seen, threshold)
+    for i in range(0, len(keys), block):
+        detections += scheme.score_many(list(keys[i : i + block]), ctx, tok, seen, threshold)
     raw = [d.log10_p for d in detections]
     adjusted = holm_log10(raw) if correction == "holm" else bonferroni_log10(raw)
     order = np.lexsort((-np.array([d.z for d in detections]), np.array(raw)))
     ranked = [Candidate(detections[i], adjusted[i]) for i in order]
-    return Attribution(ranked, correction, alpha, seen, int(tok.size))
+    return Attribution(ranked, correction, alpha, seen, int(tok.size), secondary_alpha)

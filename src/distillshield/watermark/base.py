@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from distillshield.watermark.keys import WatermarkKey
-from distillshield.watermark.stats import normal_log10_sf, p_from_log10
+from distillshield.watermark.stats import binomial_log10_sf, normal_log10_sf, p_from_log10, z_score
 
 # (input token ids so far, next-token scores) -> scores: the embedded model's logits hook.
 LogitsHook = Any
@@ -83,6 +83,26 @@ class Detection:
             "log10_p": round(self.log10_p, 4),
             "detected": self.detected,
         }
+
+
+def count_detections(
+    scheme: str,
+    keys: Sequence[WatermarkKey],
+    counts: np.ndarray,
+    trials: int,
+    rate: float,
+    scored: int,
+    seen: int,
+    threshold: float = 4.0,
+) -> list[Detection]:
+    """One Detection per key for a count test (KGW's green pairs, the tournament's 1-bits) against
+    Binomial(trials, rate). z and the exact tail are computed once per distinct count: one text's counts
+    under 10,000 keys take a few dozen values, so attribution costs a few dozen tails, not 10,000."""
+    stats = {c: (z_score(c, trials, rate), binomial_log10_sf(c, trials, rate)) for c in set(counts.tolist())}
+    return [
+        Detection(scheme, k.label, seen, scored, float(c), *stats[c], threshold)
+        for k, c in zip(keys, counts.tolist(), strict=True)
+    ]
 
 
 class PairScorer:

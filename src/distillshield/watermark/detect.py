@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from distillshield.watermark.attribution import Attribution, attribute
+from distillshield.watermark.attribution import ALPHA, SECONDARY_ALPHA, Attribution, attribute
 from distillshield.watermark.base import Detection
 from distillshield.watermark.keys import WatermarkKey
 from distillshield.watermark.schemes import Scheme
@@ -29,10 +29,17 @@ class Detector:
         text: str | Sequence[str],
         keys: Sequence[WatermarkKey],
         correction: str = "holm",
-        alpha: float = 0.001,
+        alpha: float = ALPHA,
+        secondary_alpha: float = SECONDARY_ALPHA,
     ) -> Attribution:
         return attribute(
-            self.scheme, self._ids(text), keys, correction=correction, alpha=alpha, threshold=self.threshold
+            self.scheme,
+            self._ids(text),
+            keys,
+            correction=correction,
+            alpha=alpha,
+            secondary_alpha=secondary_alpha,
+            threshold=self.threshold,
         )
 
     def _ids(self, text: str | Sequence[str]) -> list[list[int]]:

@@ -28,7 +28,7 @@ import numpy as np
 
 from distillshield.watermark.base import Detection, PairScorer
 from distillshield.watermark.keys import WatermarkKey, context_seed, fmix32, prf32, prf32_many, token_table
-from distillshield.watermark.stats import gamma_log10_sf
+from distillshield.watermark.stats import gamma_log10_sf_many
 
 _SUPPRESS = -1.0e9  # finite (no NaN in the samplers downstream), far below any real logit
 _PREFILTER = 15.0  # logits this far below the max have p < 3e-7: never in top-p/min-p candidates
@@ -87,30 +87,24 @@ class GumbelWatermark(PairScorer):
     def score_pairs(
         self, key: WatermarkKey, contexts: np.ndarray, tokens: np.ndarray, seen: int, threshold: float = 4.0
     ) -> Detection:
-        n = int(tokens.size)
-        total = float(np.sum(-np.log1p(-uniforms(prf32(key, contexts, tokens))))) if n else 0.0
-        return Detection(
-            scheme=self.name,
-            key_label=key.label,
-            tokens=seen,
-            scored=n,
-            score=total,
-            z=(total - n) / math.sqrt(n) if n else 0.0,
-            log10_p=gamma_log10_sf(total, n) if n else 0.0,
-            threshold=threshold,
-        )
+        return self._detections([key], prf32(key, contexts, tokens)[None, :], int(tokens.size), seen, threshold)[0]
 
     def score_many(
         self, keys: list[WatermarkKey], contexts: np.ndarray, tokens: np.ndarray, seen: int, threshold: float = 4.0
     ) -> list[Detection]:
-        n = int(tokens.size)
-        if n == 0:
-            return [self.score_pairs(k, contexts, tokens, seen, threshold) for k in keys]
-        totals = np.sum(-np.log1p(-uniforms(prf32_many(keys, contexts, tokens))), axis=1)
+        """score_pairs under every key in one vectorised pass (same results, for attribution)."""
+        return self._detections(keys, prf32_many(keys, contexts, tokens), int(tokens.size), seen, threshold)
+
+    def _detections(
+        self, keys: list[WatermarkKey], values: np.ndarray, n: int, seen: int, threshold: float
+    ) -> list[Detection]:
+        """Detections from a (keys, n) array of keyed values: S = sum -log(1 - u) per key against Gamma(n, 1)."""
+        totals = np.sum(-np.log1p(-uniforms(values)), axis=1) if n else np.zeros(len(keys))
+        tails = gamma_log10_sf_many(totals, n)
         return [
-            Detection(self.name, k.label, seen, n, float(s), (float(s) - n) / math.sqrt(n), gamma_log10_sf(float(s), n),
+            Detection(self.name, k.label, seen, n, float(s), (float(s) - n) / math.sqrt(n) if n else 0.0, float(lp),
                       threshold)
-            for k, s in zip(keys, totals, strict=True)
+            for k, s, lp in zip(keys, totals, tails, strict=True)
         ]  # fmt: skip
 
 

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from distillshield.watermark.base import Detection, PairScorer
+from distillshield.watermark.base import Detection, PairScorer, count_detections
 from distillshield.watermark.keys import (
     WatermarkKey,
     context_seed,
@@ -30,7 +30,6 @@ from distillshield.watermark.keys import (
     prf32_many,
     token_table,
 )
-from distillshield.watermark.stats import binomial_log10_sf, z_score
 
 
 class GreenListWatermark(PairScorer):
@@ -71,17 +70,8 @@ class GreenListWatermark(PairScorer):
         self, key: WatermarkKey, contexts: np.ndarray, tokens: np.ndarray, seen: int, threshold: float = 4.0
     ) -> Detection:
         n = int(tokens.size)
-        green = int(np.count_nonzero(self.is_green(key, contexts, tokens))) if n else 0
-        return Detection(
-            scheme=self.name,
-            key_label=key.label,
-            tokens=seen,
-            scored=n,
-            score=float(green),
-            z=z_score(green, n, self.gamma),
-            log10_p=binomial_log10_sf(green, n, self.gamma) if n else 0.0,
-            threshold=threshold,
-        )
+        green = np.count_nonzero(self.is_green(key, contexts, tokens)) if n else 0
+        return count_detections(self.name, [key], np.array([green]), n, self.gamma, n, seen, threshold)[0]
 
     def score_many(
         self, keys: list[WatermarkKey], contexts: np.ndarray, tokens: np.ndarray, seen: int, threshold: float = 4.0
@@ -91,11 +81,7 @@ class GreenListWatermark(PairScorer):
         if n == 0:
             return [self.score_pairs(k, contexts, tokens, seen, threshold) for k in keys]
         greens = np.count_nonzero(prf32_many(keys, contexts, tokens) < np.uint32(self.threshold), axis=1)
-        return [
-            Detection(self.name, k.label, seen, n, float(g), z_score(int(g), n, self.gamma),
-                      binomial_log10_sf(int(g), n, self.gamma), threshold)
-            for k, g in zip(keys, greens, strict=True)
-        ]  # fmt: skip
+        return count_detections(self.name, keys, greens, n, self.gamma, n, seen, threshold)
 
 
 class GreenListProcessor:

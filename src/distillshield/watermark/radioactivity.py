@@ -121,8 +121,11 @@ def radioactivity_attribution(
     correction: str = "holm",
     alpha: float = 1e-3,
 ) -> Attribution:
-    """The same test under every account key, corrected: whose outputs trained the suspect?"""
-    return attribute(scheme, [list(s) for s in sequences], keys, correction=correction, alpha=alpha)
+    """The same test under every account key, corrected: whose outputs trained the suspect? Every account is
+    named at alpha (no stricter level after the first, unlike a text's attribution): a student distilled by a
+    cluster of accounts carries several accounts' marks by design."""
+    seqs = [list(s) for s in sequences]
+    return attribute(scheme, seqs, keys, correction=correction, alpha=alpha, secondary_alpha=alpha)
 
 
 def query_target(

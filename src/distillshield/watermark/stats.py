@@ -51,12 +51,23 @@ def gamma_log10_sf(total: float, n: int) -> float:
 
     For integer n, P(S >= s) = P(Poisson(s) <= n - 1) = sum_{k<n} e^-s s^k / k!.
     """
-    if n <= 0 or total <= 0:
-        return 0.0
+    return float(gamma_log10_sf_many(np.array([total], dtype=np.float64), n)[0])
+
+
+def gamma_log10_sf_many(totals: np.ndarray, n: int) -> np.ndarray:
+    """gamma_log10_sf of each total (same n: one text under many keys), one row of Poisson terms per total."""
+    totals = np.asarray(totals, dtype=np.float64)
+    out = np.zeros(totals.shape, dtype=np.float64)
+    live = totals > 0
+    if n <= 0 or not live.any():
+        return out
+    s = totals[live][:, None]
     k = np.arange(n, dtype=np.float64)
     log_fact = np.concatenate(([0.0], np.cumsum(np.log(np.arange(1, n, dtype=np.float64)))))
-    log_terms = -total + k * math.log(total) - log_fact
-    return min(0.0, _logsumexp(log_terms) / _LN10)
+    log_terms = -s + k * np.log(s) - log_fact
+    m = log_terms.max(axis=1, keepdims=True)  # the row-wise log-sum-exp of _logsumexp
+    out[live] = np.minimum(0.0, (m[:, 0] + np.log(np.sum(np.exp(log_terms - m), axis=1))) / _LN10)
+    return out
 
 
 def normal_log10_sf(z: float) -> float:

@@ -29,10 +29,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from distillshield.watermark.base import Detection, PairScorer
+from distillshield.watermark.base import Detection, PairScorer, count_detections
 from distillshield.watermark.gumbel import GumbelProcessor
 from distillshield.watermark.keys import WatermarkKey, prf32, prf32_many
-from distillshield.watermark.stats import binomial_log10_sf, z_score
 
 MAX_LAYERS = 32  # bits of one prf32 value
 # Rounds: each adds detection evidence while the winner's distribution still has more than one likely
@@ -40,6 +39,7 @@ MAX_LAYERS = 32  # bits of one prf32 value
 # of a prompt grow alike. 8 is the measured compromise (docs/watermark.md, "Tournament sampling": 4 rounds
 # detect too little at T=0.7, 8 lose ~6% of distinct bigrams); watermark.tournament_layers sets it.
 LAYERS = 8
+_POPCOUNT = np.array([bin(b).count("1") for b in range(256)], dtype=np.uint8)  # 1-bits of each byte value
 
 
 def g_bits(values: np.ndarray, layers: int) -> np.ndarray:
@@ -48,10 +48,12 @@ def g_bits(values: np.ndarray, layers: int) -> np.ndarray:
     return ((values[..., None] >> shifts) & np.uint32(1)).astype(np.float64)
 
 
-def ones(values: np.ndarray, layers: int) -> int:
-    """How many of the low `layers` bits of the values are 1 (the detection score)."""
+def ones(values: np.ndarray, layers: int) -> np.ndarray:
+    """How many of the low `layers` bits of the values along the last axis are 1 (the detection score): one
+    count per key for a (keys, n) array of prf32 values, a 0-d count for one key's (n,) values."""
     mask = np.uint32((1 << layers) - 1) if layers < MAX_LAYERS else np.uint32(0xFFFFFFFF)
-    return int(np.unpackbits((values & mask).view(np.uint8)).sum())
+    masked = np.ascontiguousarray(values & mask)
+    return _POPCOUNT[masked.view(np.uint8)].sum(axis=-1, dtype=np.int64)  # a byte table: 4x np.unpackbits
 
 
 def tournament(p: np.ndarray, g: np.ndarray) -> np.ndarray:
@@ -91,36 +93,22 @@ class TournamentWatermark(PairScorer):
     ) -> TournamentProcessor:
         return TournamentProcessor(self, key, temperature, top_k, top_p, min_p, seed)
 
-    def _detection(self, key: WatermarkKey, ones_: int, n: int, seen: int, threshold: float) -> Detection:
-        trials = n * self.layers
-        return Detection(
-            scheme=self.name,
-            key_label=key.label,
-            tokens=seen,
-            scored=n,
-            score=float(ones_),
-            z=z_score(ones_, trials, 0.5) if n else 0.0,
-            log10_p=binomial_log10_sf(ones_, trials, 0.5) if n else 0.0,
-            threshold=threshold,
-        )
-
     def score_pairs(
         self, key: WatermarkKey, contexts: np.ndarray, tokens: np.ndarray, seen: int, threshold: float = 4.0
     ) -> Detection:
         n = int(tokens.size)
         count = ones(prf32(key, contexts, tokens), self.layers) if n else 0
-        return self._detection(key, count, n, seen, threshold)
+        return count_detections(self.name, [key], np.array([count]), n * self.layers, 0.5, n, seen, threshold)[0]
 
     def score_many(
         self, keys: list[WatermarkKey], contexts: np.ndarray, tokens: np.ndarray, seen: int, threshold: float = 4.0
     ) -> list[Detection]:
+        """score_pairs under every key in one vectorised pass (same results, for attribution)."""
         n = int(tokens.size)
         if n == 0:
             return [self.score_pairs(k, contexts, tokens, seen, threshold) for k in keys]
-        values = prf32_many(keys, contexts, tokens)
-        return [
-            self._detection(k, ones(row, self.layers), n, seen, threshold) for k, row in zip(keys, values, strict=True)
-        ]
+        counts = ones(prf32_many(keys, contexts, tokens), self.layers)
+        return count_detections(self.name, keys, counts, n * self.layers, 0.5, n, seen, threshold)
 
 
 class TournamentProcessor(GumbelProcessor):
