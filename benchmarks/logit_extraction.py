@@ -5,7 +5,9 @@ with the official OpenAI SDK against a gateway serving the embedded model (SmolL
 size 576, vocabulary 49,152): for each of P prompts, bias a reference token and blocks of 19 other
 tokens by +100 with `logit_bias`, ask for one output token and the top 20 logprobs; the biased tokens are
 then the top 20, and their logprob differences are logit differences. The (P x T) matrix of differences
-has rank at most the hidden size; the largest drop in its singular values says where.
+has rank at most the hidden size; the largest drop in its singular values says where. The plan, the
+reading of the answers and the recovery are the simulator's logit_extraction persona's
+(simulate/personas/attack/logit_extraction.py); this script sends them with the SDK, one query at a time.
 
 Each configuration is one gateway process with the embedded model and these `logits` settings:
 
@@ -28,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import signal
 import socket
@@ -40,7 +41,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from distillshield.simulate.personas.attack.logit_extraction import (
+    AttackPlan,
+    LogitReadout,
+    attack_prompts,
+    recover,
+)
 
 ADMIN = "bench-admin-token"
 HIDDEN = 576  # SmolLM2-135M's hidden size (its config), what the attack should find
@@ -108,81 +114,42 @@ class Gateway:
             self.proc.kill()
 
 
-def prompts(n: int) -> list[str]:
-    """Short, varied prompts (the attack needs many different hidden states, not meaningful text)."""
-    rng = np.random.default_rng(11)
-    words = ("the", "a", "river", "seven", "blue", "why", "engine", "music", "cold", "tomorrow", "paper",
-             "light", "quiet", "number", "bridge", "fast", "garden", "stone", "ask", "market", "code")  # fmt: skip
-    return [" ".join(rng.choice(words, size=int(rng.integers(2, 6)))) + f" {i}" for i in range(n)]
-
-
-def attack(client: Any, model: str, n_prompts: int, n_tokens: int, top: int) -> dict[str, Any]:
-    """Returns what the attack got: the difference matrix (None when refused), queries sent, refusals."""
+def attack(client: Any, model: str, n_prompts: int, n_tokens: int, top: int) -> tuple[LogitReadout, float]:
+    """Sends the attack's plan (distillshield's, the simulator persona's) with the official SDK, stopping at
+    the first query that cannot be read (refused, or fewer logprobs than the block); returns the readout
+    and the seconds it took."""
     import openai
 
-    rng = np.random.default_rng(5)
-    tokens = rng.choice(np.arange(1000, 49152), size=n_tokens + 1, replace=False)
-    ref, others = int(tokens[0]), [int(t) for t in tokens[1:]]
-    block = top - 1
-    rows, queries, t0 = [], 0, time.perf_counter()
-    for i, p in enumerate(prompts(n_prompts)):
-        row = np.zeros(n_tokens)
-        for start in range(0, n_tokens, block):
-            toks = others[start : start + block]
-            bias = {str(t): 100 for t in (ref, *toks)}
-            queries += 1
-            try:
-                r = client.chat.completions.create(
-                    model=model, messages=[{"role": "user", "content": p}], max_tokens=1, temperature=0,
-                    logprobs=True, top_logprobs=top, logit_bias=bias,
-                )  # fmt: skip
-            except openai.BadRequestError as exc:
-                return {"matrix": None, "queries": queries, "refused": str(exc)[:200],
-                        "seconds": time.perf_counter() - t0}  # fmt: skip
-            got = {tuple(a.bytes or []): a.logprob for a in r.choices[0].logprobs.content[0].top_logprobs}
-            ref_lp = got.get(tuple(_piece(ref)))
-            if ref_lp is None:  # the cap lowered top_logprobs below the block: the bias no longer fits
-                return {"matrix": None, "queries": queries, "refused": f"only {len(got)} logprobs returned",
-                        "seconds": time.perf_counter() - t0}  # fmt: skip
-            for j, t in enumerate(toks):
-                row[start + j] = got.get(tuple(_piece(t)), math.nan) - ref_lp
-        rows.append(row)
-        if (i + 1) % 50 == 0:
-            print(f"  {i + 1}/{n_prompts} prompts, {queries} queries, {time.perf_counter() - t0:.0f} s", flush=True)
-    return {"matrix": np.asarray(rows), "queries": queries, "refused": None, "seconds": time.perf_counter() - t0}
+    plan = AttackPlan.make(n_prompts, n_tokens, top_logprobs=top)
+    readout = LogitReadout()
+    per_prompt, t0 = len(plan.blocks), time.perf_counter()
+    for i, query in enumerate(plan.queries()):
+        try:
+            r = client.chat.completions.create(model=model, **query)
+        except openai.APIStatusError as exc:
+            readout.observe(query, exc.status_code, {"error": exc.body}, str(exc)[:200])
+            break
+        readout.observe(query, 200, r.model_dump(), None)
+        if readout.errors:
+            break
+        if (i + 1) % (50 * per_prompt) == 0:
+            print(f"  {(i + 1) // per_prompt}/{n_prompts} prompts, {readout.queries} queries, "
+                  f"{time.perf_counter() - t0:.0f} s", flush=True)  # fmt: skip
+    return readout, time.perf_counter() - t0
 
 
-_VOCAB: Any = None
-
-
-def _piece(token: int) -> list[int]:
-    """A token's bytes, as the API reports them (`bytes`): the SDK gives no token ids."""
-    global _VOCAB
-    if _VOCAB is None:
-        from llama_cpp import Llama
-
-        from distillshield.gateway.upstream.local import default_model_path
-
-        _VOCAB = Llama(model_path=str(default_model_path()), vocab_only=True, verbose=False)
-    return list(_VOCAB.detokenize([token]))
-
-
-def recovered(matrix: np.ndarray) -> dict[str, Any]:
-    """The estimated hidden size: where the log singular values drop most (ignoring the last few)."""
-    m = matrix[:, ~np.isnan(matrix).any(axis=0)]
-    s = np.linalg.svd(m - 0.0, compute_uv=False)
-    logs = np.log10(np.maximum(s, 1e-30))
-    upto = max(len(s) - 5, 2)
-    gaps = logs[: upto - 1] - logs[1:upto]
-    k = int(np.argmax(gaps)) + 1
-    return {"estimate": k, "drop_decades": round(float(gaps[k - 1]), 2), "matrix": list(m.shape),
+def recovered(readout: LogitReadout) -> dict[str, Any]:
+    """What the attack recovered (distillshield's `recover`), with the singular values at the true size."""
+    rec = recover(readout.matrix())
+    s = rec.singular_values
+    return {"estimate": rec.estimate, "drop_decades": rec.drop_decades, "matrix": list(rec.shape),
             "s_at_hidden": [float(s[HIDDEN - 1]), float(s[HIDDEN])] if len(s) > HIDDEN else None,
-            "singular_values": [float(x) for x in s]}  # fmt: skip
+            "ratio_at_hidden": rec.ratio_at(HIDDEN), "singular_values": [float(x) for x in s]}  # fmt: skip
 
 
 def honest(client: Any, model: str, n: int = 30) -> list[list[tuple[str, float]]]:
     out = []
-    for p in prompts(n):
+    for p in attack_prompts(n):
         r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Q: " + p}],
                                            max_tokens=2, temperature=0, logprobs=True, top_logprobs=5)  # fmt: skip
         out.append([(a.token, a.logprob) for e in r.choices[0].logprobs.content for a in e.top_logprobs])
@@ -215,11 +182,14 @@ def main(argv: list[str] | None = None) -> int:
                 client = openai.OpenAI(base_url=f"{gw.base}/v1", api_key=gw.key("thief"), max_retries=0)
                 model = client.models.list().data[0].id
                 print(f"{name}: attacking ({a.prompts} prompts x {a.tokens} tokens) ...", flush=True)
-                got = attack(client, model, a.prompts, a.tokens, TOP)
-                res: dict[str, Any] = {"settings": CONFIGS[name], "queries": got["queries"],
-                                       "seconds": round(got["seconds"], 1), "refused": got["refused"]}  # fmt: skip
-                if got["matrix"] is not None:
-                    res.update(recovered(got["matrix"]))
+                readout, seconds = attack(client, model, a.prompts, a.tokens, TOP)
+                res: dict[str, Any] = {"settings": CONFIGS[name], "queries": readout.queries,
+                                       "seconds": round(seconds, 1), "refused": readout.first_error}  # fmt: skip
+                if readout.first_error is None:
+                    try:
+                        res.update(recovered(readout))
+                    except ValueError as exc:  # the answers do not make a matrix (docstring of `matrix`)
+                        res["refused"] = f"nothing recovered: {exc}"
                 evaluator = openai.OpenAI(base_url=f"{gw.base}/v1", api_key=gw.key("eval"), max_retries=0)
                 answers[name] = honest(evaluator, model)
                 results[name] = res
@@ -230,8 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         if res["refused"]:
             line += f"attack failed: {res['refused']}"
         else:
-            pair = res["s_at_hidden"] or [0.0, 1.0]
-            ratio = pair[0] / max(pair[1], 1e-300)
+            ratio = res["ratio_at_hidden"] or 0.0
             line += (f"estimated hidden size {res['estimate']} (true {HIDDEN}); largest drop "
                      f"{res['drop_decades']} decades; s[{HIDDEN}]/s[{HIDDEN + 1}] = {ratio:.3g}")  # fmt: skip
         print(line)

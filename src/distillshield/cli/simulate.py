@@ -16,7 +16,10 @@ def register(app: typer.Typer) -> None:
     @app.command("simulate")
     def simulate(
         scenario: str = typer.Option(
-            "smoke", "--scenario", "-s", help="a named scenario (smoke, dev, heldout, large) or a scenario YAML file"
+            "smoke",
+            "--scenario",
+            "-s",
+            help="a named scenario (smoke, dev, heldout, large, logit; --list names all) or a scenario YAML file",
         ),
         seed: int = typer.Option(
             None, "--seed", help="random seed (default: the scenario's own); held-out seeds are >= 10000"
@@ -51,7 +54,14 @@ def register(app: typer.Typer) -> None:
         concurrency) and records what the gateway served. Every record is labelled "benign:<persona>" or
         "attack:<persona>"; docs/simulator.md describes the personas, their knobs and the dev/held-out split.
 
+        Live, an attack persona that acts on the answers reports what it got: the `logit` scenario's
+        logit_extraction account runs the published logit-extraction attack and reports the hidden size it
+        recovered (docs/policy.md, "The logit_extraction persona"); the admin token comes from
+        --admin-token or DISTILLSHIELD_ADMIN_TOKEN.
+
         Example: distillshield simulate --scenario smoke --seed 1 --out traffic.jsonl
+
+        Example: distillshield simulate --scenario logit --target http://127.0.0.1:8787 --out logit-live.jsonl
         """
         from distillshield.simulate import corpora, engine
         from distillshield.simulate import scenario as scen
@@ -143,6 +153,8 @@ def register(app: typer.Typer) -> None:
                 f"({live['by_status']}); {live['accounts_created']:,} accounts created; wrote {out} "
                 f"({result['split']} split, seed {use_seed})"
             )
+            for acct, got in live["attacks"].items():
+                target_console.print(f"{got['persona']} {acct}: {got['summary']}", markup=False)
 
 
 def _accounts_text(result: dict[str, Any]) -> str:

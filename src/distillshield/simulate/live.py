@@ -5,7 +5,9 @@ out with real concurrency (aiohttp, one connection pool), the account's user age
 client IP in X-Forwarded-For (the gateway uses it only when `server.trust_forwarded_for` is on).
 Multi-turn conversations are replayed as conversations: a turn waits for the previous one and carries
 the answers the gateway really served in place of the offline stand-ins. Each record is written with
-what happened: status, latency, the served text, finish reason and token usage.
+what happened: status, latency, the served text, finish reason and token usage. Attack personas that act
+on the answers (logit_extraction reads the returned logprobs into a logit-difference matrix) observe their
+own requests' answers and report what they got in the run's stats (`LiveStats.attacks`).
 
 Loopback only: a target that is not 127.0.0.0/8, ::1 or localhost is refused before anything is sent
 (this is a load and attack generator; it must not be pointed at someone else's API).
@@ -23,6 +25,8 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
+
+from distillshield.simulate.personas import PERSONAS, LiveObserver
 
 ANTHROPIC_VERSION = "2023-06-01"
 
@@ -80,6 +84,8 @@ class LiveStats:
     completion_tokens: int = 0
     models: dict[str, str] = field(default_factory=dict)  # simulated name -> name sent
     elapsed_s: float = 0.0
+    # account id -> what its attack persona got ({"persona": ..., "summary": ..., ...}); see LiveObserver
+    attacks: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -130,6 +136,7 @@ class LiveReplay:
         self.failure: BaseException | None = None  # the first error that stops the run
         self.next_to_write = 0
         self.session: aiohttp.ClientSession | None = None
+        self.observers: dict[str, tuple[str, LiveObserver]] = {}  # account id -> (persona, its observer)
 
     # -- set-up -----------------------------------------------------------------------------------------
 
@@ -251,7 +258,29 @@ class LiveReplay:
             self.results[idx] = out
             self._flush()
 
+    def _observer(self, rec: dict[str, Any]) -> LiveObserver | None:
+        """The observer of this record's account, when its persona has one (made on first use)."""
+        acct = rec["account_id"]
+        if acct not in self.observers:
+            persona = str((rec.get("label_meta") or {}).get("persona") or "")
+            cls = PERSONAS.get(persona)
+            if cls is None or cls.live_observer is None:
+                return None
+            self.observers[acct] = (persona, cls.live_observer())
+        return self.observers[acct][1]
+
     async def _post(self, out: dict[str, Any], rec: dict[str, Any], key: _Key, body: dict[str, Any]) -> str | None:
+        text, answer = await self._exchange(out, rec, key, body)
+        observer = self._observer(rec)
+        if observer is not None:
+            observer.observe(body, out.get("status"), answer, out.get("error"))
+        return text
+
+    async def _exchange(
+        self, out: dict[str, Any], rec: dict[str, Any], key: _Key, body: dict[str, Any]
+    ) -> tuple[str | None, Any]:
+        """Send one request and record what happened in `out`; returns the served text and the parsed
+        JSON answer (None for streams and for answers that are not JSON)."""
         assert self.session is not None
         endpoint = rec["endpoint"]
         headers = {"content-type": "application/json"}
@@ -270,20 +299,23 @@ class LiveReplay:
         try:
             async with self.session.post(f"{self.base}{endpoint}", data=orjson.dumps(body), headers=headers) as resp:
                 status = resp.status
+                answer: Any = None
                 if status >= 400:
                     raw = await resp.read()
                     out["error"] = _error_message(raw)
+                    answer = _loads(raw)
                     text = None
                 elif body.get("stream"):
                     text = await self._read_stream(resp, endpoint, out)
                 else:
-                    text = _read_json(await resp.read(), endpoint, out)
+                    answer = _loads(await resp.read())
+                    text = _read_json(answer, endpoint, out)
         except (aiohttp.ClientError, TimeoutError) as exc:
             out["error"] = f"client error: {exc.__class__.__name__}: {exc}"
             out["latency_ms"] = round((time.perf_counter() - t0) * 1000, 3)
             self.stats.errors += 1
             self._count("client_error")
-            return None
+            return None, None
         out["status"] = status
         out["latency_ms"] = round((time.perf_counter() - t0) * 1000, 3)
         self._count(str(status))
@@ -293,7 +325,7 @@ class LiveReplay:
             self.stats.served += 1
             usage = (out.get("response") or {}).get("usage") or {}
             self.stats.completion_tokens += int(usage.get("completion_tokens") or 0)
-        return text
+        return text, answer
 
     async def _read_stream(self, resp: aiohttp.ClientResponse, endpoint: str, out: dict[str, Any]) -> str:
         parts: list[str] = []
@@ -405,6 +437,9 @@ class LiveReplay:
                 if t.done() and not t.cancelled() and t.exception() is not None and self.failure is None:
                     self.failure = t.exception()
             self.stats.elapsed_s = time.perf_counter() - t_start
+            self.stats.attacks = {
+                acct: {"persona": name, **obs.report()} for acct, (name, obs) in self.observers.items()
+            }
             if self.failure is not None:
                 raise self.failure
         return self.stats
@@ -431,10 +466,17 @@ class LiveReplay:
         return turn
 
 
-def _error_message(raw: bytes) -> str:
+def _loads(raw: bytes) -> Any:
+    """The parsed JSON body, or None when it is not JSON."""
     try:
-        data = orjson.loads(raw)
+        return orjson.loads(raw)
     except orjson.JSONDecodeError:
+        return None
+
+
+def _error_message(raw: bytes) -> str:
+    data = _loads(raw)
+    if data is None:
         return raw[:300].decode("utf-8", "replace")
     err = data.get("error") if isinstance(data, dict) else None
     if isinstance(err, dict):
@@ -442,10 +484,8 @@ def _error_message(raw: bytes) -> str:
     return str(data)[:300]
 
 
-def _read_json(raw: bytes, endpoint: str, out: dict[str, Any]) -> str:
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError:
+def _read_json(data: Any, endpoint: str, out: dict[str, Any]) -> str:
+    if not isinstance(data, dict):
         out["error"] = "the gateway answered with invalid JSON"
         return ""
     if endpoint == "/v1/messages":

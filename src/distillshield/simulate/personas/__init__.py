@@ -18,6 +18,7 @@ from distillshield.simulate.personas.attack.hidden_end_user import HiddenEndUser
 from distillshield.simulate.personas.attack.human_sweep import HumanSweep
 from distillshield.simulate.personas.attack.hydra import Hydra
 from distillshield.simulate.personas.attack.label_distiller import LabelDistiller
+from distillshield.simulate.personas.attack.logit_extraction import LogitExtraction
 from distillshield.simulate.personas.attack.logprobs_harvester import LogprobsHarvester
 from distillshield.simulate.personas.attack.mixed_in_app import MixedInApp
 from distillshield.simulate.personas.attack.model_pivot import ModelPivot
@@ -32,7 +33,16 @@ from distillshield.simulate.personas.attack.thin_hydra import ThinHydra
 from distillshield.simulate.personas.attack.trajectory_farm import TrajectoryFarm
 from distillshield.simulate.personas.attack.trivia_sweep import TriviaSweep
 from distillshield.simulate.personas.attack.vertical_bank import VerticalBank
-from distillshield.simulate.personas.base import Account, Context, Knobs, Limits, ModelPlan, Persona, Req
+from distillshield.simulate.personas.base import (
+    Account,
+    Context,
+    Knobs,
+    Limits,
+    LiveObserver,
+    ModelPlan,
+    Persona,
+    Req,
+)
 from distillshield.simulate.personas.honest.agent import Agent
 from distillshield.simulate.personas.honest.agent_loop import AgentLoop
 from distillshield.simulate.personas.honest.anthropic_platform import AnthropicPlatform
@@ -86,6 +96,9 @@ PERSONAS: dict[str, type[Persona]] = {
         ModelPivot,
         ResellerMix,
         Adaptive,
+        # The published logit-extraction attack (docs/simulator.md, `logit_extraction`): its own scenario,
+        # `logit`; not in smoke, dev or heldout, whose figures were measured before it existed.
+        LogitExtraction,
         # The fresh split (docs/simulator.md, "Fresh held-out split"): reported once, never tuned on.
         LightUser,
         Student,
@@ -133,4 +146,4 @@ PERSONAS: dict[str, type[Persona]] = {
     )
 }
 
-__all__ = ["PERSONAS", "Account", "Context", "Knobs", "Limits", "ModelPlan", "Persona", "Req"]
+__all__ = ["PERSONAS", "Account", "Context", "Knobs", "Limits", "LiveObserver", "ModelPlan", "Persona", "Req"]

@@ -19,9 +19,9 @@ same numbers) for per-request choices: it is ~20x faster than numpy for scalar d
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -162,6 +162,17 @@ class IdFactory:
                 return v
 
 
+class LiveObserver(Protocol):
+    """What an attack persona makes of the gateway's answers in live mode (simulate/live.py): one per
+    account, shown every request of the account as sent and what came back, asked for a report at the end."""
+
+    def observe(self, request: dict[str, Any], status: int | None, answer: Any, error: str | None) -> None:
+        """`status` is None when no HTTP answer came (`error` says why); `answer` is the parsed JSON body."""
+
+    def report(self) -> dict[str, Any]:
+        """What the attack got, as JSON-ready values, with a one-line `summary`."""
+
+
 class Persona:
     """Base class: subclasses set the class attributes, `Knobs`, and implement `requests`."""
 
@@ -180,6 +191,9 @@ class Persona:
     # limit (and never over the daily limit). None: the persona does not pace itself (honest clients).
     rpm_fill: ClassVar[float | None] = None
     account_age_days: ClassVar[tuple[float, float]] = (20.0, 700.0)
+    # Live mode: an attack that acts on what the gateway served (not only sends requests) reports what it
+    # got through an observer per account (logit_extraction's LogitReadout). None: nothing to report.
+    live_observer: ClassVar[Callable[[], LiveObserver] | None] = None
 
     def __init__(self, knobs: Knobs, ctx: Context) -> None:
         self.k = knobs
