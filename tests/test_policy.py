@@ -431,6 +431,15 @@ def test_sighup_reloads_the_policy_and_keeps_it_when_the_file_is_invalid(tmp_pat
         out, _ = proc.communicate(timeout=60)
         up.stop()
     assert b"rule 0 ('broken')" in out and b"previous policy stays active" in out
+    # the reload that took is an administrative act in the audit log; the rejected one is not
+    import json
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "h.db") as db:
+        acts = db.execute("SELECT request FROM audit_log WHERE endpoint = 'admin/policy_reload'").fetchall()
+    [(body,)] = acts
+    act = json.loads(body)
+    assert (act["actor"], act["via"], act["subject"], act["detail"]["rules"]) == ("sighup", "signal", str(policy), 1)
 
 
 def _up(base: str) -> bool:

@@ -60,7 +60,7 @@ from distillshield.gateway.admin import (
 )
 from distillshield.gateway.errors import ApiError
 from distillshield.gateway.limits import LimitExceeded, Scope
-from distillshield.gateway.policy.admin import reload_policy, review_detail
+from distillshield.gateway.policy.admin import review_detail
 from distillshield.gateway.policy.rules import PolicyError
 from distillshield.store.admin_log import Actor, AdminLog
 from distillshield.store.database import StoreError
@@ -463,7 +463,7 @@ class Console:
             raise HTTPException(400, f"unknown mode '{mode}'; choose enforce or shadow")
         st = self.state.policy
         try:  # as POST /admin/policy/reload, for the file already loaded
-            await reload_policy(self.state, None, mode, _actor(request, session, form))
+            await st.reload_recorded(None, mode, _actor(request, session, form))
         except PolicyError as exc:
             raise HTTPException(400, f"{exc} (the previous policy from {st.policy.source} stays active)") from None
         return self.redirect(request, "/policy?done=reloaded")

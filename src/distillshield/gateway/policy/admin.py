@@ -20,13 +20,12 @@ from pydantic import BaseModel, Field
 
 from distillshield.gateway.policy.rules import PolicyError
 from distillshield.gateway.risk import risks_from_report
-from distillshield.store.admin_log import Actor, AdminLog
+from distillshield.store.admin_log import Actor
 from distillshield.store.database import NO_NUL
 from distillshield.store.review import ReviewStore
 
 if TYPE_CHECKING:
     from distillshield.gateway.app import AppState
-    from distillshield.gateway.policy.engine import CompiledPolicy
 
 
 class ReloadIn(BaseModel):
@@ -58,7 +57,7 @@ def register_policy_routes(app: FastAPI, state: AppState, deps: list[Any]) -> No
         st = stage()
         body = body or ReloadIn()
         try:
-            compiled = await reload_policy(state, body.path, body.mode, api_actor(request))
+            compiled = await st.reload_recorded(body.path, body.mode, api_actor(request))
         except PolicyError as exc:
             raise HTTPException(400, f"{exc} (the previous policy from {st.policy.source} stays active)") from None
         return {"loaded": compiled.source, "rules": len(compiled.rules), "mode": st.engine.mode}
@@ -123,16 +122,3 @@ async def review_detail(state: AppState, ref: str) -> dict[str, Any]:
 def api_actor(request: Request) -> Actor:
     """Who calls the admin API: the admin credential (one for everyone) and the caller's address."""
     return Actor("admin-api", "admin-api", ip=request.client.host if request.client else None)
-
-
-async def reload_policy(state: AppState, path: str | None, mode: str | None, actor: Actor) -> CompiledPolicy:
-    """Reload the policy file (or another one) and switch mode, then record it in the audit log (a bad file
-    raises PolicyError and the old policy stays: nothing happened, nothing is recorded)."""
-    stage = state.policy
-    assert stage is not None
-    compiled = stage.reload(path, mode)
-    await AdminLog(state.store).record(
-        "policy_reload", actor, subject=compiled.source,
-        detail={"rules": len(compiled.rules), "mode": stage.engine.mode},
-    )  # fmt: skip
-    return compiled

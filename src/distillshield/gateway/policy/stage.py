@@ -35,8 +35,8 @@ from distillshield.gateway.policy.rules import DEFAULT_POLICY, PolicyError, Wate
 from distillshield.gateway.transforms import ResponseTransform, cap_request
 from distillshield.gateway.upstream.base import GenRequest
 from distillshield.outage import Outage
-from distillshield.store.admin_log import Actor
-from distillshield.store.database import KeyContext
+from distillshield.store.admin_log import Actor, AdminLog
+from distillshield.store.database import KeyContext, StoreError
 from distillshield.store.review import DecisionResult, Flag, ReviewItem, ReviewStore
 
 if TYPE_CHECKING:
@@ -63,6 +63,7 @@ class PolicyStage:
         self._queued: dict[tuple[str, str], tuple[Any, ...]] = {}
         self._watermarked: dict[str, tuple[str, str | None]] = {}
         self._sighup = False
+        self._background: set[asyncio.Task[None]] = set()  # SIGHUP reloads in flight (held: not collected)
         self._outage = Outage(log, "policy upkeep (review book scan and refresh)")
 
     @classmethod
@@ -209,11 +210,29 @@ class PolicyStage:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
+    async def reload_recorded(self, path: str | Path | None, mode: str | None, actor: Actor) -> CompiledPolicy:
+        """`reload`, then record it in the audit log (store/admin_log.py) as `actor`'s act; a bad file raises
+        PolicyError and the old policy stays: nothing happened, nothing is recorded."""
+        compiled = self.reload(path, mode)
+        assert self._state is not None
+        await AdminLog(self._state.store).record(
+            "policy_reload", actor, subject=compiled.source,
+            detail={"rules": len(compiled.rules), "mode": self.engine.mode},
+        )  # fmt: skip
+        return compiled
+
     def _on_sighup(self) -> None:
+        task = asyncio.create_task(self._sighup_reload(), name="policy-reload-sighup")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _sighup_reload(self) -> None:
         try:
-            self.reload()
+            await self.reload_recorded(None, None, Actor("sighup", "signal"))
         except PolicyError as exc:
             log.error("policy reload on SIGHUP rejected, the previous policy stays active: %s", exc)
+        except StoreError as exc:  # reloaded, but not recorded
+            log.error("policy reloaded on SIGHUP, but the audit log could not record it: %s", exc)
 
     async def _upkeep(self) -> None:
         while True:
