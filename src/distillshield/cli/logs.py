@@ -27,6 +27,7 @@ from distillshield.store.checkpoint import (
     signer_from_settings,
 )
 from distillshield.store.export import record_to_row, row_to_record
+from distillshield.store.tables import ADMIN_ENDPOINT_PREFIX
 from distillshield.store.transparency import TreeReport, open_checkpoints, verify_log
 from distillshield.traffic import LineError, ParquetWriter, TrafficRecord, iter_jsonl
 
@@ -227,7 +228,8 @@ def export(
     "Parquet" section of docs/traffic-format.md), which `analyze` reads too.
 
     Rows without an account (unauthenticated) or without a JSON-object body (malformed requests)
-    cannot be expressed in the format and are counted as skipped.
+    cannot be expressed in the format and are counted as skipped; operators' administrative acts
+    (docs/console.md) are not traffic and are left out, counted apart.
 
     Example: distillshield logs export --out traffic.jsonl --since 1767225600
 
@@ -242,13 +244,13 @@ def export(
     if not to_stdout and not out.parent.is_dir():
         raise CliError(f"cannot write {out}: folder {out.parent} does not exist")
 
-    async def go(store: Store) -> tuple[int, int]:
+    async def go(store: Store) -> tuple[int, int, int]:
         head, _ = await store.chain_head()
         try:  # opened once the log is known to exist, so a missing log leaves no empty file behind
             sink: _JsonlSink | ParquetWriter = _JsonlSink(out) if fmt == "jsonl" else ParquetWriter(out)
         except OSError as exc:
             raise CliError(f"cannot write {out}: {exc.strerror or str(exc).splitlines()[0]}") from None
-        written = skipped = 0
+        written = skipped = acts = 0
         try:
             with progress() as bar:
                 task = bar.add_task("exporting", total=head)
@@ -258,6 +260,9 @@ def export(
                         continue
                     if account is not None and row["account_id"] != account:
                         continue
+                    if row["endpoint"].startswith(ADMIN_ENDPOINT_PREFIX):  # an operator's act, not a request
+                        acts += 1
+                        continue
                     rec = row_to_record(row)
                     if rec is None:
                         skipped += 1
@@ -266,11 +271,13 @@ def export(
                     written += 1
         finally:
             sink.close()
-        return written, skipped
+        return written, skipped, acts
 
-    written, skipped = with_store(go, existing=True)
+    written, skipped, acts = with_store(go, existing=True)
     err_console.print(
-        f"exported {written} requests to {out}" + (f"; skipped {skipped} (no account or body)" if skipped else "")
+        f"exported {written} requests to {out}"
+        + (f"; skipped {skipped} (no account or body)" if skipped else "")
+        + (f"; {acts} administrative acts left out (not traffic)" if acts else "")
     )
 
 
