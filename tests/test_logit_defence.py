@@ -90,8 +90,11 @@ def steal_rank(c: openai.OpenAI, prompts: int = 12, block: int = 4) -> tuple[int
     return int((s > 1e-6 * s[0]).sum()), s
 
 
+# The attack tests measure the logit stage alone (policy off): on a slow machine the sweep lasts longer than
+# online detection's interval, and the default policy would challenge it mid-way (that defence is tested by
+# test_logit_persona.py and the detection tests below).
 def test_with_the_combination_allowed_the_attack_recovers_the_hidden_size(gateway_factory: Any) -> None:
-    gw = gateway_factory({"upstream": RankModel()}, logits__logit_bias_with_logprobs="allow")
+    gw = gateway_factory({"upstream": RankModel()}, logits__logit_bias_with_logprobs="allow", policy__enabled=False)
     rank, s = steal_rank(client(gw, "thief-open"))
     assert rank == HIDDEN, s
 
@@ -128,8 +131,9 @@ def test_top_logprobs_is_lowered_and_honest_logprob_users_get_the_exact_answer(g
 
 def test_keyed_noise_hides_the_rank_and_does_not_average_away(gateway_factory: Any) -> None:
     gw = gateway_factory(
-        {"upstream": RankModel()}, logits__logit_bias_with_logprobs="allow", logits__logprob_noise=0.5
-    )
+        {"upstream": RankModel()}, logits__logit_bias_with_logprobs="allow", logits__logprob_noise=0.5,
+        policy__enabled=False,
+    )  # fmt: skip
     c = client(gw, "thief-noisy")
     a = ask(c, "prompt 1", logprobs=True, top_logprobs=5)
     b = ask(c, "prompt 1", logprobs=True, top_logprobs=5)

@@ -141,8 +141,9 @@ def live(gw: RunningGateway) -> tuple[list[dict[str, Any]], dict[str, Any]]:
 def test_live_the_persona_recovers_the_toy_models_hidden_size_when_the_gateway_allows_it(
     gateway_factory: Any, tmp_path: Path
 ) -> None:
+    # the logit stage alone, policy off: on a slow machine online detection could flag the sweep mid-way
     gw = gateway_factory({"upstream": RankModel()}, logits__logit_bias_with_logprobs="allow",
-                         logits__max_top_logprobs=20)  # fmt: skip
+                         logits__max_top_logprobs=20, policy__enabled=False)  # fmt: skip
     path = tmp_path / "toy.yaml"
     path.write_text(yaml.safe_dump(TOY), encoding="utf-8")
     r = runner.invoke(app, ["simulate", "--scenario", str(path), "--seed", str(SEED), "--out",
@@ -169,7 +170,8 @@ def test_live_the_persona_is_refused_at_its_first_query_by_default(gateway_facto
 
 def test_live_the_top_logprobs_cap_alone_stops_the_attack(gateway_factory: Any) -> None:
     """With the combination allowed but top_logprobs lowered to 5, a block of 19 no longer fits."""
-    _, attack = live(gateway_factory({"upstream": RankModel()}, logits__logit_bias_with_logprobs="allow"))
+    gw = gateway_factory({"upstream": RankModel()}, logits__logit_bias_with_logprobs="allow", policy__enabled=False)
+    _, attack = live(gw)
     assert attack["answered"] == 0 and attack["estimated_hidden_size"] is None
     assert attack["first_error"] == "200: only 5 logprobs returned for 20 biased tokens"
 
