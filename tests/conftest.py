@@ -25,7 +25,7 @@ from distillshield.config import Settings, load_settings
 from distillshield.extensions import standard_extensions
 from distillshield.gateway.app import build_app
 from distillshield.gateway.wire import uvicorn_http_options
-from distillshield.store.tables import ADMIN_ENDPOINT_PREFIX
+from distillshield.store.tables import is_admin_endpoint
 
 os.environ.pop("DISTILLSHIELD_CONFIG", None)  # tests never read a user's config
 os.environ["COLUMNS"] = "250"  # Rich wraps CLI output at the terminal width; keep lines whole in tests
@@ -151,7 +151,7 @@ class RunningGateway:
 async def logged_requests(store: Any) -> list[dict[str, Any]]:
     """A store's audit rows that are requests, in seq order: administrative acts (creating a test's key,
     store/admin_log.py) left out."""
-    return [r async for r in store.iter_audit() if not r["endpoint"].startswith(ADMIN_ENDPOINT_PREFIX)]
+    return [r async for r in store.iter_audit() if not is_admin_endpoint(r["endpoint"])]
 
 
 def start_gateway(settings: Settings, **components: Any) -> RunningGateway:

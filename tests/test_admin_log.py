@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from distillshield.cli import app
 from distillshield.store.export import row_to_record
+from distillshield.store.tables import is_admin_endpoint
 from tests.conftest import RunningGateway
 from tests.console_helpers import admin_acts
 
@@ -125,6 +126,6 @@ def _admin_rows(gw: RunningGateway) -> list[dict[str, Any]]:
     gw.flush_audit()
 
     async def read() -> list[dict[str, Any]]:
-        return [r async for r in gw.state.store.iter_audit() if r["endpoint"].startswith("admin/")]
+        return [r async for r in gw.state.store.iter_audit() if is_admin_endpoint(r["endpoint"])]
 
     return gw.run(read())

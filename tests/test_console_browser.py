@@ -126,7 +126,8 @@ def test_an_analyst_logs_in_and_sees_the_overview(page: Any, artefacts: Path, de
     _log_in(page, artefacts)
     n_extraction = sum(1 for a in demo.report["accounts"] if a["verdict"] == "extraction")
     expect(page.locator("#n-extraction")).to_have_text(str(n_extraction))
-    expect(page.locator("#traffic-chart canvas")).to_have_count(1)  # uPlot drew the chart
+    expect(page.locator("#traffic-chart canvas")).to_have_count(1)  # uPlot drew the charts
+    expect(page.locator("#daily-chart canvas")).to_have_count(1)
     page.screenshot(path=artefacts / "02-overview.png", full_page=True)
 
 

@@ -27,7 +27,7 @@ from distillshield.store.checkpoint import (
     signer_from_settings,
 )
 from distillshield.store.export import record_to_row, row_to_record
-from distillshield.store.tables import ADMIN_ENDPOINT_PREFIX
+from distillshield.store.tables import is_admin_endpoint
 from distillshield.store.transparency import TreeReport, open_checkpoints, verify_log
 from distillshield.traffic import LineError, ParquetWriter, TrafficRecord, iter_jsonl
 
@@ -260,7 +260,7 @@ def export(
                         continue
                     if account is not None and row["account_id"] != account:
                         continue
-                    if row["endpoint"].startswith(ADMIN_ENDPOINT_PREFIX):  # an operator's act, not a request
+                    if is_admin_endpoint(row["endpoint"]):  # an operator's act, not a request
                         acts += 1
                         continue
                     rec = row_to_record(row)

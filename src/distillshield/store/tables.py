@@ -78,6 +78,11 @@ audit_log = sa.Table(
 ADMIN_ENDPOINT_PREFIX = "admin/"
 
 
+def is_admin_endpoint(endpoint: str) -> bool:
+    """`is_admin_row` for a row already read: an administrative act, not a request."""
+    return endpoint.startswith(ADMIN_ENDPOINT_PREFIX)
+
+
 def is_admin_row() -> sa.ColumnElement[bool]:
     """The condition that selects the admin rows: the partial index's own, so both databases use it."""
     return audit_log.c.endpoint.like(ADMIN_ENDPOINT_PREFIX + "%")

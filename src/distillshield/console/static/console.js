@@ -4,11 +4,8 @@
 
   // Requests and refusals per bucket (an hour, or a day): the overview's two traffic charts.
   function drawTraffic(el) {
-    if (el.dataset.drawn) return;
-    var src = document.getElementById(el.dataset.source || "traffic-data");
-    if (!src || typeof uPlot === "undefined") return;
-    var d = JSON.parse(src.textContent);
-    el.dataset.drawn = "1";
+    var d = dataOf(el);
+    if (!d) return;
     var opts = {
       width: Math.max(320, el.clientWidth || 800),
       height: 220,
@@ -18,7 +15,7 @@
         { label: "requests", stroke: "#2563eb", fill: "rgba(37,99,235,0.12)", width: 2 },
         { label: "refused (4xx/5xx)", stroke: "#dc2626", width: 2 },
       ],
-      axes: [{}, { label: el.dataset.unit || "per hour" }],
+      axes: [{}, { label: el.dataset.unit }],
       scales: { y: { range: function (u, min, max) { return [0, Math.max(5, max)]; } } },
     };
     new uPlot(opts, [d.t, d.requests, d.refused], el);
