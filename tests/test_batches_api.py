@@ -403,8 +403,12 @@ def test_online_detection_sees_batch_requests_like_live_ones(tmp_path: Path) -> 
 def test_a_campaign_sent_by_batch_gets_the_verdict_it_gets_live(tmp_path: Path) -> None:
     """The same chain-of-thought harvest (the simulator's harvester's own prompts), sent live by one account as
     fast as it can and as one batch by another, among honest chat users: online detection judges both alike
-    (the same verdict, risk and reasons). Sent this fast (milliseconds apart), both are judged benign today:
-    the shipped ensemble's second combiner was trained on bursts 0.1-5 s apart and catches those
+    (the same verdict, risk and reasons). Their arrival pace differs by construction (an HTTP client waits for
+    each answer; the runner keeps `batches.concurrency` requests in flight) and a loaded machine stretches the
+    client's gaps from milliseconds towards the 0.1 s where the pace-trained combiner starts to score them, so
+    before detection reads them both harvests are put on one clock, 5 ms apart in the order they were logged:
+    what is compared is everything the batch path itself writes. That fast, both are judged benign today: the
+    shipped ensemble's second combiner was trained on bursts 0.1-5 s apart and catches those
     (docs/detection.md, round 7), not these; that is detection's gap, and this test pins that batches add no
     gap of their own."""
     from distillshield.simulate import engine, scenario
@@ -440,6 +444,22 @@ def test_a_campaign_sent_by_batch_gets_the_verdict_it_gets_live(tmp_path: Path) 
         lines = [{"custom_id": f"h{i}", "method": "POST", "url": CHAT,
                   "body": {"model": MODEL, "max_tokens": 8, "messages": m}} for i, m in enumerate(harvest)]  # fmt: skip
         assert wait(c, submit(c, lines), timeout=120).status == "completed"
+        # Detection has not read a row yet (interval_s 3600): every row waits in its queue, as the gateway and
+        # the batch runner logged them. One clock for both harvests, as the docstring says; copies, so the
+        # audit log's rows are untouched.
+        first: dict[str, float] = {}
+        seen: dict[str, int] = {}
+        queued = []
+        for row in ext.queue:
+            acct = row.get("account_id")
+            if acct in ("harvest-live", "harvest-batch"):
+                first.setdefault(acct, row["ts"])
+                seen[acct] = seen.get(acct, -1) + 1
+                row = {**row, "ts": first[acct] + 0.005 * seen[acct]}
+            queued.append(row)
+        assert seen == {"harvest-live": 59, "harvest-batch": 59}, "detection read rows before the test could pace them"
+        ext.queue.clear()
+        ext.queue.extend(queued)
         g.run(ext.flush(), timeout=120)
         got = {a: g.admin("GET", f"/accounts/{a}").json()["detection"] for a in ("harvest-live", "harvest-batch")}
         assert got["harvest-live"]["requests"] == got["harvest-batch"]["requests"] == 60

@@ -320,3 +320,36 @@ def test_the_policy_page_shows_what_each_rule_would_have_done(page: Any, artefac
     expect(page.locator("#replay")).to_contain_text("would have done in the last 24 h")
     expect(page.locator("#replay-accounts")).to_contain_text(first)
     page.screenshot(path=artefacts / "16-policy-replay.png", full_page=True)
+
+
+def test_an_analyst_pins_a_countermeasure_on_an_account_and_lifts_it(
+    page: Any, artefacts: Path, demo_gateway: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    gw, demo = demo_gateway
+    target = demo.benign[1]
+    _log_in(page)
+    page.goto(f"/console/accounts/{target}")
+    expect(page.locator("#pins-none")).to_be_visible()
+    page.locator("#pin-action").select_option("throttle")
+    page.locator("#pin-factor").fill("0.05")
+    page.locator("form.pin select[name=expires]").select_option("24h")
+    page.locator("#pin-note").fill("reported by a partner")
+    page.locator("form.pin input[name=reviewer]").fill("ana")
+    page.locator("#pin-submit").click()
+    expect(page.get_by_role("status")).to_contain_text("pinned")
+    row = page.locator("table.pins tbody tr").first
+    expect(row).to_contain_text("throttle")
+    expect(row).to_contain_text("reported by a partner")
+    expect(row.locator(".pin-state")).to_have_text("active")
+    assert gw.state.policy is not None
+    assert [p["action"] for p in gw.state.policy.live(target)["pins"]] == ["throttle"]  # applied at once
+    page.screenshot(path=artefacts / "17-account-pinned.png", full_page=True)
+    row.get_by_role("button", name="Lift").click()
+    expect(page.get_by_role("status")).to_contain_text("lifted")
+    expect(page.locator("table.pins tbody tr").first.locator(".pin-state")).to_contain_text("lifted by console")
+    assert gw.state.policy.live(target)["pins"] == []
+    acts = [a for a in admin_acts(gw) if a["subject"] == target and a["action"].startswith("countermeasure_")]
+    assert [(a["action"], a["actor"]) for a in acts] == [("countermeasure_pinned", "ana"),
+                                                        ("countermeasure_lifted", "console")]  # fmt: skip

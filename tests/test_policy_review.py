@@ -130,11 +130,13 @@ async def test_upkeep_logs_a_store_outage_once_and_its_end(tmp_path: Path, caplo
     from distillshield.config import PolicySettings
     from distillshield.gateway.policy.stage import PolicyStage
     from distillshield.gateway.risk import LocalRiskBoard
+    from distillshield.store.pins import PinStore
 
     store = Store(f"sqlite+aiosqlite:///{tmp_path / 'review.db'}")
     await store.init()
     stage = PolicyStage(PolicySettings(), LocalRiskBoard())
     stage.review = ReviewStore(store)
+    stage.pins = PinStore(store)
     real = stage.review.changed_since
     down = True
 

@@ -1,4 +1,4 @@
-"""`distillshield accounts create|list|show|suspend|activate`."""
+"""`distillshield accounts create|list|show|suspend|activate|pin|pins|unpin`."""
 
 from __future__ import annotations
 
@@ -149,3 +149,97 @@ def activate(account_id: str = typer.Argument(...)) -> None:
     Example: distillshield accounts activate mallory
     """
     _set_status(account_id, "active")
+
+
+@app.command("pin")
+def pin(
+    account_id: str = typer.Argument(..., help="the account"),
+    action: str = typer.Argument(..., help="throttle, degrade or watermark"),
+    params: str = typer.Option(
+        "{}", "--params", help='the action\'s params as JSON, as a policy rule takes them, e.g. \'{"factor": 0.25}\''
+    ),
+    note: str = typer.Option("", "--note", help="why (kept with the pin and in the audit log)"),
+    expires: str = typer.Option(None, "--expires", help="lift it by itself after this long: 90m, 24h, 7d"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+) -> None:
+    """Pin a countermeasure on an account by hand: throttle, degrade or watermark it whatever detection says,
+    until lifted (`accounts unpin`) or expired. Merged with the policy's own decisions, the stricter value
+    winning; a running gateway applies it within policy.review_poll_s. Recorded in the audit log.
+
+    Example: distillshield accounts pin mallory throttle --params '{"factor": 0.1}' --expires 24h --note "case 42"
+    """
+    import json
+    import time
+
+    from distillshield.gateway.policy.rules import PolicyError, pin_params
+    from distillshield.simulate.scenario import parse_duration
+    from distillshield.store.pins import PinStore
+
+    try:
+        raw = json.loads(params)
+    except json.JSONDecodeError as exc:
+        raise CliError(f"--params is not JSON: {exc.msg} at character {exc.pos}") from None
+    if not isinstance(raw, dict):
+        raise CliError("--params must be a JSON object, e.g. '{\"factor\": 0.25}'")
+    try:
+        parsed = pin_params(action, raw)
+    except PolicyError as exc:
+        raise CliError(str(exc)) from None
+    expires_at = None
+    if expires is not None:
+        try:
+            span = parse_duration(expires)
+        except ValueError as exc:
+            raise CliError(f"--expires: {exc}") from None
+        if span <= 0:
+            raise CliError("--expires must be longer than zero")
+        expires_at = time.time() + span
+    found = with_store(lambda store: PinStore(store).pin(
+        account_id, action, parsed.model_dump(mode="json"), actor=Actor.cli(), note=note, expires_at=expires_at
+    ))  # fmt: skip
+    if as_json:
+        print_json(found.as_dict())
+        return
+    until = f" until {fmt_ts(found.expires_at)}" if found.expires_at else " until lifted"
+    console.print(f"pinned {found.ref} ({action} {json.dumps(found.params)}) on {account_id}{until}; "
+                  "a running gateway applies it within policy.review_poll_s", markup=False)  # fmt: skip
+
+
+@app.command("pins")
+def pins(
+    account_id: str = typer.Argument(..., help="the account"),
+    show_all: bool = typer.Option(False, "--all", help="lifted and expired pins too"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+) -> None:
+    """List the countermeasures pinned on an account by hand.
+
+    Example: distillshield accounts pins mallory --all --json
+    """
+    from distillshield.store.pins import PinStore
+
+    found = with_store(lambda store: PinStore(store).for_account(account_id, include_past=show_all))
+    if as_json:
+        print_json([p.as_dict() for p in found])
+        return
+    t = Table(id_column("pin", (p.ref for p in found)), "action", "params", "by", "note", "since (UTC)",
+              "until (UTC)", "state")  # fmt: skip
+    for p in found:
+        state = "active" if p.active() else (f"lifted by {p.lifted_by}" if p.lifted_at else "expired")
+        t.add_row(p.ref, p.action, str(p.params), p.actor, p.note, fmt_ts(p.created_at),
+                  fmt_ts(p.expires_at) if p.expires_at else "-", state)  # fmt: skip
+    console.print(t)
+
+
+@app.command("unpin")
+def unpin(pin_ref: str = typer.Argument(..., help="the pin: its id or pin:<id> (accounts pins lists them)")) -> None:
+    """Lift a pinned countermeasure; a running gateway stops it within policy.review_poll_s.
+
+    Example: distillshield accounts unpin pin:12
+    """
+    from distillshield.store.pins import PinStore
+
+    text = pin_ref.removeprefix("pin:")
+    if not text.isdigit():
+        raise CliError(f"'{pin_ref}' is not a pin; give its id or pin:<id> (distillshield accounts pins ACCOUNT)")
+    lifted = with_store(lambda store: PinStore(store).lift(int(text), actor=Actor.cli()))
+    console.print(f"lifted {lifted.ref} ({lifted.action}) on {lifted.account_id}")

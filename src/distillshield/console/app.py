@@ -60,10 +60,11 @@ from distillshield.gateway.admin import (
 )
 from distillshield.gateway.errors import ApiError
 from distillshield.gateway.limits import LimitExceeded, Scope
-from distillshield.gateway.policy.admin import review_detail
+from distillshield.gateway.policy.admin import PinIn, pin_countermeasure, review_detail
 from distillshield.gateway.policy.rules import PolicyError
 from distillshield.store.admin_log import Actor, AdminLog
 from distillshield.store.database import StoreError
+from distillshield.store.pins import PinStore
 from distillshield.store.review import DECISIONS
 
 if TYPE_CHECKING:
@@ -76,6 +77,8 @@ CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
     "frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
 )
+# The account page's pin form: how long a pin lasts ("" = until lifted), in seconds.
+PIN_EXPIRIES: dict[str, float | None] = {"": None, "1h": 3600.0, "24h": 86400.0, "7d": 7 * 86400.0}
 DECISION_LABELS = {"confirm": "Confirm", "clear": "Dismiss (clear)", "allowlist": "Allowlist", "escalate": "Escalate"}
 
 Handler = Callable[[Request, Session], Awaitable[Response]]
@@ -323,6 +326,8 @@ class Console:
             "usage": await st.store.account_usage(account_id),
             "in_flight": await st.limiter.in_flight(f"account:{account_id}"),
             "live": st.policy.live(account_id) if st.policy is not None else None,
+            "pins": await PinStore(st.store).for_account(account_id, include_past=True, limit=20),
+            "pin_expiries": PIN_EXPIRIES,
             "review": review,
             "limits": queries.effective_limits(st, acct.tier, acct.limits) if acct else None,
             "limit_fields": list(LimitSet.model_fields),
@@ -397,6 +402,44 @@ class Console:
             ) from None
         await set_account_limits(self.state, account_id, limits, _actor(request, session, form))
         return self.redirect(request, f"/accounts/{quote(account_id, safe='')}?done=limits")
+
+    async def pin(self, request: Request, session: Session, form: dict[str, str]) -> Response:
+        """Pin a countermeasure on the account by hand (the admin API's POST /accounts/{id}/pins): the form's
+        action and the fields of that action only; the policy stage checks them as a policy rule's params."""
+        account_id = request.path_params["account_id"]
+        action = form.get("action", "")
+        params: dict[str, Any] = {}
+        try:
+            if action == "throttle":
+                params["factor"] = float(form.get("factor", "").strip())
+            elif action == "degrade":
+                params["reasoning"] = form.get("reasoning", "strip")
+                params["drop_logprobs"] = form.get("drop_logprobs") == "on"
+                if form.get("max_tokens", "").strip():
+                    params["max_tokens"] = int(form["max_tokens"])
+            elif action == "watermark":
+                params["mode"] = form.get("mode", "on")
+        except ValueError:
+            raise HTTPException(400, "the throttle factor is a number above 0 and at most 1; max tokens a whole "
+                                "number") from None  # fmt: skip
+        expiry = form.get("expires", "")
+        if expiry not in PIN_EXPIRIES:
+            raise HTTPException(400, f"expires must be one of {', '.join(k or 'never' for k in PIN_EXPIRIES)}")
+        try:
+            body = PinIn(action=action, params=params, note=form.get("note", ""), expires_in_s=PIN_EXPIRIES[expiry])
+        except ValidationError as exc:
+            raise HTTPException(400, "; ".join(str(e["msg"]) for e in exc.errors())) from None
+        made = await pin_countermeasure(self.state, account_id, body, _actor(request, session, form))
+        return self.redirect(request, f"/accounts/{quote(account_id, safe='')}?done={quote(made.ref)}+pinned")
+
+    async def lift_pin(self, request: Request, session: Session, form: dict[str, str]) -> Response:
+        raw = request.path_params["pin_id"]
+        if not raw.isascii() or not raw.isdigit() or len(raw) > 10:
+            raise HTTPException(404, f"pin '{raw[:40]}' does not exist")
+        if self.state.policy is None:
+            raise HTTPException(409, "the policy stage is disabled (policy.enabled: false in the config)")
+        lifted = await self.state.policy.lift(int(raw), actor=_actor(request, session, form))
+        return self.redirect(request, f"/accounts/{quote(lifted.account_id, safe='')}?done={lifted.ref}+lifted")
 
     async def suspend(self, request: Request, session: Session, form: dict[str, str]) -> Response:
         account_id = request.path_params["account_id"]
@@ -627,6 +670,8 @@ def build_console(state: AppState) -> Starlette:
         Route("/accounts/{account_id:path}/activate", c.action(c.activate), methods=["POST"]),
         Route("/accounts/{account_id:path}/reveal", c.action(c.reveal), methods=["POST"]),
         Route("/accounts/{account_id:path}/evidence", c.action(c.evidence), methods=["POST"]),
+        Route("/accounts/{account_id:path}/pins", c.action(c.pin), methods=["POST"]),
+        Route("/pins/{pin_id}/lift", c.action(c.lift_pin), methods=["POST"]),
         Route("/accounts/{account_id:path}", c.page(c.account), methods=["GET"]),
         Route("/review", c.page(c.review), methods=["GET"]),
         Route("/review/{ref:path}/decide", c.action(c.decide), methods=["POST"]),

@@ -24,6 +24,7 @@ from distillshield.detect.scoring import ModelError
 from distillshield.detect.text import request_texts, skeleton, stable_hash, words
 from distillshield.gateway.policy.replay import Replay, RuleImpact, replay_window
 from distillshield.store.admin_log import AdminLog
+from distillshield.store.pins import PinStore
 from distillshield.store.review import STATUSES, ReviewStore
 from distillshield.store.tables import accounts, audit_log, is_admin_row, review_decisions, review_items
 
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from distillshield.gateway.app import AppState
 
 PER_PAGE = 50
+OVERVIEW_PINS = 50  # the overview lists the newest active pins, at most this many
 VOLUME_WINDOW_S = 24 * 3600
 VERDICTS = ("extraction", "suspicious", "benign")
 # Sorts read from the risk board (in memory); the others from the store.
@@ -147,6 +149,7 @@ async def overview(
         "open_review": int(open_items),
         "suspended": int(suspended),
         "blocks": blocks,
+        "pins": await PinStore(state.store).active(limit=OVERVIEW_PINS),
         "policy": policy,
         "detection": state.detection.status() if state.detection is not None else None,
         "traffic": hourly,

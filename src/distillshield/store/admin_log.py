@@ -1,9 +1,10 @@
 """What operators did: one row of the hash-chained audit log per administrative act.
 
-Review decisions, suspending or reactivating an account, changing its limits, creating or revoking a key,
-reloading the policy, and the console's acts that expose data (revealing an account's prompts, a
-watermark lookup) are appended to the same audit log as the requests, so `logs verify`, the Merkle tree and
-the signed checkpoints cover them: an act cannot be removed or edited afterwards without the log showing it.
+Review decisions, suspending or reactivating an account, changing its limits, pinning or lifting a
+countermeasure by hand, creating or revoking a key, reloading the policy, and the console's acts that expose
+data (revealing an account's prompts, a watermark lookup) are appended to the same audit log as the requests,
+so `logs verify`, the Merkle tree and the signed checkpoints cover them: an act cannot be removed or edited
+afterwards without the log showing it.
 
 An act's row has the endpoint `admin/<action>`, a request id of its own (`adm_...`), no account, key or org
 (the rows are not traffic: export, analysis and detection read only rows with an account), status 200, and
@@ -43,6 +44,8 @@ ACTIONS = (
     "reveal_prompts",
     "watermark_lookup",
     "evidence_bundle",
+    "countermeasure_pinned",
+    "countermeasure_lifted",
 )
 
 

@@ -145,6 +145,24 @@ review_decisions = sa.Table(
     sa.Column("ts", sa.Double, nullable=False),
 )
 
+# Countermeasures an analyst applied by hand (store/pins.py): a throttle, degrade or watermark pinned to one
+# account, whatever detection says, until it is lifted or expires; every replica's policy engine reads them.
+countermeasure_pins = sa.Table(
+    "countermeasure_pins",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("account_id", sa.String(64), sa.ForeignKey("accounts.id"), nullable=False, index=True),
+    sa.Column("action", sa.String(16), nullable=False),  # throttle | degrade | watermark
+    sa.Column("params", sa.JSON, nullable=False),  # the policy file's params for that action (rules.PARAMS)
+    sa.Column("note", sa.Text, nullable=False, default=""),
+    sa.Column("actor", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("expires_at", sa.Double, nullable=True),  # null: until lifted
+    sa.Column("lifted_at", sa.Double, nullable=True),
+    sa.Column("lifted_by", sa.String(64), nullable=True),
+    sa.Column("updated_at", sa.Double, nullable=False, index=True),  # replicas poll for changes on it
+)
+
 # Imported threat intelligence (intel/store.py): one row per STIX indicator id, its latest version only;
 # `data` is its matchable form (intel/indicators.py Indicator).
 intel_indicators = sa.Table(

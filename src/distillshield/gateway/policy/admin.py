@@ -7,12 +7,16 @@
     GET  /admin/review/{ref}                one item: evidence, decisions, recent requests, live state
     POST /admin/review/{ref}/decide         {"decision": confirm|clear|allowlist, "note", "reviewer", "org"}
     POST /admin/review/scan                 queue what the risk board flags now (instead of waiting a poll)
+    GET  /admin/accounts/{id}/pins?all=     countermeasures pinned on the account by hand (active, or all)
+    POST /admin/accounts/{id}/pins          {"action": throttle|degrade|watermark, "params", "note", "expires_in_s"}
+    DELETE /admin/pins/{pin_id}             lift a pinned countermeasure
 
 `ref` is an item id, or kind:subject (account:alice, cluster:c3, org:acme), or a bare account id.
 """
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import FastAPI, HTTPException, Query, Request
@@ -22,6 +26,7 @@ from distillshield.gateway.policy.rules import PolicyError
 from distillshield.gateway.risk import risks_from_report
 from distillshield.store.admin_log import Actor
 from distillshield.store.database import NO_NUL
+from distillshield.store.pins import PinStore
 from distillshield.store.review import ReviewStore
 
 if TYPE_CHECKING:
@@ -38,6 +43,17 @@ class DecideIn(BaseModel):
     note: str = Field("", pattern=NO_NUL)
     reviewer: str = Field("", max_length=64, pattern=NO_NUL)  # the width of review_decisions.reviewer
     org: bool = Field(False, description="allowlist: the account's whole org instead of the account")
+
+
+class PinIn(BaseModel):
+    action: Literal["throttle", "degrade", "watermark"] = Field(..., description="the countermeasure to pin")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="the action's params, as a policy rule takes them (docs/policy.md)"
+    )
+    note: str = Field("", max_length=2000, pattern=NO_NUL, description="why (kept with the pin and in the audit log)")
+    expires_in_s: float | None = Field(
+        None, gt=0, le=366 * 86400, description="lift it by itself after this many seconds; default: until lifted"
+    )
 
 
 def register_policy_routes(app: FastAPI, state: AppState, deps: list[Any]) -> None:
@@ -94,6 +110,21 @@ def register_policy_routes(app: FastAPI, state: AppState, deps: list[Any]) -> No
     async def review_show(ref: str) -> dict[str, Any]:
         return await review_detail(state, ref)
 
+    @app.get("/accounts/{account_id}/pins", dependencies=deps)
+    async def pins_list(account_id: str, all: bool = False) -> dict[str, Any]:  # noqa: A002 - the query name
+        pins = await PinStore(state.store).for_account(account_id, include_past=all)
+        return {"pins": [p.as_dict() for p in pins]}
+
+    @app.post("/accounts/{account_id}/pins", status_code=201, dependencies=deps)
+    async def pins_add(account_id: str, body: PinIn, request: Request) -> dict[str, Any]:
+        """Pin a countermeasure on the account by hand: merged into every decision for it, the stricter value
+        winning, until lifted or expired; applied at once here, within policy.review_poll_s on other replicas."""
+        return (await pin_countermeasure(state, account_id, body, api_actor(request))).as_dict()
+
+    @app.delete("/pins/{pin_id}", dependencies=deps)
+    async def pins_lift(pin_id: int, request: Request) -> dict[str, Any]:
+        return (await stage().lift(pin_id, actor=api_actor(request))).as_dict()
+
     @app.post("/review/{ref}/decide", dependencies=deps)
     async def review_decide(ref: str, body: DecideIn, request: Request) -> dict[str, Any]:
         result = await stage().decide(
@@ -117,6 +148,19 @@ async def review_detail(state: AppState, ref: str) -> dict[str, Any]:
     if state.policy is not None and item.kind == "account":
         out["live"] = state.policy.live(item.subject)
     return out
+
+
+async def pin_countermeasure(state: AppState, account_id: str, body: PinIn, actor: Actor) -> Any:
+    """Pin through the policy stage (admin API and console): 409 without one, 400 naming a bad param."""
+    if state.policy is None:
+        raise HTTPException(409, "the policy stage is disabled (policy.enabled: false in the config)")
+    expires_at = time.time() + body.expires_in_s if body.expires_in_s is not None else None
+    try:
+        return await state.policy.pin(
+            account_id, body.action, body.params, actor=actor, note=body.note, expires_at=expires_at
+        )
+    except PolicyError as exc:
+        raise HTTPException(400, str(exc)) from None
 
 
 def api_actor(request: Request) -> Actor:

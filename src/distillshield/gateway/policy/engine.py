@@ -11,7 +11,10 @@
 3. a review 'clear' allows, as long as detection reports no worse verdict than the one cleared;
 4. standing blocks (a block decision sticks to its key, account, org or cluster until a reviewer
    clears it) block;
-5. the rules, in order (rules.py).
+5. the rules, in order (rules.py);
+6. countermeasures an analyst pinned on the account by hand (store/pins.py) are merged into whatever the
+   steps above decided, the stricter value winning: a pin throttles, degrades or watermarks an allowlisted or
+   cleared account too, and is enforced in shadow mode (it is a person's deliberate act, not a rule on trial).
 """
 
 from __future__ import annotations
@@ -182,6 +185,52 @@ class ReviewBook:
         else:
             self.orgs.discard(org_id)
         self.version += 1
+
+
+@dataclass(frozen=True, slots=True)
+class PinnedEffect:
+    """A countermeasure pinned on an account by hand (store/pins.py), as the engine applies it."""
+
+    ref: str  # pin:<id>, as the decision's rules name it
+    action: str  # throttle | degrade | watermark
+    params: Any  # the action's parsed params (rules.PARAMS)
+    expires_at: float | None = None  # wall clock; None: until lifted
+
+
+class PinBook:
+    """Pinned countermeasures per account (loaded from the store, updated at once by the replica that took the
+    act and by polling for the others'). An expired pin stops applying at its expiry without a poll."""
+
+    def __init__(self) -> None:
+        self.accounts: dict[str, dict[str, PinnedEffect]] = {}
+        self.version = 0  # bumped on every change: memoised decisions are then recomputed
+
+    def set(self, account_id: str, pin: PinnedEffect) -> None:
+        self.accounts.setdefault(account_id, {})[pin.ref] = pin
+        self.version += 1
+
+    def drop(self, account_id: str, ref: str) -> PinnedEffect | None:
+        pins = self.accounts.get(account_id)
+        gone = pins.pop(ref, None) if pins is not None else None
+        if pins is not None and not pins:
+            del self.accounts[account_id]
+        if gone is not None:
+            self.version += 1
+        return gone
+
+    def active(self, account_id: str, now: float) -> tuple[PinnedEffect, ...]:
+        pins = self.accounts.get(account_id)
+        if not pins:
+            return ()
+        return tuple(p for p in pins.values() if p.expires_at is None or p.expires_at > now)
+
+    def expired(self, now: float) -> list[tuple[str, PinnedEffect]]:
+        """Drop the pins past their expiry; returns them (account id, pin)."""
+        gone = [(a, p) for a, pins in self.accounts.items() for p in pins.values()
+                if p.expires_at is not None and p.expires_at <= now]  # fmt: skip
+        for account_id, p in gone:
+            self.drop(account_id, p.ref)
+        return gone
 
 
 @dataclass(frozen=True, slots=True)
@@ -429,10 +478,12 @@ class PolicyEngine:
         blocks: BlockBook | None = None,
         cluster_size: Callable[[str], int] | None = None,
         mode: Mode = "enforce",
+        pins: PinBook | None = None,
     ) -> None:
         self.policy = policy
         self.book = book or ReviewBook()
         self.blocks = blocks or BlockBook()
+        self.pins = pins or PinBook()
         self.cluster_size = cluster_size or (lambda _cid: 0)
         self.mode = mode
         # account id -> (risk, mark, ctx, epoch, expiry, decision, intel): the same inputs give the same decision,
@@ -453,9 +504,17 @@ class PolicyEngine:
         policy = self.policy  # one read: a reload swaps the whole policy atomically
         acct = ctx.account
         mark = self.book.accounts.get(acct.id)
-        if risk is None and mark is None and intel is None and not self.blocks.count and not policy.clean_can_match:
+        pinned = acct.id in self.pins.accounts if self.pins.accounts else False
+        if (
+            risk is None
+            and mark is None
+            and intel is None
+            and not pinned
+            and not self.blocks.count
+            and not policy.clean_can_match
+        ):
             return ALLOW
-        epoch = (policy, self.mode, self.blocks.version, self.book.version)
+        epoch = (policy, self.mode, self.blocks.version, self.book.version, self.pins.version)
         memo = self._memo.get(acct.id)
         if (
             memo is not None
@@ -468,11 +527,20 @@ class PolicyEngine:
         ):
             return memo[5]
         d = self._decide(ctx, risk, mark, policy, intel)
+        expiry = time.monotonic() + 1.0 if policy.uses_cluster_size else 0.0  # cluster sizes change elsewhere
+        if pinned:
+            now = time.time()
+            pins = self.pins.active(acct.id, now)
+            if pins:
+                d = _with_pins(d, pins)
+            ends = [p.expires_at for p in pins if p.expires_at is not None]
+            if ends:  # the decision holds until the first of its pins expires
+                until = time.monotonic() + max(0.0, min(ends) - now)
+                expiry = until if expiry == 0.0 else min(expiry, until)
         if len(self._memo) >= 200_000:
             self._memo.clear()
-        expiry = time.monotonic() + 1.0 if policy.uses_cluster_size else 0.0  # cluster sizes change elsewhere
         # the epoch after deciding: a block the decision itself set must not invalidate it
-        epoch = (policy, self.mode, self.blocks.version, self.book.version)
+        epoch = (policy, self.mode, self.blocks.version, self.book.version, self.pins.version)
         self._memo[acct.id] = (risk, mark, ctx, epoch, expiry, d, intel)
         return d
 
@@ -562,6 +630,36 @@ class PolicyEngine:
             decision = Decision(**{**_fields(decision), "effects": _replace(decision.effects, block=BlockParams(
                 scope="account", members=block.members, message=block.message))})  # fmt: skip
         self.blocks.add(StandingBlock(scope, subject, ctx.account.id, decision, time.time()))
+
+
+def _with_pins(d: Decision, pins: tuple[PinnedEffect, ...]) -> Decision:
+    """The decision `d` with the account's pinned countermeasures merged in (the stricter value wins); a shadow
+    decision's rules stay shadowed, the pins are enforced."""
+    enforced = not d.shadow
+    effects = d.effects if enforced else NO_EFFECTS
+    for p in pins:
+        effects = effects.merged(p.action, p.params)
+    strongest = max(pins, key=lambda p: SEVERITY[p.action])
+    prior = (d.rules or ((d.rule,) if d.rule else ())) if enforced else ()
+    if enforced and SEVERITY[d.action] >= SEVERITY[strongest.action]:
+        action, rule = d.action, d.rule
+    else:
+        action, rule = strongest.action, strongest.ref
+    shadowed = d.shadowed
+    if not enforced and d.rule is not None:
+        shadowed = (*shadowed, *((r, d.action) for r in (d.rules or (d.rule,))))
+    return Decision(
+        action,
+        rule,
+        d.signals,
+        shadow=False,
+        effects=effects,
+        verdict=d.verdict,
+        risk=d.risk,
+        rules=(*prior, *(p.ref for p in pins)),
+        shadowed=tuple(dict.fromkeys(shadowed)),
+        intel=d.intel,
+    )
 
 
 def _fields(d: Decision) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from distillshield.config import LimitSet, yaml_error_detail
 from distillshield.contracts import Verdict
 from distillshield.store.database import TIERS, VERIFICATION_LEVELS
+from distillshield.store.pins import PIN_ACTIONS
 
 ACTIONS = ("allow", "monitor", "watermark", "throttle", "degrade", "challenge", "block")
 SEVERITY = {a: i for i, a in enumerate(ACTIONS)}  # the decision's action is the most severe one applied
@@ -177,6 +178,20 @@ PARAMS: dict[str, type[_Strict]] = {
     "challenge": ChallengeParams,
     "block": BlockParams,
 }
+
+
+PINNABLE = PIN_ACTIONS  # what an analyst can pin on one account by hand (store/pins.py)
+
+
+def pin_params(action: str, params: dict[str, Any] | None) -> Any:
+    """Check a pinned countermeasure's action and params as the policy file would (PolicyError names the
+    field); returns the parsed params, whose `model_dump(mode="json")` is what the store keeps."""
+    if action not in PINNABLE:
+        raise PolicyError(f"a pinned countermeasure is one of {', '.join(PINNABLE)}, not '{action}'")
+    try:
+        return PARAMS[action].model_validate(params or {})
+    except ValidationError as exc:
+        raise PolicyError(f"{_errors(exc, 'params')} (action '{action}')") from None
 
 
 class Rule(_Strict):

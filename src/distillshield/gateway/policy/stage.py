@@ -9,10 +9,11 @@ n); throttled scopes for the limiter; the account's watermark; and a response tr
 upstream's answer.
 
 Beside it (`start`/`stop`, a gateway extension): load the review book from the store, then every
-`policy.review_poll_s` queue newly flagged accounts and clusters from the risk board and pick up
-review decisions made elsewhere (the CLI, another replica). Decisions made through the admin API
-apply at once. SIGHUP (and POST /admin/policy/reload) reloads the policy file; an invalid file is
-rejected with a message naming the rule and the previous policy stays active.
+`policy.review_poll_s` queue newly flagged accounts and clusters from the risk board and pick up review
+decisions and countermeasures pinned by hand (store/pins.py) made elsewhere (the CLI, another replica).
+Decisions and pins made through this replica's admin API or console apply at once. SIGHUP (and POST
+/admin/policy/reload) reloads the policy file; an invalid file is rejected with a message naming the rule and
+the previous policy stays active.
 """
 
 from __future__ import annotations
@@ -30,13 +31,22 @@ from distillshield.config import ConfigError, PolicySettings
 from distillshield.contracts import VERDICT_RANK, AccountRisk, IntelHit, RiskBoard
 from distillshield.gateway.limits import Scope
 from distillshield.gateway.policy.actions import Throttler, block_refusal, challenge_refusal
-from distillshield.gateway.policy.engine import ALLOW, CompiledPolicy, Decision, Mark, PolicyEngine, compile_policy
-from distillshield.gateway.policy.rules import DEFAULT_POLICY, PolicyError, WatermarkParams, load_policy
+from distillshield.gateway.policy.engine import (
+    ALLOW,
+    CompiledPolicy,
+    Decision,
+    Mark,
+    PinnedEffect,
+    PolicyEngine,
+    compile_policy,
+)
+from distillshield.gateway.policy.rules import DEFAULT_POLICY, PolicyError, WatermarkParams, load_policy, pin_params
 from distillshield.gateway.transforms import ResponseTransform, cap_request
 from distillshield.gateway.upstream.base import GenRequest
 from distillshield.outage import Outage
 from distillshield.store.admin_log import Actor, AdminLog
 from distillshield.store.database import KeyContext, StoreError
+from distillshield.store.pins import Pin, PinStore
 from distillshield.store.review import DecisionResult, Flag, ReviewItem, ReviewStore
 
 if TYPE_CHECKING:
@@ -57,6 +67,7 @@ class PolicyStage:
         self.throttler = Throttler()
         self.counts: Counter[str] = Counter()  # decisions by action ('shadow:<action>' when not enforced)
         self.review: ReviewStore | None = None
+        self.pins: PinStore | None = None
         self._state: AppState | None = None
         self._task: asyncio.Task[None] | None = None
         self._seen = 0.0
@@ -186,6 +197,7 @@ class PolicyStage:
                 "accounts": len(self.engine.book.accounts),
                 "allowlisted_orgs": sorted(self.engine.book.orgs),
             },
+            "pinned": sum(len(p) for p in self.engine.pins.accounts.values()),
         }
 
     # -- upkeep: review book, queue ---------------------------------------------------------------
@@ -193,6 +205,7 @@ class PolicyStage:
     async def start(self, state: AppState) -> None:
         self._state = state
         self.review = ReviewStore(state.store)
+        self.pins = PinStore(state.store)
         await self.refresh(full=True)
         self._task = asyncio.create_task(self._upkeep(), name="distillshield-policy")
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError, AttributeError):
@@ -251,14 +264,73 @@ class PolicyStage:
             self._outage.succeeded()
 
     async def refresh(self, full: bool = False) -> int:
-        """Apply review items changed since the last poll (all of them when `full`) to the review book."""
-        assert self.review is not None
+        """Apply review items and pins changed since the last poll (all of them when `full`) to the review book
+        and the pin book; returns how many changes were read."""
+        assert self.review is not None and self.pins is not None
         started = time.time()
-        items = await self.review.changed_since(0.0 if full else self._seen - _POLL_MARGIN_S)
+        since = 0.0 if full else self._seen - _POLL_MARGIN_S
+        items = await self.review.changed_since(since)
         for item in items:
             self._apply_item(item)
+        pins = await (self.pins.active() if full else self.pins.changed_since(since))
+        for pin in pins:
+            self._apply_pin(pin)
+        for account_id, gone in self.engine.pins.expired(started):
+            self._unwatermark(account_id, gone)
         self._seen = started
-        return len(items)
+        return len(items) + len(pins)
+
+    def _apply_pin(self, pin: Pin) -> None:
+        book = self.engine.pins
+        if not pin.active():
+            gone = book.drop(pin.account_id, pin.ref)
+            if gone is not None:
+                self._unwatermark(pin.account_id, gone)
+            return
+        if pin.ref in book.accounts.get(pin.account_id, {}):
+            return  # a pin does not change once made: seen already
+        try:
+            params = pin_params(pin.action, pin.params)
+        except PolicyError as exc:  # written by a release whose params this one does not read
+            log.warning("pin %s on account %s not applied: %s", pin.ref, pin.account_id, exc)
+            return
+        book.set(pin.account_id, PinnedEffect(pin.ref, pin.action, params, pin.expires_at))
+
+    def _unwatermark(self, account_id: str, gone: PinnedEffect) -> None:
+        """A watermark pin ended: drop the account's watermark; a rule that still asks for one sets it again at
+        the account's next request."""
+        if gone.action != "watermark" or self._watermarked.pop(account_id, None) is None:
+            return
+        registry = self._state.watermark if self._state is not None else None
+        if registry is not None:
+            registry.clear(account_id)
+
+    async def pin(
+        self,
+        account_id: str,
+        action: str,
+        params: dict[str, Any] | None,
+        *,
+        actor: Actor,
+        note: str = "",
+        expires_at: float | None = None,
+    ) -> Pin:
+        """Pin a countermeasure on an account by hand (checked like a policy rule's params: PolicyError names
+        the field), record the act, and apply it to this gateway at once."""
+        assert self.pins is not None
+        parsed = pin_params(action, params)
+        pin = await self.pins.pin(
+            account_id, action, parsed.model_dump(mode="json"), actor=actor, note=note, expires_at=expires_at
+        )
+        self._apply_pin(pin)
+        return pin
+
+    async def lift(self, pin_id: int, *, actor: Actor) -> Pin:
+        """Lift a pinned countermeasure, record the act, and stop it on this gateway at once."""
+        assert self.pins is not None
+        pin = await self.pins.lift(pin_id, actor=actor)
+        self._apply_pin(pin)
+        return pin
 
     def _apply_item(self, item: ReviewItem) -> None:
         book, blocks = self.engine.book, self.engine.blocks
@@ -351,9 +423,11 @@ class PolicyStage:
             if b.account_id == account_id
             or (risk is not None and b.scope == "cluster" and b.subject == risk.cluster_id)
         ]
+        pins = self.engine.pins.active(account_id, time.time())
         return {
             "risk": risk.as_dict() if risk is not None else None,
             "review": {"state": mark.state, "since": mark.ts} if mark is not None else None,
             "standing_blocks": blocks,
+            "pins": [{"ref": p.ref, "action": p.action, "expires_at": p.expires_at} for p in pins],
             "watermark": self._watermarked.get(account_id, (None,))[0],
         }
