@@ -247,3 +247,25 @@ def test_an_analyst_looks_up_leaked_text_in_the_browser(
         context.close()
     assert outside == [], f"the console fetched from outside the gateway: {outside}"
     assert errors == [], f"errors in the browser console: {errors}"
+
+
+def test_the_console_s_evidence_bundle_tests_the_account_s_served_answers_for_its_watermark(
+    wm_gateway: RunningGateway, texts: dict[str, str], tmp_path: Path
+) -> None:
+    import io
+    import zipfile
+
+    wm_gateway.flush_audit()
+    client, csrf = login(wm_gateway)
+    found = {}
+    for account in ("wm-alice", "wm-bob"):
+        r = client.post(f"/console/accounts/{account}/evidence", data={"csrf_token": csrf})
+        assert r.status_code == 200, r.text[:300]
+        with zipfile.ZipFile(io.BytesIO(r.content)) as zf:
+            zf.extractall(tmp_path / account)
+        ev = json.loads((tmp_path / account / f"evidence-{account}" / "evidence.json").read_text())
+        [served] = ev["watermark"]["served"]
+        assert served["key"] == f"account:{account}" and served["responses"] >= 1, served
+        found[account] = served
+    assert found["wm-alice"]["detected"] and found["wm-alice"]["z"] >= 4.0  # served under its own key
+    assert not found["wm-bob"]["detected"]  # served plain

@@ -22,6 +22,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
+from distillshield.contracts import Backlog
 from distillshield.store import Store
 from distillshield.workers.audit import AuditWorker
 from distillshield.workers.stream import AUDIT_GROUP, DETECT_GROUP, AuditStream
@@ -85,9 +86,16 @@ async def test_the_stream_reports_each_group_s_backlog_and_none_when_redis_is_aw
         await stream.append_audit([row(i) for i in range(12)])
         taken = await stream.read(AUDIT_GROUP, "w1", 5, 100)
         await stream.ack(AUDIT_GROUP, [eid for eid, _r in taken[:3]])
-        # audit writers: 2 delivered and pending + 7 not delivered; detectors: all 12 waiting
-        assert await stream.backlogs() == {AUDIT_GROUP: 9, DETECT_GROUP: 12}
+        await asyncio.sleep(0.4)
+        # audit writers: 2 delivered and pending + 7 not delivered; detectors: all 12 waiting, for 0.4 s or more
+        got = await stream.backlogs()
+        assert got is not None and {g: b.rows for g, b in got.items()} == {AUDIT_GROUP: 9, DETECT_GROUP: 12}
+        assert all(b.oldest_s is not None and 0.4 <= b.oldest_s < 30 for b in got.values()), got
         assert await stream.backlog(AUDIT_GROUP) == 9
+        rest = await stream.read(AUDIT_GROUP, "w1", 100, 100)
+        await stream.ack(AUDIT_GROUP, [eid for eid, _r in taken[3:] + rest])
+        got = await stream.backlogs()
+        assert got is not None and got[AUDIT_GROUP] == Backlog(0, None) and got[DETECT_GROUP].rows == 12
     finally:
         await stream.close()
     away = AuditStream("redis://127.0.0.1:1/0", stream_key)
@@ -536,3 +544,31 @@ async def _ready(http: httpx.AsyncClient, base: str) -> bool:
         return (await http.get(f"{base}/readyz")).status_code == 200
     except httpx.TransportError:
         return False
+
+
+async def test_the_console_overview_shows_each_groups_backlog_and_lag(
+    stream_key: str, pg_database: str, gateway_factory: Any
+) -> None:
+    from tests.console_helpers import login
+
+    stream = AuditStream(REDIS_URL, stream_key)
+    try:
+        await stream.ensure_group(AUDIT_GROUP)  # a group with no worker reading: everything waits
+        gw = gateway_factory({"upstream": FakeUpstream()}, store__url=pg_database, audit__sink="redis",
+                             audit__stream_key=stream_key)  # fmt: skip
+        key = gw.create_key("lagging")
+        body = {"model": "fake-model", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8}
+        for _ in range(3):
+            r = await asyncio.to_thread(httpx.post, f"{gw.base}/v1/chat/completions", json=body,
+                                        headers={"authorization": f"Bearer {key}"})  # fmt: skip
+            assert r.status_code == 200
+        await asyncio.to_thread(gw.flush_audit)
+        await asyncio.sleep(0.5)
+        client, _ = await asyncio.to_thread(login, gw)
+        page = (await asyncio.to_thread(client.get, "/console/")).text
+        waiting = int(page.split('id="backlog-audit-writers">')[1].split("<")[0])
+        assert waiting >= 3, page
+        lag = page.split('id="lag-audit-writers">')[1].split("<")[0]
+        assert lag.startswith("oldest waiting ") and float(lag.split()[2]) >= 0.5, lag
+    finally:
+        await stream.close()

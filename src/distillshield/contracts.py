@@ -154,6 +154,15 @@ class IntelWatch(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """What one consumer of an audit sink has not processed yet: how many rows, and how long the oldest of them
+    has waited, in seconds (None when nothing waits)."""
+
+    rows: int
+    oldest_s: float | None = None
+
+
 class AuditSink(Protocol):
     """Where audit rows are made durable: the hash-chained log itself, or a stream the audit workers move into
     it. `existing_request_ids` lets a replay skip rows the sink already holds, and `skip_existing` leaves them
@@ -165,9 +174,10 @@ class AuditSink(Protocol):
 
     async def ping(self) -> bool: ...
 
-    async def backlogs(self) -> dict[str, int] | None:
-        """Rows this sink holds that each of its consumers has not processed yet (a stream: per consumer
-        group); {} for the log itself, where nothing waits; None when the sink does not answer."""
+    async def backlogs(self) -> dict[str, Backlog] | None:
+        """Rows this sink holds that each of its consumers has not processed yet, and the oldest one's wait (a
+        stream: per consumer group); {} for the log itself, where nothing waits; None when the sink does not
+        answer."""
         ...
 
     async def close(self) -> None: ...

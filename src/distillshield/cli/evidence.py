@@ -27,6 +27,7 @@ from distillshield.evidence import (
     load_report,
     traffic_from_file,
     verify_bundle,
+    watermark_detector,
 )
 from distillshield.store.checkpoint import CheckpointError, load_verifier
 
@@ -143,14 +144,8 @@ def _load_audit(path: Path) -> dict[str, Any]:
 
 
 def _watermark(s: Any) -> Any:
-    cfg = s.watermark
-    if cfg.secret is None:
-        return None
-    from distillshield.watermark.schemes import keyring_from_settings, scheme_from_settings
-    from distillshield.watermark.tokenizer import default_tokenizer
-
     try:
-        return scheme_from_settings(cfg), keyring_from_settings(cfg), default_tokenizer(), cfg.z_threshold
+        return watermark_detector(s.watermark)
     except (ValueError, FileNotFoundError) as exc:
         raise CliError(f"cannot set up watermark detection: {exc}") from None
 

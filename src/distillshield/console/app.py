@@ -49,7 +49,7 @@ from distillshield.config import LimitSet
 from distillshield.console import clusters, queries
 from distillshield.console import watermark as wm
 from distillshield.console.session import CSRF_FIELD, Session, SessionSigner, csrf_matches
-from distillshield.evidence import EvidenceError, build_bundle, chained_traffic
+from distillshield.evidence import EvidenceError, build_bundle, chained_traffic, watermark_detector
 from distillshield.gateway.admin import (
     _detection,
     admin_token_digest,
@@ -364,9 +364,10 @@ class Console:
 
     async def evidence(self, request: Request, session: Session, form: dict[str, str]) -> Response:
         """The account's evidence bundle as a zip download, built from the audit log as `distillshield evidence
-        ACCOUNT` builds it (findings from the risk board; the watermark is not tested here: the CLI does). It
-        holds prompts and answers, so it is recorded in the audit log (who, its rows, its sha256) before it is
-        sent; a bundle that cannot be recorded is not sent."""
+        ACCOUNT` builds it (findings from the risk board; with `watermark.secret`, its served answers tested
+        for its own watermark key, as the CLI does). It holds prompts and answers, so it is recorded in the
+        audit log (who, its rows, its sha256) before it is sent; a bundle that cannot be recorded is not
+        sent."""
         account_id = request.path_params["account_id"]
         actor = _actor(request, session, form)
         st = self.state
@@ -377,10 +378,17 @@ class Console:
         traffic = await chained_traffic(st.store, st.settings.checkpoints, [account_id])
         name = "evidence-" + "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in account_id)[:80]
         with tempfile.TemporaryDirectory(prefix="distillshield-evidence-") as tmp:
-            try:  # charts and files: off the event loop
-                manifest = await asyncio.to_thread(build_bundle, account_id, Path(tmp) / name, traffic, report=report)
+
+            def build() -> dict[str, Any]:  # the tokenizer, watermark tests, charts and files: off the event loop
+                wm = watermark_detector(st.settings.watermark)
+                return build_bundle(account_id, Path(tmp) / name, traffic, report=report, wm=wm)
+
+            try:
+                manifest = await asyncio.to_thread(build)
             except EvidenceError as exc:
                 raise HTTPException(409, str(exc)) from None
+            except (ValueError, FileNotFoundError) as exc:
+                raise HTTPException(409, f"cannot set up watermark detection: {exc}") from None
             data = await asyncio.to_thread(_zip_folder, Path(tmp) / name)
         proof = manifest["chain_proof"]
         detail = {

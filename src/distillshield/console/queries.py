@@ -161,7 +161,8 @@ async def overview(
 async def event_backlog(state: AppState) -> dict[str, Any]:
     """How far behind the gateway's finished requests are processed: rows queued for the audit log, rows in
     the local spool while the database (or Redis) is away, the event stream's backlog per consumer group
-    (audit writers, detectors) when the gateway publishes to one, and online detection's queue here."""
+    (audit writers, detectors) when the gateway publishes to one, and online detection's queue here; for the
+    last two also how long their oldest row has waited (the lag, in seconds)."""
     writer = state.audit
     out: dict[str, Any] = {
         "audit_queue": writer.pending,
@@ -169,7 +170,9 @@ async def event_backlog(state: AppState) -> dict[str, Any]:
         "stream": await writer.store.backlogs(),  # None: the stream did not answer
     }
     det = state.detection
-    out["detection_queue"] = det.status().get("queued") if det is not None else None
+    status = det.status() if det is not None else None
+    out["detection_queue"] = status.get("queued") if status is not None else None
+    out["detection_oldest_s"] = status.get("oldest_queued_s") if status is not None else None
     return out
 
 

@@ -402,6 +402,8 @@ class DetectionExtension:
         return {
             "processed": self.processed,
             "queued": len(self.queue),
+            # how long the oldest queued row has waited (its request's time to now); None when none waits
+            "oldest_queued_s": round(max(0.0, time.time() - float(self.queue[0]["ts"])), 3) if self.queue else None,
             "dropped": self.dropped,
             "accounts": len(eng.accounts) if eng else 0,
             "clusters": len(eng.clusters) if eng else 0,

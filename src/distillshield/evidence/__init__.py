@@ -7,6 +7,7 @@ from distillshield.evidence.bundle import (
     chained_traffic,
     traffic_from_file,
     traffic_from_store,
+    watermark_detector,
 )
 from distillshield.evidence.collect import EvidenceError, load_report
 from distillshield.evidence.verify import BundleCheck, verify_bundle
@@ -21,4 +22,5 @@ __all__ = [
     "traffic_from_file",
     "traffic_from_store",
     "verify_bundle",
+    "watermark_detector",
 ]

@@ -109,6 +109,18 @@ def _chain_row(r: dict[str, Any]) -> dict[str, Any]:
     return {**{k: r.get(k) for k in CHAINED_FIELDS}, "prev_hash": r["prev_hash"], "hash": r["hash"]}
 
 
+def watermark_detector(cfg: Any) -> tuple[Any, Any, Any, float] | None:
+    """The (scheme, keyring, tokenizer, threshold) `build_bundle` tests served outputs with, from the
+    `watermark` settings; None without a secret. ValueError or FileNotFoundError when they cannot be set up.
+    Loading the tokenizer takes a moment: call it off an event loop."""
+    if cfg.secret is None:
+        return None
+    from distillshield.watermark.schemes import keyring_from_settings, scheme_from_settings
+    from distillshield.watermark.tokenizer import default_tokenizer
+
+    return scheme_from_settings(cfg), keyring_from_settings(cfg), default_tokenizer(), cfg.z_threshold
+
+
 def watermark_section(
     subject: Subject, rows: list[dict[str, Any]], wm: Any | None, audit_result: dict[str, Any] | None
 ) -> dict[str, Any]:

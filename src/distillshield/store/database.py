@@ -24,6 +24,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from distillshield.contracts import Backlog
 from distillshield.store import chain, merkle
 from distillshield.store.merkle import Frontier
 from distillshield.store.tables import (
@@ -343,7 +344,7 @@ class Store:
         except Exception:  # noqa: BLE001 - readiness probe: any failure means not ready
             return False
 
-    async def backlogs(self) -> dict[str, int] | None:
+    async def backlogs(self) -> dict[str, Backlog] | None:
         """contracts.AuditSink: the log itself has no consumers waiting on it."""
         return {}
 

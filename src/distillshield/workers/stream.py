@@ -29,6 +29,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
+from distillshield.contracts import Backlog
 from distillshield.outage import Outage
 
 log = logging.getLogger("distillshield.worker")
@@ -107,15 +108,35 @@ class AuditStream:
         found = await self._group_backlogs()
         return found[group] if group in found else int(await self._redis.xlen(self.key))
 
-    async def backlogs(self) -> dict[str, int] | None:
-        """`backlog` of every consumer group (contracts.AuditSink: the console's overview); None when Redis
-        does not answer."""
+    async def backlogs(self) -> dict[str, Backlog] | None:
+        """`backlog` of every consumer group and how long its oldest unacknowledged entry has waited
+        (contracts.AuditSink: the console's overview); None when Redis does not answer."""
         try:
-            return await self._group_backlogs()
+            counts = await self._group_backlogs()
+            return {name: Backlog(n, await self._oldest_wait(name) if n else None) for name, n in counts.items()}
         except ResponseError as exc:  # no stream yet: nothing published, nothing waits
             return {} if "no such key" in str(exc).lower() else None
         except (RedisError, OSError):
             return None
+
+    async def _oldest_wait(self, group: str) -> float | None:
+        """Seconds since the group's oldest unprocessed entry was appended: the older of its oldest pending
+        entry (delivered, not acknowledged) and the first one not yet delivered. Entry ids are Redis's clock in
+        milliseconds, so the wait is measured on that clock too (replicas' clocks may differ)."""
+        oldest: int | None = None
+        pending = await self._redis.xpending(self.key, group)
+        if pending and pending.get("pending"):
+            oldest = stream_id(pending["min"])[0]
+        info = next((g for g in await self._redis.xinfo_groups(self.key) if _text(g["name"]) == group), None)
+        if info is not None:
+            after = await self._redis.xrange(self.key, min="(" + _text(info["last-delivered-id"]), count=1)
+            if after:
+                ms = stream_id(after[0][0])[0]
+                oldest = ms if oldest is None else min(oldest, ms)
+        if oldest is None:
+            return None
+        sec, usec = await self._redis.time()
+        return max(0.0, (int(sec) * 1000 + int(usec) / 1000 - oldest) / 1000)
 
     async def _group_backlogs(self) -> dict[str, int]:
         """Each group's pending entries plus those not yet delivered to it (its `lag`; Redis before 7 has none,
@@ -123,7 +144,7 @@ class AuditStream:
         out: dict[str, int] = {}
         length: int | None = None
         for g in await self._redis.xinfo_groups(self.key):
-            name = g["name"].decode() if isinstance(g["name"], bytes) else str(g["name"])
+            name = _text(g["name"])
             lag = g.get("lag")
             if lag is None and length is None:
                 length = int(await self._redis.xlen(self.key))
@@ -194,6 +215,10 @@ def stream_id(raw: bytes | str) -> tuple[int, int]:
     text = raw.decode() if isinstance(raw, bytes) else raw
     ms, _, seq = text.partition("-")
     return int(ms), int(seq or 0)
+
+
+def _text(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
 
 
 def consumer_name(kind: str) -> str:
