@@ -8,7 +8,7 @@ import pytest
 
 from distillshield.contracts import AccountRisk
 from distillshield.gateway.policy import ALLOW, DEFAULT_POLICY, PolicyEngine, PolicyError, compile_policy, parse_policy
-from distillshield.gateway.policy.engine import Mark
+from distillshield.gateway.policy.engine import Decision, LoggedDecision, Mark
 from distillshield.gateway.policy.rules import load_policy
 from distillshield.store.database import Account, ApiKey, KeyContext, Org
 
@@ -284,3 +284,17 @@ def test_a_cluster_block_on_an_account_outside_any_cluster_blocks_the_account() 
     e = engine("rules:\n  - {name: b, when: {verdict: [extraction]}, action: block, params: {scope: cluster}}\n")
     d = e.decide(ctx(), risk())
     assert d.action == "block" and e.blocks.by_scope["account"]["a1"].decision.effects.block.scope == "account"
+
+
+def test_a_logged_decision_reads_back_what_the_audit_column_recorded() -> None:
+    d = Decision("degrade", "strip", {"cot": 0.97}, verdict="extraction", risk=0.93123, rules=("mark", "strip"))
+    back = LoggedDecision.parse(d.audit())
+    assert back == LoggedDecision("degrade", "strip", ("mark", "strip"), "extraction", 0.9312, {"cot": 0.97}, None)
+    one = LoggedDecision.parse(Decision("block", "verify", verdict="suspicious", risk=0.5).audit("cluster_blocked"))
+    assert one is not None and one.rules == ("verify",) and one.refused == "cluster_blocked" and one.risk == 0.5
+    unscored = LoggedDecision.parse(Decision("throttle", "pin:3", rules=("pin:3",)).audit())
+    assert unscored is not None and unscored.verdict is None and unscored.risk is None and unscored.rules == ("pin:3",)
+    for text in (None, "", "allow", "refuse:rate_limit_requests", "{not json", "[1, 2]"):
+        assert LoggedDecision.parse(text) is None, text
+    odd = LoggedDecision.parse('{"verdict": "benign", "risk": true, "signals": {"a": "x", "b": 1}, "rules": 5}')
+    assert odd is not None and odd.risk is None and odd.signals == {"b": 1.0} and odd.rules == ()

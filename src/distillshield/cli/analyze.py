@@ -414,7 +414,7 @@ def _coloured(verdict: str) -> str:
 
 def _decision_rules(decision: str | None) -> list[str]:
     """The policy rules a logged decision names ('allow' and plain refusals name none)."""
-    if not decision or not decision.startswith("{"):
-        return []
-    d = json.loads(decision)
-    return list(d.get("rules") or ([d["rule"]] if d.get("rule") else []))
+    from distillshield.gateway.policy.engine import LoggedDecision
+
+    d = LoggedDecision.parse(decision)
+    return list(d.rules) if d is not None else []

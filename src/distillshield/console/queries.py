@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from distillshield.contracts import VERDICT_RANK, AccountRisk
 from distillshield.detect.scoring import ModelError
 from distillshield.detect.text import request_texts, skeleton, stable_hash, words
+from distillshield.gateway.policy.engine import LoggedDecision
 from distillshield.gateway.policy.replay import Replay, RuleImpact, replay_window
 from distillshield.store.admin_log import AdminLog
 from distillshield.store.pins import PinStore
@@ -589,16 +590,12 @@ async def account_risk_history(
     async with state.store.engine.connect() as conn:
         rows = (await conn.execute(q)).all()
     for ts, decision in rows:
-        try:
-            d = orjson.loads(decision)
-        except orjson.JSONDecodeError:
-            continue
-        risk = d.get("risk") if isinstance(d, dict) else None
-        if isinstance(risk, bool) or not isinstance(risk, (int, float)):
+        d = LoggedDecision.parse(decision)
+        if d is None or d.risk is None:
             continue
         h = math.floor(float(ts) / 3600)
-        if h not in hourly or float(risk) > hourly[h][0]:
-            hourly[h] = (float(risk), str(d.get("verdict") or ""), float(ts))
+        if h not in hourly or d.risk > hourly[h][0]:
+            hourly[h] = (d.risk, d.verdict or "", float(ts))
     points = [(at, r, v, "policy") for _h, (r, v, at) in sorted(hourly.items())]
     board = state.risk.get(account_id)
     if board is not None:
@@ -646,32 +643,20 @@ async def verdict_history(state: AppState, account_id: str, *, page: int = 1) ->
         rows = (await conn.execute(q)).all()
     changes: list[dict[str, Any]] = []
     for seq, ts, decision in reversed(rows):
-        try:
-            d = orjson.loads(decision)
-        except orjson.JSONDecodeError:
+        d = LoggedDecision.parse(decision)
+        if d is None or d.verdict is None or d.risk is None:
             continue
-        if not isinstance(d, dict) or not isinstance(d.get("verdict"), str):
+        if changes and changes[-1]["verdict"] == d.verdict:
             continue
-        risk = d.get("risk")
-        if isinstance(risk, bool) or not isinstance(risk, (int, float)):
-            continue
-        if changes and changes[-1]["verdict"] == d["verdict"]:
-            continue
-        raw = d.get("signals")
-        signals = {
-            str(k): float(v)
-            for k, v in (raw.items() if isinstance(raw, dict) else [])
-            if isinstance(v, (int, float)) and not isinstance(v, bool)
-        }
-        top = max(signals.items(), key=lambda kv: (kv[1], kv[0])) if signals else None
+        top = max(d.signals.items(), key=lambda kv: (kv[1], kv[0])) if d.signals else None
         changes.append(
             {
                 "seq": int(seq),
                 "ts": float(ts),
-                "verdict": d["verdict"],
+                "verdict": d.verdict,
                 "previous": changes[-1]["verdict"] if changes else None,
-                "risk": float(risk),
-                "rule": d.get("rule") if isinstance(d.get("rule"), str) else None,
+                "risk": d.risk,
+                "rule": d.rule,
                 "top": {"signal": top[0], "score": top[1]} if top else None,
             }
         )

@@ -155,6 +155,55 @@ ALLOW = Decision("allow")
 
 
 @dataclass(frozen=True, slots=True)
+class LoggedDecision:
+    """A decision read back from an audit row's `decision` column (what `Decision.audit` wrote): the replay,
+    the console's histories and the demo read logged decisions through `parse`, one reading of the format.
+    A field the row did not record is None (or empty)."""
+
+    action: str | None
+    rule: str | None
+    rules: tuple[str, ...]  # every rule that applied (the one `rule` when the row lists no more)
+    verdict: str | None
+    risk: float | None  # None unless the row recorded a verdict with a numeric risk
+    signals: dict[str, float]
+    refused: str | None
+
+    @classmethod
+    def parse(cls, text: str | None) -> LoggedDecision | None:
+        """The JSON form of a logged decision; None for 'allow', 'refuse:<code>' (no rule involved), an empty
+        column or one that is not a JSON object (a row's hash still says whether it was edited)."""
+        if not text or not text.startswith("{"):
+            return None
+        try:
+            d = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(d, dict):
+            return None
+        verdict = d.get("verdict") if isinstance(d.get("verdict"), str) else None
+        risk = d.get("risk")
+        number = isinstance(risk, (int, float)) and not isinstance(risk, bool)
+        raw = d.get("signals")
+        signals = (
+            {str(k): float(v) for k, v in raw.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            if isinstance(raw, dict)
+            else {}
+        )
+        rule = d.get("rule") if isinstance(d.get("rule"), str) else None
+        listed = d.get("rules")
+        rules = tuple(str(r) for r in listed) if isinstance(listed, list) and listed else ((rule,) if rule else ())
+        return cls(
+            action=d.get("action") if isinstance(d.get("action"), str) else None,
+            rule=rule,
+            rules=rules,
+            verdict=verdict,
+            risk=float(risk) if number and verdict is not None else None,
+            signals=signals,
+            refused=d.get("refuse") if isinstance(d.get("refuse"), str) else None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Mark:
     """An account's review state in the hot path: open | confirmed | cleared | allowlisted | escalated, with the
     verdict rank at the time of the decision (a clear holds until detection reports worse)."""

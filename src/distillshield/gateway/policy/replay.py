@@ -27,11 +27,10 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-import orjson
 import sqlalchemy as sa
 
 from distillshield.contracts import AccountRisk
-from distillshield.gateway.policy.engine import CompiledPolicy, Subject
+from distillshield.gateway.policy.engine import CompiledPolicy, LoggedDecision, Subject
 from distillshield.store.database import Account, Store
 from distillshield.store.tables import accounts, audit_log, review_items
 
@@ -112,24 +111,10 @@ _VERDICT_RANK = {"benign": 0, "suspicious": 1, "extraction": 2}
 
 def _recorded(decision: str | None) -> tuple[str | None, float | None, dict[str, float]]:
     """(verdict, risk, signals) a row's decision recorded; (None, None, {}) when it recorded none."""
-    if not decision or not decision.startswith("{"):
+    d = LoggedDecision.parse(decision)
+    if d is None or d.verdict is None or d.risk is None:
         return None, None, {}
-    try:
-        d = orjson.loads(decision)
-    except orjson.JSONDecodeError:
-        return None, None, {}
-    if not isinstance(d, dict) or not isinstance(d.get("verdict"), str):
-        return None, None, {}
-    risk = d.get("risk")
-    if isinstance(risk, bool) or not isinstance(risk, (int, float)):
-        return None, None, {}
-    raw = d.get("signals")
-    signals = (
-        {str(k): float(v) for k, v in raw.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        if isinstance(raw, dict)
-        else {}
-    )
-    return d["verdict"], float(risk), signals
+    return d.verdict, d.risk, d.signals
 
 
 class _Ctx:
