@@ -349,8 +349,10 @@ def test_every_page_reads_postgresql_too(gateway_factory: Any, pg_database: str,
     assert f">{demo.benign[0]}</a>" in client.get("/console/accounts", params={"sort": "volume"}).text
     assert client.get("/console/").status_code == 200
     assert client.get("/console/review").status_code == 200
-    account = client.get(f"/console/accounts/{demo.benign[0]}")  # its request timeline and risk history
-    assert account.status_code == 200 and 'data-chart="account-requests"' in account.text
+    account = client.get(f"/console/accounts/{demo.benign[0]}")  # its risk history
+    assert account.status_code == 200 and 'data-chart="account-risk"' in account.text
+    timeline = client.get(f"/console/accounts/{demo.benign[0]}/timeline")  # its request timeline and CoT share
+    assert timeline.status_code == 200 and 'data-chart="account-requests"' in timeline.text
     report = {"accounts": [{**a, "cluster_id": "cl_pg"} for a in demo.report["accounts"][:3]]}
     assert gw.admin("POST", "/risk", json=report).status_code == 200
     assert "cl_pg" in client.get("/console/clusters").text

@@ -51,7 +51,7 @@ def _write(gw: RunningGateway, rows: list[dict[str, Any]]) -> None:
 
 
 def _timeline(html: str) -> dict[str, Any]:
-    m = re.search(r'<script type="application/json" id="account-requests-data">(.*?)</script>', html, re.S)
+    m = re.search(r'<pre hidden id="account-requests-data">(.*?)</pre>', html, re.S)
     assert m, "no account-requests-data in the page"
     return json.loads(m.group(1))
 
@@ -71,7 +71,10 @@ def test_the_timeline_carries_the_sampled_cot_share_per_hour(gw: RunningGateway)
     ]
     _write(gw, rows)
     client, _ = login(gw)
-    r = client.get("/console/accounts/cot-1")
+    page = client.get("/console/accounts/cot-1")
+    assert page.status_code == 200 and "account-requests-data" not in page.text  # the page does not wait for it
+    assert 'hx-get="/console/accounts/cot-1/timeline" hx-trigger="load"' in page.text
+    r = client.get("/console/accounts/cot-1/timeline")
     assert r.status_code == 200
     t = _timeline(r.text)
     at = {ts: i for i, ts in enumerate(t["t"])}
@@ -86,7 +89,7 @@ def test_the_timeline_carries_the_sampled_cot_share_per_hour(gw: RunningGateway)
     # closed hours are classified once and kept; the current hour is read again on every load
     late = [_row("cot-1", plain_hour + 3000 + i, COT.format(q=q)) for i, q in enumerate(QUESTIONS)]
     _write(gw, [*late, *(_row("cot-1", time.time() - 1, COT.format(q=q)) for q in QUESTIONS)])
-    again = _timeline(client.get("/console/accounts/cot-1").text)
+    again = _timeline(client.get("/console/accounts/cot-1/timeline").text)
     assert again["cot_sampled"][at[plain_hour]] == 12 and again["cot_share"][at[plain_hour]] <= 0.1
     assert again["cot_sampled"][-1] == 6 and again["cot_share"][-1] == 1.0
 

@@ -20,7 +20,9 @@ STRAND = re.compile(r'<line class="edge-(\w+)"')
 
 
 def _json_block(html: str, element_id: str) -> dict:
-    m = re.search(rf'<script type="application/json" id="{element_id}">(.*?)</script>', html, re.S)
+    # a page's own data: a JSON script block; a fragment htmx loads into a page: a hidden <pre>
+    opening = rf'<(?:script type="application/json"|pre hidden) id="{element_id}">'
+    m = re.search(opening + r"(.*?)</(?:script|pre)>", html, re.S)
     assert m, f"no {element_id} in the page"
     return json.loads(m.group(1))
 
@@ -189,21 +191,22 @@ def test_the_account_timeline_counts_requests_refusals_and_tokens_per_hour(fake_
     assert statuses == [200, 200, 429]
     fake_gateway.flush_audit()
     client, _ = login(fake_gateway)
-    html = client.get("/console/accounts/chart-1").text
+    html = client.get("/console/accounts/chart-1/timeline").text
     t = _json_block(html, "account-requests-data")
     assert len(t["t"]) == 7 * 24 and t["t"][-1] <= time.time() < t["t"][-1] + 3600
     assert t["requests"][-1] == 3 and t["refused"][-1] == 1 and sum(t["requests"][:-1]) == 0
     assert t["prompt_tokens"][-1] > 0 and t["completion_tokens"][-1] > 0
     assert 'data-chart="account-requests"' in html
-    other = client.get("/console/accounts/chart-1-nothing")
-    assert other.status_code == 404  # unknown: the 404 page, not an empty chart
+    for path in ("/console/accounts/chart-1-nothing", "/console/accounts/chart-1-nothing/timeline"):
+        assert client.get(path).status_code == 404  # unknown: the 404 page, not an empty chart
 
 
 def test_an_account_without_traffic_or_risk_says_so(fake_gateway: RunningGateway) -> None:
     fake_gateway.create_key("chart-quiet")
     client, _ = login(fake_gateway)
     html = client.get("/console/accounts/chart-quiet").text
-    assert 'id="account-requests-empty"' in html and 'id="account-risk-empty"' in html
+    assert 'id="account-risk-empty"' in html
+    assert 'id="account-requests-empty"' in client.get("/console/accounts/chart-quiet/timeline").text
     assert _json_block(html, "account-risk-data")["t"] == []
 
 

@@ -332,7 +332,6 @@ class Console:
             "limits": queries.effective_limits(st, acct.tier, acct.limits) if acct else None,
             "limit_fields": list(LimitSet.model_fields),
             "recent": (await _recent_requests(st, account_id)),
-            "timeline": await queries.account_timeline(st, account_id, cot=self.cot),
             "risk_history": await queries.account_risk_history(st, account_id, review),
             "timeline_days": queries.TIMELINE_HOURS // 24,
             "verdicts": verdicts,
@@ -344,6 +343,18 @@ class Console:
             "sample_n": queries.SAMPLE_PROMPTS,
         }
         return self.render(request, "account.html", session=session, nav="accounts", **ctx)
+
+    async def account_timeline(self, request: Request, session: Session) -> Response:
+        """The account page's request timeline with its CoT share, a fragment the page loads after itself
+        (htmx): classifying a busy account's sampled prompts the first time takes seconds, the page does not
+        wait for it."""
+        st = self.state
+        account_id = request.path_params["account_id"]
+        if await st.store.get_account(account_id) is None and _detection(st, account_id) is None:
+            raise HTTPException(404, f"account '{account_id}' does not exist")
+        timeline = await queries.account_timeline(st, account_id, cot=self.cot)
+        return self.render(request, "account_timeline.html", session=session, timeline=timeline,
+                           timeline_days=queries.TIMELINE_HOURS // 24)  # fmt: skip
 
     async def reveal(self, request: Request, session: Session, form: dict[str, str]) -> Response:
         """The account's sample prompts as sent: an audit-log row first (who, which account, which
@@ -680,6 +691,7 @@ def build_console(state: AppState) -> Starlette:
         Route("/accounts/{account_id:path}/evidence", c.action(c.evidence), methods=["POST"]),
         Route("/accounts/{account_id:path}/pins", c.action(c.pin), methods=["POST"]),
         Route("/pins/{pin_id}/lift", c.action(c.lift_pin), methods=["POST"]),
+        Route("/accounts/{account_id:path}/timeline", c.page(c.account_timeline), methods=["GET"]),
         Route("/accounts/{account_id:path}", c.page(c.account), methods=["GET"]),
         Route("/review", c.page(c.review), methods=["GET"]),
         Route("/review/{ref:path}/decide", c.action(c.decide), methods=["POST"]),
