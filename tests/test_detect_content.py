@@ -446,3 +446,32 @@ def test_a_minority_genre_of_independent_accounts_is_unusual_but_not_a_sweep() -
     report = analyze_records(records, model=content_alone()).report
     flagged = [a for a, v in verdicts(report).items() if a in few and v != "benign"]
     assert flagged == few, [content_reason(report, a) for a in few]
+
+
+def test_a_campaign_found_once_is_kept_while_its_members_still_make_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The density grouping only proposes candidates: when a later run over a grown population cuts a campaign
+    differently (here: finds no group at all), the campaign found before is judged again on its members' pooled
+    prompts and kept. Keeping is no amnesty for a wrong call: a class of honest students, a dense group too,
+    taken for a campaign before, is judged again and dropped (homework stays in a few topic areas), and light
+    users swept in with them would be dropped before that (their nearest accounts are not one another)."""
+    from distillshield.detect import campaign as campaign_mod
+    from distillshield.detect.cluster import Cluster
+    from distillshield.detect.engine import Engine
+
+    records, role = thin_campaign_traffic()
+    engines: list[Engine] = []
+    analyze_records(records, on_engine=engines.append)  # its engine, finalised: campaigns found as analyze finds them
+    engine = engines[0]
+    finder = engine.campaigns
+    camp = {a for c in finder.campaigns.values() for a in c.campaign}
+    assert len(camp) >= 40 and all(role[a] == "camp" for a in camp)
+
+    students = sorted(a for a in role if role[a] == "student" and campaign_mod._eligible(engine.accounts[a]))
+    users = sorted(a for a in role if role[a] == "user" and campaign_mod._eligible(engine.accounts[a]))[:12]
+    assert len(students) >= campaign_mod.MIN_CAMPAIGN and len(users) >= campaign_mod.MIN_CAMPAIGN
+    finder.campaigns["cp_class"] = Cluster("cp_class", students, campaign=frozenset(students))
+    finder.campaigns["cp_users"] = Cluster("cp_users", users, campaign=frozenset(users))
+    monkeypatch.setattr(campaign_mod, "_density_clusters", lambda dist: np.full(len(dist), -1))
+    again = finder.find(engine.accounts, engine.population, force=True)
+    assert {a for c in again.values() for a in c.campaign} == camp  # kept; the honest groups are not
+    assert all("ask alike" in c.evidence for c in again.values())

@@ -9,7 +9,9 @@ varied words and questions drawn from one bank. So:
 2. HDBSCAN (scikit-learn) over those vectors finds groups of any density and leaves honest users, who
    each ask their own things, as noise; a noise account whose nearest accounts are mostly one group's
    members joins it (HDBSCAN leaves a campaign's sparser fringe out);
-3. each group of at least MIN_CAMPAIGN accounts is a candidate;
+3. each group of at least MIN_CAMPAIGN accounts is a candidate, and so is each campaign found at an earlier
+   run (those of its members not in a new campaign that still ask like it), so a campaign is not lost when a
+   later grouping cuts it differently;
 4. the candidate's pooled prompts are judged like one account's (signals/content.judge), against the
    packaged reference of real users' prompts: far from them and spread over topic areas like a sweep; or,
    whatever the questions look like, mostly asking for the model's reasoning (the prompt classifier) over
@@ -47,6 +49,7 @@ GROWTH = 0.25
 GROUP_EXCESS = 0.25  # a group's pooled prompts: far share above everyone else's, at least this much
 GROUP_GAP = 0.2  # ...or mean typicality rank this far below everyone else's typical account
 GROUP_COT = 0.5  # ...or this share of their prompts asking for the model's reasoning, over a sweep of areas
+KEEP_QUANTILE = 0.99  # a kept campaign's member is closer to the members' mean than this share of other accounts
 
 
 class ContentCampaigns:
@@ -70,16 +73,46 @@ class ContentCampaigns:
         self._last_n = len(thin)
         thin.sort(key=lambda a: -a.behaviour.last_ts)
         thin = thin[:MAX_ACCOUNTS]
+        previous, found = self.campaigns, {}
         self.campaigns = {}
         if len(thin) < MIN_CAMPAIGN or pop.content.stats.tau < -0.5:
             return self.campaigns
         vecs = np.stack([_mean_vector(a) for a in thin])
-        labels = _density_clusters(vecs)
+        dist = np.clip(1.0 - vecs @ vecs.T, 0.0, 2.0).astype(np.float64)
+        labels = _density_clusters(dist)
         for label in sorted(set(labels.tolist()) - {-1}):
             members = sorted(thin[i].account_id for i in np.flatnonzero(labels == label))
             c = self._judge(members, accounts, pop)
             if c is not None:
-                self.campaigns[c.cluster_id] = c
+                found[c.cluster_id] = c
+        # A campaign found before is kept while its members, judged together again, still make one. The density
+        # grouping is a means of finding candidates: run over a grown population it may cut a campaign's
+        # accounts differently (split it, or fold it into a larger group that is not judged one), which would
+        # otherwise drop a campaign the evidence still shows.
+        # Each member stays only while it still asks like the campaign: closer to the members' mean than
+        # KEEP_QUANTILE of the other thin accounts are. An account an earlier grouping swept in, whose own
+        # prompts are ordinary, stays no longer than that.
+        placed = {m for c in found.values() for m in c.campaign}
+        index = {a.account_id: i for i, a in enumerate(thin)}
+        for old in previous.values():
+            rows = [index[m] for m in old.campaign if m in index and m not in placed]
+            if len(rows) < MIN_CAMPAIGN:
+                continue
+            centre = vecs[rows].mean(axis=0)
+            sims = vecs @ (centre / max(float(np.linalg.norm(centre)), 1e-8))
+            others = np.ones(len(thin), dtype=bool)
+            others[[index[m] for m in old.campaign if m in index]] = False
+            if others.sum() < MIN_CAMPAIGN:
+                continue
+            bar = float(np.quantile(sims[others], KEEP_QUANTILE))
+            keep = sorted(thin[i].account_id for i in rows if sims[i] > bar)
+            if len(keep) < MIN_CAMPAIGN:
+                continue
+            c = self._judge(keep, accounts, pop)
+            if c is not None:
+                found[c.cluster_id] = c
+                placed.update(keep)
+        self.campaigns = found
         return self.campaigns
 
     def _judge(self, members: list[str], accounts: dict[str, AccountState], pop: Population) -> Cluster | None:
@@ -151,13 +184,13 @@ def _mean_vector(acc: AccountState) -> np.ndarray:
     return v / max(float(np.linalg.norm(v)), 1e-8)
 
 
-def _density_clusters(vecs: np.ndarray) -> np.ndarray:
-    """HDBSCAN (scikit-learn) over the accounts' cosine distances: groups of any density, honest users who
-    each ask their own things left as noise (-1). Then a noise account joins a group when most of its
+def _density_clusters(dist: np.ndarray) -> np.ndarray:
+    """HDBSCAN (scikit-learn) over the accounts' cosine distances (`dist`, N x N, zero diagonal; not copied, one
+    N x N matrix is the cost: its diagonal is set to infinity afterwards): groups of any density, honest users
+    who each ask their own things left as noise (-1). Then a noise account joins a group when most of its
     nearest accounts are members (HDBSCAN's core-distance cut leaves a campaign's sparser fringe out)."""
     from sklearn.cluster import HDBSCAN
 
-    dist = np.clip(1.0 - vecs @ vecs.T, 0.0, 2.0).astype(np.float64)
     labels = HDBSCAN(
         min_cluster_size=MIN_CAMPAIGN, metric="precomputed", cluster_selection_method="leaf", copy=True
     ).fit_predict(dist)
