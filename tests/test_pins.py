@@ -12,8 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
-import openai
 import orjson
 import pytest
 from typer.testing import CliRunner
@@ -23,6 +21,9 @@ from distillshield.contracts import AccountRisk
 from tests.conftest import RunningGateway, make_settings, start_gateway
 from tests.console_helpers import admin_acts, login
 from tests.fakes import ReasoningUpstream
+from tests.test_policy import UNLIMITED, _eventually
+from tests.test_policy import oa as _client
+from tests.test_policy import status as _status
 
 MODEL = "fake-model"
 POLICY = """
@@ -33,7 +34,6 @@ rules:
   - {name: mark, when: {verdict: [suspicious], signals: {cot: {gte: 0.5}}}, action: watermark, continue: true}
   - {name: watch, when: {verdict: [suspicious]}, action: monitor}
 """
-UNLIMITED = {"rpm": 100, "tpm": None, "concurrent": None, "tpd": None}
 
 
 @pytest.fixture(scope="module")
@@ -53,16 +53,6 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
     g.stop()
 
 
-def _client(gw: RunningGateway, key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{gw.base}/v1", api_key=key, max_retries=0)
-
-
-def _status(gw: RunningGateway, key: str) -> int:
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "q"}], "max_tokens": 20}
-    headers = {"authorization": f"Bearer {key}"}
-    return httpx.post(f"{gw.base}/v1/chat/completions", json=body, headers=headers).status_code
-
-
 def _decisions(gw: RunningGateway, account_id: str) -> list[Any]:
     rows = [r for r in gw.request_rows() if r["account_id"] == account_id]
     return [r["decision"] if r["decision"] == "allow" else orjson.loads(r["decision"]) for r in rows]
@@ -72,15 +62,6 @@ def _pin(gw: RunningGateway, account_id: str, **body: Any) -> dict[str, Any]:
     r = gw.admin("POST", f"/accounts/{account_id}/pins", json=body)
     assert r.status_code == 201, r.text
     return r.json()
-
-
-def _eventually(check: Any, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_a_pinned_throttle_limits_an_account_detection_calls_benign_until_lifted(gw: RunningGateway) -> None:
