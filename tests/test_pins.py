@@ -177,6 +177,9 @@ def test_the_cli_pins_and_lifts_and_the_running_gateway_follows(gw: RunningGatew
     assert made["active"] and made["actor"].startswith("cli:") and made["expires_at"] > time.time() + 86000
     # pinned in the store by another process: this gateway applies it within policy.review_poll_s
     assert _eventually(lambda: _status(gw, key) == 429)
+    shown = runner.invoke(cli_app, ["-c", str(cfg), "accounts", "show", "pin-cli", "--json"])
+    assert shown.exit_code == 0 and [p["ref"] for p in orjson.loads(shown.output)["pins"]] == [made["ref"]]
+    assert [p["ref"] for p in gw.admin("GET", "/accounts/pin-cli").json()["pins"]] == [made["ref"]]
     listed = runner.invoke(cli_app, ["-c", str(cfg), "accounts", "pins", "pin-cli", "--json"])
     assert listed.exit_code == 0 and [p["ref"] for p in orjson.loads(listed.output)] == [made["ref"]]
     table = runner.invoke(cli_app, ["-c", str(cfg), "accounts", "pins", "pin-cli", "--all"])

@@ -67,8 +67,8 @@ def show(
         help="admin token of the running gateway, to show its detection verdict (default: admin.token)",
     ),
 ) -> None:  # fmt: skip
-    """Show one account: its keys, its usage from the audit log, and the running gateway's detection
-    verdict (risk, verdict, cluster, reasons) when the gateway is reachable.
+    """Show one account: its keys, its usage from the audit log, the countermeasures pinned on it by hand, and
+    the running gateway's detection verdict (risk, verdict, cluster, reasons) when the gateway is reachable.
 
     Example: distillshield accounts show alice
     """
@@ -77,12 +77,16 @@ def show(
         acct = await store.get_account(account_id)
         if acct is None:
             raise CliError(f"account '{account_id}' does not exist")
-        return acct, await store.list_keys(account_id), await store.account_usage(account_id)
+        from distillshield.store.pins import PinStore
 
-    acct, keys, usage = with_store(go)
+        pins = await PinStore(store).for_account(account_id)
+        return acct, await store.list_keys(account_id), await store.account_usage(account_id), pins
+
+    acct, keys, usage, pinned = with_store(go)
     detection, why = _detection(account_id, admin_token)
     if as_json:
-        print_json({**acct.__dict__, "keys": [k.public() for k in keys], "usage": usage, "detection": detection})
+        print_json({**acct.__dict__, "keys": [k.public() for k in keys], "usage": usage, "detection": detection,
+                    "pins": [p.as_dict() for p in pinned]})  # fmt: skip
         return
     console.print(
         f"[bold]{acct.id}[/bold]  org={acct.org_id} tier={acct.tier} verification={acct.verification} "
@@ -96,6 +100,10 @@ def show(
     for k in keys:
         t.add_row(k.id, k.name, fmt_ts(k.created_at), fmt_ts(k.revoked_at))
     console.print(t)
+    for p in pinned:
+        until = f"until {fmt_ts(p.expires_at)}" if p.expires_at else "until lifted"
+        note = f" ({p.note})" if p.note else ""
+        console.print(f"pinned {p.ref}: {p.action} {p.params} by {p.actor}, {until}{note}", markup=False)
     if detection is None:
         console.print(f"detection: not available ({why})")
     else:

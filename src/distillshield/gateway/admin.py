@@ -21,6 +21,7 @@ from distillshield.gateway.policy.admin import api_actor, register_policy_routes
 from distillshield.store import admin_log
 from distillshield.store.admin_log import Actor, AdminLogUnavailable, record_key_change
 from distillshield.store.database import NO_NUL, TIERS, VERIFICATION_LEVELS, StoreError
+from distillshield.store.pins import PinStore
 
 if TYPE_CHECKING:
     from distillshield.gateway.app import AppState
@@ -198,6 +199,8 @@ def build_admin_app(state: AppState) -> FastAPI:
             "usage": await state.store.account_usage(account_id),
             "in_flight": await state.limiter.in_flight(f"account:{account_id}"),
             "detection": _detection(state, account_id),
+            # countermeasures pinned by hand that are active (store/pins.py; GET .../pins?all=true: every one)
+            "pins": [p.as_dict() for p in await PinStore(state.store).for_account(account_id)],
         }
 
     @app.get("/risk", dependencies=deps)
