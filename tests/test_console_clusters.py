@@ -178,6 +178,24 @@ def test_a_large_cluster_draws_its_riskiest_members_and_pages_the_rest(fake_gate
     assert "51–75 of 75" in second.text and ">big-000</a>" in second.text
 
 
+def test_a_cluster_s_graph_is_drawn_once_while_its_pages_are_read_and_again_when_stale(
+    fake_gateway: RunningGateway,
+) -> None:
+    from distillshield.console.clusters import ClusterGraphs, cluster_detail
+
+    _seed_crafted_cluster(fake_gateway)
+    graphs = ClusterGraphs()
+    first = fake_gateway.run(cluster_detail(fake_gateway.state, CLUSTER, graphs=graphs))
+    again = fake_gateway.run(cluster_detail(fake_gateway.state, CLUSTER, page=2, graphs=graphs))
+    assert first is not None and again is not None and graphs.computed == 1  # the second page reused the graph
+    assert first["edges"] == again["edges"] and first["nodes"] == again["nodes"] and len(first["edges"]) == 3
+    uncached = fake_gateway.run(cluster_detail(fake_gateway.state, CLUSTER))
+    assert uncached is not None and uncached["edges"] == first["edges"]  # the same graph as drawn afresh
+    graphs.TTL_S = 0.0  # past its time: drawn again
+    fake_gateway.run(cluster_detail(fake_gateway.state, CLUSTER, graphs=graphs))
+    assert graphs.computed == 2
+
+
 # -- an account's charts --------------------------------------------------------------------------
 
 

@@ -117,6 +117,7 @@ class Console:
         self.volume = queries.VolumeRanking()
         self.replay = queries.ShadowReplay()
         self.cot = queries.CotShares()
+        self.graphs = clusters.ClusterGraphs()  # the cluster page's graphs, kept 30 s
 
     # -- plumbing -----------------------------------------------------------------------------------
 
@@ -592,7 +593,7 @@ class Console:
     async def cluster(self, request: Request, session: Session) -> Response:
         cluster_id = request.path_params["cluster_id"]
         detail = await clusters.cluster_detail(
-            self.state, cluster_id, page=strict_page(request.query_params.get("page"), "page")
+            self.state, cluster_id, page=strict_page(request.query_params.get("page"), "page"), graphs=self.graphs
         )
         if detail is None:
             raise HTTPException(404, f"cluster '{cluster_id}' does not exist (not on the risk board, never queued)")

@@ -12,11 +12,13 @@ or first requests close together). The layout is networkx's spring layout, compu
 by the template: no script.
 
 Large clusters are capped: the graph draws the MAX_NODES riskiest members (the page says so), each read
-from its newest ROWS_PER_MEMBER audit rows; the member table is paginated.
+from its newest ROWS_PER_MEMBER audit rows; the member table is paginated. The graph is kept 30 s per
+cluster and drawn members (`ClusterGraphs`), so paging through the table does not draw it again.
 """
 
 from __future__ import annotations
 
+import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from itertools import combinations
@@ -327,9 +329,58 @@ def _why(risk: AccountRisk | None) -> list[str]:
     return [str(r.get("detail")) for r in risk.reasons if r.get("signal") == "coordination" and r.get("detail")]
 
 
-async def cluster_detail(state: AppState, cluster_id: str, *, page: int = 1) -> dict[str, Any] | None:
+@dataclass(frozen=True)
+class Graph:
+    """The drawn members' links and layout, and how many audit rows they were read from."""
+
+    pairs: dict[tuple[str, str], dict[str, list[str]]]
+    pos: dict[str, tuple[float, float]]
+    rows_read: int
+
+
+class ClusterGraphs:
+    """The cluster page's costliest part, its graph (the drawn members' newest audit rows read and profiled,
+    their links and layout: about half a second for 60 members of 200 rows), kept TTL_S seconds per cluster
+    and drawn members, so paging through a large cluster's member table or reloading it draws the graph once.
+    The table itself (review states, counts) is read on every load. At most MAX graphs are kept."""
+
+    TTL_S = 30.0
+    MAX = 64
+
+    def __init__(self) -> None:
+        self._kept: dict[tuple[str, tuple[str, ...]], tuple[float, Graph]] = {}
+        self.computed = 0  # graphs worked out (not served from the cache)
+
+    async def read(
+        self, state: AppState, cluster_id: str, drawn: list[str], facts: dict[str, dict[str, Any]]
+    ) -> Graph:
+        key = (cluster_id, tuple(drawn))
+        now = time.monotonic()
+        hit = self._kept.get(key)
+        if hit is not None and now - hit[0] <= self.TTL_S:
+            return hit[1]
+        graph = await draw(state, drawn, facts)
+        self.computed += 1
+        if len(self._kept) >= self.MAX:
+            del self._kept[min(self._kept, key=lambda k: self._kept[k][0])]
+        self._kept[key] = (now, graph)
+        return graph
+
+
+async def draw(state: AppState, drawn: list[str], facts: dict[str, dict[str, Any]]) -> Graph:
+    """Read the drawn members' newest rows, link them and lay them out."""
+    rows = await _rows_of(state, drawn)
+    profiles = {aid: profile(rows[aid]) for aid in drawn}
+    first = {aid: facts[aid]["first_seen"] for aid in drawn if "first_seen" in facts[aid]}
+    pairs = links(drawn, profiles, {aid: facts[aid].get("org_id") for aid in drawn}, first)
+    return Graph(pairs, layout(drawn, pairs), sum(len(v) for v in rows.values()))
+
+
+async def cluster_detail(
+    state: AppState, cluster_id: str, *, page: int = 1, graphs: ClusterGraphs | None = None
+) -> dict[str, Any] | None:
     """One cluster: its members (paginated), their graph and links, why and when each joined; None when
-    neither the risk board nor the review queue knows it."""
+    neither the risk board nor the review queue knows it. `graphs`: where drawn graphs are kept a while."""
     board = {m: state.risk.get(m) for m in state.risk.cluster_members(cluster_id)}
     item = await ReviewStore(state.store).get(f"cluster:{cluster_id}")
     if not board and item is None:
@@ -337,13 +388,12 @@ async def cluster_detail(state: AppState, cluster_id: str, *, page: int = 1) -> 
     listed = list((item.evidence or {}).get("members") or []) if item is not None else []
     former = sorted(set(listed) - set(board))  # in the review item's evidence, no longer on the board here
     ids = sorted(board, key=lambda m: (-(board[m].risk if board[m] else 0.0), m)) + former  # type: ignore[union-attr]
-    facts = await _member_facts(state, ids)
     drawn = ids[:MAX_NODES]
-    rows = await _rows_of(state, drawn)
-    profiles = {aid: profile(rows[aid]) for aid in drawn}
-    first = {aid: facts[aid]["first_seen"] for aid in drawn if "first_seen" in facts[aid]}
-    pairs = links(drawn, profiles, {aid: facts[aid].get("org_id") for aid in drawn}, first)
-    pos = layout(drawn, pairs)
+    start = (page - 1) * PER_PAGE
+    shown = ids[start : start + PER_PAGE]
+    facts = await _member_facts(state, list(dict.fromkeys(drawn + shown)))  # the table's page and the graph only
+    graph = await (graphs.read(state, cluster_id, drawn, facts) if graphs is not None else draw(state, drawn, facts))
+    pairs, pos = graph.pairs, graph.pos
     degree: Counter[str] = Counter()
     linked_by: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
     for (a, b), kinds in pairs.items():
@@ -353,7 +403,7 @@ async def cluster_detail(state: AppState, cluster_id: str, *, page: int = 1) -> 
             linked_by[a][kind].add(b)
             linked_by[b][kind].add(a)
     members = []
-    for aid in ids:
+    for aid in shown:
         risk = board.get(aid)
         f = facts[aid]
         flagged_at = f.get("queued_at")
@@ -377,9 +427,8 @@ async def cluster_detail(state: AppState, cluster_id: str, *, page: int = 1) -> 
                 "review_status": f.get("review_status"),
             }
         )
-    start = (page - 1) * PER_PAGE
-    member_page = Page(members[start : start + PER_PAGE], page, len(members))
-    verdict_of = {m["id"]: m["verdict"] or "unscored" for m in members}
+    member_page = Page(members, page, len(ids))
+    verdict_of = {aid: (r.verdict if (r := board.get(aid)) is not None else None) or "unscored" for aid in drawn}
     nodes = [
         {
             "id": aid,
@@ -395,7 +444,7 @@ async def cluster_detail(state: AppState, cluster_id: str, *, page: int = 1) -> 
     for (a, b), kinds in sorted(pairs.items(), key=lambda kv: (-len(kv[1]), kv[0])):
         edges.append({"a": a, "b": b, "kinds": kinds, "lines": _strands(pos[a], pos[b], kinds)})
     kinds_seen = Counter(k for kinds in pairs.values() for k in kinds)
-    summary = next((w for m in members for w in m["why"]), None)
+    summary = next((w for aid in ids for w in _why(board.get(aid))), None)
     on_board = [board[m] for m in board if board[m] is not None]
     worst = max(on_board, key=lambda m: (VERDICT_RANK.get(m.verdict, 0), m.risk), default=None)
     return {
@@ -417,7 +466,7 @@ async def cluster_detail(state: AppState, cluster_id: str, *, page: int = 1) -> 
         "capped": len(ids) > len(drawn),
         "kinds_seen": dict(kinds_seen),
         "edge_kinds": EDGE_KINDS,
-        "rows_read": sum(len(v) for v in rows.values()),
+        "rows_read": graph.rows_read,
         "width": WIDTH,
         "height": HEIGHT,
         "max_nodes": MAX_NODES,
