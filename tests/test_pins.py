@@ -265,3 +265,15 @@ def test_the_overview_lists_the_active_pins(gw: RunningGateway) -> None:
     assert 'id="overview-pins"' in page and "pin-overview" in page and pin["ref"] in page and "overview case" in page
     assert gw.admin("DELETE", f"/pins/{pin['id']}").status_code == 200
     assert "overview case" not in client.get("/console/").text
+
+
+def test_without_the_policy_stage_pinning_is_a_409_that_says_why(gateway_factory: Any) -> None:
+    from tests.fakes import FakeUpstream
+
+    g = gateway_factory({"upstream": FakeUpstream()}, policy__enabled=False)
+    g.create_key("pin-nostage")
+    for method, path, body in (("POST", "/accounts/pin-nostage/pins", {"action": "watermark"}),
+                               ("DELETE", "/pins/1", None), ("POST", "/policy/reload", {})):  # fmt: skip
+        r = g.admin(method, path, json=body)
+        assert r.status_code == 409 and "policy stage is disabled" in r.json()["detail"], (path, r.text)
+    assert admin_acts(g, "countermeasure_pinned") == []

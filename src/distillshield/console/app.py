@@ -60,7 +60,7 @@ from distillshield.gateway.admin import (
 )
 from distillshield.gateway.errors import ApiError
 from distillshield.gateway.limits import LimitExceeded, Scope
-from distillshield.gateway.policy.admin import PinIn, pin_countermeasure, review_detail
+from distillshield.gateway.policy.admin import PinIn, pin_countermeasure, policy_stage, review_detail
 from distillshield.gateway.policy.rules import PolicyError
 from distillshield.store.admin_log import Actor, AdminLog
 from distillshield.store.database import StoreError
@@ -456,9 +456,7 @@ class Console:
         raw = request.path_params["pin_id"]
         if not raw.isascii() or not raw.isdigit() or len(raw) > 10:
             raise HTTPException(404, f"pin '{raw[:40]}' does not exist")
-        if self.state.policy is None:
-            raise HTTPException(409, "the policy stage is disabled (policy.enabled: false in the config)")
-        lifted = await self.state.policy.lift(int(raw), actor=_actor(request, session, form))
+        lifted = await policy_stage(self.state).lift(int(raw), actor=_actor(request, session, form))
         return self.redirect(request, f"/accounts/{quote(lifted.account_id, safe='')}?done={lifted.ref}+lifted")
 
     async def suspend(self, request: Request, session: Session, form: dict[str, str]) -> Response:
@@ -494,14 +492,13 @@ class Console:
         decision = form.get("decision", "")
         if decision not in DECISIONS:
             raise HTTPException(400, f"unknown decision '{decision}'; choose one of {', '.join(DECISIONS)}")
-        if self.state.policy is None:
-            raise HTTPException(409, "the policy stage is disabled (policy.enabled: false in the config)")
+        stage = policy_stage(self.state)
         note, actor = form.get("note", ""), _actor(request, session, form)
         if "\x00" in note:
             raise HTTPException(400, "the note and reviewer may not contain NUL; the reviewer is at most 64 characters")
         # The admin API's POST /admin/review/{ref}/decide path: recorded in the store and the audit log,
         # applied at once.
-        result = await self.state.policy.decide(ref, decision, actor=actor, reviewer=actor.name, note=note)
+        result = await stage.decide(ref, decision, actor=actor, reviewer=actor.name, note=note)
         return self.redirect(request, f"/review/{result.item.id}")
 
     async def policy(self, request: Request, session: Session) -> Response:
@@ -519,12 +516,10 @@ class Console:
         return self.render(request, "policy.html", session=session, nav="policy", p=described, **ctx)
 
     async def reload_policy(self, request: Request, session: Session, form: dict[str, str]) -> Response:
-        if self.state.policy is None:
-            raise HTTPException(409, "the policy stage is disabled (policy.enabled: false in the config)")
+        st = policy_stage(self.state)
         mode = form.get("mode") or None
         if mode not in (None, "enforce", "shadow"):
             raise HTTPException(400, f"unknown mode '{mode}'; choose enforce or shadow")
-        st = self.state.policy
         try:  # as POST /admin/policy/reload, for the file already loaded
             await st.reload_recorded(None, mode, _actor(request, session, form))
         except PolicyError as exc:

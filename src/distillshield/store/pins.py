@@ -60,6 +60,12 @@ class Pin:
         return {**self.__dict__, "ref": self.ref, "active": self.active()}
 
 
+def _active_at(now: float) -> Any:
+    """`Pin.active` as a SQL condition on countermeasure_pins."""
+    c = countermeasure_pins.c
+    return sa.and_(c.lifted_at.is_(None), sa.or_(c.expires_at.is_(None), c.expires_at > now))
+
+
 def _pin(row: Any) -> Pin:
     m = row._mapping
     return Pin(
@@ -106,9 +112,7 @@ class PinStore:
             found = (await conn.execute(sa.select(accounts.c.id).where(accounts.c.id == account_id))).first()
             if found is None:
                 raise StoreError(f"account '{account_id}' does not exist")
-            live = sa.and_(
-                c.account_id == account_id, c.lifted_at.is_(None), sa.or_(c.expires_at.is_(None), c.expires_at > now)
-            )
+            live = sa.and_(c.account_id == account_id, _active_at(now))
             n = (await conn.execute(sa.select(sa.func.count()).select_from(countermeasure_pins).where(live))).scalar()
             if int(n or 0) >= MAX_PINS_PER_ACCOUNT:
                 raise StoreError(
@@ -152,28 +156,19 @@ class PinStore:
         await AdminLog(self.store).record("countermeasure_lifted", actor, subject=pin.account_id, detail=detail)
         return pin
 
-    async def get(self, pin_id: int) -> Pin | None:
-        if not 0 < pin_id <= MAX_PIN_ID:
-            return None
-        async with self.store.engine.connect() as conn:
-            row = (await conn.execute(sa.select(countermeasure_pins).where(countermeasure_pins.c.id == pin_id))).first()
-        return _pin(row) if row is not None else None
-
     async def for_account(self, account_id: str, include_past: bool = False, limit: int = 100) -> list[Pin]:
         """The account's pins, newest first: the active ones, or every one (`include_past`)."""
         c = countermeasure_pins.c
-        q = sa.select(countermeasure_pins).where(c.account_id == account_id).order_by(sa.desc(c.id)).limit(limit)
+        q = sa.select(countermeasure_pins).where(c.account_id == account_id)
+        if not include_past:
+            q = q.where(_active_at(time.time()))
         async with self.store.engine.connect() as conn:
-            pins = [_pin(r) for r in await conn.execute(q)]
-        return pins if include_past else [p for p in pins if p.active()]
+            return [_pin(r) for r in await conn.execute(q.order_by(sa.desc(c.id)).limit(limit))]
 
     async def active(self, limit: int | None = None) -> list[Pin]:
         """Every active pin, oldest first (what a replica loads at start); `limit`: the newest that many."""
         c = countermeasure_pins.c
-        now = time.time()
-        q = sa.select(countermeasure_pins).where(
-            c.lifted_at.is_(None), sa.or_(c.expires_at.is_(None), c.expires_at > now)
-        )
+        q = sa.select(countermeasure_pins).where(_active_at(time.time()))
         q = q.order_by(c.id) if limit is None else q.order_by(sa.desc(c.id)).limit(limit)
         async with self.store.engine.connect() as conn:
             return [_pin(r) for r in await conn.execute(q)]

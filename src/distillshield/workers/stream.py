@@ -106,49 +106,51 @@ class AuditStream:
     async def backlog(self, group: str) -> int:
         """Entries the group has not acknowledged: delivered and pending, plus not yet delivered."""
         found = await self._group_backlogs()
-        return found[group] if group in found else int(await self._redis.xlen(self.key))
+        return found[group][0] if group in found else int(await self._redis.xlen(self.key))
 
     async def backlogs(self) -> dict[str, Backlog] | None:
         """`backlog` of every consumer group and how long its oldest unacknowledged entry has waited
         (contracts.AuditSink: the console's overview); None when Redis does not answer."""
         try:
-            counts = await self._group_backlogs()
-            return {name: Backlog(n, await self._oldest_wait(name) if n else None) for name, n in counts.items()}
+            found = await self._group_backlogs()
+            if not any(n for n, _info in found.values()):
+                return {name: Backlog(0) for name in found}
+            sec, usec = await self._redis.time()  # entry ids are Redis's clock: the wait is measured on it too
+            now_ms = int(sec) * 1000 + int(usec) / 1000
+            return {
+                name: Backlog(n, await self._oldest_wait(name, info, now_ms) if n else None)
+                for name, (n, info) in found.items()
+            }
         except ResponseError as exc:  # no stream yet: nothing published, nothing waits
             return {} if "no such key" in str(exc).lower() else None
         except (RedisError, OSError):
             return None
 
-    async def _oldest_wait(self, group: str) -> float | None:
-        """Seconds since the group's oldest unprocessed entry was appended: the older of its oldest pending
-        entry (delivered, not acknowledged) and the first one not yet delivered. Entry ids are Redis's clock in
-        milliseconds, so the wait is measured on that clock too (replicas' clocks may differ)."""
+    async def _oldest_wait(self, group: str, info: dict[Any, Any], now_ms: float) -> float | None:
+        """Seconds since the group's oldest unprocessed entry was appended, at Redis's `now_ms`: the older of its
+        oldest pending entry (delivered, not acknowledged) and the first one not yet delivered (after the
+        group's last-delivered id, from its XINFO GROUPS entry `info`). Entry ids are Redis's clock in
+        milliseconds, so replicas' clocks do not enter."""
         oldest: int | None = None
         pending = await self._redis.xpending(self.key, group)
         if pending and pending.get("pending"):
             oldest = stream_id(pending["min"])[0]
-        info = next((g for g in await self._redis.xinfo_groups(self.key) if _text(g["name"]) == group), None)
-        if info is not None:
-            after = await self._redis.xrange(self.key, min="(" + _text(info["last-delivered-id"]), count=1)
-            if after:
-                ms = stream_id(after[0][0])[0]
-                oldest = ms if oldest is None else min(oldest, ms)
-        if oldest is None:
-            return None
-        sec, usec = await self._redis.time()
-        return max(0.0, (int(sec) * 1000 + int(usec) / 1000 - oldest) / 1000)
+        after = await self._redis.xrange(self.key, min="(" + _text(info["last-delivered-id"]), count=1)
+        if after:
+            ms = stream_id(after[0][0])[0]
+            oldest = ms if oldest is None else min(oldest, ms)
+        return None if oldest is None else max(0.0, (now_ms - oldest) / 1000)
 
-    async def _group_backlogs(self) -> dict[str, int]:
+    async def _group_backlogs(self) -> dict[str, tuple[int, dict[Any, Any]]]:
         """Each group's pending entries plus those not yet delivered to it (its `lag`; Redis before 7 has none,
-        then the stream's length stands in)."""
-        out: dict[str, int] = {}
+        then the stream's length stands in), with the group's XINFO GROUPS entry."""
+        out: dict[str, tuple[int, dict[Any, Any]]] = {}
         length: int | None = None
         for g in await self._redis.xinfo_groups(self.key):
-            name = _text(g["name"])
             lag = g.get("lag")
             if lag is None and length is None:
                 length = int(await self._redis.xlen(self.key))
-            out[name] = int(g["pending"]) + (int(lag) if lag is not None else int(length or 0))
+            out[_text(g["name"])] = (int(g["pending"]) + (int(lag) if lag is not None else int(length or 0)), g)
         return out
 
     async def trim(self) -> int:

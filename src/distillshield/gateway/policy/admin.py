@@ -26,11 +26,12 @@ from distillshield.gateway.policy.rules import PolicyError
 from distillshield.gateway.risk import risks_from_report
 from distillshield.store.admin_log import Actor
 from distillshield.store.database import NO_NUL
-from distillshield.store.pins import PinStore
+from distillshield.store.pins import Pin, PinStore
 from distillshield.store.review import ReviewStore
 
 if TYPE_CHECKING:
     from distillshield.gateway.app import AppState
+    from distillshield.gateway.policy.stage import PolicyStage
 
 
 class ReloadIn(BaseModel):
@@ -59,10 +60,8 @@ class PinIn(BaseModel):
 def register_policy_routes(app: FastAPI, state: AppState, deps: list[Any]) -> None:
     """Add the policy endpoints to the admin app."""
 
-    def stage() -> Any:
-        if state.policy is None:
-            raise HTTPException(409, "the policy stage is disabled (policy.enabled: false in the config)")
-        return state.policy
+    def stage() -> PolicyStage:
+        return policy_stage(state)
 
     @app.get("/policy", dependencies=deps)
     async def policy_show() -> dict[str, Any]:
@@ -150,13 +149,19 @@ async def review_detail(state: AppState, ref: str) -> dict[str, Any]:
     return out
 
 
-async def pin_countermeasure(state: AppState, account_id: str, body: PinIn, actor: Actor) -> Any:
-    """Pin through the policy stage (admin API and console): 409 without one, 400 naming a bad param."""
+def policy_stage(state: AppState) -> PolicyStage:
+    """The gateway's policy stage, for an act that needs it (admin API and console); 409 when it is disabled."""
     if state.policy is None:
         raise HTTPException(409, "the policy stage is disabled (policy.enabled: false in the config)")
+    return state.policy
+
+
+async def pin_countermeasure(state: AppState, account_id: str, body: PinIn, actor: Actor) -> Pin:
+    """Pin through the policy stage (admin API and console): 409 without one, 400 naming a bad param."""
+    stage = policy_stage(state)
     expires_at = time.time() + body.expires_in_s if body.expires_in_s is not None else None
     try:
-        return await state.policy.pin(
+        return await stage.pin(
             account_id, body.action, body.params, actor=actor, note=body.note, expires_at=expires_at
         )
     except PolicyError as exc:

@@ -553,7 +553,7 @@ class PolicyEngine:
         policy = self.policy  # one read: a reload swaps the whole policy atomically
         acct = ctx.account
         mark = self.book.accounts.get(acct.id)
-        pinned = acct.id in self.pins.accounts if self.pins.accounts else False
+        pinned = acct.id in self.pins.accounts
         if (
             risk is None
             and mark is None
@@ -689,14 +689,13 @@ def _with_pins(d: Decision, pins: tuple[PinnedEffect, ...]) -> Decision:
     for p in pins:
         effects = effects.merged(p.action, p.params)
     strongest = max(pins, key=lambda p: SEVERITY[p.action])
-    prior = (d.rules or ((d.rule,) if d.rule else ())) if enforced else ()
+    named = d.rules or ((d.rule,) if d.rule else ())  # the rules behind d
     if enforced and SEVERITY[d.action] >= SEVERITY[strongest.action]:
         action, rule = d.action, d.rule
     else:
         action, rule = strongest.action, strongest.ref
-    shadowed = d.shadowed
-    if not enforced and d.rule is not None:
-        shadowed = (*shadowed, *((r, d.action) for r in (d.rules or (d.rule,))))
+    prior = named if enforced else ()
+    shadowed = d.shadowed if enforced else (*d.shadowed, *((r, d.action) for r in named))
     return Decision(
         action,
         rule,
