@@ -139,6 +139,8 @@ def test_an_analyst_finds_a_flagged_account_and_opens_its_page(page: Any, artefa
     _log_in(page)
     page.get_by_role("link", name="Accounts", exact=True).click()
     expect(page.get_by_role("heading", name="Accounts")).to_be_visible()
+    # htmx (a deferred script) binds the search box once the page has loaded: typing earlier sends nothing
+    page.wait_for_load_state("load")
     page.locator("#q").fill(target[:10])  # htmx searches as the analyst types
     expect(page).to_have_url(re.compile(r"[?&]q="))
     page.screenshot(path=artefacts / "03-accounts.png", full_page=True)
