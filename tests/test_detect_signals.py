@@ -454,6 +454,24 @@ def test_machine_pace_bursts_a_share_of_attack_accounts_and_keeps_their_order() 
     assert 2 <= paced <= 8  # about half, never all or none at this seed
 
 
+def test_round_one_sends_attackers_at_machine_pace_unless_the_recipe_turns_it_off() -> None:
+    from distillshield.detect import adversary
+
+    recs = [{"ts": T0 + i * 600.0, "account_id": f"atk{i % 10}", "endpoint": "/v1/chat/completions",
+             "label": "attack:x", "request": {"messages": [{"role": "user", "content": f"question {i}?"}]}}
+            for i in range(600)]  # fmt: skip
+
+    def fastest_median_gap(out: list[dict[str, Any]]) -> float:
+        by: dict[str, list[float]] = {}
+        for r in out:
+            if adversary.is_attack(r):
+                by.setdefault(r["account_id"], []).append(r["ts"])
+        return min(float(np.median(np.diff(ts))) for ts in by.values() if len(ts) > 2)
+
+    assert fastest_median_gap(adversary.evasive(recs, 1, seed=3)) < 6.0  # some accounts burst
+    assert fastest_median_gap(adversary.evasive(recs, 1, seed=3, pace=False)) > 60.0  # a human beat everywhere
+
+
 # -- encoders ---------------------------------------------------------------------------------------------------
 
 

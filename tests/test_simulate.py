@@ -84,6 +84,7 @@ ALL_PERSONAS: dict[str, Any] = {
             "accounts": 1,
             "knobs": {"requests_per_day": 1000, "prompts": 20, "tokens": 190},
         },
+        {"persona": "self_learner", "accounts": 6, "knobs": {"requests_per_day": 12}},
     ],
 }
 ALL_SEED = 10007
@@ -96,7 +97,7 @@ FRESH3 = {name for name, cls in PERSONAS.items() if cls.split == "fresh3"}
 FRESH4 = {name for name, cls in PERSONAS.items() if cls.split == "fresh4"}
 # Dev personas that only their own named scenario holds, not smoke, dev or heldout: those scenarios'
 # documented figures were measured before the persona existed (docs/simulator.md, "Hold-out discipline").
-OWN_SCENARIO = {"logit_extraction": "logit"}
+OWN_SCENARIO = {"logit_extraction": "logit", "self_learner": "dev_learners"}
 
 # Every fresh persona (docs/simulator.md, "Fresh held-out split") plus a little dev background, on a
 # fresh seed that is never reported (the reported seeds are the named scenarios' own).

@@ -122,6 +122,30 @@ def test_casual_chat_conversations_carry_previous_turns_on_a_human_day(by_person
     assert busy and np.median([quietest_share([r["ts"] for r in a]) for a in busy]) < 0.08
 
 
+def test_self_learners_ask_for_the_reasoning_in_their_own_words_then_probe_it(
+    by_persona: dict[str, Records],
+) -> None:
+    from distillshield.simulate.personas.honest.self_learner import LEARNER_ASKS, LEARNER_FOLLOW_UPS
+
+    recs = by_persona["self_learner"]
+    firsts = [last_user_text(r) for r in recs if r["sim"]["turn"] == 1]
+    later = [r for r in recs if r["sim"]["turn"] >= 2]
+    assert len(firsts) >= 20 and len(later) > 0.2 * len(recs)
+    for r in later:  # a conversation that goes on carries the answer it read
+        roles = [m["role"] for m in r["request"]["messages"] if m["role"] != "system"]
+        assert roles.count("assistant") == r["sim"]["turn"] - 1 and roles[-1] == "user"
+    asks = [a.strip().split("{")[0][:18].lower() for a in LEARNER_ASKS if a.strip()]
+    asking = [t for t in firsts if any(a[:12] in t.lower() for a in asks)]
+    # Most first messages ask for the reasoning, not all; the words around the question vary.
+    assert 0.3 < len(asking) / len(firsts) < 0.95
+    assert len({t[:30] for t in firsts}) > 0.5 * len(firsts)
+    follow = {f.split("{")[0][:20] for f in LEARNER_FOLLOW_UPS}
+    probing = [r for r in later if last_user_text(r)[:20] in follow]
+    assert len(probing) > 0.5 * len(later)  # the rest: MT-Bench's own second turns
+    for a in accounts(recs).values():
+        assert len({r["ip"] for r in a}) <= 2 and len({r["user_agent"] for r in a}) == 1
+
+
 def test_coding_assistant_sends_bursts_of_large_code_contexts(by_persona: dict[str, Records]) -> None:
     recs = by_persona["coding_assistant"]
     fresh = [

@@ -28,6 +28,12 @@ def train_command(
         help="a model artefact to keep: the combiner trained here is added beside its own, and an account's "
         "risk is the higher of the two (an ensemble; run benchmarks/detect_recalibrate.py on the result)",
     ),
+    machine_pace: bool = typer.Option(
+        True,
+        "--machine-pace/--no-machine-pace",
+        help="in adversarial round 1, half of the evasive attackers send at machine pace (bursts, no human day); "
+        "off for a combiner meant for human-paced attackers (the shipped ensemble's primary)",
+    ),
     as_json: bool = typer.Option(False, "--json", help="print the model's training metadata as JSON"),
 ) -> None:
     """Train the detection model: the CoT/rubric prompt classifier, then the signal combiner on the dev split
@@ -65,6 +71,7 @@ def train_command(
             fpr_extraction=fpr_extraction,
             version=version,
             progress=PhaseProgress(bar),
+            machine_pace=machine_pace,
         )
     artefact = model
     if base is not None:

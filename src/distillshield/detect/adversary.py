@@ -306,11 +306,12 @@ def humanize(
     return out
 
 
-def evasive(records: list[dict[str, Any]], round_no: int, seed: int) -> list[dict[str, Any]]:
+def evasive(records: list[dict[str, Any]], round_no: int, seed: int, pace: bool = True) -> list[dict[str, Any]]:
     """Evasions at the strength of `round_no`, sorted by time.
 
     Round 1: paraphrase, timing jitter, 15% cover traffic, each account spread over two; half of the
-    accounts then send at machine pace (bursts, no human day) instead.
+    accounts then send at machine pace (bursts, no human day) instead, unless `pace` is off (the recipe
+    of a combiner meant for human-paced attackers: the shipped ensemble's primary).
     Round 2: the adaptive attacker (humanize: fresh rewording around the bare question with a reasoning
     ask, small talk, a human day, home IPs) with 30% cover traffic, spread over three accounts.
     Round 3 and later: the same with a reasoning ask on only 60% of the prompts, 50% cover traffic,
@@ -322,7 +323,8 @@ def evasive(records: list[dict[str, Any]], round_no: int, seed: int) -> list[dic
     if round_no <= 1:
         out = paraphrase(records, seed, strength=0.3)
         out = jitter(out, seed + 1, stretch=2.0)
-        out = machine_pace(out, seed + 4, share=0.5)
+        if pace:
+            out = machine_pace(out, seed + 4, share=0.5)
         out = cover(out, seed + 2, share=0.15)
         out = spread(out, seed + 3, factor=2)
     elif round_no == 2:

@@ -439,8 +439,10 @@ def train(
     fpr_extraction: float = 0.0002,
     version: str | None = None,
     progress: Progress | None = None,
+    machine_pace: bool = True,
 ) -> DetectionModel:
-    """Train a model from labelled traffic files (dev split rows only), with `rounds` adversarial rounds."""
+    """Train a model from labelled traffic files (dev split rows only), with `rounds` adversarial rounds
+    (`machine_pace`: half of round 1's evasive attackers send at machine pace, `adversary.evasive`)."""
 
     def step(msg: str, i: int, n: int | None) -> None:
         if progress is not None:
@@ -463,7 +465,8 @@ def train(
             step(f"round {rnd}: evasive variants", i, len(datasets))
             from distillshield.detect.adversary import evasive as make_evasive
 
-            evasive.extend(collect(make_evasive(recs, rnd, seed + 100 * rnd + i), clf, encoder, f"r{rnd}/{p.name}"))
+            variants = make_evasive(recs, rnd, seed + 100 * rnd + i, pace=machine_pace)
+            evasive.extend(collect(variants, clf, encoder, f"r{rnd}/{p.name}"))
         before = _robustness(comb, evasive, comb.features)
         samples.extend(evasive)
         comb, stats = fit_combiner(samples, comb.features, fpr_suspicious, fpr_extraction, seed)
@@ -489,6 +492,7 @@ def train(
         "fpr_targets": {"suspicious": fpr_suspicious, "extraction": fpr_extraction},
         "prompt_classifier": clf_metrics,
         "rounds": rounds_report,
+        "machine_pace": machine_pace,
         "seed": seed,
     }
     return DetectionModel(version or now.strftime("%Y.%m.%d-%H%M"), combiners, clf.to_dict(), meta)

@@ -70,6 +70,7 @@ from distillshield.simulate.personas.honest.rag_support import RagSupport
 from distillshield.simulate.personas.honest.research_power_user import ResearchPowerUser
 from distillshield.simulate.personas.honest.reseller import Reseller
 from distillshield.simulate.personas.honest.school_district import SchoolDistrict
+from distillshield.simulate.personas.honest.self_learner import SelfLearner
 from distillshield.simulate.personas.honest.student import Student
 from distillshield.simulate.personas.honest.support_bot import SupportBot
 from distillshield.simulate.personas.honest.translation_app import TranslationApp
@@ -85,6 +86,7 @@ PERSONAS: dict[str, type[Persona]] = {
         RagSupport,
         Multilingual,
         CorporateNat,
+        SelfLearner,
         Education,
         Reseller,
         BulkHarvester,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import math
-from collections.abc import Iterable, Iterator
+import random
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from operator import itemgetter
@@ -112,6 +113,7 @@ def chat_sessions(
     max_tokens: tuple[int, ...] = (512, 1024, 2048),
     lane: str = "",
     harvest: bool = False,
+    opening: Callable[[random.Random, str], str] | None = None,
 ) -> Iterator[Req]:
     """One person's conversations, one at a time: each turn re-sends the whole conversation so far.
 
@@ -119,6 +121,8 @@ def chat_sessions(
     when the previous ends (one person, one chat at a time). Think time between turns is lognormal
     around `think_s` (reading the answer and typing the next message). `lane` tells apart several
     streams of one account in conversation ids; `end_user` is the person, when the account has several.
+    `opening` rewrites each conversation's first message in the person's own words (the question is
+    pasted, the words around it typed).
     """
     r = account.r
     end = persona.ctx.end
@@ -134,6 +138,8 @@ def chat_sessions(
         if t >= end:
             return
         conv, turns, replies = pool.draw(account, turns_mean)
+        if opening is not None:
+            turns[0] = opening(r, turns[0])
         model = persona.model_for(account, t, adopt_new)
         n_conv += 1
         cid = f"{account.id}:{end_user or lane}:{n_conv}"
