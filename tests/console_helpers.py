@@ -158,4 +158,3 @@ def admin_acts(gw: RunningGateway, action: str | None = None) -> list[dict[str, 
 
     rows, _ = gw.run(AdminLog(gw.state.store).page(10_000))
     return [a.as_dict() for a in reversed(rows) if action is None or a.action == action]
-

@@ -224,6 +224,7 @@ def test_every_traffic_reader_takes_parquet(smoke: Path, smoke_parquet: Path) ->
     from distillshield.evaluate.truth import read_truth
 
     assert read_jsonl(smoke_parquet) == read_jsonl(smoke)
+
     def summary(path: Path) -> dict[str, tuple[Any, ...]]:
         truth = read_truth(path)
         return {a: (t.kind, t.persona, t.split, t.cluster_id, t.requests, t.served, t.served_tokens, t.first_ts,

@@ -30,9 +30,7 @@ def test_valid_key_as_bearer_and_as_x_api_key(fake_gateway: RunningGateway) -> N
         ({"authorization": "Bearer ds-kdoesnotexist-00"}, "invalid_api_key"),
     ],
 )
-def test_missing_or_unknown_key_is_401(
-    fake_gateway: RunningGateway, headers: dict[str, str], code: str
-) -> None:
+def test_missing_or_unknown_key_is_401(fake_gateway: RunningGateway, headers: dict[str, str], code: str) -> None:
     r = post(fake_gateway, headers)
     assert r.status_code == 401
     assert r.json()["error"]["code"] == code
@@ -91,9 +89,7 @@ def test_keys_are_stored_only_as_salted_hashes(fake_gateway: RunningGateway) -> 
 def test_admin_api_needs_its_own_token(fake_gateway: RunningGateway) -> None:
     key = fake_gateway.create_key("erin")
     assert httpx.get(f"{fake_gateway.base}/admin/accounts", timeout=10).status_code == 401
-    r = httpx.get(
-        f"{fake_gateway.base}/admin/accounts", headers={"authorization": f"Bearer {key}"}, timeout=10
-    )
+    r = httpx.get(f"{fake_gateway.base}/admin/accounts", headers={"authorization": f"Bearer {key}"}, timeout=10)
     assert r.status_code == 401  # an API key is not an admin credential
     assert fake_gateway.admin("GET", "/accounts").status_code == 200
 

@@ -81,9 +81,7 @@ CASES = [
 
 
 @pytest.mark.parametrize(("body", "status", "needle"), CASES)
-def test_chat_bad_input(
-    fake_gateway: RunningGateway, key: str, body: bytes, status: int, needle: str
-) -> None:
+def test_chat_bad_input(fake_gateway: RunningGateway, key: str, body: bytes, status: int, needle: str) -> None:
     r = send(fake_gateway, key, body)
     assert r.status_code == status, r.text
     err = r.json()["error"]
@@ -161,9 +159,7 @@ def test_unknown_route_and_method_are_json(fake_gateway: RunningGateway) -> None
 def test_rejected_requests_are_audited_and_nothing_is_lost(fake_gateway: RunningGateway, key: str) -> None:
     for body, _status, _needle in CASES:
         send(fake_gateway, key, body)
-    ok = send(
-        fake_gateway, key, b'{"model": "fake-model", "messages": [{"role": "user", "content": "fine"}]}'
-    )
+    ok = send(fake_gateway, key, b'{"model": "fake-model", "messages": [{"role": "user", "content": "fine"}]}')
     assert ok.status_code == 200
     rows = fake_gateway.request_rows()
     statuses = [r["status"] for r in rows]
@@ -282,9 +278,7 @@ def _raw(gw: RunningGateway, data: bytes) -> bytes:
         b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nno colon here\r\n\r\n",
     ],
 )
-def test_requests_that_are_not_http_get_a_json_400_and_an_audit_row(
-    fake_gateway: RunningGateway, data: bytes
-) -> None:
+def test_requests_that_are_not_http_get_a_json_400_and_an_audit_row(fake_gateway: RunningGateway, data: bytes) -> None:
     before = len(fake_gateway.run(_rows(fake_gateway)))
     raw = _raw(fake_gateway, data)
     head, _, body = raw.partition(b"\r\n\r\n")

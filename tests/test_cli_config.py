@@ -90,11 +90,7 @@ def test_accounts_and_keys_lifecycle_with_json_output(tmp_path: Path) -> None:
     created = json.loads(r.output)
     assert created["key"].startswith(f"ds-{created['id']}-")
     listed = json.loads(runner.invoke(app, ["-c", str(cfg), "keys", "list", "--json"]).output)
-    assert (
-        [k["id"] for k in listed] == [created["id"]]
-        and "key" not in listed[0]
-        and "secret_hash" not in listed[0]
-    )
+    assert [k["id"] for k in listed] == [created["id"]] and "key" not in listed[0] and "secret_hash" not in listed[0]
     shown = json.loads(runner.invoke(app, ["-c", str(cfg), "accounts", "show", "alice", "--json"]).output)
     assert shown["org_id"] == "acme" and shown["tier"] == "pro" and shown["usage"]["requests"] == 0
     assert runner.invoke(app, ["-c", str(cfg), "keys", "revoke", created["id"]]).exit_code == 0

@@ -258,7 +258,6 @@ def test_the_overview_chart_counts_requests_and_refusals_per_hour(fake_gateway: 
     assert after["t"][-1] <= time.time() < after["t"][-1] + 3600
 
 
-
 def test_the_overview_shows_requests_per_day_and_the_event_backlog(fake_gateway: RunningGateway) -> None:
     client, _ = login(fake_gateway)
     key = fake_gateway.create_key("acme-8")  # an administrative act too: not counted as a request

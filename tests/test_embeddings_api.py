@@ -345,4 +345,3 @@ def test_embedded_model_serves_embeddings(local_gateway: RunningGateway) -> None
     # The generating instance is untouched by the embedding one.
     answer = c.chat.completions.create(model=LOCAL_MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
     assert answer.choices[0].message.content
-

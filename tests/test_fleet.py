@@ -195,8 +195,13 @@ async def test_three_replicas_and_the_workers_reach_the_verdicts_of_one_process(
              "risk__backend": "redis", "risk__namespace": ns}  # fmt: skip
     # Gateways: no detection of their own (the worker's), policy in shadow (the traffic is the same either way).
     gws = [
-        gateway_factory({"upstream": FakeUpstream()}, store__url=pg_database, detection__enabled="false",
-                        policy__mode="shadow", **fleet)  # fmt: skip
+        gateway_factory(
+            {"upstream": FakeUpstream()},
+            store__url=pg_database,
+            detection__enabled="false",
+            policy__mode="shadow",
+            **fleet,
+        )  # fmt: skip
         for _ in range(3)
     ]
     cfg = tmp_path / "worker.yaml"

@@ -95,7 +95,7 @@ def test_no_admin_request_gets_a_server_error(gateway: RunningGateway) -> None:
                 failures[operation.label] = str(exc)
     print(f"{len(operations)} operations, {len(sent)} requests in {time.monotonic() - started:.1f} s")
 
-    assert failures == {}, '\n\n'.join(f'{k}: {v[:1500]}' for k, v in failures.items())
+    assert failures == {}, "\n\n".join(f"{k}: {v[:1500]}" for k, v in failures.items())
     assert len(operations) >= 19  # the whole admin API, not an empty or truncated spec
     assert any(s < 300 for s in sent) and any(400 <= s < 500 for s in sent)  # both kinds were exercised
 

@@ -69,8 +69,12 @@ def _post(gw: RunningGateway, key: str, path: str, body: dict[str, Any]) -> http
 
 def test_untouched_chunks_pass_through_as_the_upstreams_bytes(one_read_gateway) -> None:
     gw, key = one_read_gateway
-    body = {"model": "mock-model", "stream": True, "stream_options": {"include_usage": True},
-            "messages": [{"role": "user", "content": "hi"}]}
+    body = {
+        "model": "mock-model",
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "messages": [{"role": "user", "content": "hi"}],
+    }
     r = _post(gw, key, "/v1/chat/completions", body)
     assert r.status_code == 200
     expected = b"".join(b"data: " + e + b"\n\n" for e in [*RAW_CHUNKS, RAW_USAGE]) + b"data: [DONE]\n\n"
@@ -97,8 +101,14 @@ def test_anthropic_stream_from_one_read_keeps_the_event_sequence(one_read_gatewa
     r = _post(gw, key, "/v1/messages", body)
     names = re.findall(rb"^event: (\w+)$", r.content, re.M)
     assert names == [
-        b"message_start", b"content_block_start", b"ping", b"content_block_delta", b"content_block_delta",
-        b"content_block_stop", b"message_delta", b"message_stop",
+        b"message_start",
+        b"content_block_start",
+        b"ping",
+        b"content_block_delta",
+        b"content_block_delta",
+        b"content_block_stop",
+        b"message_delta",
+        b"message_stop",
     ]
     datas = [orjson.loads(d) for d in re.findall(rb"^data: (.*)$", r.content, re.M)]
     assert "".join(d["delta"]["text"] for d in datas if d["type"] == "content_block_delta") == "hello"
@@ -197,10 +207,25 @@ async def test_limiter_windows_survive_compaction_and_settle_exactly() -> None:
 
 def _row(i: int) -> dict[str, Any]:
     return {
-        "ts": 1_700_000_000.5 + i, "request_id": f"r{i}", "account_id": "a", "org_id": "o", "key_id": "k",
-        "ip": "127.0.0.1", "user_agent": "ua\x00", "endpoint": "/v1/chat/completions", "model": "m",
-        "stream": bool(i % 2), "status": 200, "latency_ms": 1.25, "request": "{}", "response_text": "t",
-        "finish_reason": "stop", "prompt_tokens": 1, "completion_tokens": None, "decision": "allow", "error": None,
+        "ts": 1_700_000_000.5 + i,
+        "request_id": f"r{i}",
+        "account_id": "a",
+        "org_id": "o",
+        "key_id": "k",
+        "ip": "127.0.0.1",
+        "user_agent": "ua\x00",
+        "endpoint": "/v1/chat/completions",
+        "model": "m",
+        "stream": bool(i % 2),
+        "status": 200,
+        "latency_ms": 1.25,
+        "request": "{}",
+        "response_text": "t",
+        "finish_reason": "stop",
+        "prompt_tokens": 1,
+        "completion_tokens": None,
+        "decision": "allow",
+        "error": None,
     }
 
 

@@ -157,9 +157,7 @@ async def test_50_parallel_requests_cannot_overshoot_tpm(gateway_factory) -> Non
     async with httpx.AsyncClient(timeout=60) as client:
         rs = await asyncio.gather(
             *[
-                client.post(
-                    f"{gw.base}/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"}
-                )
+                client.post(f"{gw.base}/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"})
                 for _ in range(50)
             ]
         )

@@ -81,7 +81,11 @@ def account(gw: RunningGateway, name: str, *, org: str = "default", verification
     if risk:
         gw.state.risk.update(
             AccountRisk(
-                name, risk.get("risk", 0.9), risk["verdict"], risk.get("cluster"), risk.get("signals", {}),
+                name,
+                risk.get("risk", 0.9),
+                risk["verdict"],
+                risk.get("cluster"),
+                risk.get("signals", {}),
                 source="report",  # as loaded through POST /admin/risk: online rescoring must not undo it
             )
         )

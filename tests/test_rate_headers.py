@@ -144,7 +144,6 @@ async def test_windows_without_a_limit_are_left_out(limiter: Limiter) -> None:
 # -- what the official SDKs see --------------------------------------------------------------------------------
 
 
-
 def _limited_gateway(gateway_factory: Callable[..., RunningGateway]) -> tuple[RunningGateway, str]:
     gw = gateway_factory(
         {"upstream": FakeUpstream()},

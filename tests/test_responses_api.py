@@ -43,9 +43,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
     where = tmp_path_factory.mktemp("responses-gw")
     policy = where / "policy.yaml"
     policy.write_text(POLICY)
-    settings = make_settings(
-        where, policy__file=str(policy), limits__account=UNLIMITED, limits__key=UNLIMITED
-    )
+    settings = make_settings(where, policy__file=str(policy), limits__account=UNLIMITED, limits__key=UNLIMITED)
     g = start_gateway(settings, upstream=ReasoningUpstream())
     yield g
     g.stop()
@@ -289,9 +287,7 @@ def test_bad_requests_get_a_4xx_json_error_naming_the_field(
     gw: RunningGateway, body: dict[str, Any], param: str, code: str
 ) -> None:
     key = gw.create_key("careless")
-    r = httpx.post(
-        f"{gw.base}/v1/responses", json={"model": MODEL, **body}, headers={"authorization": f"Bearer {key}"}
-    )
+    r = httpx.post(f"{gw.base}/v1/responses", json={"model": MODEL, **body}, headers={"authorization": f"Bearer {key}"})
     assert r.status_code == 400 and r.headers["content-type"] == "application/json"
     err = r.json()["error"]
     assert (err["param"], err["code"], err["type"]) == (param, code, "invalid_request_error")

@@ -84,9 +84,7 @@ def test_slow_upstream_is_504(gateway_factory, mock_upstream) -> None:
     assert [row["status"] for row in gw.request_rows()] == [504]
 
 
-def test_upstream_5xx_is_502_and_messages_endpoint_uses_anthropic_shape(
-    gateway_factory, mock_upstream
-) -> None:
+def test_upstream_5xx_is_502_and_messages_endpoint_uses_anthropic_shape(gateway_factory, mock_upstream) -> None:
     up = mock_upstream(status=503)
     gw = http_gateway(gateway_factory, up.base_url, models=["mock-model"])
     key = gw.create_key("u")

@@ -26,6 +26,8 @@ def yaml_error_detail(exc: yaml.YAMLError) -> str:
     where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
     problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
     return f"{problem}{where}"
+
+
 CONFIG_ENV = "DISTILLSHIELD_CONFIG"
 
 
@@ -291,7 +293,9 @@ class WatermarkSettings(_Strict):
         1, ge=1, le=8, description="previous tokens that seed each green list (kgw) or draw (gumbel, tournament)"
     )
     tournament_layers: int = Field(
-        8, ge=1, le=32,
+        8,
+        ge=1,
+        le=32,
         description="tournament: knock-out rounds per token; more rounds detect sooner and make one account's "
         "repeated samples of a prompt less diverse (docs/watermark.md, 'Tournament sampling')",
     )
@@ -401,8 +405,9 @@ class DetectionSettings(_Strict):
         description="audit rows replayed into detection at start, so a restart is no amnesty (0: none)",
     )
     content: bool = Field(
-        True, description="population-relative content signal (hashed TF-IDF; no model, no download): flags "
-        "accounts whose prompts are far from this deployment's own traffic"
+        True,
+        description="population-relative content signal (hashed TF-IDF; no model, no download): flags "
+        "accounts whose prompts are far from this deployment's own traffic",
     )
 
 
@@ -588,9 +593,7 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
         try:
             text = cfg_path.read_text(encoding="utf-8")
         except FileNotFoundError:
-            raise ConfigError(
-                f"config file {cfg_path} not found (create one with `distillshield init`)"
-            ) from None
+            raise ConfigError(f"config file {cfg_path} not found (create one with `distillshield init`)") from None
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read config file {cfg_path}: {exc}") from None
         try:
@@ -600,9 +603,7 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
-            raise ConfigError(
-                f"config file {cfg_path} must be a mapping of sections, got {type(loaded).__name__}"
-            )
+            raise ConfigError(f"config file {cfg_path} must be a mapping of sections, got {type(loaded).__name__}")
         data = loaded
     for dotted, value in overrides.items():
         node = data

@@ -109,12 +109,8 @@ class TrafficRecord(BaseModel):
     batch_id: str | None = Field(
         None, description="the Batch API batch the request ran in (docs/batches-api.md); absent for live requests"
     )
-    label: str | None = Field(
-        None, description="simulator ground truth, e.g. 'attack:hydra'; ignored by analysis"
-    )
-    label_meta: dict[str, Any] | None = Field(
-        None, description="ground-truth metadata: cluster_id, campaign_id..."
-    )
+    label: str | None = Field(None, description="simulator ground truth, e.g. 'attack:hydra'; ignored by analysis")
+    label_meta: dict[str, Any] | None = Field(None, description="ground-truth metadata: cluster_id, campaign_id...")
 
     @field_validator("ts")
     @classmethod
@@ -161,9 +157,7 @@ def parse_line(raw: bytes | str, line_no: int = 0) -> TrafficRecord | LineError:
         return LineError(line_no, _describe(exc))
 
 
-def iter_jsonl(
-    source: str | Path | IO[bytes], errors: list[LineError] | None = None
-) -> Iterator[TrafficRecord]:
+def iter_jsonl(source: str | Path | IO[bytes], errors: list[LineError] | None = None) -> Iterator[TrafficRecord]:
     """Yield valid records from a traffic file (JSONL, or Parquet: `iter_lines` tells them apart) or a
     JSONL binary stream.
 

@@ -9,9 +9,7 @@ from distillshield.cli.common import CliError, console, fmt_ts, id_column, print
 from distillshield.store import Store, admin_log
 from distillshield.store.admin_log import Actor
 
-app = typer.Typer(
-    help="Accounts (each belongs to an org). Example: distillshield accounts list", no_args_is_help=True
-)
+app = typer.Typer(help="Accounts (each belongs to an org). Example: distillshield accounts list", no_args_is_help=True)
 
 
 @app.command("create")
@@ -164,7 +162,7 @@ def pin(
     account_id: str = typer.Argument(..., help="the account"),
     action: str = typer.Argument(..., help="throttle, degrade or watermark"),
     params: str = typer.Option(
-        "{}", "--params", help='the action\'s params as JSON, as a policy rule takes them, e.g. \'{"factor": 0.25}\''
+        "{}", "--params", help="the action's params as JSON, as a policy rule takes them, e.g. '{\"factor\": 0.25}'"
     ),
     note: str = typer.Option("", "--note", help="why (kept with the pin and in the audit log)"),
     expires: str = typer.Option(None, "--expires", help="lift it by itself after this long: 90m, 24h, 7d"),

@@ -294,9 +294,7 @@ def run_live_demo(
         f"sending {len(records)} simulated requests (honest chat users, a chain-of-thought harvester and a "
         f"5-account hydra cluster) to {base}{pace} with max_tokens 8 ..."
     )
-    opts = live.LiveOptions(
-        target=base, admin_token=admin_token, concurrency=4, max_tokens=8, model=model, speed=speed
-    )
+    opts = live.LiveOptions(target=base, admin_token=admin_token, concurrency=4, max_tokens=8, model=model, speed=speed)
     stats = _replay_with_bar(records, opts, "live simulation")
     statuses = ", ".join(f"{n} x {code}" for code, n in sorted(stats.by_status.items()))
     console.print(f"served {stats.served} of {stats.sent} requests in {stats.elapsed_s:.1f} s (status: {statuses})")

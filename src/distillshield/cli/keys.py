@@ -64,6 +64,7 @@ def revoke(key_id: str = typer.Argument(..., help="key id, e.g. k3fa9b1c2d4e5"))
 
     Example: distillshield keys revoke k3fa9b1c2d4e5
     """
+
     async def go(store: Store) -> ApiKey:
         key = await store.revoke_key(key_id)
         await record_key_change(store, "key_revoked", key, Actor.cli())

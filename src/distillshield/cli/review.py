@@ -126,9 +126,7 @@ def decide(
     if decision not in DECISIONS:
         raise CliError(f"unknown decision '{decision}'; choose one of {', '.join(DECISIONS)}")
     result = with_store(
-        lambda store: ReviewStore(store).decide(
-            ref, decision, actor=Actor.cli(), reviewer=reviewer, note=note, org=org
-        )
+        lambda store: ReviewStore(store).decide(ref, decision, actor=Actor.cli(), reviewer=reviewer, note=note, org=org)
     )
     if as_json:
         print_json(result.as_dict())

@@ -220,9 +220,7 @@ def register(app: typer.Typer) -> None:
             upstream_url=upstream_url or "http://127.0.0.1:8000/v1",
         )
         console.print(f"wrote [bold]{path}[/bold]")
-        console.print(
-            f"admin token (shown once, only its sha256 is stored): [bold yellow]{token}[/bold yellow]"
-        )
+        console.print(f"admin token (shown once, only its sha256 is stored): [bold yellow]{token}[/bold yellow]")
 
     @app.command("serve")
     def serve(
@@ -240,9 +238,7 @@ def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo(
         port: int = typer.Option(8787, help="port for the demo gateway"),
-        directory: Path = typer.Option(
-            Path(".distillshield-demo"), "--dir", help="where the demo keeps its files"
-        ),
+        directory: Path = typer.Option(Path(".distillshield-demo"), "--dir", help="where the demo keeps its files"),
         once: bool = typer.Option(False, "--once", help="check the demo works, then stop (for scripts)"),
     ) -> None:
         """Start the gateway on the embedded model and SQLite, create a demo key, print working examples.
@@ -341,9 +337,7 @@ def _demo_session(
     base = f"http://127.0.0.1:{port}"
     admin_token = token_file.read_text(encoding="utf-8").strip()
     if _http(base, "/admin/accounts/demo", admin_token, None) is None:
-        _http(
-            base, "/admin/accounts", admin_token, {"id": "demo", "org_id": "demo-org", "name": "Demo account"}
-        )
+        _http(base, "/admin/accounts", admin_token, {"id": "demo", "org_id": "demo-org", "name": "Demo account"})
     created = _http(base, "/admin/keys", admin_token, {"account_id": "demo", "name": "demo key"})
     assert created is not None
     key = created["key"]

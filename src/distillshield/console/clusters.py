@@ -351,9 +351,7 @@ class ClusterGraphs:
         self._kept: dict[tuple[str, tuple[str, ...]], tuple[float, Graph]] = {}
         self.computed = 0  # graphs worked out (not served from the cache)
 
-    async def read(
-        self, state: AppState, cluster_id: str, drawn: list[str], facts: dict[str, dict[str, Any]]
-    ) -> Graph:
+    async def read(self, state: AppState, cluster_id: str, drawn: list[str], facts: dict[str, dict[str, Any]]) -> Graph:
         key = (cluster_id, tuple(drawn))
         now = time.monotonic()
         hit = self._kept.get(key)

@@ -119,7 +119,6 @@ class TrafficSeries:
         }
 
 
-
 async def overview(
     state: AppState, traffic: TrafficSeries, daily: TrafficSeries | None = None, now: float | None = None
 ) -> dict[str, Any]:

@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     from distillshield.detect.engine import Context
 
 
-
 @dataclass(frozen=True, slots=True)
 class Reason:
     """One piece of evidence: which signal, how strong (0..1, higher = more like extraction), what it saw."""

@@ -132,9 +132,7 @@ def build_admin_app(state: AppState) -> FastAPI:
         if "\x00" in request.url.path or "%00" in request.url.query.lower():
             raise HTTPException(400, "ids and query parameters may not contain NUL characters (%00)")
         if expected is None:
-            raise HTTPException(
-                403, "the admin API is disabled: set admin.token_sha256 (see `distillshield init`)"
-            )
+            raise HTTPException(403, "the admin API is disabled: set admin.token_sha256 (see `distillshield init`)")
         refusal = bearer_refusal(request, [expected], "admin")
         if refusal is not None:
             raise HTTPException(*refusal)
@@ -287,9 +285,7 @@ async def set_account_status(state: AppState, account_id: str, status: str, acto
         state.auth.invalidate(account_id=account_id)
 
 
-async def set_account_limits(
-    state: AppState, account_id: str, limits: LimitSet, actor: Actor
-) -> dict[str, Any] | None:
+async def set_account_limits(state: AppState, account_id: str, limits: LimitSet, actor: Actor) -> dict[str, Any] | None:
     """Replace an account's own limits (recorded in the audit log); the next request of any of its keys is
     limited by them."""
     stored = limits.model_dump(exclude_none=True) or None

@@ -196,8 +196,7 @@ def build_app(settings: Settings, extensions: Sequence[ExtensionFactory], **comp
             return Response(exc.openai_body(), exc.status, media_type=_JSON)
         now = int(time.time())
         data = [
-            {"id": m, "object": "model", "created": now, "owned_by": "distillshield"}
-            for m in state.upstream.models()
+            {"id": m, "object": "model", "created": now, "owned_by": "distillshield"} for m in state.upstream.models()
         ]
         return Response(orjson.dumps({"object": "list", "data": data}), media_type=_JSON)
 

@@ -49,9 +49,7 @@ def _validate_bias(bias: Any, limit: int) -> None:
     if not isinstance(bias, dict):
         raise ApiError(400, "'logit_bias' must be an object mapping token ids to biases", param="logit_bias")
     if len(bias) > limit:
-        raise ApiError(
-            400, f"'logit_bias' may name at most {limit} tokens, got {len(bias)}", param="logit_bias"
-        )
+        raise ApiError(400, f"'logit_bias' may name at most {limit} tokens, got {len(bias)}", param="logit_bias")
     for k, v in bias.items():
         if not (isinstance(k, str) and k.isdigit()):
             raise ApiError(400, f"'logit_bias' keys must be token ids (digits), got {k[:40]!r}", param="logit_bias")

@@ -35,12 +35,8 @@ class GatewayMetrics:
             "distillshield_rate_limited", "Requests refused by a limit", ["scope", "limit"], registry=r
         )
         self.in_flight = Gauge("distillshield_in_flight", "Requests in flight", registry=r)
-        self.audit_pending = Gauge(
-            "distillshield_audit_queue", "Audit rows waiting to be written", registry=r
-        )
-        self.audit_written = Gauge(
-            "distillshield_audit_written", "Audit rows written since start", registry=r
-        )
+        self.audit_pending = Gauge("distillshield_audit_queue", "Audit rows waiting to be written", registry=r)
+        self.audit_written = Gauge("distillshield_audit_written", "Audit rows written since start", registry=r)
         self._prompt = self.tokens.labels("prompt")
         self._completion = self.tokens.labels("completion")
         # labels() takes a lock and builds a key on every call; there are few label sets, so keep them.

@@ -24,13 +24,13 @@ import orjson
 _BATCH = re.compile(r"^batch-(\d{12})\.jsonl$")
 
 
-
 def _size(path: Path) -> int | None:
     """The file's size, or None when it is gone (drained between the listing and the stat)."""
     try:
         return path.stat().st_size
     except FileNotFoundError:
         return None
+
 
 class SpoolError(Exception):
     """The spool cannot take this batch (full, or the disk refused it); the message says which."""
@@ -81,9 +81,7 @@ class Spool:
         assert self._next is not None and self._bytes is not None
         data = b"".join(orjson.dumps(dict(r), default=str) + b"\n" for r in rows)
         if self._bytes + len(data) > self.max_bytes:
-            raise SpoolError(
-                f"the audit spool in {self.directory} is full ({self._bytes} of {self.max_bytes} bytes)"
-            )
+            raise SpoolError(f"the audit spool in {self.directory} is full ({self._bytes} of {self.max_bytes} bytes)")
         path = self.directory / f"batch-{self._next:012d}.jsonl"
         tmp = path.with_suffix(".tmp")
         try:

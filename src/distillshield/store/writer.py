@@ -300,9 +300,7 @@ class AuditWriter:
             await self._write(batch[:mid])
             await self._write(batch[mid:])
             return
-        log.error(
-            "audit row %s refused by the database; storing it without its texts", batch[0].get("request_id")
-        )
+        log.error("audit row %s refused by the database; storing it without its texts", batch[0].get("request_id"))
         stripped = {
             **batch[0],
             "request": None,

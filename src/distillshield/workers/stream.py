@@ -81,9 +81,7 @@ class AuditStream:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    async def read(
-        self, group: str, consumer: str, count: int, block_ms: int, *, pending: bool = False
-    ) -> list[Entry]:
+    async def read(self, group: str, consumer: str, count: int, block_ms: int, *, pending: bool = False) -> list[Entry]:
         """New entries for this consumer (blocking up to block_ms), or with `pending` the ones it was given
         before and has not acknowledged (its own backlog after a failure or a restart under the same name)."""
         got = await self._redis.xreadgroup(
@@ -91,9 +89,7 @@ class AuditStream:
         )
         return _entries(e for _k, entries in got or () for e in entries)
 
-    async def claim(
-        self, group: str, consumer: str, min_idle_ms: int, count: int
-    ) -> list[Entry]:
+    async def claim(self, group: str, consumer: str, min_idle_ms: int, count: int) -> list[Entry]:
         """Entries pending on other consumers for at least min_idle_ms (a worker that died): now this one's."""
         res = await self._redis.xautoclaim(self.key, group, consumer, min_idle_ms, start_id="0-0", count=count)
         return _entries(res[1] if len(res) > 1 else [])

@@ -267,13 +267,13 @@ def judge(
         named = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
         evidence = (
             f"{alike} of {m} recent prompts resemble the prompts of accounts far from this service's traffic "
-            f"({named}) more than its ordinary traffic (p={10 ** -logp_assoc:.1g}; typical: "
+            f"({named}) more than its ordinary traffic (p={10**-logp_assoc:.1g}; typical: "
             f"{null.assoc_base:.0%})"
         )
     elif tail:
         evidence = (
             f"{far} of {m} recent prompts are farther from this service's traffic than "
-            f"{1 - NULL_QUANTILE:.0%} of its prompts (p={10 ** -logp:.1g}; typical accounts: {med:.0%})"
+            f"{1 - NULL_QUANTILE:.0%} of its prompts (p={10**-logp:.1g}; typical accounts: {med:.0%})"
         )
     else:
         evidence = (

@@ -36,7 +36,16 @@ class _State:
     """
 
     __slots__ = (
-        "req_ts", "req_front", "tok_ts", "tok_n", "tok_front", "base", "token_sum", "in_flight", "day", "day_tokens"
+        "req_ts",
+        "req_front",
+        "tok_ts",
+        "tok_n",
+        "tok_front",
+        "base",
+        "token_sum",
+        "in_flight",
+        "day",
+        "day_tokens",
     )
 
     def __init__(self) -> None:

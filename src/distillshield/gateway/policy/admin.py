@@ -161,9 +161,7 @@ async def pin_countermeasure(state: AppState, account_id: str, body: PinIn, acto
     stage = policy_stage(state)
     expires_at = time.time() + body.expires_in_s if body.expires_in_s is not None else None
     try:
-        return await stage.pin(
-            account_id, body.action, body.params, actor=actor, note=body.note, expires_at=expires_at
-        )
+        return await stage.pin(account_id, body.action, body.params, actor=actor, note=body.note, expires_at=expires_at)
     except PolicyError as exc:
         raise HTTPException(400, str(exc)) from None
 

@@ -27,9 +27,7 @@ def _blocks_text(content: Any, where: str) -> str:
     if isinstance(content, str):
         return content
     if not isinstance(content, list):
-        raise bad_request(
-            f"'{where}' must be a string or an array of content blocks, got {_type_name(content)}"
-        )
+        raise bad_request(f"'{where}' must be a string or an array of content blocks, got {_type_name(content)}")
     out = []
     for j, block in enumerate(content):
         if not isinstance(block, dict):

@@ -102,18 +102,14 @@ def content_text(content: Any, where: str) -> str:
         out = []
         for j, part in enumerate(content):
             if not isinstance(part, dict):
-                raise bad_request(
-                    f"'{where}[{j}]' must be an object, got {_type_name(part)}", f"{where}[{j}]"
-                )
+                raise bad_request(f"'{where}[{j}]' must be an object, got {_type_name(part)}", f"{where}[{j}]")
             if part.get("type") == "text":
                 text = part.get("text")
                 if not isinstance(text, str):
                     raise bad_request(f"'{where}[{j}].text' must be a string", f"{where}[{j}].text")
                 out.append(text)
         return "\n".join(out)
-    raise bad_request(
-        f"'{where}' must be a string or an array of content parts, got {_type_name(content)}", where
-    )
+    raise bad_request(f"'{where}' must be a string or an array of content parts, got {_type_name(content)}", where)
 
 
 def parse_chat(body: dict[str, Any], default_max_tokens: int, max_max_tokens: int) -> GenRequest:
@@ -149,9 +145,7 @@ def parse_chat(body: dict[str, Any], default_max_tokens: int, max_max_tokens: in
     _bool(body, "logprobs")
     stream = _bool(body, "stream")
     _stream_options(body)
-    max_tokens = _max_tokens(
-        body, ("max_completion_tokens", "max_tokens"), default_max_tokens, max_max_tokens
-    )
+    max_tokens = _max_tokens(body, ("max_completion_tokens", "max_tokens"), default_max_tokens, max_max_tokens)
     upstream_body = dict(body)
     if "max_completion_tokens" not in body:
         upstream_body["max_tokens"] = max_tokens

@@ -152,9 +152,7 @@ def _check_content(content: Any, where: str) -> None:
     if isinstance(content, str):
         return
     if not isinstance(content, list):
-        raise bad_request(
-            f"'{where}' must be a string or an array of content parts, got {_type_name(content)}", where
-        )
+        raise bad_request(f"'{where}' must be a string or an array of content parts, got {_type_name(content)}", where)
     for j, part in enumerate(content):
         at = f"{where}[{j}]"
         if not isinstance(part, dict):

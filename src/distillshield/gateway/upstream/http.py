@@ -36,9 +36,7 @@ class HttpUpstream:
             self._headers["authorization"] = f"Bearer {cfg.api_key}"
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(
-            limit=self.cfg.max_connections, ttl_dns_cache=300, keepalive_timeout=30
-        )
+        connector = aiohttp.TCPConnector(limit=self.cfg.max_connections, ttl_dns_cache=300, keepalive_timeout=30)
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=self.cfg.connect_timeout_s, sock_read=self.cfg.read_timeout_s
         )
@@ -174,9 +172,7 @@ class HttpUpstream:
                         try:
                             chunk = loads(payload)
                         except orjson.JSONDecodeError:
-                            raise UpstreamError(
-                                502, "the model server sent a stream chunk that is not JSON"
-                            ) from None
+                            raise UpstreamError(502, "the model server sent a stream chunk that is not JSON") from None
                         if not isinstance(chunk, dict):
                             raise UpstreamError(502, "the model server sent a stream chunk that is not an object")
                         batch.append((payload, chunk))

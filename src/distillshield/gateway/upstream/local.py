@@ -365,5 +365,3 @@ class _LogitReader:
             "top_logprobs": [{a.decode("utf-8", "replace"): av for a, av in alts} for _, _, alts in entries],
             "text_offset": offsets,
         }
-
-
