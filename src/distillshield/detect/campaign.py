@@ -18,8 +18,10 @@ varied words and questions drawn from one bank. So:
    many topic areas. Only then is it a campaign, and every member is flagged from the campaign's
    evidence, however thin it is.
 
-A classroom of honest students asking for step-by-step help also forms a dense group; it differs in step
-4: its pooled prompts stay in a few topic areas (homework), where a bank sweeps capabilities.
+A classroom of honest students asking for step-by-step help also forms a dense group. Where its homework
+stays in a few topic areas, step 4 tells it from a bank that sweeps capabilities; but a class can span as
+many areas as a sweep (8.6-13.2 on the fresh split's students), and then only its reasoning share, just under
+half, keeps it out (docs/detection.md round 9; `benchmarks/detect_campaigns.py` shows each group's figures).
 
 Cost: one N x N distance matrix and HDBSCAN over the thin accounts' mean vectors (at most MAX_ACCOUNTS,
 the most recently active), run when their number has grown by a quarter since the last run (and once
