@@ -8,6 +8,7 @@ then short typed follow-ups.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 
 import numpy as np
@@ -54,9 +55,18 @@ class CasualChat(Persona):
             self,
             account,
             starts.tolist(),
-            ChatPool.english(),
+            self.pool(),
             turns_mean=k.turns_mean,
             think_s=k.think_s,
             stream_prob=k.stream_prob,
             adopt_new=k.new_model_share,
+            opening=self.opening,
         )
+
+    def pool(self) -> ChatPool:
+        """Where this population's conversations come from."""
+        return ChatPool.english()
+
+    def opening(self, r: random.Random, prompt: str) -> str:
+        """A conversation's first message as the person sends it: here, the real prompt as it is."""
+        return prompt

@@ -21,15 +21,14 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Iterator
 from functools import lru_cache
 
 import numpy as np
 from pydantic import Field
 
-from distillshield.simulate import corpora, fresh_text, netid, timing
-from distillshield.simulate.personas.base import Account, Knobs, Persona, Req
-from distillshield.simulate.personas.common import ChatPool, chat_sessions
+from distillshield.simulate import corpora, fresh_text, netid
+from distillshield.simulate.personas.common import ChatPool
+from distillshield.simulate.personas.honest.casual_chat import CasualChat, CasualChatKnobs
 from distillshield.simulate.sampling import pick
 
 LEARNER_OPENERS = (
@@ -123,16 +122,20 @@ def learner_pool() -> ChatPool:
     return dataclasses.replace(pool, follow_ups=follow)
 
 
-class SelfLearnerKnobs(Knobs):
+class SelfLearnerKnobs(CasualChatKnobs):
     requests_per_day: float = Field(5.0, gt=0, description="mean requests (turns) per learner per day")
     turns_mean: float = Field(2.3, ge=1, description="mean user turns per study conversation (geometric)")
     think_s: float = Field(90.0, gt=0, description="median seconds between an answer and the next turn")
+    stream_prob: float = Field(0.75, ge=0, le=1, description="share of accounts whose client streams")
+    new_model_share: float = Field(0.0, ge=0, le=1, description="share of turns on a newly released model")
     second_ip_share: float = Field(
         0.3, ge=0, le=1, description="share of learners who also study from a second address"
     )
 
 
-class SelfLearner(Persona):
+class SelfLearner(CasualChat):
+    """Casual chat's conversations, on study questions opened in the learner's own words."""
+
     name = "self_learner"
     kind = "benign"
     split = "dev"
@@ -156,18 +159,8 @@ class SelfLearner(Persona):
             ips.append(netid.residential_ip(rng))
         return ips
 
-    def requests(self, account: Account) -> Iterator[Req]:
-        k = self.k
-        assert isinstance(k, SelfLearnerKnobs)
-        sessions = self.expected_total(account) / k.turns_mean
-        starts = timing.diurnal_times(account.np, self.ctx.start, self.ctx.end, sessions, account.tz, "consumer")
-        yield from chat_sessions(
-            self,
-            account,
-            starts.tolist(),
-            learner_pool(),
-            turns_mean=k.turns_mean,
-            think_s=k.think_s,
-            stream_prob=0.75,
-            opening=learner_opening,
-        )
+    def pool(self) -> ChatPool:
+        return learner_pool()
+
+    def opening(self, r: random.Random, prompt: str) -> str:
+        return learner_opening(r, prompt)
