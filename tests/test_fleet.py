@@ -577,3 +577,83 @@ async def test_the_console_overview_shows_each_groups_backlog_and_lag(
         assert lag.startswith("oldest waiting ") and float(lag.split()[2]) >= 0.5, lag
     finally:
         await stream.close()
+
+
+async def test_one_detector_lease_at_a_time_and_a_dead_holders_lapses(stream_key: str) -> None:
+    from distillshield.workers.stream import Lease
+
+    stream = AuditStream(REDIS_URL, stream_key)
+    a, b = Lease(stream, "detector", "detect-a", 600), Lease(stream, "detector", "detect-b", 600)
+    never = asyncio.Event()
+
+    async def renew_a() -> None:  # what a live worker does
+        while True:
+            await asyncio.sleep(0.2)
+            await a.hold()
+
+    try:
+        assert await a.acquire(never) is None
+        renewing = asyncio.create_task(renew_a())
+        t0 = time.monotonic()
+        assert await b.acquire(never) == a.token  # held and renewed: refused after one lease period
+        assert time.monotonic() - t0 >= 0.6
+        # B waits while A renews, and gets it once A lets go.
+        waiting = asyncio.create_task(b.acquire(never))
+        await asyncio.sleep(0.3)
+        renewing.cancel()
+        await a.release()
+        assert await waiting is None
+        assert await a.hold() == b.token  # A has lost it: a worker in that state stops
+        # B is killed (no release, no renewal): its lease lapses and A takes over.
+        await asyncio.sleep(0.7)
+        assert await a.acquire(never) is None
+    finally:
+        await a.release()
+        await b.release()
+        await stream.close()
+
+
+async def test_a_second_detector_worker_refuses_to_start_while_the_first_runs(tmp_path: Path, stream_key: str) -> None:
+    """`worker detect` twice on one stream: detection is not sharded, so the second exits with one line."""
+    from distillshield.cli.serve import write_config
+
+    cfg = tmp_path / "worker.yaml"
+    write_config(cfg, store_url=f"sqlite+aiosqlite:///{tmp_path / 'log.db'}")
+    env = _settings_env({"audit__sink": "redis", "audit__stream_key": stream_key, "limits__redis_url": REDIS_URL,
+                         "risk__backend": "redis", "risk__namespace": f"dstest:{uuid.uuid4().hex[:8]}"})  # fmt: skip
+
+    def start(name: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "distillshield", "-c", str(cfg), "worker", "detect", "--name",
+                                 name, "--lease-s", "1"], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT)  # fmt: skip
+
+    r = aioredis.from_url(REDIS_URL)
+    first = start("detect-1")
+    try:
+
+        async def held() -> bool:
+            return bool(await r.get(f"{stream_key}:detector"))
+
+        await _until(held, timeout=60)
+        second = start("detect-2")
+        out, _ = second.communicate(timeout=60)
+        text = out.decode()
+        assert second.returncode == 2, text
+        assert "another detector worker (detect-1/" in text and "run one detector worker per deployment" in text
+        assert "Traceback" not in text
+        assert first.poll() is None  # the first one runs on
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=60)
+        assert first.returncode == 0
+        assert not await r.get(f"{stream_key}:detector")  # given back at a clean stop
+        # A worker under the first one's name, started after it stopped, takes the lease at once.
+        again = start("detect-1")
+        await _until(held, timeout=60)
+        again.send_signal(signal.SIGTERM)
+        again.communicate(timeout=60)
+        assert again.returncode == 0
+    finally:
+        if first.poll() is None:
+            first.kill()
+        await r.delete(f"{stream_key}:detector")
+        await r.aclose()

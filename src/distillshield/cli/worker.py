@@ -58,16 +58,20 @@ def audit(
 @app.command("detect")
 def detect(
     name: str = typer.Option(None, help="consumer name (default detect-<host>-<pid>); reuse it after a restart"),
+    lease_s: float = typer.Option(
+        15.0, min=1.0, help="the detector lease: a second worker waits this long for the first one's to lapse"
+    ),
     log_level: str = typer.Option("info", help="log level"),
 ) -> None:
     """Run online detection over every replica's traffic (the audit stream) and publish verdicts to the shared
     risk board (needs audit.sink: redis and risk.backend: redis; set detection.enabled: false on the gateways).
+    One per deployment: a second one refuses to start while the first one's lease is renewed.
 
     Example: distillshield -c distillshield.yaml worker detect --name detect-1
     """
     from distillshield.detect.online import detection_extension
     from distillshield.gateway.risk import build_risk_board
-    from distillshield.workers.detect import DetectWorker
+    from distillshield.workers.detect import DetectorBusy, DetectWorker
 
     s = settings()
     if s.audit.sink != "redis":
@@ -80,9 +84,14 @@ def detect(
 
     async def run(store: Store, stream: AuditStream, stop: asyncio.Event) -> str:
         board = build_risk_board(s.risk, s.limits.redis_url)
-        worker = DetectWorker(ext, store, stream, board, name or consumer_name("detect"))
+        worker = DetectWorker(ext, store, stream, board, name or consumer_name("detect"), lease_ms=int(lease_s * 1000))
         console.print(f"detect worker [bold]{worker.name}[/bold]: {stream.key} -> risk board {s.risk.namespace}")
-        await worker.run(stop)
+        try:
+            await worker.run(stop)
+        except DetectorBusy as exc:
+            raise CliError(str(exc)) from None
+        if worker.lost_lease:
+            raise CliError(f"detect worker {worker.name} stopped: another detector worker took over its lease")
         st = ext.status()
         return (
             f"detect worker {worker.name} stopped: {worker.received} requests observed, {st['processed']} "

@@ -167,6 +167,58 @@ class AuditStream:
         return int(await self._redis.xtrim(self.key, minid=f"{keep[0]}-{keep[1]}"))
 
 
+# A lease is a Redis key holding its holder's token, with an expiry: taken when free or already the caller's,
+# renewed by the same script, given back only by its holder. One round trip each, atomic (a script).
+_HOLD = """
+local cur = redis.call('GET', KEYS[1])
+if (not cur) or cur == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return ARGV[1]
+end
+return cur
+"""
+_LET_GO = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class Lease:
+    """One holder at a time for a role on a stream (the detector worker: `<stream key>:detector`).
+
+    The holder renews it every third of `ttl_ms`; a holder that stops renewing (killed) loses it `ttl_ms` later.
+    Tokens are `<name>/<host>:<pid>`, so that a second process started under the same name is another holder.
+    """
+
+    def __init__(self, stream: AuditStream, role: str, name: str, ttl_ms: int) -> None:
+        self.stream = stream
+        self.key = f"{stream.key}:{role}"
+        self.token = f"{name}/{socket.gethostname()}:{os.getpid()}"
+        self.ttl_ms = ttl_ms
+
+    async def hold(self) -> str:
+        """Take or renew the lease; the token of whoever holds it afterwards (ours when taken)."""
+        return _text(await self.stream._redis.eval(_HOLD, 1, self.key, self.token, self.ttl_ms))
+
+    async def acquire(self, stop: asyncio.Event) -> str | None:
+        """Take the lease, waiting up to one lease period for another holder's to lapse (a worker killed a
+        moment ago); the other holder's token when it is still held after that (a live worker), else None."""
+        deadline = asyncio.get_running_loop().time() + self.ttl_ms / 1000 + 0.5
+        while True:
+            holder = await self.hold()
+            if holder == self.token:
+                return None
+            if asyncio.get_running_loop().time() >= deadline or stop.is_set():
+                return holder
+            try:
+                await asyncio.wait_for(stop.wait(), min(0.25, self.ttl_ms / 4000))
+            except TimeoutError:
+                pass
+
+    async def release(self) -> None:
+        await self.stream._redis.eval(_LET_GO, 1, self.key, self.token)
+
+
 async def consume(
     stream: AuditStream,
     group: str,
