@@ -613,6 +613,21 @@ async def test_one_detector_lease_at_a_time_and_a_dead_holders_lapses(stream_key
         await stream.close()
 
 
+async def test_a_detector_lease_waits_for_redis_without_a_traceback(
+    stream_key: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from distillshield.workers.stream import Lease
+
+    dead = AuditStream("redis://127.0.0.1:1/0", stream_key)  # nothing listens on port 1
+    stop = asyncio.Event()
+    asyncio.get_running_loop().call_later(2.5, stop.set)
+    with caplog.at_level("WARNING"):
+        assert await Lease(dead, "detector", "detect-a", 600).acquire(stop) is None  # stopped, not crashed
+    said = [r for r in caplog.records if "taking the lease" in r.getMessage()]
+    assert len(said) == 1, [r.getMessage() for r in caplog.records]  # once per outage, though retried
+    await dead.close()
+
+
 async def test_a_second_detector_worker_refuses_to_start_while_the_first_runs(tmp_path: Path, stream_key: str) -> None:
     """`worker detect` twice on one stream: detection is not sharded, so the second exits with one line."""
     from distillshield.cli.serve import write_config

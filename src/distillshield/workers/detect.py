@@ -75,6 +75,9 @@ class DetectWorker:
         holder = await self.lease.acquire(stop)
         if holder is not None:
             raise DetectorBusy(self.lease, holder)
+        if stop.is_set():  # stopped while waiting for the lease (or for Redis)
+            await self._give_back()
+            return
         renewing = asyncio.create_task(self._renew(stop))
         try:
             await self.board.start()
@@ -87,10 +90,13 @@ class DetectWorker:
                 await self.board.stop()
         finally:
             renewing.cancel()
-            try:
-                await self.lease.release()
-            except Exception as exc:  # noqa: BLE001 - Redis away: the lease lapses on its own
-                log.warning("could not give back the detector lease (%s): it lapses by itself", exc)
+            await self._give_back()
+
+    async def _give_back(self) -> None:
+        try:
+            await self.lease.release()
+        except Exception as exc:  # noqa: BLE001 - Redis away: the lease lapses on its own
+            log.warning("could not give back the detector lease (%s): it lapses by itself", exc)
 
     async def _renew(self, stop: asyncio.Event) -> None:
         outage = Outage(log, "renewing the detector lease (Redis)")

@@ -202,18 +202,31 @@ class Lease:
 
     async def acquire(self, stop: asyncio.Event) -> str | None:
         """Take the lease, waiting up to one lease period for another holder's to lapse (a worker killed a
-        moment ago); the other holder's token when it is still held after that (a live worker), else None."""
-        deadline = asyncio.get_running_loop().time() + self.ttl_ms / 1000 + 0.5
-        while True:
-            holder = await self.hold()
-            if holder == self.token:
-                return None
-            if asyncio.get_running_loop().time() >= deadline or stop.is_set():
-                return holder
+        moment ago); the other holder's token when it is still held after that (a live worker), else None
+        (taken, or `stop` set first). Redis away: logged once, retried every second."""
+        outage = Outage(log, f"taking the lease {self.key} (Redis)")
+        loop = asyncio.get_running_loop()
+        deadline = None
+        while not stop.is_set():
             try:
-                await asyncio.wait_for(stop.wait(), min(0.25, self.ttl_ms / 4000))
+                holder = await self.hold()
+                outage.succeeded()
+            except Exception as exc:  # noqa: BLE001 - Redis away: wait for it, as the stream's readers do
+                outage.failed(exc, 1.0)
+                deadline, pause = None, 1.0  # who holds it is unknown until Redis answers again
+            else:
+                if holder == self.token:
+                    return None
+                if deadline is None:
+                    deadline = loop.time() + self.ttl_ms / 1000 + 0.5
+                if loop.time() >= deadline:
+                    return holder
+                pause = min(0.25, self.ttl_ms / 4000)
+            try:
+                await asyncio.wait_for(stop.wait(), pause)
             except TimeoutError:
                 pass
+        return None
 
     async def release(self) -> None:
         await self.stream._redis.eval(_LET_GO, 1, self.key, self.token)
