@@ -35,8 +35,7 @@ def groups(path: Path, cot_excess: float | None) -> list[dict[str, Any]]:
     from distillshield.detect import campaign as C
     from distillshield.detect.analyze import analyze_file
     from distillshield.detect.engine import Engine
-    from distillshield.detect.scoring import RISK_SUSPICIOUS
-    from distillshield.detect.signals.content import AREAS_SWEEP, judge, spread
+    from distillshield.detect.signals.content import AREAS_SWEEP
 
     labels: dict[str, str] = {}
     with path.open("rb") as f:
@@ -47,52 +46,33 @@ def groups(path: Path, cot_excess: float | None) -> list[dict[str, Any]]:
     analyze_file(path, on_engine=engines.append)
     engine = engines[0]
     accounts, pop = engine.accounts, engine.population
-    thin = sorted((a for a in accounts.values() if C._eligible(a)), key=lambda a: -a.behaviour.last_ts)
-    thin = thin[: C.MAX_ACCOUNTS]
+    thin = C.thin_accounts(accounts)
     if len(thin) < C.MIN_CAMPAIGN:
         return []
-    vecs = np.stack([C._mean_vector(a) for a in thin])
-    found = C._density_clusters(np.clip(1.0 - vecs @ vecs.T, 0.0, 2.0).astype(np.float64))
+    _vecs, found = C.density_groups(thin)
     service_n = sum(a.cot.n for a in accounts.values())
     service_hits = sum(a.cot.either_hits for a in accounts.values())
     out = []
     for label in sorted(set(found.tolist()) - {-1}):
         members = sorted(thin[i].account_id for i in np.flatnonzero(found == label))
-        per = max(1, C.POOLED_MAX // len(members))
-        rows = [accounts[m].content.window[: min(accounts[m].content.m, per)] for m in members]
-        x = np.concatenate([r for r in rows if r is not None]).astype(np.float32)
-        null = pop.content.group_null(set(members))
-        verdict, _ = judge(
-            "content",
-            pop.content.reference_typicality(x),
-            np.zeros(len(x), dtype=bool),
-            pop.content.area_of(x),
-            null,
-            0.0,
-            x,
-            excess_min=C.GROUP_EXCESS,
-            rank_gap=C.GROUP_GAP,
-        )
-        asked = sum(accounts[m].cot.n for m in members)
-        hits = sum(accounts[m].cot.either_hits for m in members)
-        rest_n, rest_hits = service_n - asked, service_hits - hits
+        ev = C.group_evidence(members, accounts, pop)
+        campaign = C.campaign_call(ev) is not None
+        rest_n, rest_hits = service_n - ev.asked, service_hits - ev.reasoning
         base = rest_hits / rest_n if rest_n > 0 else 1.0
-        share = hits / max(asked, 1)
-        areas = spread(pop.content.area_of(x))
+        share = ev.reasoning_share
         row: dict[str, Any] = {
             "accounts": len(members),
             "labels": dict(Counter(labels.get(m, "?") for m in members).most_common()),
-            "content_score": round(float(verdict.score), 3),
+            "content_score": round(float(ev.content.score), 3),
             "reasoning_share": round(share, 3),
             "reasoning_share_rest": round(base, 3),
-            "areas": round(areas, 1),
-            "campaign": engine.campaigns._judge(members, accounts, pop) is not None,
+            "areas": round(ev.areas, 1),
+            "campaign": campaign,
         }
         if cot_excess is not None:
-            significant = asked > 0 and share > base and float(binom.sf(hits - 1, asked, base)) < MIN_P
-            row["campaign_by_cot_excess"] = bool(
-                verdict.score >= RISK_SUSPICIOUS
-                or (areas >= AREAS_SWEEP and (share >= C.GROUP_COT or (significant and share - base >= cot_excess)))
+            significant = ev.asked > 0 and share > base and float(binom.sf(ev.reasoning - 1, ev.asked, base)) < MIN_P
+            row["campaign_by_cot_excess"] = campaign or (
+                ev.areas >= AREAS_SWEEP and significant and share - base >= cot_excess
             )
         out.append(row)
     return out

@@ -31,10 +31,12 @@ more at the end).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from distillshield.detect.base import SignalScore
 from distillshield.detect.cluster import Cluster
 from distillshield.detect.text import stable_hash
 
@@ -71,17 +73,13 @@ class ContentCampaigns:
         """Campaign clusters keyed by cluster id (recomputed when due, else the last ones)."""
         if not force and not self.due(accounts):
             return self.campaigns
-        thin = [a for a in accounts.values() if _eligible(a)]
-        self._last_n = len(thin)
-        thin.sort(key=lambda a: -a.behaviour.last_ts)
-        thin = thin[:MAX_ACCOUNTS]
+        self._last_n = sum(1 for a in accounts.values() if _eligible(a))
+        thin = thin_accounts(accounts)
         previous, found = self.campaigns, {}
         self.campaigns = {}
         if len(thin) < MIN_CAMPAIGN or pop.content.stats.tau < -0.5:
             return self.campaigns
-        vecs = np.stack([_mean_vector(a) for a in thin])
-        dist = np.clip(1.0 - vecs @ vecs.T, 0.0, 2.0).astype(np.float64)
-        labels = _density_clusters(dist)
+        vecs, labels = density_groups(thin)
         for label in sorted(set(labels.tolist()) - {-1}):
             members = sorted(thin[i].account_id for i in np.flatnonzero(labels == label))
             c = self._judge(members, accounts, pop)
@@ -119,42 +117,11 @@ class ContentCampaigns:
 
     def _judge(self, members: list[str], accounts: dict[str, AccountState], pop: Population) -> Cluster | None:
         from distillshield.detect.engine import content_risk
-        from distillshield.detect.scoring import RISK_SUSPICIOUS
-        from distillshield.detect.signals.content import AREAS_SWEEP, judge, spread
 
-        content = pop.content
-        rows = []
-        per = max(1, POOLED_MAX // len(members))
-        for m in members:
-            st = accounts[m].content
-            if st.window is not None:
-                rows.append(st.window[: min(st.m, per)])
-        x = np.concatenate(rows).astype(np.float32)
-        # A member's near twins are the campaign itself: judge how far the pooled prompts sit from real
-        # users' prompts (the packaged reference) against how far everyone else's sit (ContentPopulation.
-        # group_null). Resembling flagged accounts is left out here: in a large group of honest users a few
-        # always resemble someone, and a group is judged on its own content.
-        null = content.group_null(set(members))
-        typ = content.reference_typicality(x)
-        assoc = np.zeros(len(x), dtype=bool)
-        areas = content.area_of(x)
-        verdict, _ = judge("content", typ, assoc, areas, null, 0.0, x, excess_min=GROUP_EXCESS, rank_gap=GROUP_GAP)
-        # Or the known technique, whatever the questions look like: a dense group of thin accounts whose
-        # prompts mostly ask for the model's reasoning, spread over many topic areas (a capability sweep
-        # wrapped in a reasoning-elicitation instruction). Students asking for steps stay in a few areas.
-        asked = sum(accounts[m].cot.n for m in members)
-        cot = sum(accounts[m].cot.either_hits for m in members) / max(asked, 1)  # a prompt counts once
-        wide = spread(areas)
-        if verdict.score >= RISK_SUSPICIOUS:
-            score, why = verdict.score, verdict.detail
-        elif cot >= GROUP_COT and wide >= AREAS_SWEEP:
-            score = 0.5 + 0.49 * min(1.0, (cot - GROUP_COT) / (1.0 - GROUP_COT))
-            why = (
-                f"{cot:.0%} of their {asked} classified prompts ask for the model's reasoning, spread over "
-                f"{wide:.1f} topic areas like a capability sweep"
-            )
-        else:
+        called = campaign_call(group_evidence(members, accounts, pop))
+        if called is None:
             return None
+        score, why = called
         firsts = np.asarray([accounts[m].behaviour.first_ts for m in members])
         span = max(content_span(accounts), 3600.0)
         cid = f"cp_{stable_hash(members[0]) & 0xFFFFFFFF:08x}"
@@ -168,6 +135,81 @@ class ContentCampaigns:
             f"what they ask, where other accounts each ask their own things); together: {why}"
         )
         return c
+
+
+@dataclass(frozen=True, slots=True)
+class GroupEvidence:
+    """What a group of accounts is judged on: the content judgement of its pooled prompts, how many of its
+    classified prompts ask for the model's reasoning, and how many topic areas its prompts cover."""
+
+    content: SignalScore
+    asked: int
+    reasoning: int  # classified prompts that ask for reasoning (or are rubric prompts): a prompt counts once
+    areas: float
+
+    @property
+    def reasoning_share(self) -> float:
+        return self.reasoning / max(self.asked, 1)
+
+
+def group_evidence(members: list[str], accounts: dict[str, AccountState], pop: Population) -> GroupEvidence:
+    """The group's pooled prompts (at most POOLED_MAX, the same number from each member) judged like one
+    account's, against the packaged reference of real users' prompts."""
+    from distillshield.detect.signals.content import judge, spread
+
+    content = pop.content
+    rows = []
+    per = max(1, POOLED_MAX // len(members))
+    for m in members:
+        st = accounts[m].content
+        if st.window is not None:
+            rows.append(st.window[: min(st.m, per)])
+    x = np.concatenate(rows).astype(np.float32)
+    # A member's near twins are the campaign itself: judge how far the pooled prompts sit from real
+    # users' prompts (the packaged reference) against how far everyone else's sit (ContentPopulation.
+    # group_null). Resembling flagged accounts is left out here: in a large group of honest users a few
+    # always resemble someone, and a group is judged on its own content.
+    null = content.group_null(set(members))
+    typ = content.reference_typicality(x)
+    assoc = np.zeros(len(x), dtype=bool)
+    areas = content.area_of(x)
+    verdict, _ = judge("content", typ, assoc, areas, null, 0.0, x, excess_min=GROUP_EXCESS, rank_gap=GROUP_GAP)
+    asked = sum(accounts[m].cot.n for m in members)
+    reasoning = sum(accounts[m].cot.either_hits for m in members)
+    return GroupEvidence(verdict, asked, reasoning, spread(areas))
+
+
+def campaign_call(ev: GroupEvidence) -> tuple[float, str] | None:
+    """(score, why) when the evidence makes the group a campaign, else None."""
+    from distillshield.detect.scoring import RISK_SUSPICIOUS
+    from distillshield.detect.signals.content import AREAS_SWEEP
+
+    if ev.content.score >= RISK_SUSPICIOUS:
+        return ev.content.score, ev.content.detail
+    # Or the known technique, whatever the questions look like: a dense group of thin accounts whose prompts
+    # mostly ask for the model's reasoning, spread over many topic areas (a capability sweep wrapped in a
+    # reasoning-elicitation instruction). A class of students can be as wide: see the module's docstring.
+    cot = ev.reasoning_share
+    if cot >= GROUP_COT and ev.areas >= AREAS_SWEEP:
+        why = (
+            f"{cot:.0%} of their {ev.asked} classified prompts ask for the model's reasoning, spread over "
+            f"{ev.areas:.1f} topic areas like a capability sweep"
+        )
+        return 0.5 + 0.49 * min(1.0, (cot - GROUP_COT) / (1.0 - GROUP_COT)), why
+    return None
+
+
+def thin_accounts(accounts: dict[str, AccountState]) -> list[AccountState]:
+    """The accounts the grouping considers: thin ones with a few sampled prompts, the MAX_ACCOUNTS most
+    recently active."""
+    thin = sorted((a for a in accounts.values() if _eligible(a)), key=lambda a: -a.behaviour.last_ts)
+    return thin[:MAX_ACCOUNTS]
+
+
+def density_groups(thin: list[AccountState]) -> tuple[np.ndarray, np.ndarray]:
+    """(the accounts' unit mean prompt vectors, their group labels: -1 for none)."""
+    vecs = np.stack([_mean_vector(a) for a in thin])
+    return vecs, _density_clusters(np.clip(1.0 - vecs @ vecs.T, 0.0, 2.0).astype(np.float64))
 
 
 def content_span(accounts: dict[str, AccountState]) -> float:
