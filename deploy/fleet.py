@@ -1,7 +1,7 @@
-"""Run the fleet topology of docs/fleet.md as local processes: N gateway replicas, audit workers and a detector
-worker, all on one config (PostgreSQL and Redis as the config names them).
+"""Run the fleet topology of docs/fleet.md as local processes: N gateway replicas, audit workers, a detector
+worker and its extraction shards, all on one config (PostgreSQL and Redis as the config names them).
 
-    python deploy/fleet.py -c deploy/fleet.yaml --gateways 3 --base-port 8787
+    python deploy/fleet.py -c deploy/fleet.yaml --gateways 3 --base-port 8787 --extract-shards 2
 
 Each process is `python -m distillshield -c CONFIG ...` exactly as you would start it by hand (the commands are
 printed). The launcher waits until every gateway's /readyz answers 200, prints `fleet ready`, and on SIGTERM or
@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ports", help="the gateways' ports, comma-separated (instead of --gateways/--base-port)")
     ap.add_argument("--audit-workers", type=int, default=1)
     ap.add_argument("--detect-workers", type=int, default=1, choices=[0, 1], help="one per deployment (docs/fleet.md)")
+    ap.add_argument("--extract-shards", type=int, default=2, help="`worker extract` shards (0: the detector extracts)")
     ap.add_argument("--log-dir", type=Path, default=Path("fleet-logs"))
     ap.add_argument("--ready-timeout-s", type=float, default=120.0)
     a = ap.parse_args(argv)
@@ -55,8 +56,12 @@ def main(argv: list[str] | None = None) -> int:
 
     for i in range(a.audit_workers):
         start(f"audit-{i + 1}", _cmd(a.config, "worker", "audit", "--name", f"audit-{i + 1}"))
+    n = a.extract_shards if a.detect_workers else 0
+    for i in range(n):
+        start(f"extract-{i}", _cmd(a.config, "worker", "extract", "--shard", str(i), "--shards", str(n),
+                                   "--name", f"extract-{i}"))  # fmt: skip
     for i in range(a.detect_workers):
-        start(f"detect-{i + 1}", _cmd(a.config, "worker", "detect", "--name", f"detect-{i + 1}"))
+        start(f"detect-{i + 1}", _cmd(a.config, "worker", "detect", "--name", f"detect-{i + 1}", "--shards", str(n)))
     ports = [int(x) for x in a.ports.split(",")] if a.ports else [a.base_port + i for i in range(a.gateways)]
     for i, port in enumerate(ports):
         start(f"gateway-{i + 1}", _cmd(a.config, "serve", "--port", str(port), "--log-level", "warning"))
@@ -90,8 +95,9 @@ def main(argv: list[str] | None = None) -> int:
             stopping, status = True, 1
         time.sleep(0.2)
 
-    # Gateways first (their last rows go to the stream), then the workers (they stop after their current read).
-    for kind in ("gateway", "detect", "audit"):
+    # Gateways first (their last rows go to the stream), then the workers (they stop after their current read):
+    # the extraction shards before the detector, which folds what they published last.
+    for kind in ("gateway", "extract", "detect", "audit"):
         group = [(n, p) for n, p in procs if n.startswith(kind) and p.poll() is None]
         for _n, p in group:
             p.send_signal(signal.SIGTERM)

@@ -312,7 +312,9 @@ def test_the_compose_file_runs_real_commands_on_valid_settings(monkeypatch: pyte
 
     compose = yaml.safe_load((REPO / "deploy" / "compose.yaml").read_text())
     ds = {name: svc for name, svc in compose["services"].items() if "build" in svc}
-    assert sorted(ds) == ["gateway-1", "gateway-2", "gateway-3", "worker-audit", "worker-detect"]
+    assert sorted(ds) == [
+        "gateway-1", "gateway-2", "gateway-3", "worker-audit", "worker-detect", "worker-extract-0", "worker-extract-1"
+    ]  # fmt: skip
     runner = CliRunner()
     for name, svc in ds.items():
         result = runner.invoke(app, [*svc["command"], "--help"])
@@ -384,6 +386,8 @@ async def test_the_local_topology_serves_shares_verdicts_and_stops_cleanly(
                 r = await http.post(f"{g[2]}/v1/chat/completions", json=body, headers=auth)
                 if r.status_code == 403:
                     break
+                assert r.status_code == 200, r.text
+                sent.append("again")  # served before the verdict arrived: logged like any answered request
                 assert time.perf_counter() - t0 < 1.0, "replica 3 did not apply replica 1's verdict within 1 s"
                 await asyncio.sleep(0.01)
         stream = AuditStream(REDIS_URL, stream_key)
@@ -396,7 +400,7 @@ async def test_the_local_topology_serves_shares_verdicts_and_stops_cleanly(
     assert fleet.returncode == 0, "".join(out) + rest
     assert "fleet stopped" in rest
     contents = await logged_prompts(pg_database, "fleet-a")
-    assert sorted(contents) == sorted(sent)  # each exactly once (the challenged requests are 403s)
+    assert sorted(contents) == sorted(sent)  # each answered one exactly once (the challenged requests are 403s)
     shutil.rmtree(tmp_path / "logs", ignore_errors=True)
 
 
@@ -654,7 +658,7 @@ async def test_a_second_detector_worker_refuses_to_start_while_the_first_runs(tm
         out, _ = second.communicate(timeout=60)
         text = out.decode()
         assert second.returncode == 2, text
-        assert "another detector worker (detect-1/" in text and "run one detector worker per deployment" in text
+        assert "another detector worker (detect-1/" in text and "one detection engine per deployment" in text
         assert "Traceback" not in text
         assert first.poll() is None  # the first one runs on
         first.send_signal(signal.SIGTERM)

@@ -1,4 +1,4 @@
-"""`distillshield worker audit`: the processes beside a fleet of gateways (src/distillshield/workers/)."""
+"""`distillshield worker audit|detect|extract`: the processes beside a fleet of gateways (workers/)."""
 
 from __future__ import annotations
 
@@ -61,13 +61,17 @@ def detect(
     lease_s: float = typer.Option(
         15.0, min=1.0, help="the detector lease: a second worker waits this long for the first one's to lapse"
     ),
+    shards: int = typer.Option(
+        0, min=0, help="read the observations of this many extraction shards (`worker extract`) instead of the rows"
+    ),
     log_level: str = typer.Option("info", help="log level"),
 ) -> None:
     """Run online detection over every replica's traffic (the audit stream) and publish verdicts to the shared
     risk board (needs audit.sink: redis and risk.backend: redis; set detection.enabled: false on the gateways).
-    One per deployment: a second one refuses to start while the first one's lease is renewed.
+    One per deployment: a second one refuses to start while the first one's lease is renewed. With --shards N,
+    extraction runs in N `worker extract` processes and this one folds and scores their observations.
 
-    Example: distillshield -c distillshield.yaml worker detect --name detect-1
+    Example: distillshield -c distillshield.yaml worker detect --name detect-1 --shards 2
     """
     from distillshield.detect.online import detection_extension
     from distillshield.gateway.risk import build_risk_board
@@ -84,8 +88,10 @@ def detect(
 
     async def run(store: Store, stream: AuditStream, stop: asyncio.Event) -> str:
         board = build_risk_board(s.risk, s.limits.redis_url)
-        worker = DetectWorker(ext, store, stream, board, name or consumer_name("detect"), lease_ms=int(lease_s * 1000))
-        console.print(f"detect worker [bold]{worker.name}[/bold]: {stream.key} -> risk board {s.risk.namespace}")
+        worker = DetectWorker(ext, store, stream, board, name or consumer_name("detect"), lease_ms=int(lease_s * 1000),
+                              shards=shards)  # fmt: skip
+        source = f"{worker.source.key} ({shards} extraction shards)" if shards else stream.key
+        console.print(f"detect worker [bold]{worker.name}[/bold]: {source} -> risk board {s.risk.namespace}")
         try:
             await worker.run(stop)
         except DetectorBusy as exc:
@@ -96,6 +102,55 @@ def detect(
         return (
             f"detect worker {worker.name} stopped: {worker.received} requests observed, {st['processed']} "
             f"processed by the engine, {st['dropped']} dropped (its queue was full), {st['queued']} still queued"
+            + (f", {worker.duplicates} repeated observation batches dropped" if shards else "")
+        )
+
+    _serve(s, run)
+
+
+@app.command("extract")
+def extract(
+    shard: int = typer.Option(..., min=0, help="this worker's shard, 0..shards-1"),
+    shards: int = typer.Option(..., min=1, help="how many extraction shards the deployment runs"),
+    name: str = typer.Option(None, help="consumer name (default extract-<host>-<pid>); reuse it after a restart"),
+    lease_s: float = typer.Option(15.0, min=1.0, help="the shard's lease: a second worker waits this long for it"),
+    log_level: str = typer.Option("info", help="log level"),
+) -> None:
+    """Extract one shard of the fleet's traffic for online detection (the accounts whose id hashes to the shard),
+    for a detector worker started with --shards (needs audit.sink: redis). One worker per shard.
+
+    Example: distillshield -c distillshield.yaml worker extract --shard 0 --shards 2
+    """
+    from distillshield.detect.online import online_extractor
+    from distillshield.detect.scoring import DetectionModel, ModelError
+    from distillshield.workers.extract import ExtractWorker, ShardBusy
+
+    s = settings()
+    if s.audit.sink != "redis":
+        raise CliError("audit.sink is 'database': there is no stream to read; set audit.sink: redis")
+    if shard >= shards:
+        raise CliError(f"--shard {shard} is not one of the {shards} shards (0..{shards - 1})")
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        model = DetectionModel.load(s.detection.model_path)
+    except ModelError as exc:
+        raise CliError(f"the detection model could not be loaded: {exc}") from None
+    extractor = online_extractor(model, s.detection.content)
+
+    async def run(store: Store, stream: AuditStream, stop: asyncio.Event) -> str:
+        worker = ExtractWorker(extractor, store, stream, shard, shards, name or consumer_name("extract"),
+                               lease_ms=int(lease_s * 1000), warm_rows=s.detection.replay_on_start_rows)  # fmt: skip
+        console.print(f"extract worker [bold]{worker.name}[/bold]: shard {shard}/{shards} of {stream.key} -> "
+                      f"{worker.observations.key}")  # fmt: skip
+        try:
+            await worker.run(stop)
+        except ShardBusy as exc:
+            raise CliError(str(exc)) from None
+        if worker.lost_lease:
+            raise CliError(f"extract worker {worker.name} stopped: another worker took over shard {shard}/{shards}")
+        return (
+            f"extract worker {worker.name} stopped: {worker.read} requests read, {worker.extracted} of shard "
+            f"{shard}/{shards} extracted"
         )
 
     _serve(s, run)

@@ -17,6 +17,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from distillshield.contracts import AccountRisk, RiskBoard
@@ -25,7 +26,9 @@ from distillshield.store.export import row_body
 
 if TYPE_CHECKING:
     from distillshield.config import Settings
+    from distillshield.detect.corpus import Extractor, Obs
     from distillshield.detect.engine import Engine
+    from distillshield.detect.scoring import DetectionModel
     from distillshield.traffic import TrafficRecord
 
 log = logging.getLogger("distillshield.detect")
@@ -128,6 +131,8 @@ class DetectionExtension:
         self.model_path = model_path
         self.prune_above = prune_above
         self.queue: deque[dict[str, Any]] = deque(maxlen=queue_max)
+        # Observations extracted elsewhere (the fleet's extraction shards, `worker detect --shards`), same bound.
+        self.extracted: deque[Obs] = deque(maxlen=queue_max)
         self.dropped = 0
         self.processed = 0
         self.engine: Engine | None = None
@@ -148,6 +153,13 @@ class DetectionExtension:
             self.dropped += 1
         self.queue.append(row)
 
+    def observe_extracted(self, batch: list[Obs]) -> None:
+        """Queue observations an extraction shard made (workers/extract.py) for the engine, as `observe` queues
+        rows: the next run folds them with the rows' own, in time order."""
+        room = (self.extracted.maxlen or 0) - len(self.extracted)
+        self.dropped += max(0, len(batch) - room)
+        self.extracted.extend(batch)
+
     # -- lifecycle --------------------------------------------------------------------------------------
 
     async def start(self, state: Any) -> None:
@@ -167,12 +179,10 @@ class DetectionExtension:
         self._task = asyncio.create_task(self._loop(), name="detection-rescoring")
 
     def _load(self) -> None:
-        from distillshield.detect.corpus import Extractor
         from distillshield.detect.embeddings import load_encoder
-        from distillshield.detect.engine import Engine, MinHasher
+        from distillshield.detect.engine import Engine
         from distillshield.detect.reference import embedding_reference
         from distillshield.detect.scoring import DetectionModel
-        from distillshield.detect.signals.cot import PromptClassifier
 
         model = DetectionModel.load(self.model_path)
         reference = None
@@ -180,11 +190,7 @@ class DetectionExtension:
             self._encoder = load_encoder(self.encoder_spec)
             reference = embedding_reference(self._encoder)
         engine = Engine(model.members(self._encoder is not None), reference)
-        from distillshield.detect.content import content_encoder
-
-        self._extractor = Extractor(
-            PromptClassifier.from_dict(model.classifier), MinHasher(), content_encoder(self.content)
-        )
+        self._extractor = online_extractor(model, self.content)
         self.model_version = model.version
         # Last: `engine` set means loaded (run_once and flush may be called from another task meanwhile).
         self.engine = engine
@@ -254,21 +260,24 @@ class DetectionExtension:
         rows = []
         while self.queue:
             rows.append(self.queue.popleft())
-        if not rows:
+        extracted = []
+        while self.extracted:
+            extracted.append(self.extracted.popleft())
+        if not rows and not extracted:
             return 0
         async with self._locked():
-            changed = await asyncio.to_thread(self._process_single_blas, rows)
+            changed = await asyncio.to_thread(self._process_single_blas, rows, extracted)
         self._publish(changed)
-        return len(rows)
+        return len(rows) + len(extracted)
 
     def _locked(self) -> Any:
         return self._lock if self._lock is not None else contextlib.nullcontext()
 
-    def _process_single_blas(self, rows: list[dict[str, Any]]) -> list[AccountScore]:
+    def _process_single_blas(self, rows: list[dict[str, Any]], extracted: Sequence[Obs] = ()) -> list[AccountScore]:
         from distillshield.detect.content import single_threaded_blas
 
         with single_threaded_blas():
-            return self._process(rows)
+            return self._process(rows, extracted)
 
     async def refresh_intel(self, force: bool = False) -> int | None:
         """Load the store's active indicators into the engine when an import changed them, or one expired
@@ -323,14 +332,15 @@ class DetectionExtension:
 
     # -- the background work ----------------------------------------------------------------------------
 
-    def _process(self, rows: list[dict[str, Any]]) -> list[AccountScore]:
+    def _process(self, rows: list[dict[str, Any]], extracted: Sequence[Obs] = ()) -> list[AccountScore]:
         from distillshield.detect.engine import CHECKPOINTS
 
         assert self.engine is not None and self._extractor is not None
         t0 = time.perf_counter()
         engine = self.engine
         records = [r for r in map(trusted_record, rows) if r is not None]
-        obs = list(self._extractor.extract(records))
+        obs = list(self._extractor.extract(records)) if records else []
+        obs.extend(extracted)
         if self._encoder is not None:
             sampled = [o for o in obs if o.embed and o.text is not None]
             if sampled:
@@ -364,7 +374,7 @@ class DetectionExtension:
             changed.append(acc.score)
         for c in engine.clusters.values():
             c.risk = engine.cluster_risk(c)
-        self.processed += len(rows)
+        self.processed += len(rows) + len(extracted)
         self.last_run_s = time.perf_counter() - t0
         return changed
 
@@ -401,7 +411,7 @@ class DetectionExtension:
         eng = self.engine
         return {
             "processed": self.processed,
-            "queued": len(self.queue),
+            "queued": len(self.queue) + len(self.extracted),
             # how long the oldest queued row has waited (its request's time to now); None when none waits
             "oldest_queued_s": round(max(0.0, time.time() - float(self.queue[0]["ts"])), 3) if self.queue else None,
             "dropped": self.dropped,
@@ -410,6 +420,17 @@ class DetectionExtension:
             "last_run_s": round(self.last_run_s, 4),
             "replayed_at_start": self.replayed,
         }
+
+
+def online_extractor(model: DetectionModel, content: bool) -> Extractor:
+    """The Extractor online detection uses (the model's CoT classifier, MinHash, the content encoder when content
+    is on): in the gateway's extension, and in each extraction shard of a fleet (workers/extract.py)."""
+    from distillshield.detect.content import content_encoder
+    from distillshield.detect.corpus import Extractor
+    from distillshield.detect.engine import MinHasher
+    from distillshield.detect.signals.cot import PromptClassifier
+
+    return Extractor(PromptClassifier.from_dict(model.classifier), MinHasher(), content_encoder(content))
 
 
 def detection_extension(settings: Settings) -> DetectionExtension | None:

@@ -6,8 +6,9 @@ read them through a consumer group and write them into the hash-chained log. It 
 (contracts.AuditSink), so the gateway's writer keeps everything it does for the database: durable answers
 (the answer waits for the XADD), the local spool while Redis is away, the 503 when nothing can record.
 
-Each kind of worker is a consumer group: `audit-writers` (the log) and `detectors` (online detection); every
-entry reaches every group. Delivery is at least once (a worker killed between its commit and its XACK leaves
+Each kind of worker is a consumer group: `audit-writers` (the log) and `detectors` (online detection), or with
+sharded extraction one `extract-<I>of<N>` group per shard (workers/extract.py); every entry reaches every group.
+Delivery is at least once (a worker killed between its commit and its XACK leaves
 the entries pending, and another worker claims them after `claim_idle_ms`); the log is exactly once because
 audit workers write with `skip_existing` (request ids checked under the chain head's lock). The audit workers
 trim the stream to what some group has not yet acknowledged (`trim`), so it holds only the backlog.
@@ -33,17 +34,39 @@ from distillshield.contracts import Backlog
 from distillshield.outage import Outage
 
 log = logging.getLogger("distillshield.worker")
-Entry = tuple[bytes, dict[str, Any]]
+Entry = tuple[bytes, Any]  # (entry id, the stream's decoded value: an audit row dict on the audit stream)
 
 AUDIT_GROUP = "audit-writers"
 DETECT_GROUP = "detectors"
 
 
+def audit_row(fields: dict[bytes, bytes]) -> dict[str, Any]:
+    """An audit stream entry's row (the gateway's audit row, as orjson wrote it)."""
+    return orjson.loads(fields[b"row"])
+
+
 class AuditStream:
-    def __init__(self, url: str, key: str = "distillshield:audit:events", *, client: aioredis.Redis | None = None):
+    """A Redis Stream read through consumer groups: the audit event stream (rows, `audit_row`), and with another
+    `decode` any stream of the workers' (the extraction shards' observation batches, workers/extract.py)."""
+
+    def __init__(
+        self,
+        url: str,
+        key: str = "distillshield:audit:events",
+        *,
+        client: aioredis.Redis | None = None,
+        decode: Callable[[dict[bytes, bytes]], Any] = audit_row,
+    ):
         self.url = url
         self.key = key
+        self.decode = decode
         self._redis = client or aioredis.from_url(url, socket_timeout=10, socket_connect_timeout=2)
+
+    def view(self, decode: Callable[[dict[bytes, bytes]], Any], suffix: str | None = None) -> AuditStream:
+        """This stream read with another decoder, or with `suffix` another stream keyed `<this key>:<suffix>`; on the
+        same Redis connection."""
+        key = self.key if suffix is None else f"{self.key}:{suffix}"
+        return AuditStream(self.url, key, client=self._redis, decode=decode)
 
     # -- the gateway's side: contracts.AuditSink ------------------------------------------------------------
 
@@ -54,9 +77,29 @@ class AuditStream:
             return 0
         async with self._redis.pipeline(transaction=True) as pipe:
             for r in rows:
-                pipe.xadd(self.key, {b"row": orjson.dumps(dict(r), default=str)})
+                # The account beside the row: an extraction shard keeps its accounts' rows without decoding the rest.
+                account = str(r.get("account_id") or "").encode("utf-8", "surrogatepass")
+                pipe.xadd(self.key, {b"row": orjson.dumps(dict(r), default=str), b"account": account})
             await pipe.execute()
         return len(rows)
+
+    async def add(self, fields: Mapping[bytes, bytes], *, maxlen: int | None = None) -> bytes:
+        """Append one entry (a worker's output); with `maxlen`, the stream is trimmed to about that many entries
+        (Redis's approximate trimming: the oldest go first)."""
+        return await self._redis.xadd(self.key, dict(fields), maxlen=maxlen, approximate=True)
+
+    async def put_status(self, role: str, status: Mapping[str, float | int | str]) -> None:
+        """A worker's progress (`<key>:<role>:status`, a hash; for operators and benchmarks), kept a minute."""
+        key = f"{self.key}:{role}:status"
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping=dict(status))
+            pipe.expire(key, 60)
+            await pipe.execute()
+
+    async def status(self, role: str) -> dict[str, str]:
+        """What `put_status` last wrote for the role ({} when nothing, or it is older than a minute)."""
+        got = await self._redis.hgetall(f"{self.key}:{role}:status")
+        return {_text(k): _text(v) for k, v in got.items()}
 
     async def existing_request_ids(self, ids: Sequence[str]) -> set[str]:
         """Always empty: the stream does not deduplicate; the workers do (by request id, under the lock)."""
@@ -87,12 +130,20 @@ class AuditStream:
         got = await self._redis.xreadgroup(
             group, consumer, {self.key: "0" if pending else ">"}, count=count, block=None if pending else block_ms
         )
-        return _entries(e for _k, entries in got or () for e in entries)
+        return self._entries(e for _k, entries in got or () for e in entries)
 
     async def claim(self, group: str, consumer: str, min_idle_ms: int, count: int) -> list[Entry]:
         """Entries pending on other consumers for at least min_idle_ms (a worker that died): now this one's."""
         res = await self._redis.xautoclaim(self.key, group, consumer, min_idle_ms, start_id="0-0", count=count)
-        return _entries(res[1] if len(res) > 1 else [])
+        return self._entries(res[1] if len(res) > 1 else [])
+
+    def _entries(self, raw: Iterable[tuple[bytes, dict[bytes, bytes]]]) -> list[Entry]:
+        """Decoded (id, value) pairs of XREADGROUP/XAUTOCLAIM entries (deleted ones come back without fields)."""
+        return [(eid, self.decode(fields)) for eid, fields in raw if fields]
+
+    async def entries(self, count: int | None = None) -> list[Entry]:
+        """The stream's entries from its start (XRANGE; outside any group: tools and tests), decoded."""
+        return self._entries(await self._redis.xrange(self.key, count=count))
 
     async def ack(self, group: str, ids: Sequence[bytes]) -> None:
         """The group is done with these entries."""
@@ -231,6 +282,43 @@ class Lease:
     async def release(self) -> None:
         await self.stream._redis.eval(_LET_GO, 1, self.key, self.token)
 
+    async def keep(self, stop: asyncio.Event, on_renewed: Callable[[], Awaitable[None]] | None = None) -> bool:
+        """Renew the lease every third of its period until `stop` is set; True (and `stop` set) when another
+        holder has it (this one lost it: Redis away longer than a period, and another worker took over).
+        Redis away: logged once, retried. `on_renewed` runs after each renewal (a worker's periodic checks)."""
+        outage = Outage(log, f"renewing the lease {self.key} (Redis)")
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), self.ttl_ms / 3000)
+                return False
+            except TimeoutError:
+                pass
+            try:
+                holder = await self.hold()
+                outage.succeeded()
+            except Exception as exc:  # noqa: BLE001 - Redis away: retried; the lease lapses if it stays away
+                outage.failed(exc, self.ttl_ms / 3000)
+                continue
+            if holder != self.token:
+                log.error("the lease %s is held by %s now (this worker lost it): stopping", self.key, holder)
+                stop.set()
+                return True
+            if on_renewed is not None:
+                await on_renewed()
+        return False
+
+    async def give_back(self) -> None:
+        """Release, or when Redis does not answer, leave the lease to lapse by itself (logged)."""
+        try:
+            await self.release()
+        except Exception as exc:  # noqa: BLE001 - Redis away: the lease lapses on its own
+            log.warning("could not give back the lease %s (%s): it lapses by itself", self.key, exc)
+
+    async def holder(self) -> str | None:
+        """Whoever holds the lease now (None: nobody)."""
+        got = await self.stream._redis.get(self.key)
+        return None if got is None else _text(got)
+
 
 async def consume(
     stream: AuditStream,
@@ -287,8 +375,3 @@ def _text(v: bytes | str) -> str:
 def consumer_name(kind: str) -> str:
     """A worker's default consumer name: `<kind>-<host>-<pid>`."""
     return f"{kind}-{socket.gethostname()}-{os.getpid()}"
-
-
-def _entries(raw: Iterable[tuple[bytes, dict[bytes, bytes]]]) -> list[Entry]:
-    """Decoded (id, row) pairs of XREADGROUP/XAUTOCLAIM entries (deleted ones come back without fields)."""
-    return [(eid, orjson.loads(fields[b"row"])) for eid, fields in raw if fields]
