@@ -27,8 +27,8 @@ from distillshield.detect.scoring import DetectionModel
 from distillshield.detect.wire import SCALARS, ObservationBatch, WireError, shard_of
 from distillshield.store import Store
 from distillshield.workers.detect import DetectWorker
-from distillshield.workers.extract import OBSERVATIONS, ExtractWorker, ShardBusy
-from distillshield.workers.stream import AuditStream
+from distillshield.workers.extract import ExtractWorker, ShardBusy
+from distillshield.workers.stream import OBSERVATIONS, AuditStream
 from tests.conftest import REDIS_URL, require_service
 
 _url = urlsplit(REDIS_URL)
@@ -150,6 +150,11 @@ async def test_two_shards_feed_the_engine_what_one_process_sees(tmp_path: Path, 
             return detection.processed == len(rows) and engine._flushed_at == engine.received
 
         await _until(settled)
+        found = await stream.backlogs()  # the console's overview: each shard's group and the engine's
+        assert found is not None
+        assert {g: found[g].rows for g in ("extract-0of2", "extract-1of2", "observations:detectors")} == {
+            "extract-0of2": 0, "extract-1of2": 0, "observations:detectors": 0
+        }  # fmt: skip
         entries = await engine.source.read("check", "test", 10_000, 1)
         published = [b for _eid, b in entries]
         await engine.source.ack("check", [eid for eid, _b in entries])

@@ -172,10 +172,13 @@ def test_tournament_rounds_keep_the_distribution_over_keys() -> None:
     per-step distortion-freeness), checked exactly on the rounds and on the processor's draws."""
     p = np.array([0.5, 0.3, 0.15, 0.05])
     rng = np.random.default_rng(1)
-    mean = np.mean([tournament(p, rng.integers(0, 2, (4, 16)).astype(float)) for _ in range(20_000)], axis=0)
+    mean = np.mean([tournament(p, rng.integers(0, 2**16, 4).tolist(), 16) for _ in range(20_000)], axis=0)
     assert np.allclose(mean, p, atol=0.01), mean
-    q = tournament(p, np.array([[1.0], [0.0], [0.0], [1.0]]))
+    q = tournament(p, [1, 0, 0, 1], 1)
     assert np.allclose(q, p * (1 + np.array([1, 0, 0, 1]) - (0.5 + 0.05)))  # two draws, the larger g wins
+    q = tournament(p, [0b10, 0b01, 0b11, 0b00], 2)  # round 1 (bit 0) favours tokens 1, 2; round 2 tokens 0, 2
+    q1 = p * (1 + np.array([0, 1, 1, 0]) - (0.3 + 0.15))
+    assert np.allclose(q, q1 * (1 + np.array([1, 0, 1, 0]) - (q1[0] + q1[2])))
     scores = np.full(V, -50.0, np.float32)
     scores[:4] = np.log(p)
     wm, ring = TournamentWatermark(1), keys()

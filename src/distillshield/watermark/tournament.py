@@ -27,6 +27,8 @@ the per-account keys of watermark/keys.py that every other scheme and the attrib
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from distillshield.watermark.base import Detection, PairScorer, count_detections
@@ -42,12 +44,6 @@ LAYERS = 8
 _POPCOUNT = np.array([bin(b).count("1") for b in range(256)], dtype=np.uint8)  # 1-bits of each byte value
 
 
-def g_bits(values: np.ndarray, layers: int) -> np.ndarray:
-    """(..., layers) 0/1 array: bit l of each prf32 value is g_l."""
-    shifts = np.arange(layers, dtype=np.uint32)
-    return ((values[..., None] >> shifts) & np.uint32(1)).astype(np.float64)
-
-
 def ones(values: np.ndarray, layers: int) -> np.ndarray:
     """How many of the low `layers` bits of the values along the last axis are 1 (the detection score): one
     count per key for a (keys, n) array of prf32 values, a 0-d count for one key's (n,) values."""
@@ -56,13 +52,19 @@ def ones(values: np.ndarray, layers: int) -> np.ndarray:
     return _POPCOUNT[masked.view(np.uint8)].sum(axis=-1, dtype=np.int64)  # a byte table: 4x np.unpackbits
 
 
-def tournament(p: np.ndarray, g: np.ndarray) -> np.ndarray:
-    """The distribution of the tournament's winner: p (k,) through the rounds g (k, layers)."""
-    q = p.astype(np.float64)
-    for layer in range(g.shape[1]):
-        gl = g[:, layer]
-        q = np.maximum(q * (1.0 + gl - float(q @ gl)), 0.0)  # >= 0 exactly; rounding can dip below
-    return q / q.sum()
+def tournament(p: Sequence[float], values: Sequence[int], layers: int) -> list[float]:
+    """The distribution of the tournament's winner: the candidates' probabilities p through the rounds whose
+    bits are those of the candidates' keyed values (round l: bit l). Plain Python floats: the sampler keeps
+    a handful of candidates, where a loop over lists costs a fifth of numpy's per-call overhead on arrays of
+    that size (the hook runs once per generated token)."""
+    q = [float(x) for x in p]
+    v = [int(x) for x in values]
+    for layer in range(layers):
+        bits = [(x >> layer) & 1 for x in v]
+        s = sum(qi for qi, b in zip(q, bits, strict=True) if b)
+        q = [max(qi * (1.0 + b - s), 0.0) for qi, b in zip(q, bits, strict=True)]  # >= 0 exactly despite rounding
+    total = sum(q)
+    return [qi / total for qi in q]
 
 
 class TournamentWatermark(PairScorer):
@@ -131,6 +133,13 @@ class TournamentProcessor(GumbelProcessor):
         self.rng = np.random.default_rng(seed)  # fresh entropy per request unless a seed is given (tests)
 
     def choose(self, logits: np.ndarray, values: np.ndarray) -> int:
+        if len(values) < 2:
+            return 0
         p = np.exp(logits - logits.max())
-        q = tournament(p / p.sum(), g_bits(values, self.layers))
-        return int(self.rng.choice(len(q), p=q)) if len(q) > 1 else 0
+        q = tournament((p / p.sum()).tolist(), values.tolist(), self.layers)
+        u, acc = self.rng.random(), 0.0
+        for i, qi in enumerate(q):  # inverse CDF (numpy's choice(p=q) validates q at ten times the cost)
+            acc += qi
+            if u < acc:
+                return i
+        return len(q) - 1

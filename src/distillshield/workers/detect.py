@@ -35,8 +35,8 @@ from distillshield.detect.online import DetectionExtension
 from distillshield.detect.wire import ObservationBatch, WireError
 from distillshield.outage import Outage
 from distillshield.store.database import Store
-from distillshield.workers.extract import OBSERVATIONS, decode_batch, shard_lease
-from distillshield.workers.stream import DETECT_GROUP, AuditStream, Entry, Lease, consume, stream_id
+from distillshield.workers.extract import decode_batch, shard_lease
+from distillshield.workers.stream import DETECT_GROUP, OBSERVATIONS, AuditStream, Entry, Lease, consume, stream_id
 
 log = logging.getLogger("distillshield.worker.detect")
 

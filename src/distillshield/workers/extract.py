@@ -27,11 +27,10 @@ from distillshield.detect.online import trusted_record
 from distillshield.detect.wire import ObservationBatch, WireError, shard_of
 from distillshield.outage import Outage
 from distillshield.store.database import Store
-from distillshield.workers.stream import AuditStream, Entry, Lease, audit_row, consume
+from distillshield.workers.stream import OBSERVATIONS, AuditStream, Entry, Lease, audit_row, consume
 
 log = logging.getLogger("distillshield.worker.extract")
 
-OBSERVATIONS = "observations"  # the observation stream's key: `<audit stream key>:observations`
 # Observation batches kept at most (Redis's approximate trimming; the detector trims what it has read): with the
 # engine away for long, the oldest go, as the engine's own queue drops its oldest when full; its replay at start
 # covers what reached the log. A batch is one read of up to `batch` rows, of which this shard's share.

@@ -38,6 +38,7 @@ Entry = tuple[bytes, Any]  # (entry id, the stream's decoded value: an audit row
 
 AUDIT_GROUP = "audit-writers"
 DETECT_GROUP = "detectors"
+OBSERVATIONS = "observations"  # the extraction shards' output: `<audit stream key>:observations` (workers/extract.py)
 
 
 def audit_row(fields: dict[bytes, bytes]) -> dict[str, Any]:
@@ -157,7 +158,20 @@ class AuditStream:
 
     async def backlogs(self) -> dict[str, Backlog] | None:
         """`backlog` of every consumer group and how long its oldest unacknowledged entry has waited
-        (contracts.AuditSink: the console's overview); None when Redis does not answer."""
+        (contracts.AuditSink: the console's overview); None when Redis does not answer. With sharded
+        extraction, the groups of the observation stream too, as `observations:<group>` (the detector's)."""
+        try:
+            found = await self._own_backlogs()
+            if found is None:
+                return None
+            if await self._redis.exists(f"{self.key}:{OBSERVATIONS}"):
+                more = await self.view(self.decode, OBSERVATIONS)._own_backlogs()
+                found.update({f"{OBSERVATIONS}:{name}": b for name, b in (more or {}).items()})
+            return found
+        except (RedisError, OSError):
+            return None
+
+    async def _own_backlogs(self) -> dict[str, Backlog] | None:
         try:
             found = await self._group_backlogs()
             if not any(n for n, _info in found.values()):
