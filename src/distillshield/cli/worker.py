@@ -114,6 +114,7 @@ def extract(
     shards: int = typer.Option(..., min=1, help="how many extraction shards the deployment runs"),
     name: str = typer.Option(None, help="consumer name (default extract-<host>-<pid>); reuse it after a restart"),
     lease_s: float = typer.Option(15.0, min=1.0, help="the shard's lease: a second worker waits this long for it"),
+    batch: int = typer.Option(2000, min=1, help="entries per read (one observation batch per read)"),
     log_level: str = typer.Option("info", help="log level"),
 ) -> None:
     """Extract one shard of the fleet's traffic for online detection (the accounts whose id hashes to the shard),
@@ -139,7 +140,8 @@ def extract(
 
     async def run(store: Store, stream: AuditStream, stop: asyncio.Event) -> str:
         worker = ExtractWorker(extractor, store, stream, shard, shards, name or consumer_name("extract"),
-                               lease_ms=int(lease_s * 1000), warm_rows=s.detection.replay_on_start_rows)  # fmt: skip
+                               batch=batch, lease_ms=int(lease_s * 1000),
+                               warm_rows=s.detection.replay_on_start_rows)  # fmt: skip
         console.print(f"extract worker [bold]{worker.name}[/bold]: shard {shard}/{shards} of {stream.key} -> "
                       f"{worker.observations.key}")  # fmt: skip
         try:

@@ -105,8 +105,10 @@ class DetectWorker:
             await self.detection.start_detached(self.store, self.board)
             try:
                 await self._check_shards()
+                # claim_idle_ms=0: the lease makes this the only live detector, so entries another consumer left
+                # unacknowledged (a worker killed, restarted under another name) are taken at once.
                 await consume(self.source, DETECT_GROUP, self.name, self._observe, stop, batch=self.batch,
-                              block_ms=self.block_ms)  # fmt: skip
+                              block_ms=self.block_ms, claim_idle_ms=0)  # fmt: skip
             finally:
                 await self.detection.stop()
                 await self.board.stop()

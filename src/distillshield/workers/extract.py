@@ -126,8 +126,10 @@ class ExtractWorker:
         renewing = asyncio.create_task(self._renew(stop))
         try:
             await self._warm()
+            # claim_idle_ms=0: the lease makes this the shard's only live consumer, so whatever another consumer
+            # of the group holds unacknowledged (a worker killed, restarted under another name) is taken at once.
             await consume(self.rows, self.group, self.name, self._extract, stop, batch=self.batch,
-                          block_ms=self.block_ms)  # fmt: skip
+                          block_ms=self.block_ms, claim_idle_ms=0)  # fmt: skip
         finally:
             renewing.cancel()
             await self.lease.give_back()
