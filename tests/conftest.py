@@ -11,13 +11,16 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 import uvicorn
 
 from distillshield.cli.serve import uvicorn_proxy_options
@@ -222,3 +225,16 @@ def fake_gateway(gateway_factory: Any) -> RunningGateway:
     from tests.fakes import FakeUpstream
 
     return gateway_factory({"upstream": FakeUpstream()})
+
+
+@pytest.fixture
+async def stream_key() -> AsyncIterator[str]:
+    """A fresh audit stream key on the test Redis (skipped without one); it and its derived keys are deleted after."""
+    url = urlsplit(REDIS_URL)
+    require_service("Redis", url.hostname or "127.0.0.1", url.port or 6379)
+    key = f"dstest:audit:{uuid.uuid4().hex[:10]}"
+    yield key
+    r = aioredis.from_url(REDIS_URL)
+    derived = [k async for k in r.scan_iter(match=f"{key}:*")]  # observation stream, leases, status
+    await r.delete(key, *derived)
+    await r.aclose()

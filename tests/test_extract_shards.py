@@ -11,15 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
-import redis.asyncio as aioredis
 
 from distillshield.detect.corpus import Obs
 from distillshield.detect.online import DetectionExtension, online_extractor, trusted_record
@@ -28,10 +24,9 @@ from distillshield.detect.wire import SCALARS, ObservationBatch, WireError, shar
 from distillshield.store import Store
 from distillshield.workers.detect import DetectWorker
 from distillshield.workers.extract import ExtractWorker, ShardBusy
-from distillshield.workers.stream import OBSERVATIONS, AuditStream
-from tests.conftest import REDIS_URL, require_service
-
-_url = urlsplit(REDIS_URL)
+from distillshield.workers.stream import AuditStream
+from tests.conftest import REDIS_URL
+from tests.test_fleet import _until
 
 
 def smoke_rows(n: int) -> list[dict[str, Any]]:
@@ -101,23 +96,6 @@ def test_every_account_belongs_to_exactly_one_shard() -> None:
         assert all(0 <= s < n for s in owners)
         assert len(set(owners)) == n  # every shard gets accounts
     assert [shard_of(a, 3) for a in accounts] == [shard_of(a, 3) for a in accounts]
-
-
-@pytest.fixture
-async def stream_key() -> AsyncIterator[str]:
-    require_service("Redis", _url.hostname or "127.0.0.1", _url.port or 6379)
-    key = f"dstest:audit:{uuid.uuid4().hex[:10]}"
-    yield key
-    r = aioredis.from_url(REDIS_URL)
-    await r.delete(key, f"{key}:{OBSERVATIONS}", f"{key}:detector:status")
-    await r.aclose()
-
-
-async def _until(cond: Any, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await cond():
-        assert time.monotonic() < deadline, "not within the time limit"
-        await asyncio.sleep(0.05)
 
 
 async def test_two_shards_feed_the_engine_what_one_process_sees(tmp_path: Path, stream_key: str) -> None:

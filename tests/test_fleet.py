@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,21 +25,11 @@ from distillshield.contracts import Backlog
 from distillshield.store import Store
 from distillshield.workers.audit import AuditWorker
 from distillshield.workers.stream import AUDIT_GROUP, DETECT_GROUP, AuditStream
-from tests.conftest import REDIS_URL, logged_requests, require_service
+from tests.conftest import REDIS_URL, logged_requests
 from tests.fakes import FakeUpstream
 from tests.test_audit_spool import logged_prompts, row
 
 _url = urlsplit(REDIS_URL)
-
-
-@pytest.fixture
-async def stream_key() -> AsyncIterator[str]:
-    require_service("Redis", _url.hostname or "127.0.0.1", _url.port or 6379)
-    key = f"dstest:audit:{uuid.uuid4().hex[:10]}"
-    yield key
-    r = aioredis.from_url(REDIS_URL)
-    await r.delete(key)
-    await r.aclose()
 
 
 async def _until(cond: Any, timeout: float = 20.0) -> None:
