@@ -299,3 +299,43 @@ async def test_a_shard_killed_mid_load_and_restarted_folds_every_request_once(tm
         await store.close()
     assert [p.returncode for p in procs] == [0, 0], outs
     assert all("Traceback" not in o for o in outs), outs
+
+
+async def test_a_shard_counts_its_accounts_in_the_log_and_starts_without_a_log_it_cannot_read(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rows = smoke_rows(400)
+    store = Store(f"sqlite+aiosqlite:///{tmp_path / 'log.db'}")
+    await store.init()
+    await store.append_audit(rows)
+    stream = AuditStream(REDIS_URL, "dstest:audit:unused")  # not connected to: only the log is read
+    model = DetectionModel.load()
+    w = ExtractWorker(online_extractor(model, False), store, stream, 0, 2, "x0", warm_rows=300)
+    await w._warm()
+    last = rows[-300:]
+    expected: dict[str, int] = {}
+    for r in last:
+        if shard_of(r["account_id"], 2) == 0:
+            expected[r["account_id"]] = expected.get(r["account_id"], 0) + 1
+    assert w.extractor.counts == expected and w.warmed == sum(expected.values()) > 0
+    await store.close()  # closed: reading it fails
+
+    class Unreadable:
+        async def chain_head(self) -> tuple[int, str]:
+            raise OSError("connection refused")
+
+    cold = ExtractWorker(online_extractor(model, False), Unreadable(), stream, 1, 2, "x1")  # type: ignore[arg-type]
+    caplog.set_level(logging.WARNING, logger="distillshield.worker.extract")
+    await cold._warm()
+    assert cold.extractor.counts == {} and "the log could not be read (connection refused)" in caplog.text
+
+
+def test_observations_queued_for_the_engine_are_bounded_and_in_its_status() -> None:
+    obs = one_extractor_obs(smoke_rows(20))
+    for o in obs:
+        o.ts = time.time() - 5
+    ext = DetectionExtension(queue_max=10)
+    ext.observe_extracted(obs)
+    st = ext.status()
+    assert len(obs) == 20 and st["queued"] == 10 and st["dropped"] == 10  # bounded: the oldest go, counted
+    assert 4.5 < st["oldest_queued_s"] < 60

@@ -407,13 +407,18 @@ class DetectionExtension:
             return None
         return {**acc.score.as_dict(), "model_version": self.model_version}
 
+    def _oldest_queued_s(self) -> float | None:
+        oldest = [float(self.queue[0]["ts"])] if self.queue else []
+        oldest += [self.extracted[0].ts] if self.extracted else []
+        return round(max(0.0, time.time() - min(oldest)), 3) if oldest else None
+
     def status(self) -> dict[str, Any]:
         eng = self.engine
         return {
             "processed": self.processed,
             "queued": len(self.queue) + len(self.extracted),
-            # how long the oldest queued row has waited (its request's time to now); None when none waits
-            "oldest_queued_s": round(max(0.0, time.time() - float(self.queue[0]["ts"])), 3) if self.queue else None,
+            # how long the oldest queued row (or observation) has waited, its request's time to now; None when none
+            "oldest_queued_s": self._oldest_queued_s(),
             "dropped": self.dropped,
             "accounts": len(eng.accounts) if eng else 0,
             "clusters": len(eng.clusters) if eng else 0,

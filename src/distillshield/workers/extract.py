@@ -138,16 +138,24 @@ class ExtractWorker:
         self.lost_lease = await self.lease.keep(stop)
 
     async def _warm(self) -> None:
-        """Count this shard's requests in the log's last `warm_rows` rows (the engine replays the same rows)."""
+        """Count this shard's requests in the log's last `warm_rows` rows (the engine replays the same rows). A log
+        that cannot be read costs the counts (sampling starts afresh), never the shard."""
         if self.warm_rows <= 0:
             return
-        head = (await self.store.chain_head())[0]
-        counts = self.extractor.counts
-        if head > 0:
-            async for row in self.store.iter_audit(max(1, head - self.warm_rows + 1), head):
-                if self.owns(row.get("account_id")) and trusted_record(row) is not None:
-                    counts[row["account_id"]] = counts.get(row["account_id"], 0) + 1
-                    self.warmed += 1
+        counts: dict[str, int] = {}
+        try:
+            head = (await self.store.chain_head())[0]
+            if head > 0:
+                async for row in self.store.iter_audit(max(1, head - self.warm_rows + 1), head):
+                    if self.owns(row.get("account_id")) and trusted_record(row) is not None:
+                        counts[row["account_id"]] = counts.get(row["account_id"], 0) + 1
+        except Exception as exc:  # noqa: BLE001 - the database away: detection starts without the history
+            log.warning("shard %d/%d: the log could not be read (%s); its accounts' sampling starts afresh",
+                        self.shard, self.shards, exc)  # fmt: skip
+            return
+        for account, n in counts.items():
+            self.extractor.counts[account] = self.extractor.counts.get(account, 0) + n
+        self.warmed = sum(counts.values())
         log.info("shard %d/%d: %d of its requests counted in the log's tail", self.shard, self.shards, self.warmed)
 
     def _observations(self, rows: list[dict[str, Any]]) -> list[Obs]:
