@@ -339,3 +339,20 @@ def test_observations_queued_for_the_engine_are_bounded_and_in_its_status() -> N
     st = ext.status()
     assert len(obs) == 20 and st["queued"] == 10 and st["dropped"] == 10  # bounded: the oldest go, counted
     assert 4.5 < st["oldest_queued_s"] < 60
+
+
+def test_a_batch_from_another_shard_count_is_folded_and_said_once(caplog: pytest.LogCaptureFixture) -> None:
+    from distillshield.gateway.risk import LocalRiskBoard
+
+    obs = one_extractor_obs(smoke_rows(30))
+    ext = DetectionExtension()
+    stream = AuditStream(REDIS_URL, "dstest:audit:unused")  # not connected to: batches are handed in directly
+    worker = DetectWorker(ext, None, stream, LocalRiskBoard(), "engine", shards=2)  # type: ignore[arg-type]
+    caplog.set_level(logging.WARNING, logger="distillshield.worker.detect")
+    worker._fold(ObservationBatch(0, 3, "5-0", obs[:10]))
+    worker._fold(ObservationBatch(1, 3, "6-0", obs[10:20]))
+    worker._fold(ObservationBatch(1, 3, "6-0", obs[10:20]))  # the same batch again: dropped
+    worker._fold(WireError("columns differ"))
+    assert worker.received == 20 and worker.duplicates == 1 and len(ext.extracted) == 20
+    assert caplog.text.count("this engine expects 2 shards") == 1
+    assert "an observation batch was dropped: columns differ" in caplog.text

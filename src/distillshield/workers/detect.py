@@ -87,6 +87,7 @@ class DetectWorker:
         self._outage = Outage(log, "acknowledging observed entries (Redis)")
         self.lease = Lease(stream, "detector", name, lease_ms)
         self._missing: set[int] = set()
+        self._other_counts: set[int] = set()  # shard counts of batches that differ from `shards` (warned once)
         self._reported_at = -1.0
         self._batches = 0  # observation batches acknowledged since the observation stream was last trimmed
         self.lost_lease = False
@@ -186,7 +187,8 @@ class DetectWorker:
         if isinstance(batch, WireError):
             log.error("an observation batch was dropped: %s", batch)
             return
-        if batch.shards != self.shards:
+        if batch.shards != self.shards and batch.shards not in self._other_counts:
+            self._other_counts.add(batch.shards)  # said once per shard count, not once per batch
             log.warning("an observation batch from shard %d/%d, this engine expects %d shards: folded anyway "
                         "(restart every `worker extract` with --shards %d)", batch.shard, batch.shards,
                         self.shards, self.shards)  # fmt: skip
