@@ -257,6 +257,33 @@ async def test_messages_headers_and_retry_after_match_memory(make: Make) -> None
     assert sum(x[-1].requests is not None and x[-1].tokens is not None for x in got if isinstance(x, tuple)) == 2
 
 
+async def test_the_token_window_resets_with_the_newest_reservation_holding_tokens(make: Make) -> None:
+    """Found past any number of newer reservations settled to zero tokens (the script reads pages of 1, 4, 16,
+    ... entries from the newest), with the memory back end's answer."""
+
+    async def run(lim: Any, clock: Clock) -> Any:
+        s = (Scope("key", "z", LimitSet(tpm=1000)),)
+        clock.t = 1000.0
+        await lim.reserve(s, 990)  # holds its tokens
+        for i in range(30):  # newer, settled to zero: they hold none
+            clock.t = 1001.0 + i
+            await lim.settle(await lim.reserve(s, 5), 0)
+        clock.t = 1040.0
+        with pytest.raises(LimitExceeded) as refused:
+            await lim.reserve(s, 20)
+        e = refused.value
+        return e.limit, e.retry_after, e.headers(), e.rate
+
+    mem_clock, redis_clock = Clock(), Clock()
+    mem = MemoryRateLimiter()
+    mem._mono = mem_clock  # type: ignore[method-assign]
+    mem._wall = mem_clock  # type: ignore[method-assign]
+    expected = await run(mem, mem_clock)
+    got = await run(make(redis_clock), redis_clock)
+    assert got == expected
+    assert got[3].tokens.reset_s == pytest.approx(20.0)  # the 990 tokens of t=1000 leave the window at 1060
+
+
 # -- replicas ------------------------------------------------------------------------------------------
 
 
