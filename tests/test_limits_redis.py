@@ -220,6 +220,15 @@ async def test_all_scopes_or_none(make: Make) -> None:
         await r.aclose()
 
 
+async def on_both_back_ends(make: Make, run: Callable[[Any, Clock], Awaitable[Any]]) -> tuple[Any, Any]:
+    """`run(limiter, clock)` on the memory back end, then on Redis, each on its own test clock: (memory's, Redis's)."""
+    mem_clock, redis_clock = Clock(), Clock()
+    mem = MemoryRateLimiter()
+    mem._mono = mem_clock  # type: ignore[method-assign]
+    mem._wall = mem_clock  # type: ignore[method-assign]
+    return await run(mem, mem_clock), await run(make(redis_clock), redis_clock)
+
+
 async def test_messages_headers_and_retry_after_match_memory(make: Make) -> None:
     """Both back ends give the same LimitExceeded (limit, value, retry_after, message, headers, windows) and the
     same windows (limit, remaining, reset) for admitted requests."""
@@ -244,12 +253,7 @@ async def test_messages_headers_and_retry_after_match_memory(make: Make) -> None
                     out.append((e.scope.key, e.limit, e.limit_value, e.retry_after, e.message, e.headers(), e.rate))
         return out
 
-    mem_clock, redis_clock = Clock(), Clock()
-    mem = MemoryRateLimiter()
-    mem._mono = mem_clock  # type: ignore[method-assign]
-    mem._wall = mem_clock  # type: ignore[method-assign]
-    expected = await run(mem, mem_clock)
-    got = await run(make(redis_clock), redis_clock)
+    expected, got = await on_both_back_ends(make, run)
     assert got == expected
     assert sum(isinstance(x, tuple) for x in got) == 5  # every kind of refusal was compared
     # windows compared: the admitted requests of scopes r and t, and their refusals
@@ -274,12 +278,7 @@ async def test_the_token_window_resets_with_the_newest_reservation_holding_token
         e = refused.value
         return e.limit, e.retry_after, e.headers(), e.rate
 
-    mem_clock, redis_clock = Clock(), Clock()
-    mem = MemoryRateLimiter()
-    mem._mono = mem_clock  # type: ignore[method-assign]
-    mem._wall = mem_clock  # type: ignore[method-assign]
-    expected = await run(mem, mem_clock)
-    got = await run(make(redis_clock), redis_clock)
+    expected, got = await on_both_back_ends(make, run)
     assert got == expected
     assert got[3].tokens.reset_s == pytest.approx(20.0)  # the 990 tokens of t=1000 leave the window at 1060
 
