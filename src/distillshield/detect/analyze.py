@@ -29,6 +29,7 @@ from distillshield.detect.embeddings import Encoder
 from distillshield.detect.engine import CHECKPOINTS, Engine, MinHasher
 from distillshield.detect.scoring import RISK_SUSPICIOUS, DetectionModel
 from distillshield.detect.signals.cot import PromptClassifier
+from distillshield.detect.wire import shard_of
 from distillshield.traffic import LineError, TrafficRecord, iter_lines, parse_line
 
 RECLUSTER_EVERY = 5000
@@ -61,7 +62,7 @@ def partition(raw: bytes, parts: int) -> int:
     split by this, so an account's requests stay together, in order. A regex reads the id when the key
     occurs once and the id has no escapes (nearly every line, at a fraction of a parse's cost); otherwise
     the line is parsed, so an "account_id" inside a request body (tool arguments, metadata) written before
-    the record's own never decides."""
+    the record's own never decides. The same rule as the online extraction shards' (wire.shard_of)."""
     if raw.count(_ACCOUNT_KEY) == 1:
         m = _ACCOUNT.search(raw)
         if m is not None and b"\\" not in m.group(1):
@@ -71,7 +72,7 @@ def partition(raw: bytes, parts: int) -> int:
     except orjson.JSONDecodeError:
         return 0
     aid = obj.get("account_id") if isinstance(obj, dict) else None
-    return zlib.crc32(aid.encode("utf-8", "surrogatepass")) % parts if isinstance(aid, str) else 0
+    return shard_of(aid, parts) if isinstance(aid, str) else 0
 
 
 _FORK_MODEL: DetectionModel | None = None  # handed to forked workers without pickling
