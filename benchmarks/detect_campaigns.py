@@ -5,7 +5,8 @@ each group on its pooled prompts: far from real users' prompts, or mostly reason
 areas. This prints, for the groups of the final grouping of an analysed file: size, the simulator's labels of its
 members (when the file has them; analysis never reads them), the content judgement's score, the share of its
 classified prompts that ask for the model's reasoning against the rest of the service's, the topic areas its
-prompts cover, and whether it is a campaign. With `--cot-excess X` it also says which groups a deployment-relative
+prompts cover, the largest wave in which its members' accounts were created (detect/cohort.py), and whether it is
+a campaign. With `--cot-excess X` it also says which groups a deployment-relative
 reasoning test would call campaigns: at least X more of their prompts asking for reasoning than the rest of the
 service's, significantly (binomial tail < 1e-6), over a sweep of areas (docs/detection.md round 9: tried, not
 shipped).
@@ -67,6 +68,17 @@ def groups(path: Path, cot_excess: float | None) -> list[dict[str, Any]]:
             "reasoning_share": round(share, 3),
             "reasoning_share_rest": round(base, 3),
             "areas": round(ev.areas, 1),
+            # The largest wave in which the members' accounts were created (detect/cohort.py), when judged
+            "cohort": None
+            if ev.cohort is None
+            else {
+                "together": ev.cohort.together,
+                "of": ev.cohort.members,
+                "window_h": ev.cohort.window_s / 3600,
+                "expected": round(ev.cohort.expected, 2),
+                "logp": round(ev.cohort.logp, 1),
+                "significant": ev.cohort.significant,
+            },
             "campaign": campaign,
         }
         if cot_excess is not None:
@@ -76,6 +88,16 @@ def groups(path: Path, cot_excess: float | None) -> list[dict[str, Any]]:
             )
         out.append(row)
     return out
+
+
+def _cohort_text(c: dict[str, Any] | None) -> str:
+    if c is None:
+        return "creation times: not enough known"
+    mark = " (a wave)" if c["significant"] else ""
+    return (
+        f"created together: {c['together']} of {c['of']} within {c['window_h']:g} h, {c['expected']:.1f} expected, "
+        f"-log10 p {c['logp']:.1f}{mark}"
+    )
 
 
 def main() -> int:
@@ -105,7 +127,7 @@ def main() -> int:
         print(
             f"group {i}: {r['accounts']} accounts, campaign={r['campaign']}{extra}; content {r['content_score']:.2f}; "
             f"reasoning asks {r['reasoning_share']:.0%} (rest of the service {r['reasoning_share_rest']:.0%}); "
-            f"{r['areas']:.1f} topic areas; labels {r['labels']}"
+            f"{r['areas']:.1f} topic areas; {_cohort_text(r['cohort'])}; labels {r['labels']}"
         )
     if args.json_out:
         args.json_out.write_text(json.dumps({"traffic": str(path), "groups": rows}, indent=1))

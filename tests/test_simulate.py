@@ -85,6 +85,7 @@ ALL_PERSONAS: dict[str, Any] = {
             "knobs": {"requests_per_day": 1000, "prompts": 20, "tokens": 190},
         },
         {"persona": "self_learner", "accounts": 6, "knobs": {"requests_per_day": 12}},
+        {"persona": "enrolment_cohort", "accounts": 8, "knobs": {"requests_per_day": 8, "cohorts": 2}},
     ],
 }
 ALL_SEED = 10007
@@ -97,7 +98,7 @@ FRESH3 = {name for name, cls in PERSONAS.items() if cls.split == "fresh3"}
 FRESH4 = {name for name, cls in PERSONAS.items() if cls.split == "fresh4"}
 # Dev personas that only their own named scenario holds, not smoke, dev or heldout: those scenarios'
 # documented figures were measured before the persona existed (docs/simulator.md, "Hold-out discipline").
-OWN_SCENARIO = {"logit_extraction": "logit", "self_learner": "dev_learners"}
+OWN_SCENARIO = {"logit_extraction": "logit", "self_learner": "dev_learners", "enrolment_cohort": "dev_cohorts"}
 
 # Every fresh persona (docs/simulator.md, "Fresh held-out split") plus a little dev background, on a
 # fresh seed that is never reported (the reported seeds are the named scenarios' own).
@@ -870,3 +871,24 @@ def test_the_summary_line_counts_the_accounts_that_are_in_the_file(
         assert f"from {active} {noun} to" in line
     else:
         assert f"from {active} active {noun} ({configured} configured, {configured - active} sent no request)" in line
+
+
+def test_an_enrolment_cohorts_accounts_are_created_together_before_the_traffic(
+    all_personas_records: list[dict[str, Any]],
+) -> None:
+    """Each cohort's accounts were created within its enrolment window, weeks before the first request; the
+    record carries the creation time at the top level (as a gateway's log does) and in label_meta."""
+    created = {}
+    for rec in all_personas_records:
+        if rec["label"] == "benign:enrolment_cohort":
+            assert rec["account_created_at"] == rec["label_meta"]["account_created_at"]
+            created[rec["account_id"]] = rec["account_created_at"]
+    start = min(rec["ts"] for rec in all_personas_records)
+    assert len(created) >= 6
+    times = sorted(created.values())
+    assert all(start - t >= 7 * 86_400 - 48 * 3600 for t in times)
+    # two cohorts: the sorted times split into at most two runs, each within the 48 h enrolment window
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    cut = max(range(len(gaps)), key=gaps.__getitem__)
+    for run in (times[: cut + 1], times[cut + 1 :]):
+        assert run[-1] - run[0] <= 48 * 3600, run

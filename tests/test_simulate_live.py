@@ -119,6 +119,15 @@ def test_live_replay_creates_accounts_and_records_what_was_served(trusting_gatew
         info = gw.admin("GET", f"/accounts/{acct['account_id']}").json()
         assert info["org_id"] == acct["org_id"] and info["tier"] == acct["label_meta"]["tier"]
         assert acct["key_id"] in {k["id"] for k in info["keys"]}
+        # created at its simulated time, moved onto the real clock like the run (before its first request)
+        assert info["created_at"] == pytest.approx(acct["account_created_at"]) and info["created_at"] < acct["ts"]
+    # ...so the spacing of the simulated creation times (a hydra's waves) is the gateway's too
+    firsts = list({r["account_id"]: r for r in recs}.values())
+    sim = [r["label_meta"]["account_created_at"] for r in firsts]
+    real = [r["account_created_at"] for r in firsts]
+    assert [b - a for a, b in zip(real, real[1:], strict=False)] == pytest.approx(
+        [b - a for a, b in zip(sim, sim[1:], strict=False)], abs=0.01
+    )
 
 
 def test_live_conversations_carry_the_answers_the_gateway_served(trusting_gateway: RunningGateway) -> None:

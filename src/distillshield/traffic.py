@@ -109,6 +109,12 @@ class TrafficRecord(BaseModel):
     batch_id: str | None = Field(
         None, description="the Batch API batch the request ran in (docs/batches-api.md); absent for live requests"
     )
+    account_created_at: float | None = Field(
+        None,
+        ge=0,
+        description="when the account was created, Unix seconds (the gateway's accounts table); detection reads "
+        "accounts created together in waves from it (detect/cohort.py)",
+    )
     label: str | None = Field(None, description="simulator ground truth, e.g. 'attack:hydra'; ignored by analysis")
     label_meta: dict[str, Any] | None = Field(None, description="ground-truth metadata: cluster_id, campaign_id...")
 

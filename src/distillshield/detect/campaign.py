@@ -15,13 +15,17 @@ varied words and questions drawn from one bank. So:
 4. the candidate's pooled prompts are judged like one account's (signals/content.judge), against the
    packaged reference of real users' prompts: far from them and spread over topic areas like a sweep; or,
    whatever the questions look like, mostly asking for the model's reasoning (the prompt classifier) over
-   many topic areas. Only then is it a campaign, and every member is flagged from the campaign's
-   evidence, however thin it is.
+   many topic areas; or its accounts were created in waves this deployment's history makes improbable
+   (detect/cohort.py) and its prompts ask for the model's reasoning well beyond what the rest of the service
+   asks, over many topic areas (then only the members created in the waves are the campaign's). Only then
+   is it a campaign, and every member is flagged from the campaign's evidence, however thin it is.
 
 A classroom of honest students asking for step-by-step help also forms a dense group. Where its homework
 stays in a few topic areas, step 4 tells it from a bank that sweeps capabilities; but a class can span as
 many areas as a sweep (8.6-13.2 on the fresh split's students), and then only its reasoning share, just under
 half, keeps it out (docs/detection.md round 9; `benchmarks/detect_campaigns.py` shows each group's figures).
+A class whose accounts came one by one is no wave; one that signed up together and studies everything (a
+school's intake) is at the edge of the third rule: docs/detection.md round 10 measures it.
 
 Cost: one N x N distance matrix and HDBSCAN over the thin accounts' mean vectors (at most MAX_ACCOUNTS,
 the most recently active), run when their number has grown by a quarter since the last run (and once
@@ -32,12 +36,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from distillshield.detect.base import SignalScore
 from distillshield.detect.cluster import Cluster
+from distillshield.detect.cohort import Cohort, born_in_waves, creation_cohort
 from distillshield.detect.text import stable_hash
 
 if TYPE_CHECKING:
@@ -53,6 +58,10 @@ GROWTH = 0.25
 GROUP_EXCESS = 0.25  # a group's pooled prompts: far share above everyone else's, at least this much
 GROUP_GAP = 0.2  # ...or mean typicality rank this far below everyone else's typical account
 GROUP_COT = 0.5  # ...or this share of their prompts asking for the model's reasoning, over a sweep of areas
+# ...or, for a group whose accounts were created in a wave (detect/cohort.py), a reasoning share this much above
+# the rest of the service's, significantly (-log10 binomial tail at least COT_EXCESS_LOGP), over a sweep of areas
+GROUP_COT_EXCESS = 0.1
+COT_EXCESS_LOGP = 6.0
 KEEP_QUANTILE = 0.99  # a kept campaign's member is closer to the members' mean than this share of other accounts
 
 
@@ -118,10 +127,13 @@ class ContentCampaigns:
     def _judge(self, members: list[str], accounts: dict[str, AccountState], pop: Population) -> Cluster | None:
         from distillshield.detect.engine import content_risk
 
-        called = campaign_call(group_evidence(members, accounts, pop))
+        ev = group_evidence(members, accounts, pop)
+        called = campaign_call(ev)
         if called is None:
             return None
-        score, why = called
+        score, why, by_waves = called
+        if by_waves:  # the evidence is the waves: an account that asks alike but was created on its own is not in it
+            members = sorted(ev.born)
         firsts = np.asarray([accounts[m].behaviour.first_ts for m in members])
         span = max(content_span(accounts), 3600.0)
         cid = f"cp_{stable_hash(members[0]) & 0xFFFFFFFF:08x}"
@@ -146,10 +158,18 @@ class GroupEvidence:
     asked: int
     reasoning: int  # classified prompts that ask for reasoning (or are rubric prompts): a prompt counts once
     areas: float
+    rest_asked: int = 0  # the same counts over every other account of the service
+    rest_reasoning: int = 0
+    cohort: Cohort | None = None  # the most improbable wave in which members' accounts were created, if judged
+    born: tuple[str, ...] = ()  # the members created in a significant wave (cohort.born_in_waves)
 
     @property
     def reasoning_share(self) -> float:
         return self.reasoning / max(self.asked, 1)
+
+    @property
+    def rest_share(self) -> float:
+        return self.rest_reasoning / max(self.rest_asked, 1)
 
 
 def group_evidence(members: list[str], accounts: dict[str, AccountState], pop: Population) -> GroupEvidence:
@@ -174,18 +194,43 @@ def group_evidence(members: list[str], accounts: dict[str, AccountState], pop: P
     assoc = np.zeros(len(x), dtype=bool)
     areas = content.area_of(x)
     verdict, _ = judge("content", typ, assoc, areas, null, 0.0, x, excess_min=GROUP_EXCESS, rank_gap=GROUP_GAP)
-    asked = sum(accounts[m].cot.n for m in members)
-    reasoning = sum(accounts[m].cot.either_hits for m in members)
-    return GroupEvidence(verdict, asked, reasoning, spread(areas))
+    inside = set(members)
+    asked = reasoning = rest_asked = rest_reasoning = 0
+    others: list[float] = []  # every other account's creation time (0: unknown), the history the waves are judged on
+    for a in accounts.values():
+        if a.account_id in inside:
+            asked += a.cot.n
+            reasoning += a.cot.either_hits
+        else:
+            rest_asked += a.cot.n
+            rest_reasoning += a.cot.either_hits
+            others.append(a.created_at)
+    created = np.asarray([accounts[m].created_at for m in members], dtype=np.float64)
+    history = np.asarray(others, dtype=np.float64)
+    cohort = creation_cohort(created, history)
+    born: tuple[str, ...] = ()
+    if cohort is not None and cohort.significant:
+        in_waves, _waves = born_in_waves(created, history)
+        born = tuple(m for m, w in zip(members, in_waves.tolist(), strict=True) if w)
+    return GroupEvidence(verdict, asked, reasoning, spread(areas), rest_asked, rest_reasoning, cohort, born)
 
 
-def campaign_call(ev: GroupEvidence) -> tuple[float, str] | None:
-    """(score, why) when the evidence makes the group a campaign, else None."""
+class CampaignCall(NamedTuple):
+    """Why a group is a campaign: its score (0.5..1), the reason, and whether the evidence is the waves its
+    accounts were created in (then only the members created in them are the campaign's)."""
+
+    score: float
+    why: str
+    by_waves: bool = False
+
+
+def campaign_call(ev: GroupEvidence) -> CampaignCall | None:
+    """The call when the evidence makes the group a campaign, else None."""
     from distillshield.detect.scoring import RISK_SUSPICIOUS
-    from distillshield.detect.signals.content import AREAS_SWEEP
+    from distillshield.detect.signals.content import AREAS_SWEEP, far_logp
 
     if ev.content.score >= RISK_SUSPICIOUS:
-        return ev.content.score, ev.content.detail
+        return CampaignCall(ev.content.score, ev.content.detail)
     # Or the known technique, whatever the questions look like: a dense group of thin accounts whose prompts
     # mostly ask for the model's reasoning, spread over many topic areas (a capability sweep wrapped in a
     # reasoning-elicitation instruction). A class of students can be as wide: see the module's docstring.
@@ -195,7 +240,22 @@ def campaign_call(ev: GroupEvidence) -> tuple[float, str] | None:
             f"{cot:.0%} of their {ev.asked} classified prompts ask for the model's reasoning, spread over "
             f"{ev.areas:.1f} topic areas like a capability sweep"
         )
-        return 0.5 + 0.49 * min(1.0, (cot - GROUP_COT) / (1.0 - GROUP_COT)), why
+        return CampaignCall(0.5 + 0.49 * min(1.0, (cot - GROUP_COT) / (1.0 - GROUP_COT)), why)
+    # Or a group whose accounts were made together in a wave, asking for the model's reasoning well beyond what
+    # the rest of the service asks, over a sweep of areas: the shape of a campaign run on accounts bought or
+    # registered in bulk (a slow hydra whose members also send ordinary requests). A class whose accounts came
+    # one by one is not a wave; a course's cohort enrolled together stays in its syllabus's few areas.
+    cohort = ev.cohort
+    if cohort is not None and cohort.significant and len(ev.born) >= MIN_CAMPAIGN and ev.areas >= AREAS_SWEEP:
+        rest = min(max(ev.rest_share, 1e-3), 0.999)
+        excess = cot - rest
+        if excess >= GROUP_COT_EXCESS and far_logp(ev.reasoning, ev.asked, rest) >= COT_EXCESS_LOGP:
+            why = (
+                f"{len(ev.born)} of them were created in waves (the most improbable: {cohort.describe()}); "
+                f"{cot:.0%} of their {ev.asked} classified prompts ask for the model's "
+                f"reasoning against {rest:.0%} of the rest of this service's, spread over {ev.areas:.1f} topic areas"
+            )
+            return CampaignCall(0.5 + 0.49 * min(1.0, excess / 0.5), why, by_waves=True)
     return None
 
 

@@ -126,6 +126,7 @@ class Obs:
     end_user: int = 0  # hash of the request's end-user field (OpenAI `user`, Anthropic metadata.user_id)
     end_user_id: str = ""  # that field as sent (its first 80 characters), for reasons an analyst can act on
     bias_set: int = 0  # hash of the sorted token ids of logit_bias (0: none)
+    account_created: float = 0.0  # when the account was created (the record's account_created_at); 0: unknown
     cot: float = -1.0  # CoT-elicitation classifier probability; -1 = not classified (not sampled)
     rubric: float = -1.0  # rubric/grading classifier probability; -1 = not classified
     index: int = 0  # the account's request number, 0-based, in arrival order
@@ -216,6 +217,7 @@ class Extractor:
             end_user=T.stable_hash(end_user) if end_user else 0,
             end_user_id=sys.intern(end_user[:80]),
             bias_set=T.stable_hash(",".join(bias_keys)) if bias_keys else 0,
+            account_created=float(rec.account_created_at or 0.0),
             index=index,
             text=user[:200] if embedded(index) else (user[:90] if is_sampled else None),
             embed=embedded(index),

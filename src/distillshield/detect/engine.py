@@ -176,6 +176,7 @@ class AccountState:
     embed: EmbedState = field(default_factory=EmbedState)
     content: ContentState = field(default_factory=ContentState)
     org: str = ""
+    created_at: float = 0.0  # when the account was created (its records' account_created_at); 0: unknown
     ips: Counter[str] = field(default_factory=Counter)
     uas: Counter[str] = field(default_factory=Counter)
     score: AccountScore | None = None
@@ -317,6 +318,8 @@ class Engine:
             acc = self.accounts[obs.account] = AccountState(obs.account, org=obs.org)
             acc.content.account = obs.account
             self.population.n_accounts += 1
+        if obs.account_created:
+            acc.created_at = obs.account_created
         pop = self.population
         self.observed += 1
         self.now = max(self.now, obs.ts)

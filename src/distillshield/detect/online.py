@@ -65,7 +65,7 @@ class _RowResponse:
 class _RowRecord:
     __slots__ = (
         "ts", "account_id", "endpoint", "request", "org_id", "key_id", "ip", "user_agent", "response", "status",
-        "latency_ms",
+        "latency_ms", "account_created_at",
     )  # fmt: skip
 
     def __init__(self, row: dict[str, Any], body: dict[str, Any], response: _RowResponse | None) -> None:
@@ -80,6 +80,7 @@ class _RowRecord:
         self.response = response
         self.status: int | None = row.get("status")
         self.latency_ms: float | None = row.get("latency_ms")
+        self.account_created_at: float | None = row.get("account_created_at")
 
 
 def trusted_record(row: dict[str, Any]) -> TrafficRecord | None:

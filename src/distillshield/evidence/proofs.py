@@ -31,7 +31,8 @@ PROOF_FILE = "tree_proof.json"
 PROOF_FORMAT = "distillshield-tree-proof/1"
 LEAF_RULE = (
     "RFC 9162 Merkle tree; leaf i = the i-th audit row in seq order; leaf hash = SHA-256(0x00 || canonical row), "
-    "the canonical row being the chained fields as sorted-key compact JSON, batch_id only when not null "
+    "the canonical row being the chained fields as sorted-key compact JSON, batch_id and account_created_at only "
+    "when not null "
     "(the bytes the hash chain hashes)"
 )
 

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from typing import TYPE_CHECKING, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from distillshield.config import AdminSettings, LimitSet
 from distillshield.gateway.policy.admin import api_actor, register_policy_routes
@@ -60,6 +61,19 @@ class AccountIn(BaseModel):
     tier: str = Field("standard", description=f"one of {', '.join(TIERS)}")
     verification: str = Field("none", description=f"one of {', '.join(VERIFICATION_LEVELS)}")
     limits: LimitSet | None = None
+    created_at: float | None = Field(
+        None,
+        gt=0,
+        description="when the account was created, Unix seconds, for accounts brought over from another system "
+        "(default: now); not in the future",
+    )
+
+    @field_validator("created_at")
+    @classmethod
+    def _not_future(cls, v: float | None) -> float | None:
+        if v is not None and v > time.time() + 60:
+            raise ValueError("created_at is in the future")
+        return v
 
 
 class KeyIn(BaseModel):
@@ -183,6 +197,7 @@ def build_admin_app(state: AppState) -> FastAPI:
             tier=body.tier,
             verification=body.verification,
             limits=limits,
+            created_at=body.created_at,
         )
         return acct.__dict__
 

@@ -225,6 +225,7 @@ class Gateway:
                 ctx = await self.auth.authenticate_key_id(origin.key_id)
             row = call.row
             row["account_id"], row["org_id"], row["key_id"] = ctx.account.id, ctx.org.id, ctx.key.id
+            row["account_created_at"] = ctx.account.created_at
             body = self._parse_body(await self._read_body(receive, headers, call))
             call.gen = gen = self._parse_api(call, body)
             row["model"], row["stream"] = gen.model, gen.stream

@@ -119,6 +119,7 @@ def _keyed(
                 "key_id": acct.key_id,
                 "ip": ip,
                 "user_agent": ua,
+                "account_created_at": round(acct.created_at, 3),
                 "label": f"{acct.kind}:{acct.persona}",
                 "label_meta": metas[ordinal],
                 "sim": sim,

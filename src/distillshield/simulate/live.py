@@ -136,6 +136,7 @@ class LiveReplay:
         self.failure: BaseException | None = None  # the first error that stops the run
         self.next_to_write = 0
         self.session: aiohttp.ClientSession | None = None
+        self.clock_shift: float | None = None  # real time minus the simulated time of the run's first request
         self.observers: dict[str, tuple[str, LiveObserver]] = {}  # account id -> (persona, its observer)
 
     # -- set-up -----------------------------------------------------------------------------------------
@@ -154,6 +155,14 @@ class LiveReplay:
                 raise LiveError(f"the gateway's admin API refused the admin token ({resp.status}: {detail})")
             return resp.status, data
 
+    def _created_at(self, simulated: Any) -> float | None:
+        """The account's simulated creation time moved onto the real clock like the run's first request (the
+        waves in which a campaign's accounts were created keep their spacing, so the gateway's log carries them
+        as a real deployment's would: detect/cohort.py); never later than now."""
+        if not isinstance(simulated, (int, float)) or self.clock_shift is None:
+            return None
+        return min(float(simulated) + self.clock_shift, time.time())
+
     async def _create_key(self, rec: dict[str, Any]) -> _Key:
         meta = rec.get("label_meta") or {}
         tier, verification = meta.get("tier", "standard"), meta.get("verification", "none")
@@ -167,6 +176,7 @@ class LiveReplay:
                     "org_id": rec.get("org_id") or "default",
                     "tier": tier,
                     "verification": verification,
+                    "created_at": self._created_at(meta.get("account_created_at")),
                 },
             )
             if status == 201:
@@ -245,6 +255,8 @@ class LiveReplay:
             out["sim"] = sim
             out["request"] = sent
             out["key_id"] = key.key_id
+            if "account_created_at" in out:  # as the gateway holds it (_created_at)
+                out["account_created_at"] = self._created_at(out["account_created_at"])
         except Exception as exc:  # noqa: BLE001 - remembered and re-raised by run(), which stops dispatching
             out = None  # never sent: nothing to record
             if self.failure is None:
@@ -419,6 +431,8 @@ class LiveReplay:
             for idx, rec in enumerate(records):
                 if (opts.limit is not None and idx >= opts.limit) or self.failure is not None:
                     break
+                if self.clock_shift is None:
+                    self.clock_shift = time.time() - float(rec["ts"])
                 if opts.speed:
                     sim_t0 = rec["ts"] if sim_t0 is None else sim_t0
                     delay = real_t0 + (rec["ts"] - sim_t0) / opts.speed - time.monotonic()

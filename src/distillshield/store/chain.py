@@ -1,8 +1,9 @@
 """The audit log's sha256 hash chain: canonical records, linking, and verification.
 
 Each row's hash is sha256(prev_hash || "\\n" || canonical(row)), where canonical(row) is the row's
-fields (seq included, hashes excluded; `batch_id` only when set) as sorted-key compact JSON. Editing a row
-breaks its own hash; deleting one leaves a gap in seq and a broken link; reordering breaks the links.
+fields (seq included, hashes excluded; `batch_id` and `account_created_at` only when set) as sorted-key
+compact JSON. Editing a row breaks its own hash; deleting one leaves a gap in seq and a broken link;
+reordering breaks the links.
 
 The chain alone cannot show a rewrite by someone who recomputes every later hash; the Merkle tree over
 the same canonical bytes (merkle.py) and its signed checkpoints (checkpoint.py) can.
@@ -40,10 +41,11 @@ CHAINED_FIELDS = (
     "decision",
     "error",
     "batch_id",
+    "account_created_at",
 )
 # Fields added after the log's first release: hashed only when set, so rows written before them (and live
 # requests, where they are null) keep their hashes.
-OPTIONAL_FIELDS = frozenset({"batch_id"})
+OPTIONAL_FIELDS = frozenset({"batch_id", "account_created_at"})
 
 
 def canonical(row: Mapping[str, Any]) -> bytes:

@@ -51,6 +51,7 @@ def row_to_record(row: dict[str, Any]) -> TrafficRecord | None:
         status=row.get("status"),
         latency_ms=row.get("latency_ms"),
         batch_id=row.get("batch_id"),
+        account_created_at=row.get("account_created_at"),
     )
 
 
@@ -81,4 +82,5 @@ def record_to_row(rec: TrafficRecord) -> dict[str, Any]:
         "decision": None,
         "error": None,
         "batch_id": rec.batch_id,
+        "account_created_at": rec.account_created_at,
     }

@@ -68,6 +68,9 @@ audit_log = sa.Table(
     # The batch (store/batches.py) a row's request ran in; null for live requests. Added after the log's
     # first release: Store.init adds it to older databases, and chain.canonical leaves it out when null.
     sa.Column("batch_id", sa.String(64), nullable=True, index=True),
+    # When the row's account was created (accounts.created_at, copied at request time so the log and its
+    # exports carry it: detection reads accounts created in waves from it). Added later, like batch_id.
+    sa.Column("account_created_at", sa.Double, nullable=True),
     sa.Column("prev_hash", sa.String(64), nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),
 )

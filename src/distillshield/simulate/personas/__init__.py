@@ -55,6 +55,7 @@ from distillshield.simulate.personas.honest.copy_agency import CopyAgency
 from distillshield.simulate.personas.honest.corporate_nat import CorporateNat
 from distillshield.simulate.personas.honest.doc_pipeline import DocPipeline
 from distillshield.simulate.personas.honest.education import Education
+from distillshield.simulate.personas.honest.enrolment_cohort import EnrolmentCohort
 from distillshield.simulate.personas.honest.etl_extract import EtlExtract
 from distillshield.simulate.personas.honest.eval_run import EvalRun
 from distillshield.simulate.personas.honest.helpdesk_rag import HelpdeskRag
@@ -87,6 +88,9 @@ PERSONAS: dict[str, type[Persona]] = {
         Multilingual,
         CorporateNat,
         SelfLearner,
+        # Honest accounts created together (a course's or a school intake's sign-ups): the `dev_cohorts`
+        # scenario only, where the cohort evidence of detect/cohort.py is measured against honest waves.
+        EnrolmentCohort,
         Education,
         Reseller,
         BulkHarvester,
