@@ -93,6 +93,14 @@ def test_accounts_and_keys_lifecycle_with_json_output(tmp_path: Path) -> None:
     assert [k["id"] for k in listed] == [created["id"]] and "key" not in listed[0] and "secret_hash" not in listed[0]
     shown = json.loads(runner.invoke(app, ["-c", str(cfg), "accounts", "show", "alice", "--json"]).output)
     assert shown["org_id"] == "acme" and shown["tier"] == "pro" and shown["usage"]["requests"] == 0
+    # an account brought over from another system keeps its creation time (detection reads waves from it)
+    r = runner.invoke(
+        app, ["-c", str(cfg), "accounts", "create", "old", "--created-at", "2026-09-01T12:00:00Z", "--json"]
+    )
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["created_at"] == 1788264000.0
+    r = runner.invoke(app, ["-c", str(cfg), "accounts", "create", "older", "--created-at", "1788264000", "--json"])
+    assert json.loads(r.output)["created_at"] == 1788264000.0
     assert runner.invoke(app, ["-c", str(cfg), "keys", "revoke", created["id"]]).exit_code == 0
     listed = json.loads(runner.invoke(app, ["-c", str(cfg), "keys", "list", "--json"]).output)
     assert listed[0]["revoked_at"] is not None
@@ -102,6 +110,8 @@ def test_accounts_and_keys_lifecycle_with_json_output(tmp_path: Path) -> None:
         (["keys", "create", "--account", "ghost"], "does not exist"),
         (["accounts", "create", "alice"], "already exists"),
         (["accounts", "create", "bob", "--tier", "platinum"], "unknown tier"),
+        (["accounts", "create", "bob", "--created-at", "last tuesday"], "neither an ISO 8601 date/time nor Unix"),
+        (["accounts", "create", "bob", "--created-at", "2999-01-01"], "is in the future"),
         (["accounts", "show", "ghost"], "does not exist"),
     ]:
         r = cli("-c", str(cfg), *args)

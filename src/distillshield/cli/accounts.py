@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+import time
+from datetime import UTC, datetime
+
 import typer
 from rich.table import Table
 
@@ -19,21 +23,47 @@ def create(
     name: str = typer.Option("", help="display name"),
     tier: str = typer.Option("standard", help="free, standard, pro or enterprise"),
     verification: str = typer.Option("none", help="none, email, phone, id or business"),
+    created_at: str = typer.Option(
+        None,
+        "--created-at",
+        help="when the account was created, for one brought over from another system: ISO 8601 (UTC unless it "
+        "names a zone) or Unix seconds; default now",
+    ),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
 ) -> None:
     """Create an account.
 
-    Example: distillshield accounts create alice --org acme --tier pro
+    Example: distillshield accounts create alice --org acme --tier pro --created-at 2026-09-01T12:00:00Z
     """
+    created = None if created_at is None else _when(created_at)
 
     async def go(store: Store):
-        return await store.create_account(account_id, org, name=name, tier=tier, verification=verification)
+        return await store.create_account(
+            account_id, org, name=name, tier=tier, verification=verification, created_at=created
+        )
 
     acct = with_store(go)
     if as_json:
         print_json(acct.__dict__)
     else:
         console.print(f"created account [bold]{acct.id}[/bold] in org {acct.org_id} (tier {acct.tier})")
+
+
+def _when(text: str) -> float:
+    """Unix seconds from `--created-at`: a number, or an ISO 8601 date/time (UTC unless it names a zone)."""
+    try:
+        ts = float(text)
+    except ValueError:
+        try:
+            dt = datetime.fromisoformat(text)
+        except ValueError:
+            raise CliError(f"--created-at: {text!r} is neither an ISO 8601 date/time nor Unix seconds") from None
+        ts = (dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)).timestamp()
+    if not math.isfinite(ts) or ts <= 0:
+        raise CliError(f"--created-at: {text!r} is not a time after 1970")
+    if ts > time.time() + 60:
+        raise CliError(f"--created-at: {text!r} is in the future")
+    return ts
 
 
 @app.command("list")
