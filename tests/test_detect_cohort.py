@@ -244,3 +244,42 @@ def test_online_detection_reads_the_creation_time_from_the_gateways_rows() -> No
     online = {a: s.created_at for a, s in ext.engine.accounts.items()}
     assert online == batch and len(batch) == 40
     assert sum(v == 0.0 for v in batch.values()) == 8  # no creation time in the log: unknown, not made up
+
+
+def test_the_cohort_evidence_can_be_switched_off() -> None:
+    """`--no-cohorts` / `detection.cohorts: false`: groups are judged without their creation waves."""
+    from distillshield.config import Settings
+    from distillshield.detect.analyze import analyze_records
+    from distillshield.detect.campaign import group_evidence
+    from distillshield.detect.online import detection_extension
+
+    rng = np.random.default_rng(9)
+    records = []
+    for i in range(80):
+        born = NOW - 20 * DAY + rng.uniform(0, HOUR) if i < 20 else NOW - rng.uniform(5, 600) * DAY
+        records.append(record(float(born)).model_copy(update={"account_id": f"acct_{i}", "ts": NOW + i}))
+    members = [f"acct_{i}" for i in range(20)]
+    for cohorts in (True, False):
+        engines: list[Any] = []
+        an = analyze_records(records, on_engine=engines.append, cohorts=cohorts)
+        assert an.report["summary"]["cohorts"] is cohorts
+        engine = engines[0]
+        assert engine.campaigns.cohorts is cohorts
+        ev = group_evidence(members, engine.accounts, engine.population, cohorts=engine.campaigns.cohorts)
+        assert (ev.cohort is not None and ev.cohort.significant and len(ev.born) == 20) is cohorts
+    ext = detection_extension(Settings.model_validate({"detection": {"cohorts": False}}))
+    assert ext is not None and ext.cohorts is False
+
+
+def test_analyze_no_cohorts_on_the_command_line(tmp_path: Any) -> None:
+    from typer.testing import CliRunner
+
+    from distillshield.cli import app
+
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(b"\n".join(record(NOW - 3 * DAY).model_copy(update={"ts": NOW + i}).to_json() for i in range(5)))
+    for flag, expected in (("--cohorts", True), ("--no-cohorts", False)):
+        out = tmp_path / f"r{expected}.json"
+        r = CliRunner().invoke(app, ["analyze", str(path), "--out", str(out), flag, "--json"])
+        assert r.exit_code == 0, r.output
+        assert orjson.loads(out.read_bytes())["summary"]["cohorts"] is expected

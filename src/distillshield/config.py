@@ -409,6 +409,11 @@ class DetectionSettings(_Strict):
         description="population-relative content signal (hashed TF-IDF; no model, no download): flags "
         "accounts whose prompts are far from this deployment's own traffic",
     )
+    cohorts: bool = Field(
+        True,
+        description="judge content campaigns also by the waves their accounts were created in (detect/cohort.py); "
+        "off for a deployment whose honest users sign up in cohorts (a school's intake) and ask for reasoning",
+    )
 
 
 class IntelSettings(_Strict):

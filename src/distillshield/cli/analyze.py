@@ -92,6 +92,12 @@ def analyze_command(
         "--content/--no-content",
         help="population-relative content signal and content campaigns (prompts far from this traffic's own)",
     ),
+    cohorts: bool = typer.Option(
+        True,
+        "--cohorts/--no-cohorts",
+        help="judge content campaigns also by the waves their accounts were created in (the records' "
+        "account_created_at); --no-cohorts where honest users sign up in cohorts and ask for reasoning",
+    ),
     intel: bool = typer.Option(
         False, "--intel", help="also match the indicators imported into the configured store (distillshield intel)"
     ),
@@ -149,7 +155,7 @@ def analyze_command(
         with progress() as bar:
             on_progress = PhaseProgress(bar)
             if engine == "ray":
-                analysis = _analyze_on_ray(path, det_model, enc, on_progress, workers, content, ray_address)
+                analysis = _analyze_on_ray(path, det_model, enc, on_progress, workers, content, ray_address, cohorts)
             else:
                 analysis = analyze_file(
                     path,
@@ -158,6 +164,7 @@ def analyze_command(
                     progress=on_progress,
                     workers=workers,
                     content=content,
+                    cohorts=cohorts,
                     on_engine=on_engine,
                 )
             if "reading traffic" in on_progress.tasks:
@@ -190,7 +197,14 @@ def _intel_matcher() -> Any:
 
 
 def _analyze_on_ray(
-    path: Path, model: Any, enc: Any, on_progress: PhaseProgress, workers: int, content: bool, address: str | None
+    path: Path,
+    model: Any,
+    enc: Any,
+    on_progress: PhaseProgress,
+    workers: int,
+    content: bool,
+    address: str | None,
+    cohorts: bool = True,
 ) -> Any:
     try:
         from distillshield.detect.ray_engine import RayEngineError, analyze_file_ray
@@ -198,7 +212,14 @@ def _analyze_on_ray(
         raise CliError(f"--engine ray needs Ray Data ({exc}): pip install 'ray[data]'") from None
     try:
         return analyze_file_ray(
-            path, model=model, encoder=enc, progress=on_progress, workers=workers, content=content, address=address
+            path,
+            model=model,
+            encoder=enc,
+            progress=on_progress,
+            workers=workers,
+            content=content,
+            address=address,
+            cohorts=cohorts,
         )
     except RayEngineError as exc:
         raise CliError(str(exc)) from None

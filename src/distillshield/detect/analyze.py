@@ -248,8 +248,10 @@ def analyze_records(
     on_engine: Callable[[Engine], None] | None = None,
     observations: list[Obs] | None = None,
     content: bool = True,
+    cohorts: bool = True,
 ) -> Analysis:
-    """Analyse traffic records (labels, if any, must already be stripped: see read_records).
+    """Analyse traffic records (labels, if any, must already be stripped: see read_records). `cohorts`: judge
+    content campaigns also by the waves their accounts were created in (detect/cohort.py).
 
     `on_engine` is called with the engine before the replay (training uses it to record features).
     """
@@ -265,7 +267,7 @@ def analyze_records(
         reference = embedding_reference(encoder)
         embed(obs, encoder, progress)
     t2 = time.perf_counter()
-    engine = Engine(model.members(encoder is not None), reference)
+    engine = Engine(model.members(encoder is not None), reference, cohorts=cohorts)
     if on_engine is not None:
         on_engine(engine)
     replay(obs, engine, progress)
@@ -277,6 +279,7 @@ def analyze_records(
         "encoder": encoder.name if encoder else None,
         "combiner": "full" if encoder is not None else "noembed",
         "content": CONTENT_LABEL if content else "off",
+        "cohorts": cohorts,
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
     }
     return Analysis(build_report(engine, errors, meta), errors, engine, timings)
@@ -291,6 +294,7 @@ def analyze_file(
     workers: int = 1,
     content: bool = True,
     on_engine: Callable[[Engine], None] | None = None,
+    cohorts: bool = True,
 ) -> Analysis:
     """Analyse a traffic file (JSONL, or Parquet: docs/traffic-format.md); malformed lines are counted, kept
     with their numbers (a Parquet row's: its index + 1), and skipped.
@@ -299,7 +303,14 @@ def analyze_file(
     (`detect/ray_engine.py` does the same split on Ray).
     """
     an = _analyze_file(
-        path, model=model, encoder=encoder, progress=progress, workers=workers, content=content, on_engine=on_engine
+        path,
+        model=model,
+        encoder=encoder,
+        progress=progress,
+        workers=workers,
+        content=content,
+        on_engine=on_engine,
+        cohorts=cohorts,
     )
     an.report["summary"]["engine"] = {"name": "local", "workers": workers}
     return an
@@ -314,6 +325,7 @@ def _analyze_file(
     workers: int,
     content: bool,
     on_engine: Callable[[Engine], None] | None = None,
+    cohorts: bool = True,
 ) -> Analysis:
     errors = LineErrors()
     model = model or DetectionModel.load()
@@ -326,7 +338,7 @@ def _analyze_file(
         if progress is not None:
             progress(f"reading traffic ({workers} processes)", 1, 1)
         an = analyze_records((), model=model, encoder=encoder, errors=errors, progress=progress, source=str(path),
-                             observations=obs, content=content, on_engine=on_engine)  # fmt: skip
+                             observations=obs, content=content, on_engine=on_engine, cohorts=cohorts)  # fmt: skip
         an.timings["extract_s"] = extract_s
         an.report["summary"]["timings_s"]["extract_s"] = round(an.timings["extract_s"], 3)
         return an
@@ -345,4 +357,5 @@ def _analyze_file(
         source=str(path),
         content=content,
         on_engine=on_engine,
+        cohorts=cohorts,
     )

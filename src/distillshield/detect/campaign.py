@@ -70,7 +70,8 @@ class ContentCampaigns:
 
     name = "campaign"
 
-    def __init__(self) -> None:
+    def __init__(self, *, cohorts: bool = True) -> None:
+        self.cohorts = cohorts  # judge the waves the members' accounts were created in (detect/cohort.py)
         self._last_n = 0
         self.campaigns: dict[str, Cluster] = {}
 
@@ -127,7 +128,7 @@ class ContentCampaigns:
     def _judge(self, members: list[str], accounts: dict[str, AccountState], pop: Population) -> Cluster | None:
         from distillshield.detect.engine import content_risk
 
-        ev = group_evidence(members, accounts, pop)
+        ev = group_evidence(members, accounts, pop, cohorts=self.cohorts)
         called = campaign_call(ev)
         if called is None:
             return None
@@ -172,9 +173,12 @@ class GroupEvidence:
         return self.rest_reasoning / max(self.rest_asked, 1)
 
 
-def group_evidence(members: list[str], accounts: dict[str, AccountState], pop: Population) -> GroupEvidence:
+def group_evidence(
+    members: list[str], accounts: dict[str, AccountState], pop: Population, *, cohorts: bool = True
+) -> GroupEvidence:
     """The group's pooled prompts (at most POOLED_MAX, the same number from each member) judged like one
-    account's, against the packaged reference of real users' prompts."""
+    account's, against the packaged reference of real users' prompts; with `cohorts`, also the waves in which the
+    members' accounts were created."""
     from distillshield.detect.signals.content import judge, spread
 
     content = pop.content
@@ -207,7 +211,7 @@ def group_evidence(members: list[str], accounts: dict[str, AccountState], pop: P
             others.append(a.created_at)
     created = np.asarray([accounts[m].created_at for m in members], dtype=np.float64)
     history = np.asarray(others, dtype=np.float64)
-    cohort = creation_cohort(created, history)
+    cohort = creation_cohort(created, history) if cohorts else None
     born: tuple[str, ...] = ()
     if cohort is not None and cohort.significant:
         in_waves, _waves = born_in_waves(created, history)

@@ -265,7 +265,13 @@ class Engine:
     One combiner, or several (scoring.DetectionModel.ensemble): each is set at its own operating point in this
     deployment, and an account's risk is the highest any of them gives, with that combiner's reasons."""
 
-    def __init__(self, combiner: Combiner | Sequence[Combiner], reference: EmbeddingReference | None = None) -> None:
+    def __init__(
+        self,
+        combiner: Combiner | Sequence[Combiner],
+        reference: EmbeddingReference | None = None,
+        *,
+        cohorts: bool = True,
+    ) -> None:
         self.combiners = [combiner] if isinstance(combiner, Combiner) else list(combiner)
         if not self.combiners:
             raise ValueError("an engine needs at least one combiner")
@@ -285,7 +291,7 @@ class Engine:
         if reference is not None:
             self.distribution.fit(reference)
         self.hydra = HydraClusterDetector()
-        self.campaigns = ContentCampaigns()
+        self.campaigns = ContentCampaigns(cohorts=cohorts)
         self._genre_n = 0  # unusual accounts when minority genres were last found
         self.clusters: dict[str, Cluster] = {}
         self._lsh = _minhash_lsh()

@@ -114,11 +114,13 @@ class DetectionExtension:
         model_path: str | None = None,
         prune_above: int = 2_000_000,
         content: bool = True,
+        cohorts: bool = True,
         replay_rows: int = 200_000,
         intel: bool = True,
         intel_refresh_s: float = 30.0,
     ) -> None:
         self.content = content
+        self.cohorts = cohorts  # content campaigns judged also by their accounts' creation waves (detect/cohort.py)
         self.intel = intel  # match imported threat-intelligence indicators (detect/signals/intel.py)
         self.intel_refresh_s = intel_refresh_s
         self._indicators: Any = None  # intel.live.LiveIndicators over the store, once detection has loaded
@@ -190,7 +192,7 @@ class DetectionExtension:
         if self.encoder_spec != "none":
             self._encoder = load_encoder(self.encoder_spec)
             reference = embedding_reference(self._encoder)
-        engine = Engine(model.members(self._encoder is not None), reference)
+        engine = Engine(model.members(self._encoder is not None), reference, cohorts=self.cohorts)
         self._extractor = online_extractor(model, self.content)
         self.model_version = model.version
         # Last: `engine` set means loaded (run_once and flush may be called from another task meanwhile).
@@ -328,6 +330,7 @@ class DetectionExtension:
             "model_version": self.model_version,
             "encoder": self.encoder_spec,
             "content": CONTENT_LABEL if self.content else "off",
+            "cohorts": self.cohorts,
         }
         return build_report(self.engine, LineErrors(), meta)
 
@@ -451,6 +454,7 @@ def detection_extension(settings: Settings) -> DetectionExtension | None:
         encoder=cfg.encoder,
         model_path=cfg.model_path,
         content=cfg.content,
+        cohorts=cfg.cohorts,
         replay_rows=cfg.replay_on_start_rows,
         intel=settings.intel.match,
         intel_refresh_s=settings.intel.refresh_s,

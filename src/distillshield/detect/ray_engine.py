@@ -220,6 +220,7 @@ def analyze_file_ray(
     workers: int = 2,
     content: bool = True,
     address: str | None = None,
+    cohorts: bool = True,
 ) -> Analysis:
     """`analyze_file` with reading and extraction on Ray Data (`workers` CPUs of a local Ray, or the cluster
     at `address` / $RAY_ADDRESS); the report is the local engine's, `summary.engine` and timings aside."""
@@ -230,7 +231,7 @@ def analyze_file_ray(
         obs = extract_ray(path, model, workers, errors, content, progress)
         extract_s = time.perf_counter() - t0
     an = analyze_records((), model=model, encoder=encoder, errors=errors, progress=progress, source=str(path),
-                         observations=obs, content=content)  # fmt: skip
+                         observations=obs, content=content, cohorts=cohorts)  # fmt: skip
     an.timings["extract_s"] = extract_s
     summary = an.report["summary"]
     summary["timings_s"]["extract_s"] = round(extract_s, 3)
