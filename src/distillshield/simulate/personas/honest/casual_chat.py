@@ -55,7 +55,7 @@ class CasualChat(Persona):
             self,
             account,
             starts.tolist(),
-            self.pool(),
+            self.pool_for(account),
             turns_mean=k.turns_mean,
             think_s=k.think_s,
             stream_prob=k.stream_prob,
@@ -66,6 +66,10 @@ class CasualChat(Persona):
     def pool(self) -> ChatPool:
         """Where this population's conversations come from."""
         return ChatPool.english()
+
+    def pool_for(self, account: Account) -> ChatPool:
+        """Where this account's conversations come from: the population's pool unless a persona draws per account."""
+        return self.pool()
 
     def opening(self, r: random.Random, prompt: str) -> str:
         """A conversation's first message as the person sends it: here, the real prompt as it is."""

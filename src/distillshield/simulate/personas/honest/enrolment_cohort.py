@@ -22,15 +22,14 @@ In the `dev_cohorts` scenario only (measurement, not training): the shipped mode
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from functools import lru_cache
 
 import numpy as np
 from pydantic import Field
 
 from distillshield.simulate import corpora, timing
-from distillshield.simulate.personas.base import Account, IdFactory, Req
-from distillshield.simulate.personas.common import ChatPool, chat_sessions
+from distillshield.simulate.personas.base import Account, IdFactory
+from distillshield.simulate.personas.common import ChatPool
 from distillshield.simulate.personas.honest.self_learner import (
     LEARNER_FOLLOW_UPS,
     SelfLearner,
@@ -95,20 +94,6 @@ class EnrolmentCohort(SelfLearner):
         self.after_accounts(out, rng, ids)
         return out
 
-    def requests(self, account: Account) -> Iterator[Req]:
-        k = self.k
-        assert isinstance(k, EnrolmentCohortKnobs)
-        sessions = self.expected_total(account) / k.turns_mean
-        starts = timing.diurnal_times(account.np, self.ctx.start, self.ctx.end, sessions, account.tz, "consumer")
+    def pool_for(self, account: Account) -> ChatPool:
         subject = account.state.get("subject") or ""
-        yield from chat_sessions(
-            self,
-            account,
-            starts.tolist(),
-            course_pool(subject) if subject else learner_pool(),
-            turns_mean=k.turns_mean,
-            think_s=k.think_s,
-            stream_prob=k.stream_prob,
-            adopt_new=k.new_model_share,
-            opening=self.opening,
-        )
+        return course_pool(subject) if subject else learner_pool()
