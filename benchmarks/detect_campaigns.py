@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 from collections import Counter
@@ -31,12 +32,10 @@ MIN_P = 1e-6
 
 
 def groups(path: Path, cot_excess: float | None) -> list[dict[str, Any]]:
-    from scipy.stats import binom
-
     from distillshield.detect import campaign as C
     from distillshield.detect.analyze import analyze_file
     from distillshield.detect.engine import Engine
-    from distillshield.detect.signals.content import AREAS_SWEEP
+    from distillshield.detect.signals.content import AREAS_SWEEP, far_logp
 
     labels: dict[str, str] = {}
     with path.open("rb") as f:
@@ -51,15 +50,12 @@ def groups(path: Path, cot_excess: float | None) -> list[dict[str, Any]]:
     if len(thin) < C.MIN_CAMPAIGN:
         return []
     _vecs, found = C.density_groups(thin)
-    service_n = sum(a.cot.n for a in accounts.values())
-    service_hits = sum(a.cot.either_hits for a in accounts.values())
     out = []
     for label in sorted(set(found.tolist()) - {-1}):
         members = sorted(thin[i].account_id for i in np.flatnonzero(found == label))
         ev = C.group_evidence(members, accounts, pop)
         campaign = C.campaign_call(ev) is not None
-        rest_n, rest_hits = service_n - ev.asked, service_hits - ev.reasoning
-        base = rest_hits / rest_n if rest_n > 0 else 1.0
+        base = ev.rest_share if ev.rest_asked > 0 else 1.0
         share = ev.reasoning_share
         row: dict[str, Any] = {
             "accounts": len(members),
@@ -82,7 +78,7 @@ def groups(path: Path, cot_excess: float | None) -> list[dict[str, Any]]:
             "campaign": campaign,
         }
         if cot_excess is not None:
-            significant = ev.asked > 0 and share > base and float(binom.sf(ev.reasoning - 1, ev.asked, base)) < MIN_P
+            significant = ev.asked > 0 and share > base and far_logp(ev.reasoning, ev.asked, base) > -math.log10(MIN_P)
             row["campaign_by_cot_excess"] = campaign or (
                 ev.areas >= AREAS_SWEEP and significant and share - base >= cot_excess
             )

@@ -214,7 +214,7 @@ def group_evidence(
     cohort = creation_cohort(created, history) if cohorts else None
     born: tuple[str, ...] = ()
     if cohort is not None and cohort.significant:
-        in_waves, _waves = born_in_waves(created, history)
+        in_waves, _waves = born_in_waves(created, history, first=cohort)
         born = tuple(m for m, w in zip(members, in_waves.tolist(), strict=True) if w)
     return GroupEvidence(verdict, asked, reasoning, spread(areas), rest_asked, rest_reasoning, cohort, born)
 

@@ -102,17 +102,22 @@ def creation_cohort(created: np.ndarray, others: np.ndarray, group_size: int | N
     return best
 
 
-def born_in_waves(created: np.ndarray, others: np.ndarray) -> tuple[np.ndarray, list[Cohort]]:
+def born_in_waves(
+    created: np.ndarray, others: np.ndarray, first: Cohort | None = None
+) -> tuple[np.ndarray, list[Cohort]]:
     """Which of `created` (the members' creation times, 0 = unknown) were created in a wave, and the waves: the
     most improbable wave first, then the most improbable among the members left, while one is significant. A
     campaign's evidence is its waves, so a member created on a day of its own (an honest account that asks alike
-    and was grouped with it) does not share in it."""
+    and was grouped with it) does not share in it. `first`: that most improbable wave, when the caller has
+    judged it already (`creation_cohort(created, others)`), so it is not looked for twice."""
     mask = np.zeros(len(created), dtype=bool)
     found: list[Cohort] = []
     size = len(created)
     while True:
-        left = np.where(mask, 0.0, created)
-        c = creation_cohort(left, others, group_size=size)
+        if first is not None:
+            c, first = first, None
+        else:
+            c = creation_cohort(np.where(mask, 0.0, created), others, group_size=size)
         if c is None or not c.significant:
             return mask, found
         found.append(c)
