@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import time
 from typing import TYPE_CHECKING, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
@@ -21,7 +20,7 @@ from distillshield.config import AdminSettings, LimitSet
 from distillshield.gateway.policy.admin import api_actor, register_policy_routes
 from distillshield.store import admin_log
 from distillshield.store.admin_log import Actor, AdminLogUnavailable, record_key_change
-from distillshield.store.database import NO_NUL, TIERS, VERIFICATION_LEVELS, StoreError
+from distillshield.store.database import NO_NUL, TIERS, VERIFICATION_LEVELS, StoreError, check_created_at
 from distillshield.store.pins import PinStore
 
 if TYPE_CHECKING:
@@ -71,8 +70,11 @@ class AccountIn(BaseModel):
     @field_validator("created_at")
     @classmethod
     def _not_future(cls, v: float | None) -> float | None:
-        if v is not None and v > time.time() + 60:
-            raise ValueError("created_at is in the future")
+        if v is not None:
+            try:
+                check_created_at(v)  # the store's rule, checked here so the answer is a 422 naming the field
+            except StoreError as exc:
+                raise ValueError(str(exc)) from None
         return v
 
 

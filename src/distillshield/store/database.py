@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import math
 import secrets
 import sqlite3
 import time
@@ -50,6 +51,18 @@ NO_NUL = r"^[^\x00]*$"
 
 class StoreError(Exception):
     """A store operation that cannot be done; the message says why (unknown account, duplicate id...)."""
+
+
+CLOCK_SKEW_S = 60.0  # how far ahead of this clock a given creation time may be (another machine's clock)
+
+
+def check_created_at(ts: float) -> None:
+    """An account's given creation time (one brought over from another system): a Unix time after 1970 and not in
+    the future. The one rule for the store, the admin API and the CLI; StoreError names the problem."""
+    if not math.isfinite(ts) or ts <= 0:
+        raise StoreError(f"created_at {ts!r} is not a Unix time after 1970")
+    if ts > time.time() + CLOCK_SKEW_S:
+        raise StoreError(f"created_at is in the future ({ts:.0f}, now {time.time():.0f})")
 
 
 @dataclass(frozen=True)
@@ -384,6 +397,8 @@ class Store:
             raise StoreError(
                 f"unknown verification level '{verification}'; choose one of {', '.join(VERIFICATION_LEVELS)}"
             )
+        if created_at is not None:
+            check_created_at(created_at)
         acct = Account(
             account_id,
             org_id,
