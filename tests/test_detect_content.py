@@ -475,3 +475,65 @@ def test_a_campaign_found_once_is_kept_while_its_members_still_make_one(monkeypa
     again = finder.find(engine.accounts, engine.population, force=True)
     assert {a for c in again.values() for a in c.campaign} == camp  # kept; the honest groups are not
     assert all("ask alike" in c.evidence for c in again.values())
+
+
+def copy_deployment(copy_from_bank: bool, seed: int = 21) -> tuple[list[TrafficRecord], dict[str, str]]:
+    """Three bank accounts sweep a question bank; a fourth hides 9 bank queries among 71 of real users'
+    prompts: copies of the bank accounts' own queries (`copy_from_bank`), or other questions of the same
+    bank that no bank account sent. The bank accounts also send 8 popular prompts that many users send."""
+    rng = random.Random(seed)
+    chat, bank = list(chat_prompts()), list(sweep_bank())
+    rng.shuffle(bank)
+    popular, chat = chat[:8], chat[8:]
+    plans: dict[str, list[str]] = {}
+    for i in range(18):
+        plans[f"user-{i:02d}"] = [rng.choice(chat) for _ in range(72)] + popular
+    sent: list[str] = []
+    for i in range(3):
+        plans[f"bank-{i}"] = q = bank[72 * i : 72 * (i + 1)] + popular
+        sent += q[:72]
+    hidden = rng.sample(sent, 9) if copy_from_bank else bank[216:225]
+    plans["mixed-0"] = [rng.choice(chat) for _ in range(71)] + hidden
+    records = [request(rng, a, p, T0, 86_400) for a, prompts in plans.items() for p in prompts]
+    records.sort(key=lambda r: r.ts)
+    return records, {a: a.split("-")[0] for a in plans}
+
+
+def test_a_bank_hidden_as_copies_of_far_accounts_prompts_is_flagged() -> None:
+    """Nine of eighty prompts are too few to make an account far or like the bank in general (without the
+    copies it stays clear: checked by taking them out of `judge`), but each is a copy of a prompt the far
+    (bank) accounts sent and the service's ordinary users do not: that is the evidence, with a reason that
+    names it. The same number of other questions from the same bank are not
+    copies, and the popular prompts that the bank accounts also send are vouched for by the users who send
+    them, so an ordinary user's copies of those are (nearly always) not counted."""
+    engines: list[Any] = []
+    records, role = copy_deployment(copy_from_bank=True)
+    report = analyze_records(records, model=content_alone(), on_engine=engines.append).report
+    reason = content_reason(report, "mixed-0")
+    assert "near-copies of prompts sent by accounts far from this service's traffic" in reason, reason
+    assert verdicts(report)["mixed-0"] == "suspicious"
+    assert [a for a, v in verdicts(report).items() if role[a] == "user" and v != "benign"] == []
+    accounts = engines[0].accounts
+    # A popular prompt counts only when none of the other users who send it had it among their sampled
+    # prompts (the sample keeps POP_PER_ACCOUNT each): rare, where it would be 6 or so in every window.
+    assert max(int(accounts[a].content.copied.sum()) for a in role if role[a] == "user") <= 2
+    assert accounts["mixed-0"].content.copied.sum() >= 6
+
+    records, _ = copy_deployment(copy_from_bank=False)
+    report = analyze_records(records, model=content_alone()).report
+    assert "near-copies" not in content_reason(report, "mixed-0")
+    assert verdicts(report)["mixed-0"] == "benign"
+
+
+def test_the_base_rate_of_copies_is_robust_to_a_campaign_in_the_sample() -> None:
+    """The ordinary rate leaves out the quarter of the sample's accounts that copy most: five accounts of a
+    campaign that copy every prompt do not make copying look ordinary for the thirty-five others."""
+    from distillshield.detect.content import _trimmed_rate
+
+    owner = np.repeat(np.arange(40), 10)
+    hits = np.zeros(400, dtype=bool)
+    hits[350:] = True  # accounts 35-39 copy everything
+    hits[0:200:10] = True  # accounts 0-19 copy one prompt each
+    assert hits.mean() == pytest.approx(0.175)
+    # Ten accounts left out: the campaign's five and five ordinary ones; 15 copies in the other 300 prompts.
+    assert _trimmed_rate(hits, owner) == pytest.approx(15 / 300)

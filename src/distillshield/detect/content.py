@@ -61,6 +61,11 @@ BOILERPLATE_QUANTILE = 0.1  # boilerplate: a direction at least 90% of a service
 BOILERPLATE_MIN = 0.25
 LOW_RANK = 0.2  # prompts ranked this low in typicality are the service's less typical ones
 ASSOC_FLOOR = 0.02  # the base rate of resembling far accounts' prompts is never taken as below this
+# A near-copy: cosine at least COPY_SIM with one prompt of a far account (the fold's noise is ~0.04, so this is
+# the same text up to a few words) when no ordinary user in the sample and no reference prompt is as close (a
+# popular prompt that a far account also sent is vouched for by the other users who send it).
+COPY_SIM = 0.9
+COPY_FLOOR = 0.01  # the base rate of near-copies is never taken as below this (half ASSOC_FLOOR: copies are rarer)
 AREAS = 24  # topic areas of the service's traffic (k-means over the sample and the reference)
 K_PEERS = 8  # a genre: at least this many other accounts ask like an unusual account's less typical prompt
 GENRE_ROWS = 16  # less typical prompts per unusual account that stand for it among the genre's peers
@@ -140,6 +145,21 @@ def _median_mad(x: np.ndarray) -> tuple[float, float]:
     return med, float(np.median(np.abs(x - med)))
 
 
+def _trimmed_rate(hits: np.ndarray, owner: np.ndarray) -> float:
+    """The share of `hits` among the rows of all accounts but the EXCLUDE_AT_MOST with the highest share of
+    their own: the ordinary rate, robust to a campaign's accounts that are in the sample but were not found
+    far (the accounts of a bank hidden in cover traffic copy it far more often than anyone else)."""
+    if len(hits) == 0:
+        return 0.0
+    ids, inv = np.unique(owner, return_inverse=True)
+    n = np.bincount(inv, minlength=len(ids))
+    k = np.bincount(inv, weights=hits.astype(np.float64), minlength=len(ids))
+    drop = np.argsort(-k / n, kind="stable")[: int(EXCLUDE_AT_MOST * len(ids))]
+    keep = np.ones(len(ids), dtype=bool)
+    keep[drop] = False
+    return float(k[keep].sum() / max(n[keep].sum(), 1))
+
+
 def top_k_mean(sims: np.ndarray, k: int = K_NEIGHBOURS) -> np.ndarray:
     """Per row, the mean of its k largest entries (fewer columns: the mean of those there are)."""
     if sims.shape[1] == 0:
@@ -171,7 +191,9 @@ class ContentNull:
     acc_rank: tuple[float, float] = (0.5, 0.0)  # median, MAD of accounts' mean typicality ranks
     rank_between: float = 0.0  # variance of accounts' mean ranks beyond sampling noise
     assoc_base: float = ASSOC_FLOOR  # share of ordinary prompts that resemble the far accounts' prompts
+    copy_base: float = COPY_FLOOR  # share of ordinary accounts' prompts that are near-copies of theirs
     excluded: frozenset[str] = frozenset()
+    compared: frozenset[str] = frozenset()  # the far accounts whose prompts others' are compared with
 
     def rank(self, typ: np.ndarray) -> np.ndarray:
         """Each typicality's rank among the null's prompts, 0..1 (uniform for the null's own prompts)."""
@@ -275,6 +297,19 @@ class ContentPopulation:
         when one other account (or two accounts of one campaign) sends many prompts like it."""
         if len(self._cols) == 0:
             return np.ones(len(x), dtype=np.float32)
+        return top_k_mean(self._user_sims(x, own, drop))
+
+    def _neighbours(
+        self, x: np.ndarray, own: np.ndarray, drop: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Typicality (`_typicality`) and the similarity of the closest other user or reference prompt."""
+        if len(self._cols) == 0:
+            return np.ones(len(x), dtype=np.float32), np.ones(len(x), dtype=np.float32)
+        sims = self._user_sims(x, own, drop)
+        return top_k_mean(sims), sims.max(axis=1)
+
+    def _user_sims(self, x: np.ndarray, own: np.ndarray, drop: np.ndarray | None) -> np.ndarray:
+        """Each row's similarity with every other sampled user (its best-matching prompt) and reference prompt."""
         sims = self.centred(x) @ self._cols.T
         ns = self._n_sample_cols
         if ns:
@@ -283,7 +318,7 @@ class ContentPopulation:
             if drop is not None and len(drop):
                 best[:, np.isin(self._seg_owner, drop)] = -1.0
             sims = np.hstack([best, sims[:, ns:]])
-        return top_k_mean(sims)
+        return sims
 
     def centred(self, x: np.ndarray) -> np.ndarray:
         """Rows without the service's boilerplate, renormalised. A service has boilerplate when nearly all
@@ -326,7 +361,9 @@ class ContentPopulation:
             return self.stats
         typ = self.reference_typicality(self.matrix[rows])
         stats = ContentNull.measure(typ, self.owner[rows], len(self.accounts))
-        stats.assoc_base, stats.excluded = self.stats.assoc_base, frozenset(self.excluded - members)
+        stats.assoc_base, stats.copy_base = self.stats.assoc_base, self.stats.copy_base
+        stats.excluded = frozenset(self.excluded - members)
+        stats.compared = frozenset(self.stats.compared - members)
         return stats
 
     def reference_typicality(self, x: np.ndarray) -> np.ndarray:
@@ -337,8 +374,8 @@ class ContentPopulation:
 
     def set_outliers(self, windows: dict[str, np.ndarray] | None = None) -> None:
         """The excluded accounts' prompts (their recent windows when given, else their sampled rows), and how
-        often an ordinary prompt resembles them more than the trimmed population (the base rate of
-        `resembles_outliers`)."""
+        often an ordinary prompt resembles them more than the trimmed population, or is a near-copy of one
+        of them (the base rates of `judge_rows`)."""
         if windows is not None:
             kept = [(self._index[a], w) for a, w in sorted(windows.items()) if a in self.excluded and len(w)]
             self._out_cols = self.centred(np.concatenate([w for _, w in kept])) if kept else self.matrix[:0]
@@ -347,26 +384,38 @@ class ContentPopulation:
             bad = np.asarray([self.accounts[o] in self.excluded for o in self.owner], dtype=bool)
             self._out_cols = self.centred(self.matrix[bad])
             self._out_owner = self.owner[bad]
-        self.stats.assoc_base = ASSOC_FLOOR
+        self.stats.assoc_base, self.stats.copy_base = ASSOC_FLOOR, COPY_FLOOR
+        self.stats.compared = frozenset(self.accounts[i] for i in np.unique(self._out_owner))
         if len(self._out_cols) and self._ok.any() and len(self.stats.null):
             ok = self.matrix[self._ok]
             own = self.owner[self._ok]
-            hits = self._resembles(ok, own, self._typicality(ok, own))
+            hits, copies = self._resembles(ok, own, *self._neighbours(ok, own))
             self.stats.assoc_base = max(float(hits.mean()), ASSOC_FLOOR)
+            self.stats.copy_base = max(_trimmed_rate(copies, own), COPY_FLOOR)
 
-    def _resembles(self, x: np.ndarray, own: np.ndarray, typ: np.ndarray) -> np.ndarray:
+    def _resembles(
+        self, x: np.ndarray, own: np.ndarray, typ: np.ndarray, closest: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per prompt (with its typicality and its closest ordinary neighbour's similarity, `_neighbours`):
+        whether it resembles the far accounts' prompts (among the less typical, closer to them than to the
+        rest), and whether it is a near-copy of one of theirs that no ordinary user sends."""
         sims = self.centred(x) @ self._out_cols.T
         sims[own[:, None] == self._out_owner[None, :]] = -1.0
         near = top_k_mean(sims)
-        return (near > typ) & (self.stats.rank(typ) < LOW_RANK)
+        copy = sims.max(axis=1) if sims.shape[1] else np.full(len(x), -1.0, dtype=np.float32)
+        return (near > typ) & (self.stats.rank(typ) < LOW_RANK), (copy >= COPY_SIM) & (closest < COPY_SIM)
 
-    def resembles_outliers(self, x: np.ndarray, account: str, typ: np.ndarray) -> np.ndarray:
-        """Per prompt: it is among the population's less typical ones and closer to the prompts of the
-        accounts found far from this service's traffic than to the rest of it (a campaign's shared bank)."""
-        if len(self._out_cols) == 0:
-            return np.zeros(len(x), dtype=bool)
+    def judge_rows(self, x: np.ndarray, account: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """An account's prompts against every *other* (non-excluded) sampled account: their typicality; whether
+        each is among the population's less typical ones and closer to the prompts of the accounts found far
+        from this service's traffic than to the rest of it (a campaign's shared bank); and whether it is a
+        near-copy of one of their prompts that no ordinary user sends (a bank's queries in cover traffic)."""
         own = np.full(len(x), self._index.get(account, -1), dtype=np.int64)
-        return self._resembles(x.astype(np.float32), own, typ)
+        x = x.astype(np.float32)
+        typ, closest = self._neighbours(x, own)
+        if len(self._out_cols) == 0 or len(self._cols) == 0:
+            return typ, np.zeros(len(x), dtype=bool), np.zeros(len(x), dtype=bool)
+        return (typ, *self._resembles(x, own, typ, closest))
 
     def refresh(self, new_epoch: bool = False) -> None:
         """Recompute the population's statistics (a few matrix products over at most a few thousand rows).
@@ -430,21 +479,23 @@ class ContentPopulation:
 
     def typicality_many(
         self, x: np.ndarray, accounts: list[str], chunk: int = 4096, also_exclude: set[str] | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Typicality and `resembles_outliers` of many prompts at once, each against the accounts other than
-        its own and `also_exclude` (in chunks: one large product per chunk is where BLAS is fast)."""
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Typicality and both masks of `judge_rows` of many prompts at once, each against the
+        accounts other than its own and `also_exclude` (in chunks: one large product per chunk is where BLAS
+        is fast)."""
         typ = np.ones(len(x), dtype=np.float32)
         assoc = np.zeros(len(x), dtype=bool)
+        copied = np.zeros(len(x), dtype=bool)
         if len(self._cols) == 0:
-            return typ, assoc
+            return typ, assoc, copied
         own = np.asarray([self._index.get(a, -1) for a in accounts], dtype=np.int64)
         drop = np.asarray([self._index[a] for a in (also_exclude or ()) if a in self._index], dtype=np.int64)
         for i in range(0, len(x), chunk):
             xc, oc = x[i : i + chunk].astype(np.float32), own[i : i + chunk]
-            typ[i : i + chunk] = t = self._typicality(xc, oc, drop)
+            typ[i : i + chunk], closest = self._neighbours(xc, oc, drop)
             if len(self._out_cols):
-                assoc[i : i + chunk] = self._resembles(xc, oc, t)
-        return typ, assoc
+                assoc[i : i + chunk], copied[i : i + chunk] = self._resembles(xc, oc, typ[i : i + chunk], closest)
+        return typ, assoc, copied
 
     def typicality(self, x: np.ndarray, account: str) -> np.ndarray:
         """Typicality of an account's prompts against every *other* (non-excluded) sampled account."""

@@ -64,7 +64,9 @@ def spread(areas: np.ndarray) -> float:
 
 
 class ContentState:
-    __slots__ = ("account", "window", "typ", "area", "assoc", "count", "epoch", "seen", "flagged", "unusual", "genre")
+    __slots__ = (
+        "account", "window", "typ", "area", "assoc", "copied", "count", "epoch", "seen", "flagged", "unusual", "genre",
+    )  # fmt: skip
 
     def __init__(self, account: str = "") -> None:
         self.account = account
@@ -72,6 +74,7 @@ class ContentState:
         self.typ = np.full(WINDOW, np.nan, dtype=np.float32)
         self.area = np.full(WINDOW, -1, dtype=np.int64)  # topic area of each window prompt
         self.assoc = np.zeros(WINDOW, dtype=bool)  # the prompt resembles the far accounts' prompts
+        self.copied = np.zeros(WINDOW, dtype=bool)  # ...is a near-copy of one of them that ordinary users do not send
         self.count = 0  # sampled prompts seen in all
         self.epoch = -1  # population epoch `typ` was computed in
         self.seen: dict[int, None] = {}  # recent prompt hashes: a prompt sent again is not new evidence
@@ -130,6 +133,7 @@ NEUTRAL = {
     "content_breadth": 0.0,
     "content_areas": 0.0,
     "content_assoc": 0.0,
+    "content_copied": 0.0,
 }
 
 
@@ -170,18 +174,21 @@ class PopulationContent:
             if st.window is None or m < MIN_CONTENT or pop.stats.tau < -0.5 or np.isnan(st.typ[:m]).any():
                 st.unusual = False
                 continue
-            st.unusual = judge(self.name, st.typ[:m], st.assoc[:m], st.area[:m], pop.stats, 0.0, st.window[:m])[1]
+            st.unusual = judge(
+                self.name, st.typ[:m], st.assoc[:m], st.area[:m], pop.stats, 0.0, st.window[:m], copied=st.copied[:m]
+            )[1]
 
     @staticmethod
     def _rejudge(states: list[ContentState], pop: ContentPopulation) -> None:
         x = np.concatenate([st.window[: st.m] for st in states if st.window is not None]).astype(np.float32)
         owners = [st.account for st in states for _ in range(st.m)]
-        typ, assoc = pop.typicality_many(x, owners)
+        typ, assoc, copied = pop.typicality_many(x, owners)
         area = pop.area_of(x)
         i = 0
         for st in states:
             st.typ[: st.m] = typ[i : i + st.m]
             st.assoc[: st.m] = assoc[i : i + st.m]
+            st.copied[: st.m] = copied[i : i + st.m]
             st.area[: st.m] = area[i : i + st.m]
             st.epoch = pop.epoch
             i += st.m
@@ -199,12 +206,11 @@ class PopulationContent:
         todo = np.isnan(st.typ[:m])
         if todo.any():
             x = win[todo].astype(np.float32)
-            st.typ[:m][todo] = t = pop.typicality(x, st.account)
-            st.assoc[:m][todo] = pop.resembles_outliers(x, st.account, t)
+            st.typ[:m][todo], st.assoc[:m][todo], st.copied[:m][todo] = pop.judge_rows(x, st.account)
             st.area[:m][todo] = pop.area_of(x)
         out, st.unusual = judge(
             self.name, st.typ[:m], st.assoc[:m], st.area[:m], pop.stats, ctx.own_template_share, st.window[:m],
-            st.account, genre=st.genre,
+            st.account, genre=st.genre, copied=st.copied[:m],
         )  # fmt: skip
         st.flagged = out.score >= 0.5
         return out
@@ -222,13 +228,15 @@ def judge(
     excess_min: float = EXCESS_MIN,
     rank_gap: float = RANK_GAP,
     genre: Genre | None = None,
+    copied: np.ndarray | None = None,
 ) -> tuple[SignalScore, bool]:
     """The content verdict on a window of prompts (an account's, or a campaign's pooled), and whether it is
     unusual, from each prompt's typicality, whether it resembles the far accounts' prompts, and its topic
     area. A group is held to a larger effect (`excess_min`, `rank_gap`): removing a group that asks alike
     removes its own near twins, so any such group looks somewhat far from everyone else. An account whose
     less typical prompts are a minority genre's (`genre`: content.genres) is unusual for this service but
-    not a sweep."""
+    not a sweep. `copied` marks prompts that are near-copies of a far account's prompts that the service's
+    ordinary users do not send: a bank's queries, also when they are a quarter of a window of cover traffic."""
     m = len(typ)
     far = int((typ < null.tau).sum())
     ranks = null.rank(typ)
@@ -248,7 +256,12 @@ def judge(
     alike = int(assoc_mask.sum())
     logp_assoc = far_logp(alike, m, null.assoc_base)
     assoc = logp_assoc >= LOGP_ASSOC and alike / m - null.assoc_base >= max(EXCESS_ASSOC, excess_min - EXCESS_MIN)
-    unusual = tail or shift or assoc
+    # A fourth: near-copies of the far accounts' prompts (the same bank's queries), rarer among ordinary
+    # prompts than mere resemblance, so fewer of them say as much.
+    copies = int(copied.sum()) if copied is not None else 0
+    logp_copy = far_logp(copies, m, null.copy_base)
+    copy = logp_copy >= LOGP_ASSOC and copies / m - null.copy_base >= max(EXCESS_ASSOC, excess_min - EXCESS_MIN)
+    unusual = tail or shift or assoc or copy
     app = own_template_share >= APP_TEMPLATE_SHARE
     of_genre = genre is not None and genre.share >= GENRE_SHARE
     focused = areas < AREAS_SWEEP or app or of_genre
@@ -261,13 +274,23 @@ def judge(
         "content_breadth": breadth(window),
         "content_areas": areas,
         "content_assoc": alike / m,
+        "content_copied": copies / m,
     }
-    if assoc and not (tail or shift):
-        others = sorted(null.excluded - {account})
-        named = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+
+    def named() -> str:  # the far accounts whose prompts the two tests compare with
+        others = sorted(null.compared - {account})
+        return ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+
+    if copy and not (tail or shift):
+        evidence = (
+            f"{copies} of {m} recent prompts are near-copies of prompts sent by accounts far from this service's "
+            f"traffic ({named()}) that its ordinary users do not send (p={10**-logp_copy:.1g}; typical: "
+            f"{null.copy_base:.0%})"
+        )
+    elif assoc and not (tail or shift):
         evidence = (
             f"{alike} of {m} recent prompts resemble the prompts of accounts far from this service's traffic "
-            f"({named}) more than its ordinary traffic (p={10**-logp_assoc:.1g}; typical: "
+            f"({named()}) more than its ordinary traffic (p={10**-logp_assoc:.1g}; typical: "
             f"{null.assoc_base:.0%})"
         )
     elif tail:
@@ -285,6 +308,7 @@ def judge(
             (logp - LOGP_UNUSUAL) / (LOGP_STRONG - LOGP_UNUSUAL) if tail else 0.0,
             (-rank_z - Z_UNUSUAL) / (Z_STRONG - Z_UNUSUAL) if shift else 0.0,
             (logp_assoc - LOGP_ASSOC) / (LOGP_STRONG - LOGP_ASSOC) if assoc else 0.0,
+            (logp_copy - LOGP_ASSOC) / (LOGP_STRONG - LOGP_ASSOC) if copy else 0.0,
         )
         score = 0.5 + 0.49 * min(1.0, max(strength, 0.0))
         detail = f"{evidence}, spread over {areas:.1f} topic areas like a sweep"
