@@ -14,9 +14,11 @@ import os
 import platform
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from distillshield.watermark.gumbel import GumbelWatermark
 from distillshield.watermark.kgw import GreenListWatermark
@@ -116,6 +118,22 @@ def chat(
     r = llm.create_chat_completion(**kw)
     dt = time.perf_counter() - t
     return r["choices"][0]["message"]["content"] or "", int(r["usage"]["completion_tokens"]), dt
+
+
+def paired_bootstrap(
+    base: Sequence[float], arm: Sequence[float], relative: bool = False, draws: int = 10_000
+) -> tuple[float, list[float]]:
+    """The mean of arm - base over paired prompts (or, `relative`, the difference of the means as a share of
+    base's mean) and its percentile bootstrap 95% CI, prompts resampled together."""
+    a, b = np.asarray(base, dtype=np.float64), np.asarray(arm, dtype=np.float64)
+    if len(a) == 0:
+        return float("nan"), [float("nan"), float("nan")]
+    idx = np.random.default_rng(0).integers(0, len(a), size=(draws, len(a)))
+    diff = b[idx].mean(axis=1) - a[idx].mean(axis=1)
+    boot = diff / a[idx].mean(axis=1) if relative else diff
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    point = (b.mean() - a.mean()) / a.mean() if relative else b.mean() - a.mean()
+    return float(point), [float(lo), float(hi)]
 
 
 def rng(seed: int) -> random.Random:

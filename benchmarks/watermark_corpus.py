@@ -8,6 +8,7 @@ Corpora (JSONL in BENCH_DIR, one completion per line with prompt, text, tokens, 
   kgw.jsonl          140 prompts, max 400 tokens for the first 100 (attribution) and 200 after: KGW
                      gamma=0.25 delta=2 h=1, each under a random one of 1,000 account keys
   plain.jsonl        100 x max 200 tokens: no watermark
+  plain-b.jsonl      the same with other sampler seeds: how far two unwatermarked corpora differ (quality's control)
   attacker.jsonl     100 x max 200 tokens: KGW under the one key of "acct-attacker" (radioactivity teacher)
   gumbel.jsonl       60 x max 200 tokens: Gumbel-max h=4, each under a random account key
   strong.jsonl       30 x max 200 tokens: KGW with the strong delta=4, each under a random account key
@@ -52,12 +53,14 @@ class Corpus:
     delta: float | None = None  # kgw: the bias (None: the scheme's 2.0)
     temperature: float = 1.0
     account: str | None = None  # one fixed account for every prompt
+    seed_offset: int = 0  # of the sampler's seed per prompt (1000 + offset + i)
 
 
 # small enough for 2 shared cores (~110k tokens for the first six)
 CORPORA = {
     "kgw": Corpus(140, 200, 100, 2, "kgw"),
     "plain": Corpus(100, 200, 0, 1),
+    "plain-b": Corpus(100, 200, 0, 1, seed_offset=50_000),  # plain again with other seeds: the noise floor
     "attacker": Corpus(100, 200, 0, 4, "kgw", account=ATTACKER),
     "gumbel": Corpus(60, 200, 0, 3, "gumbel"),
     "strong": Corpus(30, 200, 0, 5, "kgw", delta=4.0),
@@ -98,7 +101,7 @@ def main() -> None:
                 hook = SCHEMES[spec.scheme].processor(keys.account(account), delta=spec.delta,
                                                       temperature=spec.temperature)  # fmt: skip
             max_tokens = 400 if i < spec.n_long else spec.max_tokens
-            text, n, dt = chat(llm, prompt, max_tokens, spec.temperature, seed=1000 + i, hook=hook)
+            text, n, dt = chat(llm, prompt, max_tokens, spec.temperature, seed=1000 + spec.seed_offset + i, hook=hook)
             append_jsonl(
                 path,
                 {

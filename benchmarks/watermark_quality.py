@@ -1,15 +1,20 @@
 """Quality cost of each watermark scheme on the embedded model.
 
 perplexity  each corpus's completions (watermark_corpus.py) scored by the *unwatermarked* model,
-            conditioned on their prompt (chat template applied): median per-text perplexity and
+            conditioned on their prompt (chat template applied), on their first --ppl-tokens tokens
+            (so that 400-token corpora compare with 200-token ones): median per-text perplexity and
             token-weighted perplexity. Higher = the watermark pushed the text away from what the
-            model itself prefers.
+            model itself prefers. Against `plain` (the same prompts and seeds, no watermark): the
+            mean per-prompt difference in log-perplexity with a paired bootstrap 95% CI; a CI that
+            holds 0 means no difference this sample can see. With `plain-b` (unwatermarked, other
+            seeds: the control) also against it and against the mean of the two.
 task        a small closed-book QA task: "What is the capital of X?" for 60 countries, answered
             twice each (seeds) at T=1.0 and once at T=0.2 (the embedded model's chat default),
             with no watermark, KGW (delta 2 and the strong delta 4) and Gumbel; accuracy = the
             answer names the capital.
 
   .venv/bin/python benchmarks/watermark_quality.py [--ppl-texts 100] [--json-out quality.json]
+  .venv/bin/python benchmarks/watermark_quality.py --parts ppl --corpora plain,tournament
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import statistics
 from typing import Any
 
 import numpy as np
-from watermark_common import SECRET, bench_dir, chat, load_llm, machine, read_jsonl
+from watermark_common import SECRET, bench_dir, chat, load_llm, machine, paired_bootstrap, read_jsonl
 
 from distillshield.watermark.gumbel import GumbelWatermark
 from distillshield.watermark.keys import KeyRing
@@ -46,8 +51,12 @@ CAPITALS = {
 }  # fmt: skip
 
 
-def perplexities(llm: Any, rows: list[dict[str, Any]]) -> list[tuple[float, int]]:
-    """(mean NLL, tokens) of each completion given its prompt, under the unwatermarked model."""
+PPL_CORPORA = ("plain", "plain-b", "kgw", "attacker", "kgw3", "gumbel", "strong", "tournament")
+
+
+def perplexities(llm: Any, rows: list[dict[str, Any]], max_tokens: int) -> list[tuple[int, float, int]]:
+    """(prompt index, mean NLL, tokens) of each completion's first `max_tokens` tokens (0: all) given its prompt,
+    under the unwatermarked model."""
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
     fmt = Jinja2ChatFormatter(
@@ -60,6 +69,7 @@ def perplexities(llm: Any, rows: list[dict[str, Any]]) -> list[tuple[float, int]
         prompt = fmt(messages=[{"role": "user", "content": r["prompt"]}]).prompt
         p_ids = llm.tokenize(prompt.encode(), add_bos=False, special=True)
         c_ids = llm.tokenize(r["text"].encode(), add_bos=False, special=False)
+        c_ids = c_ids[:max_tokens] if max_tokens > 0 else c_ids
         if not c_ids or len(p_ids) + len(c_ids) > llm.n_ctx():
             continue
         llm.reset()
@@ -68,8 +78,20 @@ def perplexities(llm: Any, rows: list[dict[str, Any]]) -> list[tuple[float, int]
         m = logits.max(axis=1, keepdims=True)
         logz = (m + np.log(np.exp(logits - m).sum(axis=1, keepdims=True)))[:, 0]
         nll = float(np.mean(logz - logits[np.arange(len(c_ids)), c_ids]))
-        out.append((nll, len(c_ids)))
+        out.append((r["i"], nll, len(c_ids)))
     return out
+
+
+def paired_difference(a: dict[int, float], b: dict[int, float]) -> dict[str, Any]:
+    """Mean of b[i] - a[i] over the prompts both have, with a paired bootstrap 95% CI, their median, and how many
+    prompts came out higher."""
+    common = sorted(set(a) & set(b))
+    d = np.asarray([b[i] - a[i] for i in common], dtype=np.float64)
+    mean, ci = paired_bootstrap([a[i] for i in common], [b[i] for i in common])
+    return {
+        "prompts": len(d), "mean": round(mean, 4), "ci95": [round(x, 4) for x in ci],
+        "median": round(float(np.median(d)), 4) if len(d) else math.nan, "higher": int((d > 0).sum()),
+    }  # fmt: skip
 
 
 def correct(answer: str, capital: str) -> bool:
@@ -80,6 +102,8 @@ def correct(answer: str, capital: str) -> bool:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ppl-texts", type=int, default=100)
+    ap.add_argument("--ppl-tokens", type=int, default=200, help="score the first N tokens of each completion (0: all)")
+    ap.add_argument("--corpora", default=",".join(PPL_CORPORA), help="ppl: the corpora to score (plain included)")
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--parts", default="ppl,task")
     ap.add_argument("--arms", nargs="*", default=None, help="task: only these arms (and the unwatermarked baseline)")
@@ -101,21 +125,41 @@ def main() -> None:
 def ppl(args: Any, result: dict[str, Any]) -> None:
     d = bench_dir()
     llm = load_llm(logits_all=True)
-    corpora = {c: read_jsonl(d / f"{c}.jsonl") for c in ("plain", "kgw", "attacker", "kgw3", "gumbel", "strong")}
+    names = [c for c in args.corpora.split(",") if c]
+    if unknown := [c for c in names if c not in PPL_CORPORA]:
+        raise SystemExit(f"unknown corpora {', '.join(unknown)}; choose from {', '.join(PPL_CORPORA)}")
+    corpora = {c: read_jsonl(d / f"{c}.jsonl") for c in names}
     corpora = {c: rows for c, rows in corpora.items() if rows}
+    if not corpora:
+        raise SystemExit(f"no corpus found in {d}: run watermark_corpus.py --corpora {args.corpora} first")
     # The same prompts for every scheme: perplexity depends on the prompt as much as on the scheme.
     common = sorted(set.intersection(*({r["i"] for r in rows} for rows in corpora.values())))[: args.ppl_texts]
     result["perplexity_prompts"] = len(common)
+    result["perplexity_tokens"] = args.ppl_tokens
+    nll: dict[str, dict[int, float]] = {}
     for corpus, all_rows in corpora.items():
         rows = [r for r in all_rows if r["i"] in set(common)]
-        scored = perplexities(llm, rows)
-        tokens = sum(n for _, n in scored)
+        scored = perplexities(llm, rows, args.ppl_tokens)
+        nll[corpus] = {i: x for i, x, _ in scored}
+        result.setdefault("perplexity_per_prompt", {})[corpus] = {str(i): [round(x, 5), n] for i, x, n in scored}
+        tokens = sum(n for _, _, n in scored)
         result["perplexity"][corpus] = {
             "texts": len(scored),
-            "median_ppl": round(statistics.median(math.exp(x) for x, _ in scored), 3),
-            "token_weighted_ppl": round(math.exp(sum(x * n for x, n in scored) / tokens), 3),
+            "median_ppl": round(statistics.median(math.exp(x) for _, x, _ in scored), 3),
+            "token_weighted_ppl": round(math.exp(sum(x * n for _, x, n in scored) / tokens), 3),
         }
         print(corpus, result["perplexity"][corpus], flush=True)
+    # Against plain, and where the control corpus plain-b (other seeds) was scored, against it and against the
+    # per-prompt mean of the two unwatermarked corpora.
+    both = {i: (x + nll["plain-b"][i]) / 2 for i, x in nll.get("plain", {}).items() if i in nll.get("plain-b", {})}
+    for corpus in nll:
+        row = result["perplexity"][corpus]
+        for base, name in (("plain", "plain"), ("plain-b", "plain_b"), ("both", "unwatermarked_mean")):
+            ref = both if base == "both" else nll.get(base)
+            if corpus in ("plain", base) or (base != "plain" and corpus == "plain-b") or not ref:
+                continue
+            row[f"log_ppl_minus_{name}"] = diff = paired_difference(ref, nll[corpus])
+            print(corpus, f"log-perplexity minus {name}:", diff, flush=True)
 
 
 def task(args: Any, result: dict[str, Any]) -> None:

@@ -13,10 +13,13 @@ detection figures):
   diversity    --diversity-prompts prompts, each sampled --samples times at T = 1.0 under ONE account key
                (what a customer who samples a prompt repeatedly gets): distinct-2 (distinct bigrams over
                all bigrams of the samples, per prompt) and self-BLEU (sacrebleu: each sample against the
-               others; lower = more diverse), against plain sampling with the same seeds
+               others; lower = more diverse), against plain sampling with the same seeds: per arm the
+               mean per-prompt difference from plain sampling with a paired bootstrap 95% CI (prompts
+               resampled), as a share of plain's mean
 
     .venv/bin/python benchmarks/watermark_tournament.py --json-out tournament.json
     .venv/bin/python benchmarks/watermark_tournament.py --layers 2 4 8 --prompts 20 --diversity-prompts 5
+    .venv/bin/python benchmarks/watermark_tournament.py --layers 8 --prompts 0 --real-limit 0 --diversity-prompts 16
 
 Needs sacrebleu (`pip install .[bench]`). Results: docs/watermark.md, "Tournament sampling".
 """
@@ -31,7 +34,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from watermark_common import SECRET, account_ids, chat, load_llm, machine, prompts, rng
+from watermark_common import SECRET, account_ids, chat, load_llm, machine, paired_bootstrap, prompts, rng
 from watermark_detection import real_corpora, upper95
 
 from distillshield.watermark.gumbel import GumbelWatermark
@@ -60,7 +63,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=20, help="prompts per temperature for detection")
     ap.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 0.7])
     ap.add_argument("--keys", type=int, default=1000)
-    ap.add_argument("--real-limit", type=int, default=100, help="texts per real corpus for false positives")
+    ap.add_argument("--real-limit", type=int, default=100, help="texts per real corpus for false positives (0: skip)")
     ap.add_argument("--diversity-prompts", type=int, default=5)
     ap.add_argument("--samples", type=int, default=8)
     ap.add_argument("--diversity-tokens", type=int, default=100)
@@ -101,9 +104,9 @@ def main() -> None:
             took = time.perf_counter() - t0
             print(f"detection {name} T={temp}: {hit}/{n} ({took:.0f}s)", file=sys.stderr, flush=True)
 
-    texts = [t for corpus in real_corpora(args.real_limit).values() for t in corpus]
+    texts = [t for corpus in real_corpora(args.real_limit).values() for t in corpus] if args.real_limit else []
     ids = [x for x in (tok.encode(t) for t in texts) if len(x) >= 50]
-    for name, wm in schemes.items():
+    for name, wm in schemes.items() if ids else ():
         flagged = sum(d.detected for x in ids for d in wm.score_many(keys, *_pairs(x, wm.context_width)))
         tests = len(ids) * len(keys)
         out["false_positives"][name] = {"detected": flagged, "tests": tests, "texts": len(ids), "keys": len(keys),
@@ -124,7 +127,13 @@ def main() -> None:
             d2.append(distinct2(samples))
             sb.append(self_bleu(samples))
         out["diversity"][name] = {"distinct2": float(np.mean(d2)), "self_bleu": float(np.mean(sb)),
-                                  "prompts": len(div_prompts), "samples": args.samples}  # fmt: skip
+                                  "prompts": len(div_prompts), "samples": args.samples,
+                                  "per_prompt": {"distinct2": d2, "self_bleu": sb}}  # fmt: skip
+        if name != "plain":
+            base = out["diversity"]["plain"]["per_prompt"]
+            for metric, values in (("distinct2", d2), ("self_bleu", sb)):
+                rel, ci = paired_bootstrap(base[metric], values, relative=True)
+                out["diversity"][name][f"{metric}_vs_plain"] = {"relative": rel, "ci95": ci}
         print(f"diversity {name}: distinct-2 {np.mean(d2):.3f} self-BLEU {np.mean(sb):.1f}", file=sys.stderr)
 
     out["seconds"] = round(time.perf_counter() - t0, 1)
