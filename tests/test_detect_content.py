@@ -362,7 +362,7 @@ def test_typicality_counts_each_account_once() -> None:
             pop.offer(account, v)
     pop.refresh()
     assert pop.stats.tau > -0.5 and not {"twin", "near-a", "near-b"} & pop.excluded
-    got = float(pop.typicality(x[None, :], "someone-else")[0])
+    got = float(pop.judge_rows(x[None, :], "someone-else")[0][0])
     # By hand: each active account's best cosine with x, and every reference prompt's.
     best = [max(float(v @ x) for v in vecs) for a, vecs in rows.items() if a not in pop.excluded]
     best += [float(v @ x) for v in pop.anchors]

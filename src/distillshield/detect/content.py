@@ -192,7 +192,6 @@ class ContentNull:
     rank_between: float = 0.0  # variance of accounts' mean ranks beyond sampling noise
     assoc_base: float = ASSOC_FLOOR  # share of ordinary prompts that resemble the far accounts' prompts
     copy_base: float = COPY_FLOOR  # share of ordinary accounts' prompts that are near-copies of theirs
-    excluded: frozenset[str] = frozenset()
     compared: frozenset[str] = frozenset()  # the far accounts whose prompts others' are compared with
 
     def rank(self, typ: np.ndarray) -> np.ndarray:
@@ -362,7 +361,6 @@ class ContentPopulation:
         typ = self.reference_typicality(self.matrix[rows])
         stats = ContentNull.measure(typ, self.owner[rows], len(self.accounts))
         stats.assoc_base, stats.copy_base = self.stats.assoc_base, self.stats.copy_base
-        stats.excluded = frozenset(self.excluded - members)
         stats.compared = frozenset(self.stats.compared - members)
         return stats
 
@@ -402,7 +400,7 @@ class ContentPopulation:
         sims = self.centred(x) @ self._out_cols.T
         sims[own[:, None] == self._out_owner[None, :]] = -1.0
         near = top_k_mean(sims)
-        copy = sims.max(axis=1) if sims.shape[1] else np.full(len(x), -1.0, dtype=np.float32)
+        copy = sims.max(axis=1)  # called only when there are far accounts' prompts to compare with
         return (near > typ) & (self.stats.rank(typ) < LOW_RANK), (copy >= COPY_SIM) & (closest < COPY_SIM)
 
     def judge_rows(self, x: np.ndarray, account: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -413,7 +411,7 @@ class ContentPopulation:
         own = np.full(len(x), self._index.get(account, -1), dtype=np.int64)
         x = x.astype(np.float32)
         typ, closest = self._neighbours(x, own)
-        if len(self._out_cols) == 0 or len(self._cols) == 0:
+        if len(self._out_cols) == 0:
             return typ, np.zeros(len(x), dtype=bool), np.zeros(len(x), dtype=bool)
         return (typ, *self._resembles(x, own, typ, closest))
 
@@ -451,7 +449,6 @@ class ContentPopulation:
             order = np.argsort(rank_z, kind="stable")[: int(EXCLUDE_AT_MOST * n_acc)]
             self.excluded = {self.accounts[i] for i in order if outlying[i]}
         self.set_outliers({})
-        self.stats.excluded = frozenset(self.excluded)
         self._changes = 0
         self.version += 1
         if new_epoch or len(self.matrix) >= 2 * self._epoch_rows:
@@ -496,13 +493,6 @@ class ContentPopulation:
             if len(self._out_cols):
                 assoc[i : i + chunk], copied[i : i + chunk] = self._resembles(xc, oc, typ[i : i + chunk], closest)
         return typ, assoc, copied
-
-    def typicality(self, x: np.ndarray, account: str) -> np.ndarray:
-        """Typicality of an account's prompts against every *other* (non-excluded) sampled account."""
-        if len(self._cols) == 0:
-            return np.ones(len(x), dtype=np.float32)
-        own = self._index.get(account, -1)
-        return self._typicality(x.astype(np.float32), np.full(len(x), own, dtype=np.int64))
 
 
 @dataclass
