@@ -5,6 +5,8 @@ and on real unwatermarked text shipped in PyPI packages.
     .venv/bin/python benchmarks/watermark_detection.py --parts fp-real     # real corpora only (no generation)
     .venv/bin/python benchmarks/watermark_detection.py --parts attribution --keys 10000 \
         --attribution-corpora kgw,tournament,kgw-t0.7,tournament-t0.7      # attribution at scale
+    .venv/bin/python benchmarks/watermark_detection.py --parts attribution --keys 10000 \
+        --attribution-corpora tournament --weights text                      # entropy-weighted
 
   detection    watermarked completions cut to exactly L tokens (L = 50, 100, 200; texts shorter than
                L are left out and counted), each tested under its own account key: share detected
@@ -17,7 +19,10 @@ and on real unwatermarked text shipped in PyPI packages.
                (first and secondary, these at the stricter secondary alpha, and what alpha alone would
                have named), the seconds attribute() takes per text, the calibration of the wrong keys'
                p-values, and pairs of texts of two accounts pooled (both should be named);
-               unwatermarked texts (plain completions, real corpora): share where any account is named
+               unwatermarked texts (plain completions, real corpora): share where any account is named.
+               `--weights text` (or `prompt`) tests the tournament's corpora entropy-weighted, the weights
+               from the embedded model over the text alone (or after its prompt); the seconds column then
+               adds the weights' own time per text (`weights_seconds_per_text_median`)
 """
 
 from __future__ import annotations
@@ -35,9 +40,10 @@ from watermark_corpus import CORPORA
 from distillshield.watermark.attribution import ALPHA, SECONDARY_ALPHA, attribute
 from distillshield.watermark.base import scored_pairs
 from distillshield.watermark.keys import KeyRing, WatermarkKey
-from distillshield.watermark.schemes import Scheme
+from distillshield.watermark.schemes import Scheme, supports_weights
 from distillshield.watermark.stats import binomial_log10_sf
 from distillshield.watermark.tokenizer import Tokenizer, default_tokenizer
+from distillshield.watermark.weights import ModelWeigher
 
 Z = 4.0
 RAW_LEVELS = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6)  # calibration of the wrong keys' raw p-values
@@ -70,20 +76,37 @@ def real_corpora(limit: int) -> dict[str, list[str]]:
 
 
 def attribution_at(
-    scheme: Scheme, rows: list[dict[str, Any]], length: int, keys: list[WatermarkKey], tok: Tokenizer
+    scheme: Scheme,
+    rows: list[dict[str, Any]],
+    length: int,
+    keys: list[WatermarkKey],
+    tok: Tokenizer,
+    weigher: ModelWeigher | None = None,
+    with_prompt: bool = False,
 ) -> dict[str, Any]:
-    """Attribute every completion of at least `length` tokens, cut to `length`, under all `keys`."""
-    texts = [(f"account:{r['account']}", ids[:length]) for r in rows if len(ids := tok.encode(r["text"])) >= length]
+    """Attribute every completion of at least `length` tokens, cut to `length`, under all `keys` (entropy-weighted
+    with a weigher: over the text alone, or after its prompt)."""
+    texts = [
+        (f"account:{r['account']}", ids[:length], r.get("prompt") if with_prompt else None)
+        for r in rows
+        if len(ids := tok.encode(r["text"])) >= length
+    ]
     labels = {k.label for k in keys}
-    texts = [(truth, ids) for truth, ids in texts if truth in labels]  # the true key is among the candidates
+    texts = [x for x in texts if x[0] in labels]  # the true key is among the candidates
     first = named = wrong_first = wrong_secondary = wrong_at_alpha = 0
     seconds: list[float] = []
+    weigh_seconds: list[float] = []
+    weights: list[np.ndarray | None] = []
+    for _, ids, prompt in texts:
+        t = time.perf_counter()
+        weights.append(None if weigher is None else weigher.weights(ids, prompt))
+        weigh_seconds.append(time.perf_counter() - t)
     best_wrong: list[float] = []  # the best wrong key's Holm-adjusted log10 p, per text
     raw_below = [0] * len(RAW_LEVELS)
-    for truth, ids in texts:
+    for (truth, ids, _), w, t_w in zip(texts, weights, weigh_seconds, strict=True):
         t = time.perf_counter()
-        a = attribute(scheme, ids, keys)
-        seconds.append(time.perf_counter() - t)
+        a = attribute(scheme, ids, keys, weights=None if w is None else [w])
+        seconds.append(time.perf_counter() - t + t_w)
         names = [c.label for c in a.attributed]
         first += a.ranked[0].label == truth
         named += truth in names
@@ -96,10 +119,12 @@ def attribution_at(
         for j, level in enumerate(RAW_LEVELS):
             raw_below[j] += int(np.count_nonzero(raw < math.log10(level)))
     n, tests = len(texts), len(texts) * (len(keys) - 1)
-    pairs = [(texts[i], texts[i + 1]) for i in range(0, n - 1, 2) if texts[i][0] != texts[i + 1][0]]
+    pairs = [(i, i + 1) for i in range(0, n - 1, 2) if texts[i][0] != texts[i + 1][0]]
     both = both_at_alpha = 0  # two accounts' texts pooled: both named (the second at the secondary alpha)
-    for (truth_x, x), (truth_y, y) in pairs:
-        a = attribute(scheme, [x, y], keys)
+    for i, j in pairs:
+        (truth_x, x, _), (truth_y, y, _) = texts[i], texts[j]
+        wx, wy = weights[i], weights[j]
+        a = attribute(scheme, [x, y], keys, weights=None if wx is None or wy is None else [wx, wy])
         both += {truth_x, truth_y} <= {c.label for c in a.attributed}
         both_at_alpha += {truth_x, truth_y} <= {c.label for c in a.ranked if c.log10_p_adjusted < math.log10(ALPHA)}
     return {
@@ -109,6 +134,7 @@ def attribution_at(
         "wrong_first_named": wrong_first, f"wrong_secondary_named_{SECONDARY_ALPHA:g}": wrong_secondary,
         f"wrong_named_at_alpha_{ALPHA:g}_alone": wrong_at_alpha,
         "seconds_per_text_median": round(float(np.median(seconds)), 3) if n else None,
+        "weights_seconds_per_text_median": round(float(np.median(weigh_seconds)), 3) if weigher and n else None,
         "seconds_per_text_p90": round(float(np.quantile(seconds, 0.9)), 3) if n else None,
         "best_wrong_log10_p_adjusted_min": round(min(best_wrong), 2) if n else None,
         "best_wrong_log10_p_adjusted_median": round(float(np.median(best_wrong)), 2) if n else None,
@@ -119,7 +145,9 @@ def attribution_at(
     }  # fmt: skip
 
 
-def unwatermarked_named(scheme: Scheme, texts: list[str], keys: list[WatermarkKey], tok: Tokenizer) -> dict[str, Any]:
+def unwatermarked_named(
+    scheme: Scheme, texts: list[str], keys: list[WatermarkKey], tok: Tokenizer, weigher: ModelWeigher | None = None
+) -> dict[str, Any]:
     """Unwatermarked texts under all keys: how many name any account, and the best key's adjusted p."""
     named = tested = 0
     best: list[float] = []
@@ -127,7 +155,7 @@ def unwatermarked_named(scheme: Scheme, texts: list[str], keys: list[WatermarkKe
         ids = tok.encode(text)
         if len(ids) <= scheme.context_width:
             continue
-        a = attribute(scheme, ids, keys)
+        a = attribute(scheme, ids, keys, weights=None if weigher is None else [weigher.weights(ids)])
         tested += 1
         named += bool(a.attributed)
         best.append(a.ranked[0].log10_p_adjusted)
@@ -145,9 +173,14 @@ def main() -> None:
     ap.add_argument("--parts", default="detection,fp,attribution", help="which parts to run")
     ap.add_argument("--attribution-corpora", default="kgw", help="corpora of watermark_corpus.py to attribute")
     ap.add_argument("--null-limit", type=int, default=40, help="texts per real corpus in attribution's null (0: none)")
+    ap.add_argument(
+        "--weights", choices=("none", "text", "prompt"), default="none",
+        help="attribution of tournament corpora entropy-weighted: over the text alone, or after its prompt",
+    )  # fmt: skip
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args()
     parts = set(args.parts.split(","))
+    weigher = ModelWeigher(threads=1) if args.weights != "none" else None
     tok = default_tokenizer()
     ring = KeyRing(SECRET)
     keys = [ring.account(a) for a in account_ids(args.keys)]
@@ -228,13 +261,18 @@ def main() -> None:
                 continue
             scheme = SCHEMES[CORPORA[corpus].scheme or "kgw"]
             att[corpus] = {"scheme": repr(scheme), "temperature": CORPORA[corpus].temperature, "completions": len(rows)}
+            w = weigher if supports_weights(scheme) else None
+            att[corpus]["weights"] = "none" if w is None else args.weights
             for length in (400, 200):
-                att[corpus][f"L{length}"] = out = attribution_at(scheme, rows, length, keys, tok)
+                att[corpus][f"L{length}"] = out = attribution_at(
+                    scheme, rows, length, keys, tok, w, with_prompt=args.weights == "prompt"
+                )
                 print("attribution", corpus, length, json.dumps(out), flush=True)
         plain = [r["text"] for r in read_jsonl(d / "plain.jsonl")]
         null_texts = plain + [t for texts in real_corpora(args.null_limit).values() for t in texts]
         for name in sorted({CORPORA[c].scheme or "kgw" for c in att}) if null_texts else ():
-            att[f"unwatermarked {name}"] = out = unwatermarked_named(SCHEMES[name], null_texts, keys, tok)
+            w = weigher if supports_weights(SCHEMES[name]) else None
+            att[f"unwatermarked {name}"] = out = unwatermarked_named(SCHEMES[name], null_texts, keys, tok, w)
             print("attribution unwatermarked", name, json.dumps(out), flush=True)
     print(json.dumps(result, indent=2))
     if args.json_out:

@@ -7,9 +7,11 @@ detection figures):
 
   detection    completions of real user prompts at T = 1.0 and 0.7, cut to exactly 200 tokens (shorter
                ones are left out and counted), each tested under its own key: share detected (z >= 4 and
-               exact p <= 3.2e-5: Detection.detected)
+               exact p <= 3.2e-5: Detection.detected), three ways on the same texts: the unweighted count,
+               entropy-weighted from the text alone (what `watermark detect` does with a bare text), and
+               entropy-weighted with the prompt known (a leaked data set of prompt-answer pairs)
   false pos.   real unwatermarked text (human prompts, GPT-4 answers, book passages, programs) tested under
-               each of --keys account keys: share detected
+               each of --keys account keys, unweighted and entropy-weighted (text alone): share detected
   diversity    --diversity-prompts prompts, each sampled --samples times at T = 1.0 under ONE account key
                (what a customer who samples a prompt repeatedly gets): distinct-2 (distinct bigrams over
                all bigrams of the samples, per prompt) and self-BLEU (sacrebleu: each sample against the
@@ -20,6 +22,7 @@ detection figures):
     .venv/bin/python benchmarks/watermark_tournament.py --json-out tournament.json
     .venv/bin/python benchmarks/watermark_tournament.py --layers 2 4 8 --prompts 20 --diversity-prompts 5
     .venv/bin/python benchmarks/watermark_tournament.py --layers 8 --prompts 0 --real-limit 0 --diversity-prompts 16
+    .venv/bin/python benchmarks/watermark_tournament.py --layers 4 6 --prompts 50 --diversity-prompts 16 --no-gumbel
 
 Needs sacrebleu (`pip install .[bench]`). Results: docs/watermark.md, "Tournament sampling".
 """
@@ -37,10 +40,12 @@ import numpy as np
 from watermark_common import SECRET, account_ids, chat, load_llm, machine, paired_bootstrap, prompts, rng
 from watermark_detection import real_corpora, upper95
 
+from distillshield.watermark.attribution import score_keys
 from distillshield.watermark.gumbel import GumbelWatermark
 from distillshield.watermark.keys import KeyRing
 from distillshield.watermark.tokenizer import default_tokenizer
 from distillshield.watermark.tournament import TournamentWatermark
+from distillshield.watermark.weights import ModelWeigher
 
 L = 200
 
@@ -67,6 +72,7 @@ def main() -> None:
     ap.add_argument("--diversity-prompts", type=int, default=5)
     ap.add_argument("--samples", type=int, default=8)
     ap.add_argument("--diversity-tokens", type=int, default=100)
+    ap.add_argument("--no-gumbel", action="store_true", help="leave Gumbel-max out of the diversity arms")
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args()
     tok = default_tokenizer()
@@ -74,17 +80,21 @@ def main() -> None:
     accounts = account_ids(args.keys)
     keys = [ring.account(a) for a in accounts]
     llm = load_llm()
+    weigher = ModelWeigher(threads=1)  # the embedded model again, scoring (logits of every position)
+    ways = ("unweighted", "weighted, text alone", "weighted, prompt known")
     ps = prompts(args.prompts + args.diversity_prompts)
     det_prompts, div_prompts = ps[: args.prompts], ps[args.prompts :]
     schemes: dict[str, Any] = {f"tournament m={m}": TournamentWatermark(4, layers=m) for m in args.layers}
     out: dict[str, Any] = {"machine": machine(), "L": L, "detection": {}, "false_positives": {}, "diversity": {}}
     t0 = time.perf_counter()
 
+    weigh_s: list[float] = []
     for name, wm in schemes.items():
         for temp in args.temperatures:
             pick = rng(7)
-            hit = n = short = 0
-            zs = []
+            hits = dict.fromkeys(ways, 0)
+            zs: dict[str, list[float]] = {w: [] for w in ways}
+            n = short = 0
             for i, prompt in enumerate(det_prompts):
                 key = ring.account(pick.choice(accounts))
                 hook = wm.processor(key, temperature=temp, seed=2000 + i)
@@ -93,28 +103,50 @@ def main() -> None:
                 if len(ids) < L:
                     short += 1
                     continue
-                d = wm.detect(key, ids[:L])
+                ids = ids[:L]
+                t_w = time.perf_counter()
+                bare = weigher.weights(ids)
+                weigh_s.append(time.perf_counter() - t_w)
+                dets = {
+                    ways[0]: wm.detect(key, ids),
+                    ways[1]: score_keys(wm, ids, [key], weights=[bare])[0][0],
+                    ways[2]: score_keys(wm, ids, [key], weights=[weigher.weights(ids, prompt)])[0][0],
+                }
                 n += 1
-                hit += int(d.detected)
-                zs.append(d.z)
+                for w, d in dets.items():
+                    hits[w] += int(d.detected)
+                    zs[w].append(d.z)
             out["detection"][f"{name} T={temp}"] = {
-                "detected": hit, "n": n, "rate": hit / n if n else float("nan"),
-                "median_z": float(np.median(zs)) if zs else float("nan"), "shorter_than_L": short,
-            }  # fmt: skip
+                w: {"detected": hits[w], "n": n, "rate": hits[w] / n if n else float("nan"),
+                    "median_z": float(np.median(zs[w])) if zs[w] else float("nan")}
+                for w in ways
+            } | {"shorter_than_L": short}  # fmt: skip
             took = time.perf_counter() - t0
-            print(f"detection {name} T={temp}: {hit}/{n} ({took:.0f}s)", file=sys.stderr, flush=True)
+            line = ", ".join(f"{w} {hits[w]}/{n}" for w in ways)
+            print(f"detection {name} T={temp}: {line} ({took:.0f}s)", file=sys.stderr, flush=True)
+    if weigh_s:
+        out["weights_seconds_per_text"] = {"median": float(np.median(weigh_s)), "tokens": L, "threads": 1}
 
     texts = [t for corpus in real_corpora(args.real_limit).values() for t in corpus] if args.real_limit else []
     ids = [x for x in (tok.encode(t) for t in texts) if len(x) >= 50]
+    bare_weights = [weigher.weights(x) for x in ids]
     for name, wm in schemes.items() if ids else ():
-        flagged = sum(d.detected for x in ids for d in wm.score_many(keys, *_pairs(x, wm.context_width)))
-        tests = len(ids) * len(keys)
-        out["false_positives"][name] = {"detected": flagged, "tests": tests, "texts": len(ids), "keys": len(keys),
-                                        "rate": flagged / tests, "upper95": upper95(flagged, tests)}  # fmt: skip
-        print(f"false positives {name}: {flagged}/{tests}", file=sys.stderr, flush=True)
+        for way, weights in (("unweighted", None), ("weighted, text alone", bare_weights)):
+            flagged = sum(
+                d.detected
+                for j, x in enumerate(ids)
+                for d in score_keys(wm, x, keys, weights=None if weights is None else [weights[j]])[0]
+            )
+            tests = len(ids) * len(keys)
+            out["false_positives"][f"{name}, {way}"] = {
+                "detected": flagged, "tests": tests, "texts": len(ids), "keys": len(keys),
+                "rate": flagged / tests, "upper95": upper95(flagged, tests),
+            }  # fmt: skip
+            print(f"false positives {name}, {way}: {flagged}/{tests}", file=sys.stderr, flush=True)
 
     div: dict[str, Callable[[Any], Any] | None] = {"plain": None}
-    div["gumbel h=4"] = GumbelWatermark(4)  # deterministic per key and context: the contrast
+    if not args.no_gumbel:
+        div["gumbel h=4"] = GumbelWatermark(4)  # deterministic per key and context: the contrast
     div.update(schemes)
     key = ring.account(accounts[0])
     for name, wm in div.items():
@@ -141,12 +173,6 @@ def main() -> None:
     if args.json_out:
         with open(args.json_out, "w") as fh:
             json.dump(out, fh, indent=2)
-
-
-def _pairs(ids: list[int], h: int) -> tuple[Any, Any, int]:
-    from distillshield.watermark.base import scored_pairs
-
-    return scored_pairs(ids, h)
 
 
 if __name__ == "__main__":

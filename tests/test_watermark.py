@@ -341,6 +341,14 @@ def test_texts_are_read_from_jsonl_shapes_or_plain_text(tmp_path) -> None:
         '{"choices": [{"message": {"content": "three"}}]}\n\n'
     )
     assert [(t.id, t.text) for t in read_texts(j)] == [("a", "one"), ("line 2", "two"), ("line 3", "three")]
+    assert [t.prompt for t in read_texts(j)] == [None, None, None]
+    # The prompt a text answers, where the record says: entropy weights condition on it.
+    j.write_text(
+        '{"prompt": "p1", "completion": "one"}\n{"instruction": "p2", "input": "ctx", "output": "two"}\n'
+        '{"request": {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "p3"}]},'
+        ' "response": {"text": "three"}}\n'
+    )
+    assert [(t.text, t.prompt) for t in read_texts(j)] == [("one", "p1"), ("two", "p2\n\nctx"), ("three", "p3")]
     p = tmp_path / "t.txt"
     p.write_text("just some prose\nover two lines")
     assert [t.text for t in read_texts(p)] == ["just some prose\nover two lines"]

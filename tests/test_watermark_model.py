@@ -9,6 +9,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import openai
 import pytest
 from typer.testing import CliRunner
@@ -117,8 +118,9 @@ def test_audit_queries_a_loopback_target(wm_gateway: RunningGateway, config: Pat
 
 @pytest.mark.parametrize("scheme", ["gumbel", "tournament"])
 def test_sampling_schemes_through_the_gateway(gateway_factory, scheme: str) -> None:
-    """The keyed sampling schemes through the same hook: detected under the account's key only; the
-    tournament's two answers to one prompt differ (it samples), Gumbel-max's are identical (it picks)."""
+    """The keyed sampling schemes through the same hook: detected under the account's key only; an unseeded
+    answer to a prompt differs from a seeded one under the tournament (it samples) and starts the same under
+    Gumbel-max (it picks); a request's seed makes either reproducible."""
     gw = gateway_factory(
         watermark__secret=SECRET, watermark__scheme=scheme, watermark__context_width=4, upstream__local__n_threads=1
     )
@@ -126,20 +128,24 @@ def test_sampling_schemes_through_the_gateway(gateway_factory, scheme: str) -> N
     client = openai.OpenAI(base_url=f"{gw.base}/v1", api_key=gw.create_key("g-alice"))
     texts = [
         client.chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": PROMPT}], max_tokens=96, temperature=1.0, seed=3
+            model=MODEL, messages=[{"role": "user", "content": PROMPT}], max_tokens=96, temperature=1.0, seed=seed
         )
         .choices[0]
         .message.content
-        for _ in range(2)
+        for seed in (3, 3, None)
     ]
     from distillshield.watermark.schemes import build_scheme
 
     tok = default_tokenizer()
     wm = build_scheme(scheme, context_width=4)
-    ids = [tok.encode(t) for t in texts]
+    ids = [tok.encode(t) for t in texts[::2]]
     assert wm.detect(KeyRing(SECRET).account("g-alice"), ids).detected
     assert not wm.detect(KeyRing(SECRET).account("g-bob"), ids).detected
-    assert (texts[0] == texts[1]) == (scheme == "gumbel"), texts
+    assert texts[0] == texts[1], texts  # the same seed again: reproducible, as unwatermarked sampling is
+    if scheme == "gumbel":  # it picks: the same answer until a repeated context falls back to plain sampling
+        assert texts[2][:200] == texts[0][:200], texts
+    else:
+        assert texts[2] != texts[0], texts
 
 
 def test_cli_errors_are_one_line(
@@ -160,3 +166,43 @@ def test_cli_errors_are_one_line(
             main()
         err = capsys.readouterr().err
         assert exc.value.code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_entropy_weights_strengthen_the_tournament_test_at_low_temperature(gateway_factory, tmp_path: Path) -> None:
+    """At T=0.7 much of an answer is determined and carries no watermark; the CLI's entropy-weighted test
+    (the default for the tournament) counts each token by how open the model's choice was after the record's
+    prompt, so its z is higher than the unweighted one on the same texts, and a key that did not mark them
+    still finds nothing."""
+    gw = gateway_factory(
+        watermark__secret=SECRET,
+        watermark__scheme="tournament",
+        watermark__context_width=4,
+        upstream__local__n_threads=1,
+    )
+    gw.state.watermark.set("t-alice", "on")
+    client = openai.OpenAI(base_url=f"{gw.base}/v1", api_key=gw.create_key("t-alice"))
+    prompts = [PROMPT, "Explain how a refrigerator keeps food cold.", "Describe a walk through an autumn forest."]
+    f = tmp_path / "answers.jsonl"
+    with f.open("w") as fh:
+        for i, prompt in enumerate(prompts):
+            r = client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": prompt}], max_tokens=160, temperature=0.7, seed=11
+            )
+            fh.write(json.dumps({"id": f"t{i}", "prompt": prompt, "text": r.choices[0].message.content}) + "\n")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"store:\n  url: {gw.settings.store.url}\nwatermark:\n  secret: {SECRET}\n")
+    base = ["-c", str(cfg), "watermark", "detect", str(f), "--scheme", "tournament", "--context-width", "4", "--json"]
+    runs = {}
+    for flag in ("--entropy-weights", "--no-entropy-weights"):
+        r = runner.invoke(app, [*base, "--account", "t-alice", "--account", "t-bob", flag])
+        assert r.exit_code == 0, r.output
+        runs[flag] = json.loads(r.stdout)
+    assert "T=1" in runs["--entropy-weights"]["weighting"] and runs["--no-entropy-weights"]["weighting"] is None
+    z = {flag: [[t["z"] for t in res["tests"]] for res in out["results"]] for flag, out in runs.items()}
+    detected = [[t["detected"] for t in res["tests"]] for res in runs["--entropy-weights"]["results"]]
+    assert not any(d[1] for d in detected) and sum(d[0] for d in detected) >= 2, (detected, z)  # alice's key only
+    weighted = np.mean([zs[0] for zs in z["--entropy-weights"]])
+    plain = np.mean([zs[0] for zs in z["--no-entropy-weights"]])
+    assert weighted > plain, z
+    bad = runner.invoke(app, [*base, "--account", "t-alice", "--scheme", "kgw", "--entropy-weights"])
+    assert bad.exit_code != 0 and "no entropy-weighted test" in str(bad.exception)

@@ -11,11 +11,12 @@ from rich.table import Table
 
 from distillshield.cli.common import CliError, console, print_json, progress, settings, with_store
 from distillshield.store import Store
-from distillshield.watermark.attribution import ALPHA, CORRECTIONS, SECONDARY_ALPHA, attribute
+from distillshield.watermark.attribution import ALPHA, CORRECTIONS, SECONDARY_ALPHA, attribute, score_keys
 from distillshield.watermark.keys import KeyRing, WatermarkKey, key_label
-from distillshield.watermark.schemes import Scheme, build_scheme, keyring_from_settings
+from distillshield.watermark.schemes import Scheme, build_scheme, keyring_from_settings, supports_weights
 from distillshield.watermark.texts import TextsError, read_texts
 from distillshield.watermark.tokenizer import LlamaTokenizer, default_tokenizer
+from distillshield.watermark.weights import ModelWeigher
 
 app = typer.Typer(
     help="Per-account output watermarks. Example: distillshield watermark detect reply.txt --account alice",
@@ -99,6 +100,12 @@ def detect(
     context_width: int = typer.Option(None, help="default: watermark.context_width"),
     threshold: float = typer.Option(None, help="z threshold (default: watermark.z_threshold)"),
     tokenizer: Path = typer.Option(None, help="GGUF file whose tokenizer generated the text (default: embedded model)"),
+    entropy_weights: bool = typer.Option(
+        None, "--entropy-weights/--no-entropy-weights",
+        help="weight each token by how open the model's choice was there (tournament only; default: on for it). "
+        "Runs the model of --tokenizer (default: the embedded one) over each text, after its prompt when the "
+        "JSONL record has one (prompt, instruction, or the user's message)",
+    ),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
 ) -> None:  # fmt: skip
     """Test texts for the watermark: z-score and exact p-value per text under a key, or, with
@@ -125,19 +132,23 @@ def detect(
     keys = candidate_keys(wm.keys, account, cluster, accounts_file, everyone=attribute_mode)
     if not keys:
         raise CliError("no candidate keys: the store has no accounts; pass --accounts FILE or --account ID")
+    weigher = _weigher(wm.scheme, tokenizer, entropy_weights)
 
-    units = [("pooled", [t.text for t in texts])] if pool else [(t.id, [t.text]) for t in texts]
+    units = [("pooled", texts)] if pool else [(t.id, [t]) for t in texts]
     results = []
     with progress() as bar:
         task = bar.add_task("testing", total=len(units))
         for ident, group in units:
-            ids = [wm.tokenizer.encode(t) for t in group]
+            ids = [wm.tokenizer.encode(t.text) for t in group]
+            weights = None
+            if weigher is not None:
+                weights = [weigher.weights(x, t.prompt) for x, t in zip(ids, group, strict=True)]
             if attribute_mode:
                 a = attribute(wm.scheme, ids, keys, correction=correction, alpha=alpha,
-                              secondary_alpha=secondary_alpha, threshold=wm.threshold)  # fmt: skip
+                              secondary_alpha=secondary_alpha, threshold=wm.threshold, weights=weights)  # fmt: skip
                 results.append({"id": ident, **a.as_dict(top)})
             else:
-                dets = [wm.scheme.detect(k, ids, wm.threshold) for k in keys]
+                dets = score_keys(wm.scheme, ids, keys, wm.threshold, weights=weights)[0]
                 results.append({"id": ident, "tests": [d.as_dict() for d in dets]})
             bar.advance(task)
 
@@ -146,6 +157,7 @@ def detect(
         "params": _params(wm.scheme),
         "threshold": wm.threshold,
         "tokenizer": wm.tokenizer.name,
+        "weighting": None if weigher is None else weigher.name,
         "mode": "attribution" if attribute_mode else "detection",
         "keys_tested": len(keys),
         "results": results,
@@ -157,6 +169,19 @@ def detect(
         _print_attribution(results, correction, alpha, secondary_alpha)
     else:
         _print_detection(results)
+
+
+def _weigher(scheme: Scheme, tokenizer: Path | None, wanted: bool | None) -> ModelWeigher | None:
+    """The entropy weigher (the model behind the tokenizer) when the scheme has a weighted test and it is not
+    turned off; CliError when it was asked for and cannot be had."""
+    if wanted is False or (wanted is None and not supports_weights(scheme)):
+        return None
+    if not supports_weights(scheme):
+        raise CliError(f"--entropy-weights: the {scheme.name} scheme has no entropy-weighted test (the tournament has)")
+    try:
+        return ModelWeigher(tokenizer)
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        raise CliError(f"cannot load the model for entropy weights ({exc}); pass --no-entropy-weights") from None
 
 
 def _params(scheme: object) -> dict[str, object]:

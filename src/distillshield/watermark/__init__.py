@@ -5,6 +5,8 @@
 - gumbel.py: GumbelWatermark: distortion-free keyed Gumbel-max sampling and its detector
 - tournament.py: TournamentWatermark: SynthID-style tournament sampling (distortion-free per step, still
   random) and its mean-score detector
+- weights.py: entropy-weighted detection for the tournament (per-token weights from the model, and the
+  weighted count's exact null)
 - stats.py: exact one-sided p-values, Holm/Bonferroni correction
 - attribution.py: test a text under every account key and name the likely sources
 - radioactivity.py: was a suspect model trained on our watermarked outputs? (Sander et al. 2024)
@@ -22,6 +24,7 @@ from distillshield.watermark.kgw import GreenListWatermark
 from distillshield.watermark.radioactivity import radioactivity_test
 from distillshield.watermark.schemes import build_scheme
 from distillshield.watermark.tournament import TournamentWatermark
+from distillshield.watermark.weights import ModelWeigher, TokenWeigher
 
 __all__ = [
     "Attribution",
@@ -30,6 +33,8 @@ __all__ = [
     "GreenListWatermark",
     "GumbelWatermark",
     "KeyRing",
+    "ModelWeigher",
+    "TokenWeigher",
     "TournamentWatermark",
     "WatermarkKey",
     "attribute",

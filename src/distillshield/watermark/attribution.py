@@ -24,8 +24,9 @@ import numpy as np
 
 from distillshield.watermark.base import Detection, scored_pairs
 from distillshield.watermark.keys import WatermarkKey
-from distillshield.watermark.schemes import Scheme
+from distillshield.watermark.schemes import Scheme, supports_weights
 from distillshield.watermark.stats import bonferroni_log10, holm_log10, p_from_log10
+from distillshield.watermark.weights import weighted_pairs
 
 CORRECTIONS = ("holm", "bonferroni")
 ALPHA = 1e-3  # family-wise error of naming the first account
@@ -96,11 +97,14 @@ def attribute(
     secondary_alpha: float = SECONDARY_ALPHA,
     threshold: float = 4.0,
     dedup: bool = True,
+    weights: Sequence[np.ndarray] | None = None,
 ) -> Attribution:
     """Test token ids (one text or several pooled) under each key; rank and correct.
 
     Every key is scored in vectorised blocks (`score_many`, equal to `score_pairs` key by key): one
     400-token text under 10,000 keys takes a fraction of a second (docs/watermark.md, "Attribution").
+    `weights` (one array per sequence, watermark/weights.py) turn on the entropy-weighted test, for
+    schemes that have one (`schemes.supports_weights`).
     """
     if correction not in CORRECTIONS:
         raise ValueError(f"correction must be one of {', '.join(CORRECTIONS)}, got {correction!r}")
@@ -109,13 +113,44 @@ def attribute(
     for name, level in (("alpha", alpha), ("secondary_alpha", secondary_alpha)):
         if not 0.0 < level < 1.0:
             raise ValueError(f"{name} must be in (0, 1), got {level}")
-    ctx, tok, seen = scored_pairs(ids, scheme.context_width, dedup)  # type: ignore[arg-type]
-    block = max(1, _BLOCK_VALUES // max(int(tok.size), 1))
-    detections: list[Detection] = []
-    for i in range(0, len(keys), block):
-        detections += scheme.score_many(list(keys[i : i + block]), ctx, tok, seen, threshold)
+    detections, scored = score_keys(scheme, ids, keys, threshold, dedup, weights)
     raw = [d.log10_p for d in detections]
     adjusted = holm_log10(raw) if correction == "holm" else bonferroni_log10(raw)
     order = np.lexsort((-np.array([d.z for d in detections]), np.array(raw)))
     ranked = [Candidate(detections[i], adjusted[i]) for i in order]
-    return Attribution(ranked, correction, alpha, seen, int(tok.size), secondary_alpha)
+    return Attribution(ranked, correction, alpha, detections[0].tokens, scored, secondary_alpha)
+
+
+def score_keys(
+    scheme: Scheme,
+    ids: Sequence[int] | Iterable[Sequence[int]],
+    keys: Sequence[WatermarkKey],
+    threshold: float = 4.0,
+    dedup: bool = True,
+    weights: Sequence[np.ndarray] | None = None,
+) -> tuple[list[Detection], int]:
+    """Each key's Detection, in the keys' order and uncorrected, and the number of pairs scored: the
+    keys in vectorised blocks, entropy-weighted when `weights` are given (one array per sequence)."""
+    detections: list[Detection] = []
+    if weights is not None:
+        if not supports_weights(scheme):
+            raise ValueError(f"the {scheme.name} scheme has no entropy-weighted test (the tournament has)")
+        seqs = [ids] if _one_sequence(ids) else list(ids)
+        ctx, tok, levels, seen = weighted_pairs(seqs, weights, scheme.context_width, dedup)  # type: ignore[arg-type]
+        block = max(1, _BLOCK_VALUES // max(int(tok.size), 1))
+        for i in range(0, len(keys), block):
+            chunk = list(keys[i : i + block])
+            detections += scheme.score_weighted(chunk, ctx, tok, levels, seen, threshold)
+    else:
+        ctx, tok, seen = scored_pairs(ids, scheme.context_width, dedup)  # type: ignore[arg-type]
+        block = max(1, _BLOCK_VALUES // max(int(tok.size), 1))
+        for i in range(0, len(keys), block):
+            detections += scheme.score_many(list(keys[i : i + block]), ctx, tok, seen, threshold)
+    return detections, int(tok.size)
+
+
+def _one_sequence(ids: Sequence[int] | Iterable[Sequence[int]]) -> bool:
+    """True for one sequence of token ids (as `base.scored_pairs` reads it), False for several."""
+    if isinstance(ids, np.ndarray):
+        return ids.ndim == 1
+    return isinstance(ids, Sequence) and len(ids) > 0 and isinstance(ids[0], (int, np.integer))

@@ -135,7 +135,15 @@ class Watermarker:
             if float(temperature) <= 0.0:
                 return None  # greedy decoding leaves no randomness to key; nothing to mark
             top_p = body.get("top_p")
-            hook = self.scheme.processor(key, temperature=float(temperature), top_p=0.95 if top_p is None else top_p)
+            # A request's seed seeds the keyed sampler's own draws too, so a seeded request is as reproducible
+            # watermarked as it is plain (the tournament draws; Gumbel-max needs no randomness).
+            seed = body.get("seed")
+            hook = self.scheme.processor(
+                key,
+                temperature=float(temperature),
+                top_p=0.95 if top_p is None else top_p,
+                seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
+            )
         self.registry.applied += 1
         return hook
 

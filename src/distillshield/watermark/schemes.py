@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeGuard
 
 from distillshield.watermark.gumbel import GumbelWatermark
 from distillshield.watermark.keys import KeyRing
@@ -25,6 +25,12 @@ def build_scheme(
     if name == "tournament":
         return TournamentWatermark(context_width, layers)
     raise ValueError(f"unknown watermark scheme {name!r}; choose kgw, gumbel or tournament")
+
+
+def supports_weights(scheme: Scheme) -> TypeGuard[TournamentWatermark]:
+    """Whether the scheme has an entropy-weighted test (watermark/weights.py): the tournament's count of
+    keyed bits does; KGW and Gumbel-max keep their unweighted tests."""
+    return isinstance(scheme, TournamentWatermark)
 
 
 def scheme_from_settings(cfg: WatermarkSettings) -> Scheme:

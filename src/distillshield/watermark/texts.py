@@ -17,6 +17,7 @@ class TextsError(ValueError):
 class Text:
     id: str
     text: str
+    prompt: str | None = None  # what the text answered, when the record says (entropy weights condition on it)
 
 
 def _text_of(obj: dict[str, Any]) -> str | None:
@@ -38,6 +39,23 @@ def _text_of(obj: dict[str, Any]) -> str | None:
             return msg["content"]
         if isinstance(c.get("text"), str):
             return c["text"]
+    return None
+
+
+def _prompt_of(obj: dict[str, Any]) -> str | None:
+    """The prompt a JSON record's text answers: prompt / instruction (+ input, as instruction data sets
+    write it) / the last user message of request.messages (traffic format) or of messages."""
+    if isinstance(obj.get("prompt"), str):
+        return obj["prompt"]
+    if isinstance(obj.get("instruction"), str):
+        extra = obj.get("input")
+        return obj["instruction"] + (f"\n\n{extra}" if isinstance(extra, str) and extra else "")
+    req = obj.get("request")
+    messages = req.get("messages") if isinstance(req, dict) else obj.get("messages")
+    if isinstance(messages, list):
+        for m in reversed(messages):
+            if isinstance(m, dict) and m.get("role") == "user" and isinstance(m.get("content"), str):
+                return m["content"]
     return None
 
 
@@ -85,5 +103,5 @@ def read_texts(source: str | Path) -> list[Text]:
         if text is None:
             raise TextsError(f"{name}:{i}: no text field (expected text, completion, output, response.text or choices)")
         ident = obj.get("id") if isinstance(obj.get("id"), (str, int)) else None
-        out.append(Text(str(ident) if ident is not None else f"line {i}", text))
+        out.append(Text(str(ident) if ident is not None else f"line {i}", text, _prompt_of(obj)))
     return out

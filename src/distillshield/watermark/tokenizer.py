@@ -25,11 +25,7 @@ class LlamaTokenizer:
     """The tokenizer of a GGUF model (default: the embedded SmolLM2-135M-Instruct)."""
 
     def __init__(self, model_path: str | Path | None = None) -> None:
-        from distillshield.gateway.upstream.local import default_model_path
-
-        path = Path(model_path) if model_path else default_model_path()
-        if not path.is_file():
-            raise FileNotFoundError(f"tokenizer model {path} does not exist")
+        path = model_file(model_path, "tokenizer")
         self.name = path.name
         self._llama = _vocab_only(str(path))
         self.vocab_size = int(self._llama.n_vocab())
@@ -44,6 +40,16 @@ class LlamaTokenizer:
     def decode(self, ids: list[int]) -> str:
         with self._lock:
             return self._llama.detokenize(ids).decode("utf-8", errors="replace")
+
+
+def model_file(model_path: str | Path | None, what: str) -> Path:
+    """The GGUF file given, or the embedded model's; FileNotFoundError naming `what` needs it."""
+    from distillshield.gateway.upstream.local import default_model_path
+
+    path = Path(model_path) if model_path else default_model_path()
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} model {path} does not exist")
+    return path
 
 
 @lru_cache(maxsize=4)

@@ -34,22 +34,30 @@ import numpy as np
 from distillshield.watermark.base import Detection, PairScorer, count_detections
 from distillshield.watermark.gumbel import GumbelProcessor
 from distillshield.watermark.keys import WatermarkKey, prf32, prf32_many
+from distillshield.watermark.weights import WEIGHT_LEVELS, WeightedNull
 
 MAX_LAYERS = 32  # bits of one prf32 value
 # Rounds: each adds detection evidence while the winner's distribution still has more than one likely
 # token, and concentrates one key's distribution for a context further, so one account's repeated samples
-# of a prompt grow alike. 8 is the measured compromise (docs/watermark.md, "Tournament sampling": 4 rounds
-# detect too little at T=0.7, 8 lose ~6% of distinct bigrams); watermark.tournament_layers sets it.
+# of a prompt grow alike. 8 is the measured compromise (docs/watermark.md, "Tournament sampling" and
+# "Entropy-weighted detection": with the weighted test 4 rounds still detect too little at T=0.7 and 6
+# lose a little more diversity than the target allows); watermark.tournament_layers sets it.
 LAYERS = 8
 _POPCOUNT = np.array([bin(b).count("1") for b in range(256)], dtype=np.uint8)  # 1-bits of each byte value
 
 
-def ones(values: np.ndarray, layers: int) -> np.ndarray:
-    """How many of the low `layers` bits of the values along the last axis are 1 (the detection score): one
-    count per key for a (keys, n) array of prf32 values, a 0-d count for one key's (n,) values."""
+def ones_per_pair(values: np.ndarray, layers: int) -> np.ndarray:
+    """How many of the low `layers` bits of each prf32 value are 1: (keys, n) or (n,) values, same shape back."""
     mask = np.uint32((1 << layers) - 1) if layers < MAX_LAYERS else np.uint32(0xFFFFFFFF)
     masked = np.ascontiguousarray(values & mask)
-    return _POPCOUNT[masked.view(np.uint8)].sum(axis=-1, dtype=np.int64)  # a byte table: 4x np.unpackbits
+    per_byte = _POPCOUNT[masked.view(np.uint8)]  # a byte table: 4x np.unpackbits
+    return per_byte.reshape(*masked.shape, 4).sum(axis=-1, dtype=np.int64)
+
+
+def ones(values: np.ndarray, layers: int) -> np.ndarray:
+    """The detection score: the 1-bits of all pairs, one count per key for a (keys, n) array of prf32
+    values, a 0-d count for one key's (n,) values."""
+    return ones_per_pair(values, layers).sum(axis=-1)
 
 
 def tournament(p: Sequence[float], values: Sequence[int], layers: int) -> list[float]:
@@ -111,6 +119,30 @@ class TournamentWatermark(PairScorer):
             return [self.score_pairs(k, contexts, tokens, seen, threshold) for k in keys]
         counts = ones(prf32_many(keys, contexts, tokens), self.layers)
         return count_detections(self.name, keys, counts, n * self.layers, 0.5, n, seen, threshold)
+
+    def score_weighted(
+        self,
+        keys: list[WatermarkKey],
+        contexts: np.ndarray,
+        tokens: np.ndarray,
+        levels: np.ndarray,
+        seen: int,
+        threshold: float = 4.0,
+    ) -> list[Detection]:
+        """The entropy-weighted test (watermark/weights.py) under every key: S = sum over pairs of the pair's
+        weight level times its 1-bits, against S's exact null. `levels` (integers 0..WEIGHT_LEVELS) come
+        from `weights.weighted_pairs`; with every level at the top the test is `score_many`'s."""
+        n = int(tokens.size)
+        null = WeightedNull(levels, self.layers, 0.5)
+        if n == 0:
+            sums = np.zeros(len(keys), dtype=np.int64)
+        else:
+            sums = ones_per_pair(prf32_many(keys, contexts, tokens), self.layers) @ np.asarray(levels, np.int64)
+        stats = {s: (null.z(s), null.log10_sf(s)) for s in set(sums.tolist())}
+        return [
+            Detection(self.name, k.label, seen, n, s / WEIGHT_LEVELS, *stats[s], threshold)
+            for k, s in zip(keys, sums.tolist(), strict=True)
+        ]
 
 
 class TournamentProcessor(GumbelProcessor):
