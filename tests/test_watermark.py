@@ -320,6 +320,26 @@ def test_gumbel_hook_follows_the_request_temperature() -> None:
     assert wmr.hook("a", GenRequest("completions", {}, "m", False, 16, "p")).temperature == 0.8
 
 
+def test_the_tournament_hook_takes_the_request_seed() -> None:
+    """A seeded request draws the same tokens again (as unwatermarked sampling does); a negative or
+    non-integer seed (llama.cpp's -1 means random) draws fresh instead of failing the request."""
+    from distillshield.gateway.upstream.base import GenRequest
+
+    wmr = Watermarker(_cfg(scheme="tournament", mode="on", context_width=1).watermark)
+    scores = np.full(V, -50.0, np.float32)
+    scores[:6] = 0.0
+
+    def picks(seed: object) -> list[int]:
+        body = {"temperature": 1.0} if seed is None else {"temperature": 1.0, "seed": seed}
+        hook = wmr.hook("a", GenRequest("chat", body, "m", False, 16, "p"))
+        return [int(np.argmax(hook(np.array([t]), scores.copy()))) for t in range(40)]
+
+    assert picks(7) == picks(7)
+    assert picks(7) != picks(8)
+    for odd in (-1, "7", True, 1.5):
+        assert len(set(picks(odd))) > 1, odd
+
+
 def test_config_requires_a_secret_to_switch_watermarks_on(tmp_path) -> None:
     with pytest.raises(ConfigError, match="watermark"):
         load_settings(None, watermark__mode="on")

@@ -136,13 +136,14 @@ class Watermarker:
                 return None  # greedy decoding leaves no randomness to key; nothing to mark
             top_p = body.get("top_p")
             # A request's seed seeds the keyed sampler's own draws too, so a seeded request is as reproducible
-            # watermarked as it is plain (the tournament draws; Gumbel-max needs no randomness).
+            # watermarked as it is plain (the tournament draws; Gumbel-max needs no randomness). A negative
+            # seed (llama.cpp's -1: "random") or one that is not an integer draws fresh.
             seed = body.get("seed")
             hook = self.scheme.processor(
                 key,
                 temperature=float(temperature),
                 top_p=0.95 if top_p is None else top_p,
-                seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
+                seed=seed if isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0 else None,
             )
         self.registry.applied += 1
         return hook
