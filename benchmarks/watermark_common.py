@@ -76,6 +76,8 @@ def prompts(limit: int, max_prompt_tokens: int = 384) -> list[str]:
     from distillshield.simulate import corpora
     from distillshield.watermark.tokenizer import default_tokenizer
 
+    if limit <= 0:
+        return []
     tok = default_tokenizer()
     pool = [c.turns[0] for c in corpora.vicuna()] + [c.turns[0] for c in corpora.mt_bench()]
     pool += [c.turns[0] for c in corpora.wildchat_prompts() if c.lang == "en"]
