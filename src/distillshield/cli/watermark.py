@@ -13,7 +13,13 @@ from distillshield.cli.common import CliError, console, print_json, progress, se
 from distillshield.store import Store
 from distillshield.watermark.attribution import ALPHA, CORRECTIONS, SECONDARY_ALPHA, attribute, score_keys
 from distillshield.watermark.keys import KeyRing, WatermarkKey, key_label
-from distillshield.watermark.schemes import Scheme, build_scheme, keyring_from_settings, supports_weights
+from distillshield.watermark.schemes import (
+    Scheme,
+    build_scheme,
+    keyring_from_settings,
+    require_weights,
+    supports_weights,
+)
 from distillshield.watermark.texts import TextsError, read_texts
 from distillshield.watermark.tokenizer import LlamaTokenizer, default_tokenizer
 from distillshield.watermark.weights import ModelWeigher
@@ -176,8 +182,10 @@ def _weigher(scheme: Scheme, tokenizer: Path | None, wanted: bool | None) -> Mod
     turned off; CliError when it was asked for and cannot be had."""
     if wanted is False or (wanted is None and not supports_weights(scheme)):
         return None
-    if not supports_weights(scheme):
-        raise CliError(f"--entropy-weights: the {scheme.name} scheme has no entropy-weighted test (the tournament has)")
+    try:
+        require_weights(scheme)
+    except ValueError as exc:
+        raise CliError(f"--entropy-weights: {exc}") from None
     try:
         return ModelWeigher(tokenizer)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:

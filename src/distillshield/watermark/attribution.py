@@ -16,15 +16,16 @@ price is fewer second names where two accounts' texts are pooled into one test (
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 
-from distillshield.watermark.base import Detection, scored_pairs
+from distillshield.watermark.base import Detection, TokenIds, scored_pairs
 from distillshield.watermark.keys import WatermarkKey
-from distillshield.watermark.schemes import Scheme, supports_weights
+from distillshield.watermark.schemes import Scheme, require_weights
 from distillshield.watermark.stats import bonferroni_log10, holm_log10, p_from_log10
 from distillshield.watermark.weights import weighted_pairs
 
@@ -89,7 +90,7 @@ class Attribution:
 
 def attribute(
     scheme: Scheme,
-    ids: Sequence[int] | Iterable[Sequence[int]],
+    ids: TokenIds,
     keys: Sequence[WatermarkKey],
     *,
     correction: str = "holm",
@@ -123,7 +124,7 @@ def attribute(
 
 def score_keys(
     scheme: Scheme,
-    ids: Sequence[int] | Iterable[Sequence[int]],
+    ids: TokenIds,
     keys: Sequence[WatermarkKey],
     threshold: float = 4.0,
     dedup: bool = True,
@@ -131,26 +132,23 @@ def score_keys(
 ) -> tuple[list[Detection], int]:
     """Each key's Detection, in the keys' order and uncorrected, and the number of pairs scored: the
     keys in vectorised blocks, entropy-weighted when `weights` are given (one array per sequence)."""
-    detections: list[Detection] = []
-    if weights is not None:
-        if not supports_weights(scheme):
-            raise ValueError(f"the {scheme.name} scheme has no entropy-weighted test (the tournament has)")
-        seqs = [ids] if _one_sequence(ids) else list(ids)
-        ctx, tok, levels, seen = weighted_pairs(seqs, weights, scheme.context_width, dedup)  # type: ignore[arg-type]
-        block = max(1, _BLOCK_VALUES // max(int(tok.size), 1))
-        for i in range(0, len(keys), block):
-            chunk = list(keys[i : i + block])
-            detections += scheme.score_weighted(chunk, ctx, tok, levels, seen, threshold)
+    score: Callable[[list[WatermarkKey]], list[Detection]]
+    if weights is None:
+        ctx, tok, seen = scored_pairs(ids, scheme.context_width, dedup)
+        score = partial(scheme.score_many, contexts=ctx, tokens=tok, seen=seen, threshold=threshold)
     else:
-        ctx, tok, seen = scored_pairs(ids, scheme.context_width, dedup)  # type: ignore[arg-type]
-        block = max(1, _BLOCK_VALUES // max(int(tok.size), 1))
-        for i in range(0, len(keys), block):
-            detections += scheme.score_many(list(keys[i : i + block]), ctx, tok, seen, threshold)
+        weighted = require_weights(scheme)  # refused before any work
+        ctx, tok, levels, seen = weighted_pairs(ids, weights, scheme.context_width, dedup)
+        score = partial(
+            weighted.score_weighted,
+            contexts=ctx,
+            tokens=tok,
+            levels=levels,
+            seen=seen,
+            threshold=threshold,
+        )
+    block = max(1, _BLOCK_VALUES // max(int(tok.size), 1))
+    detections: list[Detection] = []
+    for i in range(0, len(keys), block):
+        detections += score(list(keys[i : i + block]))
     return detections, int(tok.size)
-
-
-def _one_sequence(ids: Sequence[int] | Iterable[Sequence[int]]) -> bool:
-    """True for one sequence of token ids (as `base.scored_pairs` reads it), False for several."""
-    if isinstance(ids, np.ndarray):
-        return ids.ndim == 1
-    return isinstance(ids, Sequence) and len(ids) > 0 and isinstance(ids[0], (int, np.integer))

@@ -21,22 +21,25 @@ from distillshield.watermark.stats import binomial_log10_sf, normal_log10_sf, p_
 LogitsHook = Any
 
 
-def scored_pairs(
-    sequences: Sequence[int] | np.ndarray | Iterable[Sequence[int] | np.ndarray],
-    context_width: int,
-    dedup: bool = True,
-) -> tuple[np.ndarray, np.ndarray, int]:
+TokenIds = Sequence[int] | np.ndarray | Iterable[Sequence[int] | np.ndarray]  # one sequence, or several
+
+
+def as_sequences(sequences: TokenIds) -> list[np.ndarray]:
+    """One token sequence (a flat list, empty included, or a 1-d array as given) or several, as arrays."""
+    if isinstance(sequences, np.ndarray) and sequences.ndim == 1:
+        return [sequences]
+    if isinstance(sequences, Sequence) and (len(sequences) == 0 or isinstance(sequences[0], (int, np.integer))):
+        return [np.asarray(sequences, dtype=np.int64)]
+    return [np.asarray(s, dtype=np.int64) for s in sequences]  # type: ignore[union-attr]
+
+
+def scored_pairs(sequences: TokenIds, context_width: int, dedup: bool = True) -> tuple[np.ndarray, np.ndarray, int]:
     """(contexts (n, h), tokens (n,), tokens seen) for one token sequence or several.
 
     The first `h` tokens of each sequence have no context inside it and are not scored. With
     `dedup`, each distinct (context, token) pair counts once across all sequences.
     """
-    if isinstance(sequences, np.ndarray) and sequences.ndim == 1:
-        seqs: list[np.ndarray] = [sequences]
-    elif isinstance(sequences, Sequence) and (len(sequences) == 0 or isinstance(sequences[0], (int, np.integer))):
-        seqs = [np.asarray(sequences, dtype=np.int64)]
-    else:
-        seqs = [np.asarray(s, dtype=np.int64) for s in sequences]  # type: ignore[union-attr]
+    seqs = as_sequences(sequences)
     h = context_width
     windows = [np.lib.stride_tricks.sliding_window_view(s, h + 1) for s in seqs if s.size > h]
     seen = int(sum(s.size for s in seqs))

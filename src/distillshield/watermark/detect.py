@@ -14,7 +14,7 @@ import numpy as np
 from distillshield.watermark.attribution import ALPHA, SECONDARY_ALPHA, Attribution, attribute, score_keys
 from distillshield.watermark.base import Detection
 from distillshield.watermark.keys import WatermarkKey
-from distillshield.watermark.schemes import Scheme, supports_weights
+from distillshield.watermark.schemes import Scheme, require_weights
 from distillshield.watermark.tokenizer import Tokenizer
 from distillshield.watermark.weights import TokenWeigher
 
@@ -27,8 +27,8 @@ class Detector:
     weigher: TokenWeigher | None = None
 
     def __post_init__(self) -> None:
-        if self.weigher is not None and not supports_weights(self.scheme):
-            raise ValueError(f"the {self.scheme.name} scheme has no entropy-weighted test (the tournament has)")
+        if self.weigher is not None:
+            require_weights(self.scheme)
 
     def detect(self, text: str | Sequence[str], key: WatermarkKey) -> Detection:
         """One text, or several pooled into one test (their distinct pairs counted once)."""

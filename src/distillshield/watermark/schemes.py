@@ -33,6 +33,13 @@ def supports_weights(scheme: Scheme) -> TypeGuard[TournamentWatermark]:
     return isinstance(scheme, TournamentWatermark)
 
 
+def require_weights(scheme: Scheme) -> TournamentWatermark:
+    """The scheme, as one with an entropy-weighted test; ValueError naming it when it has none."""
+    if not supports_weights(scheme):
+        raise ValueError(f"the {scheme.name} scheme has no entropy-weighted test (the tournament has)")
+    return scheme
+
+
 def scheme_from_settings(cfg: WatermarkSettings) -> Scheme:
     return build_scheme(cfg.scheme, cfg.gamma, cfg.delta, cfg.context_width, cfg.tournament_layers)
 

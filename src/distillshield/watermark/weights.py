@@ -34,6 +34,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from distillshield.watermark.base import TokenIds, as_sequences
+
 WEIGHT_LEVELS = 16  # weights are quantised to 0..WEIGHT_LEVELS (a weight under 1/32 counts as 0)
 EXACT_SUPPORT = 1 << 21  # largest weighted count whose null distribution is convolved exactly
 EXACT_FLOOR = 1e-12  # below this the convolution's rounding could show: the Chernoff bound takes over
@@ -56,15 +58,14 @@ def quantise(w: np.ndarray) -> np.ndarray:
 
 
 def weighted_pairs(
-    sequences: Iterable[Sequence[int]], weights: Iterable[np.ndarray], context_width: int, dedup: bool = True
+    sequences: TokenIds, weights: Iterable[np.ndarray], context_width: int, dedup: bool = True
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """`base.scored_pairs` with each pair's weight level: (contexts (n, h), tokens (n,), levels (n,), tokens
-    seen). A pair met twice keeps the weight of its first occurrence (any rule that ignores the key keeps
-    the test valid)."""
+    """`base.scored_pairs` with each pair's weight level, one weight array per sequence: (contexts (n, h),
+    tokens (n,), levels (n,), tokens seen). A pair met twice keeps the weight of its first occurrence (any
+    rule that ignores the key keeps the test valid)."""
     h = context_width
     rows, levels, seen = [], [], 0
-    for s, w in zip(sequences, weights, strict=True):
-        s = np.asarray(s, dtype=np.int64)
+    for s, w in zip(as_sequences(sequences), weights, strict=True):
         w = np.asarray(w, dtype=np.float64)
         if w.shape != s.shape:
             raise ValueError(f"weights must match the token ids one for one: {w.shape} against {s.shape}")
