@@ -47,6 +47,7 @@ class Cell:
         self.wall = 0.0
         self.scripts = 0
         self.server_us = 0
+        self.cpu = 0.0  # this process's CPU time (the client side: what a gateway pays)
 
     def stats(self) -> dict[str, float]:
         lat = sorted(self.latencies)
@@ -58,6 +59,7 @@ class Cell:
             "p50_us": statistics.median(lat) * 1e6,
             "p99_us": lat[min(n - 1, int(n * 0.99))] * 1e6,
             "end_p50_us": statistics.median(self.ends) * 1e6,
+            "client_cpu_us": self.cpu / n * 1e6,
         }
 
 
@@ -85,9 +87,10 @@ async def run(limiter: RateLimiter, concurrency: int, seconds: float, merged: bo
         await limiter.release(r)
         r = await limiter.reserve(scopes(w), 1)
         await limiter.finish(r, 0)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(*[worker(w) for w in range(concurrency)])
     cell.wall += time.perf_counter() - start
+    cell.cpu += time.process_time() - cpu
 
 
 async def round_trips(url: str, seconds: float) -> list[tuple[str, dict[str, float]]]:
@@ -156,21 +159,25 @@ async def main() -> None:
             await mem.close()
 
         prefix = f"{PREFIX}bench:{uuid.uuid4().hex[:8]}:"
-        red = RedisRateLimiter(args.redis_url, prefix=prefix)
-        cells = {False: Cell(), True: Cell()}
+        # each script on its own pooled connection (as before _ScriptPipe), and pipelined (the default)
+        alone = RedisRateLimiter(args.redis_url, prefix=prefix, pipelined=False)
+        piped = RedisRateLimiter(args.redis_url, prefix=prefix, pipelined=True)
+        variants = {"split": (alone, False), "finish": (alone, True), "finish, pipelined": (piped, True)}
+        cells = {name: Cell() for name in variants}
         for _ in range(args.rounds):
-            for merged in (False, True):
+            for name, (limiter, merged) in variants.items():
                 calls0, usec0 = await evalsha_stats(args.redis_url)
-                await run(red, conc, args.seconds / args.rounds, merged, cells[merged])
+                await run(limiter, conc, args.seconds / args.rounds, merged, cells[name])
                 calls1, usec1 = await evalsha_stats(args.redis_url)
-                cells[merged].scripts += calls1 - calls0
-                cells[merged].server_us += usec1 - usec0
-        await red.close()
-        for merged, cell in cells.items():
+                cells[name].scripts += calls1 - calls0
+                cells[name].server_us += usec1 - usec0
+        await alone.close()
+        await piped.close()
+        for name, cell in cells.items():
             st = cell.stats()
             # scripts per op: 3 split, 2 finish (plus the warm-up's few); server CPU per request
             server = f"{cell.scripts / st['ops']:.2f} / {cell.server_us / st['ops']:.1f}"
-            rows.append(("redis", label, "finish" if merged else "split", st, server))
+            rows.append(("redis", label, name, st, server))
         r = aioredis.Redis.from_url(args.redis_url)
         try:
             keys = [k async for k in r.scan_iter(match=prefix + "*", count=1000)]
@@ -180,21 +187,23 @@ async def main() -> None:
             await r.aclose()
 
     head = (
-        f"{'backend':<8} {'mode':<14} {'end':<7} {'ops':>8} {'µs/op':>9} {'ops/s':>9} {'p50 µs':>9}"
-        f" {'p99 µs':>9} {'end p50':>9}"
+        f"{'backend':<8} {'mode':<14} {'end':<17} {'ops':>8} {'µs/op':>9} {'ops/s':>9} {'p50 µs':>9}"
+        f" {'p99 µs':>9} {'end p50':>9} {'client CPU µs/op':>16}"
     )
     print(head + f" {'scripts/op / server µs/op':>26}")
     print("-" * (len(head) + 27))
     for backend, label, end, r, server in rows:
         end_p50 = "" if r["end_p50_us"] != r["end_p50_us"] else f"{r['end_p50_us']:.1f}"  # NaN: no end
         print(
-            f"{backend:<8} {label:<14} {end:<7} {r['ops']:>8.0f} {r['us_per_op']:>9.1f} {r['ops_per_s']:>9.0f}"
-            f" {r['p50_us']:>9.1f} {r['p99_us']:>9.1f} {end_p50:>9} {server:>26}"
+            f"{backend:<8} {label:<14} {end:<17} {r['ops']:>8.0f} {r['us_per_op']:>9.1f} {r['ops_per_s']:>9.0f}"
+            f" {r['p50_us']:>9.1f} {r['p99_us']:>9.1f} {end_p50:>9} {r.get('client_cpu_us', float('nan')):>16.1f}"
+            f" {server:>26}"
         )
     print(
         "one op = reserve + end over 3 scopes; end: split = settle() + release() (3 round trips per op for"
         " redis), finish = finish() (2); end p50: the end of the request alone, µs; redis-py rows: one bare"
-        " round trip, for scale; scripts/op and server µs/op: EVALSHA calls and Redis server CPU per request"
+        " round trip, for scale; client CPU: this process's CPU per op; scripts/op and server µs/op: EVALSHA calls"
+        " and Redis server CPU per request; pipelined: concurrent requests' scripts sent together (_ScriptPipe)"
     )
 
 

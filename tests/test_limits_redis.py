@@ -445,6 +445,96 @@ async def test_finish_is_one_round_trip(make: Make) -> None:
     assert (await _state(lim, "account:rt"))["sum"] == 40
 
 
+# -- pipelining: concurrent requests' scripts go out together ----------------------------------------------
+
+
+def _count_round_trips(lim: RedisRateLimiter) -> list[int]:
+    """Spy on the limiter's client: one entry per round trip, the number of commands it carried."""
+    trips: list[int] = []
+    execute, pipeline = lim._redis.execute_command, lim._redis.pipeline
+
+    async def plain(*args: Any, **kw: Any) -> Any:
+        trips.append(1)
+        return await execute(*args, **kw)
+
+    def piped(*args: Any, **kw: Any) -> Any:
+        pipe = pipeline(*args, **kw)
+        run = pipe.execute
+
+        async def counted(*a: Any, **k: Any) -> Any:
+            trips.append(len(pipe.command_stack))
+            return await run(*a, **k)
+
+        pipe.execute = counted  # type: ignore[method-assign]
+        return pipe
+
+    lim._redis.execute_command = plain  # type: ignore[method-assign]
+    lim._redis.pipeline = piped  # type: ignore[method-assign]
+    return trips
+
+
+@pytest.mark.parametrize("pipelined", [True, False], ids=["pipelined", "alone"])
+async def test_concurrent_reserves_share_round_trips_and_stay_exact(make: Make, pipelined: bool) -> None:
+    """64 concurrent reservations on one replica: pipelined, they go out in a few round trips (each script still
+    atomic, so rpm is exact); alone, one round trip each."""
+    lim = make(pipelined=pipelined)
+    await lim.reserve(three_scopes("warm"), 1)  # the scripts are loaded
+    trips = _count_round_trips(lim)
+    s = (Scope("account", "burst", LimitSet(rpm=40, concurrent=50)),)
+
+    async def one() -> Reservation | None:
+        try:
+            return await lim.reserve(s, 1)
+        except LimitExceeded:
+            return None
+
+    got = await asyncio.gather(*[one() for _ in range(64)])
+    assert sum(r is not None for r in got) == 40
+    assert sum(trips) == 64
+    if pipelined:
+        assert len(trips) <= 8 and max(trips) > 1
+    else:
+        assert trips == [1] * 64
+    assert await lim.in_flight("account:burst") == 40
+    await asyncio.gather(*[lim.finish(r, 1) for r in got if r is not None])
+    assert await lim.in_flight("account:burst") == 0
+
+
+async def test_a_failing_call_fails_alone_in_its_batch(make: Make) -> None:
+    """One script's error is that call's outcome; the rest of the pipeline answers normally."""
+    lim = make()
+    assert lim._pipe is not None
+    check = lim._redis.register_script("if ARGV[1] == 'bad' then return redis.error_reply('bad input') end return 1")
+    args = ["ok", "ok", "bad", "ok", "ok"]
+    got = await asyncio.gather(*[lim._pipe.call(check, ["k"], [a]) for a in args], return_exceptions=True)
+    assert [g if isinstance(g, int) else type(g).__name__ for g in got] == [1, 1, "ResponseError", 1, 1]
+    assert "bad input" in str(got[2])
+
+
+async def test_scripts_flushed_from_redis_are_loaded_again_for_a_batch(make: Make) -> None:
+    """SCRIPT FLUSH (or a restarted Redis) between two batches: every call of the next batch still runs, once."""
+    lim = make()
+    await lim.reserve(three_scopes("flush"), 1)
+    r = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        await r.script_flush()
+    finally:
+        await r.aclose()
+    got = await asyncio.gather(*[lim.reserve(three_scopes("flush"), 1) for _ in range(9)])
+    assert await lim.in_flight("key:flush") == 10  # each counted once, none twice (10 is the key's limit)
+    await asyncio.gather(*[lim.finish(x, 1) for x in got])
+
+
+async def test_redis_down_fails_every_call_of_a_batch_with_503() -> None:
+    port = free_port()  # nothing listens there
+    down = RedisRateLimiter(f"redis://127.0.0.1:{port}/0")
+    try:
+        got = await asyncio.gather(*[down.reserve(scope(rpm=5), 1) for _ in range(6)], return_exceptions=True)
+        assert all(isinstance(g, ApiError) and g.status == 503 for g in got), got
+    finally:
+        await down.close()
+
+
 async def test_parallel_finish_cannot_overshoot_tokens_per_minute(make: Make) -> None:
     """Real time: 32 workers on two replicas reserve 50 tokens at a time against tpm=3000 (16 slots) and
     finish at once with the real usage (up to the estimate), so more get in, until a reservation is refused

@@ -56,8 +56,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.commands.core import AsyncScript as Script
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from distillshield.gateway.errors import ApiError
@@ -350,6 +351,95 @@ class _PendingRelease:
     due: float
 
 
+class _ScriptPipe:
+    """Sends the scripts that requests start in the same turn of the event loop as one pipeline: one socket write
+    and one read for all of them, instead of a pool checkout, a write and a read each.
+
+    Hand-written because redis-py has no auto-pipelining (ioredis's enableAutoPipelining is the model). At most
+    `depth` pipelines are in flight at once; calls that arrive meanwhile wait for the next one, so under load the
+    batches grow instead of the connections. A call's outcome is its own: a script error or NOSCRIPT fails (or
+    reloads and retries) that call only; a connection error fails every call of that pipeline, as it would have
+    failed each of them alone. Semantics per call are EVALSHA's: each script is atomic, none is retried twice.
+    """
+
+    def __init__(self, client: aioredis.Redis, depth: int = 2) -> None:
+        self._client = client
+        self._depth = depth
+        self._queue: list[tuple[Script, list[str], list[Any], asyncio.Future[Any]]] = []
+        self._flying = 0
+        self._scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def call(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append((script, keys, args, fut))
+        self._kick()
+        return await fut
+
+    def _kick(self) -> None:
+        # Sent on the loop's next turn, so that every request resumed in this turn joins the batch.
+        if self._queue and not self._scheduled and self._flying < self._depth:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._launch)
+
+    def _launch(self) -> None:
+        self._scheduled = False
+        if not self._queue or self._flying >= self._depth:
+            return
+        batch, self._queue = self._queue, []
+        self._flying += 1
+        task = asyncio.get_running_loop().create_task(self._send(batch), name="ratelimit-pipeline")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, batch: list[tuple[Script, list[str], list[Any], asyncio.Future[Any]]]) -> None:
+        try:
+            results = await self._execute(batch)
+            reload = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+            if reload:  # Redis restarted or flushed its scripts: load them and run those calls again, once
+                for script in {id(batch[i][0]): batch[i][0] for i in reload}.values():
+                    await self._client.script_load(script.script)
+                again = await self._execute([batch[i] for i in reload])
+                for i, r in zip(reload, again, strict=True):
+                    results[i] = r
+            for (_, _, _, fut), r in zip(batch, results, strict=True):
+                if fut.done():  # the caller was cancelled: the script ran, nobody waits for its answer
+                    continue
+                if isinstance(r, BaseException):
+                    fut.set_exception(r)
+                else:
+                    fut.set_result(r)
+        except BaseException as exc:  # the connection failed (or the task was cancelled): every call fails
+            for *_, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc if isinstance(exc, Exception) else RedisConnectionError(str(exc)))
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self._flying -= 1
+            self._kick()
+
+    async def _execute(self, batch: list[tuple[Script, list[str], list[Any], asyncio.Future[Any]]]) -> list[Any]:
+        if len(batch) == 1:  # alone: a plain command costs less than a pipeline of one
+            script, keys, args, _ = batch[0]
+            try:
+                return [await self._client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)]
+            except ResponseError as exc:  # the script's own error, or NOSCRIPT: that call's outcome
+                return [exc]
+        pipe = self._client.pipeline(transaction=False)
+        for script, keys, args, _ in batch:
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        return cast(list[Any], await pipe.execute(raise_on_error=False))
+
+    async def close(self) -> None:
+        """Wait for the pipelines in flight (their callers are waiting for them)."""
+        while self._tasks or self._queue:
+            if self._tasks:
+                await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            else:
+                await asyncio.sleep(0)
+
+
 def _slot_args(handles: list[_Handle]) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of _RELEASE and _RENEW for these reservations."""
     keys: list[str] = []
@@ -390,10 +480,13 @@ class RedisRateLimiter:
         prefix: str = PREFIX,
         max_connections: int = 64,
         timeout_s: float = 5.0,
+        pipelined: bool = True,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         """lease_s: a slot's lease (renewed every lease_s / 3 while its request lives); fresh_policy: what to
-        do after Redis lost its data (module docstring); sleep: how the background task waits (tests)."""
+        do after Redis lost its data (module docstring); pipelined: concurrent requests' scripts go out together
+        (_ScriptPipe; False sends each on its own connection, for benchmarks to compare); sleep: how the background
+        task waits (tests)."""
         self.url = url
         self.safe_url = safe_url(url)
         self.lease_s = lease_s
@@ -416,6 +509,7 @@ class RedisRateLimiter:
         self._finish = self._redis.register_script(_FINISH)
         self._renew = self._redis.register_script(_RENEW)
         self._in_flight = self._redis.register_script(_IN_FLIGHT)
+        self._pipe = _ScriptPipe(self._redis) if pipelined else None
         self._clock: Callable[[], float] | None = None  # tests only: replaces Redis TIME
         self._mono: Callable[[], float] = time.monotonic  # the background task's schedule
         self._sleep = sleep
@@ -428,6 +522,12 @@ class RedisRateLimiter:
         self._epoch: str | None = None  # the epoch id last seen in Redis
         self._epoch_lost = False  # ... and whether it began with a loss
         self._refill_end: float | None = None  # _local_now() at which the last seen refill period ends
+
+    async def _run(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+        """One script call on the request path: pipelined with other requests' (_ScriptPipe), or alone."""
+        if self._pipe is not None:
+            return await self._pipe.call(script, keys, args)
+        return await script(keys=keys, args=args)
 
     def _now_arg(self) -> str:
         return "" if self._clock is None else str(round(self._clock() * 1_000_000))
@@ -465,7 +565,7 @@ class RedisRateLimiter:
             args += [lim.rpm or 0, lim.tpm or 0, lim.concurrent or 0, lim.tpd or 0]
         keys.append(self.prefix + "epoch")
         try:
-            res = await self._reserve(keys=keys, args=args)
+            res = await self._run(self._reserve, keys, args)
         except (RedisError, OSError) as exc:
             raise self._unavailable(exc) from exc
         ok, epoch, lost = int(res[0]), res[1].decode(), bool(int(res[2]))
@@ -555,7 +655,7 @@ class RedisRateLimiter:
         if tokens_used == reservation.tokens or not handle.settle_keys:
             return
         try:
-            await self._settle(keys=handle.settle_keys, args=[handle.id, tokens_used, reservation.tokens, handle.day])
+            await self._run(self._settle, handle.settle_keys, [handle.id, tokens_used, reservation.tokens, handle.day])
         except (RedisError, OSError) as exc:
             log.warning(
                 "rate limiter: could not settle reservation %s on Redis at %s (%s); it keeps its estimate",
@@ -575,7 +675,7 @@ class RedisRateLimiter:
         if not handle.slot_keys:
             return
         try:
-            await self._release(keys=handle.slot_keys, args=[handle.id, len(handle.slot_keys)])
+            await self._run(self._release, handle.slot_keys, [handle.id, len(handle.slot_keys)])
         except (RedisError, OSError) as exc:
             self._retry_release(handle, exc)
 
@@ -607,8 +707,8 @@ class RedisRateLimiter:
             return
         settle = tokens_used != reservation.tokens
         try:
-            await self._finish(
-                keys=handle.finish_keys, args=[handle.id, tokens_used, reservation.tokens, handle.day, int(settle)]
+            await self._run(
+                self._finish, handle.finish_keys, [handle.id, tokens_used, reservation.tokens, handle.day, int(settle)]
             )
         except (RedisError, OSError) as exc:
             # The script ran or it did not: the release (idempotent) is retried, the settle is not (the day
@@ -747,4 +847,6 @@ class RedisRateLimiter:
                     self.lease_s,
                 )
                 self._pending.clear()
+        if self._pipe is not None:
+            await self._pipe.close()
         await self._redis.aclose()
