@@ -428,19 +428,13 @@ async def test_finish_equals_settle_then_release(make: Make) -> None:
         assert merged["sum"] == 1384 and merged["day"]["t"] == 1391
 
 
-async def test_finish_is_one_round_trip(make: Make) -> None:
-    lim = make()
+@pytest.mark.parametrize("pipelined", [True, False], ids=["pipelined", "alone"])
+async def test_finish_is_one_round_trip(make: Make, pipelined: bool) -> None:
+    lim = make(pipelined=pipelined)
     r = await lim.reserve(three_scopes("rt"), 100)
-    sent: list[str] = []
-    execute = lim._redis.execute_command
-
-    async def counting(*args: Any, **kw: Any) -> Any:
-        sent.append(str(args[0]))
-        return await execute(*args, **kw)
-
-    lim._redis.execute_command = counting  # type: ignore[method-assign]
+    trips = _count_round_trips(lim)
     await lim.finish(r, 40)
-    assert sent == ["EVALSHA"]
+    assert trips == [1]
     assert await lim.in_flight("key:rt") == await lim.in_flight("account:rt") == 0
     assert (await _state(lim, "account:rt"))["sum"] == 40
 
@@ -449,27 +443,24 @@ async def test_finish_is_one_round_trip(make: Make) -> None:
 
 
 def _count_round_trips(lim: RedisRateLimiter) -> list[int]:
-    """Spy on the limiter's client: one entry per round trip, the number of commands it carried."""
+    """Spy on the limiter's round trips to Redis: one entry per round trip, the number of scripts it carried."""
     trips: list[int] = []
-    execute, pipeline = lim._redis.execute_command, lim._redis.pipeline
+    execute = lim._redis.execute_command
 
-    async def plain(*args: Any, **kw: Any) -> Any:
+    async def alone(*args: Any, **kw: Any) -> Any:  # redis-py's client, one command
+        assert args[0] == "EVALSHA"
         trips.append(1)
         return await execute(*args, **kw)
 
-    def piped(*args: Any, **kw: Any) -> Any:
-        pipe = pipeline(*args, **kw)
-        run = pipe.execute
+    lim._redis.execute_command = alone  # type: ignore[method-assign]
+    if lim._pipe is not None:
+        batch = lim._pipe._execute
 
-        async def counted(*a: Any, **k: Any) -> Any:
-            trips.append(len(pipe.command_stack))
-            return await run(*a, **k)
+        async def together(items: list[Any]) -> list[Any]:  # the pipeline: one round trip for the batch
+            trips.append(len(items))
+            return await batch(items)
 
-        pipe.execute = counted  # type: ignore[method-assign]
-        return pipe
-
-    lim._redis.execute_command = plain  # type: ignore[method-assign]
-    lim._redis.pipeline = piped  # type: ignore[method-assign]
+        lim._pipe._execute = together  # type: ignore[method-assign]
     return trips
 
 
@@ -831,7 +822,8 @@ def limiter_with_sleeps(make: Make, clock: Clock, **kw: Any) -> tuple[RedisRateL
 
 
 def count_scripts(lim: RedisRateLimiter, *, fail: Callable[[], bool] = lambda: False) -> list[str]:
-    """Record every command `lim` sends; while fail() is true, every command fails as if Redis were down."""
+    """Record every command `lim` sends (alone, or in the request path's pipeline); while fail() is true, every
+    command fails as if Redis were down."""
     sent: list[str] = []
     execute = lim._redis.execute_command
 
@@ -842,6 +834,16 @@ def count_scripts(lim: RedisRateLimiter, *, fail: Callable[[], bool] = lambda: F
         return await execute(*args, **kw)
 
     lim._redis.execute_command = wrapped  # type: ignore[method-assign]
+    if lim._pipe is not None:
+        batch = lim._pipe._execute
+
+        async def piped(items: list[Any]) -> list[Any]:
+            sent.extend("EVALSHA" for _ in items)
+            if fail():
+                raise RedisConnectionError("Redis went away (test)")
+            return await batch(items)
+
+        lim._pipe._execute = piped  # type: ignore[method-assign]
     return sent
 
 
