@@ -35,6 +35,11 @@ def test_init_writes_a_valid_commented_config_and_shows_the_admin_token_once(tmp
     import hashlib
 
     assert s.admin.token_sha256 == hashlib.sha256(token.encode()).hexdigest()
+    # the watermark secret's file beside the config: written by the gateway's first start, not by init
+    wm_file = tmp_path / "distillshield-watermark.key"
+    assert s.watermark.secret_file == str(wm_file) and s.watermark.keyed and not wm_file.exists()
+    r = cli("-c", str(cfg), "watermark", "detect", "-", "--account", "a1")
+    assert r.returncode != 0 and r.stderr.startswith("error: ") and "does not exist" in r.stderr, r.stderr
     assert runner.invoke(app, ["init", "--path", str(cfg)]).exit_code != 0  # no silent overwrite
 
 

@@ -458,3 +458,62 @@ def test_cluster_scope_keys_by_the_risk_boards_cluster() -> None:
     assert hook.key.label == "cluster:c9"
     asyncio.run(ext.stop())
     assert state.gateway.logits_hook_factory is None
+
+
+# -- the secret in a file: created by the gateway's first start, read by detection ----------------------------
+
+
+def test_the_secret_file_is_created_once_private_and_read_back(tmp_path) -> None:
+    import stat
+    from concurrent.futures import ThreadPoolExecutor
+
+    from distillshield.watermark.keys import secret_from_file
+
+    path = tmp_path / "sub" / "wm.key"
+    with pytest.raises(ValueError, match=r"watermark.secret_file: .*wm.key does not exist"):
+        secret_from_file(path)  # detection never creates one
+    with ThreadPoolExecutor(8) as pool:  # replicas starting at once on a shared volume: one secret for all
+        got = set(pool.map(lambda _: secret_from_file(path, create=True), range(16)))
+    assert len(got) == 1
+    secret = got.pop()
+    assert len(secret) == 64 and int(secret, 16) >= 0
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert secret_from_file(path) == secret_from_file(path, create=True) == secret  # never rewritten
+    path.write_text("too short\n")
+    with pytest.raises(ValueError, match="holds 9 characters; a secret needs at least 16"):
+        secret_from_file(path)
+
+
+def test_a_gateway_with_a_secret_file_watermarks_and_detection_reads_the_same_file(tmp_path) -> None:
+    import asyncio
+
+    from distillshield.gateway.upstream.base import GenRequest
+    from distillshield.watermark.gateway import watermark_extension
+    from distillshield.watermark.schemes import keyring_from_settings
+
+    path = tmp_path / "wm.key"
+    with pytest.raises(ConfigError, match="secret_file"):
+        load_settings(None, watermark__mode="on")  # no secret at all: names the settings to set
+    s = load_settings(None, watermark__secret_file=str(path), watermark__mode="on")
+    with pytest.raises(ValueError, match="does not exist"):
+        keyring_from_settings(s.watermark)  # before the gateway's first start
+    ext = watermark_extension(s)
+    assert ext is not None and path.exists()
+    state = _ext_state("local")
+    asyncio.run(ext.start(state))
+    hook = state.gateway.logits_hook_factory(_ctx("alice"), GenRequest("chat", {}, "m", False, 8, "p"))
+    assert hook is not None and hook.key == KeyRing(path.read_text().strip()).account("alice")
+    assert keyring_from_settings(s.watermark).account("alice") == hook.key  # detection derives the same key
+    # an inline secret wins over the file
+    inline = load_settings(None, watermark__secret=SECRET, watermark__secret_file=str(path))
+    assert keyring_from_settings(inline.watermark).account("alice") == KeyRing(SECRET).account("alice")
+
+
+def test_a_secret_file_that_cannot_be_made_stops_the_gateway_with_its_name(tmp_path) -> None:
+    from distillshield.watermark.gateway import watermark_extension
+
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    s = load_settings(None, watermark__secret_file=str(blocker / "wm.key"))
+    with pytest.raises(ConfigError, match=r"watermark.secret_file: cannot create .*wm.key"):
+        watermark_extension(s)

@@ -278,6 +278,12 @@ class WatermarkSettings(_Strict):
         description="server secret every account key is derived from (HMAC-SHA256); prefer env "
         "DISTILLSHIELD_WATERMARK__SECRET; never logged; changing it makes old outputs undetectable",
     )
+    secret_file: str | None = Field(
+        None,
+        description="file holding the server secret, used when `secret` is not set: created (mode 0600, 64 random "
+        "hex digits) by the gateway's first start when absent; every replica must read the same file; "
+        "`distillshield init` names one beside the config",
+    )
     mode: Literal["off", "on", "strong"] = Field(
         "off", description="default for accounts the policy has not set: off, on (delta) or strong (strong_delta)"
     )
@@ -321,11 +327,17 @@ class WatermarkSettings(_Strict):
             raise ValueError("must be at least 16 characters (use a random string, e.g. `openssl rand -hex 32`)")
         return v
 
+    @property
+    def keyed(self) -> bool:
+        """A secret is configured (inline, or in a file the gateway creates when absent)."""
+        return self.secret is not None or self.secret_file is not None
+
     @model_validator(mode="after")
     def _secret_when_on(self) -> WatermarkSettings:
-        if self.mode != "off" and self.secret is None:
+        if self.mode != "off" and not self.keyed:
             raise ValueError(
-                f"mode is {self.mode} but no secret is set: set watermark.secret or DISTILLSHIELD_WATERMARK__SECRET"
+                f"mode is {self.mode} but no secret is set: set watermark.secret_file, watermark.secret or "
+                "DISTILLSHIELD_WATERMARK__SECRET"
             )
         return self
 

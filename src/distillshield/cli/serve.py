@@ -104,7 +104,8 @@ logits:
 
 # Per-account output watermarks (docs/watermark.md). The policy can switch them per account at run time.
 watermark:
-  secret: null                   # keys derive from it (HMAC); prefer env DISTILLSHIELD_WATERMARK__SECRET
+  secret: null                   # keys derive from it (HMAC); env DISTILLSHIELD_WATERMARK__SECRET; else the file:
+  secret_file: {watermark_file}   # created (mode 0600) by the first start; every replica needs the same file
   mode: "off"                    # default per account: off | on | strong (needs a secret)
   scheme: kgw                    # kgw: keyed green-list bias; gumbel: Gumbel-max; tournament: SynthID-style
   gamma: 0.25                    # kgw: share of the vocabulary in each green list
@@ -173,13 +174,16 @@ def write_config(
     upstream_url: str = "http://127.0.0.1:8000/v1",
     key_file: str | None = None,
     checkpoint_file: str | None = None,
+    watermark_file: str | None = None,
 ) -> str:
     """Write a commented config with a fresh admin token; returns the token (shown once). The checkpoint
-    signing key and file default to absolute paths beside the config file, wherever the gateway is run."""
+    signing key and file, and the watermark secret's file, default to absolute paths beside the config file,
+    wherever the gateway is run."""
     token = "dsadmin-" + secrets.token_hex(24)
     here = path.parent.resolve()
     key_file = key_file or str(here / "distillshield-checkpoint.key")
     checkpoint_file = checkpoint_file or str(here / "distillshield-checkpoints.txt")
+    watermark_file = watermark_file or str(here / "distillshield-watermark.key")
     path.write_text(
         CONFIG_TEMPLATE.format(
             host=host,
@@ -190,6 +194,7 @@ def write_config(
             upstream_url=upstream_url,
             key_file=key_file,
             checkpoint_file=checkpoint_file,
+            watermark_file=watermark_file,
         ),
         encoding="utf-8",
     )
@@ -293,6 +298,7 @@ def run_demo(port: int, directory: Path, once: bool) -> None:
             port=port,
             key_file=str(directory.resolve() / "checkpoint.key"),
             checkpoint_file=str(directory.resolve() / "checkpoints.txt"),
+            watermark_file=str(directory.resolve() / "watermark.key"),
         )
         token_file.write_text(token + "\n", encoding="utf-8")
         token_file.chmod(0o600)

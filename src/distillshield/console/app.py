@@ -547,7 +547,7 @@ class Console:
             code=code,
             session=session,
             nav="watermark",
-            enabled=cfg.secret is not None,
+            enabled=cfg.keyed,
             scheme=cfg.scheme,
             error=error,
             found=found,

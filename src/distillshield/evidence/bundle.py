@@ -113,7 +113,7 @@ def watermark_detector(cfg: Any) -> tuple[Any, Any, Any, float] | None:
     """The (scheme, keyring, tokenizer, threshold) `build_bundle` tests served outputs with, from the
     `watermark` settings; None without a secret. ValueError or FileNotFoundError when they cannot be set up.
     Loading the tokenizer takes a moment: call it off an event loop."""
-    if cfg.secret is None:
+    if not cfg.keyed:
         return None
     from distillshield.watermark.schemes import keyring_from_settings, scheme_from_settings
     from distillshield.watermark.tokenizer import default_tokenizer

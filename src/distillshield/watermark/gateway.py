@@ -21,6 +21,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from distillshield.config import ConfigError
 from distillshield.watermark.keys import KeyRing, WatermarkKey, key_label
 from distillshield.watermark.kgw import GreenListWatermark
 from distillshield.watermark.schemes import keyring_from_settings, scheme_from_settings
@@ -103,10 +104,13 @@ class WatermarkRegistry:
 class Watermarker:
     """Settings + key ring + scheme: picks the key and builds the hook for one caller."""
 
-    def __init__(self, cfg: WatermarkSettings, registry: WatermarkRegistry | None = None) -> None:
+    def __init__(
+        self, cfg: WatermarkSettings, registry: WatermarkRegistry | None = None, *, create: bool = False
+    ) -> None:
+        """`create`: write watermark.secret_file when it is absent (the gateway's start)."""
         self.cfg = cfg
         self.scheme = scheme_from_settings(cfg)
-        self.keys: KeyRing = keyring_from_settings(cfg)
+        self.keys: KeyRing = keyring_from_settings(cfg, create=create)
         self.registry = registry or WatermarkRegistry(cfg.mode, cfg.key_scope)
 
     def key_for(self, account_id: str, cluster_id: str | None = None) -> WatermarkKey:
@@ -163,7 +167,10 @@ class WatermarkExtension:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.watermarker = Watermarker(settings.watermark)
+        try:
+            self.watermarker = Watermarker(settings.watermark, create=True)
+        except ValueError as exc:  # the secret file cannot be made or read: the gateway does not start
+            raise ConfigError(str(exc)) from None
         self.registry = self.watermarker.registry
         self._state: Any = None
         self._previous: Any = None
@@ -218,8 +225,8 @@ class WatermarkExtension:
 
 
 def watermark_extension(settings: Settings) -> WatermarkExtension | None:
-    """Extension factory: on whenever a secret is configured (the policy may switch accounts on
-    even when the default mode is off); None without a secret."""
-    if settings.watermark.secret is None:
+    """Extension factory: on whenever a secret is configured, inline or as a file (the policy may switch
+    accounts on even when the default mode is off); None without one."""
+    if not settings.watermark.keyed:
         return None
     return WatermarkExtension(settings)

@@ -22,10 +22,14 @@ cryptanalyst with many watermarked outputs; the server secret must stay secret e
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
+import os
+import secrets
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
@@ -73,6 +77,48 @@ def derive_key(secret: str | bytes, label: str) -> WatermarkKey:
         raise ValueError("the watermark secret is empty; set watermark.secret")
     mac = hmac.new(secret, _DOMAIN + label.encode("utf-8"), hashlib.sha256).digest()
     return WatermarkKey(label, int.from_bytes(mac[:8], "little"), int.from_bytes(mac[8:16], "little"))
+
+
+MIN_SECRET_CHARS = 16  # as watermark.secret's own rule
+
+
+def secret_from_file(path: Path, *, create: bool = False) -> str:
+    """The server secret kept in `path` (its text, stripped). With `create`, a file that is absent is written
+    first: 64 random hex digits, mode 0600, never over an existing file; when several gateway replicas start at
+    once on a shared volume, one writes it and the others read the same secret. ValueError naming the file when
+    it is absent (without `create`), unreadable, or too short."""
+    if create and not path.exists():
+        # written whole under a temporary name, then linked into place: link never replaces a file, so a replica
+        # that lost the race reads the winner's secret, and nobody ever reads a half-written one
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="ascii") as fh:
+                fh.write(secrets.token_hex(32) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
+        except OSError as exc:
+            raise ValueError(f"watermark.secret_file: cannot create {path}: {exc.strerror}") from None
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise ValueError(
+            f"watermark.secret_file: {path} does not exist (the gateway writes it on its first start; copy the "
+            "gateway's file here to detect its watermarks)"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"watermark.secret_file: cannot read {path}: {exc}") from None
+    if len(text) < MIN_SECRET_CHARS:
+        raise ValueError(
+            f"watermark.secret_file: {path} holds {len(text)} characters; a secret needs at least {MIN_SECRET_CHARS}"
+        )
+    return text
 
 
 class KeyRing:

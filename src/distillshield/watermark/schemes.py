@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, TypeGuard
 
 from distillshield.watermark.gumbel import GumbelWatermark
-from distillshield.watermark.keys import KeyRing
+from distillshield.watermark.keys import KeyRing, secret_from_file
 from distillshield.watermark.kgw import GreenListWatermark
 from distillshield.watermark.tournament import LAYERS, TournamentWatermark
 
@@ -44,11 +45,14 @@ def scheme_from_settings(cfg: WatermarkSettings) -> Scheme:
     return build_scheme(cfg.scheme, cfg.gamma, cfg.delta, cfg.context_width, cfg.tournament_layers)
 
 
-def keyring_from_settings(cfg: WatermarkSettings) -> KeyRing:
-    """The key ring, or ValueError naming the setting when no secret is configured."""
-    if cfg.secret is None:
+def keyring_from_settings(cfg: WatermarkSettings, *, create: bool = False) -> KeyRing:
+    """The key ring, or ValueError naming the setting when no secret is configured or its file cannot be read.
+    `create`: write the secret file when it is absent (the gateway's start; detection never creates one)."""
+    if cfg.secret is not None:
+        return KeyRing(cfg.secret.get_secret_value())
+    if cfg.secret_file is None:
         raise ValueError(
-            "no watermark secret is configured: set watermark.secret in the config or "
+            "no watermark secret is configured: set watermark.secret_file or watermark.secret in the config, or "
             "DISTILLSHIELD_WATERMARK__SECRET in the environment"
         )
-    return KeyRing(cfg.secret.get_secret_value())
+    return KeyRing(secret_from_file(Path(cfg.secret_file), create=create))
