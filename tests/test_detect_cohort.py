@@ -283,3 +283,28 @@ def test_analyze_no_cohorts_on_the_command_line(tmp_path: Any) -> None:
         r = CliRunner().invoke(app, ["analyze", str(path), "--out", str(out), flag, "--json"])
         assert r.exit_code == 0, r.output
         assert orjson.loads(out.read_bytes())["summary"]["cohorts"] is expected
+
+
+def test_a_groups_rest_of_the_service_is_every_other_account() -> None:
+    """ServiceCounts (built once per grouping run): a group's own counts, the rest's counts and the creation
+    history the waves are judged on are exactly the members' and the non-members', whichever group is asked."""
+    from types import SimpleNamespace
+
+    from distillshield.detect.campaign import ServiceCounts
+
+    accounts: dict[str, Any] = {
+        f"a{i}": SimpleNamespace(
+            cot=SimpleNamespace(n=10 + i, either_hits=i % 4),
+            created_at=float(1000 * i),
+            behaviour=SimpleNamespace(first_ts=float(50 * i)),
+        )
+        for i in range(12)
+    }
+    service = ServiceCounts.of(accounts)  # type: ignore[arg-type]
+    assert service.span == 550.0
+    for members in (["a0", "a5", "a11"], ["a3"], [f"a{i}" for i in range(11)]):
+        rest = service.outside(members)
+        others = [a for k, a in accounts.items() if k not in members]
+        assert int(service.asked[rest].sum()) == sum(a.cot.n for a in others)
+        assert int(service.reasoning[~rest].sum()) == sum(accounts[m].cot.either_hits for m in members)
+        assert service.created[rest].tolist() == [a.created_at for a in others]

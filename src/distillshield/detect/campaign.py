@@ -90,9 +90,10 @@ class ContentCampaigns:
         if len(thin) < MIN_CAMPAIGN or pop.content.stats.tau < -0.5:
             return self.campaigns
         vecs, labels = density_groups(thin)
+        service = ServiceCounts.of(accounts)
         for label in sorted(set(labels.tolist()) - {-1}):
             members = sorted(thin[i].account_id for i in np.flatnonzero(labels == label))
-            c = self._judge(members, accounts, pop)
+            c = self._judge(members, accounts, pop, service)
             if c is not None:
                 found[c.cluster_id] = c
         # A campaign found before is kept while its members, judged together again, still make one. The density
@@ -118,17 +119,19 @@ class ContentCampaigns:
             keep = sorted(thin[i].account_id for i in rows if sims[i] > bar)
             if len(keep) < MIN_CAMPAIGN:
                 continue
-            c = self._judge(keep, accounts, pop)
+            c = self._judge(keep, accounts, pop, service)
             if c is not None:
                 found[c.cluster_id] = c
                 placed.update(keep)
         self.campaigns = found
         return self.campaigns
 
-    def _judge(self, members: list[str], accounts: dict[str, AccountState], pop: Population) -> Cluster | None:
+    def _judge(
+        self, members: list[str], accounts: dict[str, AccountState], pop: Population, service: ServiceCounts
+    ) -> Cluster | None:
         from distillshield.detect.engine import content_risk
 
-        ev = group_evidence(members, accounts, pop, cohorts=self.cohorts)
+        ev = group_evidence(members, accounts, pop, cohorts=self.cohorts, service=service)
         called = campaign_call(ev)
         if called is None:
             return None
@@ -136,7 +139,7 @@ class ContentCampaigns:
         if by_waves:  # the evidence is the waves: an account that asks alike but was created on its own is not in it
             members = sorted(ev.born)
         firsts = np.asarray([accounts[m].behaviour.first_ts for m in members])
-        span = max(content_span(accounts), 3600.0)
+        span = max(service.span, 3600.0)
         cid = f"cp_{stable_hash(members[0]) & 0xFFFFFFFF:08x}"
         requests = [accounts[m].n for m in members]
         c = Cluster(cid, members, campaign=frozenset(members))
@@ -148,6 +151,33 @@ class ContentCampaigns:
             f"what they ask, where other accounts each ask their own things); together: {why}"
         )
         return c
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceCounts:
+    """Every account's reasoning counts and creation time, and the service's span of first requests, as arrays
+    built once per run of `find`: each group's "rest of the service" is then the totals less its members' (numpy
+    over N accounts) instead of a Python pass over every account per group."""
+
+    index: dict[str, int]  # account id -> row
+    asked: np.ndarray  # classified prompts per account (int64)
+    reasoning: np.ndarray  # of those, asking for the model's reasoning (int64)
+    created: np.ndarray  # account creation time, 0 when unknown (float64)
+    span: float  # seconds between the service's earliest and latest first request
+
+    @classmethod
+    def of(cls, accounts: dict[str, AccountState]) -> ServiceCounts:
+        n = len(accounts)
+        asked = np.fromiter((a.cot.n for a in accounts.values()), dtype=np.int64, count=n)
+        reasoning = np.fromiter((a.cot.either_hits for a in accounts.values()), dtype=np.int64, count=n)
+        created = np.fromiter((a.created_at for a in accounts.values()), dtype=np.float64, count=n)
+        return cls({k: i for i, k in enumerate(accounts)}, asked, reasoning, created, content_span(accounts))
+
+    def outside(self, members: list[str]) -> np.ndarray:
+        """A mask of the accounts that are not members (in the accounts' order)."""
+        mask = np.ones(len(self.asked), dtype=bool)
+        mask[[self.index[m] for m in members]] = False
+        return mask
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,11 +204,16 @@ class GroupEvidence:
 
 
 def group_evidence(
-    members: list[str], accounts: dict[str, AccountState], pop: Population, *, cohorts: bool = True
+    members: list[str],
+    accounts: dict[str, AccountState],
+    pop: Population,
+    *,
+    cohorts: bool = True,
+    service: ServiceCounts | None = None,
 ) -> GroupEvidence:
     """The group's pooled prompts (at most POOLED_MAX, the same number from each member) judged like one
     account's, against the packaged reference of real users' prompts; with `cohorts`, also the waves in which the
-    members' accounts were created."""
+    members' accounts were created. `service`: the accounts' counts, when the caller judges several groups."""
     from distillshield.detect.signals.content import judge, spread
 
     content = pop.content
@@ -198,19 +233,12 @@ def group_evidence(
     assoc = np.zeros(len(x), dtype=bool)
     areas = content.area_of(x)
     verdict, _ = judge("content", typ, assoc, areas, null, 0.0, x, excess_min=GROUP_EXCESS, rank_gap=GROUP_GAP)
-    inside = set(members)
-    asked = reasoning = rest_asked = rest_reasoning = 0
-    others: list[float] = []  # every other account's creation time (0: unknown), the history the waves are judged on
-    for a in accounts.values():
-        if a.account_id in inside:
-            asked += a.cot.n
-            reasoning += a.cot.either_hits
-        else:
-            rest_asked += a.cot.n
-            rest_reasoning += a.cot.either_hits
-            others.append(a.created_at)
+    service = service if service is not None else ServiceCounts.of(accounts)
+    rest = service.outside(members)
+    rest_asked, rest_reasoning = int(service.asked[rest].sum()), int(service.reasoning[rest].sum())
+    asked, reasoning = int(service.asked.sum()) - rest_asked, int(service.reasoning.sum()) - rest_reasoning
     created = np.asarray([accounts[m].created_at for m in members], dtype=np.float64)
-    history = np.asarray(others, dtype=np.float64)
+    history = service.created[rest]  # every other account's creation time (0: unknown): what the waves are judged on
     cohort = creation_cohort(created, history) if cohorts else None
     born: tuple[str, ...] = ()
     if cohort is not None and cohort.significant:
