@@ -516,6 +516,42 @@ async def test_scripts_flushed_from_redis_are_loaded_again_for_a_batch(make: Mak
     await asyncio.gather(*[lim.finish(x, 1) for x in got])
 
 
+async def test_a_batch_whose_connection_redis_closed_is_sent_again_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Redis closes the connection a batch was about to go out on (a restart, a timeout, CLIENT KILL): the batch
+    reconnects and is sent again, once; nothing fails and nothing counts twice."""
+    from distillshield.gateway.limits import redis as limits_redis
+
+    require_service("Redis", REDIS_HOST, REDIS_PORT)
+    name = f"dslimtest{uuid.uuid4().hex[:8]}"
+    prefix = f"{PREFIX}test:{uuid.uuid4().hex[:12]}:"
+    lim = RedisRateLimiter(f"{REDIS_URL}?client_name={name}", prefix=prefix)
+    admin = aioredis.Redis.from_url(REDIS_URL)
+    real, attempts = limits_redis._round_trip, []
+
+    async def killed_first(conn: Any, packed: list[bytes]) -> list[Any]:
+        attempts.append(len(packed))
+        if len(attempts) == 1:  # checked out healthy; Redis drops it before the batch goes out
+            for c in await admin.client_list():
+                if c.get("name") == name:
+                    await admin.client_kill_filter(_id=c["id"])
+            await asyncio.sleep(0.05)
+        return await real(conn, packed)
+
+    try:
+        s = (Scope("account", "k", LimitSet(concurrent=100)),)
+        first = await lim.reserve(s, 1)
+        monkeypatch.setattr(limits_redis, "_round_trip", killed_first)
+        second = await asyncio.gather(*[lim.reserve(s, 1) for _ in range(5)])
+        assert len(attempts) == 2 and attempts[0] == attempts[1] == 5  # one batch, sent twice
+        assert await lim.in_flight("account:k") == 6  # ... and counted once
+        await asyncio.gather(*[lim.finish(r, 1) for r in [first, *second]])
+        assert await lim.in_flight("account:k") == 0
+    finally:
+        await lim.close()
+        await admin.aclose()
+        await delete_keys(prefix + "*")
+
+
 async def test_redis_down_fails_every_call_of_a_batch_with_503() -> None:
     port = free_port()  # nothing listens there
     down = RedisRateLimiter(f"redis://127.0.0.1:{port}/0")
