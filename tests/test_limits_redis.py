@@ -242,6 +242,7 @@ async def test_messages_headers_and_retry_after_match_memory(make: Make) -> None
             (1000.0, (Scope("key", "big", LimitSet(tpm=100)),), [101]),
             (1000.0, (Scope("key", "t", LimitSet(tpm=100, rpm=9)),), [60, 50]),
             (day0 + 86_000, (Scope("org", "d", LimitSet(tpd=100)),), [90, 20]),
+            (1000.0, (Scope("key", "zero", LimitSet(tpm=100, rpm=9)),), [30, 0]),  # no tokens: the resets are read
         ]
         for t, scopes, asks in cases:
             for i, n in enumerate(asks):
@@ -257,7 +258,8 @@ async def test_messages_headers_and_retry_after_match_memory(make: Make) -> None
     assert got == expected
     assert sum(isinstance(x, tuple) for x in got) == 5  # every kind of refusal was compared
     # windows compared: the admitted requests of scopes r and t, and their refusals
-    assert sum(x.requests is not None and x.tokens is not None for x in got if isinstance(x, RateStatus)) == 2
+    assert sum(x.requests is not None and x.tokens is not None for x in got if isinstance(x, RateStatus)) == 4
+    assert got[-1].tokens.reset_s == pytest.approx(55.0)  # the 30 tokens of t=1000, seen at 1005
     assert sum(x[-1].requests is not None and x[-1].tokens is not None for x in got if isinstance(x, tuple)) == 2
 
 
@@ -650,7 +652,9 @@ async def test_expired_slot_leases_are_reclaimed_on_server_time(make: Make) -> N
 
 async def test_keys_are_namespaced_and_expire(make: Make) -> None:
     lim = make(lease_s=120)
-    await lim.settle(await lim.reserve((Scope("key", "k", LimitSet(rpm=5)), Scope("org", "o", LimitSet())), 10), 5)
+    scopes = (Scope("key", "k", LimitSet(rpm=5)), Scope("org", "o", LimitSet()))
+    await lim.settle(await lim.reserve(scopes, 10), 5)
+    await lim.finish(await lim.reserve(scopes, 10), 3)  # the day counter's expiry is set with the day, and kept
     r = aioredis.Redis.from_url(REDIS_URL)
     try:
         keys = sorted([k.decode() async for k in r.scan_iter(match=lim.prefix + "*")])

@@ -101,8 +101,9 @@ local CHUNK = 256
 # then per scope rpm, tpm, concurrent, tpd (0 = no limit).
 # Returns {ok, epoch id, lost, epoch since (µs), now (µs), full for (µs), day or scope index, reason, wait µs,
 # in_flight or token_sum, then per scope: requests, token sum, µs until the newest request leaves the window,
-# µs until the newest reservation holding tokens leaves it} (the scopes' state before this request); ok is 1
-# when the request was admitted, 0 when the scope at the index refused it for the reason.
+# µs until the newest reservation holding tokens leaves it} (the scopes' state before this request; the two
+# resets are 0 when an admitted request holds tokens: it is then the newest entry, and rate_status does not read
+# them); ok is 1 when the request was admitted, 0 when the scope at the index refused it for the reason.
 _RESERVE = (
     _COMMON
     + """
@@ -126,8 +127,34 @@ elseif known ~= '' and eid ~= known and not lost then
 end
 local full_for = 0
 if lost and closed and now < since + WINDOW then full_for = since + WINDOW - now end
-local counts, sums, flights, day_tokens = {}, {}, {}, {}
-local tail = {}
+local counts, sums, flights, day_tokens, same_day = {}, {}, {}, {}, {}
+-- when a scope's windows are back to their full limits: the newest request, the newest reservation holding tokens.
+-- Read only when the answer needs them (a refusal, or a request of no tokens): an admitted request with tokens is
+-- itself the newest entry of every window, so rate_status never reads them, and they were a fifth of the calls.
+local function resets(i)
+  local w, t = KEYS[4*i-3], KEYS[4*i-2]
+  local req_reset, tok_reset = 0, 0
+  if counts[i] > 0 then
+    local last = redis.call('ZRANGE', w, -1, -1, 'WITHSCORES')
+    req_reset = tonumber(last[2]) + WINDOW - now
+  end
+  -- pages of 1, 4, 16, ... CHUNK entries from the newest: the newest reservation almost always holds tokens,
+  -- and reading a whole CHUNK per scope per request was most of Redis's work on a full window
+  local start, page = 0, 1
+  while sums[i] > 0 do
+    local e = redis.call('ZREVRANGE', w, start, start + page - 1, 'WITHSCORES')
+    if #e == 0 then break end
+    local ids = {}
+    for j = 1, #e, 2 do ids[#ids + 1] = e[j] end
+    local vals = redis.call('HMGET', t, unpack(ids))
+    for j = 1, #ids do
+      if (tonumber(vals[j]) or 0) > 0 then return req_reset, tonumber(e[2 * j]) + WINDOW - now end
+    end
+    start = start + page
+    page = math.min(page * 4, CHUNK)
+  end
+  return req_reset, tok_reset
+end
 for i = 1, n do
   local w, t, c, d = KEYS[4*i-3], KEYS[4*i-2], KEYS[4*i-1], KEYS[4*i]
   -- prune: expired slot leases, reservations that left the window (start <= now - 60 s)
@@ -145,45 +172,24 @@ for i = 1, n do
     if #old < CHUNK then break end
   end
   if pruned then redis.call('HSET', t, 's', int(sum)) end
-  local count = redis.call('ZCARD', w)
-  -- when the window is back to its full limit: the newest request, the newest reservation holding tokens
-  local req_reset, tok_reset = 0, 0
-  if count > 0 then
-    local last = redis.call('ZRANGE', w, -1, -1, 'WITHSCORES')
-    req_reset = tonumber(last[2]) + WINDOW - now
-  end
-  -- pages of 1, 4, 16, ... CHUNK entries from the newest: the newest reservation almost always holds tokens,
-  -- and reading a whole CHUNK per scope per request was most of Redis's work on a full window
-  local start, page = 0, 1
-  while sum > 0 do
-    local e = redis.call('ZREVRANGE', w, start, start + page - 1, 'WITHSCORES')
-    if #e == 0 then break end
-    local ids = {}
-    for j = 1, #e, 2 do ids[#ids + 1] = e[j] end
-    local vals = redis.call('HMGET', t, unpack(ids))
-    local found = false
-    for j = 1, #ids do
-      if (tonumber(vals[j]) or 0) > 0 then
-        tok_reset, found = tonumber(e[2 * j]) + WINDOW - now, true
-        break
-      end
-    end
-    if found then break end
-    start = start + page
-    page = math.min(page * 4, CHUNK)
-  end
   local dd = redis.call('HMGET', d, 'day', 't')
   local dt = 0
-  if tonumber(dd[1]) == day then dt = tonumber(dd[2]) or 0 end
-  counts[i], sums[i], flights[i], day_tokens[i] = count, sum, redis.call('ZCARD', c), dt
-  tail[#tail + 1] = count
-  tail[#tail + 1] = int(sum)
-  tail[#tail + 1] = int(req_reset)
-  tail[#tail + 1] = int(tok_reset)
+  same_day[i] = tonumber(dd[1]) == day
+  if same_day[i] then dt = tonumber(dd[2]) or 0 end
+  counts[i], sums[i], flights[i], day_tokens[i] = redis.call('ZCARD', w), sum, redis.call('ZCARD', c), dt
 end
+-- the scopes' state before this request: resets read now, before the commit, when an admission will need them
+local before = {}
+if tokens == 0 then for i = 1, n do before[i] = {resets(i)} end end
 local function answer(ok, a, reason, wait, state)
   local out = {ok, eid, lost and 1 or 0, int(since), int(now), int(full_for), a, reason, wait, int(state)}
-  for j = 1, #tail do out[#out + 1] = tail[j] end
+  for i = 1, n do
+    local r = before[i] or (ok == 0 and {resets(i)}) or {0, 0}
+    out[#out + 1] = counts[i]
+    out[#out + 1] = int(sums[i])
+    out[#out + 1] = int(r[1])
+    out[#out + 1] = int(r[2])
+  end
   return out
 end
 -- checks, in memory.py's order (a lost window counts as full after the concurrency check)
@@ -241,7 +247,8 @@ for i = 1, n do
   redis.call('PEXPIRE', t, 61000)
   -- never shorten: a replica configured with a longer lease may hold a slot here
   if redis.call('PTTL', c) < slot_ttl then redis.call('PEXPIRE', c, int(slot_ttl)) end
-  redis.call('PEXPIRE', d, day_ttl)
+  -- set with the day: HSET keeps a key's expiry, so a counter already on today keeps the one it was given
+  if not same_day[i] then redis.call('PEXPIRE', d, day_ttl) end
 end
 return answer(1, int(day), '', '', 0)
 """
