@@ -193,15 +193,14 @@ class WatermarkExtension:
             self._state.gateway.logits_hook_factory = self._previous
 
     def _cluster_of(self, account_id: str) -> str | None:
-        risk = getattr(self._state, "risk", None)
-        entry = risk.get(account_id) if risk is not None else None
+        entry = self._state.risk.get(account_id)  # AppState.risk: the risk board (contracts.RiskBoard)
         return entry.cluster_id if entry is not None else None
 
     def _factory(self, ctx: KeyContext, gen: GenRequest) -> LogitsHook | None:
         account_id = ctx.account.id
         s = self.registry.setting(account_id)
         cluster = self._cluster_of(account_id) if s.key_scope == "cluster" and not s.cluster_id else None
-        if getattr(self._state.upstream, "name", "") == "http":
+        if self._state.upstream.name == "http":  # Upstream.name
             self._forward(account_id, cluster, gen)
             ours = None
         else:
