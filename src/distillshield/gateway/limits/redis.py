@@ -133,7 +133,7 @@ local counts, sums, flights, day_tokens, same_day = {}, {}, {}, {}, {}
 -- itself the newest entry of every window, so rate_status never reads them, and they were a fifth of the calls.
 local function resets(i)
   local w, t = KEYS[4*i-3], KEYS[4*i-2]
-  local req_reset, tok_reset = 0, 0
+  local req_reset = 0
   if counts[i] > 0 then
     local last = redis.call('ZRANGE', w, -1, -1, 'WITHSCORES')
     req_reset = tonumber(last[2]) + WINDOW - now
@@ -153,7 +153,7 @@ local function resets(i)
     start = start + page
     page = math.min(page * 4, CHUNK)
   end
-  return req_reset, tok_reset
+  return req_reset, 0  -- no reservation in the window holds tokens
 end
 for i = 1, n do
   local w, t, c, d = KEYS[4*i-3], KEYS[4*i-2], KEYS[4*i-1], KEYS[4*i]
@@ -372,6 +372,9 @@ async def _round_trip(conn: Any, packed: list[bytes]) -> list[Any]:
     return out
 
 
+_Call = tuple[Script, list[str], list[Any], asyncio.Future[Any]]  # a script, its KEYS and ARGV, its caller's answer
+
+
 class _ScriptPipe:
     """Sends the scripts that requests start in the same turn of the event loop as one pipeline: one socket write
     and one read for all of them, instead of a pool checkout, a write and a read each.
@@ -386,7 +389,7 @@ class _ScriptPipe:
     def __init__(self, client: aioredis.Redis, depth: int = 2) -> None:
         self._client = client
         self._depth = depth
-        self._queue: list[tuple[Script, list[str], list[Any], asyncio.Future[Any]]] = []
+        self._queue: list[_Call] = []
         self._flying = 0
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -413,7 +416,7 @@ class _ScriptPipe:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _send(self, batch: list[tuple[Script, list[str], list[Any], asyncio.Future[Any]]]) -> None:
+    async def _send(self, batch: list[_Call]) -> None:
         try:
             results = await self._execute(batch)
             reload = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
@@ -440,7 +443,7 @@ class _ScriptPipe:
             self._flying -= 1
             self._kick()
 
-    async def _execute(self, batch: list[tuple[Script, list[str], list[Any], asyncio.Future[Any]]]) -> list[Any]:
+    async def _execute(self, batch: list[_Call]) -> list[Any]:
         """One round trip for the batch, on one pooled connection: each outcome is its reply or its own error.
 
         Packed by hiredis in one C call per script: redis-py's generic packing encodes each of a reserve's ~30
