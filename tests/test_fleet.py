@@ -310,8 +310,12 @@ def test_the_compose_file_runs_real_commands_on_valid_settings(monkeypatch: pyte
         assert result.exit_code == 0, (name, result.output)
     for key, value in ds["gateway-1"]["environment"].items():
         monkeypatch.setenv(key, str(value).replace("${MODEL_URL:?set MODEL_URL}", "http://model:8000/v1")
-                           .replace("${ADMIN_TOKEN_SHA256:-}", "0" * 64))  # fmt: skip
+                           .replace("${ADMIN_TOKEN_SHA256:-}", "0" * 64)
+                           .replace("${WATERMARK_SECRET:?set WATERMARK_SECRET (openssl rand -hex 32)}", "ab" * 32)
+                           )  # fmt: skip
     s = load_settings(str(REPO / "deploy" / "fleet.yaml"))
+    # every container derives its watermark keys from the one secret in the environment, not a file of its own
+    assert s.watermark.secret is not None and s.watermark.secret.get_secret_value() == "ab" * 32
     assert (s.audit.sink, s.risk.backend, s.limits.backend, s.detection.enabled) == ("redis", "redis", "redis", False)
     assert s.store.url.startswith("postgresql+asyncpg://") and s.upstream.http.base_url == "http://model:8000/v1"
 
@@ -339,6 +343,8 @@ async def test_the_local_topology_serves_shares_verdicts_and_stops_cleanly(
     cfg["limits"]["redis_url"] = REDIS_URL
     cfg["audit"]["stream_key"] = stream_key
     cfg["risk"]["namespace"] = stream_key.replace(":", "-")
+    secret = tmp_path / "watermark.secret"
+    cfg["watermark"]["secret_file"] = str(secret)
     path = tmp_path / "fleet.yaml"
     path.write_text(yaml.safe_dump(cfg))
     ports = [free_port() for _ in range(3)]
@@ -390,6 +396,9 @@ async def test_the_local_topology_serves_shares_verdicts_and_stops_cleanly(
     assert "fleet stopped" in rest
     contents = await logged_prompts(pg_database, "fleet-a")
     assert sorted(contents) == sorted(sent)  # each answered one exactly once (the challenged requests are 403s)
+    # the replicas share one watermark secret: the first gateway created the file, the others read it
+    assert secret.stat().st_mode & 0o777 == 0o600 and len(secret.read_text().strip()) == 64
+    assert not list(tmp_path.glob(".watermark.secret.*.tmp"))  # no temporary file of a racing replica left behind
     shutil.rmtree(tmp_path / "logs", ignore_errors=True)
 
 
@@ -462,6 +471,8 @@ async def test_a_gateway_killed_mid_load_loses_and_duplicates_nothing(
     cfg["limits"]["key"] = cfg["limits"]["account"] = {"rpm": 100_000, "tpm": 100_000_000, "concurrent": 64}
     cfg["audit"]["stream_key"] = stream_key
     cfg["risk"]["namespace"] = stream_key.replace(":", "-")
+    secret = tmp_path / "watermark.secret"
+    cfg["watermark"]["secret_file"] = str(secret)
     path = tmp_path / "fleet.yaml"
     path.write_text(yaml.safe_dump(cfg))
     ports = [free_port() for _ in range(2)]
