@@ -16,6 +16,7 @@ Corpora (JSONL in BENCH_DIR, one completion per line with prompt, text, tokens, 
   tournament.jsonl   100 x max 400 tokens: tournament sampling h=4 m=8, each under a random account key
   kgw-t0.7.jsonl, tournament-t0.7.jsonl   the same at temperature 0.7 (attribution at T=0.7)
   gumbel-400.jsonl   100 x max 400 tokens: Gumbel-max h=4 (attribution at 400 tokens)
+  tournament-h8.jsonl  100 x max 400 tokens: the default tournament, h=8 m=8, each under a random account key
 Every completion: T=1.0 unless named, llama.cpp's default top-k 40 / top-p 0.95 / min-p 0.05. The prompts
 are the same list for every corpus (prompt i is the i-th of watermark_common.prompts).
 """
@@ -69,6 +70,7 @@ CORPORA = {
     "kgw-t0.7": Corpus(100, 400, 100, 8, "kgw", temperature=0.7),
     "tournament-t0.7": Corpus(100, 400, 100, 9, "tournament", temperature=0.7),
     "gumbel-400": Corpus(100, 400, 100, 10, "gumbel"),
+    "tournament-h8": Corpus(100, 400, 100, 11, "tournament-h8"),
 }
 
 

@@ -51,7 +51,7 @@ CAPITALS = {
 }  # fmt: skip
 
 
-PPL_CORPORA = ("plain", "plain-b", "kgw", "attacker", "kgw3", "gumbel", "strong", "tournament")
+PPL_CORPORA = ("plain", "plain-b", "kgw", "attacker", "kgw3", "gumbel", "strong", "tournament", "tournament-h8")
 
 
 def perplexities(llm: Any, rows: list[dict[str, Any]], max_tokens: int) -> list[tuple[int, float, int]]:

@@ -23,6 +23,9 @@ detection figures):
     .venv/bin/python benchmarks/watermark_tournament.py --layers 2 4 8 --prompts 20 --diversity-prompts 5
     .venv/bin/python benchmarks/watermark_tournament.py --layers 8 --prompts 0 --real-limit 0 --diversity-prompts 16
     .venv/bin/python benchmarks/watermark_tournament.py --layers 4 6 --prompts 50 --diversity-prompts 16 --no-gumbel
+    .venv/bin/python benchmarks/watermark_tournament.py --offset 100 --layers 6 --prompts 150 --diversity-prompts 0 \
+        --real-limit 0 --text-alone-only      # detection on prompts no earlier run used
+    .venv/bin/python benchmarks/watermark_tournament.py --compare plain.json arm-a.json arm-b.json   # vs plain
 
 Needs sacrebleu (`pip install .[bench]`). Results: docs/watermark.md, "Tournament sampling".
 """
@@ -62,6 +65,29 @@ def self_bleu(texts: list[str]) -> float:
     return float(np.mean(scores)) if scores else float("nan")
 
 
+def compare(paths: list[str]) -> None:
+    """Print (and return nothing else) each file's diversity arms against the first file's plain sampling,
+    as a run holding both would: paired bootstrap over the same prompts."""
+    runs = [json.loads(open(p, encoding="utf-8").read()) for p in paths]  # noqa: SIM115 - read once
+    base = runs[0]["diversity"].get("plain")
+    if base is None:
+        raise SystemExit(f"{paths[0]} has no plain-sampling arm (it ran with --no-plain)")
+    where = (runs[0].get("offset"), runs[0].get("prompts"), base["prompts"])
+    for path, run in zip(paths, runs, strict=True):
+        for name, arm in run["diversity"].items():
+            if name == "plain" and run is runs[0]:
+                continue
+            if (run.get("offset"), run.get("prompts"), arm["prompts"]) != where:
+                raise SystemExit(f"{path}: {name} ran on other prompts than {paths[0]}'s plain sampling")
+            cells = []
+            for metric in ("distinct2", "self_bleu"):
+                rel, ci = paired_bootstrap(base["per_prompt"][metric], arm["per_prompt"][metric], relative=True)
+                cells.append(
+                    f"{metric} {arm[metric]:.3f} vs plain {100 * rel:+.1f}% ({100 * ci[0]:+.1f} to {100 * ci[1]:+.1f})"
+                )
+            print(f"{name}: " + "; ".join(cells))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--layers", type=int, nargs="+", default=[4, 8])
@@ -73,19 +99,54 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=8)
     ap.add_argument("--diversity-tokens", type=int, default=100)
     ap.add_argument("--no-gumbel", action="store_true", help="leave Gumbel-max out of the diversity arms")
+    ap.add_argument(
+        "--no-plain",
+        action="store_true",
+        help="diversity arms only, no plain-sampling baseline (for a run that only needs the arms' per-prompt figures)",
+    )
+    ap.add_argument("--context-width", type=int, default=4, help="the tournament's context width h")
+    ap.add_argument(
+        "--offset",
+        type=int,
+        default=0,
+        help="skip the first N real prompts (a fresh sample of "
+        "prompts for a confirmation run: detection and diversity take theirs after these)",
+    )
+    ap.add_argument(
+        "--text-alone-only",
+        action="store_true",
+        help="detection: skip the prompt-known test (one model pass less per text)",
+    )
     ap.add_argument("--json-out", default=None)
+    ap.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="JSON",
+        default=None,
+        help="no generation: each diversity arm of these --json-out files against the plain sampling "
+        "of the first (runs on the same prompts, e.g. one with plain and others with --no-plain)",
+    )
     args = ap.parse_args()
+    if args.compare:
+        compare(args.compare)
+        return
     tok = default_tokenizer()
     ring = KeyRing(SECRET)
     accounts = account_ids(args.keys)
     keys = [ring.account(a) for a in accounts]
     llm = load_llm()
     weigher = ModelWeigher(threads=1)  # the embedded model again, scoring (logits of every position)
-    ways = ("unweighted", "weighted, text alone", "weighted, prompt known")
-    ps = prompts(args.prompts + args.diversity_prompts)
+    ways: tuple[str, ...] = ("unweighted", "weighted, text alone", "weighted, prompt known")
+    if args.text_alone_only:
+        ways = ways[:2]
+    ps = prompts(args.offset + args.prompts + args.diversity_prompts)[args.offset :]
     det_prompts, div_prompts = ps[: args.prompts], ps[args.prompts :]
-    schemes: dict[str, Any] = {f"tournament m={m}": TournamentWatermark(4, layers=m) for m in args.layers}
-    out: dict[str, Any] = {"machine": machine(), "L": L, "detection": {}, "false_positives": {}, "diversity": {}}
+    h = args.context_width
+    schemes: dict[str, Any] = {
+        f"tournament m={m}" + (f" h={h}" if h != 4 else ""): TournamentWatermark(h, layers=m) for m in args.layers
+    }
+    out: dict[str, Any] = {"machine": machine(), "L": L, "offset": args.offset, "prompts": args.prompts,
+                           "detection": {}, "false_positives": {}, "diversity": {}}  # fmt: skip
     t0 = time.perf_counter()
 
     weigh_s: list[float] = []
@@ -110,8 +171,9 @@ def main() -> None:
                 dets = {
                     ways[0]: wm.detect(key, ids),
                     ways[1]: score_keys(wm, ids, [key], weights=[bare])[0][0],
-                    ways[2]: score_keys(wm, ids, [key], weights=[weigher.weights(ids, prompt)])[0][0],
                 }
+                if len(ways) > 2:
+                    dets[ways[2]] = score_keys(wm, ids, [key], weights=[weigher.weights(ids, prompt)])[0][0]
                 n += 1
                 for w, d in dets.items():
                     hits[w] += int(d.detected)
@@ -144,7 +206,7 @@ def main() -> None:
             }  # fmt: skip
             print(f"false positives {name}, {way}: {flagged}/{tests}", file=sys.stderr, flush=True)
 
-    div: dict[str, Callable[[Any], Any] | None] = {"plain": None}
+    div: dict[str, Callable[[Any], Any] | None] = {} if args.no_plain else {"plain": None}
     if not args.no_gumbel:
         div["gumbel h=4"] = GumbelWatermark(4)  # deterministic per key and context: the contrast
     div.update(schemes)
@@ -161,7 +223,7 @@ def main() -> None:
         out["diversity"][name] = {"distinct2": float(np.mean(d2)), "self_bleu": float(np.mean(sb)),
                                   "prompts": len(div_prompts), "samples": args.samples,
                                   "per_prompt": {"distinct2": d2, "self_bleu": sb}}  # fmt: skip
-        if name != "plain":
+        if name != "plain" and "plain" in out["diversity"]:
             base = out["diversity"]["plain"]["per_prompt"]
             for metric, values in (("distinct2", d2), ("self_bleu", sb)):
                 rel, ci = paired_bootstrap(base[metric], values, relative=True)

@@ -32,7 +32,13 @@ NAMED = re.compile(r'<p class="wm-named">Attributed to:(.*?)</p>', re.S)
 def wm_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
     # One model thread: on a shared 2-core machine two threads spin at barriers and run ~10x slower.
     gw = start_gateway(
-        make_settings(tmp_path_factory.mktemp("console-wm"), watermark__secret=SECRET, upstream__local__n_threads=1)
+        # mode off: these tests switch single accounts on (every account is marked by default)
+        make_settings(
+            tmp_path_factory.mktemp("console-wm"),
+            watermark__secret=SECRET,
+            upstream__local__n_threads=1,
+            watermark__mode="off",
+        )
     )
     yield gw
     gw.stop()

@@ -47,6 +47,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
         limits__account=UNLIMITED,
         limits__key=UNLIMITED,
         watermark__secret="test-watermark-secret-0123456789",
+        watermark__mode="off",  # the default marks every account; these tests see a pin switch one on
     )
     g = start_gateway(settings, upstream=ReasoningUpstream())
     yield g

@@ -45,6 +45,13 @@ def generate(hook, n: int = 200, seed: int = 0, temperature: float = 1.0) -> lis
     return ids
 
 
+def answering(hook):
+    """A hook whose first call has seen an empty prompt (vLLM's output-only form), so that each later call
+    is a step of the answer: for tests of one marked step."""
+    hook(np.zeros(0, np.int64), np.zeros(V, np.float32))
+    return hook
+
+
 # -- keys and seeding ------------------------------------------------------------------------------------
 
 
@@ -149,7 +156,7 @@ def test_gumbel_sampling_is_distortion_free_over_keys() -> None:
     wm, ring = GumbelWatermark(1), keys()
     counts = np.zeros(4)
     for i in range(4000):
-        out = wm.processor(ring.account(f"k{i}"), temperature=1.0, top_k=0, top_p=1.0, min_p=0.0)(
+        out = answering(wm.processor(ring.account(f"k{i}"), temperature=1.0, top_k=0, top_p=1.0, min_p=0.0))(
             np.array([1]), scores.copy()
         )
         counts[int(np.argmax(out))] += 1
@@ -184,7 +191,7 @@ def test_tournament_rounds_keep_the_distribution_over_keys() -> None:
     wm, ring = TournamentWatermark(1), keys()
     counts = np.zeros(4)
     for i in range(4000):
-        hook = wm.processor(ring.account(f"k{i}"), temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=i)
+        hook = answering(wm.processor(ring.account(f"k{i}"), temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=i))
         counts[int(np.argmax(hook(np.array([1]), scores.copy())))] += 1
     assert np.allclose(counts / counts.sum(), p, atol=0.03)
 
@@ -199,7 +206,7 @@ def test_tournament_samples_differ_where_gumbel_repeats_itself() -> None:
     def picks(wm: object, n: int = 200) -> set[int]:
         out = set()
         for i in range(n):
-            hook = wm.processor(key, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=i)  # type: ignore[attr-defined]
+            hook = answering(wm.processor(key, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=i))  # type: ignore[attr-defined]
             out.add(int(np.argmax(hook(np.array([3]), scores.copy()))))
         return out
 
@@ -208,6 +215,24 @@ def test_tournament_samples_differ_where_gumbel_repeats_itself() -> None:
     assert isinstance(build_scheme("tournament"), TournamentWatermark)
     with pytest.raises(ValueError, match="tournament"):
         build_scheme("synthid")
+
+
+@pytest.mark.parametrize("wm", [GumbelWatermark(3), TournamentWatermark(3, layers=8)], ids=repr)
+def test_the_answer_s_first_tokens_are_left_to_the_sampler(wm) -> None:
+    """A step whose context reaches into the prompt (the first h answer tokens: for a chat, the template's
+    constant header) is one a detector reading the answer never scores, so the hook leaves it to the sampler;
+    the answer is marked from token h on, exactly the pairs the detector scores."""
+    scores = np.zeros(V, np.float32)  # flat: a marked step keeps one candidate, an unmarked one keeps all
+    key = keys().account("alice")
+    hook = wm.processor(key, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=1)
+    prompt = [11, 12, 13, 14, 15]
+    marked = []
+    for t in range(6):
+        out = hook(np.array(prompt + list(range(100, 100 + t))), scores.copy())
+        marked.append(int((out > -1e8).sum()) == 1)
+    assert marked == [False, False, False, True, True, True]
+    answer = list(range(100, 106))
+    assert scored_pairs(answer, wm.context_width)[1].tolist() == [103, 104, 105]  # step t answered 100 + t
 
 
 # -- attribution and radioactivity ------------------------------------------------------------------------
@@ -294,7 +319,7 @@ def _cfg(**kw: object) -> Settings:
 def test_registry_switches_and_strengthens_per_account() -> None:
     from distillshield.gateway.upstream.base import GenRequest
 
-    wmr = Watermarker(_cfg().watermark)
+    wmr = Watermarker(_cfg(scheme="kgw", mode="off").watermark)
     gen = GenRequest("chat", {"messages": []}, "m", False, 16, "p")
     assert wmr.hook("a", gen) is None  # default mode off
     wmr.registry.set("a", "on")
@@ -308,6 +333,51 @@ def test_registry_switches_and_strengthens_per_account() -> None:
     assert wmr.registry.mode_for("a") == "off" and wmr.registry.applied == 2
     with pytest.raises(ValueError, match="mode"):
         wmr.registry.set("a", "max")
+
+
+def test_every_account_is_marked_by_default_with_the_tournament(caplog: pytest.LogCaptureFixture) -> None:
+    """The default: mode on, the tournament at context width 8 and 8 rounds, for an account the policy never
+    touched. Without a secret nothing can be keyed: the gateway starts unmarked and says so once."""
+    from distillshield.gateway.upstream.base import GenRequest
+    from distillshield.watermark.gateway import watermark_extension
+    from distillshield.watermark.tournament import TournamentProcessor
+
+    wmr = Watermarker(_cfg().watermark)
+    hook = wmr.hook("never-seen", GenRequest("chat", {"temperature": 0.7}, "m", False, 16, "p"))
+    assert isinstance(hook, TournamentProcessor) and (hook.h, hook.layers) == (8, 8)
+    assert wmr.registry.mode_for("never-seen") == "on"
+    # a null context width is the scheme's own (kgw keeps 1); a configured one holds for every scheme
+    assert (_cfg(scheme="kgw").watermark.width(), _cfg(context_width=4).watermark.width()) == (1, 4)
+    assert _cfg().watermark.width("gumbel") == 1
+    bare = load_settings(None)  # no secret: the default does not stop the gateway from starting
+    assert bare.watermark.mode == "on" and not bare.watermark.keyed
+    with caplog.at_level("WARNING", logger="distillshield.watermark"):
+        assert watermark_extension(bare) is None
+    assert "NOT watermarked" in caplog.text
+    with caplog.at_level("WARNING", logger="distillshield.watermark"):
+        caplog.clear()
+        assert watermark_extension(load_settings(None, watermark__mode="off")) is None
+    assert caplog.text == ""  # switched off on purpose: nothing to warn about
+
+
+@pytest.mark.parametrize("wm", [TournamentWatermark(1), GumbelWatermark(1)], ids=repr)
+def test_the_embedded_model_applies_logit_bias_before_the_keyed_sampler(wm) -> None:
+    """The embedded model's processors, in the order llama.cpp runs them: the request's logit_bias first, so a
+    token the client pushed up is among what the keyed sampler draws from (the sampler then suppresses the
+    rest; applied after it, the bias could not lift a suppressed token)."""
+    from distillshield.config import LocalUpstreamSettings
+    from distillshield.gateway.upstream.base import GenRequest
+    from distillshield.gateway.upstream.local import LocalUpstream
+
+    hook = answering(wm.processor(keys().account("alice"), temperature=1.0, seed=0))
+    body = {"messages": [{"role": "user", "content": "x"}], "logit_bias": {"5": 100}}
+    kw, _reader = LocalUpstream(LocalUpstreamSettings())._kwargs(
+        GenRequest("chat", body, "m", False, 8, "x", logits_hook=hook)
+    )
+    scores = np.full(V, -5.0, np.float32)
+    scores[:4] = 5.0  # without the bias token 5 is far outside the sampler's candidates
+    out = kw["logits_processor"](np.array([1]), scores)
+    assert int(np.argmax(out)) == 5 and int((out > -1e8).sum()) == 1
 
 
 def test_gumbel_hook_follows_the_request_temperature() -> None:
@@ -331,7 +401,7 @@ def test_the_tournament_hook_takes_the_request_seed() -> None:
 
     def picks(seed: object) -> list[int]:
         body = {"temperature": 1.0} if seed is None else {"temperature": 1.0, "seed": seed}
-        hook = wmr.hook("a", GenRequest("chat", body, "m", False, 16, "p"))
+        hook = answering(wmr.hook("a", GenRequest("chat", body, "m", False, 16, "p")))
         return [int(np.argmax(hook(np.array([t]), scores.copy()))) for t in range(40)]
 
     assert picks(7) == picks(7)
@@ -427,7 +497,7 @@ def test_extension_forwards_the_key_label_to_a_vllm_upstream_and_strips_client_c
     from distillshield.gateway.upstream.base import GenRequest
     from distillshield.watermark.gateway import watermark_extension
 
-    ext = watermark_extension(_cfg(upstream_xargs=True))
+    ext = watermark_extension(_cfg(upstream_xargs=True, scheme="kgw", mode="off"))
     state = _ext_state("http")
     asyncio.run(ext.start(state))
     state.watermark.set("a", "strong")
@@ -442,6 +512,8 @@ def test_extension_forwards_the_key_label_to_a_vllm_upstream_and_strips_client_c
     state.gateway.logits_hook_factory(_ctx("b"), plain)  # mode off: nothing forwarded, the client's choice removed
     assert plain.body["vllm_xargs"] == {}
     assert watermark_extension(load_settings(None)) is None  # no secret: no extension
+    with pytest.raises(ConfigError, match="kgw scheme only"):  # the vLLM processor could not mark it
+        _cfg(upstream_xargs=True, scheme="tournament")
 
 
 def test_cluster_scope_keys_by_the_risk_boards_cluster() -> None:

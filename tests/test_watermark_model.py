@@ -30,8 +30,15 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def wm_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
     # One model thread: on a shared 2-core machine two threads spin at barriers and run ~10x slower.
+    # kgw, off by default: these tests switch one account on (strong) and test the others plain
     gw = start_gateway(
-        make_settings(tmp_path_factory.mktemp("wm"), watermark__secret=SECRET, upstream__local__n_threads=1)
+        make_settings(
+            tmp_path_factory.mktemp("wm"),
+            watermark__secret=SECRET,
+            watermark__scheme="kgw",
+            watermark__mode="off",
+            upstream__local__n_threads=1,
+        )
     )
     yield gw
     gw.stop()
@@ -56,7 +63,7 @@ def texts(wm_gateway: RunningGateway) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def config(wm_gateway: RunningGateway, tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg = tmp_path_factory.mktemp("cfg") / "c.yaml"
-    cfg.write_text(f"store:\n  url: {wm_gateway.settings.store.url}\nwatermark:\n  secret: {SECRET}\n")
+    cfg.write_text(f"store:\n  url: {wm_gateway.settings.store.url}\nwatermark:\n  secret: {SECRET}\n  scheme: kgw\n")
     return cfg
 
 
@@ -119,8 +126,9 @@ def test_audit_queries_a_loopback_target(wm_gateway: RunningGateway, config: Pat
 @pytest.mark.parametrize("scheme", ["gumbel", "tournament"])
 def test_sampling_schemes_through_the_gateway(gateway_factory, scheme: str) -> None:
     """The keyed sampling schemes through the same hook: detected under the account's key only; an unseeded
-    answer to a prompt differs from a seeded one under the tournament (it samples) and starts the same under
-    Gumbel-max (it picks); a request's seed makes either reproducible."""
+    answer to a prompt differs from a seeded one under the tournament (it samples; Gumbel-max picks, but the
+    answer's first h tokens are the sampler's, so its answers differ too); a request's seed makes either
+    reproducible."""
     gw = gateway_factory(
         watermark__secret=SECRET, watermark__scheme=scheme, watermark__context_width=4, upstream__local__n_threads=1
     )
@@ -142,10 +150,40 @@ def test_sampling_schemes_through_the_gateway(gateway_factory, scheme: str) -> N
     assert wm.detect(KeyRing(SECRET).account("g-alice"), ids).detected
     assert not wm.detect(KeyRing(SECRET).account("g-bob"), ids).detected
     assert texts[0] == texts[1], texts  # the same seed again: reproducible, as unwatermarked sampling is
-    if scheme == "gumbel":  # it picks: the same answer until a repeated context falls back to plain sampling
-        assert texts[2][:200] == texts[0][:200], texts
-    else:
+    if scheme == "tournament":
         assert texts[2] != texts[0], texts
+
+
+def test_by_default_every_account_is_marked_and_logit_bias_and_logprobs_still_work(gateway_factory) -> None:
+    """The default: an account nobody switched on is marked with the tournament (h=8). A request's logit_bias
+    shapes what the keyed sampler draws from (a token pushed by +100 is the answer), and logprobs report the
+    model's distribution, not only the one token the sampler kept."""
+    from distillshield.watermark.tournament import TournamentWatermark
+
+    gw = gateway_factory(watermark__secret=SECRET, upstream__local__n_threads=1)
+    client = openai.OpenAI(base_url=f"{gw.base}/v1", api_key=gw.create_key("d-alice"))
+    msg = [{"role": "user", "content": PROMPT}]
+    texts = [
+        client.chat.completions.create(model=MODEL, messages=msg, max_tokens=120, temperature=1.0, seed=s)
+        .choices[0]
+        .message.content
+        for s in (1, 2)
+    ]
+    tok = default_tokenizer()
+    ids = [tok.encode(t) for t in texts]
+    assert TournamentWatermark(8).detect(KeyRing(SECRET).account("d-alice"), ids).detected
+    assert not TournamentWatermark(8).detect(KeyRing(SECRET).account("d-bob"), ids).detected
+    the = tok.encode(" the")[-1]
+    forced = client.chat.completions.create(  # 16 tokens: the first 8 are the sampler's, the rest marked
+        model=MODEL, messages=msg, max_tokens=16, temperature=1.0, seed=5, logit_bias={str(the): 100}
+    )
+    assert forced.choices[0].message.content.split() == ["the"] * 16, forced.choices[0].message.content
+    r = client.chat.completions.create(
+        model=MODEL, messages=msg, max_tokens=12, temperature=1.0, logprobs=True, top_logprobs=3
+    )
+    content = r.choices[0].logprobs.content
+    assert content and all(len(e.top_logprobs) == 3 for e in content)
+    assert all(alt.logprob > -50 for e in content for alt in e.top_logprobs), content  # not the suppressed -1e9
 
 
 def test_cli_errors_are_one_line(

@@ -153,6 +153,7 @@ def test_bad_request_arguments_are_rejected_by_name() -> None:
 def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DISTILLSHIELD_WATERMARK__SECRET", SECRET)
     monkeypatch.setenv("DISTILLSHIELD_WATERMARK__DELTA", "3.0")
+    monkeypatch.setenv("DISTILLSHIELD_WATERMARK__SCHEME", "kgw")  # the default is the tournament
     w = _Watermark.from_settings(torch=FakeTorch())
     assert w.scheme.delta == 3.0 and w.keys.account("alice").k0 == KeyRing(SECRET).account("alice").k0
     monkeypatch.setenv("DISTILLSHIELD_WATERMARK__SCHEME", "gumbel")

@@ -93,6 +93,8 @@ def synthetic_text(wm: TournamentWatermark, key, n: int, seed: int) -> tuple[lis
     rng = np.random.default_rng(seed)
     ids = [int(x) for x in rng.integers(0, V, wm.context_width)]
     weights = [0.0] * len(ids)
+    hook = wm.processor(key, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=seed)
+    hook(np.zeros(0, np.int64), np.zeros(V, np.float32))  # no prompt: every token of `ids` is the text's
     for t in range(n):
         scores = np.full(V, -50.0, np.float32)
         cand = np.random.default_rng(hash(tuple(ids[-wm.context_width :])) % (2**32)).choice(V, 8, replace=False)
@@ -104,7 +106,6 @@ def synthetic_text(wm: TournamentWatermark, key, n: int, seed: int) -> tuple[lis
         p = np.exp(scores[cand] - scores[cand].max())
         p /= p.sum()
         weights.append(1.0 - float((p * p).sum()))
-        hook = wm.processor(key, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=seed * 1000 + t)
         ids.append(int(np.argmax(hook(np.asarray(ids), scores))))  # the hook leaves the chosen token only
     return ids, np.asarray(weights)
 

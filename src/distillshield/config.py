@@ -270,6 +270,13 @@ class AuthSettings(_Strict):
     )
 
 
+# The context width a scheme gets when watermark.context_width is null: kgw and gumbel keep the 1 they always had;
+# the tournament's 8 keeps one account's repeated samples of a prompt as diverse as unwatermarked sampling (with
+# 4, every sample passing through a common 4-token context met the same keyed preference there; docs/watermark.md,
+# "Watermark on by default").
+DEFAULT_CONTEXT_WIDTH = {"kgw": 1, "gumbel": 1, "tournament": 8}
+
+
 class WatermarkSettings(_Strict):
     """Per-account output watermarks (src/distillshield/watermark/, docs/watermark.md)."""
 
@@ -285,18 +292,24 @@ class WatermarkSettings(_Strict):
         "`distillshield init` names one beside the config",
     )
     mode: Literal["off", "on", "strong"] = Field(
-        "off", description="default for accounts the policy has not set: off, on (delta) or strong (strong_delta)"
+        "on",
+        description="default for accounts the policy has not set: off, on or strong (kgw: strong_delta; the other "
+        "schemes mark alike in both); on needs a secret, and without one outputs are not marked (logged at start)",
     )
     scheme: Literal["kgw", "gumbel", "tournament"] = Field(
-        "kgw",
+        "tournament",
         description="kgw: keyed green-list bias; gumbel: distortion-free keyed Gumbel-max sampling; tournament: "
         "SynthID-style tournament sampling (distortion-free per step, and repeated samples still differ)",
     )
     gamma: float = Field(0.25, gt=0, le=0.9, description="kgw: share of the vocabulary in each green list")
     delta: float = Field(2.0, gt=0, le=20, description="kgw: logit bias added to green tokens in mode on")
     strong_delta: float = Field(4.0, gt=0, le=20, description="kgw: logit bias in mode strong")
-    context_width: int = Field(
-        1, ge=1, le=8, description="previous tokens that seed each green list (kgw) or draw (gumbel, tournament)"
+    context_width: int | None = Field(
+        None,
+        ge=1,
+        le=8,
+        description="previous tokens that seed each green list (kgw) or draw (gumbel, tournament); null: the "
+        "scheme's own (kgw 1, gumbel 1, tournament 8); detection must use the width the outputs were marked with",
     )
     tournament_layers: int = Field(
         8,
@@ -327,6 +340,13 @@ class WatermarkSettings(_Strict):
             raise ValueError("must be at least 16 characters (use a random string, e.g. `openssl rand -hex 32`)")
         return v
 
+    def width(self, scheme: str | None = None) -> int:
+        """The context width for `scheme` (default: the configured one): context_width when set, else the
+        scheme's own."""
+        if self.context_width is not None:
+            return self.context_width
+        return DEFAULT_CONTEXT_WIDTH.get(scheme or self.scheme, 1)
+
     @property
     def keyed(self) -> bool:
         """A secret is configured (inline, or in a file the gateway creates when absent)."""
@@ -334,10 +354,16 @@ class WatermarkSettings(_Strict):
 
     @model_validator(mode="after")
     def _secret_when_on(self) -> WatermarkSettings:
-        if self.mode != "off" and not self.keyed:
+        # Only a mode the config asks for: the default (on) simply marks nothing until a secret is configured.
+        if "mode" in self.model_fields_set and self.mode != "off" and not self.keyed:
             raise ValueError(
                 f"mode is {self.mode} but no secret is set: set watermark.secret_file, watermark.secret or "
                 "DISTILLSHIELD_WATERMARK__SECRET"
+            )
+        if self.upstream_xargs and self.scheme != "kgw":
+            raise ValueError(
+                f"upstream_xargs asks a vLLM server's distillshield.watermark.vllm processor to mark, and it "
+                f"implements the kgw scheme only (scheme is {self.scheme}): set watermark.scheme: kgw"
             )
         return self
 

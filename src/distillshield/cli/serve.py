@@ -106,12 +106,13 @@ logits:
 watermark:
   secret: null                   # keys derive from it (HMAC); env DISTILLSHIELD_WATERMARK__SECRET; else the file:
   secret_file: {watermark_file}   # created (mode 0600) by the first start; every replica needs the same file
-  mode: "off"                    # default per account: off | on | strong (needs a secret)
-  scheme: kgw                    # kgw: keyed green-list bias; gumbel: Gumbel-max; tournament: SynthID-style
+  mode: "on"                     # default per account: off | on | strong (kgw: the stronger bias)
+  scheme: tournament             # tournament: SynthID-style, unbiased per step; kgw: green bias; gumbel
   gamma: 0.25                    # kgw: share of the vocabulary in each green list
   delta: 2.0                     # kgw: logit bias for green tokens in mode on
   strong_delta: 4.0              # kgw: logit bias in mode strong
-  context_width: 1               # previous tokens seeding each green list / draw
+  context_width: null            # tokens seeding each draw / green list; null: the scheme's (tournament 8, kgw 1)
+  tournament_layers: 8           # tournament: rounds per token (more: detected sooner, repeated samples less diverse)
   key_scope: account             # account: key per account; cluster: per detected cluster
   z_threshold: 4.0               # detection: watermarked at z >= this
   upstream_xargs: false          # http upstream: pass the key label to the vLLM processor (vllm_xargs)

@@ -49,7 +49,7 @@ def setup(
             scheme or cfg.scheme,
             cfg.gamma if gamma is None else gamma,
             cfg.delta,
-            cfg.context_width if context_width is None else context_width,
+            cfg.width(scheme) if context_width is None else context_width,
             cfg.tournament_layers,
         )
     except ValueError as exc:

@@ -226,6 +226,13 @@ class WatermarkExtension:
 def watermark_extension(settings: Settings) -> WatermarkExtension | None:
     """Extension factory: on whenever a secret is configured, inline or as a file (the policy may switch
     accounts on even when the default mode is off); None without one."""
-    if not settings.watermark.keyed:
+    cfg = settings.watermark
+    if not cfg.keyed:
+        if cfg.mode != "off":  # on by default: say once, at start, that nothing will be marked
+            log.warning(
+                "watermark: mode %s, but no secret is configured (watermark.secret_file, watermark.secret or "
+                "DISTILLSHIELD_WATERMARK__SECRET): outputs are NOT watermarked and cannot be traced to accounts",
+                cfg.mode,
+            )
         return None
     return WatermarkExtension(settings)

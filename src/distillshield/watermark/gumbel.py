@@ -110,7 +110,10 @@ class GumbelWatermark(PairScorer):
 
 class GumbelProcessor:
     """Per-request hook: replaces the sampler's random draw by the keyed Gumbel-max choice (`choose`; the
-    tournament's processor chooses differently over the same candidates, contexts and keyed values)."""
+    tournament's processor chooses differently over the same candidates, contexts and keyed values).
+
+    Called as llama.cpp calls a logits processor, `(ids so far, scores)` once per step: the first call's ids are
+    the prompt, so one hook serves one request (an empty first call: no prompt, every token is the answer's)."""
 
     def __init__(
         self,
@@ -128,6 +131,7 @@ class GumbelProcessor:
         self.top_p = float(top_p)
         self.min_p = float(min_p)
         self._seen: set[tuple[int, ...]] = set()
+        self._start: int | None = None  # the prompt's length: the first call sees the prompt alone
         self.steps = 0
         self.skipped = 0
 
@@ -141,7 +145,12 @@ class GumbelProcessor:
         return int(np.argmax(logits - np.log(-np.log(uniforms(values)))))
 
     def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
-        if len(input_ids) < self.h or self.temperature <= 0.0:
+        if self._start is None:
+            self._start = len(input_ids)
+        if len(input_ids) - self._start < self.h or self.temperature <= 0.0:
+            # The first h answer tokens' contexts reach into the prompt (for a chat, the template's constant
+            # "assistant" header), which a detector reading the answer alone never sees, so it cannot score
+            # them: marking them would buy no evidence and make one account's answers start alike.
             return scores
         ctx = tuple(int(t) for t in input_ids[-self.h :])
         if ctx in self._seen:  # repeated context: let the sampler draw normally

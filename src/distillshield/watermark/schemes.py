@@ -42,7 +42,7 @@ def require_weights(scheme: Scheme) -> TournamentWatermark:
 
 
 def scheme_from_settings(cfg: WatermarkSettings) -> Scheme:
-    return build_scheme(cfg.scheme, cfg.gamma, cfg.delta, cfg.context_width, cfg.tournament_layers)
+    return build_scheme(cfg.scheme, cfg.gamma, cfg.delta, cfg.width(), cfg.tournament_layers)
 
 
 def keyring_from_settings(cfg: WatermarkSettings, *, create: bool = False) -> KeyRing:

@@ -19,7 +19,9 @@ the number of 1-bits among their n*m g values; without the key each is a fair co
 Binomial(n*m, 1/2): z = (S - nm/2) / sqrt(nm/4) and an exact binomial p. This is SynthID's mean score
 (its Bayesian detector needs a trained likelihood model). A context already seen in the response is
 sampled normally (repeated-context masking, as SynthID and Aaronson do), and the first `context_width`
-tokens have no context and are not scored.
+tokens of the answer have no context inside it: they are neither scored nor marked (their contexts reach
+into the prompt, for a chat the template's constant header, so marking them would only make one account's
+answers to a prompt begin alike).
 
 Hand-written: SynthID's reference code is JAX/PyTorch and keyed by its own hash; the keys here must be
 the per-account keys of watermark/keys.py that every other scheme and the attribution share.
@@ -39,9 +41,9 @@ from distillshield.watermark.weights import WEIGHT_LEVELS, WeightedNull
 MAX_LAYERS = 32  # bits of one prf32 value
 # Rounds: each adds detection evidence while the winner's distribution still has more than one likely
 # token, and concentrates one key's distribution for a context further, so one account's repeated samples
-# of a prompt grow alike. 8 is the measured compromise (docs/watermark.md, "Tournament sampling" and
-# "Entropy-weighted detection": with the weighted test 4 rounds still detect too little at T=0.7 and 6
-# lose a little more diversity than the target allows); watermark.tournament_layers sets it.
+# of a prompt grow alike where they pass through the same context. With the config's context width 8 (and
+# the answer's opening left unmarked) 8 rounds keep those samples as diverse as unwatermarked sampling
+# (docs/watermark.md, "Watermark on by default"); watermark.tournament_layers sets it.
 LAYERS = 8
 _POPCOUNT = np.array([bin(b).count("1") for b in range(256)], dtype=np.uint8)  # 1-bits of each byte value
 

@@ -83,7 +83,7 @@ class _Watermark:
         cfg = load_settings().watermark
         if cfg.scheme != "kgw":
             raise ValueError("the vLLM processor implements the kgw scheme only; set watermark.scheme: kgw")
-        scheme = GreenListWatermark(cfg.gamma, cfg.delta, cfg.context_width)
+        scheme = GreenListWatermark(cfg.gamma, cfg.delta, cfg.width())
         return cls(keyring_from_settings(cfg), scheme, cfg.strong_delta, torch, device)
 
     def delta(self, mode: str) -> float:

@@ -124,10 +124,13 @@ class LocalUpstream:
             if not isinstance(body["prompt"], str):
                 raise UpstreamError(400, "the embedded model takes one prompt string per request")
             kw["prompt"] = body["prompt"]
-        processors: list[Any] = [req.logits_hook] if req.logits_hook is not None else []
+        # The reader first: the request's logit_bias shapes the distribution the watermark's keyed sampler then
+        # draws from (after it, a keyed sampler had already suppressed every other token, so the bias was lost),
+        # and logprobs report the model's biased distribution rather than the one token the sampler kept.
         reader = _LogitReader.for_request(req)
-        if reader is not None:
-            processors.append(reader)
+        processors: list[Any] = [reader] if reader is not None else []
+        if req.logits_hook is not None:
+            processors.append(req.logits_hook)
         if processors:
             from llama_cpp import LogitsProcessorList
 
