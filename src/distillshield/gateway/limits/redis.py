@@ -128,32 +128,42 @@ end
 local full_for = 0
 if lost and closed and now < since + WINDOW then full_for = since + WINDOW - now end
 local counts, sums, flights, day_tokens, same_day = {}, {}, {}, {}, {}
+-- Visit a window's entries with the tokens each holds, oldest first in pages of CHUNK, or newest first in pages
+-- of 1, 4, 16, ... CHUNK (the entry sought is almost always the newest, and reading a whole CHUNK per scope per
+-- request was most of Redis's work on a full window); stops at the first non-nil visit(start, tokens) and
+-- returns it, nil when none.
+local function scan(w, t, newest, visit)
+  local start, page = 0, newest and 1 or CHUNK
+  while true do
+    local e = redis.call(newest and 'ZREVRANGE' or 'ZRANGE', w, start, start + page - 1, 'WITHSCORES')
+    if #e == 0 then return nil end
+    local ids = {}
+    for j = 1, #e, 2 do ids[#ids + 1] = e[j] end
+    local vals = redis.call('HMGET', t, unpack(ids))
+    for j = 1, #ids do
+      local found = visit(tonumber(e[2 * j]), tonumber(vals[j]) or 0)
+      if found ~= nil then return found end
+    end
+    start = start + page
+    page = math.min(page * 4, CHUNK)
+  end
+end
 -- when a scope's windows are back to their full limits: the newest request, the newest reservation holding tokens.
 -- Read only when the answer needs them (a refusal, or a request of no tokens): an admitted request with tokens is
 -- itself the newest entry of every window, so rate_status never reads them, and they were a fifth of the calls.
 local function resets(i)
   local w, t = KEYS[4*i-3], KEYS[4*i-2]
-  local req_reset = 0
+  local req_reset, tok_reset = 0, nil
   if counts[i] > 0 then
     local last = redis.call('ZRANGE', w, -1, -1, 'WITHSCORES')
     req_reset = tonumber(last[2]) + WINDOW - now
   end
-  -- pages of 1, 4, 16, ... CHUNK entries from the newest: the newest reservation almost always holds tokens,
-  -- and reading a whole CHUNK per scope per request was most of Redis's work on a full window
-  local start, page = 0, 1
-  while sums[i] > 0 do
-    local e = redis.call('ZREVRANGE', w, start, start + page - 1, 'WITHSCORES')
-    if #e == 0 then break end
-    local ids = {}
-    for j = 1, #e, 2 do ids[#ids + 1] = e[j] end
-    local vals = redis.call('HMGET', t, unpack(ids))
-    for j = 1, #ids do
-      if (tonumber(vals[j]) or 0) > 0 then return req_reset, tonumber(e[2 * j]) + WINDOW - now end
-    end
-    start = start + page
-    page = math.min(page * 4, CHUNK)
+  if sums[i] > 0 then
+    tok_reset = scan(w, t, true, function(start, held)
+      if held > 0 then return start + WINDOW - now end
+    end)
   end
-  return req_reset, 0  -- no reservation in the window holds tokens
+  return req_reset, tok_reset or 0  -- 0: no reservation in the window holds tokens
 end
 for i = 1, n do
   local w, t, c, d = KEYS[4*i-3], KEYS[4*i-2], KEYS[4*i-1], KEYS[4*i]
@@ -211,23 +221,12 @@ for i = 1, n do
     if tokens > tpm then return answer(0, i, 'too_large', '', sum) end
     if sum + tokens > tpm then
       -- wait until enough of the oldest reservations leave the window
-      local need, wait, start = sum + tokens - tpm, WINDOW, 0
-      while need > 0 do
-        local e = redis.call('ZRANGE', w, start, start + CHUNK - 1, 'WITHSCORES')
-        if #e == 0 then break end
-        local ids = {}
-        for j = 1, #e, 2 do ids[#ids + 1] = e[j] end
-        local vals = redis.call('HMGET', t, unpack(ids))
-        for j = 1, #ids do
-          need = need - (tonumber(vals[j]) or 0)
-          if need <= 0 then
-            wait = tonumber(e[2 * j]) + WINDOW - now
-            break
-          end
-        end
-        start = start + CHUNK
-      end
-      return answer(0, i, 'tokens', int(wait), sum)
+      local need = sum + tokens - tpm
+      local wait = scan(w, t, false, function(start, held)
+        need = need - held
+        if need <= 0 then return start + WINDOW - now end
+      end)
+      return answer(0, i, 'tokens', int(wait or WINDOW), sum)
     end
   end
   local dt = day_tokens[i]
