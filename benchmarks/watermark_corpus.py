@@ -17,6 +17,9 @@ Corpora (JSONL in BENCH_DIR, one completion per line with prompt, text, tokens, 
   kgw-t0.7.jsonl, tournament-t0.7.jsonl   the same at temperature 0.7 (attribution at T=0.7)
   gumbel-400.jsonl   100 x max 400 tokens: Gumbel-max h=4 (attribution at 400 tokens)
   tournament-h8.jsonl  100 x max 400 tokens: the default tournament, h=8 m=8, each under a random account key
+  student-plain.jsonl, student-attacker.jsonl   200 x max 200 tokens: no watermark, and the default tournament
+                     under the one key of "acct-attacker" (the transformer student's teacher data,
+                     watermark_radioactivity.py --student transformer)
 Every completion: T=1.0 unless named, llama.cpp's default top-k 40 / top-p 0.95 / min-p 0.05. The prompts
 are the same list for every corpus (prompt i is the i-th of watermark_common.prompts).
 """
@@ -71,6 +74,8 @@ CORPORA = {
     "tournament-t0.7": Corpus(100, 400, 100, 9, "tournament", temperature=0.7),
     "gumbel-400": Corpus(100, 400, 100, 10, "gumbel"),
     "tournament-h8": Corpus(100, 400, 100, 11, "tournament-h8"),
+    "student-plain": Corpus(200, 200, 0, 1),
+    "student-attacker": Corpus(200, 200, 0, 4, "tournament-h8", account=ATTACKER),
 }
 
 

@@ -17,6 +17,21 @@ de-duplication; and once through the CLI (`distillshield audit --samples`).
 
     .venv/bin/python benchmarks/watermark_radioactivity.py [--seeds 3] [--json-out radioactivity.json]
 Needs torch (the `bench` extra: pip install torch==2.13.0 for the CPU build).
+
+`--student transformer` (issue 15): a pretrained transformer student instead. The embedded
+SmolLM2-135M-Instruct itself, de-quantised from its GGUF file into PyTorch by transformers, is fine-tuned
+(every weight, AdamW, bf16 autocast on CPU, loss on the answer tokens only) on 200 chat answers of which a
+share came from the `acct-attacker` account under the default watermark (the tournament, h=8, 8 rounds:
+`student-attacker.jsonl`) and the rest unwatermarked (`student-plain.jsonl`, the other prompts): what an
+attacker who distils into an open model of its own does. The audit then samples the student, as
+`distillshield audit --target` would, on two probe sets: the attacker account's own prompts (the first 50:
+a defender replays what the suspected account sent) and 100 prompts no student was trained on; each set is
+tested alone and filtered to the contexts we served the account. The 0% student is tested under 200
+unrelated keys (no key may reach p < 1e-3).
+
+    .venv/bin/python benchmarks/watermark_corpus.py --corpora student-plain,student-attacker
+    .venv/bin/python benchmarks/watermark_radioactivity.py --student transformer --json-out student.json
+Needs torch, transformers and gguf (pip install torch==2.13.0 transformers gguf).
 """
 
 from __future__ import annotations
@@ -113,6 +128,180 @@ def sample(model: Any, vocab: np.ndarray, n: int, length: int, seed: int) -> lis
     return [s for s in out if len(s) > 1]
 
 
+TRANSFORMER_SHARES = (0.0, 0.05, 0.10, 0.25)
+
+
+def load_transformer() -> tuple[Any, Any]:
+    """The embedded model as a PyTorch model (de-quantised from its GGUF file) and its tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    from distillshield.gateway.upstream.local import default_model_path
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    path = default_model_path()
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype="float32")
+    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
+    """The chat template around one user turn, up to the assistant's first token (as the teacher saw it)."""
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)
+    return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+
+
+def finetune(
+    model: Any, examples: list[tuple[list[int], list[int]]], *, seed: int, epochs: int, lr: float, batch: int
+) -> list[float]:
+    """Fine-tune every weight on (prompt ids, answer ids) pairs, loss on the answer tokens only."""
+    import torch
+
+    torch.manual_seed(seed)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    g = torch.Generator().manual_seed(seed)
+    losses = []
+    for _ in range(epochs):
+        order = torch.randperm(len(examples), generator=g).tolist()
+        total = count = 0.0
+        for i in range(0, len(order), batch):
+            rows = [examples[j] for j in order[i : i + batch]]
+            width = max(len(p) + len(a) for p, a in rows)
+            x = torch.zeros(len(rows), width, dtype=torch.long)
+            y = torch.full((len(rows), width), -100, dtype=torch.long)
+            mask = torch.zeros(len(rows), width, dtype=torch.long)
+            for r, (p, a) in enumerate(rows):
+                seq = p + a
+                x[r, : len(seq)] = torch.tensor(seq)
+                y[r, len(p) : len(seq)] = torch.tensor(a)  # the model learns the answers, not the prompts
+                mask[r, : len(seq)] = 1
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = model(input_ids=x, attention_mask=mask, labels=y)
+            out.loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            n = int((y[:, 1:] != -100).sum())
+            total += float(out.loss.detach()) * n
+            count += n
+        losses.append(total / max(count, 1))
+    model.eval()
+    return losses
+
+
+def generate(
+    model: Any, tokenizer: Any, prompts_: list[list[int]], *, seed: int, length: int, batch: int = 25
+) -> list[list[int]]:
+    """Sample one answer per prompt at T = 1 with the teacher's sampler settings (top-k 40, top-p 0.95,
+    min-p 0.05); the answer's token ids without the end-of-turn token."""
+    import torch
+
+    torch.manual_seed(seed)
+    eos = tokenizer.eos_token_id
+    out: list[list[int]] = []
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        for i in range(0, len(prompts_), batch):
+            chunk = prompts_[i : i + batch]
+            width = max(map(len, chunk))
+            x = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
+            mask = torch.zeros(len(chunk), width, dtype=torch.long)
+            for r, p in enumerate(chunk):
+                x[r, width - len(p) :] = torch.tensor(p)
+                mask[r, width - len(p) :] = 1
+            gen = model.generate(
+                input_ids=x, attention_mask=mask, do_sample=True, temperature=1.0, top_k=40, top_p=0.95, min_p=0.05,
+                max_new_tokens=length, pad_token_id=tokenizer.pad_token_id,
+            )  # fmt: skip
+            for row in gen[:, width:].tolist():
+                ids = []
+                for t in row:
+                    if t == eos or t == tokenizer.pad_token_id:
+                        break
+                    ids.append(int(t))
+                out.append(ids)
+    return out
+
+
+def transformer_main(args: argparse.Namespace) -> None:
+    import torch
+    from watermark_common import SCHEMES, prompts
+
+    torch.set_num_threads(int(os.environ.get("DISTILLSHIELD_BENCH_THREADS", "2")))
+    tok = default_tokenizer()
+    d = bench_dir()
+    plain = {r["i"]: r for r in read_jsonl(d / "student-plain.jsonl")}
+    marked = {r["i"]: r for r in read_jsonl(d / "student-attacker.jsonl")}
+    common = sorted(set(plain) & set(marked))[: args.answers]
+    if len(common) < min(100, args.answers):
+        sys.exit("run: benchmarks/watermark_corpus.py --corpora student-plain,student-attacker")
+    scheme = SCHEMES["tournament-h8"]
+    ring = KeyRing(SECRET)
+    key = ring.account(ATTACKER)
+    others = [ring.account(f"unrelated-{i}") for i in range(200)]
+    model, hf_tok = load_transformer()
+    base = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    eot = hf_tok.eos_token_id
+    p_ids = {i: prompt_ids(hf_tok, plain[i]["prompt"]) for i in common}
+    ans = {("plain", i): tok.encode(plain[i]["text"]) for i in common}
+    ans |= {("marked", i): tok.encode(marked[i]["text"]) for i in common}
+    served = [ans[("marked", i)] for i in common]  # every answer the gateway served the attacker account
+    own = common[: args.replay_prompts]  # the account's own prompts, replayed by the defender
+    unrelated_prompts = prompts(args.unrelated_offset + args.unrelated)[args.unrelated_offset :]
+    probes = {
+        "own prompts": [p_ids[i] for i in own for _ in range(args.samples_per_prompt)],
+        "unrelated prompts": [prompt_ids(hf_tok, p) for p in unrelated_prompts],
+    }
+    result: dict[str, Any] = {
+        "machine": machine(), "scheme": "tournament h=8, 8 rounds (the default)", "teacher_answers": len(common),
+        "teacher_tokens": {"plain": sum(len(ans[("plain", i)]) for i in common),
+                           "watermarked": sum(len(ans[("marked", i)]) for i in common)},
+        "student": {"type": "SmolLM2-135M-Instruct (the teacher's own weights, de-quantised), full fine-tune",
+                    "epochs": args.epochs, "lr": args.lr, "batch": args.batch, "optimizer": "AdamW, bf16 autocast"},
+        "probes": {k: len(v) for k, v in probes.items()}, "student_max_tokens": args.length, "runs": [],
+    }  # fmt: skip
+    print(json.dumps({k: v for k, v in result.items() if k != "runs"}), flush=True)
+    for share in args.shares:
+        k = round(share * len(common))
+        for seed in range(args.seeds):
+            model.load_state_dict(base)
+            examples = [(p_ids[i], ans[("marked" if n < k else "plain", i)] + [eot]) for n, i in enumerate(common)]
+            t = time.perf_counter()
+            losses = finetune(model, examples, seed=seed, epochs=args.epochs, lr=args.lr, batch=args.batch)
+            t_train = time.perf_counter() - t
+            outs = {
+                name: generate(model, hf_tok, ps, seed=seed + 100, length=args.length) for name, ps in probes.items()
+            }
+            run: dict[str, Any] = {
+                "share": share, "seed": seed, "watermarked_answers": k, "train_loss": [round(x, 3) for x in losses],
+                "train_seconds": round(t_train, 1), "seconds": round(time.perf_counter() - t, 1), "tests": {},
+            }  # fmt: skip
+            for name, o in outs.items():
+                run["tests"][name] = {
+                    "student_tokens": sum(map(len, o)),
+                    "dedup": radioactivity_test(scheme, key, o).as_dict(),
+                    "filtered": radioactivity_test(scheme, key, o, reference=served).as_dict(),
+                }
+                if share == 0.0:
+                    ps = np.array([radioactivity_test(scheme, other, o).detection.p_value for other in others])
+                    run["tests"][name]["calibration_200_unrelated_keys"] = {
+                        "share_p_below_0.01": float(np.mean(ps < 0.01)),
+                        "share_p_below_0.001": float(np.mean(ps < 1e-3)),
+                        "min_p": float(ps.min()),
+                    }
+            result["runs"].append(run)
+            print(json.dumps({x: run[x] for x in ("share", "seed", "train_loss", "seconds")}
+                             | {n: (v["dedup"]["log10_p"], v["filtered"]["log10_p"]) for n, v in run["tests"].items()}),
+                  flush=True)  # fmt: skip
+    if args.json_out:
+        with open(args.json_out, "w") as fh:
+            json.dump(result, fh, indent=2)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=3)
@@ -121,7 +310,25 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=400, help="student completions per student")
     ap.add_argument("--length", type=int, default=120, help="max tokens per student completion")
     ap.add_argument("--json-out", default=None)
+    ap.add_argument("--student", choices=("gru", "transformer"), default="gru")
+    ap.add_argument("--shares", type=float, nargs="+", default=list(TRANSFORMER_SHARES), help="transformer: shares")
+    ap.add_argument("--answers", type=int, default=200, help="transformer: teacher answers to train on")
+    ap.add_argument("--lr", type=float, default=1e-4, help="transformer: learning rate")
+    ap.add_argument("--batch", type=int, default=8, help="transformer: answers per step")
+    ap.add_argument("--replay-prompts", type=int, default=50, help="transformer: the account's prompts replayed")
+    ap.add_argument("--samples-per-prompt", type=int, default=2, help="transformer: samples per replayed prompt")
+    ap.add_argument("--unrelated", type=int, default=100, help="transformer: probe prompts never trained on")
+    ap.add_argument("--unrelated-offset", type=int, default=250, help="transformer: the first of them")
     args = ap.parse_args()
+    if args.student == "transformer":
+        if "--epochs" not in sys.argv:
+            args.epochs = 2
+        if "--seeds" not in sys.argv:
+            args.seeds = 1
+        if "--length" not in sys.argv:
+            args.length = 160
+        transformer_main(args)
+        return
     import torch
 
     torch.set_num_threads(2)

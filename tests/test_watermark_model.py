@@ -121,6 +121,18 @@ def test_audit_queries_a_loopback_target(wm_gateway: RunningGateway, config: Pat
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert out["filtered_by_reference"] and out["radioactive_for"] == ["account:wm-suspect"]
+    # Probed with what the account itself asked (the log's prompts, each once), as a distilled model is audited.
+    base = ["-c", str(config), "audit", "--target", f"{wm_gateway.base}/v1", "--api-key", key]
+    r = runner.invoke(app, [*base, "--account", "wm-suspect", "--prompts-from-log", "--samples-per-prompt", "1",
+                            "--max-tokens", "64", "--json"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["probes"] == {"prompts": 2, "from": "log"} and out["samples"] == 2
+    assert out["radioactive_for"] == ["account:wm-suspect"]
+    for extra in (["--account", "wm-nobody"], []):  # an account the log has no prompts for; no account at all
+        r = runner.invoke(app, [*base, "--prompts-from-log", "--json", *extra])
+        assert r.exit_code != 0
+        assert ("holds no prompts for wm-nobody" if extra else "--prompts-from-log queries") in str(r.exception)
 
 
 @pytest.mark.parametrize("scheme", ["gumbel", "tournament"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.markup import escape
@@ -28,6 +29,10 @@ def audit_command(
     model: str = typer.Option(None, help="model name at --target (default: the first it lists)"),
     api_key: str = typer.Option(None, "--api-key", envvar="DISTILLSHIELD_AUDIT_API_KEY", help="bearer for --target"),
     prompts_file: Path = typer.Option(None, "--prompts", help="probe prompts, one per line (default: 32 built in)"),
+    prompts_log: bool = typer.Option(
+        False, "--prompts-from-log", help="probe with the prompts the audit log holds for --account (what it sent)"
+    ),
+    max_probes: int = typer.Option(200, min=1, help="--prompts-from-log: at most this many distinct prompts"),
     samples_per_prompt: int = typer.Option(2, min=1, help="completions asked per probe prompt"),
     max_tokens: int = typer.Option(256, min=8, help="max_tokens per probe completion"),
     temperature: float = typer.Option(1.0, min=0.0, help="sampling temperature for the probes"),
@@ -54,10 +59,18 @@ def audit_command(
     (context, token) pair once, and test for our watermark under each key: a small p-value means the
     suspect learnt from text we watermarked for that account.
 
+    Probe a suspect with what the account asked (--prompts-from-log), scoring what we served it (--reference-from-log).
+
     Example: distillshield audit --samples suspect_outputs.jsonl --attribute --json
+
+    Example: distillshield audit --target URL --account acct_1 --prompts-from-log --reference-from-log --json
     """
     if (samples is None) == (target is None):
         raise CliError("give exactly one of --samples FILE (the suspect's outputs) or --target URL")
+    if prompts_log and (target is None or prompts_file is not None or not account):
+        raise CliError(
+            "--prompts-from-log queries a --target with the prompts of the --account IDs (not with --prompts)"
+        )
     if correction not in CORRECTIONS:
         raise CliError(f"--correction must be one of {', '.join(CORRECTIONS)}, got {correction!r}")
     if not (account or cluster or attribute_mode):
@@ -67,6 +80,7 @@ def audit_command(
     if not keys:
         raise CliError("no candidate keys: the store has no accounts; pass --accounts FILE or --account ID")
 
+    probed: dict[str, Any] | None = None  # what the suspect was asked (--target only)
     if samples is not None:
         try:
             texts = [t.text for t in read_texts(samples)]
@@ -75,7 +89,11 @@ def audit_command(
         source = str(samples)
     else:
         probes = DEFAULT_PROBES
-        if prompts_file is not None:
+        if prompts_log:
+            probes = _logged_prompts(list(account), max_probes)
+            if not probes:
+                raise CliError(f"the audit log holds no prompts for {', '.join(account)}")
+        elif prompts_file is not None:
             if not prompts_file.is_file():
                 raise CliError(f"prompts file {prompts_file} does not exist or is not a file")
             probes = [ln.strip() for ln in prompts_file.read_text(encoding="utf-8").splitlines() if ln.strip()]
@@ -96,6 +114,7 @@ def audit_command(
                 bar.live.transient = True
                 raise CliError(str(exc)) from None
         source = target
+        probed = {"prompts": len(probes), "from": "log" if prompts_log else "file" if prompts_file else "built-in"}
         if save_samples is not None:
             with open(save_samples, "w", encoding="utf-8") as fh:
                 for t in texts:
@@ -135,6 +154,7 @@ def audit_command(
                 named.append(d["key"])
     out = {
         "source": source,
+        "probes": probed,
         "samples": len(texts),
         "tokens": int(sum(len(s) for s in seqs)),
         "scheme": wm.scheme.name,
@@ -162,6 +182,48 @@ def audit_command(
     err_console.print(
         f"{len(texts)} samples, {out['tokens']} tokens from {escape(source)}; {len(keys)} key(s) tested, alpha {alpha}"
     )
+
+
+def _logged_prompts(accounts: list[str], limit: int, page: int = 1000) -> list[str]:
+    """The distinct last user turns of the requests these accounts were answered, oldest first, at most `limit`
+    (the log is read a page at a time and no further than needed: a busy account has millions of rows)."""
+    import sqlalchemy as sa
+
+    from distillshield.detect.text import request_texts
+    from distillshield.store.tables import audit_log
+
+    async def go(store: Store) -> list[str]:
+        prompts: dict[str, None] = {}
+        last = -1
+        async with store.engine.connect() as conn:
+            while len(prompts) < limit:
+                q = (
+                    sa.select(audit_log.c.seq, audit_log.c.endpoint, audit_log.c.request)
+                    .where(
+                        audit_log.c.account_id.in_(accounts),
+                        audit_log.c.response_text.is_not(None),
+                        audit_log.c.seq > last,
+                    )
+                    .order_by(audit_log.c.seq)
+                    .limit(page)
+                )
+                rows = (await conn.execute(q)).all()
+                for seq, endpoint, body in rows:
+                    last = seq
+                    try:
+                        req = json.loads(body) if body else None
+                    except ValueError:
+                        continue  # a row logged without its body (or cut short) has no prompt to replay
+                    user = request_texts(endpoint, req)[0].strip() if isinstance(req, dict) else ""
+                    if user:
+                        prompts.setdefault(user, None)
+                        if len(prompts) >= limit:
+                            break
+                if len(rows) < page:
+                    break
+        return list(prompts)
+
+    return with_store(go)
 
 
 def _served_texts(accounts: list[str]) -> list[str]:
