@@ -117,6 +117,13 @@ def main() -> None:
         action="store_true",
         help="detection: skip the prompt-known test (one model pass less per text)",
     )
+    ap.add_argument(
+        "--score-layers",
+        type=int,
+        default=None,
+        help="detection: also test each text with only the first N rounds' bits (e.g. 8: a text marked in mode "
+        "strong, 16 rounds, read by a detector configured for the default 8)",
+    )
     ap.add_argument("--json-out", default=None)
     ap.add_argument(
         "--compare",
@@ -139,6 +146,8 @@ def main() -> None:
     ways: tuple[str, ...] = ("unweighted", "weighted, text alone", "weighted, prompt known")
     if args.text_alone_only:
         ways = ways[:2]
+    if args.score_layers:
+        ways += (f"weighted, text alone, first {args.score_layers} rounds",)
     ps = prompts(args.offset + args.prompts + args.diversity_prompts)[args.offset :]
     det_prompts, div_prompts = ps[: args.prompts], ps[args.prompts :]
     h = args.context_width
@@ -172,8 +181,11 @@ def main() -> None:
                     ways[0]: wm.detect(key, ids),
                     ways[1]: score_keys(wm, ids, [key], weights=[bare])[0][0],
                 }
-                if len(ways) > 2:
+                if not args.text_alone_only:
                     dets[ways[2]] = score_keys(wm, ids, [key], weights=[weigher.weights(ids, prompt)])[0][0]
+                if args.score_layers:
+                    fewer = TournamentWatermark(h, layers=args.score_layers)
+                    dets[ways[-1]] = score_keys(fewer, ids, [key], weights=[bare])[0][0]
                 n += 1
                 for w, d in dets.items():
                     hits[w] += int(d.detected)
