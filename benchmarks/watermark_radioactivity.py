@@ -152,7 +152,7 @@ def load_transformer() -> tuple[Any, Any]:
 def prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
     """The chat template around one user turn, up to the assistant's first token (as the teacher saw it)."""
     ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)
-    return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)  # a mapping in transformers 5, a list before
 
 
 def finetune(
@@ -304,11 +304,13 @@ def transformer_main(args: argparse.Namespace) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--seeds", type=int, default=None, help="students per share (default: gru 3, transformer 1)")
+    ap.add_argument("--epochs", type=int, default=None, help="default: gru 15, transformer 2")
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--samples", type=int, default=400, help="student completions per student")
-    ap.add_argument("--length", type=int, default=120, help="max tokens per student completion")
+    ap.add_argument(
+        "--length", type=int, default=None, help="max tokens per student completion (default: gru 120, transformer 160)"
+    )
     ap.add_argument("--json-out", default=None)
     ap.add_argument("--student", choices=("gru", "transformer"), default="gru")
     ap.add_argument("--shares", type=float, nargs="+", default=list(TRANSFORMER_SHARES), help="transformer: shares")
@@ -320,13 +322,12 @@ def main() -> None:
     ap.add_argument("--unrelated", type=int, default=100, help="transformer: probe prompts never trained on")
     ap.add_argument("--unrelated-offset", type=int, default=250, help="transformer: the first of them")
     args = ap.parse_args()
+    # The two students' defaults differ (a GRU from scratch needs many epochs; a fine-tune costs ~10 min each).
+    defaults = {"gru": (3, 15, 120), "transformer": (1, 2, 160)}[args.student]
+    for name, value in zip(("seeds", "epochs", "length"), defaults, strict=True):
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     if args.student == "transformer":
-        if "--epochs" not in sys.argv:
-            args.epochs = 2
-        if "--seeds" not in sys.argv:
-            args.seeds = 1
-        if "--length" not in sys.argv:
-            args.length = 160
         transformer_main(args)
         return
     import torch

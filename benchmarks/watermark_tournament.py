@@ -158,6 +158,7 @@ def main() -> None:
                            "detection": {}, "false_positives": {}, "diversity": {}}  # fmt: skip
     t0 = time.perf_counter()
 
+    fewer = TournamentWatermark(h, layers=args.score_layers) if args.score_layers else None  # --score-layers
     weigh_s: list[float] = []
     for name, wm in schemes.items():
         for temp in args.temperatures:
@@ -183,8 +184,7 @@ def main() -> None:
                 }
                 if not args.text_alone_only:
                     dets[ways[2]] = score_keys(wm, ids, [key], weights=[weigher.weights(ids, prompt)])[0][0]
-                if args.score_layers:
-                    fewer = TournamentWatermark(h, layers=args.score_layers)
+                if fewer is not None:
                     dets[ways[-1]] = score_keys(fewer, ids, [key], weights=[bare])[0][0]
                 n += 1
                 for w, d in dets.items():
