@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -328,6 +329,19 @@ async def test_sigkill_during_a_database_outage_loses_no_answered_request(tmp_pa
     assert set(answered) <= set(contents)  # every 200 a client saw, including those served during the outage
 
 
+async def _until_audit_rows_queued(client: httpx.AsyncClient, base: str, admin: dict[str, str], at_least: int) -> None:
+    """Polls the gateway's /metrics until its audit queue gauge holds `at_least` rows (10 s at most)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        text = (await client.get(f"{base}/metrics", headers=admin)).text
+        m = re.search(r"^distillshield_audit_queue (\S+)$", text, re.M)
+        assert m is not None, "the gateway's /metrics has no distillshield_audit_queue gauge"
+        if float(m.group(1)) >= at_least:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the audit queue never held {at_least} rows")
+
+
 @pytest.mark.parametrize("durable", [True, False])
 async def test_sigkill_with_the_database_up_loses_no_answered_request(tmp_path: Path, durable: bool) -> None:
     """SIGKILL under load with the database up: every request a client saw answered whole (a 200 body, or a
@@ -346,6 +360,10 @@ async def test_sigkill_with_the_database_up_loses_no_answered_request(tmp_path: 
                          upstream_url=up.base_url)  # fmt: skip
     env = {**os.environ, "DISTILLSHIELD_AUDIT__FLUSH_INTERVAL_MS": "2000",
            "DISTILLSHIELD_AUDIT__DURABLE_ANSWERS": str(durable).lower()}  # fmt: skip
+    if not durable:
+        # The control: a batch never fills, so the writer always waits the whole interval and answered rows
+        # are always in memory (a full batch is written at once, which left the kill nothing to take).
+        env["DISTILLSHIELD_AUDIT__BATCH_SIZE"] = "1000000"
     base = f"http://127.0.0.1:{port}"
     proc = serve_gateway(cfg, env, base)
     answered: list[str] = []
@@ -383,6 +401,8 @@ async def test_sigkill_with_the_database_up_loses_no_answered_request(tmp_path: 
         async with httpx.AsyncClient(timeout=30) as client:
             tasks = [asyncio.create_task(client_loop(client, c)) for c in range(8)]
             await asyncio.sleep(3.0)
+            if not durable:  # kill while the gateway says rows wait in memory (its audit queue gauge)
+                await _until_audit_rows_queued(client, base, admin, at_least=8)
             proc.send_signal(signal.SIGKILL)  # mid-load: no drain, no shutdown of any kind
             await asyncio.wait_for(asyncio.gather(*tasks), 30)
         proc.communicate(timeout=30)

@@ -119,6 +119,21 @@ def _log_in(page: Any, artefacts: Path | None = None) -> None:
     expect(page.get_by_role("heading", name="Overview")).to_be_visible()
 
 
+def _htmx_settled(page: Any) -> None:
+    """Waits until htmx has bound the page it swapped in.
+
+    The console's links are boosted (`hx-boost`): a click swaps the new page into the body, and htmx binds
+    the new page's triggers (the account search's `input` trigger) only when the swap settles, some
+    milliseconds after the new heading is already visible. Typing in that window sends nothing. htmx marks
+    the swapped target with its settling class (and, before it, the swapping class) until then; the page's
+    first load has bound everything before the `load` event.
+    """
+    page.wait_for_load_state("load")
+    page.wait_for_function(
+        "() => !document.body.classList.contains('htmx-swapping') && !document.body.classList.contains('htmx-settling')"
+    )
+
+
 def test_an_analyst_logs_in_and_sees_the_overview(page: Any, artefacts: Path, demo_gateway: Any) -> None:
     from playwright.sync_api import expect
 
@@ -139,8 +154,7 @@ def test_an_analyst_finds_a_flagged_account_and_opens_its_page(page: Any, artefa
     _log_in(page)
     page.get_by_role("link", name="Accounts", exact=True).click()
     expect(page.get_by_role("heading", name="Accounts")).to_be_visible()
-    # htmx (a deferred script) binds the search box once the page has loaded: typing earlier sends nothing
-    page.wait_for_load_state("load")
+    _htmx_settled(page)  # the boosted link swapped the page in; htmx binds the search box only when it settles
     page.locator("#q").fill(target[:10])  # htmx searches as the analyst types
     expect(page).to_have_url(re.compile(r"[?&]q="))
     page.screenshot(path=artefacts / "03-accounts.png", full_page=True)

@@ -634,7 +634,12 @@ class Engine:
         self.recluster(final=True)
         for acc in self.accounts.values():
             self.rescore(acc)
-        if self.operate():  # the final population moved the operating point: every risk moves with it
+        before = [op.shift for op in self.operating_points]
+        self.operate()
+        if [op.shift for op in self.operating_points] != before:
+            # The final population moved the operating point: every risk moves with it, not only those whose
+            # band it moved (operate's list), else the risks, and the cluster medians over them, would keep
+            # the shift of whenever they were last rescored, and the report would depend on arrival order.
             for acc in self.accounts.values():
                 self.rescore(acc)
         for c in self.clusters.values():
