@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 from watermark_common import ATTACKER, SECRET, bench_dir, machine, read_jsonl
 
+from distillshield.watermark.base import DEFAULT_MIN_P, DEFAULT_TOP_K, DEFAULT_TOP_P
 from distillshield.watermark.keys import KeyRing
 from distillshield.watermark.kgw import GreenListWatermark
 from distillshield.watermark.radioactivity import radioactivity_test
@@ -214,8 +215,8 @@ def generate(
                 x[r, width - len(p) :] = torch.tensor(p)
                 mask[r, width - len(p) :] = 1
             gen = model.generate(
-                input_ids=x, attention_mask=mask, do_sample=True, temperature=1.0, top_k=40, top_p=0.95, min_p=0.05,
-                max_new_tokens=length, pad_token_id=tokenizer.pad_token_id,
+                input_ids=x, attention_mask=mask, do_sample=True, temperature=1.0, top_k=DEFAULT_TOP_K,
+                top_p=DEFAULT_TOP_P, min_p=DEFAULT_MIN_P, max_new_tokens=length, pad_token_id=tokenizer.pad_token_id,
             )  # fmt: skip
             for row in gen[:, width:].tolist():
                 ids = []

@@ -20,6 +20,14 @@ from distillshield.watermark.stats import binomial_log10_sf, normal_log10_sf, p_
 # (input token ids so far, next-token scores) -> scores: the embedded model's logits hook.
 LogitsHook = Any
 
+# The truncation the embedded model's server (llama.cpp) samples with when a request names none. The keyed
+# samplers (Gumbel-max, the tournament) replace its sampler and keep the same truncation, so a marked answer is
+# drawn from the distribution a plain one would be; the detector's weights read the same truncated distribution.
+DEFAULT_TEMPERATURE = 0.8
+DEFAULT_TOP_K = 40
+DEFAULT_TOP_P = 0.95
+DEFAULT_MIN_P = 0.05
+
 
 TokenIds = Sequence[int] | np.ndarray | Iterable[Sequence[int] | np.ndarray]  # one sequence, or several
 

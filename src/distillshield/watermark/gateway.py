@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from distillshield.config import ConfigError
+from distillshield.watermark.base import DEFAULT_TEMPERATURE, DEFAULT_TOP_P
 from distillshield.watermark.keys import KeyRing, WatermarkKey, key_label
 from distillshield.watermark.kgw import GreenListWatermark
 from distillshield.watermark.schemes import keyring_from_settings, scheme_from_settings
@@ -36,7 +37,7 @@ MODES = ("off", "on", "strong")
 XARG_KEY = "distillshield_wm_key"
 XARG_MODE = "distillshield_wm_mode"
 # llama-cpp-python's sampling defaults per endpoint, used when a request sets none (gumbel needs them).
-_DEFAULT_TEMPERATURE = {"chat": 0.2, "completions": 0.8}
+_DEFAULT_TEMPERATURE = {"chat": 0.2, "completions": DEFAULT_TEMPERATURE}
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,7 @@ class Watermarker:
             body = gen.body
             temperature = body.get("temperature")
             if temperature is None:
-                temperature = _DEFAULT_TEMPERATURE.get(gen.api, 0.8)
+                temperature = _DEFAULT_TEMPERATURE.get(gen.api, DEFAULT_TEMPERATURE)
             if float(temperature) <= 0.0:
                 return None  # greedy decoding leaves no randomness to key; nothing to mark
             top_p = body.get("top_p")
@@ -146,7 +147,7 @@ class Watermarker:
             hook = self.scheme.processor(
                 key,
                 temperature=float(temperature),
-                top_p=0.95 if top_p is None else top_p,
+                top_p=DEFAULT_TOP_P if top_p is None else top_p,
                 seed=seed if isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0 else None,
             )
         self.registry.applied += 1

@@ -26,7 +26,14 @@ import math
 
 import numpy as np
 
-from distillshield.watermark.base import Detection, PairScorer
+from distillshield.watermark.base import (
+    DEFAULT_MIN_P,
+    DEFAULT_TEMPERATURE,
+    DEFAULT_TOP_K,
+    DEFAULT_TOP_P,
+    Detection,
+    PairScorer,
+)
 from distillshield.watermark.keys import WatermarkKey, context_seed, fmix32, prf32, prf32_many, token_table
 from distillshield.watermark.stats import gamma_log10_sf_many
 
@@ -76,10 +83,10 @@ class GumbelWatermark(PairScorer):
     def processor(
         self,
         key: WatermarkKey,
-        temperature: float = 0.8,
-        top_k: int = 40,
-        top_p: float = 0.95,
-        min_p: float = 0.05,
+        temperature: float = DEFAULT_TEMPERATURE,
+        top_k: int = DEFAULT_TOP_K,
+        top_p: float = DEFAULT_TOP_P,
+        min_p: float = DEFAULT_MIN_P,
         **_: object,
     ) -> GumbelProcessor:
         return GumbelProcessor(self, key, temperature, top_k, top_p, min_p)

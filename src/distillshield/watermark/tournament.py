@@ -33,7 +33,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from distillshield.watermark.base import Detection, PairScorer, count_detections
+from distillshield.watermark.base import (
+    DEFAULT_MIN_P,
+    DEFAULT_TEMPERATURE,
+    DEFAULT_TOP_K,
+    DEFAULT_TOP_P,
+    Detection,
+    PairScorer,
+    count_detections,
+)
 from distillshield.watermark.gumbel import GumbelProcessor
 from distillshield.watermark.keys import WatermarkKey, prf32, prf32_many
 from distillshield.watermark.weights import WEIGHT_LEVELS, WeightedNull
@@ -96,10 +104,10 @@ class TournamentWatermark(PairScorer):
     def processor(
         self,
         key: WatermarkKey,
-        temperature: float = 0.8,
-        top_k: int = 40,
-        top_p: float = 0.95,
-        min_p: float = 0.05,
+        temperature: float = DEFAULT_TEMPERATURE,
+        top_k: int = DEFAULT_TOP_K,
+        top_p: float = DEFAULT_TOP_P,
+        min_p: float = DEFAULT_MIN_P,
         seed: int | None = None,
         **_: object,
     ) -> TournamentProcessor:

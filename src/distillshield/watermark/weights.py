@@ -34,7 +34,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from distillshield.watermark.base import TokenIds, as_sequences
+from distillshield.watermark.base import DEFAULT_MIN_P, DEFAULT_TOP_K, DEFAULT_TOP_P, TokenIds, as_sequences
 
 WEIGHT_LEVELS = 16  # weights are quantised to 0..WEIGHT_LEVELS (a weight under 1/32 counts as 0)
 EXACT_SUPPORT = 1 << 21  # largest weighted count whose null distribution is convolved exactly
@@ -197,9 +197,9 @@ class ModelWeigher:
         self,
         model_path: str | Path | None = None,
         temperature: float = 1.0,
-        top_k: int = 40,
-        top_p: float = 0.95,
-        min_p: float = 0.05,
+        top_k: int = DEFAULT_TOP_K,
+        top_p: float = DEFAULT_TOP_P,
+        min_p: float = DEFAULT_MIN_P,
         n_ctx: int = 1024,
         threads: int | None = None,
     ) -> None:
