@@ -55,6 +55,7 @@ def main() -> None:
         "kgw": lambda k: GreenListWatermark(0.25, 2.0, 1).processor(k),
         "gumbel": lambda k: GumbelWatermark(4).processor(k, temperature=1.0),
         "tournament": lambda k: TournamentWatermark(4).processor(k, temperature=1.0),
+        "tournament-h8": lambda k: TournamentWatermark(8).processor(k, temperature=1.0),  # the default since 12-05
     }
     llm = load_llm()
     ps = prompts(args.prompts)

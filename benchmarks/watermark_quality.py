@@ -11,10 +11,17 @@ perplexity  each corpus's completions (watermark_corpus.py) scored by the *unwat
 task        a small closed-book QA task: "What is the capital of X?" for 60 countries, answered
             twice each (seeds) at T=1.0 and once at T=0.2 (the embedded model's chat default),
             with no watermark, KGW (delta 2 and the strong delta 4) and Gumbel; accuracy = the
-            answer names the capital.
+            answer names the capital. A one-word answer lies inside the opening that the Gumbel
+            and tournament samplers leave unmarked (the answer's first h tokens), so at h=8 (the
+            default) this task cannot see the watermark at all: hence
+lists       the same capitals asked four countries at a time ("Country: Capital", one per line; 15
+            lists, --seeds answers each at T=1.0 and T=0.7): item accuracy, and the accuracy of the
+            items whose capital starts after the answer's first 8 tokens (the default's marked part),
+            each against the unwatermarked arm with a paired bootstrap 95% CI over (list, seed).
 
   .venv/bin/python benchmarks/watermark_quality.py [--ppl-texts 100] [--json-out quality.json]
   .venv/bin/python benchmarks/watermark_quality.py --parts ppl --corpora plain,tournament
+  .venv/bin/python benchmarks/watermark_quality.py --parts task,lists --seeds 4 --arms "tournament h=8 m=8 (default)"
 """
 
 from __future__ import annotations
@@ -105,7 +112,7 @@ def main() -> None:
     ap.add_argument("--ppl-tokens", type=int, default=200, help="score the first N tokens of each completion (0: all)")
     ap.add_argument("--corpora", default=",".join(PPL_CORPORA), help="ppl: the corpora to score (plain included)")
     ap.add_argument("--seeds", type=int, default=2)
-    ap.add_argument("--parts", default="ppl,task")
+    ap.add_argument("--parts", default="ppl,task", help="ppl, task, lists (comma-separated)")
     ap.add_argument("--arms", nargs="*", default=None, help="task: only these arms (and the unwatermarked baseline)")
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args()
@@ -116,6 +123,8 @@ def main() -> None:
         ppl(args, result)
     if "task" in parts:
         task(args, result)
+    if "lists" in parts:
+        lists(args, result)
     print(json.dumps(result, indent=2))
     if args.json_out:
         with open(args.json_out, "w") as fh:
@@ -162,9 +171,8 @@ def ppl(args: Any, result: dict[str, Any]) -> None:
             print(corpus, f"log-perplexity minus {name}:", diff, flush=True)
 
 
-def task(args: Any, result: dict[str, Any]) -> None:
-    llm = load_llm()
-    ring = KeyRing(SECRET)
+def task_arms(args: Any) -> dict[str, Any]:
+    """(key, temperature) -> logits hook (None: unwatermarked), per arm; --arms keeps those and `none`."""
     arms = {
         "none": lambda k, t: None,
         "kgw delta=2": lambda k, t: GreenListWatermark(0.25, 2.0, 1).processor(k),
@@ -172,9 +180,19 @@ def task(args: Any, result: dict[str, Any]) -> None:
         "kgw delta=4 (strong)": lambda k, t: GreenListWatermark(0.25, 4.0, 1).processor(k),
         "gumbel h=4": lambda k, t: GumbelWatermark(4).processor(k, temperature=t),
         "tournament h=4 m=8": lambda k, t: TournamentWatermark(4).processor(k, temperature=t),
+        "tournament h=8 m=8 (default)": lambda k, t: TournamentWatermark(8).processor(k, temperature=t),
     }
     if args.arms:
+        if unknown := set(args.arms) - set(arms):
+            raise SystemExit(f"unknown arms {', '.join(sorted(unknown))}; choose from {', '.join(arms)}")
         arms = {name: make for name, make in arms.items() if name == "none" or name in args.arms}
+    return arms
+
+
+def task(args: Any, result: dict[str, Any]) -> None:
+    llm = load_llm()
+    ring = KeyRing(SECRET)
+    arms = task_arms(args)
     for temperature, seeds in ((1.0, args.seeds), (0.2, 1)):
         for arm, make in arms.items():
             right = total = 0
@@ -188,6 +206,61 @@ def task(args: Any, result: dict[str, Any]) -> None:
                     total += 1
             result["task"][f"T={temperature} {arm}"] = {"answers": total, "accuracy": round(right / total, 4)}
             print(f"T={temperature} {arm}", right, "/", total, flush=True)
+
+
+def lists(args: Any, result: dict[str, Any], per_list: int = 4, marked_after: int = 8) -> None:
+    llm = load_llm()
+    ring = KeyRing(SECRET)
+    arms = task_arms(args)
+    countries = list(CAPITALS)
+    groups = [countries[i : i + per_list] for i in range(0, len(countries), per_list)]
+    for temperature in (1.0, 0.7):
+        # per (list, seed): [items right, items, marked items right, marked items] for each arm
+        scores: dict[str, list[list[int]]] = {}
+        for arm, make in arms.items():
+            rows = scores[arm] = []
+            for gi, group in enumerate(groups):
+                for seed in range(args.seeds):
+                    hook = make(ring.account(f"acct-{gi:04d}"), temperature)
+                    q = "Give the capital of each country, one per line as 'Country: Capital'.\n" + "\n".join(group)
+                    text, _, _ = chat(llm, q, 64, temperature, seed=1000 * seed + gi, hook=hook)
+                    rows.append(list_score(llm, text, group, marked_after))
+        base = scores["none"]
+        for arm, rows in scores.items():
+            right, items = sum(r[0] for r in rows), sum(r[1] for r in rows)
+            m_right, m_items = sum(r[2] for r in rows), sum(r[3] for r in rows)
+            out: dict[str, Any] = {
+                "answers": len(rows),
+                "items": items,
+                "accuracy": round(right / items, 4),
+                "marked_items": m_items,
+                "marked_accuracy": round(m_right / m_items, 4) if m_items else None,
+            }
+            if arm != "none":
+                diff, ci = paired_bootstrap([r[0] / r[1] for r in base], [r[0] / r[1] for r in rows])
+                out["accuracy_minus_none"] = {"mean": round(diff, 4), "ci95": [round(x, 4) for x in ci]}
+            result.setdefault("lists", {})[f"T={temperature} {arm}"] = out
+            print(f"lists T={temperature} {arm}", out, flush=True)
+
+
+def list_score(llm: Any, text: str, group: list[str], marked_after: int) -> list[int]:
+    """[items right, items, right among items whose capital starts after token `marked_after`, such items]: an item
+    is right when the line naming its country names its capital; where it starts is the token count of the text
+    before that line's capital (a missing line counts as unmarked and wrong)."""
+    right = marked = marked_right = 0
+    lower = text.lower()
+    for country in group:
+        start = lower.find(country.lower())
+        line = lower[start:].split("\n", 1)[0] if start >= 0 else ""
+        ok = start >= 0 and correct(line, CAPITALS[country])
+        right += ok
+        if start >= 0:
+            after = start + len(country)
+            n = len(llm.tokenize(text[:after].encode(), add_bos=False, special=False))
+            if n >= marked_after:
+                marked += 1
+                marked_right += ok
+    return [right, len(group), marked_right, marked]
 
 
 if __name__ == "__main__":
