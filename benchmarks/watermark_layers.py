@@ -36,6 +36,7 @@ import numpy as np
 from watermark_common import SECRET, account_ids, bench_dir, chat, load_llm, machine, prompts, rng
 
 from distillshield.watermark.keys import KeyRing, prf32
+from distillshield.watermark.stats import normal_log10_sf
 from distillshield.watermark.tokenizer import default_tokenizer
 from distillshield.watermark.tournament import TournamentWatermark
 from distillshield.watermark.weights import ModelWeigher, WeightedNull, weighted_pairs
@@ -100,7 +101,7 @@ def detection(ring: KeyRing, rows: list[dict[str, Any]], round_weights: list[int
     """Answers of at least L tokens, cut to L: S = sum over pairs and rounds of level * round weight * bit,
     against its exact null (each bit a fair coin without the key)."""
     hits, zs = 0, []
-    threshold = math.log10(3.2e-5)
+    threshold = normal_log10_sf(4.0)  # Detection.detected's: the exact p at most the normal tail at z = 4
     for r in rows:
         if len(r["ids"]) < L:
             continue
