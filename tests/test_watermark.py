@@ -512,8 +512,14 @@ def test_extension_forwards_the_key_label_to_a_vllm_upstream_and_strips_client_c
     state.gateway.logits_hook_factory(_ctx("b"), plain)  # mode off: nothing forwarded, the client's choice removed
     assert plain.body["vllm_xargs"] == {}
     assert watermark_extension(load_settings(None)) is None  # no secret: no extension
-    with pytest.raises(ConfigError, match="kgw scheme only"):  # the vLLM processor could not mark it
-        _cfg(upstream_xargs=True, scheme="tournament")
+    # the vLLM processor serves every scheme (tests/test_watermark_vllm.py), so the default one forwards too
+    tour = watermark_extension(_cfg(upstream_xargs=True, scheme="tournament", mode="off"))
+    state = _ext_state("http")
+    asyncio.run(tour.start(state))
+    state.watermark.set("a", "on")
+    gen = GenRequest("chat", {}, "m", False, 8, "p")
+    assert state.gateway.logits_hook_factory(_ctx("a"), gen) is None
+    assert gen.body["vllm_xargs"] == {"distillshield_wm_key": "account:a", "distillshield_wm_mode": "on"}
 
 
 def test_cluster_scope_keys_by_the_risk_boards_cluster() -> None:

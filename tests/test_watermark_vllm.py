@@ -1,7 +1,8 @@
 """The vLLM logits processor, driven with a fake torch (numpy-backed tensors): no vLLM, no GPU here.
 
-The fake implements only what the processor uses (as_tensor, stack, unsqueeze, to, integer and
-comparison operators, in-place indexed add), so these tests pin the maths and vLLM's batch
+The fake implements only what the processor uses (as_tensor, stack, unsqueeze, to, amax, count_nonzero,
+topk, tolist, integer and comparison operators, indexed add and assignment), so these tests pin the maths
+(KGW's bias and the keyed samplers' choice, each against the embedded model's hook) and vLLM's batch
 bookkeeping (added/removed/moved rows); docs/watermark.md says what was not run for real.
 """
 
@@ -14,8 +15,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from distillshield.watermark.gumbel import SUPPRESS, GumbelWatermark
 from distillshield.watermark.keys import KeyRing
 from distillshield.watermark.kgw import GreenListWatermark
+from distillshield.watermark.tournament import TournamentWatermark
 from distillshield.watermark.vllm import (
     RequestWatermarkProcessor,
     WatermarkLogitsProcessor,
@@ -48,6 +51,20 @@ class FakeTorch:
     def stack(ts: list[Any]) -> FakeTensor:
         return np.stack(ts).view(FakeTensor)
 
+    @staticmethod
+    def amax(a: Any, dim: int, keepdim: bool = False) -> FakeTensor:
+        return np.asarray(np.amax(a, axis=dim, keepdims=keepdim)).view(FakeTensor)
+
+    @staticmethod
+    def count_nonzero(a: Any, dim: int) -> FakeTensor:
+        return np.asarray(np.count_nonzero(a, axis=dim)).view(FakeTensor)
+
+    @staticmethod
+    def topk(a: Any, k: int, dim: int = -1) -> tuple[FakeTensor, FakeTensor]:
+        assert dim == -1
+        order = np.argsort(-np.asarray(a), axis=-1, kind="stable")[..., :k]
+        return np.take_along_axis(np.asarray(a), order, axis=-1).view(FakeTensor), order.view(FakeTensor)
+
 
 class Move(Enum):
     SWAP = 0
@@ -55,8 +72,13 @@ class Move(Enum):
 
 
 @dataclass
-class Params:
+class Params:  # vLLM's SamplingParams, the fields the processor reads
     extra_args: dict[str, Any] | None = None
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    seed: int | None = None
 
 
 @dataclass
@@ -156,6 +178,101 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("DISTILLSHIELD_WATERMARK__SCHEME", "kgw")  # the default is the tournament
     w = _Watermark.from_settings(torch=FakeTorch())
     assert w.scheme.delta == 3.0 and w.keys.account("alice").k0 == KeyRing(SECRET).account("alice").k0
-    monkeypatch.setenv("DISTILLSHIELD_WATERMARK__SCHEME", "gumbel")
-    with pytest.raises(ValueError, match="kgw"):
-        _Watermark.from_settings(torch=FakeTorch())
+    monkeypatch.delenv("DISTILLSHIELD_WATERMARK__SCHEME")
+    w = _Watermark.from_settings(torch=FakeTorch())  # the default: the tournament, at its own width
+    assert isinstance(w.scheme, TournamentWatermark) and (w.scheme.context_width, w.scheme.layers) == (8, 8)
+
+
+# -- the keyed samplers (tournament, the default; gumbel) ---------------------------------------------------
+
+
+def sampled(scheme: GumbelWatermark | TournamentWatermark) -> _Watermark:
+    return _Watermark(KeyRing(SECRET), scheme, 4.0, FakeTorch(), None)
+
+
+def step_logits(rng: np.random.Generator) -> np.ndarray:
+    return (rng.standard_normal(V) * 2.5).astype(np.float32)  # no ties; dozens of tokens within reach
+
+
+@pytest.mark.parametrize("scheme", [TournamentWatermark(2, 8), GumbelWatermark(2)], ids=repr)
+def test_keyed_sampler_rows_choose_what_the_embedded_hook_chooses(
+    scheme: GumbelWatermark | TournamentWatermark,
+) -> None:
+    """Step by step, a marked vLLM row leaves exactly the token the embedded model's hook picks (same key,
+    logits, sampling settings and seed) and suppresses the rest; the opening and the other rows stay as
+    they came."""
+    sampling = {"temperature": 0.7, "top_k": 40, "top_p": 0.95, "min_p": 0.05, "seed": 7}
+    p = WatermarkLogitsProcessor(_wm=sampled(scheme))
+    prompt, answer = [3, 1, 4, 1, 5], []
+    p.update_state(Update(2, added=[(0, Params(xargs("alice").extra_args, **sampling), prompt, answer),
+                                    (1, Params(), [9], [])]))  # fmt: skip
+    embedded = scheme.processor(KeyRing(SECRET).account("alice"), **sampling)
+    rng = np.random.default_rng(1)
+    marked = 0
+    for step in range(60):
+        row = step_logits(rng)
+        other = step_logits(rng)
+        want = embedded(np.asarray(prompt + answer), row.copy())
+        batch = np.stack([row, other]).view(FakeTensor)
+        got = np.asarray(p.apply(batch))
+        assert np.array_equal(got[0], want), f"step {step}"
+        assert np.array_equal(got[1], other)  # a request without our xargs
+        if step < scheme.context_width:
+            assert np.array_equal(got[0], row)  # the answer's first h tokens are left to vLLM's sampler
+        elif np.count_nonzero(got[0] > SUPPRESS) == 1:
+            marked += 1
+        answer.append(int(np.argmax(got[0])))  # vLLM appends the sampled token to the live list
+    assert marked == embedded.steps > 50
+    assert p.rows[0].sampler is not None and p.rows[0].sampler.steps == embedded.steps
+
+
+def test_tournament_text_from_vllm_rows_is_detected_under_its_account_key_only() -> None:
+    scheme = TournamentWatermark(4, 8)
+    p = WatermarkLogitsProcessor(_wm=sampled(scheme))
+    answer: list[int] = []
+    p.update_state(Update(1, added=[(0, Params(xargs("alice").extra_args, top_k=40, seed=3), [1, 2], answer)]))
+    rng = np.random.default_rng(2)
+    for _ in range(200):
+        out = np.asarray(p.apply(step_logits(rng)[None, :].view(FakeTensor)))[0]
+        choices = np.flatnonzero(out > SUPPRESS)
+        answer.append(int(choices[0]) if choices.size == 1 else int(rng.choice(np.argsort(-out)[:40])))
+    keys = KeyRing(SECRET)
+    own = scheme.detect(keys.account("alice"), answer)
+    assert own.z >= 4.0 and own.detected
+    for other in ("bob", "carol", "dave"):
+        assert not scheme.detect(keys.account(other), answer).detected
+
+
+def test_keyed_samplers_leave_greedy_rows_repeated_contexts_and_the_opening_alone() -> None:
+    scheme = TournamentWatermark(2, 8)
+    p = WatermarkLogitsProcessor(_wm=sampled(scheme))
+    greedy_out, out = [1, 2, 3], [1, 2]
+    p.update_state(Update(2, added=[(0, Params(xargs("alice").extra_args, temperature=0.0), [5], greedy_out),
+                                    (1, Params(xargs("bob").extra_args, seed=1), [5], out)]))  # fmt: skip
+    rng = np.random.default_rng(3)
+    rows = np.stack([step_logits(rng), step_logits(rng)])
+    got = np.asarray(p.apply(rows.copy().view(FakeTensor)))
+    assert np.array_equal(got[0], rows[0])  # temperature 0: vLLM's argmax, unmarked
+    assert np.count_nonzero(got[1] > SUPPRESS) == 1  # context (1, 2): marked
+    out.extend([7, 1, 2])  # context (1, 2) again
+    got = np.asarray(p.apply(rows.copy().view(FakeTensor)))
+    assert np.array_equal(got[1], rows[1]) and p.rows[1].sampler is not None and p.rows[1].sampler.skipped == 1
+    p.update_state(Update(1, added=[(1, Params(xargs("bob").extra_args), [5], [4])]))  # a new request, 1 token
+    assert np.array_equal(np.asarray(p.apply(rows.copy().view(FakeTensor)))[1], rows[1])  # its opening
+
+
+def test_per_request_callable_serves_the_keyed_samplers() -> None:
+    scheme = TournamentWatermark(2, 8)
+    proc = request_processor({"distillshield_wm_key": "account:alice"}, sampled(scheme), Params(top_k=40, seed=5))
+    assert proc is not None
+    embedded = scheme.processor(KeyRing(SECRET).account("alice"), temperature=1.0, top_k=40, top_p=1.0,
+                                min_p=0.0, seed=5)  # fmt: skip
+    rng = np.random.default_rng(4)
+    answer: list[int] = []
+    for _ in range(12):
+        row = step_logits(rng)
+        want = embedded(np.asarray([8] + answer), row.copy())
+        got = np.asarray(proc([8], list(answer), row.copy().view(FakeTensor)))
+        assert np.array_equal(got, want)
+        answer.append(int(np.argmax(got)))
+    assert embedded.steps == 10

@@ -360,11 +360,6 @@ class WatermarkSettings(_Strict):
                 f"mode is {self.mode} but no secret is set: set watermark.secret_file, watermark.secret or "
                 "DISTILLSHIELD_WATERMARK__SECRET"
             )
-        if self.upstream_xargs and self.scheme != "kgw":
-            raise ValueError(
-                f"upstream_xargs asks a vLLM server's distillshield.watermark.vllm processor to mark, and it "
-                f"implements the kgw scheme only (scheme is {self.scheme}): set watermark.scheme: kgw"
-            )
         return self
 
 

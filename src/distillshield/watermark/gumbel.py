@@ -23,6 +23,7 @@ else about sampling.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -37,8 +38,8 @@ from distillshield.watermark.base import (
 from distillshield.watermark.keys import WatermarkKey, context_seed, fmix32, prf32, prf32_many, token_table
 from distillshield.watermark.stats import gamma_log10_sf_many
 
-_SUPPRESS = -1.0e9  # finite (no NaN in the samplers downstream), far below any real logit
-_PREFILTER = 15.0  # logits this far below the max have p < 3e-7: never in top-p/min-p candidates
+SUPPRESS = -1.0e9  # finite (no NaN in the samplers downstream), far below any real logit
+PREFILTER = 15.0  # logits this far below the max have p < 3e-7: never in top-p/min-p candidates
 
 
 def uniforms(values: np.ndarray) -> np.ndarray:
@@ -50,7 +51,7 @@ def truncated(scores: np.ndarray, top_k: int, top_p: float, min_p: float) -> np.
     """Token ids llama.cpp's sampler chain (top-k -> top-p -> min-p on the raw logits) would keep, most
     likely first: the candidates a keyed sampler chooses among, so that it changes nothing else."""
     top = float(scores.max())
-    cand = np.flatnonzero(scores >= top - _PREFILTER)
+    cand = np.flatnonzero(scores >= top - PREFILTER)
     logits = scores[cand].astype(np.float64)
     if 0 < top_k < cand.size:  # partial selection first: flat logits can pass the prefilter en masse
         part = np.argpartition(-logits, top_k - 1)[:top_k]
@@ -151,25 +152,39 @@ class GumbelProcessor:
         Gumbel-max, argmax of logit + G with G = -log(-log u)."""
         return int(np.argmax(logits - np.log(-np.log(uniforms(values)))))
 
-    def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
-        if self._start is None:
-            self._start = len(input_ids)
-        if len(input_ids) - self._start < self.h or self.temperature <= 0.0:
+    def answer_context(self, answer: Sequence[int]) -> tuple[int, ...] | None:
+        """The context this step of the answer is keyed by, recorded as seen; None when the step is left to
+        the sampler: the answer's first h tokens, a greedy request, or a context already seen (then counted in
+        `skipped`). One rule for the embedded hook and the vLLM processor (watermark/vllm.py)."""
+        if len(answer) < self.h or self.temperature <= 0.0:
             # The first h answer tokens' contexts reach into the prompt (for a chat, the template's constant
             # "assistant" header), which a detector reading the answer alone never sees, so it cannot score
             # them: marking them would buy no evidence and make one account's answers start alike.
-            return scores
-        ctx = tuple(int(t) for t in input_ids[-self.h :])
+            return None
+        ctx = tuple(int(t) for t in answer[-self.h :])
         if ctx in self._seen:  # repeated context: let the sampler draw normally
             self.skipped += 1
-            return scores
+            return None
         self._seen.add(ctx)
-        cand = self.candidates(scores)
-        table = token_table(self.key, scores.shape[-1])
+        return ctx
+
+    def choose_token(self, ctx: tuple[int, ...], cand: np.ndarray, cand_scores: np.ndarray, vocab: int) -> int:
+        """The keyed choice among candidate token ids `cand` (their raw logits `cand_scores`, in
+        `candidates`' order) for context `ctx`, in a vocabulary of `vocab` tokens."""
+        table = token_table(self.key, vocab)
         values = fmix32(table[cand] ^ np.uint32(context_seed(self.key, ctx)))
-        winner = int(cand[self.choose(scores[cand].astype(np.float64) / self.temperature, values)])
-        keep = scores[winner]
-        scores[:] = _SUPPRESS
-        scores[winner] = keep
         self.steps += 1
+        return int(cand[self.choose(np.asarray(cand_scores, np.float64) / self.temperature, values)])
+
+    def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        if self._start is None:
+            self._start = len(input_ids)
+        ctx = self.answer_context(input_ids[self._start :])
+        if ctx is None:
+            return scores
+        cand = self.candidates(scores)
+        winner = self.choose_token(ctx, cand, scores[cand], scores.shape[-1])
+        keep = scores[winner]
+        scores[:] = SUPPRESS
+        scores[winner] = keep
         return scores
