@@ -1,6 +1,15 @@
-"""The watermark inside a real vLLM server (issue 15, item 5): the prepared GPU check, not run in this repository.
+"""The watermark's vLLM processor with real torch, and inside a real vLLM server (issue 15, item 5).
 
-Needs a machine with a GPU, vLLM (0.10-0.11, the V1 logits-processor interface; not a dependency of this
+`--torch-only` needs torch alone (CPU build: pip install torch==2.13.0; CUDA when there is one): it drives
+`WatermarkLogitsProcessor` with real torch tensors (the test suite drives it with a numpy fake), checks step by
+step that every scheme's rows come out exactly as the embedded model's hook leaves the same logits (float32), that
+float16 and bfloat16 rows keep one token of probability 1 and no NaN, and times `apply` per decoding step for
+batches of marked rows against the same batch unmarked:
+
+    .venv/bin/python benchmarks/watermark_vllm.py --torch-only --json-out vllm-torch.json
+
+With `--model` (the prepared GPU check, not run in this repository: no device was lent) it needs a machine
+with a GPU, vLLM (0.10-0.11, the V1 logits-processor interface; not a dependency of this
 project) and a small model on local disk. It loads `distillshield.watermark.vllm:WatermarkLogitsProcessor` into
 `vllm.LLM`, answers the same prompts three ways (marked under account A's key, marked under account B's, and
 unmarked: no xargs), and tests every answer's token ids under A's and B's keys with the scheme the processor
@@ -10,21 +19,32 @@ by A's key and not B's, B's by B's, the unmarked ones by neither; a seeded reque
     DISTILLSHIELD_WATERMARK__SECRET=$(openssl rand -hex 32) \\
         python benchmarks/watermark_vllm.py --model HuggingFaceTB/SmolLM2-135M-Instruct --json-out vllm.json
 
-Exits 1 when a check fails. The figures it prints are the ones to put in docs/watermark.md ("vLLM and other HTTP
-model servers"); until then that section says the processor has run only under the numpy fake of
-tests/test_watermark_vllm.py.
+Exits 1 when a check fails. The figures of a `--model` run are the ones to put in docs/watermark.md ("vLLM and
+other HTTP model servers"); until then that section says the processor has not run inside vLLM.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
+import time
+from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from distillshield.config import load_settings
 from distillshield.watermark.gateway import XARG_KEY, XARG_MODE
-from distillshield.watermark.schemes import keyring_from_settings, scheme_from_settings
+from distillshield.watermark.gumbel import GumbelWatermark
+from distillshield.watermark.keys import KeyRing
+from distillshield.watermark.kgw import GreenListWatermark
+from distillshield.watermark.schemes import Scheme, keyring_from_settings, scheme_from_settings
+from distillshield.watermark.tournament import TournamentWatermark
+
+SECRET = "benchmark-secret-0123456789abcdef"
+VOCAB = 49152  # SmolLM2's vocabulary
 
 PROMPTS = [
     "Explain how a refrigerator keeps food cold.",
@@ -38,14 +58,144 @@ PROMPTS = [
 ]
 
 
+@dataclass
+class _Params:  # what the processor reads of vLLM's SamplingParams
+    extra_args: dict[str, Any] | None = None
+    temperature: float = 0.7
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    seed: int | None = None
+
+
+@dataclass
+class _Update:  # vLLM's BatchUpdate
+    batch_size: int
+    removed: list[int] = field(default_factory=list)
+    added: list[tuple] = field(default_factory=list)
+    moved: list[tuple] = field(default_factory=list)
+
+
+def _xargs(account: str) -> dict[str, str]:
+    return {XARG_KEY: f"account:{account}", XARG_MODE: "on"}
+
+
+def _logits(rng: np.random.Generator, rows: int) -> np.ndarray:
+    return (rng.standard_normal((rows, VOCAB)) * 2.5).astype(np.float32)
+
+
+_SAMPLING = {"temperature": 0.7, "top_k": 40, "top_p": 0.95, "min_p": 0.05}
+
+
+def _schemes() -> dict[str, Scheme]:
+    return {
+        "kgw": GreenListWatermark(0.25, 2.0, 1),
+        "gumbel": GumbelWatermark(1),
+        "tournament": TournamentWatermark(8, 8),
+    }
+
+
+def torch_only(steps: int, batches: list[int], repeats: int) -> tuple[bool, dict[str, Any]]:
+    import torch
+
+    from distillshield.watermark.vllm import WatermarkLogitsProcessor, _Watermark
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    keys = KeyRing(SECRET)
+    out: dict[str, Any] = {"torch": torch.__version__, "device": device, "vocab": VOCAB, "equal": {}, "half": {},
+                           "step_us": {}}  # fmt: skip
+    ok = True
+    for name, scheme in _schemes().items():  # the same rows as the embedded hook, step by step
+        p = WatermarkLogitsProcessor(_wm=_Watermark(keys, scheme, 4.0, torch, device))
+        sampling = {"temperature": 0.7, "top_k": 40, "top_p": 0.95, "min_p": 0.05, "seed": 7}
+        prompt, answer = [3, 1, 4, 1, 5], []
+        p.update_state(_Update(2, added=[(0, _Params(_xargs("alice"), **sampling), prompt, answer),
+                                         (1, _Params(), [9], [])]))  # fmt: skip
+        if isinstance(scheme, GreenListWatermark):
+            hook = scheme.processor(keys.account("alice"), 2.0)
+        else:
+            hook = scheme.processor(keys.account("alice"), **sampling)
+        rng = np.random.default_rng(1)
+        same = 0
+        for _ in range(steps):
+            rows = _logits(rng, 2)
+            want = hook(np.asarray(prompt + answer), rows[0].copy())
+            got = p.apply(torch.as_tensor(rows.copy(), device=device)).cpu().numpy()
+            same += int(np.array_equal(got[0], want) and np.array_equal(got[1], rows[1]))
+            answer.append(int(np.argmax(got[0])))
+        out["equal"][name] = f"{same}/{steps}"
+        ok &= same == steps
+        print(f"{name}: {same} of {steps} steps equal to the embedded hook's rows")
+    for dtype in ("float16", "bfloat16"):  # suppression in half precision: one token left, no NaN
+        p = WatermarkLogitsProcessor(_wm=_Watermark(keys, TournamentWatermark(2, 8), 4.0, torch, device))
+        p.update_state(_Update(1, added=[(0, _Params(_xargs("bob"), seed=1), [5], [1, 2])]))
+        y = p.apply(torch.as_tensor(_logits(np.random.default_rng(2), 1), device=device).to(getattr(torch, dtype)))
+        probs = torch.softmax(y.float(), -1)
+        one = bool(abs(float(probs.max()) - 1.0) < 1e-6 and not torch.isnan(probs).any())
+        out["half"][dtype] = one
+        ok &= one
+        print(f"{dtype}: one token of probability 1 left, no NaN: {one}")
+    rng = np.random.default_rng(3)
+    for b in batches:  # apply() per decoding step: every row marked, against the same batch with no row marked
+        host = _logits(rng, b)
+        for name, scheme in {"none": None, **_schemes()}.items():
+            p = WatermarkLogitsProcessor(_wm=_Watermark(keys, scheme or TournamentWatermark(8, 8), 4.0, torch, device))
+            outputs = [[int(x) for x in rng.integers(0, VOCAB, 8)] for _ in range(b)]
+            added = [(i, _Params(_xargs(f"a{i}") if scheme else None), [1], outputs[i]) for i in range(b)]
+            p.update_state(_Update(b, added=added))
+            p.apply(torch.as_tensor(host, device=device))  # warm-up: the keys' token tables are built once
+            times = []
+            for _ in range(repeats):
+                x = torch.as_tensor(host, device=device)
+                for o in outputs:
+                    o.append(int(rng.integers(0, VOCAB)))  # a new context each step (no repeated-context skip)
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                t = time.perf_counter()
+                p.apply(x)
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                times.append((time.perf_counter() - t) * 1e6)
+            out["step_us"].setdefault(str(b), {})[name] = round(statistics.median(times), 1)
+        print(f"batch of {b} rows, apply() per step, median us: {out['step_us'][str(b)]}")
+    # The keyed samplers' choice alone: the host-side Python per marked row, whatever the device
+    samplers = [TournamentWatermark(8, 8).processor(keys.account(f"h{i}"), **_SAMPLING, seed=i) for i in range(32)]
+    rows = _logits(rng, 32)
+    ids = np.argsort(-rows, axis=1)[:, :40]  # what the device's top-k hands over (top_k 40)
+    values = np.take_along_axis(rows, ids, axis=1)
+    per_row = []
+    for _ in range(repeats):
+        contexts = [tuple(int(a) for a in rng.integers(0, VOCAB, 8)) for _ in samplers]
+        t = time.perf_counter()
+        for s, ctx, v, i in zip(samplers, contexts, values, ids, strict=True):
+            local = s.candidates(v)
+            s.choose_token(ctx, i[local], v[local], VOCAB)
+        per_row.append((time.perf_counter() - t) * 1e6 / len(samplers))
+    out["host_choice_us_per_row"] = round(statistics.median(per_row), 1)
+    print(f"tournament choice on the host, per marked row and step: {out['host_choice_us_per_row']} us (median)")
+    return ok, out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True, help="a model vLLM can load from local disk or its cache")
+    ap.add_argument("--model", help="a model vLLM can load from local disk or its cache")
+    ap.add_argument("--torch-only", action="store_true", help="the processor on real torch, no vLLM, no model")
+    ap.add_argument("--steps", type=int, default=100, help="--torch-only: steps compared with the embedded hook")
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32], help="--torch-only: rows per timed batch")
+    ap.add_argument("--repeats", type=int, default=50, help="--torch-only: timed steps per cell")
     ap.add_argument("--prompts", type=int, default=64, help="answers per arm (the prompts above, cycled)")
     ap.add_argument("--max-tokens", type=int, default=200)
     ap.add_argument("--temperature", type=float, default=0.7)
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args(argv)
+    if args.torch_only:
+        ok, results = torch_only(args.steps, args.batches, args.repeats)
+        if args.json_out:
+            with open(args.json_out, "w") as fh:
+                json.dump(results, fh, indent=2)
+        return 0 if ok else 1
+    if not args.model:
+        ap.error("give --model MODEL (a vLLM run) or --torch-only")
 
     from vllm import LLM, SamplingParams  # type: ignore[import-not-found]
 
