@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from distillshield.gateway.limits import RateLimiter, build_limiter
 from distillshield.gateway.metrics import GatewayMetrics
 from distillshield.gateway.pipeline import ENDPOINT_OF, Gateway
 from distillshield.gateway.policy import PolicyStage
+from distillshield.gateway.policy.shared import share_blocks
 from distillshield.gateway.risk import build_risk_board
 from distillshield.gateway.upstream import Upstream, build_upstream
 from distillshield.store import Store
@@ -120,7 +122,11 @@ def build_state(
     gateway = Gateway(settings, upstream, limiter, auth, audit, metrics)
     started = [ext for factory in extensions if (ext := factory(settings)) is not None]
     risk = build_risk_board(settings.risk, settings.limits.redis_url)
-    policy = PolicyStage.from_settings(settings.policy, risk) if settings.policy.enabled else None
+    policy = None
+    if settings.policy.enabled:
+        # a fleet (risk.backend: redis) shares its standing blocks too, on the board's Redis
+        share = partial(share_blocks, risk=settings.risk, limits_redis_url=settings.limits.redis_url)
+        policy = PolicyStage.from_settings(settings.policy, risk, share)
     if policy is not None:
         gateway.policy = policy
         started.insert(0, policy)  # started first and stopped last: it loads the review book

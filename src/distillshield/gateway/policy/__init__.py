@@ -1,7 +1,8 @@
 """The policy stage: declarative rules turn detection verdicts into graduated countermeasures.
 
 rules.py (the YAML schema, validated) -> engine.py (compiled rules, `decide`) -> actions.py (what
-throttle, block and challenge do) -> stage.py (the request-path stage and its upkeep). The shipped
+throttle, block and challenge do) -> stage.py (the request-path stage and its upkeep); shared.py shares
+the standing blocks with the other replicas of a fleet. The shipped
 default policy is default.yaml, documented line by line in docs/policy.md.
 """
 

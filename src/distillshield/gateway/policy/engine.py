@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -291,11 +291,23 @@ class StandingBlock:
     ts: float
 
 
+class BlockListener(Protocol):
+    """Told of every standing block this process sets (shadow ones excepted) and every lift; the fleet's
+    `SharedBlocks` (gateway/policy/shared.py) publishes them to the other replicas."""
+
+    def added(self, block: StandingBlock) -> None: ...
+
+    def lifted(self, scope: str, subject: str) -> None: ...
+
+
 class BlockBook:
     """Blocks and challenges that stand. A block sticks to what it blocks until a reviewer clears it: a
     cluster block stops members whose own verdict is still mild, an org block the org's other accounts.
     A challenge sticks to the account until it verifies at the level asked (or a reviewer clears it), so
-    an attacker cannot wait for a score to dip below the threshold and harvest again."""
+    an attacker cannot wait for a score to dip below the threshold and harvest again.
+
+    In one process the book is the whole truth; in a fleet (`risk.backend: redis`) a `listener` shares what
+    this replica sets and lifts, and applies what the others did with `notify=False`."""
 
     SCOPES = ("key", "account", "org", "cluster", "challenge")
 
@@ -303,27 +315,38 @@ class BlockBook:
         self.by_scope: dict[str, dict[str, StandingBlock]] = {s: {} for s in self.SCOPES}
         self.count = 0
         self.version = 0  # bumped on every change: memoised decisions are then recomputed
+        self.listener: BlockListener | None = None
 
     def _changed(self) -> None:
         self.count = sum(len(v) for v in self.by_scope.values())
         self.version += 1
 
-    def add(self, block: StandingBlock) -> None:
+    def add(self, block: StandingBlock, *, notify: bool = True) -> None:
         self.by_scope[block.scope][block.subject] = block
         self._changed()
+        if notify and self.listener is not None and not block.decision.shadow:
+            self.listener.added(block)
 
-    def lift(self, scope: str, subject: str) -> bool:
-        gone = self.by_scope[scope].pop(subject, None) is not None
-        if gone:
-            self._changed()
-        return gone
+    def lift(self, scope: str, subject: str, *, notify: bool = True, set_before: float | None = None) -> bool:
+        """Lift the block on `subject`; with `set_before`, only one set at or before that time (a review decision
+        lifts what stood when it was made, not a block set since on newer evidence, e.g. when a replica that
+        starts replays the review book over the blocks it loaded)."""
+        table = self.by_scope[scope]
+        held = table.get(subject)
+        if held is None or (set_before is not None and held.ts > set_before):
+            return False
+        del table[subject]
+        self._changed()
+        if notify and self.listener is not None:
+            self.listener.lifted(scope, subject)
+        return True
 
-    def lift_account(self, account_id: str) -> int:
-        """Lift the blocks an account's requests set on itself and its keys."""
+    def lift_account(self, account_id: str, *, set_before: float | None = None) -> int:
+        """Lift the blocks an account's requests set on itself and its keys (`set_before`: as for `lift`)."""
         n = 0
         for scope in ("account", "key", "challenge"):
             for subject in [s for s, b in self.by_scope[scope].items() if b.account_id == account_id]:
-                n += self.lift(scope, subject)
+                n += self.lift(scope, subject, set_before=set_before)
         return n
 
     def drop_shadow(self) -> None:

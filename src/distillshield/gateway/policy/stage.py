@@ -24,6 +24,7 @@ import logging
 import signal
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,7 @@ from distillshield.gateway.limits import Scope
 from distillshield.gateway.policy.actions import Throttler, block_refusal, challenge_refusal
 from distillshield.gateway.policy.engine import (
     ALLOW,
+    BlockBook,
     CompiledPolicy,
     Decision,
     Mark,
@@ -51,6 +53,7 @@ from distillshield.store.review import DecisionResult, Flag, ReviewItem, ReviewS
 
 if TYPE_CHECKING:
     from distillshield.gateway.app import AppState
+    from distillshield.gateway.policy.shared import SharedBlocks
 
 log = logging.getLogger("distillshield.policy")
 _POLL_MARGIN_S = 5.0  # re-read a little before the last poll: clocks of replicas and the CLI differ
@@ -59,11 +62,18 @@ _POLL_MARGIN_S = 5.0  # re-read a little before the last poll: clocks of replica
 class PolicyStage:
     name = "policy"
 
-    def __init__(self, settings: PolicySettings, board: RiskBoard) -> None:
+    def __init__(
+        self,
+        settings: PolicySettings,
+        board: RiskBoard,
+        share: Callable[[BlockBook], SharedBlocks | None] | None = None,
+    ) -> None:
         self.settings = settings
         self.board = board
         self.path = Path(settings.file) if settings.file else DEFAULT_POLICY
         self.engine = PolicyEngine(self._load(self.path), cluster_size=board.cluster_size, mode=settings.mode)
+        # standing blocks shared with the other replicas (a fleet: policy/shared.py), or this process's alone
+        self.shared_blocks = share(self.engine.blocks) if share is not None else None
         self.throttler = Throttler()
         self.counts: Counter[str] = Counter()  # decisions by action ('shadow:<action>' when not enforced)
         self.review: ReviewStore | None = None
@@ -78,9 +88,11 @@ class PolicyStage:
         self._outage = Outage(log, "policy upkeep (review book scan and refresh)")
 
     @classmethod
-    def from_settings(cls, settings: PolicySettings, board: RiskBoard) -> PolicyStage:
+    def from_settings(
+        cls, settings: PolicySettings, board: RiskBoard, share: Callable[[BlockBook], SharedBlocks | None] | None = None
+    ) -> PolicyStage:
         try:
-            return cls(settings, board)
+            return cls(settings, board, share)
         except PolicyError as exc:
             raise ConfigError(f"policy.file: {exc}") from None
 
@@ -206,6 +218,8 @@ class PolicyStage:
         self._state = state
         self.review = ReviewStore(state.store)
         self.pins = PinStore(state.store)
+        if self.shared_blocks is not None:  # the blocks that stand in the fleet, before the review book lifts any
+            await self.shared_blocks.start()
         await self.refresh(full=True)
         self._task = asyncio.create_task(self._upkeep(), name="distillshield-policy")
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError, AttributeError):
@@ -222,6 +236,8 @@ class PolicyStage:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self.shared_blocks is not None:
+            await self.shared_blocks.stop()
 
     async def reload_recorded(self, path: str | Path | None, mode: str | None, actor: Actor) -> CompiledPolicy:
         """`reload`, then record it in the audit log (store/admin_log.py) as `actor`'s act; a bad file raises
@@ -339,14 +355,16 @@ class PolicyStage:
             return
         if item.kind == "cluster":
             if item.status in ("cleared", "allowlisted"):
-                blocks.lift("cluster", item.subject)
+                blocks.lift("cluster", item.subject, set_before=item.updated_at + _POLL_MARGIN_S)
             return
         mark = Mark(item.status, VERDICT_RANK.get(item.decided_verdict or "benign", 0), item.updated_at)
         if book.accounts.get(item.subject) == mark:
             return  # seen already: re-applying a clear would lift blocks set since
         book.set(item.subject, mark)
         if item.status in ("cleared", "allowlisted"):
-            blocks.lift_account(item.subject)
+            # what stood when the decision was made (replicas' clocks differ: a margin), not a block set since on
+            # a worse verdict: a replica that starts loads the fleet's blocks, then replays the whole review book
+            blocks.lift_account(item.subject, set_before=item.updated_at + _POLL_MARGIN_S)
             if self._watermarked.pop(item.subject, None) is not None:
                 registry = self._state.watermark if self._state is not None else None
                 if registry is not None:
