@@ -12,7 +12,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -238,3 +238,28 @@ async def stream_key() -> AsyncIterator[str]:
     derived = [k async for k in r.scan_iter(match=f"{key}:*")]  # observation stream, leases, status
     await r.delete(key, *derived)
     await r.aclose()
+
+
+@pytest.fixture
+async def namespace() -> AsyncIterator[str]:
+    """A fresh Redis key namespace for the shared state of a fleet (`risk.namespace`: the risk board, the standing
+    blocks), skipped without a Redis; every key under it is deleted after."""
+    url = urlsplit(REDIS_URL)
+    require_service("Redis", url.hostname or "127.0.0.1", url.port or 6379)
+    ns = f"dstest-{uuid.uuid4().hex[:10]}"
+    yield ns
+    r = aioredis.from_url(REDIS_URL)
+    keys = [k async for k in r.scan_iter(match=f"{ns}:*")]
+    if keys:
+        await r.delete(*keys)
+    await r.aclose()
+
+
+async def until(cond: Callable[[], bool], timeout: float = 5.0) -> float:
+    """Seconds until `cond()` holds, polled every 2 ms; fails after `timeout`."""
+    t0 = time.perf_counter()
+    while not cond():
+        if time.perf_counter() - t0 > timeout:
+            raise AssertionError(f"not within {timeout} s")
+        await asyncio.sleep(0.002)
+    return time.perf_counter() - t0

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -25,11 +23,8 @@ from distillshield.gateway.policy.actions import block_refusal
 from distillshield.gateway.policy.engine import BlockBook
 from distillshield.gateway.policy.shared import SharedBlocks, decode, encode
 from distillshield.store.database import Account, ApiKey, KeyContext, Org
-from tests.conftest import ADMIN_TOKEN, REDIS_URL, require_service
+from tests.conftest import ADMIN_TOKEN, REDIS_URL, until
 from tests.fakes import FakeUpstream
-
-_url = urlsplit(REDIS_URL)
-REDIS_HOST, REDIS_PORT = _url.hostname or "127.0.0.1", _url.port or 6379
 
 POLICY = """
 rules:
@@ -51,16 +46,6 @@ def risk(account: str = "a1", verdict: str = "extraction", r: float = 0.95) -> A
 
 
 @pytest.fixture
-async def namespace() -> AsyncIterator[str]:
-    require_service("Redis", REDIS_HOST, REDIS_PORT)
-    ns = f"dstest-{uuid.uuid4().hex[:10]}"
-    yield ns
-    r = aioredis.from_url(REDIS_URL)
-    await r.delete(f"{ns}:policy:blocks", f"{ns}:policy:block-events")
-    await r.aclose()
-
-
-@pytest.fixture
 async def replicas(namespace: str) -> AsyncIterator[Callable[..., Any]]:
     """Policy engines of separate replicas, each with its own book shared through the namespace's Redis keys."""
     made: list[SharedBlocks] = []
@@ -75,15 +60,6 @@ async def replicas(namespace: str) -> AsyncIterator[Callable[..., Any]]:
     yield make
     for s in made:
         await s.stop()
-
-
-async def until(cond: Callable[[], bool], timeout: float = 5.0) -> float:
-    t0 = time.perf_counter()
-    while not cond():
-        if time.perf_counter() - t0 > timeout:
-            raise AssertionError(f"not within {timeout} s")
-        await asyncio.sleep(0.002)
-    return time.perf_counter() - t0
 
 
 async def test_a_block_set_on_one_replica_stands_on_the_others_after_the_verdict_dips(
@@ -195,8 +171,6 @@ async def test_a_challenge_set_through_one_gateway_stands_on_another_after_the_v
     """Through two gateway processes' apps on one Redis: replica 1 challenges an unverified account with an
     extraction verdict (the default policy); a newer report then calls it benign; replica 2, which never
     decided anything for it, still refuses it: the challenge stands until the account verifies."""
-    r = aioredis.from_url(REDIS_URL)
-    await r.delete(f"{namespace}:risk:board", f"{namespace}:risk:events")
     settings = {"risk__backend": "redis", "risk__namespace": namespace, "limits__redis_url": REDIS_URL}
     gw1 = gateway_factory({"upstream": FakeUpstream()}, **settings)
     gw2 = gateway_factory({"upstream": FakeUpstream()}, store__url=gw1.settings.store.url, **settings)
@@ -221,6 +195,4 @@ async def test_a_challenge_set_through_one_gateway_stands_on_another_after_the_v
         while got.status_code != 403 and time.perf_counter() < deadline:
             await asyncio.sleep(0.01)
             got = await client.post(f"{gw2.base}/v1/chat/completions", json=body, headers=auth)
-    await r.delete(f"{namespace}:risk:board", f"{namespace}:risk:events")
-    await r.aclose()
     assert got.status_code == 403 and "verif" in got.text.lower(), got.text

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,22 +20,12 @@ import redis.asyncio as aioredis
 from benchmarks._faults import TcpProxy
 from distillshield.contracts import AccountRisk
 from distillshield.gateway.risk.redis import RedisRiskBoard
-from tests.conftest import ADMIN_TOKEN, REDIS_URL, require_service
+from tests.conftest import ADMIN_TOKEN, REDIS_URL, until
 from tests.fakes import FakeUpstream
 
 _url = urlsplit(REDIS_URL)
 REDIS_HOST, REDIS_PORT = _url.hostname or "127.0.0.1", _url.port or 6379
 ADMIN = f"Bearer {ADMIN_TOKEN}"
-
-
-@pytest.fixture
-async def namespace() -> AsyncIterator[str]:
-    require_service("Redis", REDIS_HOST, REDIS_PORT)
-    ns = f"dstest-{uuid.uuid4().hex[:10]}"
-    yield ns
-    r = aioredis.from_url(REDIS_URL)
-    await r.delete(f"{ns}:risk:board", f"{ns}:risk:events")
-    await r.aclose()
 
 
 @pytest.fixture
@@ -56,16 +45,6 @@ async def boards(namespace: str) -> AsyncIterator[Callable[..., Any]]:
 
 def risk(account: str, verdict: str = "extraction", score: float = 0.95, **kw: Any) -> AccountRisk:
     return AccountRisk(account, score, verdict, reasons=({"signal": "cot", "score": score, "detail": "x"},), **kw)
-
-
-async def until(cond: Callable[[], bool], timeout: float = 5.0) -> float:
-    """Seconds until `cond()` holds; fails after `timeout`."""
-    t0 = time.perf_counter()
-    while not cond():
-        if time.perf_counter() - t0 > timeout:
-            raise AssertionError(f"not within {timeout} s")
-        await asyncio.sleep(0.002)
-    return time.perf_counter() - t0
 
 
 async def test_a_verdict_written_on_one_replica_is_read_on_the_others(boards: Callable[..., Any]) -> None:
