@@ -107,7 +107,7 @@ def torch_only(steps: int, batches: list[int], repeats: int) -> tuple[bool, dict
     ok = True
     for name, scheme in _schemes().items():  # the same rows as the embedded hook, step by step
         p = WatermarkLogitsProcessor(_wm=_Watermark(keys, scheme, 4.0, torch, device))
-        sampling = {"temperature": 0.7, "top_k": 40, "top_p": 0.95, "min_p": 0.05, "seed": 7}
+        sampling = {**_SAMPLING, "seed": 7}
         prompt, answer = [3, 1, 4, 1, 5], []
         p.update_state(_Update(2, added=[(0, _Params(_xargs("alice"), **sampling), prompt, answer),
                                          (1, _Params(), [9], [])]))  # fmt: skip

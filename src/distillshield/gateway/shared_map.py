@@ -50,7 +50,7 @@ class SharedMap:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        url: str,
         hash_key: str,
         events_key: str,
         *,
@@ -61,8 +61,10 @@ class SharedMap:
         log: logging.Logger,
         deleted: Callable[[Value], bool] = lambda _v: False,
         block_ms: int = 1000,
+        client: aioredis.Redis | None = None,
     ) -> None:
-        self._redis = client
+        # the socket timeout outlasts a blocking XREAD of block_ms
+        self._redis = client or aioredis.from_url(url, socket_timeout=block_ms / 1000 + 5, socket_connect_timeout=2)
         self.hash_key = hash_key
         self.events_key = events_key
         self.key_of = key_of

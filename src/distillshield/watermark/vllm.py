@@ -140,16 +140,12 @@ class _Watermark:
         embedded model: a distortion-free sampler has no strength to raise)."""
         key = self.keys.key(label)
         if isinstance(self.scheme, GreenListWatermark):
-            return _Row(key, self.delta(mode), prompt, output, None)
+            delta = self.strong_delta if mode == "strong" else self.scheme.delta
+            return _Row(key, delta, prompt, output, None)
         s = Sampling.of(params)
         sampler = self.scheme.processor(key, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
                                         min_p=s.min_p, seed=s.seed)  # fmt: skip
         return _Row(key, 0.0, prompt, output, sampler)
-
-    def delta(self, mode: str) -> float:
-        if not isinstance(self.scheme, GreenListWatermark):
-            return 0.0
-        return self.strong_delta if mode == "strong" else self.scheme.delta
 
     def table(self, key: WatermarkKey, vocab: int, device: Any) -> Any:
         t = self._tables.get((key, vocab))

@@ -84,7 +84,7 @@ class SharedBlocks:
     ) -> None:
         self.book = book
         self.shared = SharedMap(
-            client or aioredis.from_url(url, socket_timeout=block_ms / 1000 + 5, socket_connect_timeout=2),
+            url,
             f"{namespace}:policy:blocks",
             f"{namespace}:policy:block-events",
             key_of=_key,
@@ -94,6 +94,7 @@ class SharedBlocks:
             what="the shared standing blocks (Redis)",
             log=log,
             block_ms=block_ms,
+            client=client,
         )
         book.listener = self
 

@@ -48,7 +48,7 @@ class RedisRiskBoard:
         self.local = LocalRiskBoard()
         self.url = url
         self.shared = SharedMap(
-            client or aioredis.from_url(url, socket_timeout=block_ms / 1000 + 5, socket_connect_timeout=2),
+            url,
             f"{namespace}:risk:board",
             f"{namespace}:risk:events",
             key_of=lambda d: str(d.get("account_id")),
@@ -57,9 +57,16 @@ class RedisRiskBoard:
             what="the shared risk board (Redis)",
             log=log,
             block_ms=block_ms,
+            client=client,
         )
-        self.board_key = self.shared.hash_key
-        self.events_key = self.shared.events_key
+
+    @property
+    def board_key(self) -> str:
+        return self.shared.hash_key
+
+    @property
+    def events_key(self) -> str:
+        return self.shared.events_key
 
     # -- reads: the local copy ---------------------------------------------------------------------------
 
