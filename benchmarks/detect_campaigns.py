@@ -5,11 +5,11 @@ each group on its pooled prompts: far from real users' prompts, or mostly reason
 areas. This prints, for the groups of the final grouping of an analysed file: size, the simulator's labels of its
 members (when the file has them; analysis never reads them), the content judgement's score, the share of its
 classified prompts that ask for the model's reasoning against the rest of the service's, the topic areas its
-prompts cover, the largest wave in which its members' accounts were created (detect/cohort.py), and whether it is
-a campaign. With `--cot-excess X` it also says which groups a deployment-relative
-reasoning test would call campaigns: at least X more of their prompts asking for reasoning than the rest of the
-service's, significantly (binomial tail < 1e-6), over a sweep of areas (docs/detection.md round 9: tried, not
-shipped).
+prompts cover, the largest wave in which its members' accounts were created (detect/cohort.py), whether it is
+a campaign, and the heavier accounts that join it because they ask as its members do (campaign.Joining). With
+`--cot-excess X` it also says which groups a deployment-relative reasoning test would call campaigns: at least
+X more of their prompts asking for reasoning than the rest of the service's, significantly (binomial tail
+< 1e-6), over a sweep of areas (docs/detection.md round 9: tried, not shipped).
 
     .venv/bin/python benchmarks/detect_campaigns.py --scenario fresh2_thin --seed 30002 --cot-excess 0.2
     .venv/bin/python benchmarks/detect_campaigns.py --traffic traffic.jsonl --json-out groups.json
@@ -49,12 +49,16 @@ def groups(path: Path, cot_excess: float | None) -> list[dict[str, Any]]:
     thin = C.thin_accounts(accounts)
     if len(thin) < C.MIN_CAMPAIGN:
         return []
-    _vecs, found = C.density_groups(thin)
+    vecs, found = C.density_groups(thin)
+    joining = C.Joining.of(thin, vecs, accounts)
     out = []
     for label in sorted(set(found.tolist()) - {-1}):
         members = sorted(thin[i].account_id for i in np.flatnonzero(found == label))
         ev = C.group_evidence(members, accounts, pop)
-        campaign = C.campaign_call(ev) is not None
+        call = C.campaign_call(ev)
+        campaign = call is not None
+        # the heavier accounts that join it (campaign.Joining): a campaign judged by its content or reasoning sweep
+        joined = joining.heavier_like(members) if call is not None and not call.by_waves else []
         base = ev.rest_share if ev.rest_asked > 0 else 1.0
         share = ev.reasoning_share
         row: dict[str, Any] = {
@@ -76,6 +80,10 @@ def groups(path: Path, cot_excess: float | None) -> list[dict[str, Any]]:
                 "significant": ev.cohort.significant,
             },
             "campaign": campaign,
+            "joined": {
+                "accounts": len(joined),
+                "labels": dict(Counter(labels.get(m, "?") for m in joined).most_common()),
+            },
         }
         if cot_excess is not None:
             significant = ev.asked > 0 and share > base and far_logp(ev.reasoning, ev.asked, base) > -math.log10(MIN_P)
@@ -124,6 +132,11 @@ def main() -> int:
             f"group {i}: {r['accounts']} accounts, campaign={r['campaign']}{extra}; content {r['content_score']:.2f}; "
             f"reasoning asks {r['reasoning_share']:.0%} (rest of the service {r['reasoning_share_rest']:.0%}); "
             f"{r['areas']:.1f} topic areas; {_cohort_text(r['cohort'])}; labels {r['labels']}"
+            + (
+                f"; joined by {r['joined']['accounts']} heavier accounts {r['joined']['labels']}"
+                if r["joined"]["accounts"]
+                else ""
+            )
         )
     if args.json_out:
         args.json_out.write_text(json.dumps({"traffic": str(path), "groups": rows}, indent=1))

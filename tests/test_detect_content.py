@@ -307,6 +307,34 @@ def test_a_campaign_of_thin_accounts_is_found_as_one_and_its_members_flagged() -
             assert all(r["score"] < 0.5 for r in acc["reasons"] if r["signal"] == "content"), acc
 
 
+def test_heavier_accounts_that_ask_as_a_campaign_does_join_it() -> None:
+    """A campaign's accounts need not all be thin: the ones that send more requests are judged on their own
+    evidence, which a campaign's wrapped bank questions need not carry, so a heavier account that asks as the
+    campaign's members do is one of them. Heavier honest users and students, who ask their own things, are not."""
+    records, role = thin_campaign_traffic()
+    rng = random.Random(5)
+    chat, bank = list(chat_prompts()), list(sweep_bank())
+    maths = [q.question for q in corpora.dataset_items("gsm_symbolic", seed=11, size=120)]
+    plans = {f"heavycamp-{i}": [rng.choice(WRAPPERS).format(q=rng.choice(bank)) for _ in range(90)] for i in range(4)}
+    plans |= {f"heavyuser-{i}": [rng.choice(chat) for _ in range(90)] for i in range(8)}
+    plans |= {f"heavystudent-{i}": [student_prompt(rng, rng.choice(maths)) for _ in range(90)] for i in range(4)}
+    for account, prompts in plans.items():
+        start = T0 + rng.uniform(0, 3 * 86_400)
+        records.extend(request(rng, account, p, start, 4 * 3600) for p in prompts)
+        role[account] = account.split("-")[0]
+    records.sort(key=lambda r: r.ts)
+    report = analyze_records(records).report
+    campaign = max(report["clusters"], key=lambda c: len(c["accounts"]))
+    members = set(campaign["accounts"])
+    assert {a for a in role if role[a] == "heavycamp"} <= members, sorted(
+        members - {a for a in role if role[a] == "camp"}
+    )
+    assert all(role[a] in ("camp", "heavycamp") for a in members)
+    assert "4 heavier accounts (90-90 requests) ask as its" in campaign["reasons"][0]["detail"]
+    v = verdicts(report)
+    assert all(v[a] != "benign" for a in role if role[a] == "heavycamp")
+
+
 def test_only_the_campaigns_own_members_inherit_its_risk() -> None:
     """A content campaign merged into a template cluster flags the accounts it found, not every account the
     template cluster happened to hold."""

@@ -18,7 +18,12 @@ varied words and questions drawn from one bank. So:
    many topic areas; or its accounts were created in waves this deployment's history makes improbable
    (detect/cohort.py) and its prompts ask for the model's reasoning well beyond what the rest of the service
    asks, over many topic areas (then only the members created in the waves are the campaign's). Only then
-   is it a campaign, and every member is flagged from the campaign's evidence, however thin it is.
+   is it a campaign, and every member is flagged from the campaign's evidence, however thin it is;
+5. a heavier account (more than THIN_MAX requests) that asks as the campaign's own members do joins it: the
+   accounts of one campaign need not all be thin, and one that sends more requests through human-looking
+   wording is judged on its own evidence, which a campaign's wrapped bank questions need not carry
+   (`Joining`). It joins a campaign whose evidence is its content or its reasoning sweep, not one whose
+   evidence is the waves its accounts were created in (there an account is in it only if it was made in them).
 
 A classroom of honest students asking for step-by-step help also forms a dense group. Where its homework
 stays in a few topic areas, step 4 tells it from a bank that sweeps capabilities; but a class can span as
@@ -35,7 +40,7 @@ more at the end).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
@@ -63,6 +68,13 @@ GROUP_COT = 0.5  # ...or this share of their prompts asking for the model's reas
 GROUP_COT_EXCESS = 0.1
 COT_EXCESS_LOGP = 6.0
 KEEP_QUANTILE = 0.99  # a kept campaign's member is closer to the members' mean than this share of other accounts
+# A heavier account joins a campaign when its mean prompt vector is at least as close to the members' mean as the
+# campaign's typical member is (the median of the members' closeness to the mean of the *other* members), and
+# closer than KEEP_QUANTILE of the other thin accounts (those the grouping did not put in the campaign): it asks
+# as the campaign does, in a way this service's other users do not. (A lower bar, the members' 10% quantile, let
+# heavy honest accounts into the diffuse campaign of a thin hydra: a heavy account's mean over many prompts is
+# less noisy than a thin member's, so it sits closer to any group's centre than its own members do.)
+JOIN_QUANTILE = 0.5
 
 
 class ContentCampaigns:
@@ -91,9 +103,10 @@ class ContentCampaigns:
             return self.campaigns
         vecs, labels = density_groups(thin)
         service = ServiceCounts.of(accounts)
+        joining = Joining.of(thin, vecs, accounts)
         for label in sorted(set(labels.tolist()) - {-1}):
             members = sorted(thin[i].account_id for i in np.flatnonzero(labels == label))
-            c = self._judge(members, accounts, pop, service)
+            c = self._judge(members, accounts, pop, service, joining)
             if c is not None:
                 found[c.cluster_id] = c
         # A campaign found before is kept while its members, judged together again, still make one. The density
@@ -119,7 +132,7 @@ class ContentCampaigns:
             keep = sorted(thin[i].account_id for i in rows if sims[i] > bar)
             if len(keep) < MIN_CAMPAIGN:
                 continue
-            c = self._judge(keep, accounts, pop, service)
+            c = self._judge(keep, accounts, pop, service, joining)
             if c is not None:
                 found[c.cluster_id] = c
                 placed.update(keep)
@@ -127,7 +140,12 @@ class ContentCampaigns:
         return self.campaigns
 
     def _judge(
-        self, members: list[str], accounts: dict[str, AccountState], pop: Population, service: ServiceCounts
+        self,
+        members: list[str],
+        accounts: dict[str, AccountState],
+        pop: Population,
+        service: ServiceCounts,
+        joining: Joining | None = None,
     ) -> Cluster | None:
         from distillshield.detect.engine import content_risk
 
@@ -138,6 +156,16 @@ class ContentCampaigns:
         score, why, by_waves = called
         if by_waves:  # the evidence is the waves: an account that asks alike but was created on its own is not in it
             members = sorted(ev.born)
+        joined = joining.heavier_like(members) if joining is not None and not by_waves else []
+        if joined:
+            n_thin = len(members)
+            lo, hi = min(accounts[m].n for m in joined), max(accounts[m].n for m in joined)
+            why += (
+                f"; {len(joined)} heavier accounts ({lo}-{hi} requests) ask as its {n_thin} thinner members do (what "
+                f"each asks sits as close to the members' as a typical member's, closer than {KEEP_QUANTILE:.0%} of "
+                "this service's other thin accounts)"
+            )
+            members = sorted([*members, *joined])
         firsts = np.asarray([accounts[m].behaviour.first_ts for m in members])
         span = max(service.span, 3600.0)
         cid = f"cp_{stable_hash(members[0]) & 0xFFFFFFFF:08x}"
@@ -178,6 +206,49 @@ class ServiceCounts:
         mask = np.ones(len(self.asked), dtype=bool)
         mask[[self.index[m] for m in members]] = False
         return mask
+
+
+@dataclass(slots=True)
+class Joining:
+    """Every account that could join a campaign, with its unit mean prompt vector: the thin accounts of the
+    grouping and the heavier ones (more than THIN_MAX requests, a few sampled prompts), which the grouping leaves
+    out (their own evidence judges them) but which may be a campaign's members too."""
+
+    ids: list[str]
+    index: dict[str, int]
+    vecs: np.ndarray  # (N, dim) unit mean vectors, the thin accounts' first
+    heavy: np.ndarray  # bool (N,): more than THIN_MAX requests
+    taken: set[str] = field(default_factory=set)  # heavier accounts already joined to a campaign of this run
+
+    @classmethod
+    def of(cls, thin: list[AccountState], thin_vecs: np.ndarray, accounts: dict[str, AccountState]) -> Joining:
+        heavy = sorted((a for a in accounts.values() if _heavy(a)), key=lambda a: -a.behaviour.last_ts)[:MAX_ACCOUNTS]
+        ids = [a.account_id for a in thin] + [a.account_id for a in heavy]
+        vecs = np.vstack([thin_vecs, *(_mean_vector(a)[None, :] for a in heavy)]) if heavy else thin_vecs
+        mask = np.zeros(len(ids), dtype=bool)
+        mask[len(thin) :] = True
+        return cls(ids, {a: i for i, a in enumerate(ids)}, vecs, mask)
+
+    def heavier_like(self, members: list[str]) -> list[str]:
+        """The heavier accounts that ask as the members do (JOIN_QUANTILE, KEEP_QUANTILE), sorted; each joins one
+        campaign of a run (the first that takes it)."""
+        rows = [self.index[m] for m in members if m in self.index]
+        if len(rows) < MIN_CAMPAIGN or not self.heavy.any():
+            return []
+        total = self.vecs[rows].sum(axis=0)
+        sims = self.vecs @ (total / max(float(np.linalg.norm(total)), 1e-8))
+        rest = total[None, :] - self.vecs[rows]  # each member's closeness to the others' mean: no self-inflation
+        own = np.einsum("ij,ij->i", self.vecs[rows], rest) / np.maximum(np.linalg.norm(rest, axis=1), 1e-8)
+        others = np.ones(len(self.ids), dtype=bool)
+        others[rows] = False
+        thin_others = others & ~self.heavy
+        if thin_others.sum() < MIN_CAMPAIGN:
+            return []
+        bar = max(float(np.quantile(own, JOIN_QUANTILE)), float(np.quantile(sims[thin_others], KEEP_QUANTILE)))
+        joined = sorted(self.ids[i] for i in np.flatnonzero(others & self.heavy & (sims >= bar)))
+        joined = [a for a in joined if a not in self.taken]
+        self.taken.update(joined)
+        return joined
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,6 +382,10 @@ def content_span(accounts: dict[str, AccountState]) -> float:
 
 def _eligible(acc: AccountState) -> bool:
     return acc.n <= THIN_MAX and acc.content.count >= MIN_PROMPTS and acc.content.window is not None
+
+
+def _heavy(acc: AccountState) -> bool:
+    return acc.n > THIN_MAX and acc.content.count >= MIN_PROMPTS and acc.content.window is not None
 
 
 def _mean_vector(acc: AccountState) -> np.ndarray:
