@@ -8,6 +8,11 @@ batches of marked rows against the same batch unmarked:
 
     .venv/bin/python benchmarks/watermark_vllm.py --torch-only --json-out vllm-torch.json
 
+`--host-only` times only the keyed samplers' choice on the host (no torch): one row at a time, as the embedded
+model's hook makes it, against a batch of 32 rows at once, as the vLLM processor makes it.
+
+    .venv/bin/python benchmarks/watermark_vllm.py --host-only --json-out vllm-host.json
+
 With `--model` (the prepared GPU check, not run in this repository: no device was lent) it needs a machine
 with a GPU, vLLM (0.10-0.11, the V1 logits-processor interface; not a dependency of this
 project) and a small model on local disk. It loads `distillshield.watermark.vllm:WatermarkLogitsProcessor` into
@@ -143,10 +148,10 @@ def torch_only(steps: int, batches: list[int], repeats: int) -> tuple[bool, dict
             outputs = [[int(x) for x in rng.integers(0, VOCAB, 8)] for _ in range(b)]
             added = [(i, _Params(_xargs(f"a{i}") if scheme else None), [1], outputs[i]) for i in range(b)]
             p.update_state(_Update(b, added=added))
-            p.apply(torch.as_tensor(host, device=device))  # warm-up: the keys' token tables are built once
+            p.apply(torch.tensor(host, device=device))  # warm-up (on a copy): the keys' token tables are built once
             times = []
             for _ in range(repeats):
-                x = torch.as_tensor(host, device=device)
+                x = torch.tensor(host, device=device)  # a copy: apply() writes into the rows it marks
                 for o in outputs:
                     o.append(int(rng.integers(0, VOCAB)))  # a new context each step (no repeated-context skip)
                 if device == "cuda":
@@ -158,28 +163,51 @@ def torch_only(steps: int, batches: list[int], repeats: int) -> tuple[bool, dict
                 times.append((time.perf_counter() - t) * 1e6)
             out["step_us"].setdefault(str(b), {})[name] = round(statistics.median(times), 1)
         print(f"batch of {b} rows, apply() per step, median us: {out['step_us'][str(b)]}")
-    # The keyed samplers' choice alone: the host-side Python per marked row, whatever the device
-    samplers = [TournamentWatermark(8, 8).processor(keys.account(f"h{i}"), **_SAMPLING, seed=i) for i in range(32)]
-    rows = _logits(rng, 32)
-    ids = np.argsort(-rows, axis=1)[:, :40]  # what the device's top-k hands over (top_k 40)
-    values = np.take_along_axis(rows, ids, axis=1)
-    per_row = []
-    for _ in range(repeats):
-        contexts = [tuple(int(a) for a in rng.integers(0, VOCAB, 8)) for _ in samplers]
-        t = time.perf_counter()
-        for s, ctx, v, i in zip(samplers, contexts, values, ids, strict=True):
-            local = s.candidates(v)
-            s.choose_token(ctx, i[local], v[local], VOCAB)
-        per_row.append((time.perf_counter() - t) * 1e6 / len(samplers))
-    out["host_choice_us_per_row"] = round(statistics.median(per_row), 1)
-    print(f"tournament choice on the host, per marked row and step: {out['host_choice_us_per_row']} us (median)")
+    out.update(host_choice(repeats))
     return ok, out
+
+
+def host_choice(repeats: int, batch: int = 32) -> dict[str, Any]:
+    """The keyed samplers' choice alone, on the host, per marked row and step, whatever the device: row by row
+    (the embedded hook's path: its candidates, then its choice) and for a batch of `batch` rows at once (the
+    vLLM processor's path: each row's candidates, then one numpy choice over the batch). Needs no torch."""
+    keys = KeyRing(SECRET)
+    rng = np.random.default_rng(3)
+    out: dict[str, Any] = {"host_choice_batch": batch}
+    for name, scheme in (("tournament", TournamentWatermark(8, 8)), ("gumbel", GumbelWatermark(8))):
+        samplers = [scheme.processor(keys.account(f"h{i}"), **_SAMPLING, seed=i) for i in range(batch)]
+        rows = _logits(rng, batch)
+        ids = np.argsort(-rows, axis=1)[:, :40]  # what the device's top-k hands over (top_k 40)
+        values = np.take_along_axis(rows, ids, axis=1)
+        one, many = [], []
+        for _ in range(repeats):
+            contexts = [tuple(int(a) for a in rng.integers(0, VOCAB, 8)) for _ in samplers]
+            t = time.perf_counter()
+            for s, ctx, v, i in zip(samplers, contexts, values, ids, strict=True):
+                local = s.candidates(v)
+                s.choose_token(ctx, i[local], v[local], VOCAB)
+            one.append((time.perf_counter() - t) * 1e6 / batch)
+            t = time.perf_counter()
+            local = [s.candidates(v) for s, v in zip(samplers, values, strict=True)]
+            cands = [i[c] for i, c in zip(ids, local, strict=True)]
+            scores = [v[c] for v, c in zip(values, local, strict=True)]
+            type(samplers[0]).choose_rows(samplers, contexts, cands, scores, VOCAB)
+            many.append((time.perf_counter() - t) * 1e6 / batch)
+        width = float(np.mean([len(c) for c in cands]))
+        out[f"host_choice_us_per_row_{name}"] = {"one_by_one": round(statistics.median(one), 1),
+                                                 "batch": round(statistics.median(many), 1),
+                                                 "candidates_per_row": round(width, 1)}  # fmt: skip
+        print(f"{name} choice on the host, per marked row and step (median us): one row at a time "
+              f"{statistics.median(one):.1f}, {batch} rows at once {statistics.median(many):.1f} "
+              f"({width:.1f} candidates per row)")  # fmt: skip
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="a model vLLM can load from local disk or its cache")
     ap.add_argument("--torch-only", action="store_true", help="the processor on real torch, no vLLM, no model")
+    ap.add_argument("--host-only", action="store_true", help="the keyed samplers' host-side choice alone, no torch")
     ap.add_argument("--steps", type=int, default=100, help="--torch-only: steps compared with the embedded hook")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32], help="--torch-only: rows per timed batch")
     ap.add_argument("--repeats", type=int, default=50, help="--torch-only: timed steps per cell")
@@ -188,6 +216,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--temperature", type=float, default=0.7)
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args(argv)
+    if args.host_only:
+        results = host_choice(args.repeats)
+        if args.json_out:
+            with open(args.json_out, "w") as fh:
+                json.dump(results, fh, indent=2)
+        return 0
     if args.torch_only:
         ok, results = torch_only(args.steps, args.batches, args.repeats)
         if args.json_out:

@@ -20,7 +20,7 @@ from distillshield.watermark.radioactivity import radioactivity_test
 from distillshield.watermark.schemes import build_scheme
 from distillshield.watermark.stats import binomial_log10_sf, gamma_log10_sf, holm_log10, z_score
 from distillshield.watermark.texts import TextsError, read_texts
-from distillshield.watermark.tournament import TournamentWatermark, tournament
+from distillshield.watermark.tournament import TournamentWatermark, tournament, tournament_many
 
 SECRET = "unit-test-secret-0123456789abcdef"
 V = 3000  # a small vocabulary keeps the synthetic model fast
@@ -194,6 +194,28 @@ def test_tournament_rounds_keep_the_distribution_over_keys() -> None:
         hook = answering(wm.processor(ring.account(f"k{i}"), temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=i))
         counts[int(np.argmax(hook(np.array([1]), scores.copy())))] += 1
     assert np.allclose(counts / counts.sum(), p, atol=0.03)
+
+
+def test_the_batched_tournament_equals_the_one_row_loop_bit_for_bit() -> None:
+    """The vLLM processor runs every row's tournament in one numpy pass over a padded batch
+    (`tournament_many`); the embedded hook loops over one row's Python floats (`tournament`). Both must give
+    the same floats exactly, whatever the batch holds, or a vLLM row could draw another token than the
+    embedded model would from the same logits."""
+    rng = np.random.default_rng(5)
+    sizes = [1, 2, 3, 7, 8, 9, 16, 40, 100]
+    width = max(sizes)
+    p = np.zeros((len(sizes), width))
+    values = np.zeros((len(sizes), width), dtype=np.uint32)
+    for r, n in enumerate(sizes):
+        x = rng.dirichlet(np.full(n, 0.3))  # uneven, as a model's top candidates are
+        p[r, :n] = x / np.cumsum(x)[-1]
+        values[r, :n] = rng.integers(0, 2**32, n, dtype=np.uint32)
+    rounds = np.array([8, 8, 1, 8, 30, 8, 8, 12, 8])  # a row's own number of rounds
+    batched = tournament_many(p, values, rounds)
+    for r, n in enumerate(sizes):
+        alone = tournament(p[r, :n].tolist(), values[r, :n].tolist(), int(rounds[r]))
+        assert batched[r, :n].tolist() == alone, r  # exact float equality, not closeness
+        assert not batched[r, n:].any()  # padding stays empty
 
 
 def test_tournament_samples_differ_where_gumbel_repeats_itself() -> None:

@@ -226,6 +226,44 @@ def test_keyed_sampler_rows_choose_what_the_embedded_hook_chooses(
     assert p.rows[0].sampler is not None and p.rows[0].sampler.steps == embedded.steps
 
 
+@pytest.mark.parametrize("scheme", [TournamentWatermark(2, 8), GumbelWatermark(2)], ids=repr)
+def test_a_batch_of_marked_rows_chooses_row_by_row_what_the_embedded_hook_chooses(
+    scheme: GumbelWatermark | TournamentWatermark,
+) -> None:
+    """The keyed choice is made for the whole batch at once (numpy over padded rows): each row still leaves
+    exactly its own embedded hook's token, whatever the other rows hold. The rows differ in key, seed,
+    sampling settings and spread of logits, so their candidate lists differ in length (from one candidate up),
+    and one row's top_k is below the batch's top-k width."""
+    settings = [
+        {"temperature": 0.7, "top_k": 40, "top_p": 0.95, "min_p": 0.05, "seed": 7},
+        {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "seed": 8},
+        {"temperature": 0.5, "top_k": 3, "top_p": 0.9, "min_p": 0.1, "seed": 9},
+        {"temperature": 1.3, "top_k": 50, "top_p": 0.99, "min_p": 0.01, "seed": 10},
+        {"temperature": 0.8, "top_k": 40, "top_p": 0.8, "min_p": 0.2, "seed": 11},
+    ]
+    scale = [1.0, 0.25, 2.0, 0.5, 6.0]  # flat rows keep many candidates, peaked ones one or two
+    p = WatermarkLogitsProcessor(_wm=sampled(scheme))
+    prompts = [[3, 1, 4, i] for i in range(len(settings))]
+    answers: list[list[int]] = [[] for _ in settings]
+    p.update_state(Update(len(settings), added=[
+        (i, Params(xargs(f"user{i}").extra_args, **kw), prompts[i], answers[i]) for i, kw in enumerate(settings)
+    ]))  # fmt: skip
+    hooks = [scheme.processor(KeyRing(SECRET).account(f"user{i}"), **kw) for i, kw in enumerate(settings)]
+    rng = np.random.default_rng(4)
+    sizes = set()
+    for step in range(40):
+        rows = np.stack([step_logits(rng) * np.float32(k) for k in scale])
+        got = np.asarray(p.apply(rows.copy().view(FakeTensor)))
+        for i, hook in enumerate(hooks):
+            want = hook(np.asarray(prompts[i] + answers[i]), rows[i].copy())
+            assert np.array_equal(got[i], want), f"step {step}, row {i}"
+            answers[i].append(int(np.argmax(got[i])))
+            if step >= scheme.context_width:
+                sizes.add(hook.candidates(rows[i]).size)
+    assert min(sizes) == 1 and max(sizes) > 10, sizes  # the batch held rows of very different widths
+    assert all(h.steps > 30 for h in hooks)
+
+
 def test_tournament_text_from_vllm_rows_is_detected_under_its_account_key_only() -> None:
     scheme = TournamentWatermark(4, 8)
     p = WatermarkLogitsProcessor(_wm=sampled(scheme))

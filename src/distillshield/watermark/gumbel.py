@@ -152,6 +152,14 @@ class GumbelProcessor:
         Gumbel-max, argmax of logit + G with G = -log(-log u)."""
         return int(np.argmax(logits - np.log(-np.log(uniforms(values)))))
 
+    @classmethod
+    def choose_many(
+        cls, samplers: Sequence[GumbelProcessor], logits: np.ndarray, values: np.ndarray, sizes: np.ndarray
+    ) -> np.ndarray:
+        """`choose` for a batch of rows: their tempered logits (B, n; a row with fewer candidates is padded
+        with -inf) and keyed values (B, n). Elementwise, so a row chooses the same in any batch."""
+        return np.argmax(logits - np.log(-np.log(uniforms(values))), axis=1)
+
     def answer_context(self, answer: Sequence[int]) -> tuple[int, ...] | None:
         """The context this step of the answer is keyed by, recorded as seen; None when the step is left to
         the sampler: the answer's first h tokens, a greedy request, or a context already seen (then counted in
@@ -168,11 +176,36 @@ class GumbelProcessor:
         self._seen.add(ctx)
         return ctx
 
+    def keyed_values(self, ctx: tuple[int, ...], cand: np.ndarray, vocab: int) -> np.ndarray:
+        """The keyed value of each candidate token id for context `ctx`, in a vocabulary of `vocab` tokens."""
+        return fmix32(token_table(self.key, vocab)[cand] ^ np.uint32(context_seed(self.key, ctx)))
+
+    @classmethod
+    def choose_rows(
+        cls,
+        samplers: Sequence[GumbelProcessor],
+        contexts: Sequence[tuple[int, ...]],
+        cands: Sequence[np.ndarray],
+        cand_scores: Sequence[np.ndarray],
+        vocab: int,
+    ) -> np.ndarray:
+        """For a batch of rows, each with its own sampler, context, candidate token ids (in `candidates`' order)
+        and their raw logits: the index of each row's keyed choice among its candidates, chosen for all rows
+        at once (`choose_many`), as `choose_token` chooses for one. The vLLM processor (watermark/vllm.py)
+        calls this with its batch; the embedded model's hook calls `choose_token`."""
+        sizes = np.asarray([len(c) for c in cands], dtype=np.int64)
+        logits = np.full((len(samplers), int(sizes.max())), -np.inf)
+        values = np.zeros(logits.shape, dtype=np.uint32)
+        for r, (s, ctx, cand, sc) in enumerate(zip(samplers, contexts, cands, cand_scores, strict=True)):
+            logits[r, : sizes[r]] = np.asarray(sc, np.float64) / s.temperature
+            values[r, : sizes[r]] = s.keyed_values(ctx, cand, vocab)
+            s.steps += 1
+        return cls.choose_many(samplers, logits, values, sizes)
+
     def choose_token(self, ctx: tuple[int, ...], cand: np.ndarray, cand_scores: np.ndarray, vocab: int) -> int:
         """The keyed choice among candidate token ids `cand` (their raw logits `cand_scores`, in
         `candidates`' order) for context `ctx`, in a vocabulary of `vocab` tokens."""
-        table = token_table(self.key, vocab)
-        values = fmix32(table[cand] ^ np.uint32(context_seed(self.key, ctx)))
+        values = self.keyed_values(ctx, cand, vocab)
         self.steps += 1
         return int(cand[self.choose(np.asarray(cand_scores, np.float64) / self.temperature, values)])
 

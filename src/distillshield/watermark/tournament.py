@@ -30,6 +30,7 @@ the per-account keys of watermark/keys.py that every other scheme and the attrib
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 
@@ -70,11 +71,34 @@ def ones(values: np.ndarray, layers: int) -> np.ndarray:
     return ones_per_pair(values, layers).sum(axis=-1)
 
 
+def tournament_many(p: np.ndarray, values: np.ndarray, layers: np.ndarray | int) -> np.ndarray:
+    """The distributions of the tournaments' winners for a batch of rows: each row's candidates'
+    probabilities p (B, n; a row with fewer candidates ends in zeros) through the rounds whose bits are those
+    of the candidates' keyed values (round l: bit l), `layers` rounds (one count, or one per row).
+
+    Every sum is a running sum (np.cumsum adds in order, as `tournament`'s loop does), so a row comes out the
+    same whatever the batch holds and however far it is padded, and as `tournament` gives it: the vLLM
+    processor choosing for a batch and the embedded model's hook choosing for one row draw the same token
+    from the same logits."""
+    q = np.array(p, dtype=np.float64)
+    rounds = np.broadcast_to(np.asarray(layers), (q.shape[0],))
+    most = int(rounds.max(initial=0))
+    shifts = np.arange(most, dtype=np.uint32)
+    bits = ((np.asarray(values, dtype=np.uint32)[..., None] >> shifts) & np.uint32(1)).astype(np.float64)
+    ones = 1.0 + bits  # (B, n, rounds): every round's bits at once (numpy's per-call cost is most of it here)
+    same = bool((rounds == most).all())
+    for layer in range(most):
+        s = np.cumsum(q * bits[..., layer], axis=1)[:, -1:]
+        nxt = np.maximum(q * (ones[..., layer] - s), 0.0)  # >= 0 exactly despite rounding
+        q = nxt if same else np.where((layer < rounds)[:, None], nxt, q)  # fewer rounds: the row keeps its q
+    return q / np.cumsum(q, axis=1)[:, -1:]
+
+
 def tournament(p: Sequence[float], values: Sequence[int], layers: int) -> list[float]:
-    """The distribution of the tournament's winner: the candidates' probabilities p through the rounds whose
-    bits are those of the candidates' keyed values (round l: bit l). Plain Python floats: the sampler keeps
-    a handful of candidates, where a loop over lists costs a fifth of numpy's per-call overhead on arrays of
-    that size (the hook runs once per generated token)."""
+    """The distribution of the tournament's winner for one row: plain Python floats, because the embedded
+    model's hook chooses for one row with a handful of candidates, where a loop over lists costs a fraction
+    of numpy's per-call overhead (the hook runs once per generated token). The same arithmetic as
+    `tournament_many`, in the same order (sums added left to right), so the two agree bit for bit."""
     q = [float(x) for x in p]
     v = [int(x) for x in values]
     for layer in range(layers):
@@ -178,10 +202,32 @@ class TournamentProcessor(GumbelProcessor):
         if len(values) < 2:
             return 0
         p = np.exp(logits - logits.max())
-        q = tournament((p / p.sum()).tolist(), values.tolist(), self.layers)
+        q = tournament((p / np.cumsum(p)[-1]).tolist(), values.tolist(), self.layers)  # a running sum, as in a batch
         u, acc = self.rng.random(), 0.0
         for i, qi in enumerate(q):  # inverse CDF (numpy's choice(p=q) validates q at ten times the cost)
             acc += qi
             if u < acc:
                 return i
         return len(q) - 1
+
+    @classmethod
+    def choose_many(
+        cls, samplers: Sequence[GumbelProcessor], logits: np.ndarray, values: np.ndarray, sizes: np.ndarray
+    ) -> np.ndarray:
+        """Each row's draw from its tournament's winner distribution, with its own sampler's randomness (a row
+        with one candidate takes it and draws nothing): `choose` for a batch, numpy over the rows."""
+        chosen = np.zeros(len(samplers), dtype=np.int64)
+        multi = np.flatnonzero(sizes >= 2)
+        if multi.size == 0:
+            return chosen
+        own = cast("Sequence[TournamentProcessor]", samplers)
+        rows = logits[multi]
+        p = np.exp(rows - rows.max(axis=1, keepdims=True))  # a row's padding (-inf) has p = 0
+        rounds = np.asarray([own[i].layers for i in multi])
+        q = tournament_many(p / np.cumsum(p, axis=1)[:, -1:], values[multi], rounds)
+        u = np.asarray([own[i].rng.random() for i in multi])
+        # inverse CDF: the first candidate whose running total passes u (rounding can leave the total a hair
+        # under 1: then the last candidate; padding repeats the total and is never taken)
+        below = (np.cumsum(q, axis=1) <= u[:, None]).sum(axis=1)
+        chosen[multi] = np.minimum(below, sizes[multi] - 1)
+        return chosen

@@ -17,8 +17,9 @@ Every scheme of the embedded model is served, with the same keys and the same ru
   the tokens the embedded sampler would keep (the request's own top_k, top_p, min_p and temperature, in
   llama.cpp's order: watermark/gumbel.py `truncated`), pre-selected on the GPU with one batched top-k and
   brought to the host (at most top_k values per row, and only the tokens within 15 logits of the
-  likeliest; never the vocabulary); the keyed choice among them is
-  the embedded hook's own code (`GumbelProcessor.answer_context` and `choose_token`), and every other
+  likeliest; never the vocabulary); the keyed choice among them is the embedded hook's (its
+  `GumbelProcessor.answer_context` and `candidates`, then `choose_rows`: the same choice made for every
+  marked row of the batch in one numpy pass, equal bit for bit to the hook's one-row loop), and every other
   logit of the row is suppressed so that vLLM's sampler then takes the chosen token. The answer's first
   h tokens, greedy requests and repeated contexts are left to vLLM's sampler, as in the embedded hook.
   A request's `seed` seeds the tournament's own draw (a seeded request stays reproducible).
@@ -186,8 +187,9 @@ class _Watermark:
 
         On the device: one batched top-k of the rows, as wide as the widest row's candidates can be (the
         tokens within PREFILTER of the row's maximum, at most its top_k). On the host: the embedded hook's
-        own candidate rule and keyed choice over those values, so a row chooses what the embedded model
-        would with the same logits."""
+        own candidate rule over those values, row by row, then its keyed choice for every row at once
+        (`choose_rows`, numpy over the batch), so a row chooses what the embedded model would with the same
+        logits."""
         torch = self.torch
         vocab = int(logits.shape[-1])
         idx = torch.as_tensor(np.asarray(rows, dtype=np.int64), device=logits.device)
@@ -196,15 +198,15 @@ class _Watermark:
         near = torch.count_nonzero(sub >= top - PREFILTER, dim=-1).tolist()
         width = max(min(n, s.top_k) if s.top_k > 0 else n for n, s in zip(near, samplers, strict=True))
         values, ids = torch.topk(sub, width, dim=-1)
-        winners, kept = [], []
-        for s, ctx, v, i in zip(samplers, contexts, values.tolist(), ids.tolist(), strict=True):
-            v32 = np.asarray(v, np.float32)  # the logits' own float32 values, as the embedded hook sees them
-            local = s.candidates(v32)
-            winner = s.choose_token(ctx, np.asarray(i, np.int64)[local], v32[local], vocab)
-            winners.append(winner)
-            kept.append(float(v32[i.index(winner)]))
-        win = torch.as_tensor(np.asarray(winners, dtype=np.int64), device=logits.device)
-        keep = torch.as_tensor(np.asarray(kept, dtype=np.float32), device=logits.device).to(logits.dtype)
+        top_values = np.asarray(values.tolist(), np.float32)  # the logits' own values, as the embedded hook sees them
+        top_ids = np.asarray(ids.tolist(), np.int64)
+        local = [s.candidates(v) for s, v in zip(samplers, top_values, strict=True)]
+        cands = [i[c] for i, c in zip(top_ids, local, strict=True)]
+        scores = [v[c] for v, c in zip(top_values, local, strict=True)]
+        chosen = type(samplers[0]).choose_rows(samplers, contexts, cands, scores, vocab)  # one scheme per server
+        win = torch.as_tensor(np.asarray([c[k] for c, k in zip(cands, chosen, strict=True)]), device=logits.device)
+        kept = np.asarray([v[k] for v, k in zip(scores, chosen, strict=True)], dtype=np.float32)
+        keep = torch.as_tensor(kept, device=logits.device).to(logits.dtype)
         logits[idx] = SUPPRESS
         logits[idx, win] = keep
         return logits
