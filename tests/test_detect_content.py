@@ -32,12 +32,12 @@ def chat_prompts() -> tuple[str, ...]:
 
 
 @functools.lru_cache(maxsize=1)
-def sweep_bank() -> tuple[str, ...]:
+def sweep_bank(seed: int = 3) -> tuple[str, ...]:
     """A generated question bank swept across capabilities: what a distillation campaign sends."""
     out: list[str] = []
     for cap in corpora.CAPABILITIES:
         # gsm_symbolic is left out: the students of the thin-campaign test do their homework from it.
-        bank = corpora.question_bank(cap, seed=3, per_dataset=6)
+        bank = corpora.question_bank(cap, seed=seed, per_dataset=6)
         out.extend(q.question for q in bank if not q.source.endswith("gsm_symbolic"))
     return tuple(out)
 
@@ -307,15 +307,15 @@ def test_a_campaign_of_thin_accounts_is_found_as_one_and_its_members_flagged() -
             assert all(r["score"] < 0.5 for r in acc["reasons"] if r["signal"] == "content"), acc
 
 
-def test_heavier_accounts_that_ask_as_a_campaign_does_join_it() -> None:
-    """A campaign's accounts need not all be thin: the ones that send more requests are judged on their own
-    evidence, which a campaign's wrapped bank questions need not carry, so a heavier account that asks as the
-    campaign's members do is one of them. Heavier honest users and students, who ask their own things, are not."""
+def heavier_traffic() -> tuple[list[TrafficRecord], dict[str, str]]:
+    """`thin_campaign_traffic` and heavier accounts (90 requests each): four of the campaign, asking other
+    questions of the same sweep, bare (no wrapper or question the thin accounts send, so no shared template
+    links them: only what they ask does), eight honest chat users and four students."""
     records, role = thin_campaign_traffic()
     rng = random.Random(5)
-    chat, bank = list(chat_prompts()), list(sweep_bank())
+    chat, bank = list(chat_prompts()), list(sweep_bank(seed=4))
     maths = [q.question for q in corpora.dataset_items("gsm_symbolic", seed=11, size=120)]
-    plans = {f"heavycamp-{i}": [rng.choice(WRAPPERS).format(q=rng.choice(bank)) for _ in range(90)] for i in range(4)}
+    plans = {f"heavycamp-{i}": [rng.choice(bank) for _ in range(90)] for i in range(4)}
     plans |= {f"heavyuser-{i}": [rng.choice(chat) for _ in range(90)] for i in range(8)}
     plans |= {f"heavystudent-{i}": [student_prompt(rng, rng.choice(maths)) for _ in range(90)] for i in range(4)}
     for account, prompts in plans.items():
@@ -323,16 +323,59 @@ def test_heavier_accounts_that_ask_as_a_campaign_does_join_it() -> None:
         records.extend(request(rng, account, p, start, 4 * 3600) for p in prompts)
         role[account] = account.split("-")[0]
     records.sort(key=lambda r: r.ts)
+    return records, role
+
+
+def test_heavier_accounts_that_ask_as_a_campaign_does_join_it() -> None:
+    """A campaign's accounts need not all be thin: the ones that send more requests are judged on their own
+    evidence, which a campaign's wrapped bank questions need not carry, so a heavier account that asks as the
+    campaign's members do is one of them. Heavier honest users and students, who ask their own things, are not."""
+    records, role = heavier_traffic()
     report = analyze_records(records).report
     campaign = max(report["clusters"], key=lambda c: len(c["accounts"]))
     members = set(campaign["accounts"])
-    assert {a for a in role if role[a] == "heavycamp"} <= members, sorted(
-        members - {a for a in role if role[a] == "camp"}
-    )
+    heavy = {a for a in role if role[a] == "heavycamp"}
+    assert heavy <= members, sorted(members - {a for a in role if role[a] == "camp"})
     assert all(role[a] in ("camp", "heavycamp") for a in members)
     assert "4 heavier accounts (90-90 requests) ask as its" in campaign["reasons"][0]["detail"]
     v = verdicts(report)
-    assert all(v[a] != "benign" for a in role if role[a] == "heavycamp")
+    assert all(v[a] != "benign" for a in heavy)
+
+
+def test_no_heavier_account_joins_a_campaign_whose_evidence_is_its_waves(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A campaign called because its accounts were created in waves holds the members made in them, and only
+    those: a heavier account that asks alike but was not made with them is not added. The same traffic, with
+    its campaign called by the waves instead of by its reasoning sweep, keeps the heavier accounts out."""
+    from distillshield.detect import campaign as campaign_mod
+
+    real_call, real_evidence = campaign_mod.campaign_call, campaign_mod.group_evidence
+
+    def by_waves(ev: campaign_mod.GroupEvidence) -> campaign_mod.CampaignCall | None:
+        called = real_call(ev)
+        return None if called is None else campaign_mod.CampaignCall(called.score, called.why, by_waves=True)
+
+    def every_member_born_in_the_waves(members: list[str], *args: Any, **kw: Any) -> campaign_mod.GroupEvidence:
+        ev = real_evidence(members, *args, **kw)
+        return campaign_mod.GroupEvidence(ev.content, ev.asked, ev.reasoning, ev.areas, ev.rest_asked,
+                                          ev.rest_reasoning, ev.cohort, tuple(members))  # fmt: skip
+
+    def heavy_in_the_campaign() -> tuple[set[str], str]:
+        report = analyze_records(records).report
+        campaign = max(report["clusters"], key=lambda c: len(c["accounts"]))
+        assert sum(role[a] == "camp" for a in campaign["accounts"]) >= 0.8 * sum(r == "camp" for r in role.values())
+        return {a for a in campaign["accounts"] if role[a] == "heavycamp"}, campaign["reasons"][0]["detail"]
+
+    records, role = heavier_traffic()
+    monkeypatch.setattr(campaign_mod, "campaign_call", by_waves)
+    monkeypatch.setattr(campaign_mod, "group_evidence", every_member_born_in_the_waves)
+    heavy, why = heavy_in_the_campaign()
+    assert "heavier accounts" not in why
+    # the same as with no joining at all (a heavier account may still share a template with the campaign's
+    # thin accounts, which puts it in their template cluster: that link is not the campaign's)
+    monkeypatch.setattr(campaign_mod.Joining, "heavier_like", lambda self, members: [])
+    assert heavy_in_the_campaign()[0] == heavy
+    monkeypatch.undo()
+    assert heavy_in_the_campaign()[0] > heavy  # the control: called by its reasoning sweep, they join
 
 
 def test_only_the_campaigns_own_members_inherit_its_risk() -> None:
