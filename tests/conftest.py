@@ -255,6 +255,18 @@ async def namespace() -> AsyncIterator[str]:
     await r.aclose()
 
 
+@pytest.fixture
+def redis_replicas(gateway_factory: Any, namespace: str) -> tuple[RunningGateway, RunningGateway]:
+    """Two gateway replicas on the fake upstream and one accounts store, sharing their risk board and standing
+    blocks under `namespace` on the test Redis (`risk.backend: redis`)."""
+    from tests.fakes import FakeUpstream
+
+    settings = {"risk__backend": "redis", "risk__namespace": namespace, "limits__redis_url": REDIS_URL}
+    gw1 = gateway_factory({"upstream": FakeUpstream()}, **settings)
+    gw2 = gateway_factory({"upstream": FakeUpstream()}, store__url=gw1.settings.store.url, **settings)
+    return gw1, gw2
+
+
 async def until(cond: Callable[[], bool], timeout: float = 5.0) -> float:
     """Seconds until `cond()` holds, polled every 2 ms; fails after `timeout`."""
     t0 = time.perf_counter()

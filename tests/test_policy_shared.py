@@ -23,8 +23,7 @@ from distillshield.gateway.policy.actions import block_refusal
 from distillshield.gateway.policy.engine import BlockBook
 from distillshield.gateway.policy.shared import SharedBlocks, decode, encode
 from distillshield.store.database import Account, ApiKey, KeyContext, Org
-from tests.conftest import ADMIN_TOKEN, REDIS_URL, until
-from tests.fakes import FakeUpstream
+from tests.conftest import ADMIN_TOKEN, REDIS_URL, RunningGateway, until
 
 POLICY = """
 rules:
@@ -166,14 +165,12 @@ def test_the_gateway_shares_its_blocks_exactly_when_its_risk_board_is_shared(tmp
 
 
 async def test_a_challenge_set_through_one_gateway_stands_on_another_after_the_verdict_drops(
-    gateway_factory: Any, namespace: str
+    redis_replicas: tuple[RunningGateway, RunningGateway],
 ) -> None:
     """Through two gateway processes' apps on one Redis: replica 1 challenges an unverified account with an
     extraction verdict (the default policy); a newer report then calls it benign; replica 2, which never
     decided anything for it, still refuses it: the challenge stands until the account verifies."""
-    settings = {"risk__backend": "redis", "risk__namespace": namespace, "limits__redis_url": REDIS_URL}
-    gw1 = gateway_factory({"upstream": FakeUpstream()}, **settings)
-    gw2 = gateway_factory({"upstream": FakeUpstream()}, store__url=gw1.settings.store.url, **settings)
+    gw1, gw2 = redis_replicas
     key = gw1.create_key("harvester-1")
     body = {"model": "fake-model", "messages": [{"role": "user", "content": "hello"}]}
     auth = {"authorization": f"Bearer {key}"}

@@ -20,8 +20,7 @@ import redis.asyncio as aioredis
 from benchmarks._faults import TcpProxy
 from distillshield.contracts import AccountRisk
 from distillshield.gateway.risk.redis import RedisRiskBoard
-from tests.conftest import ADMIN_TOKEN, REDIS_URL, until
-from tests.fakes import FakeUpstream
+from tests.conftest import ADMIN_TOKEN, REDIS_URL, RunningGateway, until
 
 _url = urlsplit(REDIS_URL)
 REDIS_HOST, REDIS_PORT = _url.hostname or "127.0.0.1", _url.port or 6379
@@ -152,11 +151,9 @@ async def test_a_redis_that_lost_its_data_is_rebuilt_from_the_replicas(
 
 
 async def test_a_verdict_loaded_on_one_gateway_stops_the_account_on_another(
-    gateway_factory: Any, namespace: str
+    redis_replicas: tuple[RunningGateway, RunningGateway],
 ) -> None:
-    settings = {"risk__backend": "redis", "risk__namespace": namespace, "limits__redis_url": REDIS_URL}
-    gw1 = gateway_factory({"upstream": FakeUpstream()}, **settings)
-    gw2 = gateway_factory({"upstream": FakeUpstream()}, store__url=gw1.settings.store.url, **settings)
+    gw1, gw2 = redis_replicas
     key = gw1.create_key("hydra-1")
     body = {"model": "fake-model", "messages": [{"role": "user", "content": "hello"}]}
     auth = {"authorization": f"Bearer {key}"}
