@@ -188,12 +188,9 @@ def host_choice(repeats: int, batch: int = 32) -> dict[str, Any]:
                 s.choose_token(ctx, i[local], v[local], VOCAB)
             one.append((time.perf_counter() - t) * 1e6 / batch)
             t = time.perf_counter()
-            local = [s.candidates(v) for s, v in zip(samplers, values, strict=True)]
-            cands = [i[c] for i, c in zip(ids, local, strict=True)]
-            scores = [v[c] for v, c in zip(values, local, strict=True)]
-            type(samplers[0]).choose_rows(samplers, contexts, cands, scores, VOCAB)
+            type(samplers[0]).choose_rows(samplers, contexts, ids, values, VOCAB)
             many.append((time.perf_counter() - t) * 1e6 / batch)
-        width = float(np.mean([len(c) for c in cands]))
+        width = float(np.mean([s.candidates(v).size for s, v in zip(samplers, values, strict=True)]))
         out[f"host_choice_us_per_row_{name}"] = {"one_by_one": round(statistics.median(one), 1),
                                                  "batch": round(statistics.median(many), 1),
                                                  "candidates_per_row": round(width, 1)}  # fmt: skip
@@ -216,14 +213,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--temperature", type=float, default=0.7)
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args(argv)
-    if args.host_only:
-        results = host_choice(args.repeats)
-        if args.json_out:
-            with open(args.json_out, "w") as fh:
-                json.dump(results, fh, indent=2)
-        return 0
-    if args.torch_only:
-        ok, results = torch_only(args.steps, args.batches, args.repeats)
+    if args.host_only or args.torch_only:
+        if args.host_only:
+            ok, results = True, host_choice(args.repeats)
+        else:
+            ok, results = torch_only(args.steps, args.batches, args.repeats)
         if args.json_out:
             with open(args.json_out, "w") as fh:
                 json.dump(results, fh, indent=2)

@@ -185,22 +185,27 @@ class GumbelProcessor:
         cls,
         samplers: Sequence[GumbelProcessor],
         contexts: Sequence[tuple[int, ...]],
-        cands: Sequence[np.ndarray],
-        cand_scores: Sequence[np.ndarray],
+        top_ids: np.ndarray,
+        top_values: np.ndarray,
         vocab: int,
-    ) -> np.ndarray:
-        """For a batch of rows, each with its own sampler, context, candidate token ids (in `candidates`' order)
-        and their raw logits: the index of each row's keyed choice among its candidates, chosen for all rows
-        at once (`choose_many`), as `choose_token` chooses for one. The vLLM processor (watermark/vllm.py)
-        calls this with its batch; the embedded model's hook calls `choose_token`."""
-        sizes = np.asarray([len(c) for c in cands], dtype=np.int64)
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """For a batch of rows, each with its own sampler and context and the top of its logits (token ids and
+        their float32 logits, (B, W), likeliest first): each row's keyed token and that token's logit. A row
+        chooses as the embedded hook would from the same logits (its `candidates`, then `choose_token`'s
+        choice), but the choice is made for every row at once (`choose_many`, numpy over the padded batch).
+        The vLLM processor (watermark/vllm.py) calls this with its batch."""
+        local = [s.candidates(v) for s, v in zip(samplers, top_values, strict=True)]
+        sizes = np.asarray([len(c) for c in local], dtype=np.int64)
         logits = np.full((len(samplers), int(sizes.max())), -np.inf)
         values = np.zeros(logits.shape, dtype=np.uint32)
-        for r, (s, ctx, cand, sc) in enumerate(zip(samplers, contexts, cands, cand_scores, strict=True)):
-            logits[r, : sizes[r]] = np.asarray(sc, np.float64) / s.temperature
-            values[r, : sizes[r]] = s.keyed_values(ctx, cand, vocab)
+        for r, (s, ctx, c) in enumerate(zip(samplers, contexts, local, strict=True)):
+            logits[r, : sizes[r]] = top_values[r][c].astype(np.float64) / s.temperature
+            values[r, : sizes[r]] = s.keyed_values(ctx, top_ids[r][c], vocab)
             s.steps += 1
-        return cls.choose_many(samplers, logits, values, sizes)
+        chosen = cls.choose_many(samplers, logits, values, sizes)
+        rows = np.arange(len(samplers))
+        at = np.asarray([c[k] for c, k in zip(local, chosen, strict=True)], dtype=np.int64)  # back to the top's columns
+        return top_ids[rows, at], top_values[rows, at]
 
     def choose_token(self, ctx: tuple[int, ...], cand: np.ndarray, cand_scores: np.ndarray, vocab: int) -> int:
         """The keyed choice among candidate token ids `cand` (their raw logits `cand_scores`, in

@@ -200,12 +200,8 @@ class _Watermark:
         values, ids = torch.topk(sub, width, dim=-1)
         top_values = np.asarray(values.tolist(), np.float32)  # the logits' own values, as the embedded hook sees them
         top_ids = np.asarray(ids.tolist(), np.int64)
-        local = [s.candidates(v) for s, v in zip(samplers, top_values, strict=True)]
-        cands = [i[c] for i, c in zip(top_ids, local, strict=True)]
-        scores = [v[c] for v, c in zip(top_values, local, strict=True)]
-        chosen = type(samplers[0]).choose_rows(samplers, contexts, cands, scores, vocab)  # one scheme per server
-        win = torch.as_tensor(np.asarray([c[k] for c, k in zip(cands, chosen, strict=True)]), device=logits.device)
-        kept = np.asarray([v[k] for v, k in zip(scores, chosen, strict=True)], dtype=np.float32)
+        winners, kept = type(samplers[0]).choose_rows(samplers, contexts, top_ids, top_values, vocab)  # one scheme
+        win = torch.as_tensor(winners, device=logits.device)
         keep = torch.as_tensor(kept, device=logits.device).to(logits.dtype)
         logits[idx] = SUPPRESS
         logits[idx, win] = keep
