@@ -57,8 +57,7 @@ def groups(path: Path, cot_excess: float | None) -> list[dict[str, Any]]:
         ev = C.group_evidence(members, accounts, pop)
         call = C.campaign_call(ev)
         campaign = call is not None
-        # the heavier accounts that join it (campaign.Joining): a campaign judged by its content or reasoning sweep
-        joined = joining.heavier_like(members) if call is not None and not call.by_waves else []
+        joined = joining.joiners(members, call) if call is not None else []  # the heavier accounts that join it
         base = ev.rest_share if ev.rest_asked > 0 else 1.0
         share = ev.reasoning_share
         row: dict[str, Any] = {

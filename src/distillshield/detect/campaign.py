@@ -156,7 +156,7 @@ class ContentCampaigns:
         score, why, by_waves = called
         if by_waves:  # the evidence is the waves: an account that asks alike but was created on its own is not in it
             members = sorted(ev.born)
-        joined = joining.heavier_like(members) if joining is not None and not by_waves else []
+        joined = joining.joiners(members, called) if joining is not None else []
         if joined:
             n_thin = len(members)
             lo, hi = min(accounts[m].n for m in joined), max(accounts[m].n for m in joined)
@@ -228,6 +228,12 @@ class Joining:
         mask = np.zeros(len(ids), dtype=bool)
         mask[len(thin) :] = True
         return cls(ids, {a: i for i, a in enumerate(ids)}, vecs, mask)
+
+    def joiners(self, members: list[str], call: CampaignCall) -> list[str]:
+        """The heavier accounts that join the campaign `call` makes of `members`: those that ask as its members do
+        (`heavier_like`), and none when its evidence is the waves its accounts were created in (a campaign of
+        those is the members made in them)."""
+        return [] if call.by_waves else self.heavier_like(members)
 
     def heavier_like(self, members: list[str]) -> list[str]:
         """The heavier accounts that ask as the members do (JOIN_QUANTILE, KEEP_QUANTILE), sorted; each joins one
