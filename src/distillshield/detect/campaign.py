@@ -291,6 +291,7 @@ def group_evidence(
     """The group's pooled prompts (at most POOLED_MAX, the same number from each member) judged like one
     account's, against the packaged reference of real users' prompts; with `cohorts`, also the waves in which the
     members' accounts were created. `service`: the accounts' counts, when the caller judges several groups."""
+    from distillshield.detect.content import breadth
     from distillshield.detect.signals.content import judge, spread
 
     content = pop.content
@@ -309,7 +310,7 @@ def group_evidence(
     typ = content.reference_typicality(x)
     assoc = np.zeros(len(x), dtype=bool)
     areas = content.area_of(x)
-    verdict, _ = judge("content", typ, assoc, areas, null, 0.0, x, excess_min=GROUP_EXCESS, rank_gap=GROUP_GAP)
+    verdict, _ = judge("content", typ, assoc, areas, null, 0.0, breadth(x), excess_min=GROUP_EXCESS, rank_gap=GROUP_GAP)
     service = service if service is not None else ServiceCounts.of(accounts)
     rest = service.outside(members)
     rest_asked, rest_reasoning = int(service.asked[rest].sum()), int(service.reasoning[rest].sum())

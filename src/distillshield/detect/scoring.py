@@ -97,6 +97,10 @@ class Combiner:
             self._left[i, :m], self._right[i, :m] = t["left"], t["right"]
             self._feat[i, :m], self._thr[i, :m], self._val[i, :m] = t["feature"], t["threshold"], t["value"]
         self._rows = np.arange(k)
+        # The same arrays flattened: a node's row is tree * n + node, one take per level instead of 2-D indexing.
+        self._offsets = self._rows * n
+        self._left_flat, self._right_flat = self._left.ravel(), self._right.ravel()
+        self._feat_flat, self._thr_flat, self._val_flat = self._feat.ravel(), self._thr.ravel(), self._val.ravel()
         self._signals = sorted({signal_of(f) for f in self.features})
         self._signal_idx = np.asarray([self._signals.index(signal_of(f)) for f in self.features], dtype=np.int64)
 
@@ -104,20 +108,23 @@ class Combiner:
         contrib = np.zeros(len(self.features))
         if not self.trees:
             return self.base, contrib
-        node = np.zeros(len(self.trees), dtype=np.int64)
-        rows = self._rows
+        at = self._offsets.copy()  # every tree's current node, as a flat index
+        feats, steps = [], []
         while True:
-            left = self._left[rows, node]
+            left = self._left_flat[at]
             inner = left >= 0
             if not inner.any():
                 break
-            feat = self._feat[rows, node]
-            go_left = x[feat] <= self._thr[rows, node]
-            nxt = np.where(inner, np.where(go_left, left, self._right[rows, node]), node)
+            feat = self._feat_flat[at]
+            go_left = x[feat] <= self._thr_flat[at]
+            nxt = np.where(inner, self._offsets + np.where(go_left, left, self._right_flat[at]), at)
             if attribute:
-                np.add.at(contrib, feat[inner], (self._val[rows, nxt] - self._val[rows, node])[inner])
-            node = nxt
-        return self.base + float(self._val[rows, node].sum()), contrib
+                feats.append(feat[inner])
+                steps.append((self._val_flat[nxt] - self._val_flat[at])[inner])
+            at = nxt
+        if feats:  # one accumulation in the walk's order (level by level, tree by tree): the same sums as per level
+            np.add.at(contrib, np.concatenate(feats), np.concatenate(steps))
+        return self.base + float(self._val_flat[at].sum()), contrib
 
     def logit(self, x: np.ndarray) -> float:
         return self._paths(x, False)[0]
