@@ -13,6 +13,7 @@ population's median share of far prompts, the population's own breadth quantile)
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -50,7 +51,7 @@ RANK_GAP = 0.15  # ...and at least this far below it (an effect, not only a sign
 REJUDGE_ROWS = 8192  # prompts rejudged per product in the final rescoring (bounds its memory)
 # When an account's new prompts are judged, other accounts' new prompts are judged in the same product, up to
 # this many rows in all: the product streams the whole population sample through memory, so a few rows cost
-# nearly what a few hundred do (on 2 cores, 3 rows ~0.5 ms, 256 rows ~2.6 ms, single-threaded BLAS).
+# a good part of what a few hundred do (benchmarks/detect_scoring_calls.py times products of 1 to 256 rows).
 PREFETCH_ROWS = 256
 PREFETCH_SCAN = 1024  # accounts with new prompts looked at for one product (bounds the Python pass)
 EXCESS_MIN = 0.15  # far share above the population's median share, at least this much (and 4 robust sds)
@@ -256,8 +257,8 @@ class PopulationContent:
         (what the minority genres read) until it is scored."""
         jobs = [(st, todo)]
         rows = int(todo.sum())
-        for n, (key, other) in enumerate(list(self._pending.items())):
-            if rows >= PREFETCH_ROWS or n >= PREFETCH_SCAN:
+        for key, other in list(itertools.islice(self._pending.items(), PREFETCH_SCAN)):
+            if rows >= PREFETCH_ROWS:
                 break
             if other is st or other.epoch != pop.epoch or other.window is None:
                 continue
