@@ -11,8 +11,14 @@ a campaign, and the heavier accounts that join it because they ask as its member
 X more of their prompts asking for reasoning than the rest of the service's, significantly (binomial tail
 < 1e-6), over a sweep of areas (docs/detection.md round 9: tried, not shipped).
 
+`--heavy` groups the heavier accounts instead (more than THIN_MAX requests; the grouping leaves them out and
+judges each on its own evidence), the same way, and prints for each group its members' simulator personas, how
+many are flagged on their own evidence (the combiner's risk before any campaign: `own_risk`) and in the final
+report, and the group's judgement figures (docs/detection.md round 13: measured, not built).
+
     .venv/bin/python benchmarks/detect_campaigns.py --scenario fresh2_thin --seed 30002 --cot-excess 0.2
     .venv/bin/python benchmarks/detect_campaigns.py --traffic traffic.jsonl --json-out groups.json
+    .venv/bin/python benchmarks/detect_campaigns.py --scenario heldout --seed 10002 --heavy
 """
 
 from __future__ import annotations
@@ -93,6 +99,47 @@ def groups(path: Path, cot_excess: float | None) -> list[dict[str, Any]]:
     return out
 
 
+def heavy_groups(path: Path) -> list[dict[str, Any]]:
+    """The heavier accounts' density groups, with who they are and how many are flagged on their own evidence."""
+    from distillshield.detect import campaign as C
+    from distillshield.detect.analyze import analyze_file
+    from distillshield.detect.engine import Engine
+    from distillshield.detect.scoring import RISK_SUSPICIOUS
+
+    personas: dict[str, str] = {}
+    with path.open("rb") as f:
+        for line in f:
+            rec = json.loads(line)
+            persona = (rec.get("label_meta") or {}).get("persona", "?")
+            personas.setdefault(rec["account_id"], f"{rec.get('label') or '?'}:{persona}")
+    engines: list[Engine] = []
+    report = analyze_file(path, on_engine=engines.append).report
+    flagged = {a["account_id"] for a in report["accounts"] if a["verdict"] != "benign"}
+    accounts, pop = engines[0].accounts, engines[0].population
+    heavy = C.heavier_accounts(accounts)
+    if len(heavy) < C.MIN_CAMPAIGN:
+        return []
+    _vecs, found = C.density_groups(heavy)
+    out = []
+    for label in sorted(set(found.tolist()) - {-1}):
+        members = sorted(heavy[i].account_id for i in np.flatnonzero(found == label))
+        ev = C.group_evidence(members, accounts, pop)
+        out.append(
+            {
+                "accounts": len(members),
+                "labels": dict(Counter(personas.get(m, "?") for m in members).most_common()),
+                "own_flagged": sum(accounts[m].own_risk >= RISK_SUSPICIOUS for m in members),
+                "flagged": sum(m in flagged for m in members),
+                "content_score": round(float(ev.content.score), 3),
+                "reasoning_share": round(ev.reasoning_share, 3),
+                "reasoning_share_rest": round(ev.rest_share, 3),
+                "areas": round(ev.areas, 1),
+                "campaign": C.campaign_call(ev) is not None,
+            }
+        )
+    return out
+
+
 def _cohort_text(c: dict[str, Any] | None) -> str:
     if c is None:
         return "creation times: not enough known"
@@ -110,6 +157,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "distillshield-detect-eval")
     ap.add_argument("--cot-excess", type=float, default=None, help="also judge by a deployment-relative CoT test")
+    ap.add_argument("--heavy", action="store_true", help="group the heavier accounts instead (measured, not built)")
     ap.add_argument("--json-out", type=Path)
     args = ap.parse_args()
     path = args.traffic
@@ -124,6 +172,18 @@ def main() -> int:
     elif not path.is_file():
         print(f"error: {path} is not a file", file=sys.stderr)
         return 2
+    if args.heavy:
+        rows = heavy_groups(path)
+        for i, r in enumerate(rows):
+            print(
+                f"heavier group {i}: {r['accounts']} accounts, {r['own_flagged']} flagged on their own evidence, "
+                f"{r['flagged']} in the report; campaign={r['campaign']}; content {r['content_score']:.2f}; reasoning "
+                f"asks {r['reasoning_share']:.0%} (rest of the service {r['reasoning_share_rest']:.0%}); "
+                f"{r['areas']:.1f} topic areas; {r['labels']}"
+            )
+        if args.json_out:
+            args.json_out.write_text(json.dumps({"traffic": str(path), "heavy_groups": rows}, indent=1))
+        return 0
     rows = groups(path, args.cot_excess)
     for i, r in enumerate(rows):
         extra = f" by-cot-excess={r['campaign_by_cot_excess']}" if "campaign_by_cot_excess" in r else ""

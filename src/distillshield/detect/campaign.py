@@ -222,7 +222,7 @@ class Joining:
 
     @classmethod
     def of(cls, thin: list[AccountState], thin_vecs: np.ndarray, accounts: dict[str, AccountState]) -> Joining:
-        heavy = sorted((a for a in accounts.values() if _heavy(a)), key=lambda a: -a.behaviour.last_ts)[:MAX_ACCOUNTS]
+        heavy = heavier_accounts(accounts)
         ids = [a.account_id for a in thin] + [a.account_id for a in heavy]
         vecs = np.vstack([thin_vecs, *(_mean_vector(a)[None, :] for a in heavy)]) if heavy else thin_vecs
         mask = np.zeros(len(ids), dtype=bool)
@@ -374,6 +374,12 @@ def thin_accounts(accounts: dict[str, AccountState]) -> list[AccountState]:
     recently active."""
     thin = sorted((a for a in accounts.values() if _eligible(a)), key=lambda a: -a.behaviour.last_ts)
     return thin[:MAX_ACCOUNTS]
+
+
+def heavier_accounts(accounts: dict[str, AccountState]) -> list[AccountState]:
+    """The accounts above THIN_MAX with a few sampled prompts that may join a campaign (`Joining`), the MAX_ACCOUNTS
+    most recently active."""
+    return sorted((a for a in accounts.values() if _heavy(a)), key=lambda a: -a.behaviour.last_ts)[:MAX_ACCOUNTS]
 
 
 def density_groups(thin: list[AccountState]) -> tuple[np.ndarray, np.ndarray]:
