@@ -348,7 +348,7 @@ async def test_sigkill_with_the_database_up_loses_no_answered_request(tmp_path: 
     stream through its last event) is in the log exactly once, because the answer waits for its row's commit
     (durable_answers, group commit). The writer's flush interval is set to 2 s: with durable answers the rows
     someone waits for are written at once, so answers stay fast; without, rows wait in memory for the interval
-    and the kill takes them (the control case, which shows that the test sees losses)."""
+    and the kill takes them (the control case, with a minute's interval, which shows that the test sees losses)."""
     from distillshield.cli.serve import write_config
     from tests.fakes import MockOpenAIServer
 
@@ -362,8 +362,11 @@ async def test_sigkill_with_the_database_up_loses_no_answered_request(tmp_path: 
            "DISTILLSHIELD_AUDIT__DURABLE_ANSWERS": str(durable).lower()}  # fmt: skip
     if not durable:
         # The control: a batch never fills, so the writer always waits the whole interval and answered rows
-        # are always in memory (a full batch is written at once, which left the kill nothing to take).
+        # are always in memory (a full batch is written at once, which left the kill nothing to take). The
+        # interval is a minute, not 2 s: on a loaded machine the interval once ran out between the queue gauge's
+        # answer and the kill, so every row was written and the control saw no loss.
         env["DISTILLSHIELD_AUDIT__BATCH_SIZE"] = "1000000"
+        env["DISTILLSHIELD_AUDIT__FLUSH_INTERVAL_MS"] = "60000"
     base = f"http://127.0.0.1:{port}"
     proc = serve_gateway(cfg, env, base)
     answered: list[str] = []
