@@ -4,15 +4,14 @@
 analyses a traffic file once with counting wrappers around the steps that dominate a profile of that
 replay, then times single calls against the final population:
 
-- content products: `ContentPopulation.typicality_many`, each row of which is one prompt judged against
-  the population sample (one product per account scoring with new prompts, which also carries other
-  accounts' new prompts up to `PREFETCH_ROWS`; `--no-ahead` sets it to 0, each account's own rows alone);
+- content products: `ContentPopulation.judge_rows` (an account's new prompts judged against the population
+  sample, one product per account scoring with new prompts) and `typicality_many` (the final rescoring's);
 - content verdicts (`signals.content.judge`), rescores, and the window breadth;
 - one product of k rows (k = 1, 3, 16, 64, 256; single-threaded BLAS, as in the replay), and one
   combiner walk with attribution (`Combiner.explain`) on the accounts' final features.
 
     .venv/bin/python benchmarks/detect_scoring_calls.py --traffic large-7.jsonl
-    .venv/bin/python benchmarks/detect_scoring_calls.py --traffic large-7.jsonl --no-ahead --json-out calls.json
+    .venv/bin/python benchmarks/detect_scoring_calls.py --traffic large-7.jsonl --json-out calls.json
 
 The wrappers add a little time to each call; the wall time printed is not the speed benchmark's
 (`benchmarks/detect_speed.py`).
@@ -31,8 +30,6 @@ from typing import Any
 
 import numpy as np
 
-FINAL = {"on": False}  # inside the final rescoring, whose products (REJUDGE_ROWS each) are counted apart
-
 
 def _count(owner: Any, name: str, calls: Counter[str], seconds: Counter[str], rows: bool = False) -> None:
     """Replace owner.name with a wrapper that counts its calls (and rows: the length of the first argument
@@ -40,13 +37,12 @@ def _count(owner: Any, name: str, calls: Counter[str], seconds: Counter[str], ro
     fn = getattr(owner, name)
 
     def wrapped(*args: Any, **kw: Any) -> Any:
-        key = f"{name} (final)" if FINAL["on"] and rows else name
         t = time.perf_counter()
         out = fn(*args, **kw)
-        seconds[key] += time.perf_counter() - t
-        calls[key] += 1
+        seconds[name] += time.perf_counter() - t
+        calls[name] += 1
         if rows:
-            calls[key + " rows"] += len(args[1])
+            calls[name + " rows"] += len(args[1])
         return out
 
     setattr(owner, name, wrapped)
@@ -60,7 +56,6 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--traffic", type=Path, required=True, help="a traffic JSONL file")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--no-ahead", action="store_true", help="judge each account's own new prompts alone")
     ap.add_argument("--json-out", type=Path)
     args = ap.parse_args()
 
@@ -72,24 +67,13 @@ def main() -> None:
     from distillshield.detect.content import ContentPopulation
     from distillshield.detect.scoring import DetectionModel
 
-    if args.no_ahead:
-        signal.PREFETCH_ROWS = 0
     calls: Counter[str] = Counter()
     seconds: Counter[str] = Counter()
+    _count(ContentPopulation, "judge_rows", calls, seconds, rows=True)
     _count(ContentPopulation, "typicality_many", calls, seconds, rows=True)
     _count(signal, "judge", calls, seconds)
     _count(signal.ContentState, "breadth", calls, seconds)
     _count(engine.Engine, "rescore", calls, seconds)
-    rejudge = signal.PopulationContent.rejudge_all
-
-    def final_rejudge(self: Any, *a: Any, **kw: Any) -> None:
-        FINAL["on"] = True
-        try:
-            rejudge(self, *a, **kw)
-        finally:
-            FINAL["on"] = False
-
-    signal.PopulationContent.rejudge_all = final_rejudge  # type: ignore[method-assign]
     t0 = time.perf_counter()
     an = analyze_file(args.traffic, model=DetectionModel.load(), workers=args.workers)
     wall = time.perf_counter() - t0
@@ -101,14 +85,13 @@ def main() -> None:
         for k in (1, 3, 16, 64, 256):
             x = rng.standard_normal((k, pop.dim)).astype(np.float32)
             x /= np.linalg.norm(x, axis=1, keepdims=True)
-            product_us[k] = round(_per_call_us(lambda x=x, k=k: pop.typicality_many(x, ["nobody"] * k), 200), 1)
+            product_us[k] = round(_per_call_us(lambda x=x: pop.judge_rows(x, "nobody"), 200), 1)
     comb = an.engine.combiners[0]
     vecs = [comb.vector(a.features) for a in an.engine.accounts.values() if a.features]
     explain_us = round(float(np.median([_per_call_us(lambda v=v: comb.explain(v), 50) for v in vecs[:200]])), 1)
     out = {
         "traffic": str(args.traffic),
         "requests": an.report["summary"]["requests"],
-        "judge_ahead": not args.no_ahead,
         "wall_s": round(wall, 1),
         "timings_s": an.report["summary"]["timings_s"],
         "calls": counted,

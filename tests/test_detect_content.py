@@ -14,16 +14,9 @@ import numpy as np
 import pytest
 
 from distillshield.detect.analyze import analyze_records
-from distillshield.detect.content import (
-    CONTENT_DIM,
-    ContentEncoder,
-    ContentNull,
-    ContentPopulation,
-    default_content_encoder,
-    words_of,
-)
+from distillshield.detect.content import ContentEncoder, ContentPopulation, default_content_encoder, words_of
 from distillshield.detect.scoring import Combiner, DetectionModel
-from distillshield.detect.signals.content import ContentState, far_logp, spread
+from distillshield.detect.signals.content import far_logp, spread
 from distillshield.simulate import corpora
 from distillshield.traffic import TrafficRecord
 
@@ -615,52 +608,3 @@ def test_the_base_rate_of_copies_is_robust_to_a_campaign_in_the_sample() -> None
     assert hits.mean() == pytest.approx(0.175)
     # Ten accounts left out: the campaign's five and five ordinary ones; 15 copies in the other 300 prompts.
     assert _trimmed_rate(hits, owner) == pytest.approx(15 / 300)
-
-
-def test_a_row_judged_ahead_counts_only_at_the_population_it_was_judged_against() -> None:
-    """Rows judged ahead in another account's product (ContentState.ahead) stand while the population is the
-    one they were judged against; after it changed they are judged again, in a new epoch every row is, and
-    until the account's own scoring they are not among its less typical prompts (the minority genres)."""
-    rng = np.random.default_rng(5)
-    st = ContentState("a")
-    for v in rng.normal(size=(10, CONTENT_DIM)):
-        st.add((v / np.linalg.norm(v)).astype(np.float32))
-    st.typ[:10] = 0.1  # every row among the less typical
-    st.epoch, st.revision = 3, 7
-    st.ahead[7:10] = True
-    assert not st.to_judge(3, 7).any()
-    assert len(st.less_typical(ContentNull(null=np.linspace(0.2, 0.9, 50, dtype=np.float32)))) == 7
-    assert st.to_judge(3, 8).tolist() == [False] * 7 + [True] * 3
-    assert not st.ahead.any()
-    st.typ[:10] = 0.1
-    assert st.to_judge(4, 8).all() and st.epoch == 4
-
-
-def test_judging_other_accounts_prompts_ahead_changes_no_verdict(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Other accounts' new prompts ride along in one account's product; the report is the one each account's
-    own products give (PREFETCH_ROWS 0), with fewer products."""
-    import distillshield.detect.signals.content as signal
-
-    records, _ = content_only(n_benign=30, per_account=60, seed=4)
-    records += genre_deployment(10, seed=12)[0]
-    records.sort(key=lambda r: r.ts)
-    products: list[int] = []
-    many = ContentPopulation.typicality_many
-
-    def counted(self: ContentPopulation, x: np.ndarray, *args: Any, **kw: Any) -> Any:
-        products.append(len(x))
-        return many(self, x, *args, **kw)
-
-    monkeypatch.setattr(ContentPopulation, "typicality_many", counted)
-
-    def report() -> tuple[dict[str, Any], int]:
-        products.clear()
-        r = analyze_records(records).report
-        r["summary"].pop("timings_s")
-        return r, len(products)
-
-    ahead, n_ahead = report()
-    monkeypatch.setattr(signal, "PREFETCH_ROWS", 0)
-    alone, n_alone = report()
-    assert ahead == alone
-    assert n_ahead < n_alone, (n_ahead, n_alone)

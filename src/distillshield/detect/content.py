@@ -243,7 +243,6 @@ class ContentPopulation:
         self._heap: list[tuple[int, str]] = []  # (-hash, account): the largest hash on top, evicted first
         self._changes = 0
         self.version = 0  # refreshes so far
-        self.revision = 0  # changes to what prompts are judged against (refreshes and new far accounts' prompts)
         self.epoch = 0  # refreshes at which the sample had at least doubled: cached typicality is redone then
         self._epoch_rows = 0
         self.matrix = np.zeros((0, dim), dtype=np.float32)
@@ -376,7 +375,6 @@ class ContentPopulation:
         """The excluded accounts' prompts (their recent windows when given, else their sampled rows), and how
         often an ordinary prompt resembles them more than the trimmed population, or is a near-copy of one
         of them (the base rates of `judge_rows`)."""
-        self.revision += 1
         if windows is not None:
             kept = [(self._index[a], w) for a, w in sorted(windows.items()) if a in self.excluded and len(w)]
             self._out_cols = self.centred(np.concatenate([w for _, w in kept])) if kept else self.matrix[:0]

@@ -13,7 +13,6 @@ population's median share of far prompts, the population's own breadth quantile)
 
 from __future__ import annotations
 
-import itertools
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -49,11 +48,6 @@ LOGP_ASSOC = 4.5
 EXCESS_ASSOC = 0.08
 RANK_GAP = 0.15  # ...and at least this far below it (an effect, not only a significance)
 REJUDGE_ROWS = 8192  # prompts rejudged per product in the final rescoring (bounds its memory)
-# When an account's new prompts are judged, other accounts' new prompts are judged in the same product, up to
-# this many rows in all: the product streams the whole population sample through memory, so a few rows cost
-# a good part of what a few hundred do (benchmarks/detect_scoring_calls.py times products of 1 to 256 rows).
-PREFETCH_ROWS = 256
-PREFETCH_SCAN = 1024  # accounts with new prompts looked at for one product (bounds the Python pass)
 EXCESS_MIN = 0.15  # far share above the population's median share, at least this much (and 4 robust sds)
 APP_TEMPLATE_SHARE = 0.5  # an account whose traffic runs this much through one template of its own is an app
 AREAS_SWEEP = 4.0  # far prompts spread over at least this many topic areas (effective number) make a sweep
@@ -72,7 +66,7 @@ def spread(areas: np.ndarray) -> float:
 class ContentState:
     __slots__ = (
         "account", "window", "typ", "area", "assoc", "copied", "count", "epoch", "seen", "flagged", "unusual", "genre",
-        "ahead", "revision", "_breadth",
+        "_breadth",
     )  # fmt: skip
 
     def __init__(self, account: str = "") -> None:
@@ -88,11 +82,6 @@ class ContentState:
         self.flagged = False  # its last content verdict was unusual and broad (it can then vouch against others)
         self.unusual = False  # its last content verdict was unusual, broad or not
         self.genre = Genre()  # how much its less typical prompts are a minority genre's (engine._genres)
-        # Rows judged ahead, in another account's product (PopulationContent.score), at population `revision`:
-        # until this account is scored they count as not judged, and they are judged again if the population
-        # changed in between, so a row's typicality is what it would be if judged at this account's scoring.
-        self.ahead = np.zeros(WINDOW, dtype=bool)
-        self.revision = -1
         self._breadth = (-1, 0.0)  # (count, breadth of the window then): the window changes only when it grows
 
     def less_typical(self, stats: ContentNull) -> np.ndarray:
@@ -100,7 +89,7 @@ class ContentState:
         if self.window is None:
             return np.zeros((0, 0), dtype=np.float16)
         typ = self.typ[: self.m]
-        return self.window[: self.m][~np.isnan(typ) & ~self.ahead[: self.m] & (stats.rank(typ) < LOW_RANK)]
+        return self.window[: self.m][~np.isnan(typ) & (stats.rank(typ) < LOW_RANK)]
 
     def is_new(self, prompt_hash: int) -> bool:
         """True (and remembered) the first time a prompt is seen among the account's recent ones."""
@@ -122,20 +111,7 @@ class ContentState:
         slot = self.count % WINDOW
         self.window[slot] = vec
         self.typ[slot] = np.nan
-        self.ahead[slot] = False
         self.count += 1
-
-    def to_judge(self, epoch: int, revision: int) -> np.ndarray:
-        """The window rows whose typicality must be computed now (a mask over the first `m`): every row in a new
-        epoch of the population, rows judged ahead at an older revision of it, and rows never judged."""
-        if self.epoch != epoch:
-            self.typ[:] = np.nan
-            self.epoch = epoch
-            self.ahead[:] = False
-        elif self.revision != revision and self.ahead.any():
-            self.typ[self.ahead] = np.nan
-            self.ahead[:] = False
-        return np.isnan(self.typ[: self.m])
 
     @property
     def m(self) -> int:
@@ -174,10 +150,6 @@ class PopulationContent:
 
     name = "content"
 
-    def __init__(self) -> None:
-        # Accounts with prompts not judged yet (enough of them to be judged), by identity, oldest first.
-        self._pending: dict[int, ContentState] = {}
-
     def fit(self, reference: Any) -> PopulationContent:
         return self
 
@@ -186,8 +158,6 @@ class PopulationContent:
 
     def update(self, st: ContentState, vec: np.ndarray) -> None:
         st.add(vec)
-        if st.m >= MIN_CONTENT:
-            self._pending[id(st)] = st
 
     def rejudge_all(self, states: list[ContentState], pop: ContentPopulation) -> None:
         """Recompute every window's typicality and areas against the population as it stands, in large
@@ -229,7 +199,6 @@ class PopulationContent:
             st.copied[: st.m] = copied[i : i + st.m]
             st.area[: st.m] = area[i : i + st.m]
             st.epoch = pop.epoch
-            st.ahead[:] = False
             i += st.m
 
     def score(self, st: ContentState, ctx: Context) -> SignalScore:
@@ -238,53 +207,21 @@ class PopulationContent:
         if st.window is None or m < MIN_CONTENT or pop.stats.tau < -0.5:
             st.unusual = False
             return SignalScore(self.name, 0.0, f"content: {m} sampled prompts, not judged yet", dict(NEUTRAL))
-        todo = st.to_judge(pop.epoch, pop.revision)
-        st.ahead[:] = False  # rows judged ahead at this revision are this scoring's own from here on
+        win = st.window[:m]
+        if st.epoch != pop.epoch:
+            st.typ[:] = np.nan
+            st.epoch = pop.epoch
+        todo = np.isnan(st.typ[:m])
         if todo.any():
-            self._judge_rows(st, todo, pop)
-        self._pending.pop(id(st), None)
+            x = win[todo].astype(np.float32)
+            st.typ[:m][todo], st.assoc[:m][todo], st.copied[:m][todo] = pop.judge_rows(x, st.account)
+            st.area[:m][todo] = pop.area_of(x)
         out, st.unusual = judge(
             self.name, st.typ[:m], st.assoc[:m], st.area[:m], pop.stats, ctx.own_template_share, st.breadth(),
             st.account, genre=st.genre, copied=st.copied[:m],
         )  # fmt: skip
         st.flagged = out.score >= 0.5
         return out
-
-    def _judge_rows(self, st: ContentState, todo: np.ndarray, pop: ContentPopulation) -> None:
-        """Judge `st`'s rows `todo` against the population, and in the same product the not yet judged rows of
-        other accounts (PREFETCH_ROWS in all), which are kept as judged ahead (ContentState.ahead). Only accounts
-        in the population's current epoch are judged ahead: one in an older epoch keeps its old judgements
-        (what the minority genres read) until it is scored."""
-        jobs = [(st, todo)]
-        rows = int(todo.sum())
-        for key, other in list(itertools.islice(self._pending.items(), PREFETCH_SCAN)):
-            if rows >= PREFETCH_ROWS:
-                break
-            if other is st or other.epoch != pop.epoch or other.window is None:
-                continue
-            mask = other.to_judge(pop.epoch, pop.revision)
-            idx = np.flatnonzero(mask)[: PREFETCH_ROWS - rows]
-            if len(idx) == 0:
-                del self._pending[key]
-                continue
-            mask = np.zeros(other.m, dtype=bool)
-            mask[idx] = True
-            jobs.append((other, mask))
-            rows += len(idx)
-        x = np.concatenate([s.window[: s.m][mask] for s, mask in jobs]).astype(np.float32)
-        owners = [s.account for s, mask in jobs for _ in range(int(mask.sum()))]
-        typ, assoc, copied = pop.typicality_many(x, owners)
-        area = pop.area_of(x)
-        i = 0
-        for s, mask in jobs:
-            k = int(mask.sum())
-            m = s.m
-            s.typ[:m][mask], s.assoc[:m][mask], s.copied[:m][mask] = typ[i : i + k], assoc[i : i + k], copied[i : i + k]
-            s.area[:m][mask] = area[i : i + k]
-            i += k
-            if s is not st:
-                s.ahead[:m][mask] = True
-                s.revision = pop.revision
 
 
 def judge(
