@@ -30,27 +30,38 @@ import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from distillshield.detect.engine import Engine
 
 MIN_P = 1e-6
 
 
-def groups(path: Path, cot_excess: float | None) -> list[dict[str, Any]]:
-    from distillshield.detect import campaign as C
+def analysed(path: Path) -> tuple[dict[str, tuple[str, str]], dict[str, Any], Engine]:
+    """Each account's simulator truth from the file, (label, persona) ("?" where missing; analysis never reads
+    them), and the file's analysis: its report and the engine it ran on."""
     from distillshield.detect.analyze import analyze_file
-    from distillshield.detect.engine import Engine
-    from distillshield.detect.signals.content import AREAS_SWEEP, far_logp
 
-    labels: dict[str, str] = {}
+    truth: dict[str, tuple[str, str]] = {}
     with path.open("rb") as f:
         for line in f:
             rec = json.loads(line)
-            labels.setdefault(rec["account_id"], str(rec.get("label") or "?"))
+            persona = (rec.get("label_meta") or {}).get("persona", "?")
+            truth.setdefault(rec["account_id"], (str(rec.get("label") or "?"), str(persona)))
     engines: list[Engine] = []
-    analyze_file(path, on_engine=engines.append)
-    engine = engines[0]
+    report = analyze_file(path, on_engine=engines.append).report
+    return truth, report, engines[0]
+
+
+def groups(path: Path, cot_excess: float | None) -> list[dict[str, Any]]:
+    from distillshield.detect import campaign as C
+    from distillshield.detect.signals.content import AREAS_SWEEP, far_logp
+
+    truth, _report, engine = analysed(path)
+    labels = {a: label for a, (label, _persona) in truth.items()}
     accounts, pop = engine.accounts, engine.population
     thin = C.thin_accounts(accounts)
     if len(thin) < C.MIN_CAMPAIGN:
@@ -102,20 +113,12 @@ def groups(path: Path, cot_excess: float | None) -> list[dict[str, Any]]:
 def heavy_groups(path: Path) -> list[dict[str, Any]]:
     """The heavier accounts' density groups, with who they are and how many are flagged on their own evidence."""
     from distillshield.detect import campaign as C
-    from distillshield.detect.analyze import analyze_file
-    from distillshield.detect.engine import Engine
     from distillshield.detect.scoring import RISK_SUSPICIOUS
 
-    personas: dict[str, str] = {}
-    with path.open("rb") as f:
-        for line in f:
-            rec = json.loads(line)
-            persona = (rec.get("label_meta") or {}).get("persona", "?")
-            personas.setdefault(rec["account_id"], f"{rec.get('label') or '?'}:{persona}")
-    engines: list[Engine] = []
-    report = analyze_file(path, on_engine=engines.append).report
+    truth, report, engine = analysed(path)
+    personas = {a: f"{label}:{persona}" for a, (label, persona) in truth.items()}
     flagged = {a["account_id"] for a in report["accounts"] if a["verdict"] != "benign"}
-    accounts, pop = engines[0].accounts, engines[0].population
+    accounts, pop = engine.accounts, engine.population
     heavy = C.heavier_accounts(accounts)
     if len(heavy) < C.MIN_CAMPAIGN:
         return []

@@ -145,7 +145,7 @@ class ContentCampaigns:
         accounts: dict[str, AccountState],
         pop: Population,
         service: ServiceCounts,
-        joining: Joining | None = None,
+        joining: Joining,
     ) -> Cluster | None:
         from distillshield.detect.engine import content_risk
 
@@ -156,7 +156,7 @@ class ContentCampaigns:
         score, why, by_waves = called
         if by_waves:  # the evidence is the waves: an account that asks alike but was created on its own is not in it
             members = sorted(ev.born)
-        joined = joining.joiners(members, called) if joining is not None else []
+        joined = joining.joiners(members, called)
         if joined:
             n_thin = len(members)
             lo, hi = min(accounts[m].n for m in joined), max(accounts[m].n for m in joined)
