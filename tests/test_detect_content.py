@@ -608,3 +608,37 @@ def test_the_base_rate_of_copies_is_robust_to_a_campaign_in_the_sample() -> None
     assert hits.mean() == pytest.approx(0.175)
     # Ten accounts left out: the campaign's five and five ordinary ones; 15 copies in the other 300 prompts.
     assert _trimmed_rate(hits, owner) == pytest.approx(15 / 300)
+
+
+def test_a_genre_vouches_with_each_peer_s_whole_window() -> None:
+    """A wide genre (developers asking about many topics) holds a prompt like a given one somewhere in each
+    peer's window, rarely among its first few prompts: every peer stands with all of its less typical
+    prompts. Peers of one cluster are one actor and do not vouch for each other, and a kind of prompt that
+    fewer than K_PEERS other accounts send is no genre."""
+    from types import SimpleNamespace
+
+    from distillshield.detect.content import GENRE_SHARE, K_PEERS, WINDOW, genres
+
+    rng = np.random.default_rng(5)
+    dim = 256
+
+    def unit(x: np.ndarray) -> np.ndarray:
+        return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+    topics = unit(rng.standard_normal((8, dim)))
+    windows: dict[str, np.ndarray] = {}
+    for i in range(K_PEERS + 3):
+        w = unit(rng.standard_normal((WINDOW, dim)))
+        w[WINDOW - 16 : WINDOW - 8] = unit(topics + 0.3 * rng.standard_normal((8, dim)) / np.sqrt(dim))
+        windows[f"dev-{i:02d}"] = w
+    windows["asker"] = unit(topics + 0.3 * rng.standard_normal((8, dim)) / np.sqrt(dim))
+    pop = SimpleNamespace(stats=SimpleNamespace(tau=0.5))
+    peers = set(windows) - {"asker"}
+
+    found = genres(windows, peers, {}, pop)  # type: ignore[arg-type]
+    assert found["asker"].share >= GENRE_SHARE and found["asker"].peers == len(peers)
+
+    one_actor = {a: "cl_1" for a in windows}
+    assert genres(windows, peers, one_actor, pop)["asker"].share == 0.0  # type: ignore[arg-type]
+    few = sorted(peers)[: K_PEERS - 1]
+    assert genres(windows, set(few), {}, pop)["asker"].share == 0.0  # type: ignore[arg-type]

@@ -68,8 +68,11 @@ COPY_SIM = 0.9
 COPY_FLOOR = 0.01  # the base rate of near-copies is never taken as below this (half ASSOC_FLOOR: copies are rarer)
 AREAS = 24  # topic areas of the service's traffic (k-means over the sample and the reference)
 K_PEERS = 8  # a genre: at least this many other accounts ask like an unusual account's less typical prompt
-GENRE_ROWS = 16  # less typical prompts per unusual account that stand for it among the genre's peers
-GENRE_MAX = 256  # vouching accounts compared (those with the most less typical prompts): cost ~ (N*GENRE_ROWS)^2
+# A vouching account stands with its whole window of less typical prompts: a genre with a wide range (developers'
+# questions over many topics) holds a prompt like a given one in more of its accounts than a sample of each shows.
+GENRE_ROWS = WINDOW
+GENRE_JUDGED = 32  # an unusual account's less typical prompts whose genre share is measured
+GENRE_MAX = 256  # vouching accounts compared (those with the most less typical prompts): cost ~ N*GENRE_ROWS each
 GENRE_SHARE = 0.5  # an account whose less typical prompts are at least this much a genre's is one of it
 
 
@@ -518,10 +521,11 @@ def genres(
     read as far. Judged among the other unusual accounts of the *whole* population, such a prompt is a
     genre's when at least K_PEERS of them each hold a prompt as similar to it as the service's far
     threshold (each account counting once, by its best-matching prompt, as the sample's typicality counts
-    users). Accounts of one cluster (`groups`: linked by templates,
-    addresses or a content campaign) are one actor and do not vouch for each other, and a bank sent by a
-    few accounts (fewer than K_PEERS others) never reaches a genre. Hand-written for the same reason as
-    `_typicality`: a leave-own-group-out, each-account-once neighbour count that no library's kNN gives."""
+    users). Accounts of one cluster (`groups`: linked by templates, addresses or a content campaign) are one
+    actor and do not vouch for each other, and a bank sent by a few accounts (fewer than K_PEERS others) never
+    reaches a genre. Each vouching account stands with its whole window of less typical prompts (GENRE_ROWS).
+    Hand-written for the same reason as `_typicality`: a leave-own-group-out, each-account-once neighbour
+    count that no library's kNN gives."""
     out = {a: Genre() for a in windows}
     # An account without less typical prompts has nothing to vouch with (and an empty segment would make
     # reduceat below read its neighbour's first prompt as its own).
@@ -545,7 +549,7 @@ def genres(
         others = gid != own  # itself, and accounts of its own cluster, do not vouch
         if others.sum() < K_PEERS or not len(x):
             continue
-        x = x[: 2 * GENRE_ROWS]
+        x = x[:GENRE_JUDGED]
         best = np.maximum.reduceat(x.astype(np.float32) @ cols.T, starts, axis=1)[:, others]
         alike = (best >= tau).sum(axis=1)  # per prompt: other accounts with a prompt at least this similar
         out[a] = Genre(float((alike >= K_PEERS).mean()), int(np.median(alike)))

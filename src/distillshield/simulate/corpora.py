@@ -21,6 +21,7 @@ import json
 import os
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -400,6 +401,20 @@ def _cache_file(dataset: str, seed: int, size: int) -> Path | None:
     return root / f"reasoning-gym-{version}" / f"{dataset}-{seed}-{size}.json"
 
 
+def _generated(ds: Any) -> Callable[[int], Any]:
+    """Item i of a reasoning-gym dataset, or None where its generator gives up on that item's random draw
+    (maze raises RuntimeError after 1,000 tries for some seeds): the bank loses that one item, and stays
+    the same for its seed on every machine, rather than a whole simulation failing."""
+
+    def item(i: int) -> Any:
+        try:
+            return ds[i]
+        except RuntimeError:
+            return None
+
+    return item
+
+
 @lru_cache(maxsize=512)
 def _dataset_bank(dataset: str, capability: str, seed: int, size: int) -> tuple[Question, ...]:
     cache = _cache_file(dataset, seed, size)
@@ -419,7 +434,7 @@ def _dataset_bank(dataset: str, capability: str, seed: int, size: int) -> tuple[
     # Some generators print progress dots on stdout; keep our stdout clean (it may be the output file).
     with _bank_lock, contextlib.redirect_stdout(io.StringIO()):
         ds = reasoning_gym.create_dataset(dataset, size=size, seed=seed)
-        rows = [(str(it["question"]).strip(), str(it["answer"])) for it in (ds[i] for i in range(size))]
+        rows = [(str(it["question"]).strip(), str(it["answer"])) for it in map(_generated(ds), range(size)) if it]
     if cache is not None:
         try:
             cache.parent.mkdir(parents=True, exist_ok=True)
