@@ -66,18 +66,21 @@ def groups(path: Path, cot_excess: float | None) -> list[dict[str, Any]]:
     thin = C.thin_accounts(accounts)
     if len(thin) < C.MIN_CAMPAIGN:
         return []
-    vecs, found = C.density_groups(thin)
-    joining = C.Joining.of(thin, vecs, accounts)
+    grouped = C.density_groups(thin)
+    joining = C.Joining.of(thin, grouped.vecs, accounts)
     out = []
-    for label in sorted(set(found.tolist()) - {-1}):
-        members = sorted(thin[i].account_id for i in np.flatnonzero(found == label))
+    placed: set[str] = set()
+    for level, members in C.candidates(grouped, thin, placed):
         ev = C.group_evidence(members, accounts, pop)
         call = C.campaign_call(ev)
         campaign = call is not None
         joined = joining.joiners(members, call) if call is not None else []  # the heavier accounts that join it
+        if call is not None:  # as ContentCampaigns.find: a called group's accounts are no later candidate's
+            placed.update(sorted(ev.born) if call[2] else members, joined)
         base = ev.rest_share if ev.rest_asked > 0 else 1.0
         share = ev.reasoning_share
         row: dict[str, Any] = {
+            "level": level,
             "accounts": len(members),
             "labels": dict(Counter(labels.get(m, "?") for m in members).most_common()),
             "content_score": round(float(ev.content.score), 3),
@@ -122,7 +125,7 @@ def heavy_groups(path: Path) -> list[dict[str, Any]]:
     heavy = C.heavier_accounts(accounts)
     if len(heavy) < C.MIN_CAMPAIGN:
         return []
-    _vecs, found = C.density_groups(heavy)
+    found = C.density_groups(heavy).fine
     out = []
     for label in sorted(set(found.tolist()) - {-1}):
         members = sorted(heavy[i].account_id for i in np.flatnonzero(found == label))
@@ -191,7 +194,8 @@ def main() -> int:
     for i, r in enumerate(rows):
         extra = f" by-cot-excess={r['campaign_by_cot_excess']}" if "campaign_by_cot_excess" in r else ""
         print(
-            f"group {i}: {r['accounts']} accounts, campaign={r['campaign']}{extra}; content {r['content_score']:.2f}; "
+            f"group {i} ({r['level']}): {r['accounts']} accounts, campaign={r['campaign']}{extra}; "
+            f"content {r['content_score']:.2f}; "
             f"reasoning asks {r['reasoning_share']:.0%} (rest of the service {r['reasoning_share_rest']:.0%}); "
             f"{r['areas']:.1f} topic areas; {_cohort_text(r['cohort'])}; labels {r['labels']}"
             + (

@@ -542,10 +542,51 @@ def test_a_campaign_found_once_is_kept_while_its_members_still_make_one(monkeypa
     assert len(students) >= campaign_mod.MIN_CAMPAIGN and len(users) >= campaign_mod.MIN_CAMPAIGN
     finder.campaigns["cp_class"] = Cluster("cp_class", students, campaign=frozenset(students))
     finder.campaigns["cp_users"] = Cluster("cp_users", users, campaign=frozenset(users))
-    monkeypatch.setattr(campaign_mod, "_density_clusters", lambda dist: np.full(len(dist), -1))
+    monkeypatch.setattr(campaign_mod, "_density_clusters", lambda dist, selection: np.full(len(dist), -1))
     again = finder.find(engine.accounts, engine.population, force=True)
     assert {a for c in again.values() for a in c.campaign} == camp  # kept; the honest groups are not
     assert all("ask alike" in c.evidence for c in again.values())
+
+
+def test_a_campaign_cut_into_leaves_and_noise_is_found_whole_by_the_persistent_grouping(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """HDBSCAN's leaf selection may cut one campaign into a small leaf and noise (thin_hydra seed 20006: leaves of
+    14 and 11 of 300 accounts); its excess-of-mass selection holds it as one group. Both are candidates, the
+    persistent groups first, so the campaign is found whole. With the persistent selection finding nothing,
+    only the leaf (and the fringe that joins it) is found: the test can tell the two apart."""
+    from distillshield.detect import campaign as campaign_mod
+    from distillshield.detect.engine import Engine
+
+    records, role = thin_campaign_traffic()
+    engines: list[Engine] = []
+    analyze_records(records, on_engine=engines.append)
+    engine = engines[0]
+    thin = campaign_mod.thin_accounts(engine.accounts)
+    camp = {a.account_id for a in thin if role[a.account_id] == "camp"}
+    leaf = sorted(camp)[:16]
+    assert len(camp) >= 40
+
+    def grouping(persistent: bool) -> Any:
+        def fake(dist: np.ndarray, selection: str) -> np.ndarray:
+            assert len(dist) == len(thin)
+            if selection == "leaf":
+                return np.asarray([0 if a.account_id in leaf else -1 for a in thin])
+            return np.asarray([0 if persistent and a.account_id in camp else -1 for a in thin])
+
+        return fake
+
+    finder = engine.campaigns
+    for persistent in (True, False):
+        monkeypatch.setattr(campaign_mod, "_density_clusters", grouping(persistent))
+        finder.campaigns = {}
+        found = {a for c in finder.find(engine.accounts, engine.population, force=True).values() for a in c.campaign}
+        members = {a for a in found if a in camp}
+        assert all(role[a] == "camp" for a in found)
+        if persistent:
+            assert members == camp
+        else:
+            assert set(leaf) <= members and len(members) < len(camp) / 2, len(members)
 
 
 def copy_deployment(copy_from_bank: bool, seed: int = 21) -> tuple[list[TrafficRecord], dict[str, str]]:

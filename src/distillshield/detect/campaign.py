@@ -8,7 +8,9 @@ varied words and questions drawn from one bank. So:
 1. each account with a few sampled prompts gets the mean of its content vectors (detect/content.py);
 2. HDBSCAN (scikit-learn) over those vectors finds groups of any density and leaves honest users, who
    each ask their own things, as noise; a noise account whose nearest accounts are mostly one group's
-   members joins it (HDBSCAN leaves a campaign's sparser fringe out);
+   members joins it (HDBSCAN leaves a campaign's sparser fringe out). Two selections of its clusters are
+   read: the most persistent (excess of mass) first, then the finest (leaves) among the accounts not yet
+   placed in a campaign (`candidates`);
 3. each group of at least MIN_CAMPAIGN accounts is a candidate, and so is each campaign found at an earlier
    run (those of its members not in a new campaign that still ask like it), so a campaign is not lost when a
    later grouping cuts it differently;
@@ -32,7 +34,7 @@ half, keeps it out (docs/detection.md round 9; `benchmarks/detect_campaigns.py` 
 A class whose accounts came one by one is no wave; one that signed up together and studies everything (a
 school's intake) is at the edge of the third rule: docs/detection.md round 10 measures it.
 
-Cost: one N x N distance matrix and HDBSCAN over the thin accounts' mean vectors (at most MAX_ACCOUNTS,
+Cost: one N x N distance matrix and HDBSCAN, twice, over the thin accounts' mean vectors (at most MAX_ACCOUNTS,
 the most recently active), run when their number has grown by a quarter since the last run (and once
 more at the end).
 """
@@ -40,6 +42,7 @@ more at the end).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -58,6 +61,7 @@ MIN_PROMPTS = 2  # content-sampled prompts an account needs to take part
 MAX_ACCOUNTS = 4_000  # the most recently active thin accounts considered (the distances are N x N)
 K_DENSE = 5  # nearest accounts that vote when a noise account may join a group
 MIN_CAMPAIGN = 8
+GROUP_MAX_SHARE = 0.5  # a candidate group holds at most this share of the accounts it is found among
 POOLED_MAX = 512  # prompts of a candidate judged together
 GROWTH = 0.25
 GROUP_EXCESS = 0.25  # a group's pooled prompts: far share above everyone else's, at least this much
@@ -101,14 +105,16 @@ class ContentCampaigns:
         self.campaigns = {}
         if len(thin) < MIN_CAMPAIGN or pop.content.stats.tau < -0.5:
             return self.campaigns
-        vecs, labels = density_groups(thin)
+        groups = density_groups(thin)
+        vecs = groups.vecs
         service = ServiceCounts.of(accounts)
         joining = Joining.of(thin, vecs, accounts)
-        for label in sorted(set(labels.tolist()) - {-1}):
-            members = sorted(thin[i].account_id for i in np.flatnonzero(labels == label))
+        placed: set[str] = set()
+        for _level, members in candidates(groups, thin, placed):
             c = self._judge(members, accounts, pop, service, joining)
             if c is not None:
                 found[c.cluster_id] = c
+                placed.update(c.campaign)
         # A campaign found before is kept while its members, judged together again, still make one. The density
         # grouping is a means of finding candidates: run over a grown population it may cut a campaign's
         # accounts differently (split it, or fold it into a larger group that is not judged one), which would
@@ -116,7 +122,6 @@ class ContentCampaigns:
         # Each member stays only while it still asks like the campaign: closer to the members' mean than
         # KEEP_QUANTILE of the other thin accounts are. An account an earlier grouping swept in, whose own
         # prompts are ordinary, stays no longer than that.
-        placed = {m for c in found.values() for m in c.campaign}
         index = {a.account_id: i for i, a in enumerate(thin)}
         for old in previous.values():
             rows = [index[m] for m in old.campaign if m in index and m not in placed]
@@ -382,10 +387,47 @@ def heavier_accounts(accounts: dict[str, AccountState]) -> list[AccountState]:
     return sorted((a for a in accounts.values() if _heavy(a)), key=lambda a: -a.behaviour.last_ts)[:MAX_ACCOUNTS]
 
 
-def density_groups(thin: list[AccountState]) -> tuple[np.ndarray, np.ndarray]:
-    """(the accounts' unit mean prompt vectors, their group labels: -1 for none)."""
-    vecs = np.stack([_mean_vector(a) for a in thin])
-    return vecs, _density_clusters(np.clip(1.0 - vecs @ vecs.T, 0.0, 2.0).astype(np.float64))
+class Groups(NamedTuple):
+    """The accounts' unit mean prompt vectors and two groupings of them (labels, -1 for none), both HDBSCAN's:
+    its leaf clusters (the finest dense groups) and its excess-of-mass clusters (the most persistent ones).
+    Neither alone is reliable: leaves may cut one campaign into a few small groups and leave the rest as
+    noise (docs/detection.md round 14), and excess of mass may fold a campaign into most of a service."""
+
+    vecs: np.ndarray
+    fine: np.ndarray
+    coarse: np.ndarray
+
+
+def candidates(groups: Groups, accs: list[AccountState], placed: set[str]) -> Iterator[tuple[str, list[str]]]:
+    """Each candidate group as (its level, its members' ids, sorted): the most persistent groups first, then the
+    finest ones, each without the accounts in `placed`, which the caller grows as it calls campaigns (read
+    lazily). So a campaign that the leaf selection cuts into a few leaves and noise is still found as one, and
+    one that a coarse group dilutes among ordinary users is still found in its leaf. A group both selections
+    find is one candidate. A group of more than GROUP_MAX_SHARE of the accounts is none: a candidate is judged
+    against everyone else's prompts (content.group_null), and a group that is most of the service leaves too
+    few of them to stand for the service (excess of mass may fold most of a service into one group)."""
+    seen: set[tuple[str, ...]] = set()
+    for level, labels in (("coarse", groups.coarse), ("fine", groups.fine)):
+        for label in sorted(set(labels.tolist()) - {-1}):
+            members = sorted(accs[i].account_id for i in np.flatnonzero(labels == label))
+            members = [m for m in members if m not in placed]
+            if len(members) > GROUP_MAX_SHARE * len(accs):
+                continue
+            if len(members) >= MIN_CAMPAIGN and tuple(members) not in seen:
+                seen.add(tuple(members))
+                yield level, members
+
+
+def density_groups(accs: list[AccountState]) -> Groups:
+    """The density groups of the accounts' mean prompt vectors (`Groups`)."""
+    vecs = np.stack([_mean_vector(a) for a in accs])
+    dist = np.clip(1.0 - vecs @ vecs.T, 0.0, 2.0).astype(np.float64)
+    fine, coarse = _density_clusters(dist, "leaf"), _density_clusters(dist, "eom")
+    if (fine >= 0).any() or (coarse >= 0).any():
+        np.fill_diagonal(dist, np.inf)
+        near = np.argsort(dist, axis=1)[:, :K_DENSE]
+        fine, coarse = _with_fringe(fine, near), _with_fringe(coarse, near)
+    return Groups(vecs, fine, coarse)
 
 
 def content_span(accounts: dict[str, AccountState]) -> float:
@@ -408,26 +450,28 @@ def _mean_vector(acc: AccountState) -> np.ndarray:
     return v / max(float(np.linalg.norm(v)), 1e-8)
 
 
-def _density_clusters(dist: np.ndarray) -> np.ndarray:
-    """HDBSCAN (scikit-learn) over the accounts' cosine distances (`dist`, N x N, zero diagonal; not copied, one
-    N x N matrix is the cost: its diagonal is set to infinity afterwards): groups of any density, honest users
-    who each ask their own things left as noise (-1). Then a noise account joins a group when most of its
-    nearest accounts are members (HDBSCAN's core-distance cut leaves a campaign's sparser fringe out)."""
+def _density_clusters(dist: np.ndarray, selection: str) -> np.ndarray:
+    """HDBSCAN (scikit-learn) over the accounts' cosine distances (`dist`, N x N, zero diagonal), with the given
+    cluster selection ("leaf" or "eom"): groups of any density, honest users who each ask their own things left
+    as noise (-1)."""
     from sklearn.cluster import HDBSCAN
 
-    labels = HDBSCAN(
-        min_cluster_size=MIN_CAMPAIGN, metric="precomputed", cluster_selection_method="leaf", copy=True
+    return HDBSCAN(
+        min_cluster_size=MIN_CAMPAIGN, metric="precomputed", cluster_selection_method=selection, copy=True
     ).fit_predict(dist)
-    if (labels >= 0).any():
-        np.fill_diagonal(dist, np.inf)
-        near = np.argsort(dist, axis=1)[:, :K_DENSE]
-        joined = labels.copy()
-        for i in np.flatnonzero(labels < 0):
-            votes = labels[near[i]]
-            votes = votes[votes >= 0]
-            if len(votes) > K_DENSE // 2:
-                top = np.bincount(votes).argmax()
-                if (votes == top).sum() > K_DENSE // 2:
-                    joined[i] = top
-        labels = joined
-    return labels
+
+
+def _with_fringe(labels: np.ndarray, near: np.ndarray) -> np.ndarray:
+    """A noise account joins a group when most of its nearest accounts (`near`: their indices) are members:
+    HDBSCAN's core-distance cut leaves a campaign's sparser fringe out."""
+    if not (labels >= 0).any():
+        return labels
+    joined = labels.copy()
+    for i in np.flatnonzero(labels < 0):
+        votes = labels[near[i]]
+        votes = votes[votes >= 0]
+        if len(votes) > K_DENSE // 2:
+            top = np.bincount(votes).argmax()
+            if (votes == top).sum() > K_DENSE // 2:
+                joined[i] = top
+    return joined
