@@ -219,6 +219,35 @@ def test_the_shards_arrival_order_does_not_change_the_verdicts_after_a_flush() -
         assert moved == {}
 
 
+def test_an_engine_finalised_between_the_shards_batches_ends_where_one_process_ends() -> None:
+    """The engine worker finalises whenever the observation stream is idle, so how often and between which
+    batches depends on timing. Finalising chose the far accounts whose windows every prompt is compared with
+    by those accounts' last verdicts, which such an earlier finalise had set: a coding assistant then
+    resembled a far account's prompts (7 of 26) and was suspicious, where one process found it benign
+    (CI, twice). The far accounts are now judged again against the final population."""
+    rows = smoke_rows(3000)
+    obs = one_extractor_obs(rows)
+    shards = [[o for o in obs if shard_of(o.account, 2) == s] for s in range(2)]
+    published = [[b[i : i + 1000] for i in range(0, len(b), 1000)] for b in shards]  # as the workers publish
+
+    def fed(batches: list[list[Obs]], finalised_after: set[int]) -> dict[str, tuple[str, str | None]]:
+        detection = DetectionExtension(interval_s=3600)
+        detection._load()
+        for i, batch in enumerate(batches):
+            detection._process_single_blas([], batch)
+            if i in finalised_after:
+                detection._rescore_all()
+        return {s.account_id: (s.verdict, s.cluster_id) for s in detection._rescore_all()}
+
+    one = fed([obs], set())
+    first, second = (published[0], published[1]) if len(published[0]) <= len(published[1]) else published[::-1]
+    assert len(first) == 1 and len(second) >= 2  # the shard of fewer rows publishes once, the other more
+    for batches in ([*first, *second], [second[0], *first, *second[1:]]):
+        for after in ({0}, {1}, {0, 1}):
+            got = fed(batches, after)
+            assert {a: (one[a], v) for a, v in got.items() if one[a] != v} == {}
+
+
 async def test_one_worker_per_shard_and_a_shard_without_one_is_reported(
     tmp_path: Path, stream_key: str, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -379,14 +379,28 @@ class Engine:
         """Refresh the population's content statistics, then hand it the recent windows of the excluded
         accounts that content has flagged (far and broad), which other accounts' prompts are compared with
         (a campaign's shared bank). Accounts that are only unusual vouch against nobody."""
+        self.population.content.refresh(new_epoch)
+        self._hand_outliers()
+
+    def _hand_outliers(self) -> bool:
+        """Hand the population the windows of the excluded accounts that content has flagged; True when any."""
         pop = self.population.content
-        pop.refresh(new_epoch)
         windows = {}
         for a in pop.excluded:
             st = self.accounts[a].content if a in self.accounts else None
             if st is not None and st.window is not None and st.flagged:
                 windows[a] = st.window[: st.m]
         pop.set_outliers(windows)
+        return bool(windows)
+
+    def _reflag_far(self) -> None:
+        """Judge the content of the accounts the population's statistics exclude as far again, against the
+        population as it stands (which sets their `flagged`)."""
+        pop = self.population
+        for a in sorted(pop.content.excluded):
+            acc = self.accounts.get(a)
+            if acc is not None:
+                self.content.score(acc.content, Context(pop, None, _own_template_share(acc.templates, pop)))
 
     def recluster(self, final: bool = False) -> dict[str, Cluster]:
         """Template clusters, then content campaigns: a campaign that overlaps template clusters is merged into
@@ -628,8 +642,14 @@ class Engine:
         clusters (they may be flagged through their cluster). Content is judged against the final population."""
         content = self.population.content
         if content.rows:
-            self._refresh_content(new_epoch=True)
+            # The far accounts whose windows every prompt is compared with are chosen by their content verdicts:
+            # judged here against the final population (before any windows are handed over), not taken from
+            # whenever each was last scored, which in the gateway depends on when the engine last finalised.
+            content.refresh(new_epoch=True)
             self.content.rejudge_all([a.content for a in self.accounts.values()], content)
+            self._reflag_far()
+            if self._hand_outliers():
+                self.content.rejudge_all([a.content for a in self.accounts.values()], content)
             self.content.mark_unusual([a.content for a in self.accounts.values()], content)
         self.recluster(final=True)
         for acc in self.accounts.values():
