@@ -904,3 +904,28 @@ def test_a_generator_that_gives_up_on_one_item_costs_the_bank_that_item(
     bank = corpora._dataset_bank.__wrapped__("maze", "puzzle", 158532243, 8)
     assert len(bank) == 7 and len({q.question for q in bank}) == 7
     assert bank == corpora._dataset_bank.__wrapped__("maze", "puzzle", 158532243, 8)
+
+
+def test_a_simulation_that_fails_leaves_the_output_path_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The traffic file is written beside its path and moved there once complete: a run that fails halfway
+    (a generator that gives up, a full disk) leaves no half-written file, and a file already there stays."""
+    sc, seed = scenario.load("smoke", 1)
+    out = tmp_path / "traffic.jsonl"
+    out.write_bytes(b"what was there before\n")
+
+    def failing(scen: Any, accounts: Any) -> Any:
+        yield 0.0, 0, b"{}\n"
+        raise RuntimeError("a generator gave up")
+
+    monkeypatch.setattr(engine, "_serial_lines", failing)
+    with pytest.raises(RuntimeError, match="gave up"):
+        engine.write(sc, seed, out)
+    assert out.read_bytes() == b"what was there before\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["traffic.jsonl"]
+
+    monkeypatch.undo()
+    summary = engine.write(sc, seed, out)
+    assert summary.records > 0 and len(out.read_bytes().splitlines()) == summary.records
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["traffic.jsonl"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 import multiprocessing
+import os
 import queue
 import time
 from collections import Counter
@@ -244,11 +245,17 @@ def write(
     procs: list[Any] = []
     fh: IO[bytes]
     close = False
+    # A regular file is written beside its path and moved there once complete: (the partial file, the path).
+    partial: tuple[Path, Path] | None = None
     if isinstance(out, (str, Path)):
-        fh = open(out, "wb", buffering=1 << 20)  # noqa: SIM115 - closed in finally
+        target = Path(out)
+        if not target.exists() or target.is_file():
+            partial = (target.with_name(f".{target.name}.{os.getpid()}.partial"), target)
+        fh = open(partial[0] if partial else target, "wb", buffering=1 << 20)  # noqa: SIM115 - closed in finally
         close = True
     else:
         fh = out
+    done = False
     n = 0
     size = 0
     first_ts = last_ts = None
@@ -269,6 +276,7 @@ def write(
             last_ts = ts
             if on_progress is not None and n % PROGRESS_EVERY == 0:
                 on_progress(ts, n)
+        done = True
     finally:
         for proc in procs:
             if proc.is_alive():
@@ -276,6 +284,12 @@ def write(
             proc.join()
         if close:
             fh.close()
+        if partial is not None:
+            # A run that fails leaves no half-written file, and what was at the path before stays as it was.
+            if done:
+                os.replace(*partial)
+            else:
+                partial[0].unlink(missing_ok=True)
     if on_progress is not None:
         on_progress(scenario.end, n)
     acct_labels: Counter[str] = Counter(a.label for a, _ in accounts)
