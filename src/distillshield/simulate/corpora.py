@@ -21,7 +21,7 @@ import json
 import os
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -401,18 +401,15 @@ def _cache_file(dataset: str, seed: int, size: int) -> Path | None:
     return root / f"reasoning-gym-{version}" / f"{dataset}-{seed}-{size}.json"
 
 
-def _generated(ds: Any) -> Callable[[int], Any]:
-    """Item i of a reasoning-gym dataset, or None where its generator gives up on that item's random draw
-    (maze raises RuntimeError after 1,000 tries for some seeds): the bank loses that one item, and stays
-    the same for its seed on every machine, rather than a whole simulation failing."""
-
-    def item(i: int) -> Any:
+def _generated(ds: Any, size: int) -> Iterator[Any]:
+    """The items of a reasoning-gym dataset, without those whose random draw its generator gives up on (maze
+    raises RuntimeError after 1,000 tries for some seeds): the bank loses that one item, and stays the same
+    for its seed on every machine, rather than a whole simulation failing."""
+    for i in range(size):
         try:
-            return ds[i]
+            yield ds[i]
         except RuntimeError:
-            return None
-
-    return item
+            continue
 
 
 @lru_cache(maxsize=512)
@@ -434,7 +431,7 @@ def _dataset_bank(dataset: str, capability: str, seed: int, size: int) -> tuple[
     # Some generators print progress dots on stdout; keep our stdout clean (it may be the output file).
     with _bank_lock, contextlib.redirect_stdout(io.StringIO()):
         ds = reasoning_gym.create_dataset(dataset, size=size, seed=seed)
-        rows = [(str(it["question"]).strip(), str(it["answer"])) for it in map(_generated(ds), range(size)) if it]
+        rows = [(str(it["question"]).strip(), str(it["answer"])) for it in _generated(ds, size)]
     if cache is not None:
         try:
             cache.parent.mkdir(parents=True, exist_ok=True)
