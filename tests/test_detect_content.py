@@ -8,6 +8,7 @@ import functools
 import json
 import random
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,8 @@ from distillshield.detect.analyze import analyze_records
 from distillshield.detect.content import ContentEncoder, ContentPopulation, default_content_encoder, words_of
 from distillshield.detect.scoring import Combiner, DetectionModel
 from distillshield.detect.signals.content import far_logp, spread
+from distillshield.detect.signals.templates import VARIETY_MIN_REQUESTS, TemplateReuse, prompt_variety
+from distillshield.detect.text import skeleton, stable_hash
 from distillshield.simulate import corpora
 from distillshield.traffic import TrafficRecord
 
@@ -133,6 +136,42 @@ def test_a_narrow_app_is_unusual_but_not_flagged_for_its_content() -> None:
     app_reasons = next(a["reasons"] for a in report["accounts"] if a["account_id"] == "app-0")
     content = next(r for r in app_reasons if r["signal"] == "content")
     assert "focused like an app" in content["detail"] and content["score"] < 0.5
+
+
+def test_a_suite_sent_again_and_again_is_focused_while_the_same_volume_of_new_prompts_is_a_sweep() -> None:
+    """A regression suite of bank questions re-run on every commit is as far from the service's chat and as
+    spread over topic areas as a sweep, but it sends the same prompts again and again: content calls it
+    focused. An account sending as many requests, each a new bank question, is a sweep and flagged."""
+    rng = random.Random(11)
+    bank = list(sweep_bank())
+    suite = rng.sample(bank, 24)
+    runs = [p for _ in range(8) for p in rng.sample(suite, len(suite))]  # 192 requests, 24 distinct prompts
+    fresh = rng.sample([p for p in bank if p not in suite], len(runs))
+    records, _ = content_only(n_benign=18, extra={"suite-0": runs, "sweep-0": fresh})
+    report = analyze_records(records, model=content_alone()).report
+    v = verdicts(report)
+    suite_reason = content_reason(report, "suite-0")
+    assert v["suite-0"] == "benign" and "sends the same prompts again and again" in suite_reason, suite_reason
+    assert "topic areas like a sweep" in content_reason(report, "sweep-0") and v["sweep-0"] != "benign"
+
+
+def test_prompt_variety_counts_prompts_as_sent_once_an_account_has_sent_enough() -> None:
+    """Distinct prompts per request, on the prompts as sent: a generated bank that varies only its numbers
+    (one skeleton) is as varied as any; a few requests say nothing yet."""
+
+    def fed(prompts: list[str]) -> float:
+        sig = TemplateReuse()
+        st = sig.new_state()
+        for p in prompts:
+            obs = SimpleNamespace(skel_hash=stable_hash(skeleton(p)), raw_hash=stable_hash(p), head=0, tail=0, text=p)
+            sig.update(st, obs)  # type: ignore[arg-type]
+        return prompt_variety(st)
+
+    n = 4 * VARIETY_MIN_REQUESTS
+    numbers = [f"What is {i} times {i + 7}? Show every step." for i in range(n)]
+    assert fed(numbers) > 0.8
+    assert fed([numbers[i % 16] for i in range(n)]) < 0.1
+    assert fed([numbers[0]] * (VARIETY_MIN_REQUESTS - 1)) == 1.0
 
 
 def test_content_can_be_switched_off() -> None:

@@ -37,7 +37,7 @@ from distillshield.detect.signals.coverage import CapabilityCoverage
 from distillshield.detect.signals.distribution import DistributionTest, EmbeddingReference, EmbedState
 from distillshield.detect.signals.intel import IntelMatch, IntelState, intel_risk
 from distillshield.detect.signals.logits import LogitSweep
-from distillshield.detect.signals.templates import TemplateReuse, TemplateState, is_template
+from distillshield.detect.signals.templates import TemplateReuse, TemplateState, is_template, prompt_variety
 
 NEW_MODEL_AFTER = 12 * 3600.0  # a model first seen this long after traffic began counts as a new release
 MEMBER_CAP = 512  # distinct accounts remembered per template / IP range (counts saturate there)
@@ -141,6 +141,7 @@ class Context:
     population: Population
     cluster: Cluster | None = None
     own_template_share: float = 0.0  # the account's traffic share in its most-used template (apps: high)
+    prompt_variety: float = 1.0  # distinct prompts per request it sent (signals/templates.prompt_variety)
 
 
 class EndUsers:
@@ -232,6 +233,11 @@ class MinHasher:
         from datasketch import LeanMinHash
 
         return LeanMinHash(seed=1, hashvalues=hashvalues, scheme="affine32")
+
+
+def _own_context(pop: Population, cluster: Cluster | None, t: TemplateState) -> Context:
+    """The context an actor's own signals are judged in: the population, its cluster, and how it uses prompts."""
+    return Context(pop, cluster, _own_template_share(t, pop), prompt_variety(t))
 
 
 def _own_template_share(t: TemplateState, pop: Population) -> float:
@@ -400,7 +406,7 @@ class Engine:
         for a in sorted(pop.content.excluded):
             acc = self.accounts.get(a)
             if acc is not None:
-                self.content.score(acc.content, Context(pop, None, _own_template_share(acc.templates, pop)))
+                self.content.score(acc.content, _own_context(pop, None, acc.templates))
 
     def recluster(self, final: bool = False) -> dict[str, Cluster]:
         """Template clusters, then content campaigns: a campaign that overlaps template clusters is merged into
@@ -483,7 +489,7 @@ class Engine:
 
     def features(self, acc: AccountState) -> tuple[dict[str, float], list[Any]]:
         cluster = self.clusters.get(acc.cluster_id) if acc.cluster_id else None
-        ctx = Context(self.population, cluster, _own_template_share(acc.templates, self.population))
+        ctx = _own_context(self.population, cluster, acc.templates)
         if self.population.content.stale():
             self._refresh_content()
         sigs = self._own_signals(acc, ctx)
@@ -539,7 +545,7 @@ class Engine:
         for sub in acc.end_users.states.values():
             if sub.n < MIN_EVIDENCE or sub.cot.n < MIN_EVIDENCE:
                 continue  # too little of its own: rates over a handful of classified prompts are noise
-            ctx = Context(self.population, cluster, _own_template_share(sub.templates, self.population))
+            ctx = _own_context(self.population, cluster, sub.templates)
             sigs = self._own_signals(sub, ctx)
             f = dict(feats)
             for sg in sigs:

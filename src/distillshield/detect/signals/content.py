@@ -50,6 +50,7 @@ RANK_GAP = 0.15  # ...and at least this far below it (an effect, not only a sign
 REJUDGE_ROWS = 8192  # prompts rejudged per product in the final rescoring (bounds its memory)
 EXCESS_MIN = 0.15  # far share above the population's median share, at least this much (and 4 robust sds)
 APP_TEMPLATE_SHARE = 0.5  # an account whose traffic runs this much through one template of its own is an app
+RESEND_VARIETY = 0.25  # ...or that sends each of its prompts four times on average (distinct prompts per request)
 AREAS_SWEEP = 4.0  # far prompts spread over at least this many topic areas (effective number) make a sweep
 
 
@@ -218,7 +219,7 @@ class PopulationContent:
             st.area[:m][todo] = pop.area_of(x)
         out, st.unusual = judge(
             self.name, st.typ[:m], st.assoc[:m], st.area[:m], pop.stats, ctx.own_template_share, st.breadth(),
-            st.account, genre=st.genre, copied=st.copied[:m],
+            st.account, genre=st.genre, copied=st.copied[:m], variety=ctx.prompt_variety,
         )  # fmt: skip
         st.flagged = out.score >= 0.5
         return out
@@ -237,6 +238,7 @@ def judge(
     rank_gap: float = RANK_GAP,
     genre: Genre | None = None,
     copied: np.ndarray | None = None,
+    variety: float = 1.0,
 ) -> tuple[SignalScore, bool]:
     """The content verdict on a window of prompts (an account's, or a campaign's pooled), and whether it is
     unusual, from each prompt's typicality, whether it resembles the far accounts' prompts, and its topic
@@ -245,7 +247,8 @@ def judge(
     far from everyone else. An account whose less typical prompts are a minority genre's (`genre`:
     content.genres) is unusual for this service but not a sweep. `copied` marks prompts that are near-copies of
     a far account's prompts that the service's ordinary users do not send: a bank's queries, also when they are
-    a quarter of a window of cover traffic."""
+    a quarter of a window of cover traffic. `variety`: distinct prompts per request the account sent; one that
+    sends the same prompts again and again (a suite re-run, an agent loop, a class) is focused, not a sweep."""
     m = len(typ)
     far = int((typ < null.tau).sum())
     ranks = null.rank(typ)
@@ -273,7 +276,8 @@ def judge(
     unusual = tail or shift or assoc or copy
     app = own_template_share >= APP_TEMPLATE_SHARE
     of_genre = genre is not None and genre.share >= GENRE_SHARE
-    focused = areas < AREAS_SWEEP or app or of_genre
+    resends = variety <= RESEND_VARIETY
+    focused = areas < AREAS_SWEEP or app or resends or of_genre
     feats = {
         "content_far": frac,
         "content_logp": logp / 30.0,
@@ -325,6 +329,11 @@ def judge(
         score = 0.3
         if app:
             why = f"focused like an app: {own_template_share:.0%} of its traffic runs through one template of its own"
+        elif resends:
+            why = (
+                f"focused like an app: it sends the same prompts again and again (one distinct prompt per "
+                f"{1 / max(variety, 1e-3):.0f} requests), not new ones like a sweep"
+            )
         elif areas < AREAS_SWEEP:
             why = f"focused like an app: its atypical prompts stay in {areas:.1f} topic area(s)"
         else:

@@ -20,10 +20,11 @@ if TYPE_CHECKING:
 
 SHARED_MIN_ACCOUNTS = 3  # a frame used by at least this many accounts is a shared template
 SHARED_MIN_SHARE = 0.05  # ...when it carries at least this share of the account's traffic
+VARIETY_MIN_REQUESTS = 64  # requests before an account's prompt variety says anything (one content window's worth)
 
 
 class TemplateState:
-    __slots__ = ("n", "framed", "heads", "tails", "families", "sampled", "distinct", "prompts")
+    __slots__ = ("n", "framed", "heads", "tails", "families", "sampled", "distinct", "prompts", "prompted", "variety")
 
     def __init__(self) -> None:
         self.n = 0
@@ -36,6 +37,9 @@ class TemplateState:
         self.prompts = TopK(8)  # exact prompts: the same text sent again
         self.sampled = 0
         self.distinct = DistinctCounter(128)
+        # Distinct prompts as sent (not skeletons: a generated bank that varies only its numbers is many prompts).
+        self.prompted = 0
+        self.variety = DistinctCounter(64)
 
 
 def _note(topk: TopK, key: int, prompt: int, text: str | None) -> None:
@@ -47,6 +51,15 @@ def _note(topk: TopK, key: int, prompt: int, text: str | None) -> None:
         ex[2] = True
         if ex[0] is None:
             ex[0] = text
+
+
+def prompt_variety(st: TemplateState) -> float:
+    """Distinct prompts per request the account sent (1.0 until it has sent VARIETY_MIN_REQUESTS): a harvest pays
+    for new prompts, while a suite run on every commit, an agent re-sending its task at each step or a class asking
+    one assigned problem sends the same ones again and again."""
+    if st.prompted < VARIETY_MIN_REQUESTS:
+        return 1.0
+    return min(st.variety.estimate() / st.prompted, 1.0)
 
 
 def is_template(topk: TopK, key: int) -> bool:
@@ -76,6 +89,8 @@ class TemplateReuse:
             st.distinct.add(obs.skel_hash)
         if obs.raw_hash:
             st.prompts.add(obs.raw_hash)
+            st.prompted += 1
+            st.variety.add(obs.raw_hash)
         if obs.head:
             st.framed += 1
             text = obs.text[:90] if obs.text else None
