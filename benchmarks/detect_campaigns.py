@@ -74,9 +74,9 @@ def groups(path: Path, cot_excess: float | None) -> list[dict[str, Any]]:
         ev = C.group_evidence(members, accounts, pop)
         call = C.campaign_call(ev)
         campaign = call is not None
-        joined = joining.joiners(members, call) if call is not None else []  # the heavier accounts that join it
-        if call is not None:  # as ContentCampaigns.find: a called group's accounts are no later candidate's
-            placed.update(sorted(ev.born) if call[2] else members, joined)
+        held = C.campaign_members(members, ev, call) if call is not None else []
+        joined = joining.joiners(held, call) if call is not None else []  # the heavier accounts that join it
+        placed.update(held, joined)  # as ContentCampaigns.find: a called group's accounts are no later candidate's
         base = ev.rest_share if ev.rest_asked > 0 else 1.0
         share = ev.reasoning_share
         row: dict[str, Any] = {

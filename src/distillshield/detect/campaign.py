@@ -158,9 +158,8 @@ class ContentCampaigns:
         called = campaign_call(ev)
         if called is None:
             return None
-        score, why, by_waves = called
-        if by_waves:  # the evidence is the waves: an account that asks alike but was created on its own is not in it
-            members = sorted(ev.born)
+        score, why = called.score, called.why
+        members = campaign_members(members, ev, called)
         joined = joining.joiners(members, called)
         if joined:
             n_thin = len(members)
@@ -372,6 +371,13 @@ def campaign_call(ev: GroupEvidence) -> CampaignCall | None:
             )
             return CampaignCall(0.5 + 0.49 * min(1.0, excess / 0.5), why, by_waves=True)
     return None
+
+
+def campaign_members(members: list[str], ev: GroupEvidence, call: CampaignCall) -> list[str]:
+    """The accounts a called group's campaign holds: all its members, or, when the evidence is the waves its
+    accounts were created in, only those created in them (one that asks alike but was created on its own is not
+    in it)."""
+    return sorted(ev.born) if call.by_waves else members
 
 
 def thin_accounts(accounts: dict[str, AccountState]) -> list[AccountState]:
