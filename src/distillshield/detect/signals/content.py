@@ -248,7 +248,7 @@ def judge(
     content.genres) is unusual for this service but not a sweep. `copied` marks prompts that are near-copies of
     a far account's prompts that the service's ordinary users do not send: a bank's queries, also when they are
     a quarter of a window of cover traffic. `variety`: distinct prompts per request the account sent; one that
-    sends the same prompts again and again (a suite re-run, an agent loop, a class) is focused, not a sweep."""
+    sends the same prompts again and again (a suite re-run, an agent loop) is focused, not a sweep."""
     m = len(typ)
     far = int((typ < null.tau).sum())
     ranks = null.rank(typ)

@@ -55,8 +55,8 @@ def _note(topk: TopK, key: int, prompt: int, text: str | None) -> None:
 
 def prompt_variety(st: TemplateState) -> float:
     """Distinct prompts per request the account sent (1.0 until it has sent VARIETY_MIN_REQUESTS): a harvest pays
-    for new prompts, while a suite run on every commit, an agent re-sending its task at each step or a class asking
-    one assigned problem sends the same ones again and again."""
+    for new prompts, while a suite run on every commit, an agent re-sending its task at each step of its tool loop or
+    a support bot whose customers ask the same few questions sends the same ones again and again."""
     if st.prompted < VARIETY_MIN_REQUESTS:
         return 1.0
     return min(st.variety.estimate() / st.prompted, 1.0)
