@@ -226,11 +226,12 @@ def _row(rec: TrafficRecord, i: int) -> dict[str, Any]:
 
 
 def _eager_ensemble(path: Path) -> DetectionModel:
-    """The shipped model with a second combiner beside it: a copy of its own with thresholds 4 log-odds lower."""
+    """The shipped model with a second combiner beside it: a copy of its own with thresholds 8 log-odds lower
+    (low enough to flag accounts of `content_only` that the shipped combiner clears)."""
     shipped = DetectionModel.load()
     eager = Combiner.from_dict(shipped.combiner(False).to_dict())
-    eager.t_suspicious -= 4.0
-    eager.t_extraction -= 4.0
+    eager.t_suspicious -= 8.0
+    eager.t_extraction -= 8.0
     model = DetectionModel("eager", {"noembed": eager}, shipped.classifier).alongside(shipped)
     model.save(path)
     return model

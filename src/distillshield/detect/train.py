@@ -79,6 +79,46 @@ EXTRA_NEGATIVE = (
     "Is this correct? {a}",
 )
 
+# Ordinary apps' system prompts (round 15): none asks for the model's reasoning, but "answer the customer's question
+# using the articles below" and "show the complete code" read as reasoning asks to a classifier trained on harvest
+# templates, and an app's system prompt is in every one of its requests (`corpus.classifier_text` reads its first
+# 200 characters before the user's turn). Hand-written, not the simulator's: each is joined to a real user's
+# question the way the classifier reads a request.
+APP_SYSTEM_NEGATIVE = (
+    "You are the help-centre assistant of an online store. Answer the customer's question using only the help "
+    "articles provided below. If they do not cover it, offer to hand over to a human agent.",
+    "You answer employees' questions about company policy. Use only the policy documents in the context. Quote the "
+    "relevant section and keep answers under 120 words.",
+    "You are a coding assistant inside the user's editor. Answer questions about the code they selected. When you "
+    "suggest a change, show the full updated code block.",
+    "You are a helpful assistant for a project-management app. Answer questions about the user's tasks and projects "
+    "using the data supplied below. Be brief and friendly.",
+    "You are an IT helpdesk bot. Answer the user's question from the knowledge base excerpts below; if the excerpts "
+    "do not contain the answer, say so and open a ticket.",
+    "You are a travel booking assistant. Answer questions about flights, hotels and bookings using the itinerary "
+    "provided. Never invent prices or availability.",
+    "Answer the user's question based only on the documents retrieved below. Cite the document title after each "
+    "sentence. If the documents are not relevant, say you don't know.",
+    "You are a shopping assistant. Recommend products from the catalogue below that match what the customer asks "
+    "for, with price and a one-line reason.",
+    "You are a writing assistant for a marketing team. Rewrite or draft copy as the user asks, in the brand voice "
+    "described below. Output only the copy.",
+    "You are a SQL helper for analysts. Answer questions about the schema below and write the query they need. Show "
+    "the complete query in a code block.",
+    "You are the onboarding guide for a banking app. Answer new customers' questions about accounts, cards and fees "
+    "using the FAQ below. Do not give financial advice.",
+    "You are a patient support agent for a telecom provider. Answer billing and coverage questions using the account "
+    "details and articles provided.",
+    "You are an assistant for a law firm's intranet. Answer staff questions using only the internal memos provided "
+    "and name the memo you relied on.",
+    "You summarise documents for busy readers. Answer questions about the document below and keep every answer to "
+    "three sentences or fewer.",
+    "You are a recipe assistant. Answer cooking questions and suggest recipes using the pantry list the user gives. "
+    "Keep instructions short.",
+    "You are the assistant of a developer documentation site. Answer questions about the API using the reference "
+    "pages below and show a complete code example.",
+)
+
 
 @dataclass
 class PromptSet:
@@ -150,11 +190,23 @@ def prompt_dataset(seed: int = 0, per_template: int = 12) -> PromptSet:
         cot.append(0)
         rub.append(0)
         held.append(r.random() < 0.25)
+    # Ordinary apps' system prompts, each before real users' questions (its own draws, so that adding them left
+    # every example above as it was).
+    r_app = random.Random(seed + 1)
+    refs = list(reference_texts())
+    for system in APP_SYSTEM_NEGATIVE:
+        is_held = r_app.random() < 0.25
+        for _ in range(per_template):
+            texts.append(f"{system[:200]} \n {refs[r_app.randrange(len(refs))][:300]}")
+            cot.append(0)
+            rub.append(0)
+            held.append(is_held)
     sources = {
         "cot_templates": len(cot_templates),
         "rubric_templates": len(rubric_templates),
         "negative_templates": len(neg_templates),
         "real_prompts": len(questions),
+        "app_system_prompts": len(APP_SYSTEM_NEGATIVE),
     }
     return PromptSet(texts, np.asarray(cot), np.asarray(rub), np.asarray(held), sources)
 
