@@ -5,7 +5,8 @@ the combiners, which read its per-account rates. Round 15 added ordinary apps' s
 (`train.APP_SYSTEM_NEGATIVE`): without them an app whose system prompt says "answer the customer's question using
 the articles below" had about half its ordinary requests read as reasoning asks. This fits the classifier as
 `train_classifier(seed)` does, prints its held-out precision and recall and, with --traffic, how many requests per
-persona it flags against the artefact's current classifier; `--write` saves the artefact with the new classifier,
+persona it flags against the artefact's current classifier, and how many accounts' system prompts alone each reads
+as a reasoning ask; `--write` saves the artefact with the new classifier,
 the combiners and thresholds untouched, and says so in its metadata (`meta.prompt_classifier_replaced`).
 
     .venv/bin/python benchmarks/detect_reclassify.py --traffic dev-5.jsonl heldout-10001.jsonl
@@ -58,6 +59,35 @@ def flags_by_persona(paths: list[Path], old: Any, new: Any, per_account: int = 4
     return dict(out)
 
 
+def system_prompts_by_persona(paths: list[Path], old: Any, new: Any) -> dict[str, list[int]]:
+    """persona label -> [accounts, accounts sending a system prompt, those whose system prompt alone the old
+    classifier reads as a reasoning ask, the same for the new one] (each account's first request's system prompt,
+    its first 200 characters as `corpus.classifier_text` reads it)."""
+    from distillshield.detect import text as T
+    from distillshield.detect.signals.cot import FLAG_AT
+
+    first: dict[str, tuple[str, str]] = {}
+    for path in paths:
+        with path.open() as f:
+            for line in f:
+                rec = json.loads(line)
+                if rec["account_id"] not in first:
+                    _user, system, _turns, _n = T.request_texts(rec["endpoint"], rec["request"])
+                    first[rec["account_id"]] = (rec.get("label") or "unlabelled", system[:200])
+    texts = sorted({s for _label, s in first.values() if s.strip()})
+    p_old = dict(zip(texts, old(texts)[0].tolist(), strict=True)) if texts else {}
+    p_new = dict(zip(texts, new(texts)[0].tolist(), strict=True)) if texts else {}
+    out: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    for label, system in first.values():
+        row = out[label]
+        row[0] += 1
+        if system in p_old:
+            row[1] += 1
+            row[2] += int(p_old[system] >= FLAG_AT)
+            row[3] += int(p_new[system] >= FLAG_AT)
+    return dict(out)
+
+
 def main() -> int:
     from distillshield.detect.scoring import DetectionModel
     from distillshield.detect.signals.cot import PromptClassifier
@@ -89,6 +119,16 @@ def main() -> int:
             n, a, b = rows[label]
             print(f"{label:32s} {n:8d} {a / n:7.3f} {b / n:7.3f}")
         doc["flags"] = {k: {"requests": v[0], "old": v[1], "new": v[2]} for k, v in rows.items()}
+        systems = system_prompts_by_persona(args.traffic, old, new)
+        print(f"\n{'persona':32s} {'accounts':>8s} {'system':>7s} {'old':>7s} {'new':>7s}  (system prompts alone")
+        print(f"{'':32s} {'':8s} {'':7s} {'':7s} {'':7s}   read as reasoning asks)")
+        for label in sorted(systems):
+            n, k, a, b = systems[label]
+            if k:
+                print(f"{label:32s} {n:8d} {k:7d} {a:7d} {b:7d}")
+        doc["system_prompts"] = {
+            k: {"accounts": v[0], "with_system": v[1], "old": v[2], "new": v[3]} for k, v in systems.items()
+        }
     if args.json_out:
         args.json_out.write_text(json.dumps(doc, indent=2))
     if args.write and not same:
