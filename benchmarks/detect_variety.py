@@ -19,23 +19,16 @@ from pathlib import Path
 from typing import Any
 
 
-def personas_of(path: Path) -> dict[str, str]:
-    """Each account's simulator label ("kind:persona"), from the traffic file's ground truth."""
-    out: dict[str, str] = {}
-    with path.open() as f:
-        for line in f:
-            rec = json.loads(line)
-            if rec["account_id"] not in out:
-                out[rec["account_id"]] = rec.get("label") or "unlabelled"
-    return out
-
-
 def variety(path: Path) -> dict[str, list[float]]:
-    """Persona label -> the prompt variety of each of its accounts that has sent enough requests to judge."""
+    """Persona label ("kind:persona") -> the prompt variety of each of its accounts that has sent enough requests
+    to judge."""
     from distillshield.detect.analyze import analyze_file
     from distillshield.detect.signals.templates import VARIETY_MIN_REQUESTS, prompt_variety
+    from distillshield.detect.train import read_labels
 
-    label = personas_of(path)
+    with path.open() as f:
+        truth = read_labels(json.loads(line) for line in f if line.strip())
+    label = {a: f"{kind}:{persona}" for a, (kind, persona, _split) in truth.items()}
     an = analyze_file(path, encoder=None)
     out: dict[str, list[float]] = defaultdict(list)
     for aid, acc in an.engine.accounts.items():

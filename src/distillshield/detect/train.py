@@ -30,7 +30,7 @@ import numpy as np
 import orjson
 
 from distillshield.detect.analyze import analyze_records
-from distillshield.detect.corpus import LineErrors, read_records
+from distillshield.detect.corpus import LineErrors, classifier_text, read_records
 from distillshield.detect.embeddings import Encoder
 from distillshield.detect.engine import MIN_EVIDENCE
 from distillshield.detect.scoring import Combiner, DetectionModel, population_level
@@ -82,8 +82,8 @@ EXTRA_NEGATIVE = (
 # Ordinary apps' system prompts (round 15): none asks for the model's reasoning, but "answer the customer's question
 # using the articles below" and "show the complete code" read as reasoning asks to a classifier trained on harvest
 # templates, and an app's system prompt is in every one of its requests (`corpus.classifier_text` reads its first
-# 200 characters before the user's turn). Hand-written, not the simulator's: each is joined to a real user's
-# question the way the classifier reads a request.
+# 200 characters before the user's turn). Hand-written, not the simulator's: each is joined to real users'
+# questions by `classifier_text` itself.
 APP_SYSTEM_NEGATIVE = (
     "You are the help-centre assistant of an online store. Answer the customer's question using only the help "
     "articles provided below. If they do not cover it, offer to hand over to a human agent.",
@@ -190,14 +190,14 @@ def prompt_dataset(seed: int = 0, per_template: int = 12) -> PromptSet:
         cot.append(0)
         rub.append(0)
         held.append(r.random() < 0.25)
-    # Ordinary apps' system prompts, each before real users' questions (its own draws, so that adding them left
-    # every example above as it was).
+    # Ordinary apps' system prompts, each before real users' questions as the classifier reads a request (its own
+    # draws, so that adding them left every example above as it was).
     r_app = random.Random(seed + 1)
     refs = list(reference_texts())
     for system in APP_SYSTEM_NEGATIVE:
         is_held = r_app.random() < 0.25
         for _ in range(per_template):
-            texts.append(f"{system[:200]} \n {refs[r_app.randrange(len(refs))][:300]}")
+            texts.append(classifier_text(refs[r_app.randrange(len(refs))][:300], system))
             cot.append(0)
             rub.append(0)
             held.append(is_held)
