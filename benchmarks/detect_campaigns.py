@@ -11,10 +11,11 @@ a campaign, and the heavier accounts that join it because they ask as its member
 X more of their prompts asking for reasoning than the rest of the service's, significantly (binomial tail
 < 1e-6), over a sweep of areas (docs/detection.md round 9: tried, not shipped).
 
-`--heavy` groups the heavier accounts instead (more than THIN_MAX requests; the grouping leaves them out and
-judges each on its own evidence), the same way, and prints for each group its members' simulator personas, how
-many are flagged on their own evidence (the combiner's risk before any campaign: `own_risk`) and in the final
-report, and the group's judgement figures (docs/detection.md round 13: measured, not built).
+`--heavy` shows the heavier accounts' grouping instead (more than THIN_MAX requests: those no thin campaign took),
+as `campaign.ContentCampaigns._find_heavier` reads it at the end (docs/detection.md round 16): for each density
+group, its members' simulator personas, its core members (`campaign.core_members`), their own evidence
+(`Engine.own_evidence`: median and how many reach HEAVY_ELEVATED), whether that calls it a campaign, how many of its
+members the final report flags, and the figures its pooled prompts would be judged on as a thin group's are.
 
     .venv/bin/python benchmarks/detect_campaigns.py --scenario fresh2_thin --seed 30002 --cot-excess 0.2
     .venv/bin/python benchmarks/detect_campaigns.py --traffic traffic.jsonl --json-out groups.json
@@ -114,35 +115,50 @@ def groups(path: Path, cot_excess: float | None) -> list[dict[str, Any]]:
 
 
 def heavy_groups(path: Path) -> list[dict[str, Any]]:
-    """The heavier accounts' density groups, with who they are and how many are flagged on their own evidence."""
+    """The heavier accounts' density groups as the end of the analysis reads them: who they are, their core, their
+    own evidence and the call."""
     from distillshield.detect import campaign as C
-    from distillshield.detect.scoring import RISK_SUSPICIOUS
 
     truth, report, engine = analysed(path)
     personas = {a: f"{label}:{persona}" for a, (label, persona) in truth.items()}
     flagged = {a["account_id"] for a in report["accounts"] if a["verdict"] != "benign"}
     accounts, pop = engine.accounts, engine.population
-    heavy = C.heavier_accounts(accounts)
+    finder = engine.campaigns
+    taken = {m for k, c in finder.campaigns.items() if k not in finder.heavier for m in c.campaign}
+    heavy = [a for a in C.heavier_accounts(accounts) if a.account_id not in taken]
     if len(heavy) < C.MIN_CAMPAIGN:
         return []
-    found = C.density_groups(heavy).fine
+    groups = C.density_groups(heavy)
+    index = {a.account_id: i for i, a in enumerate(heavy)}
+    called = {m for k in finder.heavier for m in finder.campaigns[k].campaign}
     out = []
-    for label in sorted(set(found.tolist()) - {-1}):
-        members = sorted(heavy[i].account_id for i in np.flatnonzero(found == label))
-        ev = C.group_evidence(members, accounts, pop)
-        out.append(
-            {
-                "accounts": len(members),
-                "labels": dict(Counter(personas.get(m, "?") for m in members).most_common()),
-                "own_flagged": sum(accounts[m].own_risk >= RISK_SUSPICIOUS for m in members),
-                "flagged": sum(m in flagged for m in members),
-                "content_score": round(float(ev.content.score), 3),
-                "reasoning_share": round(ev.reasoning_share, 3),
-                "reasoning_share_rest": round(ev.rest_share, 3),
-                "areas": round(ev.areas, 1),
-                "campaign": C.campaign_call(ev) is not None,
-            }
-        )
+    seen: set[tuple[str, ...]] = set()
+    for level, labels in (("coarse", groups.coarse), ("fine", groups.fine)):
+        for label in sorted(set(labels.tolist()) - {-1}):
+            members = sorted(heavy[i].account_id for i in np.flatnonzero(labels == label))
+            if tuple(members) in seen:
+                continue
+            seen.add(tuple(members))
+            core = C.core_members(members, groups.vecs, index)
+            own = np.asarray([engine.own_evidence(accounts[m]) for m in core])
+            ev = C.group_evidence(members, accounts, pop)
+            out.append(
+                {
+                    "level": level,
+                    "accounts": len(members),
+                    "labels": dict(Counter(personas.get(m, "?") for m in members).most_common()),
+                    "core": len(core),
+                    "core_labels": dict(Counter(personas.get(m, "?") for m in core).most_common()),
+                    "own_median": round(float(np.median(own)), 3) if len(own) else None,
+                    "own_elevated": int((own >= C.HEAVY_ELEVATED).sum()),
+                    "campaign": bool(core) and set(core) <= called,
+                    "flagged": sum(m in flagged for m in members),
+                    "content_score": round(float(ev.content.score), 3),
+                    "reasoning_share": round(ev.reasoning_share, 3),
+                    "reasoning_share_rest": round(ev.rest_share, 3),
+                    "areas": round(ev.areas, 1),
+                }
+            )
     return out
 
 
@@ -163,7 +179,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "distillshield-detect-eval")
     ap.add_argument("--cot-excess", type=float, default=None, help="also judge by a deployment-relative CoT test")
-    ap.add_argument("--heavy", action="store_true", help="group the heavier accounts instead (measured, not built)")
+    ap.add_argument("--heavy", action="store_true", help="show the heavier accounts' grouping instead")
     ap.add_argument("--json-out", type=Path)
     args = ap.parse_args()
     path = args.traffic
@@ -179,13 +195,17 @@ def main() -> int:
         print(f"error: {path} is not a file", file=sys.stderr)
         return 2
     if args.heavy:
+        from distillshield.detect.campaign import HEAVY_ELEVATED
+
         rows = heavy_groups(path)
         for i, r in enumerate(rows):
+            own = "no core" if r["own_median"] is None else f"own evidence median {r['own_median']:.2f}"
             print(
-                f"heavier group {i}: {r['accounts']} accounts, {r['own_flagged']} flagged on their own evidence, "
-                f"{r['flagged']} in the report; campaign={r['campaign']}; content {r['content_score']:.2f}; reasoning "
-                f"asks {r['reasoning_share']:.0%} (rest of the service {r['reasoning_share_rest']:.0%}); "
-                f"{r['areas']:.1f} topic areas; {r['labels']}"
+                f"heavier group {i} ({r['level']}): {r['accounts']} accounts, core {r['core']} ({own}, "
+                f"{r['own_elevated']} at {HEAVY_ELEVATED} or more); campaign={r['campaign']}; {r['flagged']} flagged "
+                f"in the report; content {r['content_score']:.2f}; reasoning asks {r['reasoning_share']:.0%} (rest "
+                f"of the service {r['reasoning_share_rest']:.0%}); {r['areas']:.1f} topic areas; {r['labels']}; "
+                f"core {r['core_labels']}"
             )
         if args.json_out:
             args.json_out.write_text(json.dumps({"traffic": str(path), "heavy_groups": rows}, indent=1))

@@ -723,3 +723,115 @@ def test_a_genre_vouches_with_each_peer_s_whole_window() -> None:
     assert genres(windows, peers, one_actor, pop)["asker"].share == 0.0  # type: ignore[arg-type]
     few = sorted(peers)[: K_PEERS - 1]
     assert genres(windows, set(few), {}, pop)["asker"].share == 0.0  # type: ignore[arg-type]
+
+
+def heavier_deployment(seed: int = 13) -> tuple[list[TrafficRecord], dict[str, str]]:
+    """Heavier accounts only (90 requests each): ten of one operator, each wrapping questions of one sweep in
+    reworded reasoning asks among real chat prompts as cover; ten developers asking about code (a dense group of
+    honest accounts); and forty chat users who each ask their own things."""
+    rng = random.Random(seed)
+    chat, bank = list(chat_prompts()), list(sweep_bank())
+    plans: dict[str, list[str]] = {}
+    for i in range(10):
+        plans[f"op-{i}"] = [
+            rng.choice(WRAPPERS).format(q=rng.choice(bank)) if rng.random() < 0.7 else rng.choice(chat)
+            for _ in range(90)
+        ]
+    plans |= {f"dev-{i}": code_requests(rng, 90) for i in range(10)}
+    plans |= {f"user-{i:02d}": [rng.choice(chat) for _ in range(90)] for i in range(40)}
+    records = []
+    for account, prompts in plans.items():
+        start = T0 + rng.uniform(0, 86_400)
+        records.extend(request(rng, account, p, start, 2 * 86_400) for p in prompts)
+    records.sort(key=lambda r: r.ts)
+    return records, {a: a.split("-")[0] for a in plans}
+
+
+def test_heavier_accounts_that_ask_alike_and_each_carry_evidence_are_one_campaign() -> None:
+    """One operator keeps each of its heavier accounts under the flag; what each did (its risk alone) is weak but
+    not nothing. A dense group whose typical core member carries HEAVY_ELEVATED or more, under the flag, is a
+    campaign, and only its core members are in it. The same group at a typical risk just under that is none, nor is
+    the developers' dense group, whose members carry next to nothing: what they ask alone never calls a group of
+    heavier accounts. A group whose members are flagged on their own is left to their own verdicts."""
+    from distillshield.detect import campaign as campaign_mod
+
+    records, role = heavier_deployment()
+    engine = analyze_records(records, model=content_alone()).engine
+    finder = engine.campaigns
+
+    def found(level: float) -> list[set[str]]:
+        def own(acc: Any) -> float:
+            return level if role[acc.account_id] == "op" else 0.01
+
+        finder.campaigns, finder.heavier = {}, set()
+        out = finder.find(engine.accounts, engine.population, force=True, own_evidence=own)
+        return [set(c.campaign) for k, c in out.items() if k in finder.heavier]
+
+    ops = {a for a in role if role[a] == "op"}
+    called = found(0.45)
+    assert len(called) == 1 and len(called[0]) >= campaign_mod.MIN_CAMPAIGN and called[0] <= ops, called
+    c = finder.campaigns[next(iter(finder.heavier))]
+    assert "heavier accounts" in c.evidence and "median 0.45" in c.evidence, c.evidence
+    assert 0.5 <= c.content_risk < 0.8  # suspicious: review, not a stop
+    assert found(campaign_mod.HEAVY_ELEVATED + 0.01) == called
+    assert found(campaign_mod.HEAVY_ELEVATED - 0.01) == []  # the same group, each member a little weaker
+    assert found(0.6) == []  # each one flagged on its own evidence: nothing to pool, no flag by association
+
+
+def test_a_heavier_campaign_flags_its_members_and_reads_each_ones_evidence_without_its_cluster(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """End to end: the engine hands its own judgement of each account alone (Engine.own_evidence) to the grouping,
+    and the campaign's members are flagged from it. Own evidence is read with no cluster, so being a campaign's
+    member does not feed back into the evidence the campaign is judged on."""
+    from distillshield.detect import campaign as campaign_mod
+    from distillshield.detect.engine import Engine
+
+    records, role = heavier_deployment()
+    seen: dict[str, float] = {}
+    real = Engine.own_evidence
+
+    def lifted(self: Engine, acc: Any) -> float:  # the operator's accounts as the trained model might see them
+        seen[acc.account_id] = real(self, acc)
+        return 0.3 if role[acc.account_id] == "op" else seen[acc.account_id]
+
+    monkeypatch.setattr(Engine, "own_evidence", lifted)
+    analysis = analyze_records(records, model=content_alone())
+    v = verdicts(analysis.report)
+    flagged = {a for a, x in v.items() if x != "benign"}
+    assert flagged and flagged <= {a for a in role if role[a] == "op"}, sorted(flagged)
+    assert len(flagged) >= campaign_mod.MIN_CAMPAIGN
+    engine = analysis.engine
+    monkeypatch.undo()
+    for member in sorted(flagged):
+        acc = engine.accounts[member]
+        assert acc.cluster_id is not None and "heavier accounts" in engine.clusters[acc.cluster_id].evidence
+        # what the grouping read at the end is what the account's evidence is now, in its campaign or out of it
+        assert engine.own_evidence(acc) == seen[member]
+        cluster_id, acc.cluster_id = acc.cluster_id, None
+        assert engine.own_evidence(acc) == seen[member]
+        acc.cluster_id = cluster_id
+
+
+def test_core_members_leave_out_a_group_s_fringe() -> None:
+    """The density grouping lets a noise account join a group its nearest accounts belong to; such an account may
+    ask otherwise (a pipeline next to an operator's accounts). Only members closer to the others' mean than almost
+    every non-member is to the group's, and at least half as close as the typical member, are its core: next to a
+    group far from everything, a fringe account can be nearer than every non-member and still ask otherwise."""
+    from distillshield.detect.campaign import KEEP_QUANTILE, core_members
+
+    rng = np.random.default_rng(0)
+    centre = rng.normal(size=64)
+    group = [centre + rng.normal(scale=0.5, size=64) for _ in range(12)]
+    fringe = [rng.normal(size=64) + 0.1 * centre, rng.normal(size=64) + 0.4 * centre]
+    others = [rng.normal(size=64) for _ in range(40)]
+    vecs = np.stack(group + fringe + others)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    ids = [f"g{i:02d}" for i in range(12)] + ["fringe", "near"] + [f"o{i:02d}" for i in range(40)]
+    index = {a: i for i, a in enumerate(ids)}
+    mean = vecs[:14].sum(axis=0)
+    mean /= np.linalg.norm(mean)
+    keep_bar = np.quantile(vecs[14:] @ mean, KEEP_QUANTILE)
+    assert vecs[13] @ mean > keep_bar  # "near" passes the non-members' bar: only the second bar leaves it out
+    assert core_members(ids[:14], vecs, index) == ids[:12]
+    assert core_members(ids[:14], vecs[:20], {a: i for a, i in index.items() if i < 20}) == []  # too few others

@@ -1,4 +1,4 @@
-"""Campaigns of thin accounts, found by what they ask rather than by exact templates.
+"""Campaigns of thin accounts (and of heavier ones), found by what they ask rather than by exact templates.
 
 The 2026 disclosures describe one campaign spread over hundreds of accounts, each with a handful of
 requests, each wrapping its questions in a reworded instruction: no account has enough traffic to be
@@ -25,7 +25,12 @@ varied words and questions drawn from one bank. So:
    accounts of one campaign need not all be thin, and one that sends more requests through human-looking
    wording is judged on its own evidence, which a campaign's wrapped bank questions need not carry
    (`Joining`). It joins a campaign whose evidence is its content or its reasoning sweep, not one whose
-   evidence is the waves its accounts were created in (there an account is in it only if it was made in them).
+   evidence is the waves its accounts were created in (there an account is in it only if it was made in them);
+6. the heavier accounts no thin campaign took are grouped the same way, and a group of them is a campaign when its
+   core members (`core_members`) typically carry evidence of their own, short of a flag but well above what
+   accounts that only ask alike carry (`HEAVY_ELEVATED`, read by `Engine.own_evidence`): one operator spreading a
+   harvest over a few dozen accounts keeps each under the flag. What such a group asks cannot call it: a service's
+   coding assistants make groups as dense and as far from the packaged reference (docs/detection.md round 13).
 
 A classroom of honest students asking for step-by-step help also forms a dense group. Where its homework
 stays in a few topic areas, step 4 tells it from a bank that sweeps capabilities; but a class can span as
@@ -36,13 +41,14 @@ school's intake) is at the edge of the third rule: docs/detection.md round 10 me
 
 Cost: one N x N distance matrix and HDBSCAN, twice, over the thin accounts' mean vectors (at most MAX_ACCOUNTS,
 the most recently active), run when their number has grown by a quarter since the last run (and once
-more at the end).
+more at the end); the same over the heavier accounts' when theirs has (or the thin run is due), with each
+candidate's core members' own evidence scored once.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -79,6 +85,15 @@ KEEP_QUANTILE = 0.99  # a kept campaign's member is closer to the members' mean 
 # heavy honest accounts into the diffuse campaign of a thin hydra: a heavy account's mean over many prompts is
 # less noisy than a thin member's, so it sits closer to any group's centre than its own members do.)
 JOIN_QUANTILE = 0.5
+# A dense group of heavier accounts is a campaign when the typical one of its core members (`core_members`) carries
+# evidence of its own at least this high, but under the flag: its risk by the known techniques as if it were in no
+# cluster (Engine.own_evidence), two fifths of the way to a flag. An operator that spreads one harvest over
+# accounts keeps each one's evidence under the flag, not at nothing; honest accounts that ask alike (the coding
+# assistants of one service, its office users) sit near nothing. A group whose typical member is flagged on its own
+# needs no pooling, and its other members are not flagged for asking as it does.
+HEAVY_ELEVATED = 0.2
+
+OwnEvidence = Callable[["AccountState"], float]  # an account's risk from its own evidence (Engine.own_evidence)
 
 
 class ContentCampaigns:
@@ -89,22 +104,55 @@ class ContentCampaigns:
     def __init__(self, *, cohorts: bool = True) -> None:
         self.cohorts = cohorts  # judge the waves the members' accounts were created in (detect/cohort.py)
         self._last_n = 0
+        self._last_heavy = 0
         self.campaigns: dict[str, Cluster] = {}
+        self.heavier: set[str] = set()  # ids of the campaigns found among heavier accounts (`_find_heavier`)
 
     def due(self, accounts: dict[str, AccountState]) -> bool:
         n = sum(1 for a in accounts.values() if _eligible(a))
         return n >= MIN_CAMPAIGN and (self._last_n == 0 or n >= (1 + GROWTH) * self._last_n)
 
-    def find(self, accounts: dict[str, AccountState], pop: Population, force: bool = False) -> dict[str, Cluster]:
-        """Campaign clusters keyed by cluster id (recomputed when due, else the last ones)."""
-        if not force and not self.due(accounts):
+    def heavier_due(self, accounts: dict[str, AccountState]) -> bool:
+        n = sum(1 for a in accounts.values() if _heavy(a))
+        return n >= MIN_CAMPAIGN and (self._last_heavy == 0 or n >= (1 + GROWTH) * self._last_heavy)
+
+    def find(
+        self,
+        accounts: dict[str, AccountState],
+        pop: Population,
+        force: bool = False,
+        own_evidence: OwnEvidence | None = None,
+    ) -> dict[str, Cluster]:
+        """Campaign clusters keyed by cluster id (recomputed when due, else the last ones): those of thin accounts,
+        then, given `own_evidence`, those of heavier accounts (`_find_heavier`)."""
+        thin_due = force or self.due(accounts)
+        heavy_due = own_evidence is not None and (thin_due or self.heavier_due(accounts))
+        if not thin_due and not heavy_due:
             return self.campaigns
+        thin = {k: c for k, c in self.campaigns.items() if k not in self.heavier}
+        heavier = {k: c for k, c in self.campaigns.items() if k in self.heavier}
+        if thin_due:
+            thin = self._find_thin(accounts, pop, thin)
+        if own_evidence is not None and heavy_due:
+            self._last_heavy = sum(1 for a in accounts.values() if _heavy(a))
+            taken = {m for c in thin.values() for m in c.campaign}
+            earlier = list(heavier.values())
+            heavier = {}
+            if pop.content.stats.tau >= -0.5:
+                heavier = self._find_heavier(accounts, pop, own_evidence, taken, earlier)
+        self.heavier = set(heavier)
+        self.campaigns = {**thin, **heavier}
+        return self.campaigns
+
+    def _find_thin(
+        self, accounts: dict[str, AccountState], pop: Population, previous: dict[str, Cluster]
+    ) -> dict[str, Cluster]:
+        """The campaigns of thin accounts (and the heavier accounts that join them); `previous`: those found before."""
         self._last_n = sum(1 for a in accounts.values() if _eligible(a))
         thin = thin_accounts(accounts)
-        previous, found = self.campaigns, {}
-        self.campaigns = {}
+        found: dict[str, Cluster] = {}
         if len(thin) < MIN_CAMPAIGN or pop.content.stats.tau < -0.5:
-            return self.campaigns
+            return found
         groups = density_groups(thin)
         vecs = groups.vecs
         service = ServiceCounts.of(accounts)
@@ -141,8 +189,66 @@ class ContentCampaigns:
             if c is not None:
                 found[c.cluster_id] = c
                 placed.update(keep)
-        self.campaigns = found
-        return self.campaigns
+        return found
+
+    def _find_heavier(
+        self,
+        accounts: dict[str, AccountState],
+        pop: Population,
+        own_evidence: OwnEvidence,
+        taken: set[str],
+        earlier: list[Cluster],
+    ) -> dict[str, Cluster]:
+        """Campaigns among the heavier accounts (more than THIN_MAX requests) that no thin campaign holds (`taken`).
+
+        Each of them is judged on its own evidence, and an operator can keep every one under the flag: a campaign
+        spread over a few dozen accounts of a hundred or so requests each, in human-looking wording, with cover
+        traffic (docs/detection.md round 16). The density grouping finds such accounts as one group, as it finds
+        thin ones; what they ask cannot call it (a service's coding assistants or office users make groups as dense,
+        and their code prompts sit as far from the packaged reference of chat prompts as a bank does), but what
+        each one did can: a group whose core members typically carry evidence of their own at HEAVY_ELEVATED or
+        more, under the flag, is one. Its core members are flagged from that pooled evidence (suspicious: review,
+        not a stop). A campaign found before is judged again on its members (as thin ones are kept), so a
+        regrouping that cuts it differently does not drop it."""
+        from distillshield.detect.scoring import RISK_SUSPICIOUS
+
+        heavy = [a for a in heavier_accounts(accounts) if a.account_id not in taken]
+        found: dict[str, Cluster] = {}
+        if len(heavy) < MIN_CAMPAIGN:
+            return found
+        groups = density_groups(heavy)
+        index = {a.account_id: i for i, a in enumerate(heavy)}
+        service = ServiceCounts.of(accounts)
+        placed: set[str] = set()
+        own: dict[str, float] = {}  # each account's own evidence, scored once per run (groups of two levels overlap)
+        proposed = [members for _level, members in candidates(groups, heavy, set())]
+        proposed += [[m for m in c.campaign if m in index] for c in earlier]
+        for members in proposed:
+            members = sorted(m for m in members if m not in placed)
+            core = core_members(members, groups.vecs, index)
+            if len(core) < MIN_CAMPAIGN:
+                continue
+            for m in core:
+                if m not in own:
+                    own[m] = own_evidence(accounts[m])
+            risks = np.asarray([own[m] for m in core])
+            typical = float(np.median(risks))
+            if not HEAVY_ELEVATED <= typical < RISK_SUSPICIOUS:
+                continue  # nothing to pool, or each one's own evidence already flags it (no flag by association)
+            score = 0.5 + 0.49 * min(1.0, (typical - HEAVY_ELEVATED) / (RISK_SUSPICIOUS - HEAVY_ELEVATED))
+            requests = [accounts[m].n for m in core]
+            evidence = (
+                f"{len(core)} heavier accounts of {min(requests)}-{max(requests)} requests ask alike (a dense group in "
+                f"what they ask, where other accounts each ask their own things), and they carry evidence of their "
+                f"own: {int((risks >= HEAVY_ELEVATED).sum())} of the {len(core)} a risk of {HEAVY_ELEVATED:.2f} or "
+                f"more by what each did alone (median {typical:.2f}; {int((risks >= RISK_SUSPICIOUS).sum())} flagged "
+                "on it), where accounts that only ask alike carry next to none: the shape of one operator's harvest "
+                "spread so that few accounts cross the flag"
+            )
+            c = _campaign(core, evidence, score, accounts, service, prefix="ch")
+            found[c.cluster_id] = c
+            placed.update(core)
+        return found
 
     def _judge(
         self,
@@ -152,8 +258,6 @@ class ContentCampaigns:
         service: ServiceCounts,
         joining: Joining,
     ) -> Cluster | None:
-        from distillshield.detect.engine import content_risk
-
         ev = group_evidence(members, accounts, pop, cohorts=self.cohorts, service=service)
         called = campaign_call(ev)
         if called is None:
@@ -170,19 +274,52 @@ class ContentCampaigns:
                 "this service's other thin accounts)"
             )
             members = sorted([*members, *joined])
-        firsts = np.asarray([accounts[m].behaviour.first_ts for m in members])
-        span = max(service.span, 3600.0)
-        cid = f"cp_{stable_hash(members[0]) & 0xFFFFFFFF:08x}"
         requests = [accounts[m].n for m in members]
-        c = Cluster(cid, members, campaign=frozenset(members))
-        first_spread = min(float(np.std(firsts)) / span * 4, 1.0)  # not `spread`: that is the areas function
-        c.features = {"clu_size": math.log1p(len(members)), "clu_first_spread": first_spread}
-        c.risk = c.content_risk = content_risk(score)
-        c.evidence = (
+        evidence = (
             f"{len(members)} accounts of {min(requests)}-{max(requests)} requests ask alike (a dense group in "
             f"what they ask, where other accounts each ask their own things); together: {why}"
         )
-        return c
+        return _campaign(members, evidence, score, accounts, service)
+
+
+def _campaign(
+    members: list[str],
+    evidence: str,
+    score: float,
+    accounts: dict[str, AccountState],
+    service: ServiceCounts,
+    prefix: str = "cp",
+) -> Cluster:
+    """The campaign cluster of `members` (sorted), with its evidence and the risk its score (0.5..1) gives."""
+    from distillshield.detect.engine import content_risk
+
+    firsts = np.asarray([accounts[m].behaviour.first_ts for m in members])
+    span = max(service.span, 3600.0)
+    c = Cluster(f"{prefix}_{stable_hash(members[0]) & 0xFFFFFFFF:08x}", members, campaign=frozenset(members))
+    first_spread = min(float(np.std(firsts)) / span * 4, 1.0)  # not `spread`: that is the areas function
+    c.features = {"clu_size": math.log1p(len(members)), "clu_first_spread": first_spread}
+    c.risk = c.content_risk = content_risk(score)
+    c.evidence = evidence
+    return c
+
+
+def core_members(members: list[str], vecs: np.ndarray, index: dict[str, int]) -> list[str]:
+    """The members (sorted) that ask as the group does, in a way the other accounts of `index` do not: each closer to
+    the mean of the *other* members than KEEP_QUANTILE of the non-members are to the members' mean, and at least
+    half as close as the typical member (the density grouping's fringe, taken in by its nearest accounts' votes, may
+    ask otherwise; next to a group far from everything, the first bar alone is low). None with too few non-members."""
+    rows = [index[m] for m in members]
+    others = np.ones(len(vecs), dtype=bool)
+    others[rows] = False
+    if len(rows) < MIN_CAMPAIGN or others.sum() < MIN_CAMPAIGN:
+        return []
+    total = vecs[rows].sum(axis=0)
+    centre = total / max(float(np.linalg.norm(total)), 1e-8)
+    bar = float(np.quantile(vecs[others] @ centre, KEEP_QUANTILE))
+    rest = total[None, :] - vecs[rows]
+    own = np.einsum("ij,ij->i", vecs[rows], rest) / np.maximum(np.linalg.norm(rest, axis=1), 1e-8)
+    bar = max(bar, 0.5 * float(np.median(own)))
+    return sorted(m for m, closeness in zip(members, own.tolist(), strict=True) if closeness > bar)
 
 
 @dataclass(frozen=True, slots=True)

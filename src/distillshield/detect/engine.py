@@ -413,7 +413,8 @@ class Engine:
         the largest of them (one campaign, one object), which then carries the campaign's evidence and risk."""
         self.clusters = self.hydra.find(self.accounts, self.population)
         member_of = {m: cid for cid, c in self.clusters.items() for m in c.accounts}
-        for cid, c in self.campaigns.find(self.accounts, self.population, force=final).items():
+        found = self.campaigns.find(self.accounts, self.population, force=final, own_evidence=self.own_evidence)
+        for cid, c in found.items():
             overlap = Counter(member_of[m] for m in c.accounts if m in member_of)
             if not overlap:
                 self.clusters[cid] = c
@@ -473,27 +474,30 @@ class Engine:
     def _risk(self, logits: list[float], shifts: list[float]) -> float:
         return max(c.risk(lg, sh) for c, lg, sh in zip(self.combiners, logits, shifts, strict=True))
 
-    def judge(self, feats: dict[str, float]) -> tuple[float, list[float], dict[str, float]]:
+    def judge(self, feats: dict[str, float], *, shifted: bool = True) -> tuple[float, list[float], dict[str, float]]:
         """(risk, each combiner's log-odds, per-signal contributions) of one feature set: the highest risk any
-        combiner gives at its operating point, with the contributions of the combiner that gave it."""
+        combiner gives at its operating point, with the contributions of the combiner that gave it. `shifted`:
+        at the point this deployment's population set (OperatingPoint), else at the artefact's own."""
         best: tuple[float, dict[str, float]] | None = None
         logits = []
         for comb, op in zip(self.combiners, self.operating_points, strict=True):
             logit, contrib = comb.explain(comb.vector(feats))
             logits.append(logit)
-            risk = comb.risk(logit, op.shift)
+            risk = comb.risk(logit, op.shift if shifted else 0.0)
             if best is None or risk > best[0]:
                 best = (risk, contrib)
         assert best is not None
         return best[0], logits, best[1]
 
-    def features(self, acc: AccountState) -> tuple[dict[str, float], list[Any]]:
-        cluster = self.clusters.get(acc.cluster_id) if acc.cluster_id else None
+    def features(self, acc: AccountState, *, alone: bool = False) -> tuple[dict[str, float], list[Any]]:
+        """The account's features and signals; `alone`: as if it were in no cluster, and without content (the
+        combiners do not read it; Engine.own_evidence says why it is left out there)."""
+        cluster = self.clusters.get(acc.cluster_id) if acc.cluster_id and not alone else None
         ctx = _own_context(self.population, cluster, acc.templates)
         if self.population.content.stale():
             self._refresh_content()
         sigs = self._own_signals(acc, ctx)
-        if acc.content.count:  # content on (detect/content.py) and this account has sampled prompts
+        if acc.content.count and not alone:  # content on (detect/content.py) and this account has sampled prompts
             sigs.append(self.content.score(acc.content, ctx))
         if acc.behaviour.logit_sweeps:
             sigs.append(self.logits.score(acc.behaviour, ctx))
@@ -535,12 +539,13 @@ class Engine:
         return out
 
     def _worst_end_user(
-        self, acc: AccountState, feats: dict[str, float]
+        self, acc: AccountState, feats: dict[str, float], alone: bool
     ) -> tuple[float, dict[str, float], list[Any], AccountState] | None:
         """The tracked end user with the most evidence against it: (risk, contributions, signals, state). Its
-        own templates, CoT and behaviour; the account's content, addresses and cluster."""
+        own templates, CoT and behaviour; the account's content, addresses and cluster (`alone`: no cluster, and the
+        artefact's own operating point, as Engine.own_evidence reads it)."""
         assert acc.end_users is not None
-        cluster = self.clusters.get(acc.cluster_id) if acc.cluster_id else None
+        cluster = self.clusters.get(acc.cluster_id) if acc.cluster_id and not alone else None
         worst = None
         for sub in acc.end_users.states.values():
             if sub.n < MIN_EVIDENCE or sub.cot.n < MIN_EVIDENCE:
@@ -550,20 +555,41 @@ class Engine:
             f = dict(feats)
             for sg in sigs:
                 f.update(sg.features)
-            risk, _, contrib = self.judge(f)
+            risk, _, contrib = self.judge(f, shifted=not alone)
             if worst is None or risk > worst[0]:
                 worst = (risk, contrib, sigs, sub)
         return worst
 
-    def rescore(self, acc: AccountState) -> AccountScore:
-        feats, sigs = self.features(acc)
+    def own_evidence(self, acc: AccountState) -> float:
+        """The risk of what the account did itself, by the known techniques: the trained model (its worst end user's
+        where it relays many) and logit sweeps, as if it were in no cluster, at the artefact's own operating point.
+        What a group of heavier accounts is judged on (campaign.ContentCampaigns), so it leaves out two things:
+        - content: a group's members read as far when their genre is not vouched for (content.genres leaves a
+          campaign's members out), and what a group asks cannot call it (docs/detection.md round 13);
+        - the clusters and the operating point that earlier scoring left: both move with when the engine last
+          scored and finalised, and online and batch would then differ."""
+        feats, sigs = self.features(acc, alone=True)
         people = self._people(acc)
         if people:
             feats = self._per_person(acc, feats, people)
-        if self.snapshots is not None:
-            self.snapshots.append((acc.account_id, acc.n, feats))
-        risk, acc.logits, contrib = self.judge(feats)
-        person = self._worst_end_user(acc, feats) if people else None
+        risk, _, contrib = self.judge(feats, shifted=False)
+        return self._own_judgement(acc, feats, sigs, people, risk, contrib, alone=True)[0]
+
+    def _own_judgement(
+        self,
+        acc: AccountState,
+        feats: dict[str, float],
+        sigs: list[Any],
+        people: float,
+        risk: float,
+        contrib: dict[str, float],
+        *,
+        alone: bool = False,
+    ) -> tuple[float, dict[str, float], list[Any]]:
+        """(risk, contributions, signals) of what the account did itself, from the combiners' `risk`: its worst end
+        user's evidence where it relays many, then content (not when `alone`: Engine.own_evidence) and logit-sweep
+        evidence, which flag on their own."""
+        person = self._worst_end_user(acc, feats, alone) if people else None
         if person is not None and person[0] > risk:
             risk, contrib, sub_sigs, sub = person
             # The end user's own signals stand in for the account's (content stays the account's).
@@ -572,7 +598,7 @@ class Engine:
                 *(s for s in sigs if s.signal not in OWN_SIGNALS),
             ]
         content = next((s for s in sigs if s.signal == "content"), None)
-        if content is None:
+        if content is None or alone:
             pass
         elif content.score >= RISK_SUSPICIOUS:
             # Population-relative evidence flags on its own, without the trained model; alone it is
@@ -586,6 +612,17 @@ class Engine:
             # A known technique with no honest use: it puts the account in the extraction band on its own.
             risk = max(risk, logit_risk(logits.score))
             contrib["logits"] = max(contrib.get("logits", 0.0), 10.0 * logits.score)
+        return risk, contrib, sigs
+
+    def rescore(self, acc: AccountState) -> AccountScore:
+        feats, sigs = self.features(acc)
+        people = self._people(acc)
+        if people:
+            feats = self._per_person(acc, feats, people)
+        if self.snapshots is not None:
+            self.snapshots.append((acc.account_id, acc.n, feats))
+        risk, acc.logits, contrib = self.judge(feats)
+        risk, contrib, sigs = self._own_judgement(acc, feats, sigs, people, risk, contrib)
         acc.own_risk = risk
         cluster = self.clusters.get(acc.cluster_id) if acc.cluster_id else None
         in_campaign = cluster is not None and acc.account_id in cluster.campaign
