@@ -132,33 +132,27 @@ def heavy_groups(path: Path) -> list[dict[str, Any]]:
     index = {a.account_id: i for i, a in enumerate(heavy)}
     called = {m for k in finder.heavier for m in finder.campaigns[k].campaign}
     out = []
-    seen: set[tuple[str, ...]] = set()
-    for level, labels in (("coarse", groups.coarse), ("fine", groups.fine)):
-        for label in sorted(set(labels.tolist()) - {-1}):
-            members = sorted(heavy[i].account_id for i in np.flatnonzero(labels == label))
-            if tuple(members) in seen:
-                continue
-            seen.add(tuple(members))
-            core = C.core_members(members, groups.vecs, index)
-            own = np.asarray([engine.own_evidence(accounts[m]) for m in core])
-            ev = C.group_evidence(members, accounts, pop)
-            out.append(
-                {
-                    "level": level,
-                    "accounts": len(members),
-                    "labels": dict(Counter(personas.get(m, "?") for m in members).most_common()),
-                    "core": len(core),
-                    "core_labels": dict(Counter(personas.get(m, "?") for m in core).most_common()),
-                    "own_median": round(float(np.median(own)), 3) if len(own) else None,
-                    "own_elevated": int((own >= C.HEAVY_ELEVATED).sum()),
-                    "campaign": bool(core) and set(core) <= called,
-                    "flagged": sum(m in flagged for m in members),
-                    "content_score": round(float(ev.content.score), 3),
-                    "reasoning_share": round(ev.reasoning_share, 3),
-                    "reasoning_share_rest": round(ev.rest_share, 3),
-                    "areas": round(ev.areas, 1),
-                }
-            )
+    for level, members in C.candidates(groups, heavy, set()):  # the candidates _find_heavier judges, both levels
+        core = C.core_members(members, groups.vecs, index)
+        own = np.asarray([engine.own_evidence(accounts[m]) for m in core])
+        ev = C.group_evidence(members, accounts, pop)
+        out.append(
+            {
+                "level": level,
+                "accounts": len(members),
+                "labels": dict(Counter(personas.get(m, "?") for m in members).most_common()),
+                "core": len(core),
+                "core_labels": dict(Counter(personas.get(m, "?") for m in core).most_common()),
+                "own_median": round(float(np.median(own)), 3) if len(own) else None,
+                "own_elevated": int((own >= C.HEAVY_ELEVATED).sum()),
+                "campaign": bool(core) and set(core) <= called,
+                "flagged": sum(m in flagged for m in members),
+                "content_score": round(float(ev.content.score), 3),
+                "reasoning_share": round(ev.reasoning_share, 3),
+                "reasoning_share_rest": round(ev.rest_share, 3),
+                "areas": round(ev.areas, 1),
+            }
+        )
     return out
 
 

@@ -29,26 +29,37 @@ from pathlib import Path
 from typing import Any
 
 
-def flags_by_persona(paths: list[Path], old: Any, new: Any, per_account: int = 40) -> dict[str, list[int]]:
+def read_requests(paths: list[Path]) -> list[tuple[str, str, str, str]]:
+    """(account, persona label, user text, system prompt) of every request of the traffic files, in file order."""
+    from distillshield.detect import text as T
+
+    out = []
+    for path in paths:
+        with path.open() as f:
+            for line in f:
+                rec = json.loads(line)
+                user, system, _turns, _n = T.request_texts(rec["endpoint"], rec["request"])
+                out.append((rec["account_id"], rec.get("label") or "unlabelled", user, system))
+    return out
+
+
+def flags_by_persona(
+    requests: list[tuple[str, str, str, str]], old: Any, new: Any, per_account: int = 40
+) -> dict[str, list[int]]:
     """persona label -> [requests read, flagged by old, flagged by new], over the first `per_account` requests of
     each account (what the classifier reads: `corpus.classifier_text`)."""
-    from distillshield.detect import text as T
     from distillshield.detect.corpus import classifier_text
     from distillshield.detect.signals.cot import FLAG_AT
 
     seen: dict[str, int] = defaultdict(int)
     texts: list[str] = []
     labels: list[str] = []
-    for path in paths:
-        with path.open() as f:
-            for line in f:
-                rec = json.loads(line)
-                if seen[rec["account_id"]] >= per_account:
-                    continue
-                seen[rec["account_id"]] += 1
-                user, system, _turns, _n = T.request_texts(rec["endpoint"], rec["request"])
-                texts.append(classifier_text(user, system))
-                labels.append(rec.get("label") or "unlabelled")
+    for account, label, user, system in requests:
+        if seen[account] >= per_account:
+            continue
+        seen[account] += 1
+        texts.append(classifier_text(user, system))
+        labels.append(label)
     p_old, p_new = old(texts)[0], new(texts)[0]
     out: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
     for label, a, b in zip(labels, p_old, p_new, strict=True):
@@ -59,21 +70,16 @@ def flags_by_persona(paths: list[Path], old: Any, new: Any, per_account: int = 4
     return dict(out)
 
 
-def system_prompts_by_persona(paths: list[Path], old: Any, new: Any) -> dict[str, list[int]]:
+def system_prompts_by_persona(requests: list[tuple[str, str, str, str]], old: Any, new: Any) -> dict[str, list[int]]:
     """persona label -> [accounts, accounts sending a system prompt, those whose system prompt alone the old
     classifier reads as a reasoning ask, the same for the new one] (each account's first request's system prompt,
     its first 200 characters as `corpus.classifier_text` reads it)."""
-    from distillshield.detect import text as T
     from distillshield.detect.signals.cot import FLAG_AT
 
     first: dict[str, tuple[str, str]] = {}
-    for path in paths:
-        with path.open() as f:
-            for line in f:
-                rec = json.loads(line)
-                if rec["account_id"] not in first:
-                    _user, system, _turns, _n = T.request_texts(rec["endpoint"], rec["request"])
-                    first[rec["account_id"]] = (rec.get("label") or "unlabelled", system[:200])
+    for account, label, _user, system in requests:
+        if account not in first:
+            first[account] = (label, system[:200])
     texts = sorted({s for _label, s in first.values() if s.strip()})
     p_old = dict(zip(texts, old(texts)[0].tolist(), strict=True)) if texts else {}
     p_new = dict(zip(texts, new(texts)[0].tolist(), strict=True)) if texts else {}
@@ -113,13 +119,14 @@ def main() -> int:
     print(f"the artefact's classifier {'already agrees with' if same else 'differs from'} the one fitted today")
     doc: dict[str, Any] = {"model": model.version, "heldout": metrics["heldout"], "same": same}
     if args.traffic:
-        rows = flags_by_persona(args.traffic, old, new)
+        requests = read_requests(args.traffic)
+        rows = flags_by_persona(requests, old, new)
         print(f"{'persona':32s} {'requests':>8s} {'old':>7s} {'new':>7s}  (share read as reasoning asks)")
         for label in sorted(rows):
             n, a, b = rows[label]
             print(f"{label:32s} {n:8d} {a / n:7.3f} {b / n:7.3f}")
         doc["flags"] = {k: {"requests": v[0], "old": v[1], "new": v[2]} for k, v in rows.items()}
-        systems = system_prompts_by_persona(args.traffic, old, new)
+        systems = system_prompts_by_persona(requests, old, new)
         print(f"\n{'persona':32s} {'accounts':>8s} {'system':>7s} {'old':>7s} {'new':>7s}  (system prompts alone")
         print(f"{'':32s} {'':8s} {'':7s} {'':7s} {'':7s}   read as reasoning asks)")
         for label in sorted(systems):

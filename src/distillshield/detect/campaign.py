@@ -50,6 +50,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
@@ -108,14 +109,6 @@ class ContentCampaigns:
         self.campaigns: dict[str, Cluster] = {}
         self.heavier: set[str] = set()  # ids of the campaigns found among heavier accounts (`_find_heavier`)
 
-    def due(self, accounts: dict[str, AccountState]) -> bool:
-        n = sum(1 for a in accounts.values() if _eligible(a))
-        return n >= MIN_CAMPAIGN and (self._last_n == 0 or n >= (1 + GROWTH) * self._last_n)
-
-    def heavier_due(self, accounts: dict[str, AccountState]) -> bool:
-        n = sum(1 for a in accounts.values() if _heavy(a))
-        return n >= MIN_CAMPAIGN and (self._last_heavy == 0 or n >= (1 + GROWTH) * self._last_heavy)
-
     def find(
         self,
         accounts: dict[str, AccountState],
@@ -124,38 +117,41 @@ class ContentCampaigns:
         own_evidence: OwnEvidence | None = None,
     ) -> dict[str, Cluster]:
         """Campaign clusters keyed by cluster id (recomputed when due, else the last ones): those of thin accounts,
-        then, given `own_evidence`, those of heavier accounts (`_find_heavier`)."""
-        thin_due = force or self.due(accounts)
-        heavy_due = own_evidence is not None and (thin_due or self.heavier_due(accounts))
+        then, given `own_evidence`, those of heavier accounts (`_find_heavier`). Each grouping is due when its
+        accounts have grown by GROWTH since it last ran; the heavier one also whenever the thin one runs."""
+        n_thin = sum(1 for a in accounts.values() if _eligible(a))
+        n_heavy = sum(1 for a in accounts.values() if _heavy(a)) if own_evidence is not None else 0
+        thin_due = force or _grown(n_thin, self._last_n)
+        heavy_due = own_evidence is not None and (thin_due or _grown(n_heavy, self._last_heavy))
         if not thin_due and not heavy_due:
             return self.campaigns
+        service = ServiceCounts.of(accounts)
         thin = {k: c for k, c in self.campaigns.items() if k not in self.heavier}
         heavier = {k: c for k, c in self.campaigns.items() if k in self.heavier}
         if thin_due:
-            thin = self._find_thin(accounts, pop, thin)
+            self._last_n = n_thin
+            thin = self._find_thin(accounts, pop, thin, service)
         if own_evidence is not None and heavy_due:
-            self._last_heavy = sum(1 for a in accounts.values() if _heavy(a))
+            self._last_heavy = n_heavy
             taken = {m for c in thin.values() for m in c.campaign}
             earlier = list(heavier.values())
             heavier = {}
             if pop.content.stats.tau >= -0.5:
-                heavier = self._find_heavier(accounts, pop, own_evidence, taken, earlier)
+                heavier = self._find_heavier(accounts, own_evidence, taken, earlier, service)
         self.heavier = set(heavier)
         self.campaigns = {**thin, **heavier}
         return self.campaigns
 
     def _find_thin(
-        self, accounts: dict[str, AccountState], pop: Population, previous: dict[str, Cluster]
+        self, accounts: dict[str, AccountState], pop: Population, previous: dict[str, Cluster], service: ServiceCounts
     ) -> dict[str, Cluster]:
         """The campaigns of thin accounts (and the heavier accounts that join them); `previous`: those found before."""
-        self._last_n = sum(1 for a in accounts.values() if _eligible(a))
         thin = thin_accounts(accounts)
         found: dict[str, Cluster] = {}
         if len(thin) < MIN_CAMPAIGN or pop.content.stats.tau < -0.5:
             return found
         groups = density_groups(thin)
         vecs = groups.vecs
-        service = ServiceCounts.of(accounts)
         joining = Joining.of(thin, vecs, accounts)
         placed: set[str] = set()
         for _level, members in candidates(groups, thin, placed):
@@ -194,10 +190,10 @@ class ContentCampaigns:
     def _find_heavier(
         self,
         accounts: dict[str, AccountState],
-        pop: Population,
         own_evidence: OwnEvidence,
         taken: set[str],
         earlier: list[Cluster],
+        service: ServiceCounts,
     ) -> dict[str, Cluster]:
         """Campaigns among the heavier accounts (more than THIN_MAX requests) that no thin campaign holds (`taken`).
 
@@ -218,13 +214,13 @@ class ContentCampaigns:
             return found
         groups = density_groups(heavy)
         index = {a.account_id: i for i, a in enumerate(heavy)}
-        service = ServiceCounts.of(accounts)
         placed: set[str] = set()
         own: dict[str, float] = {}  # each account's own evidence, scored once per run (groups of two levels overlap)
-        proposed = [members for _level, members in candidates(groups, heavy, set())]
-        proposed += [[m for m in c.campaign if m in index] for c in earlier]
+        proposed = chain(
+            (members for _level, members in candidates(groups, heavy, placed)),
+            (sorted(m for m in c.campaign if m in index and m not in placed) for c in earlier),
+        )
         for members in proposed:
-            members = sorted(m for m in members if m not in placed)
             core = core_members(members, groups.vecs, index)
             if len(core) < MIN_CAMPAIGN:
                 continue
@@ -571,6 +567,11 @@ def density_groups(accs: list[AccountState]) -> Groups:
         near = np.argsort(dist, axis=1)[:, :K_DENSE]
         fine, coarse = _with_fringe(fine, near), _with_fringe(coarse, near)
     return Groups(vecs, fine, coarse)
+
+
+def _grown(n: int, last: int) -> bool:
+    """Whether a grouping over `n` accounts is due, having last run over `last` (0: never)."""
+    return n >= MIN_CAMPAIGN and (last == 0 or n >= (1 + GROWTH) * last)
 
 
 def content_span(accounts: dict[str, AccountState]) -> float:
