@@ -14,8 +14,9 @@ X more of their prompts asking for reasoning than the rest of the service's, sig
 `--heavy` shows the heavier accounts' grouping instead (more than THIN_MAX requests: those no thin campaign took),
 as `campaign.ContentCampaigns._find_heavier` reads it at the end (docs/detection.md round 16): for each density
 group, its members' simulator personas, its core members (`campaign.core_members`), their own evidence
-(`Engine.own_evidence`: median and how many reach HEAVY_ELEVATED), whether that calls it a campaign, how many of its
-members the final report flags, and the figures its pooled prompts would be judged on as a thin group's are.
+(`Engine.own_evidence`: median, how many reach HEAVY_ELEVATED and how many the flag), whether that calls it a
+campaign, how many of its members the final report flags, and the figures its pooled prompts would be judged on as a
+thin group's are.
 
     .venv/bin/python benchmarks/detect_campaigns.py --scenario fresh2_thin --seed 30002 --cot-excess 0.2
     .venv/bin/python benchmarks/detect_campaigns.py --traffic traffic.jsonl --json-out groups.json
@@ -118,6 +119,7 @@ def heavy_groups(path: Path) -> list[dict[str, Any]]:
     """The heavier accounts' density groups as the end of the analysis reads them: who they are, their core, their
     own evidence and the call."""
     from distillshield.detect import campaign as C
+    from distillshield.detect.scoring import RISK_SUSPICIOUS
 
     truth, report, engine = analysed(path)
     personas = {a: f"{label}:{persona}" for a, (label, persona) in truth.items()}
@@ -145,6 +147,7 @@ def heavy_groups(path: Path) -> list[dict[str, Any]]:
                 "core_labels": dict(Counter(personas.get(m, "?") for m in core).most_common()),
                 "own_median": round(float(np.median(own)), 3) if len(own) else None,
                 "own_elevated": int((own >= C.HEAVY_ELEVATED).sum()),
+                "own_flagged": int((own >= RISK_SUSPICIOUS).sum()),
                 "campaign": bool(core) and set(core) <= called,
                 "flagged": sum(m in flagged for m in members),
                 "content_score": round(float(ev.content.score), 3),
@@ -196,10 +199,10 @@ def main() -> int:
             own = "no core" if r["own_median"] is None else f"own evidence median {r['own_median']:.2f}"
             print(
                 f"heavier group {i} ({r['level']}): {r['accounts']} accounts, core {r['core']} ({own}, "
-                f"{r['own_elevated']} at {HEAVY_ELEVATED} or more); campaign={r['campaign']}; {r['flagged']} flagged "
-                f"in the report; content {r['content_score']:.2f}; reasoning asks {r['reasoning_share']:.0%} (rest "
-                f"of the service {r['reasoning_share_rest']:.0%}); {r['areas']:.1f} topic areas; {r['labels']}; "
-                f"core {r['core_labels']}"
+                f"{r['own_elevated']} at {HEAVY_ELEVATED} or more, {r['own_flagged']} over the flag); "
+                f"campaign={r['campaign']}; {r['flagged']} flagged in the report; content {r['content_score']:.2f}; "
+                f"reasoning asks {r['reasoning_share']:.0%} (rest of the service {r['reasoning_share_rest']:.0%}); "
+                f"{r['areas']:.1f} topic areas; {r['labels']}; core {r['core_labels']}"
             )
         if args.json_out:
             args.json_out.write_text(json.dumps({"traffic": str(path), "heavy_groups": rows}, indent=1))

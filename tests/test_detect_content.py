@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import random
 from pathlib import Path
 from types import SimpleNamespace
@@ -749,18 +750,21 @@ def heavier_deployment(seed: int = 13) -> tuple[list[TrafficRecord], dict[str, s
 
 def test_heavier_accounts_that_ask_alike_and_each_carry_evidence_are_one_campaign() -> None:
     """One operator keeps each of its heavier accounts under the flag; what each did (its risk alone) is weak but
-    not nothing. A dense group whose typical core member carries HEAVY_ELEVATED or more, under the flag, is a
-    campaign, and only its core members are in it. The same group at a typical risk just under that is none, nor is
-    the developers' dense group, whose members carry next to nothing: what they ask alone never calls a group of
-    heavier accounts. A group whose members are flagged on their own is left to their own verdicts."""
+    not nothing. A dense group whose typical core member carries HEAVY_ELEVATED or more is a campaign while a share
+    of its core (HEAVY_UNDER_SHARE) is under the flag, however strong the typical member's evidence, and only its core
+    members are in it. The same group at a typical risk just under that is none, nor is the developers' dense group,
+    whose members carry next to nothing: what they ask alone never calls a group of heavier accounts. Nor is one
+    flagged on its own but for one member: there is nothing to pool for it."""
     from distillshield.detect import campaign as campaign_mod
 
     records, role = heavier_deployment()
     engine = analyze_records(records, model=content_alone()).engine
     finder = engine.campaigns
 
-    def found(level: float) -> list[set[str]]:
+    def found(level: float, weak: frozenset[str] = frozenset()) -> list[set[str]]:
         def own(acc: Any) -> float:
+            if acc.account_id in weak:
+                return campaign_mod.HEAVY_ELEVATED + 0.1  # members their own evidence leaves under the flag
             return level if role[acc.account_id] == "op" else 0.01
 
         finder.campaigns, finder.heavier = {}, set()
@@ -775,7 +779,13 @@ def test_heavier_accounts_that_ask_alike_and_each_carry_evidence_are_one_campaig
     assert 0.5 <= c.content_risk < 0.8  # suspicious: review, not a stop
     assert found(campaign_mod.HEAVY_ELEVATED + 0.01) == called
     assert found(campaign_mod.HEAVY_ELEVATED - 0.01) == []  # the same group, each member a little weaker
-    assert found(0.6) == []  # each one flagged on its own evidence: nothing to pool, no flag by association
+    core = sorted(called[0])
+    under = frozenset(core[: math.ceil(campaign_mod.HEAVY_UNDER_SHARE * len(core))])
+    assert len(under) > 1
+    # A typical member over the flag calls it too, while a share of its members stays under: they are its operator's.
+    assert found(0.6, weak=under) == called and found(1.0, weak=under) == called
+    assert found(0.6) == [] and found(1.0) == []  # each one flagged on its own: nothing to pool
+    assert found(0.6, weak=frozenset(core[:1])) == []  # but for one: no pooled evidence to flag it with
 
 
 def test_a_heavier_campaign_flags_its_members_and_reads_each_ones_evidence_without_its_cluster(

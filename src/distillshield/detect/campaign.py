@@ -27,10 +27,11 @@ varied words and questions drawn from one bank. So:
    (`Joining`). It joins a campaign whose evidence is its content or its reasoning sweep, not one whose
    evidence is the waves its accounts were created in (there an account is in it only if it was made in them);
 6. the heavier accounts no thin campaign took are grouped the same way, and a group of them is a campaign when its
-   core members (`core_members`) typically carry evidence of their own, short of a flag but well above what
-   accounts that only ask alike carry (`HEAVY_ELEVATED`, read by `Engine.own_evidence`): one operator spreading a
-   harvest over a few dozen accounts keeps each under the flag. What such a group asks cannot call it: a service's
-   coding assistants make groups as dense and as far from the packaged reference (docs/detection.md round 13).
+   core members (`core_members`) typically carry evidence of their own well above what accounts that only ask alike
+   carry (`HEAVY_ELEVATED`, read by `Engine.own_evidence`) and many of them stay under the flag
+   (`HEAVY_UNDER_SHARE`): one operator spreading a harvest over a few dozen accounts keeps many under it. What such
+   a group asks cannot call it: a service's coding assistants make groups as dense and as far from the packaged
+   reference (docs/detection.md round 13).
 
 A classroom of honest students asking for step-by-step help also forms a dense group. Where its homework
 stays in a few topic areas, step 4 tells it from a bank that sweeps capabilities; but a class can span as
@@ -87,12 +88,17 @@ KEEP_QUANTILE = 0.99  # a kept campaign's member is closer to the members' mean 
 # less noisy than a thin member's, so it sits closer to any group's centre than its own members do.)
 JOIN_QUANTILE = 0.5
 # A dense group of heavier accounts is a campaign when the typical one of its core members (`core_members`) carries
-# evidence of its own at least this high, but under the flag: its risk by the known techniques as if it were in no
-# cluster (Engine.own_evidence), two fifths of the way to a flag. An operator that spreads one harvest over
-# accounts keeps each one's evidence under the flag, not at nothing; honest accounts that ask alike (the coding
-# assistants of one service, its office users) sit near nothing. A group whose typical member is flagged on its own
-# needs no pooling, and its other members are not flagged for asking as it does.
+# evidence of its own at least this high: its risk by the known techniques as if it were in no cluster
+# (Engine.own_evidence), two fifths of the way to a flag. An operator that spreads one harvest over accounts keeps
+# many under the flag, not at nothing; honest accounts that ask alike (the coding assistants of one service, its
+# office users) sit near nothing.
 HEAVY_ELEVATED = 0.2
+# ...and at least this share of its core members are under the flag on their own evidence. Pooling is for the
+# accounts an operator keeps under it, and one that does keeps many (a median over the flag is not the verdicts:
+# those add the deployment's operating point and the accounts' clusters). A group flagged on its own but for one
+# or two members has no pooled evidence to give them: those may be an honest neighbour that asks alike (an eval run
+# next to a paraphrase fan-out, docs/detection.md round 17).
+HEAVY_UNDER_SHARE = 0.25
 
 OwnEvidence = Callable[["AccountState"], float]  # an account's risk from its own evidence (Engine.own_evidence)
 
@@ -203,9 +209,9 @@ class ContentCampaigns:
         thin ones; what they ask cannot call it (a service's coding assistants or office users make groups as dense,
         and their code prompts sit as far from the packaged reference of chat prompts as a bank does), but what
         each one did can: a group whose core members typically carry evidence of their own at HEAVY_ELEVATED or
-        more, under the flag, is one. Its core members are flagged from that pooled evidence (suspicious: review,
-        not a stop). A campaign found before is judged again on its members (as thin ones are kept), so a
-        regrouping that cuts it differently does not drop it."""
+        more, HEAVY_UNDER_SHARE of them or more under the flag, is one. Its core members are flagged from that
+        pooled evidence (suspicious: review, not a stop). A campaign found before is judged again on its members (as
+        thin ones are kept), so a regrouping that cuts it differently does not drop it."""
         from distillshield.detect.scoring import RISK_SUSPICIOUS
 
         heavy = [a for a in heavier_accounts(accounts) if a.account_id not in taken]
@@ -229,8 +235,8 @@ class ContentCampaigns:
                     own[m] = own_evidence(accounts[m])
             risks = np.asarray([own[m] for m in core])
             typical = float(np.median(risks))
-            if not HEAVY_ELEVATED <= typical < RISK_SUSPICIOUS:
-                continue  # nothing to pool, or each one's own evidence already flags it (no flag by association)
+            if typical < HEAVY_ELEVATED or (risks < RISK_SUSPICIOUS).mean() < HEAVY_UNDER_SHARE:
+                continue  # accounts that only ask alike, or flagged on their own but for a straggler or two
             score = 0.5 + 0.49 * min(1.0, (typical - HEAVY_ELEVATED) / (RISK_SUSPICIOUS - HEAVY_ELEVATED))
             requests = [accounts[m].n for m in core]
             evidence = (
@@ -239,7 +245,7 @@ class ContentCampaigns:
                 f"own: {int((risks >= HEAVY_ELEVATED).sum())} of the {len(core)} a risk of {HEAVY_ELEVATED:.2f} or "
                 f"more by what each did alone (median {typical:.2f}; {int((risks >= RISK_SUSPICIOUS).sum())} flagged "
                 "on it), where accounts that only ask alike carry next to none: the shape of one operator's harvest "
-                "spread so that few accounts cross the flag"
+                "spread over accounts, some of them kept under the flag"
             )
             c = _campaign(core, evidence, score, accounts, service, prefix="ch")
             found[c.cluster_id] = c
