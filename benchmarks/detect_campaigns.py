@@ -4,9 +4,11 @@
 each group on its pooled prompts: far from real users' prompts, or mostly reasoning asks over a sweep of topic
 areas. This prints, for the groups of the final grouping of an analysed file: size, the simulator's labels of its
 members (when the file has them; analysis never reads them), the content judgement's score, the share of its
-classified prompts that ask for the model's reasoning against the rest of the service's, the topic areas its
-prompts cover, the largest wave in which its members' accounts were created (detect/cohort.py), whether it is
-a campaign, and the heavier accounts that join it because they ask as its members do (campaign.Joining). With
+classified prompts that ask for the model's reasoning (and how surprising that share would be if it were half:
+docs/detection.md round 17 tried calling only a share over half beyond chance) against the rest of the service's,
+the topic areas its prompts cover, the largest wave in which its members' accounts were created
+(detect/cohort.py), whether it is a campaign, and the heavier accounts that join it because they ask as its members
+do (campaign.Joining). With
 `--cot-excess X` it also says which groups a deployment-relative reasoning test would call campaigns: at least
 X more of their prompts asking for reasoning than the rest of the service's, significantly (binomial tail
 < 1e-6), over a sweep of areas (docs/detection.md round 9: tried, not shipped).
@@ -88,6 +90,9 @@ def groups(path: Path, cot_excess: float | None) -> list[dict[str, Any]]:
             "content_score": round(float(ev.content.score), 3),
             "reasoning_share": round(share, 3),
             "reasoning_share_rest": round(base, 3),
+            # how surprising the share would be if it were half: -log10 of the binomial tail of the count at
+            # GROUP_COT (the reasoning-sweep call reads the share alone; docs/detection.md round 17)
+            "over_half_logp": round(far_logp(ev.reasoning, ev.asked, C.GROUP_COT), 1),
             "areas": round(ev.areas, 1),
             # The largest wave in which the members' accounts were created (detect/cohort.py), when judged
             "cohort": None
@@ -213,8 +218,9 @@ def main() -> int:
         print(
             f"group {i} ({r['level']}): {r['accounts']} accounts, campaign={r['campaign']}{extra}; "
             f"content {r['content_score']:.2f}; "
-            f"reasoning asks {r['reasoning_share']:.0%} (rest of the service {r['reasoning_share_rest']:.0%}); "
-            f"{r['areas']:.1f} topic areas; {_cohort_text(r['cohort'])}; labels {r['labels']}"
+            f"reasoning asks {r['reasoning_share']:.0%} (over half: -log10 p {r['over_half_logp']:.1f}; rest of the "
+            f"service {r['reasoning_share_rest']:.0%}); {r['areas']:.1f} topic areas; {_cohort_text(r['cohort'])}; "
+            f"labels {r['labels']}"
             + (
                 f"; joined by {r['joined']['accounts']} heavier accounts {r['joined']['labels']}"
                 if r["joined"]["accounts"]
