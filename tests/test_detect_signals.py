@@ -553,6 +553,29 @@ def test_cluster_risk_pools_the_members_uncapped_risks() -> None:
     assert eng.cluster_risk(c) == pytest.approx(0.95)
 
 
+def test_two_campaigns_met_in_one_cluster_keep_the_stronger_ones_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    from distillshield.detect.cluster import Cluster
+    from distillshield.detect.engine import AccountState
+
+    eng = null_engine()
+    for a in ("t1", "t2", "t3", "s1", "s2", "w1", "w2"):
+        eng.accounts[a] = AccountState(a)
+    monkeypatch.setattr(eng.hydra, "find", lambda accounts, pop: {"cl_t": Cluster("cl_t", ["t1", "t2", "t3"])})
+    strong = Cluster(
+        "cp_s", ["t1", "s1", "s2"], content_risk=0.9, evidence="strong", campaign=frozenset({"t1", "s1", "s2"})
+    )
+    weak = Cluster(
+        "cp_w", ["t2", "w1", "w2"], content_risk=0.6, evidence="weak", campaign=frozenset({"t2", "w1", "w2"})
+    )
+    for found in ({"cp_s": strong, "cp_w": weak}, {"cp_w": weak, "cp_s": strong}):  # whichever is met first
+        monkeypatch.setattr(eng.campaigns, "find", lambda *a, found=found, **k: dict(found))
+        host = eng.recluster()["cl_t"]
+        assert host.evidence == "strong" and host.content_risk == 0.9
+        assert set(host.accounts) == {"t1", "t2", "t3", "s1", "s2", "w1", "w2"}
+        assert host.campaign == strong.campaign | weak.campaign
+        assert eng.accounts["w1"].cluster_id == "cl_t"
+
+
 def test_trace_counts_requests_from_the_first_crossing_on() -> None:
     from distillshield.detect.train import Trace
 

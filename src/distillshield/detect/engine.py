@@ -410,7 +410,9 @@ class Engine:
 
     def recluster(self, final: bool = False) -> dict[str, Cluster]:
         """Template clusters, then content campaigns: a campaign that overlaps template clusters is merged into
-        the largest of them (one campaign, one object), which then carries the campaign's evidence and risk."""
+        the largest of them (one campaign, one object), which then carries the campaign's evidence and risk. Where
+        two campaigns meet in one host, it carries both campaigns' members and the higher risk, and the reason of
+        the campaign that gave that risk: a weaker campaign met later never replaces the headline."""
         self.clusters = self.hydra.find(self.accounts, self.population)
         member_of = {m: cid for cid, c in self.clusters.items() for m in c.accounts}
         found = self.campaigns.find(self.accounts, self.population, force=final, own_evidence=self.own_evidence)
@@ -421,8 +423,9 @@ class Engine:
                 continue
             host = self.clusters[overlap.most_common(1)[0][0]]
             host.accounts = sorted(set(host.accounts) | {m for m in c.accounts if m not in member_of})
+            if c.content_risk > host.content_risk or not host.evidence:
+                host.evidence = c.evidence
             host.content_risk = max(host.content_risk, c.content_risk)
-            host.evidence = c.evidence
             host.campaign = host.campaign | c.campaign
         member_of = {m: cid for cid, c in self.clusters.items() for m in c.accounts}
         for aid, acc in self.accounts.items():
