@@ -19,7 +19,6 @@ table; the measures come from what analysis keeps and from the raw prompts):
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import statistics
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _traffic import cli, persona_labels
 
 NEAR_COPY = 0.8
 RUN_WORDS = 10
@@ -67,10 +67,7 @@ def measure(path: Path) -> dict[str, dict[str, list[float]]]:
     """Persona label ("kind:persona") -> measure name -> one value per account that has enough to measure."""
     from distillshield.detect.analyze import analyze_file
     from distillshield.detect.text import request_texts
-    from distillshield.detect.train import read_labels
 
-    with path.open() as f:
-        truth = read_labels(json.loads(line) for line in f if line.strip())
     texts: dict[str, list[tuple[float, str]]] = defaultdict(list)
     with path.open() as f:
         for line in f:
@@ -79,7 +76,7 @@ def measure(path: Path) -> dict[str, dict[str, list[float]]]:
                 acc = texts[r["account_id"]]
                 if len(acc) < REASK_REQUESTS and isinstance(r.get("request"), dict):
                     acc.append((float(r["ts"]), request_texts(r.get("endpoint", ""), r["request"])[0]))
-    label = {a: f"{kind}:{persona}" for a, (kind, persona, _split) in truth.items()}
+    label = persona_labels(path)
     an = analyze_file(path, encoder=None)
     eng = an.engine
     pop = eng.population.content
@@ -99,28 +96,7 @@ def measure(path: Path) -> dict[str, dict[str, list[float]]]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--traffic", type=Path, nargs="*", default=[], help="traffic files to read")
-    ap.add_argument("--scenario", help="simulate this scenario (with --seeds) when its file is not in --data")
-    ap.add_argument("--seeds", type=int, nargs="*", default=[])
-    ap.add_argument("--data", type=Path, default=Path("."), help="folder of SCENARIO-SEED.jsonl files")
-    ap.add_argument("--json-out", type=Path)
-    args = ap.parse_args()
-    paths = list(args.traffic)
-    for seed in args.seeds:
-        if not args.scenario:
-            print("error: --seeds needs --scenario", file=sys.stderr)
-            return 2
-        path = args.data / f"{args.scenario}-{seed}.jsonl"
-        if not path.exists():
-            from distillshield.simulate import engine, scenario
-
-            sc, s = scenario.load(args.scenario, seed)
-            engine.write(sc, s, path)
-        paths.append(path)
-    if not paths:
-        print("error: give --traffic FILE or --scenario S --seeds N ...", file=sys.stderr)
-        return 2
+    args, paths = cli(__doc__)
     pooled: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for path in paths:
         for persona, measures in measure(path).items():

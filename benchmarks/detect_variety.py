@@ -11,12 +11,13 @@ between the honest apps that re-send and the attackers is visible (docs/detectio
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
+
+from _traffic import cli, persona_labels
 
 
 def variety(path: Path) -> dict[str, list[float]]:
@@ -24,11 +25,8 @@ def variety(path: Path) -> dict[str, list[float]]:
     to judge."""
     from distillshield.detect.analyze import analyze_file
     from distillshield.detect.signals.templates import VARIETY_MIN_REQUESTS, prompt_variety
-    from distillshield.detect.train import read_labels
 
-    with path.open() as f:
-        truth = read_labels(json.loads(line) for line in f if line.strip())
-    label = {a: f"{kind}:{persona}" for a, (kind, persona, _split) in truth.items()}
+    label = persona_labels(path)
     an = analyze_file(path, encoder=None)
     out: dict[str, list[float]] = defaultdict(list)
     for aid, acc in an.engine.accounts.items():
@@ -40,28 +38,7 @@ def variety(path: Path) -> dict[str, list[float]]:
 def main() -> int:
     from distillshield.detect.signals.content import RESEND_VARIETY
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--traffic", type=Path, nargs="*", default=[], help="traffic files to read")
-    ap.add_argument("--scenario", help="simulate this scenario (with --seeds) when its file is not in --data")
-    ap.add_argument("--seeds", type=int, nargs="*", default=[])
-    ap.add_argument("--data", type=Path, default=Path("."), help="folder of SCENARIO-SEED.jsonl files")
-    ap.add_argument("--json-out", type=Path)
-    args = ap.parse_args()
-    paths = list(args.traffic)
-    for seed in args.seeds:
-        if not args.scenario:
-            print("error: --seeds needs --scenario", file=sys.stderr)
-            return 2
-        path = args.data / f"{args.scenario}-{seed}.jsonl"
-        if not path.exists():
-            from distillshield.simulate import engine, scenario
-
-            sc, s = scenario.load(args.scenario, seed)
-            engine.write(sc, s, path)
-        paths.append(path)
-    if not paths:
-        print("error: give --traffic FILE or --scenario S --seeds N ...", file=sys.stderr)
-        return 2
+    args, paths = cli(__doc__)
     pooled: dict[str, list[float]] = defaultdict(list)
     for path in paths:
         for persona, vals in variety(path).items():
