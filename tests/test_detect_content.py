@@ -209,6 +209,25 @@ def test_population_sample_does_not_depend_on_arrival_order() -> None:
         assert np.array_equal(np.asarray(pops[0].rows[account]), np.asarray(pops[1].rows[account]))
 
 
+def test_population_is_stale_once_a_quarter_of_its_rows_changed_evictions_included() -> None:
+    rng = np.random.default_rng(1)
+    pop = ContentPopulation(dim=8, accounts=50, per_account=4)
+    for i in range(240):  # 60 accounts offer 4 rows each; 50 are kept: 200 rows
+        pop.offer(f"acct-{i % 60}", rng.normal(size=8).astype(np.float32))
+    assert sum(len(r) for r in pop.rows.values()) == 200 and pop.stale()
+    pop.refresh()
+    assert not pop.stale()
+    # Accounts whose hash is below every sampled account's each evict one of those (4 rows) and bring one row:
+    # 10 newcomers change 50 rows of what stays 50 * 4 - 10 * 3 = 170, more than a quarter (42.5).
+    lowest = min(stable_hash(a) for a in pop.rows)
+    newcomers = iter(a for a in (f"new-{i}" for i in range(100_000)) if stable_hash(a) < lowest)
+    for k in range(10):
+        pop.offer(next(newcomers), rng.normal(size=8).astype(np.float32))
+        if k == 7:  # 40 changes of 176 rows: under a quarter
+            assert not pop.stale()
+    assert sum(len(r) for r in pop.rows.values()) == 170 and pop.stale()
+
+
 def test_far_count_probability_and_spread() -> None:
     assert far_logp(0, 40) == 0.0
     assert far_logp(2, 40) < 1.0 < far_logp(8, 40) < far_logp(20, 40) <= 30.0

@@ -243,6 +243,7 @@ class ContentPopulation:
         self.max_accounts = accounts
         self.per_account = per_account
         self.rows: dict[str, list[np.ndarray]] = {}
+        self._total = 0  # rows over all sampled accounts (stale() is asked at every rescore)
         self._heap: list[tuple[int, str]] = []  # (-hash, account): the largest hash on top, evicted first
         self._changes = 0
         self.version = 0  # refreshes so far
@@ -255,12 +256,14 @@ class ContentPopulation:
         self.excluded: set[str] = set()
         self.stats = ContentNull()  # the service-wide null (its tau is -1 until the sample can say anything)
         self._out_cols = np.zeros((0, dim), dtype=np.float32)  # prompts of the excluded (far) accounts
+        self._out_cols_t = self._out_cols.T.copy()
         self._out_owner = np.zeros(0, dtype=np.int64)
         self._ok = np.zeros(0, dtype=bool)
         self.anchors: np.ndarray | None = None
         self.centre = np.zeros(dim, dtype=np.float32)  # unit direction of the service's mean prompt
         self.boilerplate = False  # nearly every prompt carries it: a fixed wrapper (see `centred`)
         self._cols = np.zeros((0, dim), dtype=np.float32)
+        self._cols_t = self._cols.T.copy()
         self._n_sample_cols = 0
         self._seg_starts = self._seg_owner = np.zeros(0, dtype=np.int64)
         self.areas = np.zeros((0, dim), dtype=np.float32)  # unit centroids of the topic areas
@@ -274,21 +277,24 @@ class ContentPopulation:
             if len(rows) < self.per_account:
                 rows.append(vec)
                 self._changes += 1
+                self._total += 1
             return
         h = stable_hash(account)
         if len(self.rows) >= self.max_accounts:
             if -self._heap[0][0] <= h:
                 return
             _, gone = heapq.heapreplace(self._heap, (-h, account))
-            self._changes += len(self.rows.pop(gone))
+            dropped = len(self.rows.pop(gone))
+            self._changes += dropped
+            self._total -= dropped
         else:
             heapq.heappush(self._heap, (-h, account))
         self.rows[account] = [vec]
         self._changes += 1
+        self._total += 1
 
     def stale(self) -> bool:
-        total = sum(len(r) for r in self.rows.values())
-        return self._changes > 0 and (self.version == 0 or self._changes >= max(REFRESH_GROWTH * total, 8))
+        return self._changes > 0 and (self.version == 0 or self._changes >= max(REFRESH_GROWTH * self._total, 8))
 
     # -- statistics -------------------------------------------------------------------------------------
 
@@ -313,7 +319,7 @@ class ContentPopulation:
 
     def _user_sims(self, x: np.ndarray, own: np.ndarray, drop: np.ndarray | None) -> np.ndarray:
         """Each row's similarity with every other sampled user (its best-matching prompt) and reference prompt."""
-        sims = self.centred(x) @ self._cols.T
+        sims = self.centred(x) @ self._cols_t
         ns = self._n_sample_cols
         if ns:
             best = np.maximum.reduceat(sims[:, :ns], self._seg_starts, axis=1)
@@ -346,6 +352,9 @@ class ContentPopulation:
         if self.anchors is not None:
             cols.append(self.anchors)
         self._cols = self.centred(np.vstack(cols))
+        # Kept transposed and contiguous as well: OpenBLAS multiplies the few rows of an account's window by
+        # it about twice as fast as by the transposed view (a rescore's main cost on a large file).
+        self._cols_t = np.ascontiguousarray(self._cols.T)
         # Sample columns are in account order: one segment per account, whose best match stands for it.
         sample_owner = self.owner[ok]
         self._n_sample_cols = len(sample_owner)
@@ -386,6 +395,7 @@ class ContentPopulation:
             bad = np.asarray([self.accounts[o] in self.excluded for o in self.owner], dtype=bool)
             self._out_cols = self.centred(self.matrix[bad])
             self._out_owner = self.owner[bad]
+        self._out_cols_t = np.ascontiguousarray(self._out_cols.T)  # see _set_columns
         self.stats.assoc_base, self.stats.copy_base = ASSOC_FLOOR, COPY_FLOOR
         self.stats.compared = frozenset(self.accounts[i] for i in np.unique(self._out_owner))
         if len(self._out_cols) and self._ok.any() and len(self.stats.null):
@@ -401,7 +411,7 @@ class ContentPopulation:
         """Per prompt (with its typicality and its closest ordinary neighbour's similarity, `_neighbours`):
         whether it resembles the far accounts' prompts (among the less typical, closer to them than to the
         rest), and whether it is a near-copy of one of theirs that no ordinary user sends."""
-        sims = self.centred(x) @ self._out_cols.T
+        sims = self.centred(x) @ self._out_cols_t
         sims[own[:, None] == self._out_owner[None, :]] = -1.0
         near = top_k_mean(sims)
         copy = sims.max(axis=1)  # called only when there are far accounts' prompts to compare with
