@@ -256,14 +256,12 @@ class ContentPopulation:
         self.excluded: set[str] = set()
         self.stats = ContentNull()  # the service-wide null (its tau is -1 until the sample can say anything)
         self._out_cols = np.zeros((0, dim), dtype=np.float32)  # prompts of the excluded (far) accounts
-        self._out_cols_t = self._out_cols.T.copy()
         self._out_owner = np.zeros(0, dtype=np.int64)
         self._ok = np.zeros(0, dtype=bool)
         self.anchors: np.ndarray | None = None
         self.centre = np.zeros(dim, dtype=np.float32)  # unit direction of the service's mean prompt
         self.boilerplate = False  # nearly every prompt carries it: a fixed wrapper (see `centred`)
         self._cols = np.zeros((0, dim), dtype=np.float32)
-        self._cols_t = self._cols.T.copy()
         self._n_sample_cols = 0
         self._seg_starts = self._seg_owner = np.zeros(0, dtype=np.int64)
         self.areas = np.zeros((0, dim), dtype=np.float32)  # unit centroids of the topic areas
@@ -319,7 +317,7 @@ class ContentPopulation:
 
     def _user_sims(self, x: np.ndarray, own: np.ndarray, drop: np.ndarray | None) -> np.ndarray:
         """Each row's similarity with every other sampled user (its best-matching prompt) and reference prompt."""
-        sims = self.centred(x) @ self._cols_t
+        sims = self.centred(x) @ self._cols.T
         ns = self._n_sample_cols
         if ns:
             best = np.maximum.reduceat(sims[:, :ns], self._seg_starts, axis=1)
@@ -351,10 +349,10 @@ class ContentPopulation:
         cols = [self.matrix[ok]]
         if self.anchors is not None:
             cols.append(self.anchors)
-        self._cols = self.centred(np.vstack(cols))
-        # Kept transposed and contiguous as well: OpenBLAS multiplies the few rows of an account's window by
-        # it about twice as fast as by the transposed view (a rescore's main cost on a large file).
-        self._cols_t = np.ascontiguousarray(self._cols.T)
+        # Stored column-major, so that `self._cols.T` is contiguous: OpenBLAS multiplies the few rows of an
+        # account's window by a contiguous matrix about twice as fast as by a transposed view of a row-major one
+        # (a rescore's main cost on a large file).
+        self._cols = np.asfortranarray(self.centred(np.vstack(cols)))
         # Sample columns are in account order: one segment per account, whose best match stands for it.
         sample_owner = self.owner[ok]
         self._n_sample_cols = len(sample_owner)
@@ -389,13 +387,13 @@ class ContentPopulation:
         of them (the base rates of `judge_rows`)."""
         if windows is not None:
             kept = [(self._index[a], w) for a, w in sorted(windows.items()) if a in self.excluded and len(w)]
-            self._out_cols = self.centred(np.concatenate([w for _, w in kept])) if kept else self.matrix[:0]
+            out = self.centred(np.concatenate([w for _, w in kept])) if kept else self.matrix[:0]
+            self._out_cols = np.asfortranarray(out)  # column-major: see _set_columns
             self._out_owner = np.asarray([i for i, w in kept for _ in range(len(w))], dtype=np.int64)
         else:
             bad = np.asarray([self.accounts[o] in self.excluded for o in self.owner], dtype=bool)
-            self._out_cols = self.centred(self.matrix[bad])
+            self._out_cols = np.asfortranarray(self.centred(self.matrix[bad]))  # column-major: see _set_columns
             self._out_owner = self.owner[bad]
-        self._out_cols_t = np.ascontiguousarray(self._out_cols.T)  # see _set_columns
         self.stats.assoc_base, self.stats.copy_base = ASSOC_FLOOR, COPY_FLOOR
         self.stats.compared = frozenset(self.accounts[i] for i in np.unique(self._out_owner))
         if len(self._out_cols) and self._ok.any() and len(self.stats.null):
@@ -411,7 +409,7 @@ class ContentPopulation:
         """Per prompt (with its typicality and its closest ordinary neighbour's similarity, `_neighbours`):
         whether it resembles the far accounts' prompts (among the less typical, closer to them than to the
         rest), and whether it is a near-copy of one of theirs that no ordinary user sends."""
-        sims = self.centred(x) @ self._out_cols_t
+        sims = self.centred(x) @ self._out_cols.T
         sims[own[:, None] == self._out_owner[None, :]] = -1.0
         near = top_k_mean(sims)
         copy = sims.max(axis=1)  # called only when there are far accounts' prompts to compare with
