@@ -18,11 +18,14 @@ as `campaign.ContentCampaigns._find_heavier` reads it at the end (docs/detection
 group, its members' simulator personas, its core members (`campaign.core_members`), their own evidence
 (`Engine.own_evidence`: median, how many reach HEAVY_ELEVATED and how many the flag), whether that calls it a
 campaign, how many of its members the final report flags, and the figures its pooled prompts would be judged on as a
-thin group's are.
+thin group's are; and the lighter accounts (THIN_MAX requests or fewer, in no thin campaign) that pass its core's
+test (`campaign.Lighter`, docs/detection.md round 19): how many, their personas and their closeness to the group's
+mean against the bar, beside the closest lighter account that does not pass.
 
     .venv/bin/python benchmarks/detect_campaigns.py --scenario fresh2_thin --seed 30002 --cot-excess 0.2
     .venv/bin/python benchmarks/detect_campaigns.py --traffic traffic.jsonl --json-out groups.json
     .venv/bin/python benchmarks/detect_campaigns.py --scenario heldout --seed 10002 --heavy
+    .venv/bin/python benchmarks/detect_campaigns.py --scenario fresh4 --seed 50006 --heavy --model model.json
 """
 
 from __future__ import annotations
@@ -44,10 +47,11 @@ if TYPE_CHECKING:
 MIN_P = 1e-6
 
 
-def analysed(path: Path) -> tuple[dict[str, tuple[str, str]], dict[str, Any], Engine]:
+def analysed(path: Path, model: Path | None = None) -> tuple[dict[str, tuple[str, str]], dict[str, Any], Engine]:
     """Each account's simulator truth from the file, (label, persona) ("?" where missing; analysis never reads
     them), and the file's analysis: its report and the engine it ran on."""
     from distillshield.detect.analyze import analyze_file
+    from distillshield.detect.scoring import DetectionModel
 
     truth: dict[str, tuple[str, str]] = {}
     with path.open("rb") as f:
@@ -56,7 +60,7 @@ def analysed(path: Path) -> tuple[dict[str, tuple[str, str]], dict[str, Any], En
             persona = (rec.get("label_meta") or {}).get("persona", "?")
             truth.setdefault(rec["account_id"], (str(rec.get("label") or "?"), str(persona)))
     engines: list[Engine] = []
-    report = analyze_file(path, on_engine=engines.append).report
+    report = analyze_file(path, model=DetectionModel.load(model), on_engine=engines.append).report
     return truth, report, engines[0]
 
 
@@ -120,13 +124,13 @@ def groups(path: Path, cot_excess: float | None) -> list[dict[str, Any]]:
     return out
 
 
-def heavy_groups(path: Path) -> list[dict[str, Any]]:
+def heavy_groups(path: Path, model: Path | None = None) -> list[dict[str, Any]]:
     """The heavier accounts' density groups as the end of the analysis reads them: who they are, their core, their
     own evidence and the call."""
     from distillshield.detect import campaign as C
     from distillshield.detect.scoring import RISK_SUSPICIOUS
 
-    truth, report, engine = analysed(path)
+    truth, report, engine = analysed(path, model)
     personas = {a: f"{label}:{persona}" for a, (label, persona) in truth.items()}
     flagged = {a["account_id"] for a in report["accounts"] if a["verdict"] != "benign"}
     accounts, pop = engine.accounts, engine.population
@@ -138,9 +142,26 @@ def heavy_groups(path: Path) -> list[dict[str, Any]]:
     groups = C.density_groups(heavy)
     index = {a.account_id: i for i, a in enumerate(heavy)}
     called = {m for k in finder.heavier for m in finder.campaigns[k].campaign}
+    lighter = C.Lighter.of(accounts, taken)
     out = []
     for level, members in C.candidates(groups, heavy, set()):  # the candidates _find_heavier judges, both levels
-        core = C.core_members(members, groups.vecs, index)
+        grouped = C.group_core(members, groups.vecs, index)
+        core = grouped.members if grouped is not None else []
+        light: dict[str, Any] = {"accounts": 0}
+        if grouped is not None and lighter.ids:
+            sims = lighter.vecs @ grouped.centre
+            passed = sims > grouped.bar
+            passers = [lighter.ids[i] for i in np.flatnonzero(passed)]
+            light = {
+                "accounts": len(passers),
+                "elevated": sum(engine.own_evidence(accounts[a]) >= C.HEAVY_ELEVATED for a in passers),
+                "labels": dict(Counter(personas.get(a, "?") for a in passers).most_common()),
+                "closeness": [round(float(sims[passed].min()), 3), round(float(sims[passed].max()), 3)]
+                if passed.any()
+                else None,
+                "bar": round(grouped.bar, 3),
+                "closest_other": round(float(sims[~passed].max()), 3) if (~passed).any() else None,
+            }
         own = np.asarray([engine.own_evidence(accounts[m]) for m in core])
         ev = C.group_evidence(members, accounts, pop)
         out.append(
@@ -159,9 +180,21 @@ def heavy_groups(path: Path) -> list[dict[str, Any]]:
                 "reasoning_share": round(ev.reasoning_share, 3),
                 "reasoning_share_rest": round(ev.rest_share, 3),
                 "areas": round(ev.areas, 1),
+                "lighter": light,
             }
         )
     return out
+
+
+def _lighter_text(light: dict[str, Any]) -> str:
+    if not light["accounts"]:
+        return ""
+    lo, hi = light["closeness"]
+    return (
+        f"; {light['accounts']} lighter accounts pass its core's test (closeness {lo:.2f}-{hi:.2f} over the bar "
+        f"{light['bar']:.2f}; closest other lighter account {light['closest_other']}), {light['elevated']} of them "
+        f"with own evidence at HEAVY_ELEVATED or more: {light['labels']}"
+    )
 
 
 def _cohort_text(c: dict[str, Any] | None) -> str:
@@ -182,6 +215,7 @@ def main() -> int:
     ap.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "distillshield-detect-eval")
     ap.add_argument("--cot-excess", type=float, default=None, help="also judge by a deployment-relative CoT test")
     ap.add_argument("--heavy", action="store_true", help="show the heavier accounts' grouping instead")
+    ap.add_argument("--model", type=Path, default=None, help="model artefact (default: the shipped one)")
     ap.add_argument("--json-out", type=Path)
     args = ap.parse_args()
     path = args.traffic
@@ -199,7 +233,7 @@ def main() -> int:
     if args.heavy:
         from distillshield.detect.campaign import HEAVY_ELEVATED
 
-        rows = heavy_groups(path)
+        rows = heavy_groups(path, args.model)
         for i, r in enumerate(rows):
             own = "no core" if r["own_median"] is None else f"own evidence median {r['own_median']:.2f}"
             print(
@@ -207,7 +241,7 @@ def main() -> int:
                 f"{r['own_elevated']} at {HEAVY_ELEVATED} or more, {r['own_flagged']} over the flag); "
                 f"campaign={r['campaign']}; {r['flagged']} flagged in the report; content {r['content_score']:.2f}; "
                 f"reasoning asks {r['reasoning_share']:.0%} (rest of the service {r['reasoning_share_rest']:.0%}); "
-                f"{r['areas']:.1f} topic areas; {r['labels']}; core {r['core_labels']}"
+                f"{r['areas']:.1f} topic areas; {r['labels']}; core {r['core_labels']}" + _lighter_text(r["lighter"])
             )
         if args.json_out:
             args.json_out.write_text(json.dumps({"traffic": str(path), "heavy_groups": rows}, indent=1))

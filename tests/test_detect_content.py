@@ -745,20 +745,26 @@ def test_a_genre_vouches_with_each_peer_s_whole_window() -> None:
     assert genres(windows, set(few), {}, pop)["asker"].share == 0.0  # type: ignore[arg-type]
 
 
-def heavier_deployment(seed: int = 13) -> tuple[list[TrafficRecord], dict[str, str]]:
-    """Heavier accounts only (90 requests each): ten of one operator, each wrapping questions of one sweep in
-    reworded reasoning asks among real chat prompts as cover; ten developers asking about code (a dense group of
-    honest accounts); and forty chat users who each ask their own things."""
+def heavier_deployment(seed: int = 13, lighter: int = 0) -> tuple[list[TrafficRecord], dict[str, str]]:
+    """Heavier accounts (90 requests each): ten of one operator, each wrapping questions of one sweep in reworded
+    reasoning asks among real chat prompts as cover; ten developers asking about code (a dense group of honest
+    accounts); and forty chat users who each ask their own things. With `lighter`, as many more of the operator's
+    accounts and ten more chat users, of 40 requests each (thin: under campaign.THIN_MAX)."""
     rng = random.Random(seed)
     chat, bank = list(chat_prompts()), list(sweep_bank())
-    plans: dict[str, list[str]] = {}
-    for i in range(10):
-        plans[f"op-{i}"] = [
+
+    def operator(n: int) -> list[str]:
+        return [
             rng.choice(WRAPPERS).format(q=rng.choice(bank)) if rng.random() < 0.7 else rng.choice(chat)
-            for _ in range(90)
+            for _ in range(n)
         ]
+
+    plans: dict[str, list[str]] = {f"op-{i}": operator(90) for i in range(10)}
     plans |= {f"dev-{i}": code_requests(rng, 90) for i in range(10)}
     plans |= {f"user-{i:02d}": [rng.choice(chat) for _ in range(90)] for i in range(40)}
+    if lighter:
+        plans |= {f"lightop-{i}": operator(40) for i in range(lighter)}
+        plans |= {f"light-{i}": [rng.choice(chat) for _ in range(40)] for i in range(10)}
     records = []
     for account, prompts in plans.items():
         start = T0 + rng.uniform(0, 86_400)
@@ -805,6 +811,38 @@ def test_heavier_accounts_that_ask_alike_and_each_carry_evidence_are_one_campaig
     assert found(0.6, weak=under) == called and found(1.0, weak=under) == called
     assert found(0.6) == [] and found(1.0) == []  # each one flagged on its own: nothing to pool
     assert found(0.6, weak=frozenset(core[:1])) == []  # but for one: no pooled evidence to flag it with
+
+
+def test_a_heavier_campaign_reaches_the_lighter_accounts_that_ask_as_its_core_does() -> None:
+    """One operator's accounts need not all be heavy: the grouping of heavier accounts leaves out those of THIN_MAX
+    requests or fewer, and four of them are too few for a thin campaign. A heavier campaign takes in each lighter
+    account that passes the test its core passed (as close to the group's mean) and carries evidence of its own of
+    HEAVY_ELEVATED or more; a lighter operator account that carries less stays out, and so does every lighter chat
+    user, however much evidence it carries."""
+    from distillshield.detect import campaign as campaign_mod
+
+    records, role = heavier_deployment(lighter=4)
+    engine = analyze_records(records, model=content_alone()).engine
+    finder = engine.campaigns
+    light_ops = {a for a in role if role[a] == "lightop"}
+    light_users = {a for a in role if role[a] == "light"}
+    assert all(engine.accounts[a].n <= campaign_mod.THIN_MAX for a in light_ops | light_users)
+
+    def found(light_level: float) -> list[set[str]]:
+        def own(acc: Any) -> float:
+            r = role[acc.account_id]
+            return 0.45 if r == "op" else light_level if r in ("lightop", "light") else 0.01
+
+        finder.campaigns, finder.heavier = {}, set()
+        out = finder.find(engine.accounts, engine.population, force=True, own_evidence=own)
+        return [set(c.campaign) for k, c in out.items() if k in finder.heavier]
+
+    called = found(campaign_mod.HEAVY_ELEVATED)
+    ops = {a for a in role if role[a] == "op"}
+    assert len(called) == 1 and light_ops <= called[0] and called[0] <= ops | light_ops, called
+    c = finder.campaigns[next(iter(finder.heavier))]
+    assert "4 lighter accounts (40-40 requests) ask as they do" in c.evidence, c.evidence
+    assert found(campaign_mod.HEAVY_ELEVATED - 0.01) == [called[0] - light_ops]  # ask alike, carry next to nothing
 
 
 def test_a_heavier_campaign_flags_its_members_and_reads_each_ones_evidence_without_its_cluster(

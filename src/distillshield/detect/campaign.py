@@ -31,7 +31,9 @@ varied words and questions drawn from one bank. So:
    carry (`HEAVY_ELEVATED`, read by `Engine.own_evidence`) and many of them stay under the flag
    (`HEAVY_UNDER_SHARE`): one operator spreading a harvest over a few dozen accounts keeps many under it. What such
    a group asks cannot call it: a service's coding assistants make groups as dense and as far from the packaged
-   reference (docs/detection.md round 13).
+   reference (docs/detection.md round 13). Once called, it also takes in each lighter account (THIN_MAX requests
+   or fewer, in no thin campaign) that passes the test its core passed and carries evidence of its own of
+   HEAVY_ELEVATED or more (`Lighter`): an operator's accounts need not all be heavy.
 
 A classroom of honest students asking for step-by-step help also forms a dense group. Where its homework
 stays in a few topic areas, step 4 tells it from a bank that sweeps capabilities; but a class can span as
@@ -210,8 +212,9 @@ class ContentCampaigns:
         and their code prompts sit as far from the packaged reference of chat prompts as a bank does), but what
         each one did can: a group whose core members typically carry evidence of their own at HEAVY_ELEVATED or
         more, HEAVY_UNDER_SHARE of them or more under the flag, is one. Its core members are flagged from that
-        pooled evidence (suspicious: review, not a stop). A campaign found before is judged again on its members (as
-        thin ones are kept), so a regrouping that cuts it differently does not drop it."""
+        pooled evidence (suspicious: review, not a stop), and so are the lighter accounts that pass the test the core
+        passed and carry HEAVY_ELEVATED of their own (`Lighter`). A campaign found before is judged again on its
+        members (as thin ones are kept), so a regrouping that cuts it differently does not drop it."""
         from distillshield.detect.scoring import RISK_SUSPICIOUS
 
         heavy = [a for a in heavier_accounts(accounts) if a.account_id not in taken]
@@ -222,18 +225,23 @@ class ContentCampaigns:
         index = {a.account_id: i for i, a in enumerate(heavy)}
         placed: set[str] = set()
         own: dict[str, float] = {}  # each account's own evidence, scored once per run (groups of two levels overlap)
+
+        def own_of(a: str) -> float:
+            if a not in own:
+                own[a] = own_evidence(accounts[a])
+            return own[a]
+
         proposed = chain(
             (members for _level, members in candidates(groups, heavy, placed)),
             (sorted(m for m in c.campaign if m in index and m not in placed) for c in earlier),
         )
+        lighter: Lighter | None = None  # built for the first group called
         for members in proposed:
-            core = core_members(members, groups.vecs, index)
-            if len(core) < MIN_CAMPAIGN:
+            grouped = group_core(members, groups.vecs, index)
+            if grouped is None or len(grouped.members) < MIN_CAMPAIGN:
                 continue
-            for m in core:
-                if m not in own:
-                    own[m] = own_evidence(accounts[m])
-            risks = np.asarray([own[m] for m in core])
+            core = grouped.members
+            risks = np.asarray([own_of(m) for m in core])
             typical = float(np.median(risks))
             if typical < HEAVY_ELEVATED or (risks < RISK_SUSPICIOUS).mean() < HEAVY_UNDER_SHARE:
                 continue  # accounts that only ask alike, or flagged on their own but for a straggler or two
@@ -247,7 +255,17 @@ class ContentCampaigns:
                 "on it), where accounts that only ask alike carry next to none: the shape of one operator's harvest "
                 "spread over accounts, some of them kept under the flag"
             )
-            c = _campaign(core, evidence, score, accounts, service, prefix="ch")
+            if lighter is None:
+                lighter = Lighter.of(accounts, taken)
+            joined = [a for a in lighter.like(grouped) if own_of(a) >= HEAVY_ELEVATED]
+            if joined:
+                lo, hi = min(accounts[a].n for a in joined), max(accounts[a].n for a in joined)
+                evidence += (
+                    f"; {len(joined)} lighter accounts ({lo}-{hi} requests) ask as they do (as close to what the group "
+                    "asks as its core members are) and carry evidence of their own too"
+                )
+                lighter.taken.update(joined)
+            c = _campaign(sorted([*core, *joined]), evidence, score, accounts, service, prefix="ch")
             found[c.cluster_id] = c
             placed.update(core)
         return found
@@ -305,23 +323,40 @@ def _campaign(
     return c
 
 
+class Core(NamedTuple):
+    """The members of a dense group that ask as the group does (`core_members`), and the test they passed: closer to
+    `centre` (the unit mean of the group's vectors) than `bar`."""
+
+    members: list[str]
+    centre: np.ndarray
+    bar: float
+
+
 def core_members(members: list[str], vecs: np.ndarray, index: dict[str, int]) -> list[str]:
-    """The members (sorted) that ask as the group does, in a way the other accounts of `index` do not: each closer to
-    the mean of the *other* members than KEEP_QUANTILE of the non-members are to the members' mean, and at least
-    half as close as the typical member (the density grouping's fringe, taken in by its nearest accounts' votes, may
-    ask otherwise; next to a group far from everything, the first bar alone is low). None with too few non-members."""
+    """The members (sorted) that ask as the group does, in a way the other accounts of `index` do not (`core`)."""
+    core = group_core(members, vecs, index)
+    return core.members if core is not None else []
+
+
+def group_core(members: list[str], vecs: np.ndarray, index: dict[str, int]) -> Core | None:
+    """The group's core: the members that ask as the group does, in a way the other accounts of `index` do not, each
+    closer to the mean of the *other* members than KEEP_QUANTILE of the non-members are to the members' mean, and at
+    least half as close as the typical member (the density grouping's fringe, taken in by its nearest accounts'
+    votes, may ask otherwise; next to a group far from everything, the first bar alone is low). None with too few
+    members or non-members."""
     rows = [index[m] for m in members]
     others = np.ones(len(vecs), dtype=bool)
     others[rows] = False
     if len(rows) < MIN_CAMPAIGN or others.sum() < MIN_CAMPAIGN:
-        return []
+        return None
     total = vecs[rows].sum(axis=0)
     centre = total / max(float(np.linalg.norm(total)), 1e-8)
     bar = float(np.quantile(vecs[others] @ centre, KEEP_QUANTILE))
     rest = total[None, :] - vecs[rows]
     own = np.einsum("ij,ij->i", vecs[rows], rest) / np.maximum(np.linalg.norm(rest, axis=1), 1e-8)
     bar = max(bar, 0.5 * float(np.median(own)))
-    return sorted(m for m, closeness in zip(members, own.tolist(), strict=True) if closeness > bar)
+    kept = sorted(m for m, closeness in zip(members, own.tolist(), strict=True) if closeness > bar)
+    return Core(kept, centre, bar)
 
 
 @dataclass(frozen=True, slots=True)
@@ -398,6 +433,34 @@ class Joining:
         joined = [a for a in joined if a not in self.taken]
         self.taken.update(joined)
         return joined
+
+
+@dataclass
+class Lighter:
+    """The thin accounts no thin campaign holds, with their unit mean prompt vectors: those a campaign of heavier
+    accounts may reach. One operator's accounts need not all be heavy: the grouping of heavier accounts leaves out
+    those of THIN_MAX requests or fewer, and a few of them are too few for a thin campaign of their own. A lighter
+    account that passes the test the heavier campaign's core passed, and carries evidence of its own
+    (`_find_heavier`), is one of its members (docs/detection.md round 19: a slow bank's accounts of 45-64 requests
+    beside its heavier ones)."""
+
+    ids: list[str]
+    vecs: np.ndarray  # (N, dim)
+    taken: set[str] = field(default_factory=set)  # joined to a campaign of this run already
+
+    @classmethod
+    def of(cls, accounts: dict[str, AccountState], taken: set[str]) -> Lighter:
+        light = [a for a in thin_accounts(accounts) if a.account_id not in taken]
+        vecs = np.stack([_mean_vector(a) for a in light]) if light else np.zeros((0, 1), dtype=np.float32)
+        return cls([a.account_id for a in light], vecs)
+
+    def like(self, core: Core) -> list[str]:
+        """The lighter accounts (sorted) that pass the test the core's members passed: closer to the group's mean
+        than its bar (`group_core`); each joins one campaign of a run."""
+        if not self.ids:
+            return []
+        sims = self.vecs @ core.centre
+        return sorted(self.ids[i] for i in np.flatnonzero(sims > core.bar) if self.ids[i] not in self.taken)
 
 
 @dataclass(frozen=True, slots=True)
