@@ -15,7 +15,7 @@ X more of their prompts asking for reasoning than the rest of the service's, sig
 
 `--heavy` shows the heavier accounts' grouping instead (more than THIN_MAX requests: those no thin campaign took),
 as `campaign.ContentCampaigns._find_heavier` reads it at the end (docs/detection.md round 16): for each density
-group, its members' simulator personas, its core members (`campaign.core_members`), their own evidence
+group, its members' simulator personas, its core members (`campaign.group_core`), their own evidence
 (`Engine.own_evidence`: median, how many reach HEAVY_ELEVATED and how many the flag), whether that calls it a
 campaign, how many of its members the final report flags, and the figures its pooled prompts would be judged on as a
 thin group's are; and the lighter accounts (THIN_MAX requests or fewer, in no thin campaign) that pass its core's

@@ -885,7 +885,7 @@ def test_core_members_leave_out_a_group_s_fringe() -> None:
     ask otherwise (a pipeline next to an operator's accounts). Only members closer to the others' mean than almost
     every non-member is to the group's, and at least half as close as the typical member, are its core: next to a
     group far from everything, a fringe account can be nearer than every non-member and still ask otherwise."""
-    from distillshield.detect.campaign import KEEP_QUANTILE, core_members
+    from distillshield.detect.campaign import KEEP_QUANTILE, group_core
 
     rng = np.random.default_rng(0)
     centre = rng.normal(size=64)
@@ -900,5 +900,7 @@ def test_core_members_leave_out_a_group_s_fringe() -> None:
     mean /= np.linalg.norm(mean)
     keep_bar = np.quantile(vecs[14:] @ mean, KEEP_QUANTILE)
     assert vecs[13] @ mean > keep_bar  # "near" passes the non-members' bar: only the second bar leaves it out
-    assert core_members(ids[:14], vecs, index) == ids[:12]
-    assert core_members(ids[:14], vecs[:20], {a: i for a, i in index.items() if i < 20}) == []  # too few others
+    core = group_core(ids[:14], vecs, index)
+    assert core is not None and core.members == ids[:12]
+    assert core.bar > keep_bar  # the test a lighter account must pass too (campaign.Lighter): the higher bar
+    assert group_core(ids[:14], vecs[:20], {a: i for a, i in index.items() if i < 20}) is None  # too few others

@@ -27,7 +27,7 @@ varied words and questions drawn from one bank. So:
    (`Joining`). It joins a campaign whose evidence is its content or its reasoning sweep, not one whose
    evidence is the waves its accounts were created in (there an account is in it only if it was made in them);
 6. the heavier accounts no thin campaign took are grouped the same way, and a group of them is a campaign when its
-   core members (`core_members`) typically carry evidence of their own well above what accounts that only ask alike
+   core members (`group_core`) typically carry evidence of their own well above what accounts that only ask alike
    carry (`HEAVY_ELEVATED`, read by `Engine.own_evidence`) and many of them stay under the flag
    (`HEAVY_UNDER_SHARE`): one operator spreading a harvest over a few dozen accounts keeps many under it. What such
    a group asks cannot call it: a service's coding assistants make groups as dense and as far from the packaged
@@ -89,7 +89,7 @@ KEEP_QUANTILE = 0.99  # a kept campaign's member is closer to the members' mean 
 # heavy honest accounts into the diffuse campaign of a thin hydra: a heavy account's mean over many prompts is
 # less noisy than a thin member's, so it sits closer to any group's centre than its own members do.)
 JOIN_QUANTILE = 0.5
-# A dense group of heavier accounts is a campaign when the typical one of its core members (`core_members`) carries
+# A dense group of heavier accounts is a campaign when the typical one of its core members (`group_core`) carries
 # evidence of its own at least this high: its risk by the known techniques as if it were in no cluster
 # (Engine.own_evidence), two fifths of the way to a flag. An operator that spreads one harvest over accounts keeps
 # many under the flag, not at nothing; honest accounts that ask alike (the coding assistants of one service, its
@@ -324,7 +324,7 @@ def _campaign(
 
 
 class Core(NamedTuple):
-    """The members of a dense group that ask as the group does (`core_members`), and the test they passed: closer to
+    """The members of a dense group that ask as the group does (`group_core`), and the test they passed: closer to
     `centre` (the unit mean of the group's vectors) than `bar`."""
 
     members: list[str]
@@ -332,18 +332,12 @@ class Core(NamedTuple):
     bar: float
 
 
-def core_members(members: list[str], vecs: np.ndarray, index: dict[str, int]) -> list[str]:
-    """The members (sorted) that ask as the group does, in a way the other accounts of `index` do not (`core`)."""
-    core = group_core(members, vecs, index)
-    return core.members if core is not None else []
-
-
 def group_core(members: list[str], vecs: np.ndarray, index: dict[str, int]) -> Core | None:
-    """The group's core: the members that ask as the group does, in a way the other accounts of `index` do not, each
-    closer to the mean of the *other* members than KEEP_QUANTILE of the non-members are to the members' mean, and at
-    least half as close as the typical member (the density grouping's fringe, taken in by its nearest accounts'
-    votes, may ask otherwise; next to a group far from everything, the first bar alone is low). None with too few
-    members or non-members."""
+    """The group's core: the members (sorted) that ask as the group does, in a way the other accounts of `index` do
+    not, each closer to the mean of the *other* members than KEEP_QUANTILE of the non-members are to the members'
+    mean, and at least half as close as the typical member (the density grouping's fringe, taken in by its nearest
+    accounts' votes, may ask otherwise; next to a group far from everything, the first bar alone is low). None with
+    too few members or non-members."""
     rows = [index[m] for m in members]
     others = np.ones(len(vecs), dtype=bool)
     others[rows] = False
