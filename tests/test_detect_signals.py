@@ -574,6 +574,11 @@ def test_two_campaigns_met_in_one_cluster_keep_the_stronger_ones_reason(monkeypa
         assert set(host.accounts) == {"t1", "t2", "t3", "s1", "s2", "w1", "w2"}
         assert host.campaign == strong.campaign | weak.campaign
         assert eng.accounts["w1"].cluster_id == "cl_t"
+        # t3 shares the templates but is in neither campaign: its reason shows what links it, not their evidence
+        t3 = eng._reasons([], {}, host, eng.accounts["t3"])[0].detail
+        assert "strong" not in t3 and "7 accounts share prompt templates" in t3, t3
+        assert "a campaign of 6 accounts that this account is not one of" in t3, t3
+        assert "strong" in eng._reasons([], {}, host, eng.accounts["s1"])[0].detail
 
 
 def test_trace_counts_requests_from_the_first_crossing_on() -> None:

@@ -83,6 +83,17 @@ class Cluster:
             return self.evidence
         return self._template_detail() + (f"; {self.evidence}" if self.evidence else "")
 
+    def member_detail(self, account_id: str) -> str:
+        """What the cluster says of one member: all of `detail` for a member of its content campaign (or where it
+        holds none); for another member, only what links it (shared templates) and that the campaign it holds is
+        not this account's, whose evidence is the campaign members' and not its own."""
+        if not self.campaign or account_id in self.campaign:
+            return self.detail()
+        return (
+            f"{self._template_detail()}; the cluster holds a campaign of {len(self.campaign)} accounts that this "
+            "account is not one of"
+        )
+
     def _template_detail(self) -> str:
         f = self.features
         parts = [f"{len(self.accounts)} accounts share prompt templates"]

@@ -675,7 +675,14 @@ class Engine:
         if cluster is not None:
             score = min(1.0, max(0.0, 0.5 + coord / 8))
             out.append(
-                (coord, Reason("coordination", score, f"member of cluster {cluster.cluster_id}: " + cluster.detail()))
+                (
+                    coord,
+                    Reason(
+                        "coordination",
+                        score,
+                        f"member of cluster {cluster.cluster_id}: " + cluster.member_detail(acc.account_id),
+                    ),
+                )
             )
         elif acc.top_ip and self.population.ip_accounts(acc.top_ip) > 5:
             k = self.population.ip_accounts(acc.top_ip)
