@@ -77,6 +77,7 @@ class Cluster:
     content_risk: float = 0.0  # a content campaign's risk from its pooled prompts (campaign.ContentCampaigns)
     evidence: str = ""  # a content campaign's account of why its members belong together
     campaign: frozenset[str] = frozenset()  # the accounts the content campaign found (they inherit its risk)
+    linked: int = 0  # accounts that shared templates, before a campaign merged into it (Engine.recluster); 0: all
 
     def detail(self) -> str:
         if self.evidence and not self.links and not self.features.get("clu_orgs"):
@@ -96,7 +97,7 @@ class Cluster:
 
     def _template_detail(self) -> str:
         f = self.features
-        parts = [f"{len(self.accounts)} accounts share prompt templates"]
+        parts = [f"{self.linked or len(self.accounts)} accounts share prompt templates"]
         if self.links:
             parts[0] += f" (e.g. {self.links[0]!r})"
         if f.get("clu_orgs", 0) > 0.5:
@@ -155,7 +156,7 @@ class HydraClusterDetector:
                 continue
             members.sort()
             cid = f"cl_{stable_hash(members[0]) & 0xFFFFFFFF:08x}"
-            c = Cluster(cid, members, links=root_links.get(root, [])[:3])
+            c = Cluster(cid, members, links=root_links.get(root, [])[:3], linked=len(members))
             c.features = self.describe(members, accounts, pop)
             out[cid] = c
         return out
