@@ -149,9 +149,10 @@ def heavy_groups(path: Path, model: Path | None = None) -> list[dict[str, Any]]:
         core = grouped.members if grouped is not None else []
         light: dict[str, Any] = {"accounts": 0}
         if grouped is not None and lighter.ids:
-            sims = lighter.vecs @ grouped.centre
-            passed = sims > grouped.bar
-            passers = [lighter.ids[i] for i in np.flatnonzero(passed)]
+            sims = lighter.closeness(grouped)
+            passers = lighter.like(grouped)  # nothing taken here: every lighter account that passes the core's test
+            chosen = set(passers)
+            passed = np.asarray([a in chosen for a in lighter.ids], dtype=bool)
             light = {
                 "accounts": len(passers),
                 "elevated": sum(engine.own_evidence(accounts[a]) >= C.HEAVY_ELEVATED for a in passers),

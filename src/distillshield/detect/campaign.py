@@ -448,12 +448,14 @@ class Lighter:
         vecs = np.stack([_mean_vector(a) for a in light]) if light else np.zeros((0, 1), dtype=np.float32)
         return cls([a.account_id for a in light], vecs)
 
+    def closeness(self, core: Core) -> np.ndarray:
+        """Each lighter account's closeness to the group's mean (its unit mean prompt vector's cosine)."""
+        return self.vecs @ core.centre if self.ids else np.zeros(0, dtype=np.float32)
+
     def like(self, core: Core) -> list[str]:
         """The lighter accounts (sorted) that pass the test the core's members passed: closer to the group's mean
         than its bar (`group_core`); each joins one campaign of a run."""
-        if not self.ids:
-            return []
-        sims = self.vecs @ core.centre
+        sims = self.closeness(core)
         return sorted(self.ids[i] for i in np.flatnonzero(sims > core.bar) if self.ids[i] not in self.taken)
 
 
